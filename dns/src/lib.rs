@@ -1,0 +1,2 @@
+//! catalyst-dns (work in progress).
+#![forbid(unsafe_code)]

@@ -302,8 +302,8 @@ pub struct CtEntry {
     pub flags: u32,
     /// TCP flags seen in the original direction (low byte) and the reply direction (next byte).
     pub tcp_flags_seen: u32,
-    /// Reserved, zero.
-    pub pad: u32,
+    /// Destination port (ICMP: type) the policy decision was made for, host byte order.
+    pub policy_port: u32,
     /// Last time (`bpf_ktime_get_ns`) an event was emitted for this entry.
     pub last_event_ns: u64,
     /// Packets seen, both directions.

@@ -471,6 +471,14 @@ impl<'e> Compiler<'e> {
                 self.pos -= 1;
                 return Err(self.unsupported("function definition"));
             }
+            Tok::Kw(
+                kw @ ("for" | "while" | "repeat" | "goto" | "break" | "do" | "local" | "if"),
+            ) => {
+                self.pos -= 1;
+                return Err(self.unsupported(&format!(
+                    "`{kw}` statement in an expression (statement blocks start with `;`)"
+                )));
+            }
             Tok::Op("...") => {
                 self.pos -= 1;
                 return Err(self.unsupported("varargs `...`"));

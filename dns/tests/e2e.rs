@@ -1,0 +1,539 @@
+//! End-to-end tests against a running catalyst-dns: dig and hickory-proto clients on loopback.
+
+mod common;
+
+use std::{
+    net::{TcpListener, UdpSocket},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use common::*;
+use hickory_proto::{
+    op::{Message, ResponseCode},
+    rr::{
+        RecordType,
+        rdata::opt::{EdnsCode, EdnsOption},
+    },
+};
+
+fn example_zone() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/dns/example.org.zone")
+}
+
+fn example_server(name: &str) -> (Proc, u16, PathBuf) {
+    let dir = scratch(name);
+    let port = free_port();
+    let zone = example_zone();
+    let failover =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/dns/failover.yaml");
+    let cfg = config(
+        port,
+        &[("example.org", &zone)],
+        &format!("failover: {{file: {}}}\n", failover.display()),
+    );
+    (start_catalyst(&dir, &cfg, port), port, dir)
+}
+
+#[test]
+fn example_config_loads() {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/dns/catalyst-dns.yaml");
+    let cfg = catalyst_dns::Config::load(&path).expect("example config loads");
+    assert_eq!(cfg.zones.len(), 1);
+    assert!(
+        cfg.zones[0].file.exists(),
+        "zone file path resolves next to the config"
+    );
+}
+
+#[test]
+fn dig_answers_example_zone() {
+    if !require_tool("dig_answers_example_zone", "dig") {
+        return;
+    }
+    let (_srv, port, _) = example_server("dig");
+    let p = port.to_string();
+    let d = |args: &[&str]| {
+        let mut a = vec!["@127.0.0.1", "-p", &p, "+norec", "+time=2", "+tries=1"];
+        a.extend_from_slice(args);
+        dig(&a)
+    };
+    let www = d(&["www.example.org", "A"]);
+    assert!(www.contains("flags: qr aa;"), "authoritative answer: {www}");
+    assert!(www.contains("192.0.2.10"), "{www}");
+    let chain = d(&["+short", "alias2.example.org", "A"]);
+    assert_eq!(
+        chain.lines().collect::<Vec<_>>(),
+        vec!["alias.example.org.", "www.example.org.", "192.0.2.10"]
+    );
+    let nx = d(&["nope.example.org", "A"]);
+    assert!(
+        nx.contains("status: NXDOMAIN") && nx.contains("SOA"),
+        "{nx}"
+    );
+    let nodata = d(&["www.example.org", "MX"]);
+    assert!(
+        nodata.contains("status: NOERROR")
+            && nodata.contains("ANSWER: 0")
+            && nodata.contains("SOA"),
+        "{nodata}"
+    );
+    let referral = d(&["host.child.example.org", "A"]);
+    assert!(
+        referral.contains("flags: qr;"),
+        "referral is not authoritative: {referral}"
+    );
+    assert!(
+        referral.contains("ns.child.example.org.") && referral.contains("192.0.2.53"),
+        "glue: {referral}"
+    );
+    let wild = d(&["+short", "anything.wild.example.org", "A"]);
+    assert_eq!(wild.trim(), "192.0.2.99");
+    let any = d(&["www.example.org", "ANY"]);
+    assert!(
+        any.contains("192.0.2.10") && any.contains("2001:db8::10") && any.contains("v=spf1"),
+        "{any}"
+    );
+    let tcp = d(&["+tcp", "+short", "app.example.org", "A"]);
+    assert!(
+        tcp.trim().starts_with("127.0.0.1"),
+        "LUA answer over TCP: {tcp}"
+    );
+    let forward = d(&["+short", "10.1.2.3.ip.example.org", "A"]);
+    assert_eq!(forward.trim(), "10.1.2.3");
+    let txt = d(&["+short", "inside.example.org", "TXT"]);
+    assert_eq!(txt.trim(), "\"loopback\"");
+    let refused = d(&["example.com", "A"]);
+    assert!(refused.contains("status: REFUSED"), "{refused}");
+}
+
+#[test]
+fn ecs_is_echoed_with_scope() {
+    let (_srv, port, _) = example_server("ecs");
+    let ecs_of = |m: &Message| -> (u8, u8) {
+        match m.edns.as_ref().and_then(|e| e.option(EdnsCode::Subnet)) {
+            Some(EdnsOption::Subnet(s)) => (s.source_prefix(), s.scope_prefix()),
+            other => panic!("no ECS echoed: {other:?}"),
+        }
+    };
+    let m = query_raw(
+        port,
+        "whashed.example.org.",
+        RecordType::A,
+        Some("198.51.100.77/24"),
+    )
+    .unwrap();
+    assert_eq!(
+        ecs_of(&m),
+        (24, 24),
+        "client-dependent answer scoped to the subnet"
+    );
+    let m = query_raw(
+        port,
+        "www.example.org.",
+        RecordType::A,
+        Some("198.51.100.77/24"),
+    )
+    .unwrap();
+    assert_eq!(ecs_of(&m), (24, 0), "static answer valid for everyone");
+    // Same subnet, same answer; the cache must not leak answers across subnets.
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..64u8 {
+        let a = answers(
+            port,
+            "whashed.example.org.",
+            RecordType::A,
+            Some(&format!("10.{i}.0.0/16")),
+        );
+        let b = answers(
+            port,
+            "whashed.example.org.",
+            RecordType::A,
+            Some(&format!("10.{i}.0.0/16")),
+        );
+        assert_eq!(a, b);
+        seen.insert(a);
+    }
+    assert!(
+        seen.len() > 1,
+        "different subnets hash to different answers"
+    );
+}
+
+fn send_raw(port: u16, pkt: &[u8]) -> Option<Vec<u8>> {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    s.send_to(pkt, ("127.0.0.1", port)).unwrap();
+    let mut buf = [0u8; 4096];
+    s.recv_from(&mut buf).ok().map(|(n, _)| buf[..n].to_vec())
+}
+
+#[test]
+fn malformed_and_oversized_queries() {
+    let (srv, port, _) = example_server("malformed");
+    // Too short for a header: dropped.
+    assert!(send_raw(port, &[1, 2, 3]).is_none());
+    // Header claims a question that is not there: FORMERR with the id echoed.
+    let r = send_raw(port, &[0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0]).expect("FORMERR");
+    let m = Message::from_vec(&r).unwrap();
+    assert_eq!(
+        (m.metadata.id, m.metadata.response_code),
+        (0xabcd, ResponseCode::FormErr)
+    );
+    // A label running past the end.
+    assert!(
+        send_raw(port, &[0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 63, b'a', b'b'])
+            .is_some_and(|r| r[3] & 0x0f == 1)
+    );
+    // Compression loop in the question.
+    let r = send_raw(
+        port,
+        &[0, 2, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 12, 0, 1, 0, 1],
+    );
+    assert!(r.is_none_or(|r| r[3] & 0x0f == 1));
+    // UPDATE opcode: NOTIMP.
+    let r = send_raw(port, &[0, 3, 0x28, 0, 0, 0, 0, 0, 0, 0, 0, 0]).expect("NOTIMP");
+    assert_eq!(r[3] & 0x0f, 4);
+    // Responses are ignored (no reflection loops).
+    assert!(send_raw(port, &[0, 4, 0x81, 0x80, 0, 0, 0, 0, 0, 0, 0, 0]).is_none());
+    // Oversized junk.
+    let mut big = vec![0u8, 5, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    big.extend(std::iter::repeat_n(0xffu8, 4000));
+    let _ = send_raw(port, &big);
+    // Random garbage does not take the server down.
+    let mut x: u32 = 12345;
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..2000 {
+        let mut pkt = vec![0u8; 12 + (x % 200) as usize];
+        for b in &mut pkt {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            *b = x as u8;
+        }
+        pkt[2] &= 0x7f;
+        s.send_to(&pkt, ("127.0.0.1", port)).unwrap();
+    }
+    assert_eq!(
+        answers(port, "www.example.org.", RecordType::A, None),
+        vec!["192.0.2.10"]
+    );
+    drop(srv);
+}
+
+#[test]
+fn large_answers_truncate_over_udp_and_succeed_over_tcp() {
+    let dir = scratch("trunc");
+    let port = free_port();
+    let mut zone = String::from(
+        "$ORIGIN big.test.\n$TTL 60\n@ SOA ns hm 1 2 3 4 5\n@ NS ns\nns A 127.0.0.1\n",
+    );
+    for i in 0..120 {
+        zone.push_str(&format!("many A 10.0.{}.{}\n", i / 200, i % 200 + 1));
+    }
+    let zf = dir.join("big.zone");
+    std::fs::write(&zf, zone).unwrap();
+    let _srv = start_catalyst(&dir, &config(port, &[("big.test", &zf)], ""), port);
+    let m = query_raw(port, "many.big.test.", RecordType::A, None).unwrap();
+    assert!(m.metadata.truncation, "1232-byte limit forces TC");
+    if require_tool(
+        "large_answers_truncate_over_udp_and_succeed_over_tcp",
+        "dig",
+    ) {
+        let out = dig(&[
+            "@127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "+tcp",
+            "+short",
+            "many.big.test",
+            "A",
+        ]);
+        assert_eq!(out.lines().count(), 120);
+    }
+}
+
+fn health_zone(dir: &std::path::Path, port_a: u16) -> PathBuf {
+    let zone = format!(
+        "$ORIGIN hc.test.\n$TTL 60\n@ SOA ns hm 1 2 3 4 5\n@ NS ns\nns A 127.0.0.1\n\
+         svc LUA A \"ifportup({port_a}, {{{{'127.0.0.21'}}, {{'127.0.0.22'}}}}, {{interval = 1, timeout = 1}})\"\n"
+    );
+    let zf = dir.join("hc.zone");
+    std::fs::write(&zf, zone).unwrap();
+    zf
+}
+
+#[test]
+fn health_flip_within_one_interval() {
+    let dir = scratch("health");
+    let port = free_port();
+    let target_port = free_port();
+    let a =
+        TcpListener::bind(("127.0.0.21", target_port)).expect("127.0.0.21 is loopback on Linux");
+    let _b = TcpListener::bind(("127.0.0.22", target_port)).unwrap();
+    let zf = health_zone(&dir, target_port);
+    let srv = start_catalyst(
+        &dir,
+        &config(port, &[("hc.test", &zf)], "health: {interval_secs: 1}\n"),
+        port,
+    );
+    let q = || answers(port, "svc.hc.test.", RecordType::A, None);
+    let until = |want: &str, limit: Duration| -> Option<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if q() == vec![want.to_string()] {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    };
+    assert!(
+        until("127.0.0.21", Duration::from_secs(3)).is_some(),
+        "first group up: {:?}",
+        q()
+    );
+    drop(a);
+    let took = until("127.0.0.22", Duration::from_secs(5)).expect("flip to the second group");
+    assert!(
+        took <= Duration::from_secs(2),
+        "flipped after {took:?}, bar is one interval + 1 s"
+    );
+    let _a = TcpListener::bind(("127.0.0.21", target_port)).unwrap();
+    let took = until("127.0.0.21", Duration::from_secs(5)).expect("flip back");
+    assert!(
+        took <= Duration::from_secs(2),
+        "flipped back after {took:?}"
+    );
+    assert!(wait_log(&srv, "health transition", Duration::from_secs(1)));
+}
+
+#[test]
+fn reload_under_load_never_fails_a_query() {
+    let dir = scratch("reload");
+    let port = free_port();
+    let zf = dir.join("r.zone");
+    let zone = |ip: &str| {
+        format!(
+            "$ORIGIN r.test.\n$TTL 60\n@ SOA ns hm 1 2 3 4 5\n@ NS ns\nns A 127.0.0.1\nwww A {ip}\n"
+        )
+    };
+    std::fs::write(&zf, zone("192.0.2.1")).unwrap();
+    let srv = start_catalyst(
+        &dir,
+        &config(
+            port,
+            &[("r.test", &zf)],
+            "reload: {watch_interval_secs: 0}\n",
+        ),
+        port,
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let load = std::thread::spawn(move || {
+        let (mut ok, mut bad) = (0u32, Vec::new());
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            match query_raw(port, "www.r.test.", RecordType::A, None) {
+                Some(m)
+                    if m.metadata.response_code == ResponseCode::NoError
+                        && m.answers.len() == 1 =>
+                {
+                    ok += 1
+                }
+                other => bad.push(format!("{other:?}")),
+            }
+        }
+        (ok, bad)
+    });
+    for i in 2..8 {
+        std::thread::sleep(Duration::from_millis(150));
+        std::fs::write(&zf, zone(&format!("192.0.2.{i}"))).unwrap();
+        srv.signal("HUP");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // A broken zone keeps the previous version serving and says why.
+    std::fs::write(
+        &zf,
+        "$ORIGIN r.test.\n$TTL 60\n@ SOA ns hm 1 2 3 4 5\nwww LUA A \";for i=1,2 do end\"\n",
+    )
+    .unwrap();
+    srv.signal("HUP");
+    assert!(
+        wait_log(
+            &srv,
+            "previous version keeps serving",
+            Duration::from_secs(3)
+        ),
+        "{}",
+        srv.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, bad) = load.join().unwrap();
+    assert!(
+        bad.is_empty(),
+        "{} failed queries during reloads: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(3)]
+    );
+    assert!(ok > 100, "only {ok} queries ran");
+    assert_eq!(
+        answers(port, "www.r.test.", RecordType::A, None),
+        vec!["192.0.2.7"]
+    );
+    let log = srv.log_text();
+    assert!(
+        log.contains("r.zone:4") && log.contains("`for` statement"),
+        "reason names file:line and construct: {log}"
+    );
+}
+
+#[test]
+fn zone_file_change_reloads_without_signal() {
+    let dir = scratch("watch");
+    let port = free_port();
+    let zf = dir.join("w.zone");
+    std::fs::write(
+        &zf,
+        "$ORIGIN w.test.\n$TTL 60\n@ SOA ns hm 1 2 3 4 5\nwww A 192.0.2.1\n",
+    )
+    .unwrap();
+    let _srv = start_catalyst(
+        &dir,
+        &config(
+            port,
+            &[("w.test", &zf)],
+            "reload: {watch_interval_secs: 1}\n",
+        ),
+        port,
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(
+        &zf,
+        "$ORIGIN w.test.\n$TTL 60\n@ SOA ns hm 2 2 3 4 5\nwww A 192.0.2.2\n",
+    )
+    .unwrap();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if answers(port, "www.w.test.", RecordType::A, None) == vec!["192.0.2.2"] {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("file change not picked up");
+}
+
+#[test]
+fn failover_file_switches_answers_without_reload() {
+    let dir = scratch("failover");
+    let port = free_port();
+    let zf = dir.join("f.zone");
+    std::fs::write(
+        &zf,
+        "$ORIGIN f.test.\n$TTL 60\n@ SOA ns hm 1 2 3 4 5\n\
+         app LUA A \"failover('app', {eu = {'192.0.2.1'}, us = {'198.51.100.1'}}, 'eu')\"\n",
+    )
+    .unwrap();
+    let ff = dir.join("failover.yaml");
+    std::fs::write(&ff, "app: us\n").unwrap();
+    let _srv = start_catalyst(
+        &dir,
+        &config(
+            port,
+            &[("f.test", &zf)],
+            &format!(
+                "failover: {{file: {}, poll_interval_secs: 1}}\n",
+                ff.display()
+            ),
+        ),
+        port,
+    );
+    assert_eq!(
+        answers(port, "app.f.test.", RecordType::A, None),
+        vec!["198.51.100.1"]
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(&ff, "app: {active_region: eu, epoch: 2}\n").unwrap();
+    let start = Instant::now();
+    while answers(port, "app.f.test.", RecordType::A, None) != vec!["192.0.2.1"] {
+        assert!(
+            start.elapsed() < Duration::from_secs(4),
+            "failover change not applied"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Unknown group state: static fallback.
+    std::fs::write(&ff, "{}\n").unwrap();
+    let start = Instant::now();
+    while answers(port, "app.f.test.", RecordType::A, None) != vec!["192.0.2.1"] {
+        assert!(start.elapsed() < Duration::from_secs(4));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn metrics_endpoint_counts_queries() {
+    let dir = scratch("metrics");
+    let port = free_port();
+    let mport = free_port();
+    let cfg = config(port, &[("example.org", &example_zone())], "").replace(
+        "metrics: {listen: null}",
+        &format!("metrics: {{listen: \"127.0.0.1:{mport}\"}}"),
+    );
+    let _srv = start_catalyst(&dir, &cfg, port);
+    for _ in 0..3 {
+        answers(port, "www.example.org.", RecordType::A, None);
+    }
+    answers(port, "nope.example.org.", RecordType::A, None);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", mport)).unwrap();
+    use std::io::{Read, Write};
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(
+        body.contains("catalyst_dns_queries_total{rcode=\"NOERROR\",qtype=\"A\"}"),
+        "{body}"
+    );
+    assert!(
+        body.contains("catalyst_dns_queries_total{rcode=\"NXDOMAIN\",qtype=\"A\"} 1"),
+        "{body}"
+    );
+    assert!(body.contains("catalyst_dns_cache_hits_total"), "{body}");
+    assert!(body.contains("catalyst_dns_lua_records 12"), "{body}");
+}
+
+#[test]
+fn check_zone_reports_file_and_line() {
+    let dir = scratch("checkzone");
+    let zf = dir.join("bad.test.zone");
+    std::fs::write(
+        &zf,
+        "$TTL 60\n@ SOA ns hm 1 2 3 4 5\n\nx LUA A \"os.execute('x')\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_catalyst-dns"))
+        .arg("check-zone")
+        .arg(&zf)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.test.zone:4") && err.contains("os.execute"),
+        "{err}"
+    );
+    let ok = std::process::Command::new(env!("CARGO_BIN_EXE_catalyst-dns"))
+        .arg("check-zone")
+        .arg(example_zone())
+        .arg("--origin")
+        .arg("example.org")
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}

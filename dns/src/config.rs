@@ -40,7 +40,7 @@ pub struct Config {
     /// `["127.0.0.1:5353"]`.
     #[serde(default = "default_listen")]
     pub listen: Vec<SocketAddr>,
-    /// UDP worker threads per listen address (each with its own SO_REUSEPORT socket). Default 0 =
+    /// UDP worker threads per listen address (each with its own `SO_REUSEPORT` socket). Default 0 =
     /// one per CPU.
     #[serde(default)]
     pub udp_workers: usize,
@@ -84,7 +84,7 @@ pub struct Config {
 pub struct ZoneConfig {
     /// Zone apex, e.g. `example.org`.
     pub origin: String,
-    /// Master file (RFC 1035 with PowerDNS `LUA` records).
+    /// Master file (RFC 1035 with `PowerDNS` `LUA` records).
     pub file: PathBuf,
 }
 
@@ -92,7 +92,7 @@ pub struct ZoneConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LuaConfig {
-    /// How quoted chunks are joined: `concat` (PowerDNS `lua-records-insert-whitespace=no`, the
+    /// How quoted chunks are joined: `concat` (`PowerDNS` `lua-records-insert-whitespace=no`, the
     /// default) or `space` (`yes`).
     #[serde(default)]
     pub chunk_join: ChunkJoin,
@@ -242,6 +242,10 @@ fn default_one() -> u64 {
 fn default_health_subject() -> String {
     "catalyst.health".into()
 }
+#[expect(
+    clippy::unnecessary_wraps,
+    reason = "serde default of an optional field"
+)]
 fn default_metrics() -> Option<SocketAddr> {
     Some("127.0.0.1:9153".parse().expect("literal"))
 }

@@ -83,14 +83,21 @@ impl FailoverState {
     pub fn active(&self, group: &str) -> Option<String> {
         self.groups
             .read()
-            .expect("lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(group)
             .map(|r| r.active_region.clone())
     }
 
     /// Set (or with `None`, forget) a group's record.
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "callers hand over a fresh record"
+    )]
     pub fn set(&self, group: &str, record: Option<FailoverRecord>) {
-        let mut g = self.groups.write().expect("lock");
+        let mut g = self
+            .groups
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let changed = match &record {
             Some(r) => g.insert(group.to_string(), r.clone()).as_ref() != Some(r),
             None => g.remove(group).is_some(),
@@ -107,15 +114,29 @@ impl FailoverState {
     }
 
     /// Replace all groups (file source).
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "the new state is moved in when it differs"
+    )]
     pub fn replace_all(&self, all: HashMap<String, FailoverRecord>) {
-        let mut g = self.groups.write().expect("lock");
+        let mut g = self
+            .groups
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if *g != all {
-            *g = all;
+            g.clone_from(&all);
             drop(g);
             self.version.fetch_add(1, Ordering::AcqRel);
             info!("failover state reloaded from file");
         }
     }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Entry {
+    Record(FailoverRecord),
+    Region(String),
 }
 
 /// Read a file source: YAML/JSON map of group → record or region name.
@@ -124,12 +145,6 @@ pub fn read_file(path: &Path) -> Result<HashMap<String, FailoverRecord>, Failove
         path: path.display().to_string(),
         source,
     })?;
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Entry {
-        Record(FailoverRecord),
-        Region(String),
-    }
     let raw: HashMap<String, Entry> =
         serde_yaml::from_str(&text).map_err(|source| FailoverError::Parse {
             what: path.display().to_string(),
@@ -193,10 +208,13 @@ pub async fn watch_kv(state: Arc<FailoverState>, client: async_nats::Client, buc
         while let Some(entry) = watch.next().await {
             match entry {
                 Ok(e) => match e.operation {
-                    async_nats::jetstream::kv::Operation::Put => match parse_record(&e.value) {
-                        Some(r) => state.set(&e.key, Some(r)),
-                        None => warn!(key = e.key, "ignoring unparsable failover record"),
-                    },
+                    async_nats::jetstream::kv::Operation::Put => {
+                        if let Some(r) = parse_record(&e.value) {
+                            state.set(&e.key, Some(r));
+                        } else {
+                            warn!(key = e.key, "ignoring unparsable failover record");
+                        }
+                    }
                     _ => state.set(&e.key, None),
                 },
                 Err(error) => {

@@ -1,4 +1,4 @@
-//! Geo lookups from MaxMind-format databases (city and ASN), as PowerDNS's GeoIP backend does.
+//! Geo lookups from MaxMind-format databases (city and ASN), as `PowerDNS`'s `GeoIP` backend does.
 
 use std::{net::IpAddr, path::Path};
 

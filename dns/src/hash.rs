@@ -1,4 +1,4 @@
-//! Bob Jenkins' lookup2 hash, which PowerDNS calls `burtle`. Its LUA pickers hash client addresses
+//! Bob Jenkins' lookup2 hash, which `PowerDNS` calls `burtle`. Its LUA pickers hash client addresses
 //! and names with it, so the same function gives the same answers (pickhashed, pickwhashed,
 //! picknamehashed, pickchashed).
 
@@ -17,6 +17,10 @@ fn mix(a: &mut u32, b: &mut u32, c: &mut u32) {
     *c = c.wrapping_sub(*a).wrapping_sub(*b) ^ (*b >> 15);
 }
 
+#[expect(
+    clippy::many_single_char_names,
+    reason = "a, b, c are the algorithm's own names"
+)]
 fn lookup2(key: &[u8], init: u32, fold: fn(u8) -> u8) -> u32 {
     let mut a: u32 = 0x9e37_79b9;
     let mut b: u32 = 0x9e37_79b9;
@@ -92,7 +96,7 @@ pub fn burtle_ci(key: &[u8], init: u32) -> u32 {
     lookup2(key, init, |b| b.to_ascii_lowercase())
 }
 
-/// PowerDNS's `ComboAddress::addressOnlyHash`: lookup2 over the address bytes in network order.
+/// `PowerDNS`'s `ComboAddress::addressOnlyHash`: lookup2 over the address bytes in network order.
 pub fn address_hash(addr: IpAddr) -> u32 {
     match addr {
         IpAddr::V4(v4) => burtle(&v4.octets(), 0),
@@ -100,7 +104,7 @@ pub fn address_hash(addr: IpAddr) -> u32 {
     }
 }
 
-/// PowerDNS's `DNSName::hash()`: case-insensitive lookup2 over the uncompressed wire form,
+/// `PowerDNS`'s `DNSName::hash()`: case-insensitive lookup2 over the uncompressed wire form,
 /// including the root label's terminating zero byte.
 pub fn name_hash(name: &str) -> u32 {
     let mut wire = Vec::with_capacity(name.len() + 2);

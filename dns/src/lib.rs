@@ -1,4 +1,4 @@
-//! catalyst-dns: an authoritative DNS server that loads PowerDNS zone files unchanged, including
+//! catalyst-dns: an authoritative DNS server that loads `PowerDNS` zone files unchanged, including
 //! `LUA` records, and answers them with a native evaluator compiled at load.
 //!
 //! Layers: [`zone`] (master files, the store and lookup), [`lua`] (the record language),

@@ -22,7 +22,7 @@ use clap::{Parser, Subcommand};
     about = "Authoritative DNS with PowerDNS LUA-record-equivalent records"
 )]
 struct Cli {
-    /// Log filter (tracing env-filter syntax); RUST_LOG overrides.
+    /// Log filter (tracing env-filter syntax); `RUST_LOG` overrides.
     #[arg(long, default_value = "info", global = true)]
     log: String,
     /// Log as JSON.
@@ -104,7 +104,8 @@ fn check_zone(file: &Path, origin: Option<String>, join: &str, list: bool) -> an
         let mut msg = e.to_string();
         let mut src = std::error::Error::source(&e);
         while let Some(s) = src {
-            msg.push_str(&format!(": {s}"));
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
             src = s.source();
         }
         anyhow::anyhow!(msg)

@@ -1,9 +1,18 @@
 //! End-to-end tests against a running catalyst-dns: dig and hickory-proto clients on loopback.
 
+#![allow(
+    clippy::doc_markdown,
+    clippy::format_push_string,
+    clippy::many_single_char_names,
+    clippy::single_match_else,
+    reason = "test helpers favour brevity"
+)]
+
 mod common;
 
 use std::{
-    net::{TcpListener, UdpSocket},
+    io::{Read, Write},
+    net::UdpSocket,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -270,9 +279,8 @@ fn health_flip_within_one_interval() {
     let dir = scratch("health");
     let port = free_port();
     let target_port = free_port();
-    let a =
-        TcpListener::bind(("127.0.0.21", target_port)).expect("127.0.0.21 is loopback on Linux");
-    let _b = TcpListener::bind(("127.0.0.22", target_port)).unwrap();
+    let a = TcpTarget::start("127.0.0.21", target_port);
+    let _b = TcpTarget::start("127.0.0.22", target_port);
     let zf = health_zone(&dir, target_port);
     let srv = start_catalyst(
         &dir,
@@ -301,7 +309,7 @@ fn health_flip_within_one_interval() {
         took <= Duration::from_secs(2),
         "flipped after {took:?}, bar is one interval + 1 s"
     );
-    let _a = TcpListener::bind(("127.0.0.21", target_port)).unwrap();
+    let _a = TcpTarget::start("127.0.0.21", target_port);
     let took = until("127.0.0.21", Duration::from_secs(5)).expect("flip back");
     assert!(
         took <= Duration::from_secs(2),
@@ -340,7 +348,7 @@ fn reload_under_load_never_fails_a_query() {
                     if m.metadata.response_code == ResponseCode::NoError
                         && m.answers.len() == 1 =>
                 {
-                    ok += 1
+                    ok += 1;
                 }
                 other => bad.push(format!("{other:?}")),
             }
@@ -488,7 +496,6 @@ fn metrics_endpoint_counts_queries() {
     }
     answers(port, "nope.example.org.", RecordType::A, None);
     let mut s = std::net::TcpStream::connect(("127.0.0.1", mport)).unwrap();
-    use std::io::{Read, Write};
     s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();

@@ -77,7 +77,7 @@ pub enum Status {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FirstRun {
-    /// As PowerDNS: treated as down, so the backup selector answers.
+    /// As `PowerDNS`: treated as down, so the backup selector answers.
     #[default]
     Down,
     /// Treated as up until the first check says otherwise.
@@ -88,7 +88,7 @@ pub enum FirstRun {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
-    /// Check period when a record sets no `interval`, in seconds. Default 5 (PowerDNS's
+    /// Check period when a record sets no `interval`, in seconds. Default 5 (`PowerDNS`'s
     /// `lua-health-checks-interval`).
     #[serde(default = "default_interval")]
     pub interval_secs: u64,
@@ -99,10 +99,10 @@ pub struct HealthConfig {
     /// no `minimumSuccesses`. Default 1.
     #[serde(default = "default_one")]
     pub minimum_successes: u32,
-    /// Answer for targets not checked yet: `down` (PowerDNS) or `up`. Default `down`.
+    /// Answer for targets not checked yet: `down` (`PowerDNS`) or `up`. Default `down`.
     #[serde(default)]
     pub first_run: FirstRun,
-    /// Verify TLS certificates of HTTPS checks. Default false (as PowerDNS).
+    /// Verify TLS certificates of HTTPS checks. Default false (as `PowerDNS`).
     #[serde(default)]
     pub verify_tls: bool,
     /// User-Agent of URL checks when a record sets no `useragent`. Default `catalyst-dns`.
@@ -263,17 +263,28 @@ impl Registry {
 
     /// Send transitions to this channel.
     pub fn set_events(&self, tx: mpsc::UnboundedSender<HealthEvent>) {
-        *self.shared.events.lock().expect("lock") = Some(tx);
+        *self
+            .shared
+            .events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
     }
 
     /// Export state through these metrics.
     pub fn set_metrics(&self, m: crate::metrics::HealthMetrics) {
-        *self.shared.metrics.lock().expect("lock") = Some(m);
+        *self
+            .shared
+            .metrics
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(m);
     }
 
     /// Register (or find) a check used by `zone`.
-    pub fn register(&self, spec: CheckSpec, zone: &str) -> Arc<CheckState> {
-        let mut checks = self.checks.lock().expect("lock");
+    pub fn register(&self, spec: &CheckSpec, zone: &str) -> Arc<CheckState> {
+        let mut checks = self
+            .checks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let state = checks
             .entry(spec.clone())
             .or_insert_with(|| {
@@ -287,15 +298,27 @@ impl Registry {
             })
             .clone();
         drop(checks);
-        state.zones.lock().expect("lock").insert(zone.to_string());
-        if let Some(rt) = self.runtime.lock().expect("lock").as_ref() {
+        state
+            .zones
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(zone.to_string());
+        if let Some(rt) = self
+            .runtime
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
             self.spawn(rt, &state);
         }
         state
     }
 
     fn spawn(&self, rt: &Handle, state: &Arc<CheckState>) {
-        let mut tasks = self.tasks.lock().expect("lock");
+        let mut tasks = self
+            .tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if tasks.contains_key(&state.spec) {
             return;
         }
@@ -305,11 +328,14 @@ impl Registry {
 
     /// Start running every registered check (and any registered later) on `rt`.
     pub fn start(&self, rt: &Handle) {
-        *self.runtime.lock().expect("lock") = Some(rt.clone());
+        *self
+            .runtime
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(rt.clone());
         let checks: Vec<_> = self
             .checks
             .lock()
-            .expect("lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .values()
             .cloned()
             .collect();
@@ -320,8 +346,14 @@ impl Registry {
 
     /// Drop checks no compiled zone refers to any more (after a reload).
     pub fn prune(&self) {
-        let mut checks = self.checks.lock().expect("lock");
-        let mut tasks = self.tasks.lock().expect("lock");
+        let mut checks = self
+            .checks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut tasks = self
+            .tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         checks.retain(|spec, state| {
             let used = Arc::strong_count(state) > 1;
             if !used {
@@ -336,7 +368,10 @@ impl Registry {
 
     /// Number of registered checks.
     pub fn len(&self) -> usize {
-        self.checks.lock().expect("lock").len()
+        self.checks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 
     /// True if no checks are registered.
@@ -348,7 +383,7 @@ impl Registry {
     pub fn snapshot(&self) -> Vec<(CheckSpec, Status)> {
         self.checks
             .lock()
-            .expect("lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .values()
             .map(|s| (s.spec.clone(), s.status()))
             .collect()
@@ -357,14 +392,13 @@ impl Registry {
 
 async fn run_check(shared: Arc<Shared>, state: Arc<CheckState>) {
     let secs = |key: &str, default: u64| -> Duration {
-        let v = state
+        state
             .spec
             .opts
             .get(key)
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|v| *v > 0.0)
-            .unwrap_or(default as f64);
-        Duration::from_secs_f64(v)
+            .map_or_else(|| Duration::from_secs(default), Duration::from_secs_f64)
     };
     let interval = secs("interval", shared.cfg.interval_secs);
     let timeout = secs("timeout", shared.cfg.timeout_secs);
@@ -383,35 +417,37 @@ async fn run_check(shared: Arc<Shared>, state: Arc<CheckState>) {
 
 fn update(shared: &Shared, state: &CheckState, result: Result<(), String>) {
     let before = state.status.load(Ordering::Relaxed);
-    let after = match &result {
-        Ok(()) => {
-            state.failures.store(0, Ordering::Relaxed);
-            let n = state.successes.fetch_add(1, Ordering::Relaxed) + 1;
-            let need = state
-                .opt_u32("minimumSuccesses")
-                .unwrap_or(shared.cfg.minimum_successes)
-                .max(1);
-            if before == UP || n >= need || before == PENDING {
-                UP
-            } else {
-                before
-            }
+    let after = if let Ok(()) = &result {
+        state.failures.store(0, Ordering::Relaxed);
+        let n = state.successes.fetch_add(1, Ordering::Relaxed) + 1;
+        let need = state
+            .opt_u32("minimumSuccesses")
+            .unwrap_or(shared.cfg.minimum_successes)
+            .max(1);
+        if before == UP || n >= need || before == PENDING {
+            UP
+        } else {
+            before
         }
-        Err(_) => {
-            state.successes.store(0, Ordering::Relaxed);
-            let n = state.failures.fetch_add(1, Ordering::Relaxed) + 1;
-            let need = state.opt_u32("minimumFailures").unwrap_or(1).max(1);
-            if n >= need {
-                DOWN
-            } else if before == PENDING {
-                // PowerDNS exposes "failed, but not minimumFailures times yet" targets as up.
-                UP
-            } else {
-                before
-            }
+    } else {
+        state.successes.store(0, Ordering::Relaxed);
+        let n = state.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let need = state.opt_u32("minimumFailures").unwrap_or(1).max(1);
+        if n >= need {
+            DOWN
+        } else if before == PENDING {
+            // PowerDNS exposes "failed, but not minimumFailures times yet" targets as up.
+            UP
+        } else {
+            before
         }
     };
-    if let Some(m) = shared.metrics.lock().expect("lock").as_ref() {
+    if let Some(m) = shared
+        .metrics
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+    {
         m.observe(&state.spec.target, result.is_ok(), after == UP);
     }
     if after == before {
@@ -421,12 +457,21 @@ fn update(shared: &Shared, state: &CheckState, result: Result<(), String>) {
     shared.version.fetch_add(1, Ordering::AcqRel);
     let reason = result.err();
     info!(target = %state.spec.target, from = status_name(before), to = status_name(after), reason = reason.as_deref().unwrap_or(""), "health transition");
-    let tx = shared.events.lock().expect("lock").clone();
+    let tx = shared
+        .events
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     if let Some(tx) = tx {
         let at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        for zone in state.zones.lock().expect("lock").iter() {
+        for zone in state
+            .zones
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
             let _ = tx.send(HealthEvent {
                 zone: zone.clone(),
                 target: state.spec.target.to_string(),
@@ -457,8 +502,8 @@ mod tests {
     #[test]
     fn identical_targets_share_state() {
         let r = Registry::new(HealthConfig::default(), Arc::default());
-        let a = r.register(spec(&[]), "a.");
-        let b = r.register(spec(&[]), "b.");
+        let a = r.register(&spec(&[]), "a.");
+        let b = r.register(&spec(&[]), "b.");
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(r.len(), 1);
         drop((a, b));
@@ -470,7 +515,7 @@ mod tests {
     fn minimum_failures_and_successes_damp_flaps() {
         let r = Registry::new(HealthConfig::default(), Arc::default());
         let s = r.register(
-            spec(&[("minimumFailures", "2"), ("minimumSuccesses", "2")]),
+            &spec(&[("minimumFailures", "2"), ("minimumSuccesses", "2")]),
             "z.",
         );
         update(&r.shared, &s, Ok(()));
@@ -490,7 +535,7 @@ mod tests {
     #[test]
     fn first_failure_below_minimum_reads_up_like_powerdns() {
         let r = Registry::new(HealthConfig::default(), Arc::default());
-        let s = r.register(spec(&[("minimumFailures", "3")]), "z.");
+        let s = r.register(&spec(&[("minimumFailures", "3")]), "z.");
         assert_eq!(s.status(), Status::Pending);
         update(&r.shared, &s, Err("refused".into()));
         assert_eq!(s.status(), Status::Up);

@@ -139,8 +139,7 @@ impl<'e> Compiler<'e> {
         loop {
             while self.eat_op(";") {}
             match self.peek() {
-                Tok::Eof => break,
-                Tok::Kw("end" | "else" | "elseif") => break,
+                Tok::Eof | Tok::Kw("end" | "else" | "elseif") => break,
                 Tok::Kw("return") => {
                     self.next();
                     let value =
@@ -375,10 +374,7 @@ impl<'e> Compiler<'e> {
 
     fn binary(&mut self, min_prec: u8) -> Result<Expr, CompileError> {
         let mut lhs = self.unary()?;
-        loop {
-            let Some((op, prec, right_assoc)) = self.binop() else {
-                break;
-            };
+        while let Some((op, prec, right_assoc)) = self.binop() {
             if prec < min_prec {
                 break;
             }

@@ -1,8 +1,9 @@
-//! The built-in functions of LUA records, with PowerDNS's semantics. Deterministic pickers use
-//! the same hash (lookup2) and the same candidate order as PowerDNS so answers match.
+//! The built-in functions of LUA records, with `PowerDNS`'s semantics. Deterministic pickers use
+//! the same hash (lookup2) and the same candidate order as `PowerDNS` so answers match.
 
 use std::{
     collections::BTreeMap,
+    fmt::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
 };
@@ -91,7 +92,7 @@ pub(super) fn compile_call(
     match b {
         Builtin::IfPortUp | Builtin::IfUrlUp | Builtin::IfUrlExtUp => {
             if let Some(vals) = consts {
-                let plan = plan(b, &vals, |spec| env.health.register(spec, env.zone))
+                let plan = plan(b, &vals, |spec| env.health.register(&spec, env.zone))
                     .map_err(|e| bad(e.message))?;
                 return Ok(Expr::Health(Arc::new(plan)));
             }
@@ -164,7 +165,7 @@ fn nets(v: Option<&Value>) -> Result<Vec<IpNet>, EvalError> {
 }
 
 /// Order in which libstdc++'s `std::unordered_map<int, …>` iterates keys 1..=n inserted in
-/// order (PowerDNS reads weighted lists into one). Keys never collide (n ≤ bucket count), so the
+/// order (`PowerDNS` reads weighted lists into one). Keys never collide (n ≤ bucket count), so the
 /// order only depends on when the table rehashes: each insert goes to the front of the node
 /// list, and each rehash reverses the list.
 pub fn unordered_int_order(n: usize) -> Vec<usize> {
@@ -194,7 +195,7 @@ pub fn unordered_int_order(n: usize) -> Vec<usize> {
     order.into_iter().collect()
 }
 
-/// `{{w, v}, …}` as (weight, value) in PowerDNS's iteration order.
+/// `{{w, v}, …}` as (weight, value) in `PowerDNS`'s iteration order.
 fn weighted(v: Option<&Value>) -> Result<Vec<(i64, String)>, EvalError> {
     let Some(Value::Table(t)) = v else {
         return Err(eval_err("expected a list of {weight, value} pairs"));
@@ -233,10 +234,7 @@ fn options(v: Option<&Value>) -> Result<BTreeMap<String, String>, EvalError> {
                         let mut lines = String::new();
                         for (hk, hv) in h.entries() {
                             let hk = hk.as_string().unwrap_or_default().replace('_', "-");
-                            lines.push_str(&format!(
-                                "{hk}: {}\n",
-                                hv.as_string().unwrap_or_default()
-                            ));
+                            let _ = writeln!(lines, "{hk}: {}", hv.as_string().unwrap_or_default());
                         }
                         lines
                     }
@@ -471,7 +469,9 @@ fn closest(cands: &[IpAddr], cx: &EvalContext<'_>) -> Result<IpAddr, EvalError> 
     pick_random(&ties, cx).copied()
 }
 
-fn view_rules(v: Option<&Value>) -> Result<Vec<(Vec<IpNet>, Vec<String>)>, EvalError> {
+type ViewRule = (Vec<IpNet>, Vec<String>);
+
+fn view_rules(v: Option<&Value>) -> Result<Vec<ViewRule>, EvalError> {
     let Some(Value::Table(rules)) = v else {
         return Err(eval_err("view needs a list of {{nets}, {results}} rules"));
     };
@@ -693,14 +693,14 @@ pub(super) fn call(b: Builtin, args: &[Value], cx: &EvalContext<'_>) -> Result<V
             let fmt = arg(0)
                 .and_then(Value::as_string)
                 .ok_or_else(|| eval_err("createReverse needs a format"))?;
-            Value::str(create_reverse(cx.qname, &fmt, arg(1))?)
+            Value::str(create_reverse(cx.qname, &fmt, arg(1)))
         }
         Builtin::CreateReverse6 => {
             cx.note(Deps::QNAME);
             let fmt = arg(0)
                 .and_then(Value::as_string)
                 .ok_or_else(|| eval_err("createReverse6 needs a format"))?;
-            Value::str(create_reverse6(cx.qname, &fmt, arg(1))?)
+            Value::str(create_reverse6(cx.qname, &fmt, arg(1)))
         }
         Builtin::FilterForward => {
             let addr = arg(0)
@@ -723,7 +723,7 @@ pub(super) fn call(b: Builtin, args: &[Value], cx: &EvalContext<'_>) -> Result<V
         }
         Builtin::IfPortUp | Builtin::IfUrlUp | Builtin::IfUrlExtUp => {
             let zone = cx.env.zone.clone();
-            let p = plan(b, args, |spec| cx.env.health.register(spec, &zone))?;
+            let p = plan(b, args, |spec| cx.env.health.register(&spec, &zone))?;
             health(&p, cx)?
         }
         Builtin::DbLookup => {
@@ -791,7 +791,7 @@ fn weighted_pick(items: &[(i64, String)], r: i64) -> &str {
     &items[items.len() - 1].1
 }
 
-/// PowerDNS's consistent hashing: each entry owns `weight` points hash("entry-i"); the client
+/// `PowerDNS`'s consistent hashing: each entry owns `weight` points hash("entry-i"); the client
 /// hash picks the entry owning the first point at or after it, wrapping to the lowest point.
 pub fn consistent_pick(items: &[(i64, String)], qhash: u32) -> &str {
     let mut best: Option<(u32, &str)> = None;
@@ -915,7 +915,7 @@ fn create_forward6(qname: &str, owner: &str) -> String {
     ZERO.into()
 }
 
-/// boost::format subset: `%N%` positional, `%s`/`%d` sequential, `%%`.
+/// `boost::format` subset: `%N%` positional, `%s`/`%d` sequential, `%%`.
 fn boost_format(fmt: &str, args: &[String]) -> String {
     let mut out = String::new();
     let mut next = 0;
@@ -969,23 +969,23 @@ fn exceptions(v: Option<&Value>) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-fn create_reverse(qname: &str, fmt: &str, exc: Option<&Value>) -> Result<String, EvalError> {
+fn create_reverse(qname: &str, fmt: &str, exc: Option<&Value>) -> String {
     let l = labels(qname);
     if l.len() < 4 {
-        return Ok("unknown".into());
+        return "unknown".into();
     }
     let ip = format!("{}.{}.{}.{}", l[3], l[2], l[1], l[0]);
     if let Ok(req) = ip.parse::<IpAddr>() {
         for (a, name) in exceptions(exc) {
             if a.parse::<IpAddr>().is_ok_and(|a| a == req) {
-                return Ok(name);
+                return name;
             }
         }
     }
-    let hex: String = (0..4)
-        .rev()
-        .map(|i| format!("{:02x}", l[i].parse::<i64>().unwrap_or(0)))
-        .collect();
+    let hex = (0..4).rev().fold(String::new(), |mut acc, i| {
+        let _ = write!(acc, "{:02x}", l[i].parse::<i64>().unwrap_or(0));
+        acc
+    });
     let args = vec![
         l[3].to_string(),
         l[2].to_string(),
@@ -994,13 +994,13 @@ fn create_reverse(qname: &str, fmt: &str, exc: Option<&Value>) -> Result<String,
         format!("{}-{}-{}-{}", l[3], l[2], l[1], l[0]),
         hex,
     ];
-    Ok(boost_format(fmt, &args))
+    boost_format(fmt, &args)
 }
 
-fn create_reverse6(qname: &str, fmt: &str, exc: Option<&Value>) -> Result<String, EvalError> {
+fn create_reverse6(qname: &str, fmt: &str, exc: Option<&Value>) -> String {
     let l = labels(qname);
     if l.len() < 32 {
-        return Ok("unknown".into());
+        return "unknown".into();
     }
     let mut together = String::new();
     let mut quads = Vec::new();
@@ -1017,11 +1017,11 @@ fn create_reverse6(qname: &str, fmt: &str, exc: Option<&Value>) -> Result<String
         quads.push(quad);
     }
     let Ok(ip6) = together.parse::<Ipv6Addr>() else {
-        return Ok("unknown".into());
+        return "unknown".into();
     };
     for (a, name) in exceptions(exc) {
         if a.parse::<Ipv6Addr>().is_ok_and(|a| a == ip6) {
-            return Ok(name);
+            return name;
         }
     }
     let mut dashed = ip6.to_string().replace(':', "-");
@@ -1034,7 +1034,7 @@ fn create_reverse6(qname: &str, fmt: &str, exc: Option<&Value>) -> Result<String
     let mut args: Vec<String> = (0..32).rev().map(|i| l[i].to_string()).collect();
     args.push(dashed);
     args.extend(quads);
-    Ok(boost_format(fmt, &args))
+    boost_format(fmt, &args)
 }
 
 #[cfg(test)]
@@ -1080,9 +1080,9 @@ mod tests {
 
     #[test]
     fn reverse_names() {
-        let r = create_reverse("4.3.2.1.in-addr.arpa.", "ip-%5%.example.com", None).unwrap();
+        let r = create_reverse("4.3.2.1.in-addr.arpa.", "ip-%5%.example.com", None);
         assert_eq!(r, "ip-1-2-3-4.example.com");
-        let r = create_reverse("4.3.2.1.in-addr.arpa.", "%1%.%2%.%3%.%4% %6%", None).unwrap();
+        let r = create_reverse("4.3.2.1.in-addr.arpa.", "%1%.%2%.%3%.%4% %6%", None);
         assert_eq!(r, "1.2.3.4 01020304");
     }
 

@@ -158,6 +158,7 @@ fn number(s: &str) -> Option<(f64, usize)> {
     s[..j].parse().ok().map(|v| (v, j))
 }
 
+#[expect(clippy::many_single_char_names, reason = "short scanner locals")]
 fn quoted(b: &[u8], start: usize) -> Result<(String, usize), CompileError> {
     let q = b[start];
     let mut out: Vec<u8> = Vec::new();

@@ -1,4 +1,4 @@
-//! The LUA-record language: PowerDNS's LUA record code compiled at zone load into a native
+//! The LUA-record language: `PowerDNS`'s LUA record code compiled at zone load into a native
 //! evaluator (a resolved expression tree; no interpreter, no Lua state per query).
 //!
 //! The subset: literals, tables (`{...}`, `{{w, v}, ...}`, `{key = value}`), calls of the
@@ -156,7 +156,7 @@ pub struct Program {
 
 impl Program {
     /// Compile record code. Code starting with `;` is a statement block, anything else an
-    /// expression (PowerDNS prefixes it with `return `).
+    /// expression (`PowerDNS` prefixes it with `return `).
     pub fn compile(code: &str, env: &CompileEnv<'_>) -> Result<Self, CompileError> {
         let mut c = compile::Compiler::new(env);
         let stmts = if let Some(block) = code.strip_prefix(';') {

@@ -11,7 +11,7 @@ pub enum Value {
     Nil,
     /// `true` / `false`.
     Bool(bool),
-    /// A Lua number (always a double, as in Lua 5.1 / LuaJIT).
+    /// A Lua number (always a double, as in Lua 5.1 / `LuaJIT`).
     Num(f64),
     /// A string.
     Str(Arc<str>),
@@ -37,12 +37,12 @@ pub struct Table {
 impl Table {
     /// Lookup by key with Lua semantics for integer keys.
     pub fn get(&self, key: &Value) -> Value {
+        #[expect(clippy::cast_sign_loss, reason = "checked >= 1 first")]
         if let Value::Num(n) = key
             && n.fract() == 0.0
             && *n >= 1.0
             && (*n as usize) <= self.array.len()
         {
-            #[expect(clippy::cast_sign_loss, reason = "checked >= 1 above")]
             return self.array[(*n as usize) - 1].clone();
         }
         for (k, v) in &self.keyed {
@@ -115,7 +115,7 @@ impl Value {
         }
     }
 
-    /// String coercion the way the PowerDNS bindings accept arguments (numbers become strings).
+    /// String coercion the way the `PowerDNS` bindings accept arguments (numbers become strings).
     pub fn as_string(&self) -> Option<String> {
         match self {
             Value::Str(s) | Value::Name(s) => Some(s.to_string()),

@@ -191,7 +191,7 @@ pub fn encode(q: &ParsedQuery, parts: &ResponseParts<'_>, udp: bool) -> Vec<u8> 
     }
     let limit = usize::from(
         q.edns
-            .map_or(512, |e| e.payload.min(MAX_UDP_PAYLOAD).max(512)),
+            .map_or(512, |e| e.payload.clamp(512, MAX_UDP_PAYLOAD)),
     );
     if bytes.len() <= limit {
         return bytes;

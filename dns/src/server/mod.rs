@@ -231,6 +231,10 @@ async fn publish_events(
 }
 
 /// Run the server until SIGTERM/SIGINT.
+#[expect(
+    clippy::too_many_lines,
+    reason = "start-up sequence reads top to bottom"
+)]
 pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), ServerError> {
     let svc = Services::new(&cfg)?;
     let mut registry = MetricsRegistry::default();
@@ -318,17 +322,11 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
             0
         };
         threads.extend(
-            udp::spawn(
-                catalog.clone(),
-                *addr,
-                workers,
-                cache,
-                cfg.lua.ecs,
-                stop.clone(),
-            )
-            .map_err(|source| ServerError::Bind {
-                addr: addr.to_string(),
-                source,
+            udp::spawn(&catalog, *addr, workers, cache, cfg.lua.ecs, &stop).map_err(|source| {
+                ServerError::Bind {
+                    addr: addr.to_string(),
+                    source,
+                }
             })?,
         );
         info!(%addr, workers, "UDP listening");

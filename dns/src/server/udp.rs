@@ -1,4 +1,4 @@
-//! The lean UDP path (DESIGN §4.7): one SO_REUSEPORT socket per worker thread, queries parsed
+//! The lean UDP path (DESIGN §4.7): one `SO_REUSEPORT` socket per worker thread, queries parsed
 //! with hickory-proto, answers from the worker's answer cache with the id patched, everything
 //! else resolved by the catalog on the same thread.
 
@@ -23,7 +23,7 @@ use crate::{
     catalog::Catalog,
 };
 
-/// Bind one UDP socket with SO_REUSEPORT so several workers share the address.
+/// Bind one UDP socket with `SO_REUSEPORT` so several workers share the address.
 pub fn bind_reuseport(addr: SocketAddr) -> io::Result<UdpSocket> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
@@ -45,12 +45,12 @@ pub fn bind_reuseport(addr: SocketAddr) -> io::Result<UdpSocket> {
 
 /// Start `workers` threads serving `addr`.
 pub fn spawn(
-    catalog: Arc<Catalog>,
+    catalog: &Arc<Catalog>,
     addr: SocketAddr,
     workers: usize,
     cache_entries: usize,
     ecs: bool,
-    stop: Arc<AtomicBool>,
+    stop: &Arc<AtomicBool>,
 ) -> io::Result<Vec<JoinHandle<()>>> {
     let mut handles = Vec::new();
     for i in 0..workers.max(1) {

@@ -24,7 +24,7 @@ use crate::{
     lua::{CompileEnv, CompileError, Env, Program},
 };
 
-/// PowerDNS's type code for LUA records.
+/// `PowerDNS`'s type code for LUA records.
 pub const LUA_TYPE_CODE: u16 = 65402;
 
 /// A zone failed to load.
@@ -65,11 +65,11 @@ pub enum ZoneError {
     Zone { zone: String, reason: String },
 }
 
-/// How the quoted chunks of a LUA record are joined (PowerDNS `lua-records-insert-whitespace`).
+/// How the quoted chunks of a LUA record are joined (`PowerDNS` `lua-records-insert-whitespace`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChunkJoin {
-    /// Plain concatenation (PowerDNS's modern default, `no`).
+    /// Plain concatenation (`PowerDNS`'s modern default, `no`).
     #[default]
     Concat,
     /// One space after each chunk (`yes`).
@@ -98,7 +98,7 @@ pub struct LuaRecord {
 /// All data at one owner name.
 #[derive(Debug, Default)]
 pub struct Node {
-    /// Static RRsets by type.
+    /// Static `RRsets` by type.
     pub rrsets: Vec<(RecordType, Vec<Record>)>,
     /// LUA records (any declared type except LUA).
     pub lua: Vec<Arc<LuaRecord>>,
@@ -223,7 +223,7 @@ pub fn parse_rdata(t: RecordType, tokens: &[Token], origin: &str) -> Result<RDat
     RData::try_from_str(t, &text).map_err(|e| e.to_string())
 }
 
-/// Parse one LUA result string as RDATA of `t` (names are absolute, as in PowerDNS).
+/// Parse one LUA result string as RDATA of `t` (names are absolute, as in `PowerDNS`).
 pub fn parse_lua_content(t: RecordType, s: &str) -> Result<RData, String> {
     let fqdn = |s: &str| -> Result<Name, String> {
         let s = s.trim();
@@ -258,10 +258,6 @@ fn lua_type(word: &str) -> Option<RecordType> {
 
 impl Zone {
     /// Load and compile a zone.
-    #[expect(
-        clippy::too_many_lines,
-        reason = "one pass over the records reads best in one place"
-    )]
     pub fn load(src: ZoneSource<'_>) -> Result<Self, ZoneError> {
         let raws = parser::parse_file(src.file, src.origin)?;
         Self::from_raw(raws, src)
@@ -270,7 +266,8 @@ impl Zone {
     /// Build from already-parsed records.
     #[expect(
         clippy::too_many_lines,
-        reason = "one pass over the records reads best in one place"
+        clippy::needless_pass_by_value,
+        reason = "one pass over the records reads best in one place; the source is a bundle of handles"
     )]
     pub fn from_raw(raws: Vec<RawRecord>, src: ZoneSource<'_>) -> Result<Self, ZoneError> {
         let origin_str = if src.origin.ends_with('.') {

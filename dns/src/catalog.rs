@@ -1,0 +1,193 @@
+//! The catalog: the current zone set (swapped atomically on reload), query resolution and the
+//! answer-cache policy derived from what each answer depended on.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use arc_swap::ArcSwap;
+use hickory_proto::{op::ResponseCode, rr::Record};
+
+use crate::{
+    lua::Deps,
+    metrics::DnsMetrics,
+    server::message::{ParsedQuery, ResponseParts, ecs_net, encode},
+    zone::{ClientInfo, Outcome, ZoneSet},
+};
+
+/// How an encoded answer may be reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CachePolicy {
+    /// Not at all (random choice, transport-dependent, SERVFAIL).
+    None,
+    /// For every client asking the same question.
+    Shared {
+        /// Valid only while the health/failover version is unchanged.
+        versioned: bool,
+    },
+    /// Per client address class (bestwho).
+    PerClient {
+        /// Valid only while the health/failover version is unchanged.
+        versioned: bool,
+    },
+}
+
+/// A resolved query.
+#[derive(Debug)]
+pub struct Resolved {
+    /// Response code.
+    pub rcode: ResponseCode,
+    /// AA flag.
+    pub authoritative: bool,
+    /// Answer section.
+    pub answers: Vec<Record>,
+    /// Authority section.
+    pub authority: Vec<Record>,
+    /// Additional section.
+    pub additional: Vec<Record>,
+    /// ECS scope prefix to echo.
+    pub ecs_scope: u8,
+    /// Reuse policy.
+    pub cache: CachePolicy,
+}
+
+impl Resolved {
+    /// The parts for encoding.
+    pub fn parts(&self) -> ResponseParts<'_> {
+        ResponseParts {
+            rcode: self.rcode,
+            authoritative: self.authoritative,
+            answers: &self.answers,
+            authority: &self.authority,
+            additional: &self.additional,
+            ecs_scope: self.ecs_scope,
+        }
+    }
+}
+
+/// Zones plus the versions caches key on.
+#[derive(Debug)]
+pub struct Catalog {
+    zones: ArcSwap<ZoneSet>,
+    generation: AtomicU64,
+    version: Arc<AtomicU64>,
+    /// Metrics.
+    pub metrics: Arc<DnsMetrics>,
+    ecs: bool,
+}
+
+impl Catalog {
+    /// A catalog serving `zones`; `version` is bumped by health and failover changes.
+    pub fn new(
+        zones: ZoneSet,
+        version: Arc<AtomicU64>,
+        metrics: Arc<DnsMetrics>,
+        ecs: bool,
+    ) -> Self {
+        Self {
+            zones: ArcSwap::from_pointee(zones),
+            generation: AtomicU64::new(1),
+            version,
+            metrics,
+            ecs,
+        }
+    }
+
+    /// Swap in a new zone set atomically; caches notice through [`Catalog::generation`].
+    pub fn replace(&self, zones: ZoneSet) {
+        self.zones.store(Arc::new(zones));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Current zone set.
+    pub fn zones(&self) -> arc_swap::Guard<Arc<ZoneSet>> {
+        self.zones.load()
+    }
+
+    /// Bumped on every reload.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Bumped on every health or failover transition.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// Client facts for a query.
+    pub fn client(&self, q: &ParsedQuery, src: SocketAddr, local: IpAddr, tcp: bool) -> ClientInfo {
+        let ecs = if self.ecs {
+            q.edns.and_then(|e| e.ecs).and_then(ecs_net)
+        } else {
+            None
+        };
+        ClientInfo {
+            who: src.ip().to_canonical(),
+            ecs,
+            local,
+            tcp,
+            dnssec_ok: q.edns.is_some_and(|e| e.dnssec_ok),
+        }
+    }
+
+    /// Resolve a query.
+    pub fn resolve(&self, q: &ParsedQuery, client: &ClientInfo) -> Resolved {
+        let zones = self.zones.load();
+        let name = q.query.name();
+        let Some(zone) = zones.find(name) else {
+            return Resolved {
+                rcode: ResponseCode::Refused,
+                authoritative: false,
+                answers: Vec::new(),
+                authority: Vec::new(),
+                additional: Vec::new(),
+                ecs_scope: 0,
+                cache: CachePolicy::Shared { versioned: false },
+            };
+        };
+        let ans = zone.answer(name, q.query.query_type(), client);
+        if ans.dynamic {
+            self.metrics.lua_evaluations.inc();
+        }
+        let d = ans.deps;
+        let versioned = d.has(Deps::HEALTH) || d.has(Deps::FAILOVER);
+        let cache =
+            if ans.outcome == Outcome::ServFail || d.has(Deps::RANDOM) || d.has(Deps::TRANSPORT) {
+                CachePolicy::None
+            } else if d.has(Deps::CLIENT) {
+                CachePolicy::PerClient { versioned }
+            } else {
+                CachePolicy::Shared { versioned }
+            };
+        let ecs_scope = match (client.ecs, d.has(Deps::CLIENT)) {
+            (Some(net), true) => net.prefix_len(),
+            _ => 0,
+        };
+        Resolved {
+            rcode: ans.rcode(),
+            authoritative: ans.authoritative,
+            answers: ans.answers,
+            authority: ans.authority,
+            additional: ans.additional,
+            ecs_scope,
+            cache,
+        }
+    }
+
+    /// Resolve and encode for UDP.
+    pub fn answer_udp(
+        &self,
+        q: &ParsedQuery,
+        src: SocketAddr,
+        local: IpAddr,
+    ) -> (Vec<u8>, ResponseCode, CachePolicy, IpAddr) {
+        let client = self.client(q, src, local, false);
+        let r = self.resolve(q, &client);
+        let bytes = encode(q, &r.parts(), true);
+        (bytes, r.rcode, r.cache, client.bestwho())
+    }
+}

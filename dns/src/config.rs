@@ -1,0 +1,301 @@
+//! The `catalyst-dns serve --config FILE` file (YAML). Unknown fields are errors; every field
+//! has a documented default. Relative paths are relative to the config file's directory.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{health::HealthConfig, zone::ChunkJoin};
+
+/// Failure reading the config.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Not readable.
+    #[error("failed to read config `{path}`")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid.
+    #[error("invalid config `{path}`")]
+    Parse {
+        path: String,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    /// Semantically wrong.
+    #[error("invalid config `{path}`: {reason}")]
+    Invalid { path: String, reason: String },
+}
+
+/// Top-level configuration.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Addresses to serve DNS on (UDP and TCP), e.g. `127.0.0.1:53`, `[::]:53`. Default
+    /// `["127.0.0.1:5353"]`.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<SocketAddr>,
+    /// UDP worker threads per listen address (each with its own SO_REUSEPORT socket). Default 0 =
+    /// one per CPU.
+    #[serde(default)]
+    pub udp_workers: usize,
+    /// Serve TCP (through hickory-server). Default true.
+    #[serde(default = "default_true")]
+    pub tcp: bool,
+    /// Idle timeout of TCP connections, in seconds. Default 10.
+    #[serde(default = "default_tcp_timeout")]
+    pub tcp_timeout_secs: u64,
+    /// Zones to serve.
+    pub zones: Vec<ZoneConfig>,
+    /// LUA record behaviour.
+    #[serde(default)]
+    pub lua: LuaConfig,
+    /// Health checker.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// Geo databases.
+    #[serde(default)]
+    pub geo: GeoConfig,
+    /// Answer cache.
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// Zone reloading.
+    #[serde(default)]
+    pub reload: ReloadConfig,
+    /// Failover state for the `failover()` extension.
+    #[serde(default)]
+    pub failover: FailoverConfig,
+    /// NATS connection (health events, `dns-failover` KV). Default: none (standalone).
+    #[serde(default)]
+    pub nats: Option<NatsConfig>,
+    /// Prometheus metrics endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// One zone.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    /// Zone apex, e.g. `example.org`.
+    pub origin: String,
+    /// Master file (RFC 1035 with PowerDNS `LUA` records).
+    pub file: PathBuf,
+}
+
+/// LUA record settings.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LuaConfig {
+    /// How quoted chunks are joined: `concat` (PowerDNS `lua-records-insert-whitespace=no`, the
+    /// default) or `space` (`yes`).
+    #[serde(default)]
+    pub chunk_join: ChunkJoin,
+    /// Use EDNS Client Subnet: `bestwho` is the subnet's network and answers echo ECS with a
+    /// scope prefix. Default true.
+    #[serde(default = "default_true")]
+    pub ecs: bool,
+}
+
+impl Default for LuaConfig {
+    fn default() -> Self {
+        Self {
+            chunk_join: ChunkJoin::default(),
+            ecs: true,
+        }
+    }
+}
+
+/// MaxMind-format databases.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeoConfig {
+    /// City (or Country) database: country, continent, region, location. Default none.
+    #[serde(default)]
+    pub city: Option<PathBuf>,
+    /// ASN database. Default none.
+    #[serde(default)]
+    pub asn: Option<PathBuf>,
+}
+
+/// Answer cache (the UDP fast path serves from it).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Cache answers. Default true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Entries per UDP worker before the cache is cleared. Default 100000.
+    #[serde(default = "default_cache_entries")]
+    pub max_entries: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_entries: default_cache_entries(),
+        }
+    }
+}
+
+/// Reload settings (SIGHUP always reloads).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadConfig {
+    /// Poll zone files for changes every this many seconds; 0 disables. Default 2.
+    #[serde(default = "default_watch")]
+    pub watch_interval_secs: u64,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        Self {
+            watch_interval_secs: default_watch(),
+        }
+    }
+}
+
+/// Failover state sources.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverConfig {
+    /// YAML/JSON file of `group: region` (or `group: {active_region: …}`) for standalone mode.
+    /// Default none.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// NATS KV bucket watched when NATS is configured. Default `dns-failover`.
+    #[serde(default = "default_bucket")]
+    pub bucket: String,
+    /// Poll interval of the file source, in seconds. Default 1.
+    #[serde(default = "default_one")]
+    pub poll_interval_secs: u64,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        Self {
+            file: None,
+            bucket: default_bucket(),
+            poll_interval_secs: 1,
+        }
+    }
+}
+
+/// NATS connection.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URL, e.g. `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// Credentials file. Default none.
+    #[serde(default)]
+    pub credentials: Option<PathBuf>,
+    /// Subject prefix of health events. Default `catalyst.health`.
+    #[serde(default = "default_health_subject")]
+    pub health_subject: String,
+}
+
+/// Metrics endpoint.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the `/metrics` HTTP endpoint; none disables. Default `127.0.0.1:9153`.
+    #[serde(default = "default_metrics")]
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_metrics(),
+        }
+    }
+}
+
+fn default_listen() -> Vec<SocketAddr> {
+    vec!["127.0.0.1:5353".parse().expect("literal")]
+}
+fn default_true() -> bool {
+    true
+}
+fn default_tcp_timeout() -> u64 {
+    10
+}
+fn default_cache_entries() -> usize {
+    100_000
+}
+fn default_watch() -> u64 {
+    2
+}
+fn default_bucket() -> String {
+    "dns-failover".into()
+}
+fn default_one() -> u64 {
+    1
+}
+fn default_health_subject() -> String {
+    "catalyst.health".into()
+}
+fn default_metrics() -> Option<SocketAddr> {
+    Some("127.0.0.1:9153".parse().expect("literal"))
+}
+
+impl Config {
+    /// Read and validate; relative paths become relative to the file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut cfg: Config = serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve_paths(base);
+        if cfg.zones.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.display().to_string(),
+                reason: "no zones".into(),
+            });
+        }
+        if cfg.listen.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.display().to_string(),
+                reason: "no listen addresses".into(),
+            });
+        }
+        Ok(cfg)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for z in &mut self.zones {
+            fix(&mut z.file);
+        }
+        if let Some(p) = &mut self.geo.city {
+            fix(p);
+        }
+        if let Some(p) = &mut self.geo.asn {
+            fix(p);
+        }
+        if let Some(p) = &mut self.failover.file {
+            fix(p);
+        }
+        if let Some(n) = &mut self.nats
+            && let Some(p) = &mut n.credentials
+        {
+            fix(p);
+        }
+    }
+}

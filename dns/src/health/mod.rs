@@ -1,0 +1,498 @@
+//! Health checker for `ifportup`, `ifurlup` and `ifurlextup`.
+//!
+//! Checks are registered when a zone is compiled (not by the first query), keyed by target and
+//! options so identical targets share one check across records and zones, and each runs on its
+//! own interval. State is one atomic per check, read lock-free on the query path; every
+//! transition bumps a version that invalidates cached answers, updates metrics and is published
+//! as a health event.
+
+mod http;
+mod tcp;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{runtime::Handle, sync::mpsc, task::AbortHandle};
+use tracing::{debug, info};
+
+pub use self::http::{HttpError, Url};
+
+/// What a check probes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    /// TCP connect to the address and port.
+    Tcp(SocketAddr),
+    /// HTTP(S) GET of the URL, connecting to `pin` when set (Host/SNI stay from the URL), or to
+    /// the URL's host resolved normally (`ifurlextup`).
+    Url {
+        /// The URL.
+        url: String,
+        /// Address to connect to instead of resolving the host.
+        pin: Option<IpAddr>,
+    },
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Tcp(a) => write!(f, "tcp://{a}"),
+            Target::Url { url, pin: Some(p) } => write!(f, "{url} via {p}"),
+            Target::Url { url, pin: None } => f.write_str(url),
+        }
+    }
+}
+
+/// A check: its target and the options that change how it is probed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CheckSpec {
+    /// What is probed.
+    pub target: Target,
+    /// Check options (timeout, interval, stringmatch, ...), as strings.
+    pub opts: BTreeMap<String, String>,
+}
+
+/// Options that only steer the answer, not the probe; they are not part of a check's identity.
+pub const ANSWER_OPTIONS: &[&str] = &["selector", "backupSelector", "failOnIncompleteCheck"];
+
+/// Health of one check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// No check has completed yet.
+    Pending,
+    /// Up.
+    Up,
+    /// Down.
+    Down,
+}
+
+/// How targets whose first check has not completed are answered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FirstRun {
+    /// As PowerDNS: treated as down, so the backup selector answers.
+    #[default]
+    Down,
+    /// Treated as up until the first check says otherwise.
+    Up,
+}
+
+/// Health checker settings (the `health` section of the config).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Check period when a record sets no `interval`, in seconds. Default 5 (PowerDNS's
+    /// `lua-health-checks-interval`).
+    #[serde(default = "default_interval")]
+    pub interval_secs: u64,
+    /// Check timeout when a record sets no `timeout`, in seconds. Default 2.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// Consecutive successes before a down target is up again (damps flaps), when a record sets
+    /// no `minimumSuccesses`. Default 1.
+    #[serde(default = "default_one")]
+    pub minimum_successes: u32,
+    /// Answer for targets not checked yet: `down` (PowerDNS) or `up`. Default `down`.
+    #[serde(default)]
+    pub first_run: FirstRun,
+    /// Verify TLS certificates of HTTPS checks. Default false (as PowerDNS).
+    #[serde(default)]
+    pub verify_tls: bool,
+    /// User-Agent of URL checks when a record sets no `useragent`. Default `catalyst-dns`.
+    #[serde(default = "default_user_agent")]
+    pub user_agent: String,
+    /// Redirects followed by URL checks. Default 5.
+    #[serde(default = "default_redirects")]
+    pub max_redirects: u32,
+}
+
+fn default_interval() -> u64 {
+    5
+}
+fn default_timeout() -> u64 {
+    2
+}
+fn default_one() -> u32 {
+    1
+}
+fn default_user_agent() -> String {
+    "catalyst-dns".into()
+}
+fn default_redirects() -> u32 {
+    5
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: default_interval(),
+            timeout_secs: default_timeout(),
+            minimum_successes: default_one(),
+            first_run: FirstRun::default(),
+            verify_tls: false,
+            user_agent: default_user_agent(),
+            max_redirects: default_redirects(),
+        }
+    }
+}
+
+const PENDING: u8 = 0;
+const UP: u8 = 1;
+const DOWN: u8 = 2;
+
+/// Shared state of one check.
+#[derive(Debug)]
+pub struct CheckState {
+    /// The check.
+    pub spec: CheckSpec,
+    status: AtomicU8,
+    failures: AtomicU32,
+    successes: AtomicU32,
+    zones: Mutex<BTreeSet<String>>,
+}
+
+impl CheckState {
+    /// Current status.
+    pub fn status(&self) -> Status {
+        match self.status.load(Ordering::Relaxed) {
+            PENDING => Status::Pending,
+            UP => Status::Up,
+            _ => Status::Down,
+        }
+    }
+
+    fn opt_u32(&self, key: &str) -> Option<u32> {
+        self.spec.opts.get(key).and_then(|v| v.trim().parse().ok())
+    }
+}
+
+/// A health transition, published on NATS as `catalyst.health.<zone>.<target>`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HealthEvent {
+    /// Zone whose records use the target.
+    pub zone: String,
+    /// Target in display form.
+    pub target: String,
+    /// Subject-safe target token.
+    pub target_token: String,
+    /// `up` or `down`.
+    pub status: String,
+    /// Previous status (`pending`, `up`, `down`).
+    pub previous: String,
+    /// Why (the error of a failed check).
+    pub reason: Option<String>,
+    /// Unix time in seconds.
+    pub at: u64,
+}
+
+fn status_name(s: u8) -> &'static str {
+    match s {
+        PENDING => "pending",
+        UP => "up",
+        _ => "down",
+    }
+}
+
+/// Subject token for a target: dots, colons and slashes are not allowed in NATS tokens.
+pub fn target_token(t: &Target) -> String {
+    t.to_string()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+struct Shared {
+    cfg: HealthConfig,
+    version: Arc<AtomicU64>,
+    events: Mutex<Option<mpsc::UnboundedSender<HealthEvent>>>,
+    metrics: Mutex<Option<crate::metrics::HealthMetrics>>,
+}
+
+/// All registered checks.
+pub struct Registry {
+    shared: Arc<Shared>,
+    checks: Mutex<HashMap<CheckSpec, Arc<CheckState>>>,
+    tasks: Mutex<HashMap<CheckSpec, AbortHandle>>,
+    runtime: Mutex<Option<Handle>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// A registry that runs no checks until [`Registry::start`].
+    pub fn new(cfg: HealthConfig, version: Arc<AtomicU64>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                cfg,
+                version,
+                events: Mutex::new(None),
+                metrics: Mutex::new(None),
+            }),
+            checks: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(HashMap::new()),
+            runtime: Mutex::new(None),
+        }
+    }
+
+    /// Settings.
+    pub fn config(&self) -> &HealthConfig {
+        &self.shared.cfg
+    }
+
+    /// Version bumped on every transition.
+    pub fn version(&self) -> u64 {
+        self.shared.version.load(Ordering::Acquire)
+    }
+
+    /// Send transitions to this channel.
+    pub fn set_events(&self, tx: mpsc::UnboundedSender<HealthEvent>) {
+        *self.shared.events.lock().expect("lock") = Some(tx);
+    }
+
+    /// Export state through these metrics.
+    pub fn set_metrics(&self, m: crate::metrics::HealthMetrics) {
+        *self.shared.metrics.lock().expect("lock") = Some(m);
+    }
+
+    /// Register (or find) a check used by `zone`.
+    pub fn register(&self, spec: CheckSpec, zone: &str) -> Arc<CheckState> {
+        let mut checks = self.checks.lock().expect("lock");
+        let state = checks
+            .entry(spec.clone())
+            .or_insert_with(|| {
+                Arc::new(CheckState {
+                    spec: spec.clone(),
+                    status: AtomicU8::new(PENDING),
+                    failures: AtomicU32::new(0),
+                    successes: AtomicU32::new(0),
+                    zones: Mutex::new(BTreeSet::new()),
+                })
+            })
+            .clone();
+        drop(checks);
+        state.zones.lock().expect("lock").insert(zone.to_string());
+        if let Some(rt) = self.runtime.lock().expect("lock").as_ref() {
+            self.spawn(rt, &state);
+        }
+        state
+    }
+
+    fn spawn(&self, rt: &Handle, state: &Arc<CheckState>) {
+        let mut tasks = self.tasks.lock().expect("lock");
+        if tasks.contains_key(&state.spec) {
+            return;
+        }
+        let task = rt.spawn(run_check(self.shared.clone(), state.clone()));
+        tasks.insert(state.spec.clone(), task.abort_handle());
+    }
+
+    /// Start running every registered check (and any registered later) on `rt`.
+    pub fn start(&self, rt: &Handle) {
+        *self.runtime.lock().expect("lock") = Some(rt.clone());
+        let checks: Vec<_> = self
+            .checks
+            .lock()
+            .expect("lock")
+            .values()
+            .cloned()
+            .collect();
+        for state in checks {
+            self.spawn(rt, &state);
+        }
+    }
+
+    /// Drop checks no compiled zone refers to any more (after a reload).
+    pub fn prune(&self) {
+        let mut checks = self.checks.lock().expect("lock");
+        let mut tasks = self.tasks.lock().expect("lock");
+        checks.retain(|spec, state| {
+            let used = Arc::strong_count(state) > 1;
+            if !used {
+                debug!(target = %spec.target, "health check no longer used");
+                if let Some(t) = tasks.remove(spec) {
+                    t.abort();
+                }
+            }
+            used
+        });
+    }
+
+    /// Number of registered checks.
+    pub fn len(&self) -> usize {
+        self.checks.lock().expect("lock").len()
+    }
+
+    /// True if no checks are registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Snapshot of all checks and their status.
+    pub fn snapshot(&self) -> Vec<(CheckSpec, Status)> {
+        self.checks
+            .lock()
+            .expect("lock")
+            .values()
+            .map(|s| (s.spec.clone(), s.status()))
+            .collect()
+    }
+}
+
+async fn run_check(shared: Arc<Shared>, state: Arc<CheckState>) {
+    let secs = |key: &str, default: u64| -> Duration {
+        let v = state
+            .spec
+            .opts
+            .get(key)
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|v| *v > 0.0)
+            .unwrap_or(default as f64);
+        Duration::from_secs_f64(v)
+    };
+    let interval = secs("interval", shared.cfg.interval_secs);
+    let timeout = secs("timeout", shared.cfg.timeout_secs);
+    loop {
+        let started = tokio::time::Instant::now();
+        let result = match &state.spec.target {
+            Target::Tcp(addr) => tcp::check(*addr, &state.spec.opts, timeout).await,
+            Target::Url { url, pin } => {
+                http::check(url, *pin, &state.spec.opts, timeout, &shared.cfg).await
+            }
+        };
+        update(&shared, &state, result);
+        tokio::time::sleep_until(started + interval).await;
+    }
+}
+
+fn update(shared: &Shared, state: &CheckState, result: Result<(), String>) {
+    let before = state.status.load(Ordering::Relaxed);
+    let after = match &result {
+        Ok(()) => {
+            state.failures.store(0, Ordering::Relaxed);
+            let n = state.successes.fetch_add(1, Ordering::Relaxed) + 1;
+            let need = state
+                .opt_u32("minimumSuccesses")
+                .unwrap_or(shared.cfg.minimum_successes)
+                .max(1);
+            if before == UP || n >= need || before == PENDING {
+                UP
+            } else {
+                before
+            }
+        }
+        Err(_) => {
+            state.successes.store(0, Ordering::Relaxed);
+            let n = state.failures.fetch_add(1, Ordering::Relaxed) + 1;
+            let need = state.opt_u32("minimumFailures").unwrap_or(1).max(1);
+            if n >= need {
+                DOWN
+            } else if before == PENDING {
+                // PowerDNS exposes "failed, but not minimumFailures times yet" targets as up.
+                UP
+            } else {
+                before
+            }
+        }
+    };
+    if let Some(m) = shared.metrics.lock().expect("lock").as_ref() {
+        m.observe(&state.spec.target, result.is_ok(), after == UP);
+    }
+    if after == before {
+        return;
+    }
+    state.status.store(after, Ordering::Release);
+    shared.version.fetch_add(1, Ordering::AcqRel);
+    let reason = result.err();
+    info!(target = %state.spec.target, from = status_name(before), to = status_name(after), reason = reason.as_deref().unwrap_or(""), "health transition");
+    let tx = shared.events.lock().expect("lock").clone();
+    if let Some(tx) = tx {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        for zone in state.zones.lock().expect("lock").iter() {
+            let _ = tx.send(HealthEvent {
+                zone: zone.clone(),
+                target: state.spec.target.to_string(),
+                target_token: target_token(&state.spec.target),
+                status: status_name(after).into(),
+                previous: status_name(before).into(),
+                reason: reason.clone(),
+                at,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(opts: &[(&str, &str)]) -> CheckSpec {
+        CheckSpec {
+            target: Target::Tcp("127.0.0.1:1".parse().unwrap()),
+            opts: opts
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn identical_targets_share_state() {
+        let r = Registry::new(HealthConfig::default(), Arc::default());
+        let a = r.register(spec(&[]), "a.");
+        let b = r.register(spec(&[]), "b.");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(r.len(), 1);
+        drop((a, b));
+        r.prune();
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn minimum_failures_and_successes_damp_flaps() {
+        let r = Registry::new(HealthConfig::default(), Arc::default());
+        let s = r.register(
+            spec(&[("minimumFailures", "2"), ("minimumSuccesses", "2")]),
+            "z.",
+        );
+        update(&r.shared, &s, Ok(()));
+        assert_eq!(s.status(), Status::Up);
+        update(&r.shared, &s, Err("x".into()));
+        assert_eq!(s.status(), Status::Up);
+        update(&r.shared, &s, Err("x".into()));
+        assert_eq!(s.status(), Status::Down);
+        update(&r.shared, &s, Ok(()));
+        assert_eq!(s.status(), Status::Down);
+        let v = r.version();
+        update(&r.shared, &s, Ok(()));
+        assert_eq!(s.status(), Status::Up);
+        assert_eq!(r.version(), v + 1);
+    }
+
+    #[test]
+    fn first_failure_below_minimum_reads_up_like_powerdns() {
+        let r = Registry::new(HealthConfig::default(), Arc::default());
+        let s = r.register(spec(&[("minimumFailures", "3")]), "z.");
+        assert_eq!(s.status(), Status::Pending);
+        update(&r.shared, &s, Err("refused".into()));
+        assert_eq!(s.status(), Status::Up);
+    }
+}

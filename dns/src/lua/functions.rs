@@ -1,0 +1,1110 @@
+//! The built-in functions of LUA records, with PowerDNS's semantics. Deterministic pickers use
+//! the same hash (lookup2) and the same candidate order as PowerDNS so answers match.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+};
+
+use ipnet::IpNet;
+use rand::{Rng, seq::SliceRandom};
+
+use super::{
+    CompileEnv, CompileError, Deps, EvalContext, EvalError,
+    ast::{Builtin, Expr},
+    value::{Table, Value},
+};
+use crate::{
+    failover::FailoverState,
+    geo::{GeoDb, GeoInfo},
+    hash,
+    health::{self, CheckSpec, CheckState, FirstRun, Status, Target},
+};
+
+/// Services the functions read at query time.
+#[derive(Debug)]
+pub struct Env {
+    /// Health registry (also used to register checks whose targets are only known per query).
+    pub health: Arc<health::Registry>,
+    /// Geo databases, if configured.
+    pub geo: Option<Arc<GeoDb>>,
+    /// Failover state for the `failover()` extension.
+    pub failover: Arc<FailoverState>,
+    /// Zone being answered (for checks registered per query).
+    pub zone: String,
+}
+
+/// How a health-checked function picks among available addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Selector {
+    /// One at random.
+    Random,
+    /// One by hash of bestwho.
+    Hashed,
+    /// The closest to bestwho.
+    PickClosest,
+    /// All of them.
+    All,
+    /// None (backupSelector only): NODATA.
+    Empty,
+}
+
+impl Selector {
+    fn parse(s: &str, backup: bool) -> Option<Self> {
+        Some(match s {
+            "random" => Self::Random,
+            "hashed" => Self::Hashed,
+            "pickclosest" => Self::PickClosest,
+            "all" => Self::All,
+            "empty" if backup => Self::Empty,
+            _ => return None,
+        })
+    }
+}
+
+/// A health-checked call with its checks registered at load.
+#[derive(Debug)]
+pub struct HealthPlan {
+    /// Candidate groups: the address answered and the check deciding it.
+    groups: Vec<Vec<(IpAddr, Arc<CheckState>)>>,
+    selector: Selector,
+    backup: Selector,
+    fail_on_incomplete: bool,
+}
+
+fn bad(msg: impl Into<String>) -> CompileError {
+    CompileError::bad_call(msg)
+}
+
+fn eval_err(msg: impl Into<String>) -> EvalError {
+    EvalError::new(msg)
+}
+
+/// Compile a call; checks are registered and constant arguments validated here.
+pub(super) fn compile_call(
+    b: Builtin,
+    args: Vec<Expr>,
+    env: &CompileEnv<'_>,
+) -> Result<Expr, CompileError> {
+    let consts: Option<Vec<Value>> = args.iter().map(|a| a.as_const().cloned()).collect();
+    match b {
+        Builtin::IfPortUp | Builtin::IfUrlUp | Builtin::IfUrlExtUp => {
+            if let Some(vals) = consts {
+                let plan = plan(b, &vals, |spec| env.health.register(spec, env.zone))
+                    .map_err(|e| bad(e.message))?;
+                return Ok(Expr::Health(Arc::new(plan)));
+            }
+        }
+        _ => {
+            if let Some(vals) = &consts {
+                validate(b, vals)?;
+            }
+        }
+    }
+    Ok(Expr::Call(b, args))
+}
+
+/// Load-time checks of constant arguments, so zone errors surface at load, not per query.
+fn validate(b: Builtin, vals: &[Value]) -> Result<(), CompileError> {
+    match b {
+        Builtin::PickWHashed
+        | Builtin::PickWRandom
+        | Builtin::PickNameHashed
+        | Builtin::PickCHashed => {
+            let items = weighted(vals.first()).map_err(|e| bad(e.message))?;
+            if items.iter().any(|(w, _)| *w < 0) {
+                return Err(bad("weights must not be negative"));
+            }
+        }
+        Builtin::Netmask | Builtin::NewNmg => {
+            nets(vals.first()).map_err(|e| bad(e.message))?;
+        }
+        Builtin::View => {
+            view_rules(vals.first()).map_err(|e| bad(e.message))?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn string_list(v: Option<&Value>) -> Result<Vec<String>, EvalError> {
+    match v {
+        Some(Value::Table(t)) => t
+            .values()
+            .map(|v| {
+                v.as_string()
+                    .ok_or_else(|| eval_err(format!("list holds a {}", v.type_name())))
+            })
+            .collect(),
+        Some(other) => other
+            .as_string()
+            .map(|s| vec![s])
+            .ok_or_else(|| eval_err(format!("expected a list, got {}", other.type_name()))),
+        None => Err(eval_err("missing list argument")),
+    }
+}
+
+fn parse_ip(s: &str) -> Result<IpAddr, EvalError> {
+    s.trim()
+        .parse()
+        .map_err(|_| eval_err(format!("`{s}` is not an IP address")))
+}
+
+fn parse_net(s: &str) -> Result<IpNet, EvalError> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<IpNet>() {
+        return Ok(n);
+    }
+    parse_ip(s).map(IpNet::from)
+}
+
+fn nets(v: Option<&Value>) -> Result<Vec<IpNet>, EvalError> {
+    string_list(v)?.iter().map(|s| parse_net(s)).collect()
+}
+
+/// Order in which libstdc++'s `std::unordered_map<int, …>` iterates keys 1..=n inserted in
+/// order (PowerDNS reads weighted lists into one). Keys never collide (n ≤ bucket count), so the
+/// order only depends on when the table rehashes: each insert goes to the front of the node
+/// list, and each rehash reverses the list.
+pub fn unordered_int_order(n: usize) -> Vec<usize> {
+    // Bucket counts libstdc++ grows through: 13 first (the "start with 11" rule rounds to 13),
+    // then the next prime of its table at or above double the count.
+    const PRIMES: &[usize] = &[
+        29, 59, 127, 257, 541, 1109, 2357, 5087, 10273, 20753, 42043, 85229, 172_933, 351_061,
+        712_697,
+    ];
+    let mut order: std::collections::VecDeque<usize> = std::collections::VecDeque::new();
+    let mut buckets = 0usize;
+    for key in 1..=n {
+        if key > buckets {
+            buckets = if buckets == 0 {
+                13
+            } else {
+                PRIMES
+                    .iter()
+                    .copied()
+                    .find(|p| *p >= (buckets * 2).max(key + 1))
+                    .unwrap_or(buckets * 2 + 1)
+            };
+            order = order.into_iter().rev().collect();
+        }
+        order.push_front(key);
+    }
+    order.into_iter().collect()
+}
+
+/// `{{w, v}, …}` as (weight, value) in PowerDNS's iteration order.
+fn weighted(v: Option<&Value>) -> Result<Vec<(i64, String)>, EvalError> {
+    let Some(Value::Table(t)) = v else {
+        return Err(eval_err("expected a list of {weight, value} pairs"));
+    };
+    let pairs: Vec<&Value> = t.values().collect();
+    let mut out = Vec::with_capacity(pairs.len());
+    for idx in unordered_int_order(pairs.len()) {
+        let Value::Table(p) = pairs[idx - 1] else {
+            return Err(eval_err("expected a {weight, value} pair"));
+        };
+        let w = p.get(&Value::Num(1.0));
+        let val = p.get(&Value::Num(2.0));
+        // PowerDNS reads the weight with atoi(): non-numbers count as 0.
+        #[expect(clippy::cast_possible_truncation, reason = "atoi semantics")]
+        let w = w.as_number().map_or(0, |n| n as i64);
+        let val = val
+            .as_string()
+            .ok_or_else(|| eval_err("pair without a value"))?;
+        out.push((w, val));
+    }
+    Ok(out)
+}
+
+fn options(v: Option<&Value>) -> Result<BTreeMap<String, String>, EvalError> {
+    let mut out = BTreeMap::new();
+    match v {
+        None | Some(Value::Nil) => {}
+        Some(Value::Table(t)) => {
+            for (k, v) in t.entries() {
+                let k = k
+                    .as_string()
+                    .ok_or_else(|| eval_err("option name must be a string"))?;
+                let v = match v {
+                    Value::Table(h) => {
+                        // headers = {Foo_Bar = 'x'} → "Foo-Bar: x" lines (`_` becomes `-`).
+                        let mut lines = String::new();
+                        for (hk, hv) in h.entries() {
+                            let hk = hk.as_string().unwrap_or_default().replace('_', "-");
+                            lines.push_str(&format!(
+                                "{hk}: {}\n",
+                                hv.as_string().unwrap_or_default()
+                            ));
+                        }
+                        lines
+                    }
+                    Value::Bool(b) => b.to_string(),
+                    other => other.as_string().ok_or_else(|| {
+                        eval_err(format!("option `{k}` has a {}", other.type_name()))
+                    })?,
+                };
+                out.insert(k, v);
+            }
+        }
+        Some(other) => {
+            return Err(eval_err(format!(
+                "options must be a table, got {}",
+                other.type_name()
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// Flat list or list of groups of addresses.
+fn groups(v: Option<&Value>) -> Result<Vec<Vec<String>>, EvalError> {
+    let Some(Value::Table(t)) = v else {
+        return Err(eval_err("expected a list of addresses"));
+    };
+    if t.values().all(|v| matches!(v, Value::Table(_))) && !t.is_empty() {
+        t.values().map(|g| string_list(Some(g))).collect()
+    } else {
+        Ok(vec![string_list(v)?])
+    }
+}
+
+fn plan(
+    b: Builtin,
+    vals: &[Value],
+    mut register: impl FnMut(CheckSpec) -> Arc<CheckState>,
+) -> Result<HealthPlan, EvalError> {
+    let opt_index = if b == Builtin::IfUrlExtUp { 1 } else { 2 };
+    let all_opts = options(vals.get(opt_index))?;
+    let selector = match all_opts.get("selector") {
+        Some(s) => {
+            Selector::parse(s, false).ok_or_else(|| eval_err(format!("unknown selector `{s}`")))?
+        }
+        None => Selector::Random,
+    };
+    let backup = match all_opts.get("backupSelector") {
+        Some(s) => Selector::parse(s, true)
+            .ok_or_else(|| eval_err(format!("unknown backupSelector `{s}`")))?,
+        None => Selector::Random,
+    };
+    let fail_on_incomplete = all_opts
+        .get("failOnIncompleteCheck")
+        .is_some_and(|v| v == "true");
+    let mut check_opts = all_opts.clone();
+    check_opts.retain(|k, _| !health::ANSWER_OPTIONS.contains(&k.as_str()));
+    let mut out = Vec::new();
+    match b {
+        Builtin::IfPortUp => {
+            let port = vals
+                .first()
+                .and_then(Value::as_number)
+                .ok_or_else(|| eval_err("ifportup needs a port"))?;
+            #[expect(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                reason = "clamped to the port range as PowerDNS does"
+            )]
+            let port = port.clamp(0.0, 65535.0) as u16;
+            for g in groups(vals.get(1))? {
+                let mut group = Vec::new();
+                for a in g {
+                    let ip = parse_ip(&a)?;
+                    let spec = CheckSpec {
+                        target: Target::Tcp(SocketAddr::new(ip, port)),
+                        opts: check_opts.clone(),
+                    };
+                    group.push((ip, register(spec)));
+                }
+                out.push(group);
+            }
+        }
+        Builtin::IfUrlUp => {
+            let url = vals
+                .first()
+                .and_then(Value::as_string)
+                .ok_or_else(|| eval_err("ifurlup needs a URL"))?;
+            health::Url::parse(&url).map_err(|e| eval_err(e.to_string()))?;
+            for g in groups(vals.get(1))? {
+                let mut group = Vec::new();
+                for a in g {
+                    let ip = parse_ip(&a)?;
+                    let spec = CheckSpec {
+                        target: Target::Url {
+                            url: url.clone(),
+                            pin: Some(ip),
+                        },
+                        opts: check_opts.clone(),
+                    };
+                    group.push((ip, register(spec)));
+                }
+                out.push(group);
+            }
+        }
+        _ => {
+            let Some(Value::Table(units)) = vals.first() else {
+                return Err(eval_err("ifurlextup needs a list of {ip = url} tables"));
+            };
+            for unit in units.values() {
+                let Value::Table(m) = unit else {
+                    return Err(eval_err("ifurlextup needs a list of {ip = url} tables"));
+                };
+                let mut group = Vec::new();
+                for (ip, url) in m.entries() {
+                    let ip = parse_ip(&ip.as_string().unwrap_or_default())?;
+                    let url = url
+                        .as_string()
+                        .ok_or_else(|| eval_err("URL must be a string"))?;
+                    health::Url::parse(&url).map_err(|e| eval_err(e.to_string()))?;
+                    let spec = CheckSpec {
+                        target: Target::Url { url, pin: None },
+                        opts: check_opts.clone(),
+                    };
+                    group.push((ip, register(spec)));
+                }
+                out.push(group);
+            }
+        }
+    }
+    Ok(HealthPlan {
+        groups: out,
+        selector,
+        backup,
+        fail_on_incomplete,
+    })
+}
+
+/// Evaluate a health-checked call.
+pub(super) fn health(plan: &HealthPlan, cx: &EvalContext<'_>) -> Result<Value, EvalError> {
+    cx.note(Deps::HEALTH);
+    let first_run = cx.env.health.config().first_run;
+    let mut incomplete = true;
+    for group in &plan.groups {
+        let mut available = Vec::new();
+        for (ip, state) in group {
+            match state.status() {
+                Status::Up => {
+                    incomplete = false;
+                    available.push(*ip);
+                }
+                Status::Down => incomplete = false,
+                Status::Pending => {
+                    if first_run == FirstRun::Up {
+                        available.push(*ip);
+                    }
+                }
+            }
+        }
+        if !available.is_empty() {
+            return select(plan.selector, &available, cx);
+        }
+    }
+    if incomplete && plan.fail_on_incomplete {
+        return Err(eval_err("health check has not completed yet"));
+    }
+    // As PowerDNS: the backup selector picks among all candidates of all groups.
+    let all: Vec<IpAddr> = plan.groups.iter().flatten().map(|(ip, _)| *ip).collect();
+    if all.is_empty() {
+        return Err(eval_err("the address list cannot be empty"));
+    }
+    select(plan.backup, &all, cx)
+}
+
+fn select(s: Selector, cands: &[IpAddr], cx: &EvalContext<'_>) -> Result<Value, EvalError> {
+    let one = |ip: IpAddr| Value::list(vec![Value::str(ip.to_string())]);
+    Ok(match s {
+        Selector::All => Value::list(cands.iter().map(|ip| Value::str(ip.to_string())).collect()),
+        Selector::Empty => Value::list(Vec::new()),
+        Selector::Random => one(pick_random(cands, cx)?.to_owned()),
+        Selector::Hashed => {
+            cx.note(Deps::CLIENT);
+            one(cands[hash::address_hash(cx.bestwho) as usize % cands.len()])
+        }
+        Selector::PickClosest => one(closest(cands, cx)?),
+    })
+}
+
+fn pick_random<'v, T>(items: &'v [T], cx: &EvalContext<'_>) -> Result<&'v T, EvalError> {
+    match items.len() {
+        0 => Err(eval_err("the items list cannot be empty")),
+        1 => Ok(&items[0]),
+        n => {
+            cx.note(Deps::RANDOM);
+            Ok(&items[rand::rng().random_range(0..n)])
+        }
+    }
+}
+
+fn geo(cx: &EvalContext<'_>, ip: IpAddr) -> GeoInfo {
+    cx.env
+        .geo
+        .as_ref()
+        .map(|g| g.lookup(ip))
+        .unwrap_or_default()
+}
+
+fn closest(cands: &[IpAddr], cx: &EvalContext<'_>) -> Result<IpAddr, EvalError> {
+    if cands.is_empty() {
+        return Err(eval_err("the IP list cannot be empty"));
+    }
+    cx.note(Deps::CLIENT);
+    let (wlat, wlon) = geo(cx, cx.bestwho).location.unwrap_or((0.0, 0.0));
+    let mut best = f64::INFINITY;
+    let mut ties: Vec<IpAddr> = Vec::new();
+    for c in cands {
+        let (lat, lon) = geo(cx, *c).location.unwrap_or((0.0, 0.0));
+        let latdiff = wlat - lat;
+        let mut londiff = wlon - lon;
+        // PowerDNS wraps only this side of the antimeridian; kept for identical answers.
+        if londiff > 180.0 {
+            londiff = 360.0 - londiff;
+        }
+        let d = latdiff * latdiff + londiff * londiff;
+        if d < best {
+            best = d;
+            ties.clear();
+            ties.push(*c);
+        } else if (d - best).abs() == 0.0 {
+            ties.push(*c);
+        }
+    }
+    pick_random(&ties, cx).copied()
+}
+
+fn view_rules(v: Option<&Value>) -> Result<Vec<(Vec<IpNet>, Vec<String>)>, EvalError> {
+    let Some(Value::Table(rules)) = v else {
+        return Err(eval_err("view needs a list of {{nets}, {results}} rules"));
+    };
+    rules
+        .values()
+        .map(|r| {
+            let Value::Table(r) = r else {
+                return Err(eval_err("view rule must be {{nets}, {results}}"));
+            };
+            let n = nets(Some(&r.get(&Value::Num(1.0))))?;
+            let res = string_list(Some(&r.get(&Value::Num(2.0))))?;
+            Ok((n, res))
+        })
+        .collect()
+}
+
+fn net_contains(n: &IpNet, ip: IpAddr) -> bool {
+    match (n, ip) {
+        (IpNet::V4(n), IpAddr::V6(v6)) => v6.to_ipv4_mapped().is_some_and(|v4| n.contains(&v4)),
+        _ => n.contains(&ip),
+    }
+}
+
+/// A geo attribute matched against one string or a list (case-insensitive).
+fn geo_match(arg: Option<&Value>, actual: Option<String>) -> Result<Value, EvalError> {
+    let actual = actual.unwrap_or_else(|| "unknown".into());
+    let wanted = string_list(arg)?;
+    Ok(Value::Bool(
+        wanted.iter().any(|w| w.eq_ignore_ascii_case(&actual)),
+    ))
+}
+
+fn code_or_unknown(v: Option<String>) -> Value {
+    Value::str(v.unwrap_or_else(|| "--".into()))
+}
+
+/// Call a built-in with evaluated arguments.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one arm per built-in reads best as a single table"
+)]
+pub(super) fn call(b: Builtin, args: &[Value], cx: &EvalContext<'_>) -> Result<Value, EvalError> {
+    let arg = |i: usize| args.get(i);
+    Ok(match b {
+        Builtin::PickRandom => {
+            let items = string_list(arg(0))?;
+            Value::str(pick_random(&items, cx)?.as_str())
+        }
+        Builtin::PickRandomSample => {
+            #[expect(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                reason = "count clamped below"
+            )]
+            let n = arg(0).and_then(Value::as_number).unwrap_or(0.0).max(0.0) as usize;
+            let mut items = string_list(arg(1))?;
+            if items.is_empty() {
+                return Err(eval_err("the items list cannot be empty"));
+            }
+            if items.len() > 1 {
+                cx.note(Deps::RANDOM);
+            }
+            items.shuffle(&mut rand::rng());
+            items.truncate(n.min(items.len()));
+            Value::list(items.into_iter().map(Value::str).collect())
+        }
+        Builtin::PickHashed => {
+            let items = string_list(arg(0))?;
+            if items.is_empty() {
+                return Err(eval_err("the items list cannot be empty"));
+            }
+            cx.note(Deps::CLIENT);
+            Value::str(items[hash::address_hash(cx.bestwho) as usize % items.len()].as_str())
+        }
+        Builtin::PickWRandom => {
+            let items = weighted(arg(0))?;
+            let sum: i64 = items.iter().map(|(w, _)| *w).sum();
+            if items.is_empty() || sum <= 0 {
+                return Err(eval_err("the sum of weights must be positive"));
+            }
+            if items.len() > 1 {
+                cx.note(Deps::RANDOM);
+            }
+            let r = rand::rng().random_range(0..sum);
+            Value::str(weighted_pick(&items, r))
+        }
+        Builtin::PickWHashed => {
+            let items = weighted(arg(0))?;
+            let sum: i64 = items.iter().map(|(w, _)| *w).sum();
+            if items.is_empty() || sum <= 0 {
+                return Err(eval_err("the sum of weights must be positive"));
+            }
+            cx.note(Deps::CLIENT);
+            let r = i64::from(hash::address_hash(cx.bestwho)) % sum;
+            Value::str(weighted_pick(&items, r))
+        }
+        Builtin::PickNameHashed => {
+            let items = weighted(arg(0))?;
+            let sum: i64 = items.iter().map(|(w, _)| *w).sum();
+            if items.is_empty() || sum <= 0 {
+                return Err(eval_err("the sum of weights must be positive"));
+            }
+            cx.note(Deps::QNAME);
+            let r = i64::from(hash::name_hash(cx.qname)) % sum;
+            Value::str(weighted_pick(&items, r))
+        }
+        Builtin::PickCHashed => {
+            let items = weighted(arg(0))?;
+            if items.is_empty() {
+                return Err(eval_err("the items list cannot be empty"));
+            }
+            cx.note(Deps::CLIENT);
+            Value::str(consistent_pick(&items, hash::address_hash(cx.bestwho)))
+        }
+        Builtin::PickClosest => {
+            let ips: Vec<IpAddr> = string_list(arg(0))?
+                .iter()
+                .map(|s| parse_ip(s))
+                .collect::<Result<_, _>>()?;
+            Value::str(closest(&ips, cx)?.to_string())
+        }
+        Builtin::ClosestMagic => {
+            cx.note(Deps::QNAME);
+            let mut cands = Vec::new();
+            for label in labels(cx.qname) {
+                match label.replace('-', ".").parse::<IpAddr>() {
+                    Ok(ip) => cands.push(ip),
+                    Err(_) => break,
+                }
+            }
+            Value::str(closest(&cands, cx)?.to_string())
+        }
+        Builtin::LatlonMagic => {
+            cx.note(Deps::QNAME);
+            let l = labels(cx.qname);
+            if l.len() < 4 {
+                return Ok(Value::str("unknown"));
+            }
+            let ip = parse_ip(&format!("{}.{}.{}.{}", l[3], l[2], l[1], l[0]))?;
+            let (lat, lon) = geo(cx, ip).location.unwrap_or((0.0, 0.0));
+            Value::str(format!("{lat:.6} {lon:.6}"))
+        }
+        Builtin::All => {
+            let items = string_list(arg(0))?;
+            if items.is_empty() {
+                return Err(eval_err("the IP list cannot be empty"));
+            }
+            Value::list(items.into_iter().map(Value::str).collect())
+        }
+        Builtin::View => {
+            cx.note(Deps::CLIENT);
+            for (ns, results) in view_rules(arg(0))? {
+                if ns.iter().any(|n| net_contains(n, cx.bestwho)) {
+                    return Ok(Value::str(pick_random(&results, cx)?.as_str()));
+                }
+            }
+            Value::str("")
+        }
+        Builtin::Netmask => {
+            cx.note(Deps::CLIENT);
+            Value::Bool(nets(arg(0))?.iter().any(|n| net_contains(n, cx.bestwho)))
+        }
+        Builtin::NewNmg => Value::list(
+            nets(arg(0))?
+                .iter()
+                .map(|n| Value::str(n.to_string()))
+                .collect(),
+        ),
+        Builtin::Country => {
+            cx.note(Deps::CLIENT);
+            geo_match(arg(0), geo(cx, cx.bestwho).country)?
+        }
+        Builtin::CountryCode => {
+            cx.note(Deps::CLIENT);
+            code_or_unknown(geo(cx, cx.bestwho).country)
+        }
+        Builtin::Continent => {
+            cx.note(Deps::CLIENT);
+            geo_match(arg(0), geo(cx, cx.bestwho).continent)?
+        }
+        Builtin::ContinentCode => {
+            cx.note(Deps::CLIENT);
+            code_or_unknown(geo(cx, cx.bestwho).continent)
+        }
+        Builtin::Region => {
+            cx.note(Deps::CLIENT);
+            geo_match(arg(0), geo(cx, cx.bestwho).region)?
+        }
+        Builtin::RegionCode => {
+            cx.note(Deps::CLIENT);
+            code_or_unknown(geo(cx, cx.bestwho).region)
+        }
+        Builtin::Asnum => {
+            cx.note(Deps::CLIENT);
+            geo_match(arg(0), geo(cx, cx.bestwho).asn.map(|a| a.to_string()))?
+        }
+        Builtin::Latlon => {
+            cx.note(Deps::CLIENT);
+            let (lat, lon) = geo(cx, cx.bestwho).location.unwrap_or((0.0, 0.0));
+            Value::str(format!("{lat:.6} {lon:.6}"))
+        }
+        Builtin::LatlonLoc => {
+            cx.note(Deps::CLIENT);
+            match geo(cx, cx.bestwho).location {
+                Some((lat, lon)) => Value::str(loc_string(lat, lon)),
+                None => Value::str(""),
+            }
+        }
+        Builtin::CreateForward => {
+            cx.note(Deps::QNAME);
+            Value::str(create_forward(cx.qname, cx.owner))
+        }
+        Builtin::CreateForward6 => {
+            cx.note(Deps::QNAME);
+            Value::str(create_forward6(cx.qname, cx.owner))
+        }
+        Builtin::CreateReverse => {
+            cx.note(Deps::QNAME);
+            let fmt = arg(0)
+                .and_then(Value::as_string)
+                .ok_or_else(|| eval_err("createReverse needs a format"))?;
+            Value::str(create_reverse(cx.qname, &fmt, arg(1))?)
+        }
+        Builtin::CreateReverse6 => {
+            cx.note(Deps::QNAME);
+            let fmt = arg(0)
+                .and_then(Value::as_string)
+                .ok_or_else(|| eval_err("createReverse6 needs a format"))?;
+            Value::str(create_reverse6(cx.qname, &fmt, arg(1))?)
+        }
+        Builtin::FilterForward => {
+            let addr = arg(0)
+                .and_then(Value::as_string)
+                .ok_or_else(|| eval_err("filterForward needs an address"))?;
+            let ip = parse_ip(&addr)?;
+            if nets(arg(1))?.iter().any(|n| net_contains(n, ip)) {
+                Value::list(vec![Value::str(addr)])
+            } else {
+                match arg(2).and_then(Value::as_string) {
+                    Some(f) if f.is_empty() => Value::list(Vec::new()),
+                    Some(f) => Value::list(vec![Value::str(f)]),
+                    None => Value::list(vec![Value::str(if ip.is_ipv4() {
+                        "0.0.0.0"
+                    } else {
+                        "::"
+                    })]),
+                }
+            }
+        }
+        Builtin::IfPortUp | Builtin::IfUrlUp | Builtin::IfUrlExtUp => {
+            let zone = cx.env.zone.clone();
+            let p = plan(b, args, |spec| cx.env.health.register(spec, &zone))?;
+            health(&p, cx)?
+        }
+        Builtin::DbLookup => {
+            let name = arg(0)
+                .and_then(Value::as_string)
+                .ok_or_else(|| eval_err("dblookup needs a name"))?;
+            #[expect(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                reason = "qtype codes are u16"
+            )]
+            let qtype = arg(1)
+                .and_then(Value::as_number)
+                .ok_or_else(|| eval_err("dblookup needs a type"))? as u16;
+            Value::list(
+                (cx.zone_lookup)(&name, qtype)
+                    .into_iter()
+                    .map(Value::str)
+                    .collect(),
+            )
+        }
+        Builtin::Failover => {
+            cx.note(Deps::FAILOVER);
+            let group = arg(0)
+                .and_then(Value::as_string)
+                .ok_or_else(|| eval_err("failover needs a group"))?;
+            let Some(Value::Table(regions)) = arg(1) else {
+                return Err(eval_err("failover needs a {region = {addresses}} table"));
+            };
+            let active = cx.env.failover.active(&group);
+            let chosen = active
+                .map(|r| regions.get(&Value::str(r)))
+                .filter(|v| !matches!(v, Value::Nil))
+                .or_else(|| arg(2).map(|d| regions.get(d)))
+                .filter(|v| !matches!(v, Value::Nil))
+                .ok_or_else(|| {
+                    eval_err(format!(
+                        "no active region known for failover group `{group}` and no fallback"
+                    ))
+                })?;
+            Value::list(
+                string_list(Some(&chosen))?
+                    .into_iter()
+                    .map(Value::str)
+                    .collect(),
+            )
+        }
+        Builtin::ToString => {
+            Value::str(arg(0).map_or_else(|| "nil".to_string(), ToString::to_string))
+        }
+        Builtin::ToNumber => arg(0)
+            .and_then(Value::as_number)
+            .map_or(Value::Nil, Value::Num),
+    })
+}
+
+fn weighted_pick(items: &[(i64, String)], r: i64) -> &str {
+    let mut sum = 0;
+    for (w, v) in items {
+        sum += w;
+        if r < sum {
+            return v;
+        }
+    }
+    &items[items.len() - 1].1
+}
+
+/// PowerDNS's consistent hashing: each entry owns `weight` points hash("entry-i"); the client
+/// hash picks the entry owning the first point at or after it, wrapping to the lowest point.
+pub fn consistent_pick(items: &[(i64, String)], qhash: u32) -> &str {
+    let mut best: Option<(u32, &str)> = None;
+    let mut first: Option<(u32, &str)> = None;
+    for (w, entry) in items {
+        let mut points: Vec<u32> = (0..*w)
+            .map(|i| hash::burtle(format!("{entry}-{i}").as_bytes(), 0))
+            .collect();
+        points.sort_unstable();
+        let Some(&min) = points.first() else { continue };
+        if first.is_none_or(|(m, _)| min < m) {
+            first = Some((min, entry));
+        }
+        let i = points.partition_point(|p| *p < qhash);
+        if let Some(&p) = points.get(i)
+            && best.is_none_or(|(b, _)| p < b)
+        {
+            best = Some((p, entry));
+        }
+    }
+    best.or(first).map_or("", |(_, e)| e)
+}
+
+fn labels(name: &str) -> Vec<&str> {
+    name.trim_end_matches('.')
+        .split('.')
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+fn loc_string(lat: f64, lon: f64) -> String {
+    let (lat, lathem) = if lat > 0.0 { (lat, 'N') } else { (-lat, 'S') };
+    let (lon, lonhem) = if lon > 0.0 { (lon, 'E') } else { (-lon, 'W') };
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "degrees and minutes are small"
+    )]
+    let part = |v: f64| {
+        let deg = v as i32;
+        let min = ((v - f64::from(deg)) * 60.0) as i32;
+        let sec = ((v - f64::from(deg)) * 60.0 - f64::from(min)) * 60.0;
+        (deg, min, sec)
+    };
+    let (ld, lm, ls) = part(lat);
+    let (od, om, os) = part(lon);
+    format!("{ld} {lm} {ls:.0} {lathem} {od} {om} {os:.0} {lonhem} 0.00m 1.00m 10000.00m 10.00m")
+}
+
+/// Labels of `qname` below the wildcard owner `*.rest` (empty if the owner is no wildcard).
+fn relative_labels<'a>(qname: &'a str, owner: &str) -> Option<Vec<&'a str>> {
+    let base = owner.strip_prefix("*.")?;
+    let q = qname.to_ascii_lowercase();
+    let base_l = base.to_ascii_lowercase();
+    if !q.ends_with(&base_l) {
+        return None;
+    }
+    let rel = &qname[..qname.len() - base.len()];
+    Some(labels(rel))
+}
+
+fn create_forward(qname: &str, owner: &str) -> String {
+    const ZERO: &str = "0.0.0.0";
+    let Some(parts) = relative_labels(qname, owner) else {
+        return ZERO.into();
+    };
+    if parts.len() >= 4 {
+        return format!("{}.{}.{}.{}", parts[0], parts[1], parts[2], parts[3])
+            .parse::<Ipv4Addr>()
+            .map_or_else(|_| ZERO.into(), |a| a.to_string());
+    }
+    let Some(first) = parts.first() else {
+        return ZERO.into();
+    };
+    let input = first.trim_start_matches(|c: char| !c.is_ascii_hexdigit());
+    let ip_parts: Vec<&str> = input.split('-').filter(|p| !p.is_empty()).collect();
+    if ip_parts.len() >= 4 {
+        let mut out = Vec::new();
+        for octet in &ip_parts[ip_parts.len() - 4..] {
+            match octet.parse::<i64>() {
+                Ok(v) if (0..=255).contains(&v) => out.push(*octet),
+                _ => return ZERO.into(),
+            }
+        }
+        return out.join(".");
+    }
+    if input.len() >= 8 {
+        let last8 = &input[input.len() - 8..];
+        let bytes: Option<Vec<u8>> = (0..4)
+            .map(|i| u8::from_str_radix(last8.get(i * 2..i * 2 + 2)?, 16).ok())
+            .collect();
+        if let Some(b) = bytes {
+            return Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string();
+        }
+    }
+    ZERO.into()
+}
+
+fn create_forward6(qname: &str, owner: &str) -> String {
+    const ZERO: &str = "::";
+    let Some(parts) = relative_labels(qname, owner) else {
+        return ZERO.into();
+    };
+    let parse = |s: &str| {
+        s.parse::<Ipv6Addr>()
+            .map_or_else(|_| ZERO.to_string(), |a| a.to_string())
+    };
+    if parts.len() == 8 {
+        return parse(&parts.join(":"));
+    }
+    if parts.len() == 1 {
+        let p = parts[0];
+        if p.contains('-') {
+            return parse(&p.replace('-', ":"));
+        }
+        if p.len() >= 32 {
+            let ip = &p[p.len() - 32..];
+            let groups: Vec<&str> = (0..8).map(|i| &ip[i * 4..i * 4 + 4]).collect();
+            return parse(&groups.join(":"));
+        }
+    }
+    ZERO.into()
+}
+
+/// boost::format subset: `%N%` positional, `%s`/`%d` sequential, `%%`.
+fn boost_format(fmt: &str, args: &[String]) -> String {
+    let mut out = String::new();
+    let mut next = 0;
+    let mut it = fmt.char_indices().peekable();
+    while let Some((_, c)) = it.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match it.peek().map(|(_, c)| *c) {
+            Some('%') => {
+                it.next();
+                out.push('%');
+            }
+            Some(d) if d.is_ascii_digit() => {
+                let mut n = 0usize;
+                while let Some((_, d)) = it.peek().copied().filter(|(_, d)| d.is_ascii_digit()) {
+                    n = n * 10 + (d as usize - '0' as usize);
+                    it.next();
+                }
+                if it.peek().map(|(_, c)| *c) == Some('%') {
+                    it.next();
+                } else if it.peek().map(|(_, c)| *c) == Some('$') {
+                    it.next();
+                    it.next();
+                }
+                if let Some(a) = n.checked_sub(1).and_then(|i| args.get(i)) {
+                    out.push_str(a);
+                }
+            }
+            Some(_) => {
+                it.next();
+                if let Some(a) = args.get(next) {
+                    out.push_str(a);
+                }
+                next += 1;
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+fn exceptions(v: Option<&Value>) -> Vec<(String, String)> {
+    v.and_then(Value::as_table)
+        .map(|t: &Table| {
+            t.entries()
+                .filter_map(|(k, v)| Some((k.as_string()?, v.as_string()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn create_reverse(qname: &str, fmt: &str, exc: Option<&Value>) -> Result<String, EvalError> {
+    let l = labels(qname);
+    if l.len() < 4 {
+        return Ok("unknown".into());
+    }
+    let ip = format!("{}.{}.{}.{}", l[3], l[2], l[1], l[0]);
+    if let Ok(req) = ip.parse::<IpAddr>() {
+        for (a, name) in exceptions(exc) {
+            if a.parse::<IpAddr>().is_ok_and(|a| a == req) {
+                return Ok(name);
+            }
+        }
+    }
+    let hex: String = (0..4)
+        .rev()
+        .map(|i| format!("{:02x}", l[i].parse::<i64>().unwrap_or(0)))
+        .collect();
+    let args = vec![
+        l[3].to_string(),
+        l[2].to_string(),
+        l[1].to_string(),
+        l[0].to_string(),
+        format!("{}-{}-{}-{}", l[3], l[2], l[1], l[0]),
+        hex,
+    ];
+    Ok(boost_format(fmt, &args))
+}
+
+fn create_reverse6(qname: &str, fmt: &str, exc: Option<&Value>) -> Result<String, EvalError> {
+    let l = labels(qname);
+    if l.len() < 32 {
+        return Ok("unknown".into());
+    }
+    let mut together = String::new();
+    let mut quads = Vec::new();
+    for chunk in 0..8 {
+        if chunk != 0 {
+            together.push(':');
+        }
+        let mut quad = String::new();
+        for q in 0..4 {
+            let c = l[31 - chunk * 4 - q].chars().next().unwrap_or('0');
+            quad.push(c);
+            together.push(c);
+        }
+        quads.push(quad);
+    }
+    let Ok(ip6) = together.parse::<Ipv6Addr>() else {
+        return Ok("unknown".into());
+    };
+    for (a, name) in exceptions(exc) {
+        if a.parse::<Ipv6Addr>().is_ok_and(|a| a == ip6) {
+            return Ok(name);
+        }
+    }
+    let mut dashed = ip6.to_string().replace(':', "-");
+    if dashed.ends_with('-') {
+        dashed.push('0');
+    }
+    if dashed.starts_with('-') || dashed.get(2..4) == Some("--") {
+        dashed.insert(0, '0');
+    }
+    let mut args: Vec<String> = (0..32).rev().map(|i| l[i].to_string()).collect();
+    args.push(dashed);
+    args.extend(quads);
+    Ok(boost_format(fmt, &args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libstdcxx_unordered_order() {
+        assert_eq!(unordered_int_order(3), vec![3, 2, 1]);
+        assert_eq!(unordered_int_order(13).first(), Some(&13));
+        let o14 = unordered_int_order(14);
+        assert_eq!(&o14[..3], &[14, 1, 2]);
+        assert_eq!(o14.len(), 14);
+    }
+
+    #[test]
+    fn forward_names() {
+        assert_eq!(
+            create_forward("1.2.3.4.static.example.", "*.static.example."),
+            "1.2.3.4"
+        );
+        assert_eq!(
+            create_forward("ip-10-0-0-1.static.example.", "*.static.example."),
+            "10.0.0.1"
+        );
+        assert_eq!(
+            create_forward("ip40414243.static.example.", "*.static.example."),
+            "64.65.66.67"
+        );
+        assert_eq!(
+            create_forward("foo.static.example.", "*.static.example."),
+            "0.0.0.0"
+        );
+        assert_eq!(
+            create_forward("1.2.3.4.example.", "www.example."),
+            "0.0.0.0"
+        );
+        assert_eq!(
+            create_forward6("2001-db8--1.v6.example.", "*.v6.example."),
+            "2001:db8::1"
+        );
+    }
+
+    #[test]
+    fn reverse_names() {
+        let r = create_reverse("4.3.2.1.in-addr.arpa.", "ip-%5%.example.com", None).unwrap();
+        assert_eq!(r, "ip-1-2-3-4.example.com");
+        let r = create_reverse("4.3.2.1.in-addr.arpa.", "%1%.%2%.%3%.%4% %6%", None).unwrap();
+        assert_eq!(r, "1.2.3.4 01020304");
+    }
+
+    #[test]
+    fn consistent_hash_ignores_order() {
+        let a = vec![
+            (10, "a".to_string()),
+            (20, "b".to_string()),
+            (5, "c".to_string()),
+        ];
+        let mut b = a.clone();
+        b.reverse();
+        for q in [0u32, 1, 12345, 0xdead_beef, u32::MAX] {
+            assert_eq!(consistent_pick(&a, q), consistent_pick(&b, q));
+        }
+    }
+
+    #[test]
+    fn boost_format_subset() {
+        assert_eq!(
+            boost_format("%1%-%2%-%%-%s", &["a".into(), "b".into()]),
+            "a-b-%-a"
+        );
+    }
+}

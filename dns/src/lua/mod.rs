@@ -1,0 +1,217 @@
+//! The LUA-record language: PowerDNS's LUA record code compiled at zone load into a native
+//! evaluator (a resolved expression tree; no interpreter, no Lua state per query).
+//!
+//! The subset: literals, tables (`{...}`, `{{w, v}, ...}`, `{key = value}`), calls of the
+//! built-in functions, `..`, arithmetic and comparison, `and`/`or`/`not`, `if/then/elseif/else/end`,
+//! `local`, assignments, `return`, `include()`, the query variables and the name/address methods.
+//! Anything else is a [`CompileError`] naming the construct.
+
+mod ast;
+mod compile;
+mod eval;
+pub mod functions;
+mod lexer;
+pub mod value;
+
+use std::{cell::Cell, net::IpAddr};
+
+use ipnet::IpNet;
+
+pub use self::{
+    functions::{Env, Selector},
+    value::Value,
+};
+use crate::health;
+
+/// Load-time failure of a LUA record.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum CompileError {
+    /// The code does not parse.
+    #[error("syntax error at offset {offset}: {message}")]
+    Syntax { message: String, offset: usize },
+    /// The code uses something outside the supported language.
+    #[error("unsupported construct at offset {offset}: {construct}")]
+    Unsupported { construct: String, offset: usize },
+    /// A function was called with arguments it cannot take.
+    #[error("bad call at offset {offset}: {message}")]
+    BadCall { message: String, offset: usize },
+    /// `include()` failed.
+    #[error("include('{label}') failed: {reason}")]
+    Include { label: String, reason: String },
+}
+
+impl CompileError {
+    /// Attach a code offset to a call error built without one.
+    pub(crate) fn at(self, at: usize) -> Self {
+        match self {
+            CompileError::BadCall { message, offset } if offset == usize::MAX => {
+                CompileError::BadCall {
+                    message,
+                    offset: at,
+                }
+            }
+            other => other,
+        }
+    }
+
+    pub(crate) fn bad_call(message: impl Into<String>) -> Self {
+        CompileError::BadCall {
+            message: message.into(),
+            offset: usize::MAX,
+        }
+    }
+}
+
+/// Query-time failure: the answer is SERVFAIL.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+#[error("{message}")]
+pub struct EvalError {
+    /// What went wrong.
+    pub message: String,
+}
+
+impl EvalError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+}
+
+/// What an evaluation depended on; decides whether and how its answer may be cached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Deps(pub u8);
+
+impl Deps {
+    /// Read the client address (who, bestwho, ecswho, geo, hashed pickers).
+    pub const CLIENT: u8 = 1;
+    /// Made a random choice among more than one candidate.
+    pub const RANDOM: u8 = 2;
+    /// Read the query name (matters for wildcard owners).
+    pub const QNAME: u8 = 4;
+    /// Read transport facts (tcp, localwho, dnssecOK).
+    pub const TRANSPORT: u8 = 8;
+    /// Read health state (answers change on health transitions).
+    pub const HEALTH: u8 = 16;
+    /// Read failover state.
+    pub const FAILOVER: u8 = 32;
+
+    /// True if the flag is set.
+    pub fn has(self, flag: u8) -> bool {
+        self.0 & flag != 0
+    }
+}
+
+/// Everything an expression may read about the query being answered.
+pub struct EvalContext<'a> {
+    /// Query name, lower case, with trailing dot.
+    pub qname: &'a str,
+    /// Zone apex, with trailing dot.
+    pub zone: &'a str,
+    /// Owner name of the LUA record (may be a wildcard), with trailing dot.
+    pub owner: &'a str,
+    /// Resolver address.
+    pub who: IpAddr,
+    /// EDNS Client Subnet, when present and processed.
+    pub ecs: Option<IpNet>,
+    /// ECS network address when present, otherwise `who`.
+    pub bestwho: IpAddr,
+    /// Local address the query arrived on.
+    pub localwho: IpAddr,
+    /// Query came over TCP.
+    pub tcp: bool,
+    /// DO bit set.
+    pub dnssec_ok: bool,
+    /// Services: health, geo, failover.
+    pub env: &'a Env,
+    /// Zone data lookup for `dblookup(name, type)`: presentation strings of the records.
+    pub zone_lookup: &'a dyn Fn(&str, u16) -> Vec<String>,
+    /// Dependencies noted during evaluation.
+    pub deps: Cell<Deps>,
+}
+
+impl EvalContext<'_> {
+    pub(crate) fn note(&self, flag: u8) {
+        let d = self.deps.get();
+        self.deps.set(Deps(d.0 | flag));
+    }
+}
+
+/// Things the compiler needs from the zone being loaded.
+pub struct CompileEnv<'a> {
+    /// Code of the `LUA LUA` record at `label.<zone>`, for `include()`.
+    pub include: &'a dyn Fn(&str) -> Option<String>,
+    /// Health registry where checks are registered at load.
+    pub health: &'a health::Registry,
+    /// Zone apex being loaded (health events name it).
+    pub zone: &'a str,
+}
+
+/// A compiled LUA record.
+#[derive(Debug)]
+pub struct Program {
+    stmts: Vec<ast::Stmt>,
+    slots: usize,
+}
+
+impl Program {
+    /// Compile record code. Code starting with `;` is a statement block, anything else an
+    /// expression (PowerDNS prefixes it with `return `).
+    pub fn compile(code: &str, env: &CompileEnv<'_>) -> Result<Self, CompileError> {
+        let mut c = compile::Compiler::new(env);
+        let stmts = if let Some(block) = code.strip_prefix(';') {
+            c.chunk(block)?
+        } else {
+            // Offsets stay relative to the record text: shift by the 7 bytes of "return ".
+            c.chunk(&format!("return {code}")).map_err(|e| match e {
+                CompileError::Syntax { message, offset } => CompileError::Syntax {
+                    message,
+                    offset: offset.saturating_sub(7),
+                },
+                CompileError::Unsupported { construct, offset } => CompileError::Unsupported {
+                    construct,
+                    offset: offset.saturating_sub(7),
+                },
+                CompileError::BadCall { message, offset } => CompileError::BadCall {
+                    message,
+                    offset: offset.saturating_sub(7),
+                },
+                other @ CompileError::Include { .. } => other,
+            })?
+        };
+        Ok(Self {
+            stmts,
+            slots: c.slots,
+        })
+    }
+
+    /// Run against one query; returns the content strings (one RR each).
+    pub fn run(&self, cx: &EvalContext<'_>) -> Result<Vec<String>, EvalError> {
+        let mut frame = vec![Value::Nil; self.slots];
+        let v = match eval::exec(&self.stmts, &mut frame, cx)? {
+            eval::Flow::Return(v) => v,
+            eval::Flow::Next => Value::Nil,
+        };
+        result_strings(&v)
+    }
+}
+
+fn result_strings(v: &Value) -> Result<Vec<String>, EvalError> {
+    match v {
+        Value::Table(t) => t
+            .values()
+            .map(|v| {
+                v.as_string()
+                    .ok_or_else(|| EvalError::new(format!("result list holds a {}", v.type_name())))
+            })
+            .collect(),
+        Value::Nil | Value::Bool(_) => Err(EvalError::new(format!(
+            "record returned {}, not a string or a list of strings",
+            v.type_name()
+        ))),
+        other => Ok(vec![other.as_string().unwrap_or_default()]),
+    }
+}
+
+#[cfg(test)]
+mod tests;

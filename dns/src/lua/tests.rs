@@ -1,0 +1,1 @@
+//! LUA language tests.

@@ -1,0 +1,171 @@
+//! The lean UDP path (DESIGN §4.7): one SO_REUSEPORT socket per worker thread, queries parsed
+//! with hickory-proto, answers from the worker's answer cache with the id patched, everything
+//! else resolved by the catalog on the same thread.
+
+use std::{
+    io,
+    net::{IpAddr, SocketAddr, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use hickory_proto::rr::RecordType;
+use socket2::{Domain, Protocol, Socket, Type};
+use tracing::{debug, warn};
+
+use super::message::{MAX_UDP_PAYLOAD, ParseFailure, ecs_net, error_reply, parse_query};
+use crate::{
+    cache::{AnswerCache, QKey, patch},
+    catalog::Catalog,
+};
+
+/// Bind one UDP socket with SO_REUSEPORT so several workers share the address.
+pub fn bind_reuseport(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    // Room for bursts while a worker is busy.
+    let _ = s.set_recv_buffer_size(4 << 20);
+    s.bind(&addr.into())?;
+    s.set_read_timeout(Some(Duration::from_millis(250)))?;
+    Ok(s.into())
+}
+
+/// Start `workers` threads serving `addr`.
+pub fn spawn(
+    catalog: Arc<Catalog>,
+    addr: SocketAddr,
+    workers: usize,
+    cache_entries: usize,
+    ecs: bool,
+    stop: Arc<AtomicBool>,
+) -> io::Result<Vec<JoinHandle<()>>> {
+    let mut handles = Vec::new();
+    for i in 0..workers.max(1) {
+        let socket = bind_reuseport(addr)?;
+        let catalog = catalog.clone();
+        let stop = stop.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("dns-udp-{i}"))
+            .spawn(move || worker(&socket, &catalog, cache_entries, ecs, &stop))?;
+        handles.push(h);
+    }
+    Ok(handles)
+}
+
+fn worker(
+    socket: &UdpSocket,
+    catalog: &Catalog,
+    cache_entries: usize,
+    ecs: bool,
+    stop: &AtomicBool,
+) {
+    let local = socket
+        .local_addr()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    let mut cache = AnswerCache::new(cache_entries);
+    let mut buf = [0u8; 4096];
+    let mut out = Vec::with_capacity(4096);
+    while !stop.load(Ordering::Relaxed) {
+        let (len, src) = match socket.recv_from(&mut buf) {
+            Ok(v) => v,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => {
+                warn!(error = %e, "UDP receive failed");
+                continue;
+            }
+        };
+        out.clear();
+        if handle(&buf[..len], src, local, catalog, &mut cache, ecs, &mut out)
+            && let Err(e) = socket.send_to(&out, src)
+        {
+            debug!(error = %e, %src, "UDP send failed");
+        }
+    }
+}
+
+/// Answer one datagram into `out`; false means no response.
+pub fn handle(
+    pkt: &[u8],
+    src: SocketAddr,
+    local: IpAddr,
+    catalog: &Catalog,
+    cache: &mut AnswerCache,
+    ecs: bool,
+    out: &mut Vec<u8>,
+) -> bool {
+    let q = match parse_query(pkt) {
+        Ok(q) => q,
+        Err(ParseFailure::Drop) => {
+            catalog.metrics.malformed.inc();
+            return false;
+        }
+        Err(ParseFailure::Reply { id, rcode, op_code }) => {
+            catalog.metrics.malformed.inc();
+            out.extend_from_slice(&error_reply(id, op_code, rcode));
+            catalog.metrics.query(rcode, RecordType::Unknown(0));
+            return true;
+        }
+    };
+    let qtype = q.query.query_type();
+    let key = QKey {
+        name: q.query.name().clone(),
+        qtype: u16::from(qtype),
+        qclass: u16::from(q.query.query_class()),
+        edns: match q.edns {
+            None => 0,
+            Some(e) if e.dnssec_ok => 2,
+            Some(_) => 1,
+        },
+        ecs: q.edns.and_then(|e| e.ecs),
+    };
+    let bestwho = match (ecs, key.ecs.and_then(ecs_net)) {
+        (true, Some(net)) => net.network(),
+        _ => src.ip().to_canonical(),
+    };
+    cache.sync_generation(catalog.generation());
+    let version = catalog.version();
+    let limit = usize::from(
+        q.edns
+            .map_or(512, |e| e.payload.clamp(512, MAX_UDP_PAYLOAD)),
+    );
+    if let Some(e) = cache.get(&key, bestwho, version)
+        && e.bytes.len() <= limit
+    {
+        out.extend_from_slice(&e.bytes);
+        patch(out, pkt, q.question_end);
+        catalog.metrics.cache_hits.inc();
+        catalog.metrics.query(e.rcode, qtype);
+        return true;
+    }
+    catalog.metrics.cache_misses.inc();
+    let (bytes, rcode, policy, bestwho) = catalog.answer_udp(&q, src, local);
+    catalog.metrics.query(rcode, qtype);
+    // Only full answers are cached: a truncated one depends on this requester's payload size.
+    if bytes.len() > 3 && bytes[2] & 0x02 == 0 {
+        cache.insert(key, bestwho, policy, version, &bytes, rcode);
+    }
+    out.extend_from_slice(&bytes);
+    true
+}

@@ -1,0 +1,474 @@
+//! Zones: master files loaded into an in-memory store, static records ready to serve and LUA
+//! records compiled. [`Zone::answer`] implements authoritative lookup (exact, CNAME chains inside
+//! the zone, wildcards, empty non-terminals, delegations with glue, NXDOMAIN/NODATA with SOA).
+
+mod lookup;
+pub mod parser;
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+    str::FromStr,
+    sync::Arc,
+};
+
+use hickory_proto::rr::{
+    Name, RData, Record, RecordType,
+    rdata::{CNAME, NS, PTR, TXT},
+};
+
+pub use self::lookup::{Answer, ClientInfo, Outcome, ZoneSet};
+use self::parser::{RawRecord, Token};
+use crate::{
+    health,
+    lua::{CompileEnv, CompileError, Env, Program},
+};
+
+/// PowerDNS's type code for LUA records.
+pub const LUA_TYPE_CODE: u16 = 65402;
+
+/// A zone failed to load.
+#[derive(Debug, thiserror::Error)]
+pub enum ZoneError {
+    /// The file could not be read.
+    #[error("failed to read zone file `{file}`")]
+    Io {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Master-file syntax.
+    #[error("{file}:{line}: {construct}")]
+    Syntax {
+        file: String,
+        line: usize,
+        construct: String,
+    },
+    /// A record's data is invalid.
+    #[error("{file}:{line}: invalid {rtype} record: {reason}")]
+    Record {
+        file: String,
+        line: usize,
+        rtype: String,
+        reason: String,
+    },
+    /// A LUA record's code is outside the supported language.
+    #[error("{file}:{line}: LUA record `{owner}`: {source}")]
+    Lua {
+        file: String,
+        line: usize,
+        owner: String,
+        source: CompileError,
+    },
+    /// Zone-level problem (no SOA, records outside the zone).
+    #[error("zone `{zone}`: {reason}")]
+    Zone { zone: String, reason: String },
+}
+
+/// How the quoted chunks of a LUA record are joined (PowerDNS `lua-records-insert-whitespace`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChunkJoin {
+    /// Plain concatenation (PowerDNS's modern default, `no`).
+    #[default]
+    Concat,
+    /// One space after each chunk (`yes`).
+    Space,
+}
+
+/// A compiled LUA record.
+#[derive(Debug)]
+pub struct LuaRecord {
+    /// Unique id within the zone set (cache key part).
+    pub id: u32,
+    /// Owner name (may be a wildcard).
+    pub owner: Name,
+    /// Owner in presentation form with trailing dot.
+    pub owner_str: String,
+    /// Declared type.
+    pub rtype: RecordType,
+    /// TTL of the synthesised RRs.
+    pub ttl: u32,
+    /// Source code (joined chunks).
+    pub code: String,
+    /// Compiled program.
+    pub program: Program,
+}
+
+/// All data at one owner name.
+#[derive(Debug, Default)]
+pub struct Node {
+    /// Static RRsets by type.
+    pub rrsets: Vec<(RecordType, Vec<Record>)>,
+    /// LUA records (any declared type except LUA).
+    pub lua: Vec<Arc<LuaRecord>>,
+}
+
+impl Node {
+    /// Static records of a type.
+    pub fn rrset(&self, t: RecordType) -> Option<&[Record]> {
+        self.rrsets
+            .iter()
+            .find(|(rt, _)| *rt == t)
+            .map(|(_, r)| r.as_slice())
+    }
+}
+
+/// A loaded zone.
+#[derive(Debug)]
+pub struct Zone {
+    /// Apex.
+    pub origin: Name,
+    /// Apex, lower case, with trailing dot.
+    pub origin_str: String,
+    /// SOA record.
+    pub soa: Record,
+    /// TTL of negative answers: min(SOA TTL, SOA minimum).
+    pub negative_ttl: u32,
+    nodes: HashMap<Name, Node>,
+    ents: HashSet<Name>,
+    cuts: HashSet<Name>,
+    /// Services the LUA records use.
+    pub env: Arc<Env>,
+    /// Source file.
+    pub file: PathBuf,
+    /// Number of LUA records.
+    pub lua_records: usize,
+    /// Number of static records.
+    pub static_records: usize,
+}
+
+/// Inputs of a zone load.
+pub struct ZoneSource<'a> {
+    /// Zone apex.
+    pub origin: &'a str,
+    /// Master file.
+    pub file: &'a Path,
+    /// Chunk joining mode.
+    pub join: ChunkJoin,
+    /// Shared services (health registry, geo, failover).
+    pub health: Arc<health::Registry>,
+    /// Geo databases.
+    pub geo: Option<Arc<crate::geo::GeoDb>>,
+    /// Failover state.
+    pub failover: Arc<crate::failover::FailoverState>,
+    /// First LUA record id to assign.
+    pub next_id: &'a mut u32,
+}
+
+/// Unescape a quoted zone string (`\"`, `\\`, `\DDD`).
+pub fn unescape(raw: &str) -> String {
+    let b = raw.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 1 < b.len() {
+            if b.len() >= i + 4 && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
+                let v = u32::from(b[i + 1] - b'0') * 100
+                    + u32::from(b[i + 2] - b'0') * 10
+                    + u32::from(b[i + 3] - b'0');
+                out.push(u8::try_from(v).unwrap_or(b'?'));
+                i += 4;
+            } else {
+                out.push(b[i + 1]);
+                i += 2;
+            }
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Positions of domain names in the RDATA of types whose names may be relative.
+fn name_positions(t: RecordType) -> &'static [usize] {
+    match t {
+        RecordType::NS | RecordType::CNAME | RecordType::PTR | RecordType::ANAME => &[0],
+        RecordType::MX => &[1],
+        RecordType::SRV => &[3],
+        RecordType::SOA => &[0, 1],
+        _ => &[],
+    }
+}
+
+/// Parse RDATA tokens of `t`, resolving relative names against `origin`.
+pub fn parse_rdata(t: RecordType, tokens: &[Token], origin: &str) -> Result<RData, String> {
+    let pos = name_positions(t);
+    let mut text = String::new();
+    for (i, tok) in tokens.iter().enumerate() {
+        if i > 0 {
+            text.push(' ');
+        }
+        match tok {
+            Token::Word(w) if pos.contains(&i) => text.push_str(&parser::absolute(w, origin)),
+            Token::Word(w) => text.push_str(w),
+            Token::Quoted(q) => {
+                text.push('"');
+                text.push_str(q);
+                text.push('"');
+            }
+        }
+    }
+    if t == RecordType::TXT {
+        let strings = tokens
+            .iter()
+            .map(|t| match t {
+                Token::Quoted(q) => unescape(q),
+                Token::Word(w) => unescape(w),
+            })
+            .collect();
+        return Ok(RData::TXT(TXT::new(strings)));
+    }
+    RData::try_from_str(t, &text).map_err(|e| e.to_string())
+}
+
+/// Parse one LUA result string as RDATA of `t` (names are absolute, as in PowerDNS).
+pub fn parse_lua_content(t: RecordType, s: &str) -> Result<RData, String> {
+    let fqdn = |s: &str| -> Result<Name, String> {
+        let s = s.trim();
+        let mut n = Name::from_str(s).map_err(|e| format!("`{s}`: {e}"))?;
+        n.set_fqdn(true);
+        Ok(n)
+    };
+    match t {
+        RecordType::TXT => Ok(RData::TXT(TXT::new(vec![s.to_string()]))),
+        RecordType::CNAME => Ok(RData::CNAME(CNAME(fqdn(s)?))),
+        RecordType::NS => Ok(RData::NS(NS(fqdn(s)?))),
+        RecordType::PTR => Ok(RData::PTR(PTR(fqdn(s)?))),
+        _ => {
+            let toks: Vec<Token> = s
+                .split_whitespace()
+                .map(|w| Token::Word(w.to_string()))
+                .collect();
+            if toks.is_empty() {
+                return Err(format!("empty {t} content"));
+            }
+            parse_rdata(t, &toks, ".").map_err(|e| format!("`{s}`: {e}"))
+        }
+    }
+}
+
+fn lua_type(word: &str) -> Option<RecordType> {
+    if word.eq_ignore_ascii_case("LUA") {
+        return None;
+    }
+    RecordType::from_str(&word.to_ascii_uppercase()).ok()
+}
+
+impl Zone {
+    /// Load and compile a zone.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one pass over the records reads best in one place"
+    )]
+    pub fn load(src: ZoneSource<'_>) -> Result<Self, ZoneError> {
+        let raws = parser::parse_file(src.file, src.origin)?;
+        Self::from_raw(raws, src)
+    }
+
+    /// Build from already-parsed records.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one pass over the records reads best in one place"
+    )]
+    pub fn from_raw(raws: Vec<RawRecord>, src: ZoneSource<'_>) -> Result<Self, ZoneError> {
+        let origin_str = if src.origin.ends_with('.') {
+            src.origin.to_ascii_lowercase()
+        } else {
+            format!("{}.", src.origin.to_ascii_lowercase())
+        };
+        let zerr = |reason: String| ZoneError::Zone {
+            zone: origin_str.clone(),
+            reason,
+        };
+        let origin = Name::from_str(&origin_str).map_err(|e| zerr(format!("bad origin: {e}")))?;
+        let env = Arc::new(Env {
+            health: src.health.clone(),
+            geo: src.geo.clone(),
+            failover: src.failover.clone(),
+            zone: origin_str.clone(),
+        });
+        // LUA-typed LUA records are include() targets; collect their code first.
+        let mut includes: HashMap<String, String> = HashMap::new();
+        let join = |chunks: &[Token]| -> String {
+            let mut code = String::new();
+            for c in chunks {
+                code.push_str(&unescape(c.text()));
+                if src.join == ChunkJoin::Space {
+                    code.push(' ');
+                }
+            }
+            code
+        };
+        for r in &raws {
+            if (r.rtype == "LUA" || r.rtype == "TYPE65402")
+                && r.rdata
+                    .first()
+                    .is_some_and(|t| t.text().eq_ignore_ascii_case("LUA"))
+            {
+                includes.insert(r.owner.clone(), join(&r.rdata[1..]));
+            }
+        }
+        let mut nodes: HashMap<Name, Node> = HashMap::new();
+        let mut soa = None;
+        let mut static_records = 0;
+        let mut lua_records = 0;
+        for r in raws {
+            let rec_err = |reason: String| ZoneError::Record {
+                file: r.file.display().to_string(),
+                line: r.line,
+                rtype: r.rtype.clone(),
+                reason,
+            };
+            let owner = Name::from_str(&r.owner)
+                .map_err(|e| rec_err(format!("bad owner `{}`: {e}", r.owner)))?;
+            if !origin.zone_of(&owner) {
+                return Err(rec_err(format!(
+                    "owner `{}` is outside the zone `{origin_str}`",
+                    r.owner
+                )));
+            }
+            if r.rtype == "LUA" || r.rtype == "TYPE65402" {
+                let Some(tword) = r.rdata.first() else {
+                    return Err(rec_err("missing type and code".into()));
+                };
+                let Some(rtype) = lua_type(tword.text()) else {
+                    continue; // LUA LUA: include() source only
+                };
+                if r.rdata.len() < 2 || r.rdata[1..].iter().any(|t| matches!(t, Token::Word(_))) {
+                    return Err(rec_err("code must be one or more quoted strings".into()));
+                }
+                let code = join(&r.rdata[1..]);
+                let base = r.owner.trim_start_matches("*.").to_string();
+                let include = |label: &str| -> Option<String> {
+                    let name = parser::absolute(label, &origin_str).to_ascii_lowercase();
+                    includes.get(&name).cloned().or_else(|| {
+                        // PowerDNS resolves include labels against the zone; also accept the
+                        // record's own parent for convenience.
+                        includes.get(&parser::absolute(label, &base)).cloned()
+                    })
+                };
+                let cenv = CompileEnv {
+                    include: &include,
+                    health: &src.health,
+                    zone: &origin_str,
+                };
+                let program = Program::compile(&code, &cenv).map_err(|source| ZoneError::Lua {
+                    file: r.file.display().to_string(),
+                    line: r.line,
+                    owner: r.owner.clone(),
+                    source,
+                })?;
+                let id = *src.next_id;
+                *src.next_id += 1;
+                lua_records += 1;
+                nodes
+                    .entry(owner.clone())
+                    .or_default()
+                    .lua
+                    .push(Arc::new(LuaRecord {
+                        id,
+                        owner: owner.clone(),
+                        owner_str: r.owner.clone(),
+                        rtype,
+                        ttl: r.ttl,
+                        code,
+                        program,
+                    }));
+                continue;
+            }
+            let rtype = RecordType::from_str(&r.rtype)
+                .map_err(|_| rec_err("unsupported record type".into()))?;
+            if matches!(rtype, RecordType::Unknown(_)) {
+                return Err(rec_err("unsupported record type".into()));
+            }
+            let rdata = parse_rdata(rtype, &r.rdata, &r.origin).map_err(rec_err)?;
+            let record = Record::from_rdata(owner.clone(), r.ttl, rdata);
+            if rtype == RecordType::SOA {
+                if owner != origin {
+                    return Err(rec_err("SOA must be at the zone apex".into()));
+                }
+                if soa.is_some() {
+                    return Err(rec_err("second SOA record".into()));
+                }
+                soa = Some(record.clone());
+            }
+            static_records += 1;
+            let node = nodes.entry(owner).or_default();
+            match node.rrsets.iter_mut().find(|(t, _)| *t == rtype) {
+                Some((_, set)) => {
+                    // RFC 2181: one TTL per RRset; the first wins.
+                    let mut record = record;
+                    record.ttl = set[0].ttl;
+                    if !set.iter().any(|r| r.data == record.data) {
+                        set.push(record);
+                    }
+                }
+                None => node.rrsets.push((rtype, vec![record])),
+            }
+        }
+        let soa = soa.ok_or_else(|| zerr("no SOA record at the apex".into()))?;
+        let negative_ttl = match &soa.data {
+            RData::SOA(s) => s.minimum.min(soa.ttl),
+            _ => soa.ttl,
+        };
+        let mut ents = HashSet::new();
+        let mut cuts = HashSet::new();
+        for (name, node) in &nodes {
+            if *name != origin && node.rrset(RecordType::NS).is_some() {
+                cuts.insert(name.clone());
+            }
+            let mut n = name.base_name();
+            while origin.zone_of(&n) && n != origin {
+                if !nodes.contains_key(&n) {
+                    ents.insert(n.clone());
+                }
+                n = n.base_name();
+            }
+        }
+        for (name, node) in &nodes {
+            let cname = node.rrset(RecordType::CNAME).is_some()
+                || node.lua.iter().any(|l| l.rtype == RecordType::CNAME);
+            let others = node.rrsets.iter().any(|(t, _)| *t != RecordType::CNAME)
+                || node.lua.iter().any(|l| l.rtype != RecordType::CNAME);
+            if cname && others {
+                return Err(zerr(format!("`{name}` has a CNAME and other data")));
+            }
+        }
+        Ok(Self {
+            origin,
+            origin_str,
+            soa,
+            negative_ttl,
+            nodes,
+            ents,
+            cuts,
+            env,
+            file: src.file.to_path_buf(),
+            lua_records,
+            static_records,
+        })
+    }
+
+    /// Presentation strings of the static records at `name` of type `qtype` (for `dblookup`).
+    pub fn db_lookup(&self, name: &str, qtype: u16) -> Vec<String> {
+        let Ok(mut n) = Name::from_str(name) else {
+            return Vec::new();
+        };
+        n.set_fqdn(true);
+        self.nodes
+            .get(&n)
+            .and_then(|node| node.rrset(RecordType::from(qtype)))
+            .map(|set| set.iter().map(|r| r.data.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    /// All LUA records (for check-zone listings).
+    pub fn lua_records(&self) -> impl Iterator<Item = &Arc<LuaRecord>> {
+        self.nodes.values().flat_map(|n| n.lua.iter())
+    }
+}
+
+#[cfg(test)]
+mod tests;

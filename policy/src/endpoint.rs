@@ -1,0 +1,93 @@
+//! Local endpoints (workloads on this node) and extra ipcache peers (host addresses, remote
+//! endpoints, remote nodes).
+#![deny(unsafe_code)]
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::identity::{IdentityError, reserved_labels};
+use crate::labels::{
+    Label, LabelSet, NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX, NAMESPACE_NAME_LABEL, SOURCE_K8S,
+};
+
+/// A local workload endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Agent-assigned endpoint id (the first field of every policy key of the endpoint).
+    pub id: u32,
+    /// Pod (or workload) name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Workload labels (default source `k8s`). The namespace label is added by
+    /// [`Endpoint::identity_labels`]; namespace labels (for `namespaceSelector`) may be given as
+    /// `k8s:io.cilium.k8s.namespace.labels.<key>`.
+    pub labels: LabelSet,
+    /// Addresses of the endpoint.
+    pub addresses: Vec<IpAddr>,
+    /// Audit mode for this endpoint: would-be drops are forwarded and reported as AUDIT.
+    pub audit: bool,
+}
+
+impl Endpoint {
+    /// An endpoint without audit mode.
+    pub fn new(
+        id: u32,
+        name: impl Into<String>,
+        namespace: impl Into<String>,
+        labels: LabelSet,
+        addresses: Vec<IpAddr>,
+    ) -> Self {
+        Self {
+            id,
+            name: name.into(),
+            namespace: namespace.into(),
+            labels,
+            addresses,
+            audit: false,
+        }
+    }
+
+    /// The labels its identity is derived from: its labels plus
+    /// `k8s:io.kubernetes.pod.namespace=<namespace>` and the namespace-name label
+    /// `k8s:io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name=<namespace>`.
+    pub fn identity_labels(&self) -> LabelSet {
+        let mut l = self.labels.clone();
+        l.insert(Label::k8s(NAMESPACE_LABEL, self.namespace.clone()));
+        l.insert(Label::new(
+            SOURCE_K8S,
+            format!("{NAMESPACE_LABELS_PREFIX}{NAMESPACE_NAME_LABEL}"),
+            self.namespace.clone(),
+        ));
+        l
+    }
+}
+
+/// Identity of an extra ipcache peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerIdentity {
+    /// A reserved identity (1 host, 6 remote-node, 7 kube-apiserver, …).
+    Reserved(u32),
+    /// A label set (a remote endpoint); allocated like local endpoints.
+    Labels(LabelSet),
+}
+
+/// An extra ipcache entry: addresses that are not local endpoints but belong to the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpcachePeer {
+    /// The prefix (host bits are ignored).
+    pub prefix: IpNet,
+    /// Its identity.
+    pub identity: PeerIdentity,
+}
+
+impl IpcachePeer {
+    /// The labels of the peer's identity.
+    pub fn labels(&self) -> Result<LabelSet, IdentityError> {
+        match &self.identity {
+            PeerIdentity::Reserved(id) => reserved_labels(*id),
+            PeerIdentity::Labels(l) => Ok(l.clone()),
+        }
+    }
+}

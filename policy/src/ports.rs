@@ -1,0 +1,401 @@
+//! Layer-4 matches: protocols, ports and port ranges, ICMP types, and the decomposition of port
+//! ranges into the bit prefixes the policy LPM trie matches on.
+#![deny(unsafe_code)]
+
+use std::fmt;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::datapath::{PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+
+/// Errors of port and protocol validation.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum PortError {
+    /// A port that is not a number in 0–65535.
+    #[error("invalid port \"{port}\": expected a number in 0-65535")]
+    Invalid {
+        /// The port as written.
+        port: String,
+    },
+    /// A named port (`http`): endpoints do not declare named ports yet.
+    #[error(
+        "invalid port \"{port}\": named ports are not supported (endpoints do not declare \
+         named ports); use the port number"
+    )]
+    Named {
+        /// The port as written.
+        port: String,
+    },
+    /// `endPort` without a `port`, or smaller than it.
+    #[error("invalid port range {port}-{end_port}: endPort must be >= port and port non-zero")]
+    InvalidRange {
+        /// The start of the range.
+        port: u16,
+        /// The end of the range.
+        end_port: u32,
+    },
+    /// An ICMP type outside 0–255 or not a number.
+    #[error("invalid ICMP type \"{value}\": expected a number in 0-255")]
+    IcmpType {
+        /// The type as written.
+        value: String,
+    },
+}
+
+/// Protocol of a port rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+pub enum Protocol {
+    /// TCP.
+    #[serde(rename = "TCP")]
+    Tcp,
+    /// UDP.
+    #[serde(rename = "UDP")]
+    Udp,
+    /// SCTP.
+    #[serde(rename = "SCTP")]
+    Sctp,
+    /// TCP, UDP and SCTP with ports; every protocol without ports.
+    #[serde(rename = "ANY")]
+    Any,
+}
+
+impl Protocol {
+    /// The IP protocol numbers a port rule of this protocol expands to.
+    pub fn numbers(self) -> &'static [u8] {
+        match self {
+            Self::Tcp => &[PROTO_TCP],
+            Self::Udp => &[PROTO_UDP],
+            Self::Sctp => &[PROTO_SCTP],
+            Self::Any => &[PROTO_TCP, PROTO_UDP, PROTO_SCTP],
+        }
+    }
+}
+
+/// ICMP family of an `icmps` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Default)]
+pub enum IcmpFamily {
+    /// ICMP (protocol 1).
+    #[default]
+    IPv4,
+    /// ICMPv6 (protocol 58).
+    IPv6,
+}
+
+impl IcmpFamily {
+    /// The IP protocol number.
+    pub fn protocol(self) -> u8 {
+        match self {
+            Self::IPv4 => PROTO_ICMP,
+            Self::IPv6 => PROTO_ICMPV6,
+        }
+    }
+}
+
+/// An inclusive destination port range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortRange {
+    /// First port.
+    pub start: u16,
+    /// Last port (inclusive).
+    pub end: u16,
+}
+
+impl PortRange {
+    /// Whether `port` lies in the range.
+    pub fn contains(self, port: u16) -> bool {
+        self.start <= port && port <= self.end
+    }
+
+    /// The minimal set of `(value, prefix_len)` port prefixes covering the range exactly.
+    pub fn prefixes(self) -> Vec<(u16, u8)> {
+        range_prefixes(self.start, self.end)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.start == self.end {
+            write!(f, "{}", self.start)
+        } else {
+            write!(f, "{}-{}", self.start, self.end)
+        }
+    }
+}
+
+/// The minimal set of `(value, prefix_len)` 16-bit prefixes whose union is `[lo, hi]`, in
+/// ascending order (empty when `lo > hi`).
+pub fn range_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
+    let mut out = Vec::new();
+    let (mut lo, hi) = (u32::from(lo), u32::from(hi));
+    while lo <= hi {
+        // Largest aligned block starting at `lo` that does not pass `hi`.
+        let mut size: u32 = if lo == 0 {
+            1 << 16
+        } else {
+            1 << lo.trailing_zeros().min(16)
+        };
+        while lo + size - 1 > hi {
+            size >>= 1;
+        }
+        out.push((lo as u16, (16 - size.trailing_zeros()) as u8));
+        lo += size;
+    }
+    out
+}
+
+/// One layer-4 match of a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum L4Match {
+    /// A protocol with all ports (`ports: None`) or a port range. `Any` without ports matches
+    /// every IP protocol, ICMP included.
+    Port {
+        /// Protocol.
+        protocol: Protocol,
+        /// Port range, or all ports.
+        ports: Option<PortRange>,
+    },
+    /// An ICMP or ICMPv6 type.
+    Icmp {
+        /// Family.
+        family: IcmpFamily,
+        /// ICMP type.
+        icmp_type: u8,
+    },
+}
+
+/// How specific an L4 match is: what the datapath's longest-prefix match prefers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum L4Level {
+    /// Any protocol, any port.
+    None,
+    /// One protocol, any port.
+    Protocol,
+    /// A port (range) or ICMP type.
+    Port,
+}
+
+impl L4Match {
+    /// Whether a packet of `protocol` to `dport` (ICMP: type) matches.
+    pub fn matches(&self, protocol: u8, dport: u16) -> bool {
+        match *self {
+            Self::Port { protocol: p, ports } => {
+                let proto_ok = if p == Protocol::Any && ports.is_none() {
+                    true
+                } else {
+                    p.numbers().contains(&protocol)
+                };
+                proto_ok && ports.is_none_or(|r| r.contains(dport))
+            }
+            Self::Icmp { family, icmp_type } => {
+                protocol == family.protocol() && dport == u16::from(icmp_type)
+            }
+        }
+    }
+
+    /// The specificity of the match.
+    pub fn level(&self) -> L4Level {
+        match *self {
+            Self::Port {
+                protocol: Protocol::Any,
+                ports: None,
+            } => L4Level::None,
+            Self::Port { ports: None, .. } => L4Level::Protocol,
+            Self::Port { ports: Some(_), .. } | Self::Icmp { .. } => L4Level::Port,
+        }
+    }
+}
+
+/// A port as written in a manifest: a number or a numeric string; `0` means all ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Scalar")]
+pub struct Port(pub u16);
+
+/// A YAML scalar that may be written as a number or a string.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    /// A number.
+    Int(i64),
+    /// A string.
+    Str(String),
+}
+
+impl fmt::Display for Scalar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Int(i) => write!(f, "{i}"),
+            Self::Str(s) => f.write_str(s),
+        }
+    }
+}
+
+impl TryFrom<Scalar> for Port {
+    type Error = PortError;
+
+    fn try_from(s: Scalar) -> Result<Self, Self::Error> {
+        let text = s.to_string();
+        let n = match s {
+            Scalar::Int(i) => i,
+            Scalar::Str(ref t) => match t.trim().parse::<i64>() {
+                Ok(n) => n,
+                Err(_) if t.chars().any(|c| c.is_ascii_alphabetic()) => {
+                    return Err(PortError::Named { port: text });
+                }
+                Err(_) => return Err(PortError::Invalid { port: text }),
+            },
+        };
+        u16::try_from(n)
+            .map(Port)
+            .map_err(|_| PortError::Invalid { port: text })
+    }
+}
+
+/// An ICMP type as written in a manifest (a number 0–255).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Scalar")]
+pub struct IcmpType(pub u8);
+
+impl TryFrom<Scalar> for IcmpType {
+    type Error = PortError;
+
+    fn try_from(s: Scalar) -> Result<Self, Self::Error> {
+        let n = match &s {
+            Scalar::Int(i) => Some(*i),
+            Scalar::Str(t) => t.trim().parse::<i64>().ok(),
+        };
+        n.and_then(|n| u8::try_from(n).ok())
+            .map(IcmpType)
+            .ok_or_else(|| PortError::IcmpType {
+                value: s.to_string(),
+            })
+    }
+}
+
+/// Builds the range for `port`/`endPort`: `port` 0 (or absent) without `endPort` is all ports.
+pub fn port_range(
+    port: Option<Port>,
+    end_port: Option<u32>,
+) -> Result<Option<PortRange>, PortError> {
+    let start = port.map_or(0, |p| p.0);
+    match end_port {
+        None if start == 0 => Ok(None),
+        None => Ok(Some(PortRange { start, end: start })),
+        Some(end) => match u16::try_from(end) {
+            Ok(e) if start != 0 && e >= start => Ok(Some(PortRange { start, end: e })),
+            _ => Err(PortError::InvalidRange {
+                port: start,
+                end_port: end,
+            }),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn covered(prefixes: &[(u16, u8)]) -> Vec<u16> {
+        let mut v: Vec<u16> = prefixes
+            .iter()
+            .flat_map(|&(base, len)| {
+                let size = 1u32 << (16 - u32::from(len));
+                (0..size).map(move |i| (u32::from(base) + i) as u16)
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn single_port_is_one_full_prefix() {
+        assert_eq!(range_prefixes(80, 80), vec![(80, 16)]);
+    }
+
+    #[test]
+    fn full_range_is_one_empty_prefix() {
+        assert_eq!(range_prefixes(0, 65535), vec![(0, 0)]);
+        assert_eq!(range_prefixes(32768, 65535), vec![(32768, 1)]);
+    }
+
+    #[test]
+    fn ranges_decompose_minimally() {
+        assert_eq!(range_prefixes(8080, 8081), vec![(8080, 15)]);
+        assert_eq!(range_prefixes(1, 65535).len(), 16);
+        assert_eq!(range_prefixes(1024, 2047), vec![(1024, 6)]);
+        // 1000-1999: a classic worst-ish case, still small.
+        let p = range_prefixes(1000, 1999);
+        assert!(p.len() <= 2 * 16 - 2, "{p:?}");
+        assert_eq!(covered(&p), (1000..=1999).collect::<Vec<u16>>());
+    }
+
+    #[test]
+    fn decomposition_is_exact_for_many_ranges() {
+        for (lo, hi) in [
+            (0, 0),
+            (1, 1),
+            (3, 17),
+            (65534, 65535),
+            (0, 1023),
+            (443, 8443),
+        ] {
+            assert_eq!(
+                covered(&range_prefixes(lo, hi)),
+                (lo..=hi).collect::<Vec<u16>>()
+            );
+        }
+        assert!(range_prefixes(5, 4).is_empty());
+    }
+
+    #[test]
+    fn ports_parse_from_numbers_and_strings() {
+        assert_eq!(Port::try_from(Scalar::Int(80)), Ok(Port(80)));
+        assert_eq!(Port::try_from(Scalar::Str("443".into())), Ok(Port(443)));
+        assert!(matches!(
+            Port::try_from(Scalar::Str("http9".into())),
+            Err(PortError::Named { .. })
+        ));
+        assert!(matches!(
+            Port::try_from(Scalar::Int(70000)),
+            Err(PortError::Invalid { .. })
+        ));
+        assert!(matches!(
+            Port::try_from(Scalar::Str("-1".into())),
+            Err(PortError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn port_ranges_validate() {
+        assert_eq!(port_range(None, None), Ok(None));
+        assert_eq!(port_range(Some(Port(0)), None), Ok(None));
+        assert_eq!(
+            port_range(Some(Port(80)), Some(90)),
+            Ok(Some(PortRange { start: 80, end: 90 }))
+        );
+        assert!(port_range(Some(Port(90)), Some(80)).is_err());
+        assert!(port_range(None, Some(80)).is_err());
+        assert!(port_range(Some(Port(1)), Some(70000)).is_err());
+    }
+
+    #[test]
+    fn any_protocol_without_ports_matches_icmp() {
+        let any = L4Match::Port {
+            protocol: Protocol::Any,
+            ports: None,
+        };
+        assert!(any.matches(PROTO_ICMP, 8));
+        let any80 = L4Match::Port {
+            protocol: Protocol::Any,
+            ports: Some(PortRange { start: 80, end: 80 }),
+        };
+        assert!(any80.matches(PROTO_SCTP, 80));
+        assert!(!any80.matches(PROTO_ICMP, 80));
+        let echo = L4Match::Icmp {
+            family: IcmpFamily::IPv4,
+            icmp_type: 8,
+        };
+        assert!(echo.matches(PROTO_ICMP, 8));
+        assert!(!echo.matches(PROTO_ICMPV6, 8));
+    }
+}

@@ -35,6 +35,7 @@ use crate::{
 };
 
 const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 
 #[map(name = "CATALYST_ENDPOINTS")]
@@ -207,6 +208,10 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, ep: &EndpointInfo, pkt: &Pa
         let new_bits = pkt.tcp_flags & !seen;
         if new_bits != 0 {
             e.tcp_flags_seen |= u32::from(pkt.tcp_flags) << shift;
+        }
+        // Aggregation: report only the connection-state transitions (SYN, FIN, RST seen for the
+        // first time in a direction), like Hubble's medium monitor aggregation.
+        if new_bits & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
             if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
                 e.flags |= CT_F_CLOSING;
                 ev_flags |= EV_F_END;

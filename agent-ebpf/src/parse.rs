@@ -30,9 +30,11 @@ const NEXTHDR_AUTH: u8 = 51;
 const NEXTHDR_NONE: u8 = 59;
 const NEXTHDR_DEST: u8 = 60;
 
-/// ICMPv6 types that are neighbour discovery / router discovery (not subject to policy).
-const ICMPV6_ND_FIRST: u8 = 133;
+/// ICMPv6 types that are neighbour/router discovery (133-137) or multicast listener
+/// discovery (130-132, 143): link-local control traffic, not subject to policy.
+const ICMPV6_MLD_FIRST: u8 = 130;
 const ICMPV6_ND_LAST: u8 = 137;
+const ICMPV6_MLDV2_REPORT: u8 = 143;
 /// ICMP echo request / reply (v4) and (v6).
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO: u8 = 8;
@@ -78,34 +80,31 @@ fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*const T, u8> {
     Ok((start + offset) as *const T)
 }
 
+/// Copies `N` bytes at `offset` out of the packet with one bounds check (one check per header
+/// keeps the verifier's view and the compiler's view of the bounds the same).
 #[inline(always)]
-fn read_u8(ctx: &TcContext, offset: usize, reason: u8) -> Result<u8, u8> {
-    let p = ptr_at::<u8>(ctx, offset).map_err(|_| reason)?;
-    // SAFETY: `ptr_at` checked that the byte lies inside the packet.
-    Ok(unsafe { *p })
+fn bytes<const N: usize>(ctx: &TcContext, offset: usize, reason: u8) -> Result<[u8; N], u8> {
+    let p = ptr_at::<[u8; N]>(ctx, offset).map_err(|_| reason)?;
+    // SAFETY: `ptr_at` checked that the N bytes lie inside the packet.
+    Ok(unsafe { core::ptr::read_unaligned(p) })
 }
 
 #[inline(always)]
-fn read_be16(ctx: &TcContext, offset: usize, reason: u8) -> Result<u16, u8> {
-    let p = ptr_at::<[u8; 2]>(ctx, offset).map_err(|_| reason)?;
-    // SAFETY: `ptr_at` checked that both bytes lie inside the packet.
-    let b = unsafe { *p };
-    Ok(u16::from_be_bytes(b))
+fn be16(b: &[u8], i: usize) -> u16 {
+    u16::from_be_bytes([b[i], b[i + 1]])
 }
 
 #[inline(always)]
-fn read_u32_raw(ctx: &TcContext, offset: usize) -> Result<u32, u8> {
-    let p = ptr_at::<[u8; 4]>(ctx, offset)?;
-    // SAFETY: `ptr_at` checked that the four bytes lie inside the packet.
-    let b = unsafe { *p };
-    // Keep network byte order in memory: the word is stored exactly as on the wire.
-    Ok(u32::from_ne_bytes(b))
+fn word(b: &[u8], i: usize) -> u32 {
+    // Network byte order kept in memory: the word is stored exactly as on the wire.
+    u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
 }
 
 /// Parses the packet in `ctx`.
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Result<Parsed, u8> {
-    let ethertype = read_be16(ctx, 12, DROP_INVALID_PACKET)?;
+    let eth = bytes::<ETH_HLEN>(ctx, 0, DROP_INVALID_PACKET)?;
+    let ethertype = be16(&eth, 12);
     let mut pkt = Packet {
         family: 0,
         protocol: 0,
@@ -124,71 +123,61 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, u8> {
     let mut first_fragment = true;
     match ethertype {
         ETH_P_IP => {
-            let vihl = read_u8(ctx, ETH_HLEN, DROP_INVALID_PACKET)?;
-            if vihl >> 4 != 4 {
+            let ip = bytes::<20>(ctx, ETH_HLEN, DROP_INVALID_PACKET)?;
+            if ip[0] >> 4 != 4 {
                 return Err(DROP_INVALID_PACKET);
             }
-            let ihl = ((vihl & 0x0f) as usize) * 4;
+            let ihl = ((ip[0] & 0x0f) as usize) * 4;
             if ihl < 20 {
                 return Err(DROP_INVALID_PACKET);
             }
-            // Make sure the whole (possibly optioned) header is present.
-            read_u8(ctx, ETH_HLEN + ihl - 1, DROP_INVALID_PACKET)?;
-            let frag = read_be16(ctx, ETH_HLEN + 6, DROP_INVALID_PACKET)?;
-            if frag & 0x1fff != 0 {
+            if be16(&ip, 6) & 0x1fff != 0 {
                 first_fragment = false;
             }
             pkt.family = 4;
-            pkt.protocol = read_u8(ctx, ETH_HLEN + 9, DROP_INVALID_PACKET)?;
-            pkt.saddr[0] = read_u32_raw(ctx, ETH_HLEN + 12)?;
-            pkt.daddr[0] = read_u32_raw(ctx, ETH_HLEN + 16)?;
+            pkt.protocol = ip[9];
+            pkt.saddr[0] = word(&ip, 12);
+            pkt.daddr[0] = word(&ip, 16);
             l4_off = ETH_HLEN + ihl;
         }
         ETH_P_IPV6 => {
-            let v = read_u8(ctx, ETH_HLEN, DROP_INVALID_PACKET)?;
-            if v >> 4 != 6 {
+            let ip = bytes::<IPV6_HLEN>(ctx, ETH_HLEN, DROP_INVALID_PACKET)?;
+            if ip[0] >> 4 != 6 {
                 return Err(DROP_INVALID_PACKET);
             }
             pkt.family = 6;
             let mut i = 0;
             while i < 4 {
-                pkt.saddr[i] = read_u32_raw(ctx, ETH_HLEN + 8 + i * 4)?;
-                pkt.daddr[i] = read_u32_raw(ctx, ETH_HLEN + 24 + i * 4)?;
+                pkt.saddr[i] = word(&ip, 8 + i * 4);
+                pkt.daddr[i] = word(&ip, 24 + i * 4);
                 i += 1;
             }
-            let mut next = read_u8(ctx, ETH_HLEN + 6, DROP_INVALID_PACKET)?;
+            let mut next = ip[6];
             let mut off = ETH_HLEN + IPV6_HLEN;
             let mut walked = 0;
-            loop {
+            while walked <= MAX_IPV6_EXT {
                 match next {
-                    NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH => {
-                        if walked >= MAX_IPV6_EXT || off > MAX_L4_OFFSET {
+                    NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT => {
+                        if walked == MAX_IPV6_EXT || off > MAX_L4_OFFSET {
                             return Err(DROP_INVALID_IPV6_EXT);
                         }
-                        let nh = read_u8(ctx, off, DROP_INVALID_IPV6_EXT)?;
-                        let len = read_u8(ctx, off + 1, DROP_INVALID_IPV6_EXT)? as usize;
-                        off += if next == NEXTHDR_AUTH { (len + 2) * 4 } else { (len + 1) * 8 };
-                        next = nh;
-                    }
-                    NEXTHDR_FRAGMENT => {
-                        if walked >= MAX_IPV6_EXT || off > MAX_L4_OFFSET {
-                            return Err(DROP_INVALID_IPV6_EXT);
+                        let ext = bytes::<8>(ctx, off, DROP_INVALID_IPV6_EXT)?;
+                        if next == NEXTHDR_FRAGMENT {
+                            if be16(&ext, 2) & 0xfff8 != 0 {
+                                first_fragment = false;
+                            }
+                            off += 8;
+                        } else if next == NEXTHDR_AUTH {
+                            off += (ext[1] as usize + 2) * 4;
+                        } else {
+                            off += (ext[1] as usize + 1) * 8;
                         }
-                        let nh = read_u8(ctx, off, DROP_INVALID_IPV6_EXT)?;
-                        let frag = read_be16(ctx, off + 2, DROP_INVALID_IPV6_EXT)?;
-                        if frag & 0xfff8 != 0 {
-                            first_fragment = false;
-                        }
-                        off += 8;
-                        next = nh;
+                        next = ext[0];
                     }
                     NEXTHDR_NONE => return Err(DROP_INVALID_IPV6_EXT),
                     _ => break,
                 }
                 walked += 1;
-                if walked > MAX_IPV6_EXT {
-                    return Err(DROP_INVALID_IPV6_EXT);
-                }
             }
             if off > MAX_L4_OFFSET {
                 return Err(DROP_INVALID_IPV6_EXT);
@@ -209,27 +198,28 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, u8> {
     }
 
     match pkt.protocol {
-        PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
-            pkt.ct_sport_be = read_be16(ctx, l4_off, DROP_CT_INVALID_HEADER)?.to_be();
-            pkt.ct_dport_be = read_be16(ctx, l4_off + 2, DROP_CT_INVALID_HEADER)?.to_be();
-            pkt.sport = u16::from_be(pkt.ct_sport_be);
-            pkt.dport = u16::from_be(pkt.ct_dport_be);
-            pkt.policy_port = pkt.dport;
-            if pkt.protocol == PROTO_TCP {
-                // Data offset check: a TCP header is at least 20 bytes.
-                let doff = read_u8(ctx, l4_off + 12, DROP_CT_INVALID_HEADER)? >> 4;
-                if doff < 5 {
-                    return Err(DROP_CT_INVALID_HEADER);
-                }
-                pkt.tcp_flags = read_u8(ctx, l4_off + 13, DROP_CT_INVALID_HEADER)?;
-            } else if pkt.protocol == PROTO_UDP {
-                read_u8(ctx, l4_off + 7, DROP_CT_INVALID_HEADER)?;
+        PROTO_TCP => {
+            let th = bytes::<20>(ctx, l4_off, DROP_CT_INVALID_HEADER)?;
+            if th[12] >> 4 < 5 {
+                return Err(DROP_CT_INVALID_HEADER);
             }
+            set_ports(&mut pkt, &th);
+            pkt.tcp_flags = th[13];
+        }
+        PROTO_UDP => {
+            let uh = bytes::<8>(ctx, l4_off, DROP_CT_INVALID_HEADER)?;
+            set_ports(&mut pkt, &uh);
+        }
+        PROTO_SCTP => {
+            let sh = bytes::<12>(ctx, l4_off, DROP_CT_INVALID_HEADER)?;
+            set_ports(&mut pkt, &sh);
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
-            let ty = read_u8(ctx, l4_off, DROP_CT_INVALID_HEADER)?;
-            let code = read_u8(ctx, l4_off + 1, DROP_CT_INVALID_HEADER)?;
-            if pkt.protocol == PROTO_ICMPV6 && (ICMPV6_ND_FIRST..=ICMPV6_ND_LAST).contains(&ty) {
+            let ih = bytes::<8>(ctx, l4_off, DROP_CT_INVALID_HEADER)?;
+            let (ty, code) = (ih[0], ih[1]);
+            if pkt.protocol == PROTO_ICMPV6
+                && ((ICMPV6_MLD_FIRST..=ICMPV6_ND_LAST).contains(&ty) || ty == ICMPV6_MLDV2_REPORT)
+            {
                 return Ok(Parsed::NotPoliced);
             }
             pkt.icmp_type = ty;
@@ -241,7 +231,7 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, u8> {
                 ty == ICMPV6_ECHO || ty == ICMPV6_ECHO_REPLY
             };
             if echo {
-                let id = read_be16(ctx, l4_off + 4, DROP_CT_INVALID_HEADER)?.to_be();
+                let id = be16(&ih, 4).to_be();
                 pkt.ct_sport_be = id;
                 pkt.ct_dport_be = id;
             } else {
@@ -253,5 +243,14 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, u8> {
         }
     }
     Ok(Parsed::Ip(pkt))
+}
+
+#[inline(always)]
+fn set_ports(pkt: &mut Packet, h: &[u8]) {
+    pkt.sport = be16(h, 0);
+    pkt.dport = be16(h, 2);
+    pkt.ct_sport_be = pkt.sport.to_be();
+    pkt.ct_dport_be = pkt.dport.to_be();
+    pkt.policy_port = pkt.dport;
 }
 

@@ -80,6 +80,10 @@ pub struct AgentConfig {
     /// Map capacities.
     #[serde(default)]
     pub maps: MapSizes,
+    /// How programs are attached: `auto` (TCX with pinned links where the kernel has TCX and
+    /// allows pinning links, else tc clsact), `tcx` or `tc`. Default `auto`.
+    #[serde(default = "default_attach_mode")]
+    pub attach_mode: crate::datapath::AttachMode,
     /// Where flow records go: `stdout` (compact lines), `none`, or a file path (JSON lines).
     /// Default `stdout`.
     #[serde(default = "default_flow_log")]
@@ -159,6 +163,9 @@ impl Default for MapSizes {
     }
 }
 
+fn default_attach_mode() -> crate::datapath::AttachMode {
+    crate::datapath::AttachMode::Auto
+}
 fn default_node() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())

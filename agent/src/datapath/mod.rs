@@ -4,14 +4,16 @@
 
 mod bpffs;
 mod loader;
+#[cfg(test)]
 mod memory;
+#[cfg(test)]
+pub use self::memory::MemoryMaps;
 mod store;
 mod sync;
 
 pub use self::{
     bpffs::ensure_bpffs,
-    loader::{Datapath, LoadOptions, uninstall},
-    memory::MemoryMaps,
+    loader::{AttachMode, Datapath, LoadOptions, read_counters_of, uninstall},
     store::{DesiredState, MapStore, StoreError},
-    sync::{SyncReport, apply},
+    sync::apply,
 };

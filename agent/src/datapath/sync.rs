@@ -6,7 +6,7 @@
 //! compiler resolves deny-over-allow within each revision, a flow that both the old and the new
 //! policy allow is allowed by any longest-prefix lookup over the union.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hash::Hash;
 
 use catalyst_policy::datapath::DatapathConfig;
@@ -108,8 +108,7 @@ pub fn apply(
     for ifindex in &eps.del {
         store.del_endpoint(*ifindex)?;
     }
-    let policy_by_raw: BTreeMap<_, _> = pol.del.iter().collect();
-    for (len, rawk) in policy_by_raw.keys() {
+    for (len, rawk) in &pol.del {
         store.del_policy(*len, from_raw(rawk))?;
     }
     for net in &v4.del {

@@ -1,1 +1,396 @@
+//! Catalyst datapath: TC/TCX classifiers on the host side of every workload interface.
+//!
+//! `catalyst_from_endpoint` runs on the interface's ingress hook (packets the workload sends:
+//! its egress), `catalyst_to_endpoint` on the egress hook (packets towards the workload: its
+//! ingress). Both are thin wrappers around [`handle`], which returns an explicit verdict for
+//! every path: pass (`TC_ACT_UNSPEC`, so TCX continues with the next program or passes) or
+//! drop (`TC_ACT_SHOT`), each counted.
 #![no_std]
+#![no_main]
+
+mod parse;
+mod verdict;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, map},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    programs::TcContext,
+};
+use catalyst_policy::datapath::{
+    CT_F_AUDIT, CT_F_CLOSING, CT_F_SEEN_REPLY, CtEntry, CtKey, DEFAULT_CONNTRACK_MAX,
+    DEFAULT_ENDPOINTS_MAX, DEFAULT_EVENTS_BYTES, DEFAULT_IPCACHE_MAX, DEFAULT_POLICY_MAX,
+    DIR_EGRESS, DIR_INGRESS, DROP_CT_MAP_INSERTION_FAILED, DROP_NONE, DatapathConfig,
+    EV_F_END, EV_F_NEW, EV_F_REEVALUATED, EV_F_REPLY, EVENT_DROP, EVENT_POLICY_VERDICT,
+    EVENT_TRACE, EndpointInfo, FlowEvent, IpcacheEntry, PROTO_TCP, PolicyEntry, PolicyKey,
+    STAT_CT_CREATED, STAT_CT_REEVALUATED, STAT_EVENTS_LOST, STAT_EVENTS_SENT, STAT_NO_ENDPOINT,
+    STAT_NOT_POLICED, TRACE_ESTABLISHED, TRACE_NEW, TRACE_REPLY, VERDICT_DROPPED, counter_index,
+    COUNTER_SLOTS,
+};
+
+use crate::{
+    parse::{Packet, Parsed, PULL_LEN},
+    verdict::Decision,
+};
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+
+#[map(name = "CATALYST_ENDPOINTS")]
+static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::pinned(DEFAULT_ENDPOINTS_MAX, 0);
+#[map(name = "CATALYST_IPCACHE4")]
+static IPCACHE4: LpmTrie<[u8; 4], IpcacheEntry> = LpmTrie::pinned(DEFAULT_IPCACHE_MAX, 0);
+#[map(name = "CATALYST_IPCACHE6")]
+static IPCACHE6: LpmTrie<[u8; 16], IpcacheEntry> = LpmTrie::pinned(DEFAULT_IPCACHE_MAX, 0);
+#[map(name = "CATALYST_POLICY")]
+static POLICY: LpmTrie<PolicyKey, PolicyEntry> = LpmTrie::pinned(DEFAULT_POLICY_MAX, 0);
+#[map(name = "CATALYST_CT")]
+static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(DEFAULT_CONNTRACK_MAX, 0);
+#[map(name = "CATALYST_CONFIG")]
+static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
+#[map(name = "CATALYST_COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
+#[map(name = "CATALYST_EVENTS")]
+static EVENTS: RingBuf = RingBuf::pinned(DEFAULT_EVENTS_BYTES, 0);
+
+/// Packets leaving the workload (the host-side interface's ingress hook).
+#[classifier]
+pub fn catalyst_from_endpoint(ctx: TcContext) -> i32 {
+    handle(&ctx, DIR_EGRESS)
+}
+
+/// Packets towards the workload (the host-side interface's egress hook).
+#[classifier]
+pub fn catalyst_to_endpoint(ctx: TcContext) -> i32 {
+    handle(&ctx, DIR_INGRESS)
+}
+
+const PASS: i32 = TC_ACT_UNSPEC;
+const DROP: i32 = TC_ACT_SHOT as i32;
+
+#[inline(always)]
+fn count(slot: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn handle(ctx: &TcContext, dir: u8) -> i32 {
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(ep) = ENDPOINTS.get_ptr(ifindex) else {
+        count(STAT_NO_ENDPOINT);
+        return PASS;
+    };
+    // SAFETY: map value pointer returned by a successful lookup.
+    let ep = unsafe { *ep };
+    // Headers must be in the linear part for direct packet access; pull them in when the skb
+    // is non-linear (rare on veth). A failed pull shows up as a parse drop below.
+    let linear = (ctx.data_end() - ctx.data()) as u32;
+    if linear < PULL_LEN && ctx.len() > linear {
+        let want = if ctx.len() < PULL_LEN { ctx.len() } else { PULL_LEN };
+        let _ = ctx.pull_data(want);
+    }
+    match parse::parse(ctx) {
+        Ok(Parsed::NotPoliced) => {
+            count(STAT_NOT_POLICED);
+            PASS
+        }
+        Ok(Parsed::Ip(pkt)) => handle_ip(ctx, dir, ifindex, &ep, &pkt),
+        Err(reason) => {
+            count(counter_index(dir, reason));
+            // Malformed packets are reported like other drops, without a flow to aggregate on.
+            emit_malformed(ctx, dir, ifindex, &ep, reason);
+            DROP
+        }
+    }
+}
+
+#[inline(always)]
+fn config() -> DatapathConfig {
+    match CONFIG.get(0) {
+        Some(c) => *c,
+        None => DatapathConfig { policy_revision: 0, flags: 0, event_interval_ns: 0 },
+    }
+}
+
+#[inline(always)]
+fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, ep: &EndpointInfo, pkt: &Packet) -> i32 {
+    let cfg = config();
+    let now = now_ns();
+    let key = CtKey {
+        ifindex,
+        saddr: pkt.saddr,
+        daddr: pkt.daddr,
+        sport_be: pkt.ct_sport_be,
+        dport_be: pkt.ct_dport_be,
+        protocol: pkt.protocol,
+        family: pkt.family,
+        pad: 0,
+    };
+    let mut reply = false;
+    let mut entry = CONNTRACK.get_ptr_mut(&key);
+    if entry.is_none() {
+        let rkey = CtKey {
+            ifindex,
+            saddr: pkt.daddr,
+            daddr: pkt.saddr,
+            sport_be: pkt.ct_dport_be,
+            dport_be: pkt.ct_sport_be,
+            protocol: pkt.protocol,
+            family: pkt.family,
+            pad: 0,
+        };
+        entry = CONNTRACK.get_ptr_mut(&rkey);
+        reply = entry.is_some();
+    }
+
+    let Some(e) = entry else {
+        return new_flow(ctx, dir, ifindex, ep, pkt, &key, &cfg, now);
+    };
+    // SAFETY: pointer from a successful lookup; LRU entries stay valid for this program run.
+    let e = unsafe { &mut *e };
+
+    let mut ev_flags = if reply { EV_F_REPLY } else { 0 };
+    if e.revision != cfg.policy_revision {
+        // Policy changed since the verdict was cached: re-evaluate the connection in its
+        // original direction (revocation is prompt; the fast path stays one lookup).
+        let (peer, peer_family) = original_peer(e, pkt, reply);
+        let d = verdict::decide(
+            ep,
+            e.direction as u8,
+            &peer,
+            peer_family,
+            pkt.protocol,
+            e.policy_port as u16,
+            &cfg,
+        );
+        let changed = e.verdict != u32::from(d.verdict);
+        store_decision(e, &d, cfg.policy_revision);
+        count(STAT_CT_REEVALUATED);
+        if changed {
+            ev_flags |= EV_F_REEVALUATED;
+            let kind = if d.verdict == VERDICT_DROPPED { EVENT_DROP } else { EVENT_POLICY_VERDICT };
+            emit(ctx, kind, dir, ifindex, ep, pkt, e, ev_flags, TRACE_ESTABLISHED);
+            e.last_event_ns = now;
+        }
+    }
+    e.packets += 1;
+    e.bytes += u64::from(ctx.len());
+    if reply {
+        e.flags |= CT_F_SEEN_REPLY;
+    }
+
+    let verdict = e.verdict as u8;
+    if verdict == VERDICT_DROPPED {
+        count(counter_index(dir, e.drop_reason as u8));
+        if now.wrapping_sub(e.last_event_ns) >= cfg.event_interval_ns {
+            e.last_event_ns = now;
+            let trace = if reply { TRACE_REPLY } else { TRACE_ESTABLISHED };
+            emit(ctx, EVENT_DROP, dir, ifindex, ep, pkt, e, ev_flags, trace);
+        }
+        return DROP;
+    }
+
+    if pkt.protocol == PROTO_TCP {
+        let shift = if reply { 8 } else { 0 };
+        let seen = (e.tcp_flags_seen >> shift) as u8;
+        let new_bits = pkt.tcp_flags & !seen;
+        if new_bits != 0 {
+            e.tcp_flags_seen |= u32::from(pkt.tcp_flags) << shift;
+        }
+        // Aggregation: report only the connection-state transitions (SYN, FIN, RST seen for the
+        // first time in a direction), like Hubble's medium monitor aggregation.
+        if new_bits & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+            if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+                e.flags |= CT_F_CLOSING;
+                ev_flags |= EV_F_END;
+            }
+            let trace = if reply { TRACE_REPLY } else { TRACE_ESTABLISHED };
+            emit(ctx, EVENT_TRACE, dir, ifindex, ep, pkt, e, ev_flags, trace);
+        }
+    } else if reply && e.packets == 2 {
+        // First reply of a non-TCP flow: one trace event so replies are visible.
+        emit(ctx, EVENT_TRACE, dir, ifindex, ep, pkt, e, ev_flags, TRACE_REPLY);
+    }
+    count(counter_index(dir, DROP_NONE));
+    PASS
+}
+
+/// The peer of the connection's original packet, from the current packet.
+#[inline(always)]
+fn original_peer(e: &CtEntry, pkt: &Packet, reply: bool) -> ([u32; 4], u8) {
+    // Original packet: (s, d) = reply ? (pkt.d, pkt.s) : (pkt.s, pkt.d).
+    // Its peer is the destination for egress connections, the source for ingress ones.
+    let (osrc, odst) = if reply { (pkt.daddr, pkt.saddr) } else { (pkt.saddr, pkt.daddr) };
+    let peer = if e.direction as u8 == DIR_EGRESS { odst } else { osrc };
+    (peer, pkt.family)
+}
+
+#[inline(always)]
+fn store_decision(e: &mut CtEntry, d: &Decision, revision: u32) {
+    e.revision = revision;
+    e.verdict = u32::from(d.verdict);
+    e.drop_reason = u32::from(d.reason);
+    e.rule_id = d.rule_id;
+    e.match_type = u32::from(d.match_type);
+    e.peer_identity = d.peer_identity;
+    if d.audit {
+        e.flags |= CT_F_AUDIT;
+    } else {
+        e.flags &= !CT_F_AUDIT;
+    }
+}
+
+#[inline(always)]
+#[expect(clippy::too_many_arguments, reason = "inlined hot path; a struct would cost stack")]
+fn new_flow(
+    ctx: &TcContext,
+    dir: u8,
+    ifindex: u32,
+    ep: &EndpointInfo,
+    pkt: &Packet,
+    key: &CtKey,
+    cfg: &DatapathConfig,
+    now: u64,
+) -> i32 {
+    let peer = if dir == DIR_EGRESS { pkt.daddr } else { pkt.saddr };
+    let d = verdict::decide(ep, dir, &peer, pkt.family, pkt.protocol, pkt.policy_port, cfg);
+    let mut e = CtEntry {
+        revision: 0,
+        verdict: 0,
+        drop_reason: 0,
+        rule_id: 0,
+        match_type: 0,
+        direction: u32::from(dir),
+        peer_identity: 0,
+        flags: 0,
+        tcp_flags_seen: u32::from(pkt.tcp_flags),
+        policy_port: u32::from(pkt.policy_port),
+        last_event_ns: now,
+        packets: 1,
+        bytes: u64::from(ctx.len()),
+    };
+    store_decision(&mut e, &d, cfg.policy_revision);
+    if CONNTRACK.insert(key, &e, 0).is_err() {
+        count(counter_index(dir, DROP_CT_MAP_INSERTION_FAILED));
+        e.verdict = u32::from(VERDICT_DROPPED);
+        e.drop_reason = u32::from(DROP_CT_MAP_INSERTION_FAILED);
+        emit(ctx, EVENT_DROP, dir, ifindex, ep, pkt, &e, EV_F_NEW, TRACE_NEW);
+        return DROP;
+    }
+    count(STAT_CT_CREATED);
+    if d.verdict == VERDICT_DROPPED {
+        count(counter_index(dir, d.reason));
+        emit(ctx, EVENT_DROP, dir, ifindex, ep, pkt, &e, EV_F_NEW, TRACE_NEW);
+        return DROP;
+    }
+    emit(ctx, EVENT_POLICY_VERDICT, dir, ifindex, ep, pkt, &e, EV_F_NEW, TRACE_NEW);
+    count(counter_index(dir, DROP_NONE));
+    PASS
+}
+
+#[inline(always)]
+#[expect(clippy::too_many_arguments, reason = "inlined; fills one ring-buffer record")]
+fn emit(
+    ctx: &TcContext,
+    kind: u8,
+    dir: u8,
+    ifindex: u32,
+    ep: &EndpointInfo,
+    pkt: &Packet,
+    e: &CtEntry,
+    flags: u8,
+    trace_reason: u8,
+) {
+    let Some(mut slot) = EVENTS.reserve::<FlowEvent>(0) else {
+        count(STAT_EVENTS_LOST);
+        return;
+    };
+    let (src_identity, dst_identity) = if dir == DIR_EGRESS {
+        (ep.identity, e.peer_identity)
+    } else {
+        (e.peer_identity, ep.identity)
+    };
+    // Identities follow the packet, not the connection: swap for replies.
+    let (src_identity, dst_identity) = if flags & EV_F_REPLY != 0 && e.direction as u8 != dir {
+        (dst_identity, src_identity)
+    } else {
+        (src_identity, dst_identity)
+    };
+    slot.write(FlowEvent {
+        ts_ns: now_ns(),
+        kind,
+        verdict: e.verdict as u8,
+        drop_reason: e.drop_reason as u8,
+        direction: dir,
+        family: pkt.family,
+        protocol: pkt.protocol,
+        tcp_flags: pkt.tcp_flags,
+        flags,
+        match_type: e.match_type as u8,
+        trace_reason,
+        icmp_type: pkt.icmp_type,
+        icmp_code: pkt.icmp_code,
+        ifindex,
+        endpoint_id: ep.endpoint_id,
+        src_identity,
+        dst_identity,
+        rule_id: e.rule_id,
+        pkt_len: ctx.len(),
+        saddr: pkt.saddr,
+        daddr: pkt.daddr,
+        sport: pkt.sport,
+        dport: pkt.dport,
+        pad: [0; 2],
+    });
+    slot.submit(0);
+    count(STAT_EVENTS_SENT);
+}
+
+#[inline(always)]
+fn emit_malformed(ctx: &TcContext, dir: u8, ifindex: u32, ep: &EndpointInfo, reason: u8) {
+    let Some(mut slot) = EVENTS.reserve::<FlowEvent>(0) else {
+        count(STAT_EVENTS_LOST);
+        return;
+    };
+    let mut ev = FlowEvent {
+        ts_ns: now_ns(),
+        kind: EVENT_DROP,
+        verdict: VERDICT_DROPPED,
+        drop_reason: reason,
+        direction: dir,
+        ifindex,
+        endpoint_id: ep.endpoint_id,
+        pkt_len: ctx.len(),
+        ..FlowEvent::default()
+    };
+    if dir == DIR_INGRESS {
+        ev.dst_identity = ep.identity;
+    } else {
+        ev.src_identity = ep.identity;
+    }
+    slot.write(ev);
+    slot.submit(0);
+    count(STAT_EVENTS_SENT);
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

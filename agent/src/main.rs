@@ -1,1 +1,88 @@
-fn main() {}
+//! catalyst-agent: eBPF policy enforcement and flow observability for one node.
+//!
+//! `catalyst-agent run --config FILE` loads the datapath, keeps the maps in sync with the
+//! configuration and policy files (hot reload, fail closed on bad input), attaches to every
+//! workload interface and turns datapath events into flow records.
+
+mod config;
+mod datapath;
+mod flow;
+mod run;
+mod state;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "catalyst-agent", version, about = "Catalyst node agent: eBPF flow policy and flow observability")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent (standalone mode: endpoints and policies from files).
+    Run {
+        /// Agent configuration file (YAML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate policy manifests and a configuration without touching the datapath.
+    Check {
+        /// Agent configuration file (YAML); its policy paths are checked too.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Policy files or directories.
+        policies: Vec<PathBuf>,
+    },
+    /// Print the datapath counters from the pinned maps.
+    Counters {
+        /// bpffs directory the agent pins to.
+        #[arg(long, default_value = "/sys/fs/bpf/catalyst")]
+        pin_path: PathBuf,
+        /// Output JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach every program and remove every pinned map and link (stops enforcement).
+    Uninstall {
+        /// bpffs directory the agent pins to.
+        #[arg(long, default_value = "/sys/fs/bpf/catalyst")]
+        pin_path: PathBuf,
+    },
+}
+
+fn init_tracing() {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_env("CATALYST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Run { config } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(run::run(config))
+        }
+        Command::Check { config, policies } => run::check(config.as_deref(), &policies),
+        Command::Counters { pin_path, json } => run::print_counters(&pin_path, json),
+        Command::Uninstall { pin_path } => {
+            let n = datapath::uninstall(&pin_path)?;
+            println!("removed {n} pinned objects under {}", pin_path.display());
+            Ok(())
+        }
+    }
+}

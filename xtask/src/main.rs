@@ -1,1 +1,88 @@
-fn main() {}
+//! `cargo xtask …`: toolchain setup, builds, the netns lab, the demo, the test suite and the
+//! benchmarks. Every step that can fail says what failed and how to fix it.
+
+mod demo;
+mod setup;
+mod test;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Catalyst developer and CI tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what builds and tests need (idempotent): rust-src, bpf-linker, Debian and PyPI packages.
+    Setup {
+        /// Skip the eBPF toolchain (userspace-only machines).
+        #[arg(long)]
+        no_ebpf: bool,
+        /// Skip apt-get and pip.
+        #[arg(long)]
+        no_packages: bool,
+    },
+    /// Build every program (the agent embeds the eBPF object).
+    Build {
+        /// Release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Create or remove the network-namespace lab.
+    Lab {
+        #[command(subcommand)]
+        action: LabAction,
+    },
+    /// Build, bring up the lab, run the agent with example policies, drive traffic, print flows.
+    Demo,
+    /// Run every test suite: unit, integration, and (as root) the lab end-to-end suites.
+    Test {
+        /// Only userspace tests that need neither root nor the eBPF toolchain.
+        #[arg(long)]
+        unit_only: bool,
+    },
+    /// Benchmarks (figures to docs/benchmarks.md).
+    Bench {
+        /// Which benchmark: datapath.
+        which: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabAction {
+    /// Create the lab namespaces (tears down an existing lab first).
+    Up,
+    /// Remove the lab namespaces.
+    Down,
+}
+
+/// Workspace root (the directory above xtask/).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace").to_owned()
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Setup { no_ebpf, no_packages } => setup::setup(!no_ebpf, !no_packages),
+        Command::Build { release } => {
+            setup::ensure_ebpf_toolchain()?;
+            setup::cargo_build(release).map(|_| ())
+        }
+        Command::Lab { action: LabAction::Up } => {
+            catalyst_tests::lab::up()?;
+            println!("lab up: node namespace {}, pods {:?}", catalyst_tests::lab::NODE_NS,
+                catalyst_tests::lab::PODS.iter().map(|p| p.netns()).collect::<Vec<_>>());
+            Ok(())
+        }
+        Command::Lab { action: LabAction::Down } => catalyst_tests::lab::down(),
+        Command::Demo => demo::demo(),
+        Command::Test { unit_only } => test::test(unit_only),
+        Command::Bench { which } => anyhow::bail!("unknown benchmark `{which}` (available: datapath)"),
+    }
+}

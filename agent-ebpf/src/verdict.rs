@@ -1,0 +1,118 @@
+//! Policy decision for a new (or re-evaluated) connection.
+//!
+//! The algorithm is the contract that `catalyst_policy::compile::Compiled::lookup` emulates in
+//! userspace (and that the differential tests check against the reference evaluator):
+//! peer identity from the ipcache (world when unknown); two LPM lookups in the policy map, with
+//! the peer identity and with the wildcard identity; a deny from either wins, then an allow
+//! (identity-specific first); otherwise default deny when the direction is enforced.
+
+use aya_ebpf::maps::lpm_trie::Key;
+use catalyst_policy::datapath::{
+    ACTION_ALLOW, ACTION_DENY, CFG_F_AUDIT, DROP_NONE, DROP_POLICY_DENIED, DROP_POLICY_DENY,
+    DatapathConfig, DIR_INGRESS, EP_F_AUDIT, EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED,
+    EndpointInfo, IDENTITY_ANY, IDENTITY_WORLD, MATCH_NONE, POLICY_PREFIX_FULL_BITS, PolicyEntry,
+    PolicyKey, VERDICT_AUDIT, VERDICT_DROPPED, VERDICT_FORWARDED,
+};
+
+use crate::{IPCACHE4, IPCACHE6, POLICY};
+
+/// Result of a policy decision.
+pub struct Decision {
+    pub verdict: u8,
+    pub reason: u8,
+    pub rule_id: u32,
+    pub match_type: u8,
+    pub peer_identity: u32,
+    pub audit: bool,
+}
+
+#[inline(always)]
+fn peer_identity(peer: &[u32; 4], family: u8) -> u32 {
+    if family == 4 {
+        let key = Key::new(32, peer[0].to_ne_bytes());
+        if let Some(v) = IPCACHE4.get(&key) {
+            return v.identity;
+        }
+    } else {
+        let mut bytes = [0u8; 16];
+        let mut i = 0;
+        while i < 4 {
+            let w = peer[i].to_ne_bytes();
+            bytes[i * 4] = w[0];
+            bytes[i * 4 + 1] = w[1];
+            bytes[i * 4 + 2] = w[2];
+            bytes[i * 4 + 3] = w[3];
+            i += 1;
+        }
+        let key = Key::new(128, bytes);
+        if let Some(v) = IPCACHE6.get(&key) {
+            return v.identity;
+        }
+    }
+    IDENTITY_WORLD
+}
+
+#[inline(always)]
+fn lookup(endpoint_id: u32, identity: u32, dir: u8, protocol: u8, port: u16) -> Option<PolicyEntry> {
+    let key = Key::new(
+        POLICY_PREFIX_FULL_BITS,
+        PolicyKey { endpoint_id, identity, direction: dir, protocol, dport_be: port.to_be() },
+    );
+    POLICY.get(&key).copied()
+}
+
+/// Decides the verdict for a connection of endpoint `ep` in direction `dir` with `peer`.
+#[inline(always)]
+pub fn decide(
+    ep: &EndpointInfo,
+    dir: u8,
+    peer: &[u32; 4],
+    family: u8,
+    protocol: u8,
+    port: u16,
+    cfg: &DatapathConfig,
+) -> Decision {
+    let peer_id = peer_identity(peer, family);
+    let specific = lookup(ep.endpoint_id, peer_id, dir, protocol, port);
+    let wildcard = lookup(ep.endpoint_id, IDENTITY_ANY, dir, protocol, port);
+    let enforced_bit = if dir == DIR_INGRESS { EP_F_INGRESS_ENFORCED } else { EP_F_EGRESS_ENFORCED };
+
+    let mut d = Decision {
+        verdict: VERDICT_FORWARDED,
+        reason: DROP_NONE,
+        rule_id: 0,
+        match_type: MATCH_NONE,
+        peer_identity: peer_id,
+        audit: false,
+    };
+    let deny = match (specific, wildcard) {
+        (Some(e), _) if e.action == ACTION_DENY => Some(e),
+        (_, Some(e)) if e.action == ACTION_DENY => Some(e),
+        _ => None,
+    };
+    if let Some(e) = deny {
+        d.verdict = VERDICT_DROPPED;
+        d.reason = DROP_POLICY_DENY;
+        d.rule_id = e.rule_id;
+        d.match_type = e.match_type as u8;
+    } else {
+        let allow = match (specific, wildcard) {
+            (Some(e), _) if e.action == ACTION_ALLOW => Some(e),
+            (_, Some(e)) if e.action == ACTION_ALLOW => Some(e),
+            _ => None,
+        };
+        if let Some(e) = allow {
+            d.rule_id = e.rule_id;
+            d.match_type = e.match_type as u8;
+        } else if ep.flags & enforced_bit != 0 {
+            d.verdict = VERDICT_DROPPED;
+            d.reason = DROP_POLICY_DENIED;
+        }
+    }
+    if d.verdict == VERDICT_DROPPED && (ep.flags & EP_F_AUDIT != 0 || cfg.flags & CFG_F_AUDIT != 0)
+    {
+        d.verdict = VERDICT_AUDIT;
+        d.audit = true;
+    }
+    d
+}

@@ -1,0 +1,342 @@
+//! Agent configuration file (YAML).
+//!
+//! Relative paths are resolved against the directory of the configuration file.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use catalyst_policy::datapath::{
+    DEFAULT_CONNTRACK_MAX, DEFAULT_ENDPOINTS_MAX, DEFAULT_EVENTS_BYTES, DEFAULT_IPCACHE_MAX,
+    DEFAULT_POLICY_MAX,
+};
+
+/// Errors reading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config `{path}`")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid configuration.
+    #[error("invalid config `{path}`: {message}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// Field path, line and reason.
+        message: String,
+    },
+    /// A value is inconsistent.
+    #[error("invalid config `{path}`: {field}: {message}")]
+    Invalid {
+        /// File.
+        path: PathBuf,
+        /// Field.
+        field: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Top-level agent configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Node name reported in flows. Default: the host name.
+    #[serde(default = "default_node")]
+    pub node: String,
+    /// bpffs directory for pinned maps and links. Default `/sys/fs/bpf/catalyst`.
+    #[serde(default = "default_pin_path")]
+    pub pin_path: PathBuf,
+    /// Policy manifest files or directories (`*.yaml`, `*.yml`), watched for changes.
+    #[serde(default)]
+    pub policy_paths: Vec<PathBuf>,
+    /// Global audit mode: would-be drops are forwarded and reported as AUDIT. Default false.
+    #[serde(default)]
+    pub audit: bool,
+    /// Minimum interval between two events for one connection (drop reports), milliseconds.
+    /// Default 1000.
+    #[serde(default = "default_event_interval_ms")]
+    pub event_interval_ms: u64,
+    /// Addresses of this node; peers with these addresses have the `host` identity.
+    #[serde(default)]
+    pub host_addresses: Vec<IpAddr>,
+    /// Workload endpoints on this node.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointConfig>,
+    /// Extra ipcache entries: remote endpoints and nodes.
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    /// Map capacities.
+    #[serde(default)]
+    pub maps: MapSizes,
+    /// How programs are attached: `auto` (TCX with pinned links where the kernel has TCX and
+    /// allows pinning links, else tc clsact), `tcx` or `tc`. Default `auto`.
+    #[serde(default = "default_attach_mode")]
+    pub attach_mode: crate::datapath::AttachMode,
+    /// Where flow records go: `stdout` (compact lines), `none`, or a file path (JSON lines).
+    /// Default `stdout`.
+    #[serde(default = "default_flow_log")]
+    pub flow_log: String,
+    /// How often the policy and config files are checked for changes, milliseconds. Default 500.
+    #[serde(default = "default_watch_interval_ms")]
+    pub watch_interval_ms: u64,
+}
+
+/// One workload endpoint.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Pod or workload name.
+    pub name: String,
+    /// Namespace. Default `default`.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Host-side interface of the workload (for a veth pair: the peer in the host namespace).
+    pub interface: String,
+    /// Addresses of the workload.
+    #[serde(default)]
+    pub addresses: Vec<IpAddr>,
+    /// Labels (`key: value`; a key may carry a source prefix such as `k8s:`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Audit mode for this endpoint. Default false.
+    #[serde(default)]
+    pub audit: bool,
+}
+
+/// An extra ipcache entry.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Prefix (an address is a /32 or /128).
+    pub prefix: IpNet,
+    /// Reserved entity: `host`, `remote-node`, `kube-apiserver`, `health`, `ingress`,
+    /// `unmanaged`, `init`. Exclusive with `labels`.
+    #[serde(default)]
+    pub entity: Option<String>,
+    /// Labels of a remote endpoint. Exclusive with `entity`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Map capacities (entries; ring buffer in bytes).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MapSizes {
+    /// Endpoint map entries. Default 4096.
+    #[serde(default = "default_endpoints_max")]
+    pub endpoints: u32,
+    /// Entries per ipcache trie (IPv4 and IPv6). Default 65536.
+    #[serde(default = "default_ipcache_max")]
+    pub ipcache: u32,
+    /// Policy map entries. Default 262144.
+    #[serde(default = "default_policy_max")]
+    pub policy: u32,
+    /// Conntrack entries (LRU). Default 262144.
+    #[serde(default = "default_conntrack_max")]
+    pub conntrack: u32,
+    /// Event ring buffer bytes (power of two). Default 1 MiB.
+    #[serde(default = "default_events_bytes")]
+    pub events_bytes: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            endpoints: default_endpoints_max(),
+            ipcache: default_ipcache_max(),
+            policy: default_policy_max(),
+            conntrack: default_conntrack_max(),
+            events_bytes: default_events_bytes(),
+        }
+    }
+}
+
+fn default_attach_mode() -> crate::datapath::AttachMode {
+    crate::datapath::AttachMode::Auto
+}
+fn default_node() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned())
+}
+fn default_pin_path() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/catalyst")
+}
+fn default_event_interval_ms() -> u64 {
+    1000
+}
+fn default_namespace() -> String {
+    "default".to_owned()
+}
+fn default_flow_log() -> String {
+    "stdout".to_owned()
+}
+fn default_watch_interval_ms() -> u64 {
+    500
+}
+fn default_endpoints_max() -> u32 {
+    DEFAULT_ENDPOINTS_MAX
+}
+fn default_ipcache_max() -> u32 {
+    DEFAULT_IPCACHE_MAX
+}
+fn default_policy_max() -> u32 {
+    DEFAULT_POLICY_MAX
+}
+fn default_conntrack_max() -> u32 {
+    DEFAULT_CONNTRACK_MAX
+}
+fn default_events_bytes() -> u32 {
+    DEFAULT_EVENTS_BYTES
+}
+
+impl AgentConfig {
+    /// Reads and validates `path`; relative paths inside are resolved against its directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses configuration text; `path` names it in errors and anchors relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        let mut cfg: Self = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            let at = inner
+                .location()
+                .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+                .unwrap_or_default();
+            ConfigError::Parse { path: path.to_owned(), message: format!("{field}: {inner}{at}") }
+        })?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        for p in &mut cfg.policy_paths {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if cfg.flow_log != "stdout" && cfg.flow_log != "none" {
+            let p = Path::new(&cfg.flow_log);
+            if p.is_relative() {
+                cfg.flow_log = base.join(p).to_string_lossy().into_owned();
+            }
+        }
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field: String, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            field,
+            message,
+        };
+        let mut seen_if = BTreeMap::new();
+        let mut seen_name = BTreeMap::new();
+        for (i, ep) in self.endpoints.iter().enumerate() {
+            if let Some(j) = seen_if.insert(ep.interface.clone(), i) {
+                return Err(invalid(
+                    format!("endpoints[{i}].interface"),
+                    format!("interface `{}` is already used by endpoints[{j}]", ep.interface),
+                ));
+            }
+            if let Some(j) = seen_name.insert((ep.namespace.clone(), ep.name.clone()), i) {
+                return Err(invalid(
+                    format!("endpoints[{i}].name"),
+                    format!("`{}/{}` is already endpoints[{j}]", ep.namespace, ep.name),
+                ));
+            }
+            if ep.interface.is_empty() || ep.interface.len() > 15 {
+                return Err(invalid(
+                    format!("endpoints[{i}].interface"),
+                    format!("`{}` is not a valid interface name", ep.interface),
+                ));
+            }
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            if p.entity.is_some() == !p.labels.is_empty() {
+                return Err(invalid(
+                    format!("peers[{i}]"),
+                    "exactly one of `entity` and `labels` is required".to_owned(),
+                ));
+            }
+        }
+        if !self.maps.events_bytes.is_power_of_two() || self.maps.events_bytes < 4096 {
+            return Err(invalid(
+                "maps.events_bytes".to_owned(),
+                format!("{} is not a power of two of at least 4096", self.maps.events_bytes),
+            ));
+        }
+        for (field, v) in [
+            ("maps.endpoints", self.maps.endpoints),
+            ("maps.ipcache", self.maps.ipcache),
+            ("maps.policy", self.maps.policy),
+            ("maps.conntrack", self.maps.conntrack),
+        ] {
+            if v == 0 {
+                return Err(invalid(field.to_owned(), "must be at least 1".to_owned()));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/agent/agent.yaml");
+        let cfg = AgentConfig::load(&path).expect("example config loads");
+        assert!(!cfg.endpoints.is_empty());
+        assert!(cfg.policy_paths.iter().all(|p| p.is_absolute() || p.starts_with("..")
+            || p.components().count() > 1));
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_its_line() {
+        let err = AgentConfig::parse(
+            Path::new("agent.yaml"),
+            "node: n1\nendpoints:\n  - name: a\n    interface: v1\n    adresses: [10.0.0.1]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("agent.yaml"), "{err}");
+        assert!(err.contains("endpoints[0]"), "{err}");
+        assert!(err.contains("adresses"), "{err}");
+        assert!(err.contains("line 5"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_interface_is_rejected() {
+        let err = AgentConfig::parse(
+            Path::new("a.yaml"),
+            "endpoints:\n  - {name: a, interface: v1}\n  - {name: b, interface: v1}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("endpoints[1].interface"), "{err}");
+    }
+
+    #[test]
+    fn events_bytes_must_be_a_power_of_two() {
+        let err = AgentConfig::parse(Path::new("a.yaml"), "maps: {events_bytes: 5000}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("maps.events_bytes"), "{err}");
+    }
+}

@@ -1,0 +1,462 @@
+//! Loads the eBPF object, pins its maps, attaches the programs to workload interfaces (TCX with
+//! pinned links, so enforcement survives the agent; legacy clsact on kernels without TCX), and
+//! exposes the maps as a [`MapStore`].
+
+use std::{
+    collections::BTreeSet,
+    io,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
+    },
+    util::KernelVersion,
+};
+use ipnet::{Ipv4Net, Ipv6Net};
+
+use catalyst_policy::datapath::{
+    COUNTER_SLOTS, DatapathConfig, EndpointInfo, IpcacheEntry, MAP_CONFIG, MAP_CONNTRACK,
+    MAP_COUNTERS, MAP_ENDPOINTS, MAP_EVENTS, MAP_IPCACHE_V4, MAP_IPCACHE_V6, MAP_POLICY,
+    PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, PolicyEntry, PolicyKey,
+};
+
+use super::store::{MapStore, StoreError};
+use crate::config::MapSizes;
+
+/// tc filter priority of our programs (first: lower runs earlier).
+const TC_PRIORITY: u16 = 1;
+/// tc filter handle of our programs.
+const TC_HANDLE: TcHandle = TcHandle::new(0, 0xca7);
+
+/// The two hooks: program, hook name (for pins), attach type.
+const HOOKS: [(&str, &str, TcAttachType); 2] = [
+    (PROG_FROM_ENDPOINT, "ingress", TcAttachType::Ingress),
+    (PROG_TO_ENDPOINT, "egress", TcAttachType::Egress),
+];
+
+/// How programs are attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// TCX with pinned links when possible, else tc clsact.
+    Auto,
+    /// TCX links only (kernel 6.6+, link pinning allowed).
+    Tcx,
+    /// Legacy tc clsact filters.
+    Tc,
+}
+
+enum TcxError {
+    PinRefused(anyhow::Error),
+    Other(anyhow::Error),
+}
+
+/// The eBPF object built by `agent/build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/catalyst-agent-ebpf"));
+
+/// How to load the datapath.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// bpffs directory; maps go to `<pin_path>/maps`, links to `<pin_path>/links`.
+    pub pin_path: PathBuf,
+    /// Map capacities.
+    pub sizes: MapSizes,
+    /// Attachment mode.
+    pub attach_mode: AttachMode,
+}
+
+/// The loaded datapath: programs, typed maps, attachments.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pin_path: PathBuf,
+    mode: AttachMode,
+    endpoints: HashMap<MapData, u32, EndpointInfo>,
+    ipcache4: LpmTrie<MapData, [u8; 4], IpcacheEntry>,
+    ipcache6: LpmTrie<MapData, [u8; 16], IpcacheEntry>,
+    policy: LpmTrie<MapData, PolicyKey, PolicyEntry>,
+    config: Array<MapData, DatapathConfig>,
+    counters: PerCpuArray<MapData, u64>,
+    events: Option<RingBuf<MapData>>,
+    /// Interfaces attached by this process or adopted from pins.
+    attached: BTreeSet<String>,
+}
+
+fn err(map: &'static str, op: &'static str, e: impl std::fmt::Display) -> StoreError {
+    StoreError { map, op, message: e.to_string() }
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> anyhow::Result<T> {
+    let map = ebpf.take_map(name).with_context(|| format!("eBPF object has no map `{name}`"))?;
+    T::try_from(map).with_context(|| format!("map `{name}` has an unexpected type or layout"))
+}
+
+impl Datapath {
+    /// Loads the programs and maps. Maps already pinned under `pin_path` are adopted (their
+    /// contents are kept), so a restarted agent continues where the previous one stopped.
+    pub fn load(opts: &LoadOptions) -> anyhow::Result<Self> {
+        if OBJECT.is_empty() {
+            bail!(
+                "this catalyst-agent was built without its eBPF object (CATALYST_SKIP_EBPF); \
+                 rebuild after `cargo xtask setup`"
+            );
+        }
+        super::ensure_bpffs(&opts.pin_path)?;
+        let maps_dir = opts.pin_path.join("maps");
+        std::fs::create_dir_all(&maps_dir)
+            .with_context(|| format!("cannot create {}", maps_dir.display()))?;
+        std::fs::create_dir_all(opts.pin_path.join("links"))?;
+        let mut loader = EbpfLoader::new();
+        loader
+            .default_map_pin_directory(&maps_dir)
+            .map_max_entries(MAP_ENDPOINTS, opts.sizes.endpoints)
+            .map_max_entries(MAP_IPCACHE_V4, opts.sizes.ipcache)
+            .map_max_entries(MAP_IPCACHE_V6, opts.sizes.ipcache)
+            .map_max_entries(MAP_POLICY, opts.sizes.policy)
+            .map_max_entries(MAP_CONNTRACK, opts.sizes.conntrack)
+            .map_max_entries(MAP_EVENTS, opts.sizes.events_bytes);
+        let mut ebpf = loader.load(OBJECT).with_context(|| {
+            format!(
+                "failed to load the eBPF object (maps pinned under {} with other sizes are \
+                 adopted as they are; run `catalyst-agent uninstall` to start afresh)",
+                maps_dir.display()
+            )
+        })?;
+        for name in [PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .with_context(|| format!("eBPF object has no program `{name}`"))?
+                .try_into()?;
+            prog.load().with_context(|| format!("the verifier rejected `{name}`"))?;
+        }
+        let endpoints = take(&mut ebpf, MAP_ENDPOINTS)?;
+        let ipcache4 = take(&mut ebpf, MAP_IPCACHE_V4)?;
+        let ipcache6 = take(&mut ebpf, MAP_IPCACHE_V6)?;
+        let policy = take(&mut ebpf, MAP_POLICY)?;
+        let config = take(&mut ebpf, MAP_CONFIG)?;
+        let counters: PerCpuArray<MapData, u64> = take(&mut ebpf, MAP_COUNTERS)?;
+        if counters.len() != COUNTER_SLOTS {
+            bail!("pinned counters map has {} slots, expected {COUNTER_SLOTS}", counters.len());
+        }
+        let events = Some(take(&mut ebpf, MAP_EVENTS)?);
+        Ok(Self {
+            ebpf,
+            pin_path: opts.pin_path.clone(),
+            mode: if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0)) {
+                opts.attach_mode
+            } else {
+                AttachMode::Tc
+            },
+            endpoints,
+            ipcache4,
+            ipcache6,
+            policy,
+            config,
+            counters,
+            events,
+            attached: BTreeSet::new(),
+        })
+    }
+
+    /// The attachment mode in use (`Auto` until the first attachment decided).
+    pub fn attach_mode(&self) -> AttachMode {
+        self.mode
+    }
+
+    /// Takes the event ring buffer (once) for the flow reader.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    fn link_pin(&self, iface: &str, hook: &str) -> PathBuf {
+        self.pin_path.join("links").join(format!("{iface}.{hook}"))
+    }
+
+    /// Attaches both programs to `iface`.
+    ///
+    /// TCX: a link pinned by an earlier agent is updated in place (atomic program replacement,
+    /// no gap); otherwise a new link is created and pinned. When the host refuses to pin links
+    /// (some sandboxes return EPERM for `BPF_OBJ_PIN` on links) or the kernel has no TCX, the
+    /// programs go into tc clsact filters at a fixed priority and handle instead: those outlive
+    /// the agent on their own, and a restarted agent swaps its program into the same filter.
+    pub fn attach(&mut self, iface: &str) -> anyhow::Result<()> {
+        if self.mode == AttachMode::Tcx || self.mode == AttachMode::Auto {
+            match self.attach_tcx(iface) {
+                Ok(()) => {
+                    self.mode = AttachMode::Tcx;
+                    self.attached.insert(iface.to_owned());
+                    return Ok(());
+                }
+                Err(TcxError::PinRefused(e)) if self.mode == AttachMode::Auto => {
+                    tracing::warn!(error = %e, "TCX links cannot be pinned on this host; using tc clsact filters, which also survive agent restarts");
+                    self.mode = AttachMode::Tc;
+                }
+                Err(TcxError::PinRefused(e) | TcxError::Other(e)) => return Err(e),
+            }
+        }
+        self.attach_tc(iface)?;
+        self.attached.insert(iface.to_owned());
+        Ok(())
+    }
+
+    fn attach_tcx(&mut self, iface: &str) -> Result<(), TcxError> {
+        for (prog_name, hook, attach_type) in HOOKS {
+            let pin = self.link_pin(iface, hook);
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(prog_name)
+                .expect("checked at load")
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| TcxError::Other(e.into()))?;
+            let fresh = |prog: &mut SchedClassifier| {
+                prog.attach_with_options(iface, attach_type, TcAttachOptions::TcxOrder(LinkOrder::first()))
+                    .with_context(|| format!("failed to attach `{prog_name}` to `{iface}` ({hook})"))
+            };
+            let link_id = match PinnedLink::from_pin(&pin) {
+                Ok(old) => {
+                    let fd: FdLink = old.into();
+                    let replaced = SchedClassifierLink::try_from(fd)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|l| prog.attach_to_link(l).map_err(anyhow::Error::from));
+                    let _ = std::fs::remove_file(&pin);
+                    match replaced {
+                        Ok(id) => id,
+                        Err(e) => {
+                            tracing::warn!(error = %e, iface, hook, "pinned link unusable, attaching afresh");
+                            fresh(prog).map_err(TcxError::Other)?
+                        }
+                    }
+                }
+                Err(_) => fresh(prog).map_err(TcxError::Other)?,
+            };
+            let link = prog.take_link(link_id).map_err(|e| TcxError::Other(e.into()))?;
+            let fd: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| TcxError::Other(e.into()))?;
+            match fd.pin(&pin) {
+                // The pin keeps the link (and the attachment) alive after this process exits.
+                Ok(pinned) => drop(pinned),
+                Err(e) => return Err(TcxError::PinRefused(anyhow::Error::from(e).context(format!("cannot pin link at {}", pin.display())))),
+            }
+        }
+        Ok(())
+    }
+
+    fn attach_tc(&mut self, iface: &str) -> anyhow::Result<()> {
+        if let Err(e) = tc::qdisc_add_clsact(iface) {
+            tracing::debug!(error = %e, iface, "clsact qdisc (usually: already present)");
+        }
+        for (prog_name, hook, attach_type) in HOOKS {
+            let prog: &mut SchedClassifier = self.ebpf.program_mut(prog_name).expect("checked at load").try_into()?;
+            // Replace our program in an existing filter (atomic), else create the filter.
+            let existing = SchedClassifierLink::attached(iface, attach_type, TC_PRIORITY, TC_HANDLE, None)?;
+            let id = match prog.attach_to_link(existing) {
+                Ok(id) => id,
+                Err(_) => prog
+                    .attach_with_options(
+                        iface,
+                        attach_type,
+                        TcAttachOptions::Netlink(NlOptions { priority: TC_PRIORITY, handle: TC_HANDLE, classid: None }),
+                    )
+                    .with_context(|| format!("failed to attach `{prog_name}` to `{iface}` ({hook}, tc)"))?,
+            };
+            // tc filters outlive the process on their own; forget the handle so dropping it does
+            // not detach the program.
+            let link = prog.take_link(id)?;
+            std::mem::forget(link);
+        }
+        Ok(())
+    }
+
+    /// Detaches programs from interfaces that are pinned but no longer wanted.
+    pub fn detach_others(&mut self, wanted: &BTreeSet<String>) -> anyhow::Result<Vec<String>> {
+        let mut removed = Vec::new();
+        let dir = self.pin_path.join("links");
+        let Ok(rd) = std::fs::read_dir(&dir) else { return Ok(removed) };
+        for entry in rd.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((iface, _hook)) = name.rsplit_once('.') else { continue };
+            if wanted.contains(iface) {
+                continue;
+            }
+            if let Ok(link) = PinnedLink::from_pin(entry.path()) {
+                // Unpinning and dropping the last fd detaches the program.
+                drop(link.unpin());
+            } else {
+                let _ = std::fs::remove_file(entry.path());
+            }
+            self.attached.remove(iface);
+            removed.push(name);
+        }
+        if self.mode == AttachMode::Tc {
+            for iface in self.attached.clone() {
+                if !wanted.contains(&iface) {
+                    detach_tc(&iface);
+                    self.attached.remove(&iface);
+                    removed.push(format!("{iface} (tc)"));
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Sum over CPUs of every counter slot.
+    pub fn counters(&self) -> anyhow::Result<Vec<u64>> {
+        read_counters_of(&self.counters)
+    }
+
+    /// Whether this process attached (or adopted) `iface`.
+    pub fn is_attached(&self, iface: &str) -> bool {
+        self.attached.contains(iface)
+    }
+}
+
+/// Sums the per-CPU values of every slot.
+pub fn read_counters_of(map: &PerCpuArray<MapData, u64>) -> anyhow::Result<Vec<u64>> {
+    let mut out = Vec::with_capacity(COUNTER_SLOTS as usize);
+    for i in 0..map.len() {
+        let v = map.get(&i, 0)?;
+        out.push(v.iter().sum());
+    }
+    Ok(out)
+}
+
+/// Detaches our tc filters from `iface` (both hooks); missing ones are ignored.
+fn detach_tc(iface: &str) -> usize {
+    let mut n = 0;
+    for (prog_name, _, attach_type) in HOOKS {
+        if tc::qdisc_detach_program(iface, attach_type, prog_name).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Names of every interface in the current network namespace.
+fn interfaces() -> Vec<String> {
+    let mut out = Vec::new();
+    // SAFETY: if_nameindex returns a heap array terminated by a zero entry, freed below.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return out;
+        }
+        let mut p = list;
+        while (*p).if_index != 0 {
+            out.push(std::ffi::CStr::from_ptr((*p).if_name).to_string_lossy().into_owned());
+            p = p.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    out
+}
+
+/// Removes everything the agent installed: pinned links (detaching the programs), tc filters on
+/// the interfaces of the current network namespace, and the pinned maps.
+pub fn uninstall(pin_path: &Path) -> anyhow::Result<usize> {
+    let mut removed = 0;
+    for iface in interfaces() {
+        removed += detach_tc(&iface);
+    }
+    let links = pin_path.join("links");
+    if let Ok(rd) = std::fs::read_dir(&links) {
+        for entry in rd.flatten() {
+            if let Ok(link) = PinnedLink::from_pin(entry.path()) {
+                drop(link.unpin());
+            } else {
+                let _ = std::fs::remove_file(entry.path());
+            }
+            removed += 1;
+        }
+    }
+    let maps = pin_path.join("maps");
+    if let Ok(rd) = std::fs::read_dir(&maps) {
+        for entry in rd.flatten() {
+            std::fs::remove_file(entry.path())
+                .with_context(|| format!("cannot remove {}", entry.path().display()))?;
+            removed += 1;
+        }
+    }
+    for dir in [&links, &maps, &pin_path.to_path_buf()] {
+        let _ = std::fs::remove_dir(dir);
+    }
+    Ok(removed)
+}
+
+fn v4_key(net: Ipv4Net) -> Key<[u8; 4]> {
+    Key::new(u32::from(net.prefix_len()), net.network().octets())
+}
+fn v6_key(net: Ipv6Net) -> Key<[u8; 16]> {
+    Key::new(u32::from(net.prefix_len()), net.network().octets())
+}
+
+impl MapStore for Datapath {
+    fn endpoints(&self) -> Result<Vec<(u32, EndpointInfo)>, StoreError> {
+        self.endpoints.iter().collect::<Result<_, _>>().map_err(|e| err(MAP_ENDPOINTS, "iterate", e))
+    }
+    fn put_endpoint(&mut self, ifindex: u32, info: EndpointInfo) -> Result<(), StoreError> {
+        self.endpoints.insert(ifindex, info, 0).map_err(|e| err(MAP_ENDPOINTS, "insert", e))
+    }
+    fn del_endpoint(&mut self, ifindex: u32) -> Result<(), StoreError> {
+        self.endpoints.remove(&ifindex).map_err(|e| err(MAP_ENDPOINTS, "remove", e))
+    }
+    fn ipcache_v4(&self) -> Result<Vec<(Ipv4Net, IpcacheEntry)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.ipcache4.iter() {
+            let (k, v) = item.map_err(|e| err(MAP_IPCACHE_V4, "iterate", e))?;
+            let net = Ipv4Net::new(k.data().into(), k.prefix_len() as u8)
+                .map_err(|e| err(MAP_IPCACHE_V4, "decode", e))?;
+            out.push((net, v));
+        }
+        Ok(out)
+    }
+    fn put_ipcache_v4(&mut self, net: Ipv4Net, e: IpcacheEntry) -> Result<(), StoreError> {
+        self.ipcache4.insert(&v4_key(net), e, 0).map_err(|er| err(MAP_IPCACHE_V4, "insert", er))
+    }
+    fn del_ipcache_v4(&mut self, net: Ipv4Net) -> Result<(), StoreError> {
+        self.ipcache4.remove(&v4_key(net)).map_err(|e| err(MAP_IPCACHE_V4, "remove", e))
+    }
+    fn ipcache_v6(&self) -> Result<Vec<(Ipv6Net, IpcacheEntry)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.ipcache6.iter() {
+            let (k, v) = item.map_err(|e| err(MAP_IPCACHE_V6, "iterate", e))?;
+            let net = Ipv6Net::new(k.data().into(), k.prefix_len() as u8)
+                .map_err(|e| err(MAP_IPCACHE_V6, "decode", e))?;
+            out.push((net, v));
+        }
+        Ok(out)
+    }
+    fn put_ipcache_v6(&mut self, net: Ipv6Net, e: IpcacheEntry) -> Result<(), StoreError> {
+        self.ipcache6.insert(&v6_key(net), e, 0).map_err(|er| err(MAP_IPCACHE_V6, "insert", er))
+    }
+    fn del_ipcache_v6(&mut self, net: Ipv6Net) -> Result<(), StoreError> {
+        self.ipcache6.remove(&v6_key(net)).map_err(|e| err(MAP_IPCACHE_V6, "remove", e))
+    }
+    fn policy(&self) -> Result<Vec<(u32, PolicyKey, PolicyEntry)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.policy.iter() {
+            let (k, v) = item.map_err(|e| err(MAP_POLICY, "iterate", e))?;
+            out.push((k.prefix_len(), k.data(), v));
+        }
+        Ok(out)
+    }
+    fn put_policy(&mut self, len: u32, key: PolicyKey, e: PolicyEntry) -> Result<(), StoreError> {
+        self.policy.insert(&Key::new(len, key), e, 0).map_err(|er| err(MAP_POLICY, "insert", er))
+    }
+    fn del_policy(&mut self, len: u32, key: PolicyKey) -> Result<(), StoreError> {
+        self.policy.remove(&Key::new(len, key)).map_err(|e| err(MAP_POLICY, "remove", e))
+    }
+    fn config(&self) -> Result<DatapathConfig, StoreError> {
+        self.config.get(&0, 0).map_err(|e| err(MAP_CONFIG, "lookup", e))
+    }
+    fn set_config(&mut self, cfg: DatapathConfig) -> Result<(), StoreError> {
+        self.config.set(0, cfg, 0).map_err(|e| err(MAP_CONFIG, "update", e))
+    }
+}

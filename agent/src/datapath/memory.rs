@@ -1,0 +1,99 @@
+//! In-memory [`MapStore`] for unit tests of the synchronisation logic.
+
+use std::collections::BTreeMap;
+
+use ipnet::{Ipv4Net, Ipv6Net};
+
+use catalyst_policy::datapath::{DatapathConfig, EndpointInfo, IpcacheEntry, PolicyEntry, PolicyKey};
+
+use super::store::{MapStore, StoreError};
+
+/// Maps held in memory; every mutation is recorded in `log` so tests can check ordering.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryMaps {
+    /// Endpoint map.
+    pub endpoints: BTreeMap<u32, EndpointInfo>,
+    /// IPv4 ipcache.
+    pub v4: BTreeMap<Ipv4Net, IpcacheEntry>,
+    /// IPv6 ipcache.
+    pub v6: BTreeMap<Ipv6Net, IpcacheEntry>,
+    /// Policy map, keyed by (prefix length, key bytes).
+    pub policy: BTreeMap<(u32, [u8; 12]), (PolicyKey, PolicyEntry)>,
+    /// Global config.
+    pub config: DatapathConfig,
+    /// Mutations in order: `"put policy"`, `"del endpoint"`, `"config"`, …
+    pub log: Vec<String>,
+}
+
+fn key_bytes(k: &PolicyKey) -> [u8; 12] {
+    let mut b = [0u8; 12];
+    b[..4].copy_from_slice(&k.endpoint_id.to_ne_bytes());
+    b[4..8].copy_from_slice(&k.identity.to_ne_bytes());
+    b[8] = k.direction;
+    b[9] = k.protocol;
+    b[10..].copy_from_slice(&k.dport_be.to_ne_bytes());
+    b
+}
+
+impl MapStore for MemoryMaps {
+    fn endpoints(&self) -> Result<Vec<(u32, EndpointInfo)>, StoreError> {
+        Ok(self.endpoints.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn put_endpoint(&mut self, ifindex: u32, info: EndpointInfo) -> Result<(), StoreError> {
+        self.log.push("put endpoint".into());
+        self.endpoints.insert(ifindex, info);
+        Ok(())
+    }
+    fn del_endpoint(&mut self, ifindex: u32) -> Result<(), StoreError> {
+        self.log.push("del endpoint".into());
+        self.endpoints.remove(&ifindex);
+        Ok(())
+    }
+    fn ipcache_v4(&self) -> Result<Vec<(Ipv4Net, IpcacheEntry)>, StoreError> {
+        Ok(self.v4.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn put_ipcache_v4(&mut self, net: Ipv4Net, e: IpcacheEntry) -> Result<(), StoreError> {
+        self.log.push("put ipcache".into());
+        self.v4.insert(net, e);
+        Ok(())
+    }
+    fn del_ipcache_v4(&mut self, net: Ipv4Net) -> Result<(), StoreError> {
+        self.log.push("del ipcache".into());
+        self.v4.remove(&net);
+        Ok(())
+    }
+    fn ipcache_v6(&self) -> Result<Vec<(Ipv6Net, IpcacheEntry)>, StoreError> {
+        Ok(self.v6.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn put_ipcache_v6(&mut self, net: Ipv6Net, e: IpcacheEntry) -> Result<(), StoreError> {
+        self.log.push("put ipcache".into());
+        self.v6.insert(net, e);
+        Ok(())
+    }
+    fn del_ipcache_v6(&mut self, net: Ipv6Net) -> Result<(), StoreError> {
+        self.log.push("del ipcache".into());
+        self.v6.remove(&net);
+        Ok(())
+    }
+    fn policy(&self) -> Result<Vec<(u32, PolicyKey, PolicyEntry)>, StoreError> {
+        Ok(self.policy.iter().map(|((len, _), (k, v))| (*len, *k, *v)).collect())
+    }
+    fn put_policy(&mut self, len: u32, key: PolicyKey, e: PolicyEntry) -> Result<(), StoreError> {
+        self.log.push("put policy".into());
+        self.policy.insert((len, key_bytes(&key)), (key, e));
+        Ok(())
+    }
+    fn del_policy(&mut self, len: u32, key: PolicyKey) -> Result<(), StoreError> {
+        self.log.push("del policy".into());
+        self.policy.remove(&(len, key_bytes(&key)));
+        Ok(())
+    }
+    fn config(&self) -> Result<DatapathConfig, StoreError> {
+        Ok(self.config)
+    }
+    fn set_config(&mut self, cfg: DatapathConfig) -> Result<(), StoreError> {
+        self.log.push("config".into());
+        self.config = cfg;
+        Ok(())
+    }
+}

@@ -1,0 +1,19 @@
+//! The kernel datapath as the agent sees it: the maps (behind [`MapStore`], so the
+//! synchronisation logic is unit-tested without root), the loader that loads, pins and attaches
+//! the eBPF programs, and the diff-based synchronisation of compiled policy into the maps.
+
+mod bpffs;
+mod loader;
+#[cfg(test)]
+mod memory;
+#[cfg(test)]
+pub use self::memory::MemoryMaps;
+mod store;
+mod sync;
+
+pub use self::{
+    bpffs::ensure_bpffs,
+    loader::{AttachMode, Datapath, LoadOptions, read_counters_of, uninstall},
+    store::{DesiredState, MapStore, StoreError},
+    sync::apply,
+};

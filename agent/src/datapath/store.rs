@@ -1,0 +1,67 @@
+//! The map operations the agent needs, as a trait: the aya-backed implementation talks to the
+//! kernel, [`super::MemoryMaps`] keeps everything in memory for unit tests.
+
+use ipnet::{Ipv4Net, Ipv6Net};
+
+use catalyst_policy::datapath::{DatapathConfig, EndpointInfo, IpcacheEntry, PolicyEntry, PolicyKey};
+
+/// A failed map operation.
+#[derive(Debug, thiserror::Error)]
+#[error("map `{map}`: {op} failed: {message}")]
+pub struct StoreError {
+    /// Map name.
+    pub map: &'static str,
+    /// Operation (`insert`, `remove`, `iterate`, …).
+    pub op: &'static str,
+    /// Cause.
+    pub message: String,
+}
+
+/// Desired contents of the maps, keyed the way the kernel keys them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    /// Endpoint map: ifindex → info.
+    pub endpoints: Vec<(u32, EndpointInfo)>,
+    /// IPv4 ipcache.
+    pub ipcache_v4: Vec<(Ipv4Net, IpcacheEntry)>,
+    /// IPv6 ipcache.
+    pub ipcache_v6: Vec<(Ipv6Net, IpcacheEntry)>,
+    /// Policy entries: (prefix length, key, value).
+    pub policy: Vec<(u32, PolicyKey, PolicyEntry)>,
+    /// Global flags (`CFG_F_*`).
+    pub config_flags: u32,
+    /// Event aggregation interval, ns.
+    pub event_interval_ns: u64,
+}
+
+/// Map access used by [`super::apply`].
+pub trait MapStore {
+    /// Current endpoint entries.
+    fn endpoints(&self) -> Result<Vec<(u32, EndpointInfo)>, StoreError>;
+    /// Inserts or replaces an endpoint entry.
+    fn put_endpoint(&mut self, ifindex: u32, info: EndpointInfo) -> Result<(), StoreError>;
+    /// Removes an endpoint entry.
+    fn del_endpoint(&mut self, ifindex: u32) -> Result<(), StoreError>;
+    /// Current IPv4 ipcache entries.
+    fn ipcache_v4(&self) -> Result<Vec<(Ipv4Net, IpcacheEntry)>, StoreError>;
+    /// Inserts or replaces an IPv4 ipcache entry.
+    fn put_ipcache_v4(&mut self, net: Ipv4Net, e: IpcacheEntry) -> Result<(), StoreError>;
+    /// Removes an IPv4 ipcache entry.
+    fn del_ipcache_v4(&mut self, net: Ipv4Net) -> Result<(), StoreError>;
+    /// Current IPv6 ipcache entries.
+    fn ipcache_v6(&self) -> Result<Vec<(Ipv6Net, IpcacheEntry)>, StoreError>;
+    /// Inserts or replaces an IPv6 ipcache entry.
+    fn put_ipcache_v6(&mut self, net: Ipv6Net, e: IpcacheEntry) -> Result<(), StoreError>;
+    /// Removes an IPv6 ipcache entry.
+    fn del_ipcache_v6(&mut self, net: Ipv6Net) -> Result<(), StoreError>;
+    /// Current policy entries.
+    fn policy(&self) -> Result<Vec<(u32, PolicyKey, PolicyEntry)>, StoreError>;
+    /// Inserts or replaces a policy entry.
+    fn put_policy(&mut self, len: u32, key: PolicyKey, e: PolicyEntry) -> Result<(), StoreError>;
+    /// Removes a policy entry.
+    fn del_policy(&mut self, len: u32, key: PolicyKey) -> Result<(), StoreError>;
+    /// Current global config.
+    fn config(&self) -> Result<DatapathConfig, StoreError>;
+    /// Replaces the global config.
+    fn set_config(&mut self, cfg: DatapathConfig) -> Result<(), StoreError>;
+}

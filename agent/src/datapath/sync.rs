@@ -1,0 +1,214 @@
+//! Applies a [`DesiredState`] to the maps as a diff.
+//!
+//! Order matters for "churn without disruption": every insert and update happens first, then the
+//! policy revision is bumped (established connections re-evaluate on their next packet), then
+//! stale entries are removed. At every instant the maps hold old ∪ new entries, and because the
+//! compiler resolves deny-over-allow within each revision, a flow that both the old and the new
+//! policy allow is allowed by any longest-prefix lookup over the union.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+use catalyst_policy::datapath::DatapathConfig;
+
+use super::store::{DesiredState, MapStore, StoreError};
+
+/// What [`apply`] changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Entries inserted or updated.
+    pub upserted: usize,
+    /// Entries removed.
+    pub removed: usize,
+    /// Entries left as they were.
+    pub unchanged: usize,
+    /// Policy revision now in force.
+    pub revision: u32,
+}
+
+struct Plan<K, V> {
+    put: Vec<(K, V)>,
+    del: Vec<K>,
+    unchanged: usize,
+}
+
+fn plan<K: Eq + Hash + Clone, V: PartialEq + Clone>(current: Vec<(K, V)>, desired: &[(K, V)]) -> Plan<K, V> {
+    let mut cur: HashMap<K, V> = current.into_iter().collect();
+    let mut put = Vec::new();
+    let mut unchanged = 0;
+    for (k, v) in desired {
+        match cur.remove(k) {
+            Some(old) if old == *v => unchanged += 1,
+            _ => put.push((k.clone(), v.clone())),
+        }
+    }
+    Plan { put, del: cur.into_keys().collect(), unchanged }
+}
+
+/// Makes the maps in `store` equal to `desired`, bumping the policy revision when anything that
+/// affects verdicts changed (always on the first sync of a process, so adopted conntrack entries
+/// are re-evaluated under the policy this process computed).
+pub fn apply(
+    store: &mut dyn MapStore,
+    desired: &DesiredState,
+    force_revision_bump: bool,
+) -> Result<SyncReport, StoreError> {
+    let mut report = SyncReport::default();
+
+    let v4 = plan(store.ipcache_v4()?, &desired.ipcache_v4);
+    let v6 = plan(store.ipcache_v6()?, &desired.ipcache_v6);
+    // Policy keys are unique per (prefix length, key).
+    let policy_current: Vec<((u32, [u8; 12]), (u32, _, _))> = store
+        .policy()?
+        .into_iter()
+        .map(|(len, k, v)| ((len, raw(&k)), (len, k, v)))
+        .collect();
+    let policy_desired: Vec<((u32, [u8; 12]), (u32, _, _))> =
+        desired.policy.iter().map(|(len, k, v)| ((*len, raw(k)), (*len, *k, *v))).collect();
+    let pol = plan(policy_current, &policy_desired);
+    let eps = plan(store.endpoints()?, &desired.endpoints);
+
+    for (net, e) in &v4.put {
+        store.put_ipcache_v4(*net, *e)?;
+    }
+    for (net, e) in &v6.put {
+        store.put_ipcache_v6(*net, *e)?;
+    }
+    for (_, (len, k, v)) in &pol.put {
+        store.put_policy(*len, *k, *v)?;
+    }
+    for (ifindex, info) in &eps.put {
+        store.put_endpoint(*ifindex, *info)?;
+    }
+
+    let old = store.config()?;
+    let changed = !(v4.put.is_empty()
+        && v6.put.is_empty()
+        && pol.put.is_empty()
+        && eps.put.is_empty()
+        && v4.del.is_empty()
+        && v6.del.is_empty()
+        && pol.del.is_empty()
+        && eps.del.is_empty())
+        || old.flags != desired.config_flags;
+    let revision = if changed || force_revision_bump {
+        old.policy_revision.wrapping_add(1).max(1)
+    } else {
+        old.policy_revision
+    };
+    let cfg = DatapathConfig {
+        policy_revision: revision,
+        flags: desired.config_flags,
+        event_interval_ns: desired.event_interval_ns,
+    };
+    if cfg != old {
+        store.set_config(cfg)?;
+    }
+
+    for ifindex in &eps.del {
+        store.del_endpoint(*ifindex)?;
+    }
+    for (len, rawk) in &pol.del {
+        store.del_policy(*len, from_raw(rawk))?;
+    }
+    for net in &v4.del {
+        store.del_ipcache_v4(*net)?;
+    }
+    for net in &v6.del {
+        store.del_ipcache_v6(*net)?;
+    }
+
+    report.upserted = v4.put.len() + v6.put.len() + pol.put.len() + eps.put.len();
+    report.removed = v4.del.len() + v6.del.len() + pol.del.len() + eps.del.len();
+    report.unchanged = v4.unchanged + v6.unchanged + pol.unchanged + eps.unchanged;
+    report.revision = revision;
+    Ok(report)
+}
+
+fn raw(k: &catalyst_policy::datapath::PolicyKey) -> [u8; 12] {
+    let mut b = [0u8; 12];
+    b[..4].copy_from_slice(&k.endpoint_id.to_ne_bytes());
+    b[4..8].copy_from_slice(&k.identity.to_ne_bytes());
+    b[8] = k.direction;
+    b[9] = k.protocol;
+    b[10..].copy_from_slice(&k.dport_be.to_ne_bytes());
+    b
+}
+
+fn from_raw(b: &[u8; 12]) -> catalyst_policy::datapath::PolicyKey {
+    catalyst_policy::datapath::PolicyKey {
+        endpoint_id: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        identity: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        direction: b[8],
+        protocol: b[9],
+        dport_be: u16::from_ne_bytes([b[10], b[11]]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use catalyst_policy::datapath::{
+        ACTION_ALLOW, DIR_INGRESS, EndpointInfo, IpcacheEntry, PROTO_TCP, PolicyEntry, PolicyKey,
+    };
+
+    use super::*;
+    use crate::datapath::MemoryMaps;
+
+    fn entry(port: u16) -> (u32, PolicyKey, PolicyEntry) {
+        (
+            96,
+            PolicyKey { endpoint_id: 7, identity: 256, direction: DIR_INGRESS, protocol: PROTO_TCP, dport_be: port.to_be() },
+            PolicyEntry { action: ACTION_ALLOW, rule_id: 1, match_type: 2, pad: 0 },
+        )
+    }
+
+    fn desired(ports: &[u16]) -> DesiredState {
+        DesiredState {
+            endpoints: vec![(42, EndpointInfo { endpoint_id: 7, identity: 300, flags: 1, pad: 0 })],
+            ipcache_v4: vec![("10.0.0.2/32".parse().unwrap(), IpcacheEntry { identity: 256, flags: 0 })],
+            ipcache_v6: vec![],
+            policy: ports.iter().map(|p| entry(*p)).collect(),
+            config_flags: 0,
+            event_interval_ns: 1,
+        }
+    }
+
+    #[test]
+    fn puts_happen_before_revision_bump_and_deletes_after() {
+        let mut maps = MemoryMaps::default();
+        apply(&mut maps, &desired(&[80, 443]), true).unwrap();
+        maps.log.clear();
+        let r = apply(&mut maps, &desired(&[443, 8080]), false).unwrap();
+        assert_eq!(maps.log, ["put policy", "config", "del policy"]);
+        assert_eq!(r.upserted, 1);
+        assert_eq!(r.removed, 1);
+        assert_eq!(r.revision, 2);
+        let ports: Vec<u16> = maps.policy().unwrap().iter().map(|(_, k, _)| u16::from_be(k.dport_be)).collect();
+        assert_eq!(ports.len(), 2);
+        assert!(ports.contains(&443) && ports.contains(&8080));
+    }
+
+    #[test]
+    fn unchanged_state_keeps_the_revision_unless_forced() {
+        let mut maps = MemoryMaps::default();
+        apply(&mut maps, &desired(&[80]), true).unwrap();
+        maps.log.clear();
+        let r = apply(&mut maps, &desired(&[80]), false).unwrap();
+        assert!(maps.log.is_empty(), "{:?}", maps.log);
+        assert_eq!(r.revision, 1);
+        let r = apply(&mut maps, &desired(&[80]), true).unwrap();
+        assert_eq!(r.revision, 2, "a restarted agent re-evaluates adopted connections");
+    }
+
+    #[test]
+    fn adopted_state_is_diffed_not_flushed() {
+        let mut maps = MemoryMaps::default();
+        apply(&mut maps, &desired(&[80, 443]), true).unwrap();
+        // A new process adopts the pinned maps and applies the same policy.
+        maps.log.clear();
+        let r = apply(&mut maps, &desired(&[80, 443]), true).unwrap();
+        assert_eq!(r.upserted, 0);
+        assert_eq!(r.removed, 0);
+        assert_eq!(maps.log, ["config"]);
+    }
+}

@@ -1,0 +1,228 @@
+//! The agent's main loop and the small one-shot commands.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, atomic::AtomicU64},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use aya::maps::{Map, MapData, PerCpuArray};
+use catalyst_policy::datapath::{
+    COUNTER_REASONS, DIR_EGRESS, DIR_INGRESS, MAP_COUNTERS, STAT_AUDIT, STAT_CT_CREATED,
+    STAT_CT_REEVALUATED, STAT_EVENTS_LOST, STAT_EVENTS_SENT, STAT_NO_ENDPOINT, STAT_NOT_POLICED,
+    counter_index,
+};
+
+use crate::{
+    config::AgentConfig,
+    datapath::{self, Datapath, LoadOptions},
+    flow::{Enricher, FlowSink, drop_reason_name, run_reader},
+    state::{self, Allocators, Snapshot},
+};
+
+fn sink_for(cfg: &AgentConfig) -> anyhow::Result<FlowSink> {
+    Ok(match cfg.flow_log.as_str() {
+        "stdout" => FlowSink::Stdout,
+        "none" => FlowSink::None,
+        path => FlowSink::JsonFile(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open flow log {path}"))?,
+        ),
+    })
+}
+
+fn watched(config_path: &Path, cfg: &AgentConfig) -> Vec<PathBuf> {
+    let mut v = vec![config_path.to_owned()];
+    v.extend(cfg.policy_paths.iter().cloned());
+    v
+}
+
+/// Applies a snapshot: maps first (diff), then attachments.
+fn apply_snapshot(dp: &mut Datapath, snap: &Snapshot, first: bool) -> anyhow::Result<()> {
+    let report = datapath::apply(dp, &snap.desired, first)?;
+    for iface in &snap.interfaces {
+        if first || !dp_attached(dp, iface) {
+            dp.attach(iface)?;
+        }
+    }
+    let removed = dp.detach_others(&snap.interfaces)?;
+    if first {
+        tracing::info!(mode = ?dp.attach_mode(), "programs attached");
+    }
+    for r in removed {
+        tracing::info!(link = %r, "detached from interface no longer configured");
+    }
+    tracing::info!(
+        revision = report.revision,
+        upserted = report.upserted,
+        removed = report.removed,
+        unchanged = report.unchanged,
+        policies = snap.policies,
+        endpoints = snap.interfaces.len(),
+        "datapath in sync"
+    );
+    for m in &snap.missing {
+        tracing::warn!(interface = %m, "endpoint interface does not exist yet; retrying");
+    }
+    Ok(())
+}
+
+fn dp_attached(dp: &Datapath, iface: &str) -> bool {
+    dp.is_attached(iface)
+}
+
+/// `catalyst-agent run`.
+pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
+    let mut cfg = AgentConfig::load(&config_path)?;
+    let mut policies = state::load_policies(&cfg)?;
+    let mut alloc = Allocators::default();
+    let snap = state::build(&cfg, &policies, &mut alloc)?;
+
+    let mut dp = Datapath::load(&LoadOptions {
+        pin_path: cfg.pin_path.clone(),
+        sizes: cfg.maps.clone(),
+        attach_mode: cfg.attach_mode,
+    })?;
+    tracing::info!(pin_path = %cfg.pin_path.display(), "datapath loaded");
+    apply_snapshot(&mut dp, &snap, true)?;
+
+    let enricher = Enricher::new(snap.enrich.clone());
+    let processed = Arc::new(AtomicU64::new(0));
+    let malformed = Arc::new(AtomicU64::new(0));
+    let ring = dp.take_events().context("event ring buffer already taken")?;
+    let reader = tokio::spawn(run_reader(ring, enricher.clone(), sink_for(&cfg)?, processed.clone(), malformed.clone()));
+
+    let mut fp = state::fingerprint(&watched(&config_path, &cfg));
+    let mut missing = snap.missing.clone();
+    let mut lost_seen = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(cfg.watch_interval_ms.max(50)));
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut lost_tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+            _ = lost_tick.tick() => {
+                if let Ok(c) = dp.counters() {
+                    let lost = c.get(STAT_EVENTS_LOST as usize).copied().unwrap_or(0);
+                    if lost > lost_seen {
+                        tracing::warn!(lost = lost - lost_seen, total = lost, "datapath events lost (ring buffer full)");
+                        lost_seen = lost;
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                let now = state::fingerprint(&watched(&config_path, &cfg));
+                let interfaces_appeared = missing.iter().any(|m| state::ifindex(m) != 0);
+                if now == fp && !interfaces_appeared {
+                    continue;
+                }
+                fp = now;
+                match reload(&config_path, &mut alloc) {
+                    Ok((new_cfg, new_policies, snap)) => {
+                        if new_cfg.pin_path != cfg.pin_path || new_cfg.maps != cfg.maps {
+                            tracing::warn!("pin_path and map sizes take effect after a restart");
+                        }
+                        if let Err(e) = apply_snapshot(&mut dp, &snap, false) {
+                            tracing::error!(error = format!("{e:#}"), "applying the new state failed");
+                            continue;
+                        }
+                        enricher.replace(snap.enrich.clone());
+                        missing = snap.missing.clone();
+                        cfg = new_cfg;
+                        policies = new_policies;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = format!("{e:#}"), policies = policies.policies().len(),
+                            "rejected configuration or policy change; the policy in force stays");
+                    }
+                }
+            }
+        }
+    }
+    reader.abort();
+    tracing::info!(
+        flows = processed.load(std::sync::atomic::Ordering::Relaxed),
+        "stopping; programs and maps stay pinned, enforcement continues"
+    );
+    Ok(())
+}
+
+fn reload(
+    config_path: &Path,
+    alloc: &mut Allocators,
+) -> anyhow::Result<(AgentConfig, catalyst_policy::PolicySet, Snapshot)> {
+    let cfg = AgentConfig::load(config_path)?;
+    let policies = state::load_policies(&cfg)?;
+    let snap = state::build(&cfg, &policies, alloc)?;
+    Ok((cfg, policies, snap))
+}
+
+/// `catalyst-agent check`.
+pub fn check(config: Option<&Path>, policies: &[PathBuf]) -> anyhow::Result<()> {
+    let mut n = 0;
+    if let Some(c) = config {
+        let cfg = AgentConfig::load(c)?;
+        let set = state::load_policies(&cfg)?;
+        let snap = state::build(&cfg, &set, &mut Allocators::default())?;
+        println!(
+            "{}: ok ({} endpoints, {} policies, {} policy entries)",
+            c.display(),
+            cfg.endpoints.len(),
+            set.policies().len(),
+            snap.desired.policy.len()
+        );
+        n += 1;
+    }
+    if !policies.is_empty() {
+        let set = catalyst_policy::PolicySet::load_files(policies)?;
+        println!("{} policies ok", set.policies().len());
+        n += 1;
+    }
+    anyhow::ensure!(n > 0, "nothing to check: pass --config FILE or policy paths");
+    Ok(())
+}
+
+/// `catalyst-agent counters`.
+pub fn print_counters(pin_path: &Path, json: bool) -> anyhow::Result<()> {
+    let path = pin_path.join("maps").join(MAP_COUNTERS);
+    let data = MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    let map: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(data))?;
+    let c = datapath::read_counters_of(&map)?;
+    let mut rows: Vec<(String, u64)> = Vec::new();
+    for (dir, name) in [(DIR_INGRESS, "ingress"), (DIR_EGRESS, "egress")] {
+        for reason in 0..COUNTER_REASONS {
+            let v = c[counter_index(dir, reason as u8) as usize];
+            if v == 0 && reason != 0 {
+                continue;
+            }
+            let what = if reason == 0 { "forwarded".to_owned() } else { format!("dropped {}", drop_reason_name(reason as u8)) };
+            rows.push((format!("{name} {what}"), v));
+        }
+    }
+    for (slot, name) in [
+        (STAT_CT_CREATED, "conntrack entries created"),
+        (STAT_CT_REEVALUATED, "conntrack re-evaluations"),
+        (STAT_AUDIT, "audited (would drop)"),
+        (STAT_EVENTS_SENT, "events sent"),
+        (STAT_EVENTS_LOST, "events lost"),
+        (STAT_NO_ENDPOINT, "packets without endpoint"),
+        (STAT_NOT_POLICED, "packets not policed (ARP/ND)"),
+    ] {
+        rows.push((name.to_owned(), c[slot as usize]));
+    }
+    if json {
+        let obj: serde_json::Map<String, serde_json::Value> =
+            rows.into_iter().map(|(k, v)| (k, serde_json::Value::from(v))).collect();
+        println!("{}", serde_json::Value::Object(obj));
+    } else {
+        for (k, v) in rows {
+            println!("{k:<45} {v}");
+        }
+    }
+    Ok(())
+}

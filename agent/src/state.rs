@@ -1,0 +1,196 @@
+//! Builds the desired datapath state from configuration and policies.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ffi::CString,
+    path::PathBuf,
+    time::SystemTime,
+};
+
+use anyhow::Context as _;
+use catalyst_policy::{
+    CidrAllocator, CompileInput, Compiled, Endpoint, IpcachePeer, LabelSet, LocalAllocator,
+    PeerIdentity, PolicySet, compile_with,
+    datapath::{
+        CFG_F_AUDIT, IDENTITY_HEALTH, IDENTITY_HOST, IDENTITY_INGRESS, IDENTITY_INIT,
+        IDENTITY_KUBE_APISERVER, IDENTITY_REMOTE_NODE, IDENTITY_UNMANAGED,
+    },
+    labels::SOURCE_K8S,
+};
+use ipnet::IpNet;
+
+use crate::{
+    config::AgentConfig,
+    datapath::DesiredState,
+    flow::{EnrichState, PolicyRefOut},
+};
+
+/// Resolves an interface name to its ifindex (0 when it does not exist).
+pub fn ifindex(name: &str) -> u32 {
+    let Ok(c) = CString::new(name) else { return 0 };
+    // SAFETY: `c` is a valid NUL-terminated string.
+    unsafe { libc::if_nametoindex(c.as_ptr()) }
+}
+
+/// Everything derived from one configuration + policy snapshot.
+pub struct Snapshot {
+    /// Desired map contents.
+    pub desired: DesiredState,
+    /// Enrichment tables for flows.
+    pub enrich: EnrichState,
+    /// Interfaces to attach to.
+    pub interfaces: BTreeSet<String>,
+    /// Configured endpoints whose interface does not exist (yet).
+    pub missing: Vec<String>,
+    /// Number of policies in force.
+    pub policies: usize,
+    /// The compiled form (kept for explanations and tests).
+    pub compiled: Compiled,
+}
+
+/// Long-lived allocators so identities stay stable across reloads.
+#[derive(Default)]
+pub struct Allocators {
+    labels: LocalAllocator,
+    cidrs: CidrAllocator,
+}
+
+fn reserved_entity(name: &str) -> Option<u32> {
+    Some(match name {
+        "host" => IDENTITY_HOST,
+        "remote-node" => IDENTITY_REMOTE_NODE,
+        "kube-apiserver" => IDENTITY_KUBE_APISERVER,
+        "health" => IDENTITY_HEALTH,
+        "ingress" => IDENTITY_INGRESS,
+        "unmanaged" => IDENTITY_UNMANAGED,
+        "init" => IDENTITY_INIT,
+        _ => return None,
+    })
+}
+
+fn label_set(labels: &BTreeMap<String, String>, what: &str) -> anyhow::Result<LabelSet> {
+    let items: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    LabelSet::parse(items.iter().map(String::as_str), SOURCE_K8S)
+        .with_context(|| format!("invalid labels in {what}"))
+}
+
+/// Loads the policies named by the configuration.
+pub fn load_policies(cfg: &AgentConfig) -> anyhow::Result<PolicySet> {
+    let paths: Vec<&PathBuf> = cfg.policy_paths.iter().collect();
+    Ok(PolicySet::load_files(paths)?)
+}
+
+/// Builds a snapshot; fails without side effects when anything does not compile.
+pub fn build(cfg: &AgentConfig, policies: &PolicySet, alloc: &mut Allocators) -> anyhow::Result<Snapshot> {
+    let mut endpoints = Vec::new();
+    let mut interfaces = BTreeSet::new();
+    let mut missing = Vec::new();
+    let mut by_id = BTreeMap::new();
+    let mut meta = BTreeMap::new();
+    let mut ifnames = BTreeMap::new();
+    let mut by_ip = BTreeMap::new();
+    for (i, ep) in cfg.endpoints.iter().enumerate() {
+        let labels = label_set(&ep.labels, &format!("endpoints[{i}] ({})", ep.name))?;
+        let idx = ifindex(&ep.interface);
+        if idx == 0 {
+            missing.push(ep.interface.clone());
+            continue;
+        }
+        // The endpoint id is the host-side ifindex: unique on the node and stable while the
+        // interface exists.
+        let mut e = Endpoint::new(idx, ep.name.clone(), ep.namespace.clone(), labels, ep.addresses.clone());
+        e.audit = ep.audit;
+        endpoints.push(e);
+        interfaces.insert(ep.interface.clone());
+        by_id.insert(idx, idx);
+        for a in &ep.addresses {
+            by_ip.insert(*a, idx);
+        }
+        ifnames.insert(idx, ep.interface.clone());
+        meta.insert(
+            idx,
+            crate::flow::EndpointMeta {
+                name: ep.name.clone(),
+                namespace: ep.namespace.clone(),
+                interface: ep.interface.clone(),
+            },
+        );
+    }
+    let mut peers: Vec<IpcachePeer> = cfg
+        .host_addresses
+        .iter()
+        .map(|a| IpcachePeer { prefix: IpNet::from(*a), identity: PeerIdentity::Reserved(IDENTITY_HOST) })
+        .collect();
+    for (i, p) in cfg.peers.iter().enumerate() {
+        let identity = if let Some(entity) = &p.entity {
+            PeerIdentity::Reserved(reserved_entity(entity).with_context(|| {
+                format!("peers[{i}].entity: unknown entity `{entity}`")
+            })?)
+        } else {
+            PeerIdentity::Labels(label_set(&p.labels, &format!("peers[{i}]"))?)
+        };
+        peers.push(IpcachePeer { prefix: p.prefix, identity });
+    }
+    let input = CompileInput {
+        endpoints,
+        peers,
+        policies: policies.policies().to_vec(),
+        global_audit: cfg.audit,
+    };
+    let compiled = compile_with(&input, &mut alloc.labels, &mut alloc.cidrs)?;
+    let desired = DesiredState {
+        endpoints: compiled.endpoints().iter().map(|(id, info)| (by_id[id], *info)).collect(),
+        ipcache_v4: compiled.ipcache_v4().to_vec(),
+        ipcache_v6: compiled.ipcache_v6().to_vec(),
+        policy: compiled.policy().to_vec(),
+        config_flags: if cfg.audit { CFG_F_AUDIT } else { 0 },
+        event_interval_ns: cfg.event_interval_ms.saturating_mul(1_000_000),
+    };
+    let enrich = EnrichState {
+        node: cfg.node.clone(),
+        endpoints: meta,
+        identities: compiled
+            .identities()
+            .iter()
+            .map(|(id, l)| (*id, l.iter().map(|l| l.to_string()).collect()))
+            .collect(),
+        origins: compiled
+            .origins()
+            .iter()
+            .map(|refs| {
+                refs.iter()
+                    .map(|r| PolicyRefOut {
+                        name: r.name.clone(),
+                        namespace: r.namespace.clone().unwrap_or_default(),
+                        kind: r.kind.to_string(),
+                    })
+                    .collect()
+            })
+            .collect(),
+        interfaces: ifnames,
+        by_ip,
+    };
+    Ok(Snapshot { desired, enrich, interfaces, missing, policies: policies.policies().len(), compiled })
+}
+
+/// A cheap fingerprint of the files a snapshot came from (paths, sizes, mtimes), to notice
+/// changes by polling.
+pub fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(p) {
+                let mut entries: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+                entries.sort();
+                for e in entries {
+                    let md = std::fs::metadata(&e).ok();
+                    out.push((e, md.as_ref().map_or(0, std::fs::Metadata::len), md.and_then(|m| m.modified().ok())));
+                }
+            }
+        } else {
+            let md = std::fs::metadata(p).ok();
+            out.push((p.clone(), md.as_ref().map_or(0, std::fs::Metadata::len), md.and_then(|m| m.modified().ok())));
+        }
+    }
+    out
+}

@@ -1,0 +1,157 @@
+//! Runs a real `catalyst-agent` inside the lab's node namespace.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::lab::NODE_NS;
+
+/// The agent binary: `$CATALYST_AGENT_BIN`, else `target/debug/catalyst-agent` of the workspace.
+pub fn agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CATALYST_AGENT_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned();
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    target.join("debug/catalyst-agent")
+}
+
+/// A running agent; stopped (SIGTERM, by PID) on drop. Its pinned state stays unless
+/// [`AgentProcess::uninstall`] is called.
+pub struct AgentProcess {
+    child: Option<Child>,
+    log: Arc<Mutex<Vec<String>>>,
+    flows: Arc<Mutex<Vec<String>>>,
+    /// Pin path of this agent.
+    pub pin_path: PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts `catalyst-agent run --config <config>` in the node namespace (network namespace
+    /// only, so bpffs pins stay shared with the host) and waits until the datapath is in sync.
+    pub fn start(config: &Path, pin_path: &Path) -> anyhow::Result<Self> {
+        let bin = agent_bin();
+        if !bin.exists() {
+            bail!("{} does not exist: build it first (`cargo xtask build`)", bin.display());
+        }
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{NODE_NS}"))
+            .arg(&bin)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("CATALYST_LOG", std::env::var("CATALYST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("piped");
+        let l = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("CATALYST_SHOW_AGENT_LOG").is_some() {
+                    eprintln!("agent: {line}");
+                }
+                l.lock().expect("log lock").push(line);
+            }
+        });
+        let stdout = child.stdout.take().expect("piped");
+        let flows = Arc::new(Mutex::new(Vec::new()));
+        let f = flows.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                f.lock().expect("flows lock").push(line);
+            }
+        });
+        let mut me = Self { child: Some(child), log, flows, pin_path: pin_path.to_owned() };
+        me.wait_log("datapath in sync", Duration::from_secs(30))?;
+        Ok(me)
+    }
+
+    /// Waits until a log line containing `needle` appears (counting from the start).
+    pub fn wait_log(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_log_count(needle, 1, timeout)
+    }
+
+    /// Waits until `count` log lines contain `needle`.
+    pub fn wait_log_count(&mut self, needle: &str, count: usize, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log_lines().iter().filter(|l| l.contains(needle)).count() >= count {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("agent exited ({status}) before logging `{needle}`:\n{}", self.log_lines().join("\n"));
+            }
+            if Instant::now() > deadline {
+                bail!("agent did not log `{needle}` within {timeout:?}:\n{}", self.log_lines().join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every stderr line so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    /// Every stdout line so far (compact flow lines when `flow_log: stdout`).
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.flows.lock().expect("flows lock").clone()
+    }
+
+    /// Stops the agent with SIGTERM (its PID) and waits for it.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let pid = i32::try_from(child.id()).context("pid")?;
+            // SAFETY: signalling our own child by PID.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait()?.is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    bail!("agent did not stop within 10 s of SIGTERM; killed");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the agent's pinned programs and maps (stops enforcement).
+    pub fn uninstall(&self) -> anyhow::Result<()> {
+        uninstall(&self.pin_path)
+    }
+}
+
+/// `catalyst-agent uninstall --pin-path P`, run in the node namespace (where the filters are)
+/// when the lab is up.
+pub fn uninstall(pin_path: &Path) -> anyhow::Result<()> {
+    let mut cmd = if crate::lab::is_up() {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{NODE_NS}")).arg(agent_bin());
+        c
+    } else {
+        Command::new(agent_bin())
+    };
+    let out = cmd.args(["uninstall", "--pin-path"]).arg(pin_path).output()?;
+    if !out.status.success() {
+        bail!("uninstall failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}

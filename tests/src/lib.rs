@@ -1,0 +1,6 @@
+//! Harness for end-to-end suites: the network-namespace lab and traffic probes that run inside
+//! its namespaces. Used by `cargo xtask lab|demo|test` and by the suites under `tests/tests/`.
+
+pub mod lab;
+pub mod probe;
+pub mod agent;

@@ -1,0 +1,146 @@
+//! Toolchain and package setup. Idempotent: every step checks first and does nothing when the
+//! thing is already there.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::root;
+
+/// bpf-linker version built against the nightly toolchain's LLVM (DESIGN.md §6).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Debian packages the tests and benchmarks use.
+const APT_PACKAGES: &[&str] = &["iproute2", "nftables", "iputils-ping", "sockperf", "iperf3", "bpftool"];
+
+fn run(cmd: &mut Command, what: &str, fix: &str) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("{what}: cannot start {cmd:?}. {fix}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status}). {fix}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    cmd.output().ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+}
+
+/// The project-local tools folder.
+pub fn tools() -> PathBuf {
+    root().join(".tools")
+}
+
+/// Path of the project-local bpf-linker.
+pub fn bpf_linker() -> PathBuf {
+    tools().join("bpf-linker/bin/bpf-linker")
+}
+
+/// Installs rust-src for nightly and builds bpf-linker when missing.
+pub fn ensure_ebpf_toolchain() -> anyhow::Result<()> {
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"])).context(
+        "no nightly Rust toolchain: the eBPF programs need one (`rustup toolchain install nightly`), \
+         or use CATALYST_SKIP_EBPF=1 for userspace-only builds",
+    )?;
+    let src = Path::new(&sysroot).join("lib/rustlib/src/rust/library/core");
+    if !src.exists() {
+        eprintln!("setup: installing rust-src for nightly");
+        run(
+            Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
+            "installing rust-src",
+            "check network access to static.rust-lang.org",
+        )?;
+    }
+    let linker = bpf_linker();
+    if linker.exists() && output(Command::new(&linker).arg("--version")).is_some() {
+        return Ok(());
+    }
+    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against the nightly toolchain's LLVM (takes a few minutes)");
+    let lib = Path::new(&sysroot).join("lib");
+    let llvm = std::fs::read_dir(&lib)
+        .with_context(|| format!("cannot list {}", lib.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so.")))
+        .with_context(|| format!("no libLLVM.so.* in {}: is the nightly toolchain complete?", lib.display()))?;
+    let prefix = tools().join("llvm");
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&llvm, &link).with_context(|| format!("cannot link {}", link.display()))?;
+    run(
+        Command::new("cargo")
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--no-default-features", "--features", "llvm-22", "--root"])
+            .arg(tools().join("bpf-linker"))
+            .env("LLVM_PREFIX", &prefix)
+            .env("RUSTFLAGS", format!("-C link-arg=-Wl,-rpath,{}", lib.display())),
+        "building bpf-linker",
+        "see the cargo output above; it needs crates.io and a C++ compiler (g++)",
+    )?;
+    Ok(())
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {cmd}")]).output().is_ok_and(|o| o.status.success())
+}
+
+/// Installs missing Debian packages (as root).
+pub fn ensure_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !Command::new("dpkg").args(["-s", p]).output().is_ok_and(|o| o.status.success()))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !have("apt-get") {
+        bail!("missing packages {missing:?} and no apt-get: install them with your package manager");
+    }
+    eprintln!("setup: apt-get install {}", missing.join(" "));
+    run(
+        Command::new("apt-get").args(["update", "-qq"]).env("DEBIAN_FRONTEND", "noninteractive"),
+        "apt-get update",
+        "run as root with access to the Debian mirrors",
+    )?;
+    run(
+        Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"),
+        "apt-get install",
+        "run as root with access to the Debian mirrors",
+    )
+}
+
+/// `cargo xtask setup`.
+pub fn setup(ebpf: bool, packages: bool) -> anyhow::Result<()> {
+    if packages {
+        ensure_packages()?;
+    }
+    if ebpf {
+        ensure_ebpf_toolchain()?;
+    }
+    eprintln!("setup: done");
+    Ok(())
+}
+
+/// Environment for cargo builds that embed the eBPF object.
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![tools().join("bpf-linker/bin")];
+    paths.extend(std::env::split_paths(&path));
+    c.env("PATH", std::env::join_paths(paths).expect("valid PATH"));
+    c.current_dir(root());
+    c
+}
+
+/// Builds the programs; returns the target directory profile folder.
+pub fn cargo_build(release: bool) -> anyhow::Result<PathBuf> {
+    let mut c = cargo();
+    c.args(["build", "-p", "catalyst-agent"]);
+    if release {
+        c.arg("--release");
+    }
+    run(&mut c, "cargo build", "see the compiler output above")?;
+    Ok(root().join("target").join(if release { "release" } else { "debug" }))
+}

@@ -374,7 +374,13 @@ impl<'e> Compiler<'e> {
 
     fn binary(&mut self, min_prec: u8) -> Result<Expr, CompileError> {
         let mut lhs = self.unary()?;
-        while let Some((op, prec, right_assoc)) = self.binop() {
+        loop {
+            if let Tok::Op(op @ ("//" | "&" | "|" | "~" | "<<" | ">>")) = self.peek() {
+                return Err(self.unsupported(&format!("operator `{op}`")));
+            }
+            let Some((op, prec, right_assoc)) = self.binop() else {
+                break;
+            };
             if prec < min_prec {
                 break;
             }
@@ -657,6 +663,13 @@ fn fold(e: Expr) -> Expr {
                     Box::new(Expr::Const(b.clone())),
                 ),
             }
+        }
+        Expr::Neg(a) if matches!(a.as_const(), Some(Value::Num(_))) => match a.as_const() {
+            Some(Value::Num(n)) => Expr::Const(Value::Num(-n)),
+            _ => Expr::Neg(a),
+        },
+        Expr::Not(a) if a.as_const().is_some() => {
+            Expr::Const(Value::Bool(!a.as_const().is_some_and(Value::truthy)))
         }
         Expr::Index(t, k) if t.as_const().is_some() && k.as_const().is_some() => {
             match t.as_const() {

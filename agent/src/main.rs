@@ -4,13 +4,9 @@
 //! configuration and policy files (hot reload, fail closed on bad input), attaches to every
 //! workload interface and turns datapath events into flow records.
 
-mod config;
-mod datapath;
-mod flow;
-mod run;
-mod state;
-
 use std::path::PathBuf;
+
+use catalyst_agent::{datapath, run};
 
 use clap::{Parser, Subcommand};
 

@@ -13,7 +13,19 @@ use crate::root;
 /// bpf-linker version built against the nightly toolchain's LLVM (DESIGN.md §6).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests and benchmarks use.
-const APT_PACKAGES: &[&str] = &["iproute2", "nftables", "iputils-ping", "sockperf", "iperf3", "bpftool"];
+const APT_PACKAGES: &[&str] = &[
+    "iproute2",
+    "util-linux",
+    "nftables",
+    "iputils-ping",
+    "sockperf",
+    "iperf3",
+    "bpftool",
+    "bind9-dnsutils",
+    "dnsperf",
+    "pdns-server",
+    "pdns-backend-bind",
+];
 
 fn run(cmd: &mut Command, what: &str, fix: &str) -> anyhow::Result<()> {
     let status = cmd.status().with_context(|| format!("{what}: cannot start {cmd:?}. {fix}"))?;

@@ -307,6 +307,24 @@ impl Datapath {
         Ok(removed)
     }
 
+    /// Runs program `prog` (`PROG_FROM_ENDPOINT` or `PROG_TO_ENDPOINT`) on `packet` with
+    /// `BPF_PROG_TEST_RUN`, `repeat` times; returns the program's return value and the kernel's
+    /// average duration per run. The skb's device is the loopback interface (ifindex 1).
+    pub fn test_run(&self, prog: &str, packet: &[u8], repeat: u32) -> anyhow::Result<(i32, std::time::Duration)> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let p: &SchedClassifier = self
+            .ebpf
+            .program(prog)
+            .with_context(|| format!("no program `{prog}`"))?
+            .try_into()?;
+        let mut out = vec![0u8; packet.len() + 256];
+        let r = p
+            .test_run(TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), repeat, ..TestRunOptions::default() })
+            .with_context(|| format!("BPF_PROG_TEST_RUN of `{prog}` failed"))?;
+        #[expect(clippy::cast_possible_wrap, reason = "TC verdicts are small signed ints")]
+        Ok((r.return_value as i32, r.duration))
+    }
+
     /// Sum over CPUs of every counter slot.
     pub fn counters(&self) -> anyhow::Result<Vec<u64>> {
         read_counters_of(&self.counters)

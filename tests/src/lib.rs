@@ -4,3 +4,4 @@
 pub mod lab;
 pub mod probe;
 pub mod agent;
+pub mod scenario;

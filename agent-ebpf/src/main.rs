@@ -19,18 +19,18 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use catalyst_policy::datapath::{
-    CT_F_AUDIT, CT_F_CLOSING, CT_F_SEEN_REPLY, CtEntry, CtKey, DEFAULT_CONNTRACK_MAX,
-    DEFAULT_ENDPOINTS_MAX, DEFAULT_EVENTS_BYTES, DEFAULT_IPCACHE_MAX, DEFAULT_POLICY_MAX,
-    DIR_EGRESS, DIR_INGRESS, DROP_CT_MAP_INSERTION_FAILED, DROP_NONE, DatapathConfig,
-    EV_F_END, EV_F_NEW, EV_F_REEVALUATED, EV_F_REPLY, EVENT_DROP, EVENT_POLICY_VERDICT,
-    EVENT_TRACE, EndpointInfo, FlowEvent, IpcacheEntry, PROTO_TCP, PolicyEntry, PolicyKey,
-    STAT_CT_CREATED, STAT_CT_REEVALUATED, STAT_EVENTS_LOST, STAT_EVENTS_SENT, STAT_NO_ENDPOINT,
-    STAT_NOT_POLICED, TRACE_ESTABLISHED, TRACE_NEW, TRACE_REPLY, VERDICT_DROPPED, counter_index,
-    COUNTER_SLOTS,
+    COUNTER_SLOTS, CT_F_AUDIT, CT_F_CLOSING, CT_F_SEEN_REPLY, CtEntry, CtKey,
+    DEFAULT_CONNTRACK_MAX, DEFAULT_ENDPOINTS_MAX, DEFAULT_EVENTS_BYTES, DEFAULT_IPCACHE_MAX,
+    DEFAULT_POLICY_MAX, DIR_EGRESS, DIR_INGRESS, DROP_CT_MAP_INSERTION_FAILED, DROP_NONE,
+    DatapathConfig, EV_F_END, EV_F_NEW, EV_F_REEVALUATED, EV_F_REPLY, EVENT_DROP,
+    EVENT_POLICY_VERDICT, EVENT_TRACE, EndpointInfo, FlowEvent, IpcacheEntry, PROTO_TCP,
+    PolicyEntry, PolicyKey, STAT_CT_CREATED, STAT_CT_REEVALUATED, STAT_EVENTS_LOST,
+    STAT_EVENTS_SENT, STAT_NO_ENDPOINT, STAT_NOT_POLICED, TRACE_ESTABLISHED, TRACE_NEW,
+    TRACE_REPLY, VERDICT_DROPPED, counter_index,
 };
 
 use crate::{
-    parse::{Packet, Parsed, PULL_LEN},
+    parse::{PULL_LEN, Packet, Parsed},
     verdict::Decision,
 };
 
@@ -98,7 +98,11 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
     // is non-linear (rare on veth). A failed pull shows up as a parse drop below.
     let linear = (ctx.data_end() - ctx.data()) as u32;
     if linear < PULL_LEN && ctx.len() > linear {
-        let want = if ctx.len() < PULL_LEN { ctx.len() } else { PULL_LEN };
+        let want = if ctx.len() < PULL_LEN {
+            ctx.len()
+        } else {
+            PULL_LEN
+        };
         let _ = ctx.pull_data(want);
     }
     match parse::parse(ctx) {
@@ -120,7 +124,11 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
 fn config() -> DatapathConfig {
     match CONFIG.get(0) {
         Some(c) => *c,
-        None => DatapathConfig { policy_revision: 0, flags: 0, event_interval_ns: 0 },
+        None => DatapathConfig {
+            policy_revision: 0,
+            flags: 0,
+            event_interval_ns: 0,
+        },
     }
 }
 
@@ -180,8 +188,22 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, ep: &EndpointInfo, pkt: &Pa
         count(STAT_CT_REEVALUATED);
         if changed {
             ev_flags |= EV_F_REEVALUATED;
-            let kind = if d.verdict == VERDICT_DROPPED { EVENT_DROP } else { EVENT_POLICY_VERDICT };
-            emit(ctx, kind, dir, ifindex, ep, pkt, e, ev_flags, TRACE_ESTABLISHED);
+            let kind = if d.verdict == VERDICT_DROPPED {
+                EVENT_DROP
+            } else {
+                EVENT_POLICY_VERDICT
+            };
+            emit(
+                ctx,
+                kind,
+                dir,
+                ifindex,
+                ep,
+                pkt,
+                e,
+                ev_flags,
+                TRACE_ESTABLISHED,
+            );
             e.last_event_ns = now;
         }
     }
@@ -196,7 +218,11 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, ep: &EndpointInfo, pkt: &Pa
         count(counter_index(dir, e.drop_reason as u8));
         if now.wrapping_sub(e.last_event_ns) >= cfg.event_interval_ns {
             e.last_event_ns = now;
-            let trace = if reply { TRACE_REPLY } else { TRACE_ESTABLISHED };
+            let trace = if reply {
+                TRACE_REPLY
+            } else {
+                TRACE_ESTABLISHED
+            };
             emit(ctx, EVENT_DROP, dir, ifindex, ep, pkt, e, ev_flags, trace);
         }
         return DROP;
@@ -216,12 +242,26 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, ep: &EndpointInfo, pkt: &Pa
                 e.flags |= CT_F_CLOSING;
                 ev_flags |= EV_F_END;
             }
-            let trace = if reply { TRACE_REPLY } else { TRACE_ESTABLISHED };
+            let trace = if reply {
+                TRACE_REPLY
+            } else {
+                TRACE_ESTABLISHED
+            };
             emit(ctx, EVENT_TRACE, dir, ifindex, ep, pkt, e, ev_flags, trace);
         }
     } else if reply && e.packets == 2 {
         // First reply of a non-TCP flow: one trace event so replies are visible.
-        emit(ctx, EVENT_TRACE, dir, ifindex, ep, pkt, e, ev_flags, TRACE_REPLY);
+        emit(
+            ctx,
+            EVENT_TRACE,
+            dir,
+            ifindex,
+            ep,
+            pkt,
+            e,
+            ev_flags,
+            TRACE_REPLY,
+        );
     }
     count(counter_index(dir, DROP_NONE));
     PASS
@@ -232,8 +272,16 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, ep: &EndpointInfo, pkt: &Pa
 fn original_peer(e: &CtEntry, pkt: &Packet, reply: bool) -> ([u32; 4], u8) {
     // Original packet: (s, d) = reply ? (pkt.d, pkt.s) : (pkt.s, pkt.d).
     // Its peer is the destination for egress connections, the source for ingress ones.
-    let (osrc, odst) = if reply { (pkt.daddr, pkt.saddr) } else { (pkt.saddr, pkt.daddr) };
-    let peer = if e.direction as u8 == DIR_EGRESS { odst } else { osrc };
+    let (osrc, odst) = if reply {
+        (pkt.daddr, pkt.saddr)
+    } else {
+        (pkt.saddr, pkt.daddr)
+    };
+    let peer = if e.direction as u8 == DIR_EGRESS {
+        odst
+    } else {
+        osrc
+    };
     (peer, pkt.family)
 }
 
@@ -253,7 +301,10 @@ fn store_decision(e: &mut CtEntry, d: &Decision, revision: u32) {
 }
 
 #[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "inlined hot path; a struct would cost stack")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined hot path; a struct would cost stack"
+)]
 fn new_flow(
     ctx: &TcContext,
     dir: u8,
@@ -264,8 +315,20 @@ fn new_flow(
     cfg: &DatapathConfig,
     now: u64,
 ) -> i32 {
-    let peer = if dir == DIR_EGRESS { pkt.daddr } else { pkt.saddr };
-    let d = verdict::decide(ep, dir, &peer, pkt.family, pkt.protocol, pkt.policy_port, cfg);
+    let peer = if dir == DIR_EGRESS {
+        pkt.daddr
+    } else {
+        pkt.saddr
+    };
+    let d = verdict::decide(
+        ep,
+        dir,
+        &peer,
+        pkt.family,
+        pkt.protocol,
+        pkt.policy_port,
+        cfg,
+    );
     let mut e = CtEntry {
         revision: 0,
         verdict: 0,
@@ -286,22 +349,39 @@ fn new_flow(
         count(counter_index(dir, DROP_CT_MAP_INSERTION_FAILED));
         e.verdict = u32::from(VERDICT_DROPPED);
         e.drop_reason = u32::from(DROP_CT_MAP_INSERTION_FAILED);
-        emit(ctx, EVENT_DROP, dir, ifindex, ep, pkt, &e, EV_F_NEW, TRACE_NEW);
+        emit(
+            ctx, EVENT_DROP, dir, ifindex, ep, pkt, &e, EV_F_NEW, TRACE_NEW,
+        );
         return DROP;
     }
     count(STAT_CT_CREATED);
     if d.verdict == VERDICT_DROPPED {
         count(counter_index(dir, d.reason));
-        emit(ctx, EVENT_DROP, dir, ifindex, ep, pkt, &e, EV_F_NEW, TRACE_NEW);
+        emit(
+            ctx, EVENT_DROP, dir, ifindex, ep, pkt, &e, EV_F_NEW, TRACE_NEW,
+        );
         return DROP;
     }
-    emit(ctx, EVENT_POLICY_VERDICT, dir, ifindex, ep, pkt, &e, EV_F_NEW, TRACE_NEW);
+    emit(
+        ctx,
+        EVENT_POLICY_VERDICT,
+        dir,
+        ifindex,
+        ep,
+        pkt,
+        &e,
+        EV_F_NEW,
+        TRACE_NEW,
+    );
     count(counter_index(dir, DROP_NONE));
     PASS
 }
 
 #[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "inlined; fills one ring-buffer record")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined; fills one ring-buffer record"
+)]
 fn emit(
     ctx: &TcContext,
     kind: u8,

@@ -157,7 +157,8 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, u8> {
             let mut walked = 0;
             while walked <= MAX_IPV6_EXT {
                 match next {
-                    NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT => {
+                    NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH
+                    | NEXTHDR_FRAGMENT => {
                         if walked == MAX_IPV6_EXT || off > MAX_L4_OFFSET {
                             return Err(DROP_INVALID_IPV6_EXT);
                         }
@@ -253,4 +254,3 @@ fn set_ports(pkt: &mut Packet, h: &[u8]) {
     pkt.ct_dport_be = pkt.dport.to_be();
     pkt.policy_port = pkt.dport;
 }
-

@@ -11,7 +11,11 @@ use catalyst_agent::{datapath, run};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "catalyst-agent", version, about = "Catalyst node agent: eBPF flow policy and flow observability")]
+#[command(
+    name = "catalyst-agent",
+    version,
+    about = "Catalyst node agent: eBPF flow policy and flow observability"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -81,7 +81,11 @@ pub fn load_policies(cfg: &AgentConfig) -> anyhow::Result<PolicySet> {
 }
 
 /// Builds a snapshot; fails without side effects when anything does not compile.
-pub fn build(cfg: &AgentConfig, policies: &PolicySet, alloc: &mut Allocators) -> anyhow::Result<Snapshot> {
+pub fn build(
+    cfg: &AgentConfig,
+    policies: &PolicySet,
+    alloc: &mut Allocators,
+) -> anyhow::Result<Snapshot> {
     let mut endpoints = Vec::new();
     let mut interfaces = BTreeSet::new();
     let mut missing = Vec::new();
@@ -98,7 +102,13 @@ pub fn build(cfg: &AgentConfig, policies: &PolicySet, alloc: &mut Allocators) ->
         }
         // The endpoint id is the host-side ifindex: unique on the node and stable while the
         // interface exists.
-        let mut e = Endpoint::new(idx, ep.name.clone(), ep.namespace.clone(), labels, ep.addresses.clone());
+        let mut e = Endpoint::new(
+            idx,
+            ep.name.clone(),
+            ep.namespace.clone(),
+            labels,
+            ep.addresses.clone(),
+        );
         e.audit = ep.audit;
         endpoints.push(e);
         interfaces.insert(ep.interface.clone());
@@ -119,17 +129,24 @@ pub fn build(cfg: &AgentConfig, policies: &PolicySet, alloc: &mut Allocators) ->
     let mut peers: Vec<IpcachePeer> = cfg
         .host_addresses
         .iter()
-        .map(|a| IpcachePeer { prefix: IpNet::from(*a), identity: PeerIdentity::Reserved(IDENTITY_HOST) })
+        .map(|a| IpcachePeer {
+            prefix: IpNet::from(*a),
+            identity: PeerIdentity::Reserved(IDENTITY_HOST),
+        })
         .collect();
     for (i, p) in cfg.peers.iter().enumerate() {
         let identity = if let Some(entity) = &p.entity {
-            PeerIdentity::Reserved(reserved_entity(entity).with_context(|| {
-                format!("peers[{i}].entity: unknown entity `{entity}`")
-            })?)
+            PeerIdentity::Reserved(
+                reserved_entity(entity)
+                    .with_context(|| format!("peers[{i}].entity: unknown entity `{entity}`"))?,
+            )
         } else {
             PeerIdentity::Labels(label_set(&p.labels, &format!("peers[{i}]"))?)
         };
-        peers.push(IpcachePeer { prefix: p.prefix, identity });
+        peers.push(IpcachePeer {
+            prefix: p.prefix,
+            identity,
+        });
     }
     let input = CompileInput {
         endpoints,
@@ -139,7 +156,11 @@ pub fn build(cfg: &AgentConfig, policies: &PolicySet, alloc: &mut Allocators) ->
     };
     let compiled = compile_with(&input, &mut alloc.labels, &mut alloc.cidrs)?;
     let desired = DesiredState {
-        endpoints: compiled.endpoints().iter().map(|(id, info)| (by_id[id], *info)).collect(),
+        endpoints: compiled
+            .endpoints()
+            .iter()
+            .map(|(id, info)| (by_id[id], *info))
+            .collect(),
         ipcache_v4: compiled.ipcache_v4().to_vec(),
         ipcache_v6: compiled.ipcache_v6().to_vec(),
         policy: compiled.policy().to_vec(),
@@ -170,7 +191,14 @@ pub fn build(cfg: &AgentConfig, policies: &PolicySet, alloc: &mut Allocators) ->
         interfaces: ifnames,
         by_ip,
     };
-    Ok(Snapshot { desired, enrich, interfaces, missing, policies: policies.policies().len(), compiled })
+    Ok(Snapshot {
+        desired,
+        enrich,
+        interfaces,
+        missing,
+        policies: policies.policies().len(),
+        compiled,
+    })
 }
 
 /// A cheap fingerprint of the files a snapshot came from (paths, sizes, mtimes), to notice
@@ -184,12 +212,20 @@ pub fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<SystemTime>)>
                 entries.sort();
                 for e in entries {
                     let md = std::fs::metadata(&e).ok();
-                    out.push((e, md.as_ref().map_or(0, std::fs::Metadata::len), md.and_then(|m| m.modified().ok())));
+                    out.push((
+                        e,
+                        md.as_ref().map_or(0, std::fs::Metadata::len),
+                        md.and_then(|m| m.modified().ok()),
+                    ));
                 }
             }
         } else {
             let md = std::fs::metadata(p).ok();
-            out.push((p.clone(), md.as_ref().map_or(0, std::fs::Metadata::len), md.and_then(|m| m.modified().ok())));
+            out.push((
+                p.clone(),
+                md.as_ref().map_or(0, std::fs::Metadata::len),
+                md.and_then(|m| m.modified().ok()),
+            ));
         }
     }
     out

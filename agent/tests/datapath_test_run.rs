@@ -16,8 +16,8 @@ use catalyst_policy::{
     datapath::{
         DIR_EGRESS, DIR_INGRESS, DROP_CT_INVALID_HEADER, DROP_FRAG_NOT_SUPPORTED,
         DROP_INVALID_IPV6_EXT, DROP_INVALID_PACKET, DROP_POLICY_DENIED, DROP_POLICY_DENY,
-        DROP_UNSUPPORTED_L3, PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, STAT_NOT_POLICED,
-        VERDICT_AUDIT, VERDICT_DROPPED, counter_index,
+        DROP_UNSUPPORTED_L3, PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, STAT_NOT_POLICED, VERDICT_AUDIT,
+        VERDICT_DROPPED, counter_index,
     },
     labels::SOURCE_K8S,
 };
@@ -69,28 +69,58 @@ spec:
 
 fn input(policy: &str, audit: bool) -> CompileInput {
     let labels = |s: &str| LabelSet::parse([s], SOURCE_K8S).unwrap();
-    let mut web = Endpoint::new(LO, "web", "shop", labels("app=web"), vec!["10.244.0.11".parse().unwrap(), "fd00::11".parse().unwrap()]);
+    let mut web = Endpoint::new(
+        LO,
+        "web",
+        "shop",
+        labels("app=web"),
+        vec!["10.244.0.11".parse().unwrap(), "fd00::11".parse().unwrap()],
+    );
     web.audit = audit;
-    let client = Endpoint::new(77, "client", "shop", labels("app=client"), vec!["10.244.0.10".parse().unwrap(), "fd00::10".parse().unwrap()]);
+    let client = Endpoint::new(
+        77,
+        "client",
+        "shop",
+        labels("app=client"),
+        vec!["10.244.0.10".parse().unwrap(), "fd00::10".parse().unwrap()],
+    );
     CompileInput {
         endpoints: vec![web, client],
         peers: vec![],
-        policies: PolicySet::parse_str("test.yaml", policy).unwrap().into_policies(),
+        policies: PolicySet::parse_str("test.yaml", policy)
+            .unwrap()
+            .into_policies(),
         global_audit: false,
     }
 }
 
-fn fixture(name: &str, policy: &str, audit: bool) -> (Fixture, catalyst_policy::Compiled, CompileInput) {
-    let pin = PathBuf::from(format!("/sys/fs/bpf/catalyst-test-{name}-{}", std::process::id()));
+fn fixture(
+    name: &str,
+    policy: &str,
+    audit: bool,
+) -> (Fixture, catalyst_policy::Compiled, CompileInput) {
+    let pin = PathBuf::from(format!(
+        "/sys/fs/bpf/catalyst-test-{name}-{}",
+        std::process::id()
+    ));
     let _ = uninstall(&pin);
-    let dp = Datapath::load(&LoadOptions { pin_path: pin.clone(), sizes: MapSizes::default(), attach_mode: AttachMode::Auto })
-        .expect("datapath loads");
+    let dp = Datapath::load(&LoadOptions {
+        pin_path: pin.clone(),
+        sizes: MapSizes::default(),
+        attach_mode: AttachMode::Auto,
+    })
+    .expect("datapath loads");
     let mut f = Fixture { dp, pin };
     let inp = input(policy, audit);
     let compiled = compile(&inp).unwrap();
     // The endpoint map is keyed by ifindex; only `web` lives on loopback.
     let desired = DesiredState {
-        endpoints: compiled.endpoints().iter().filter(|(id, _)| *id == LO).map(|(_, i)| (LO, *i)).collect(),
+        endpoints: compiled
+            .endpoints()
+            .iter()
+            .filter(|(id, _)| *id == LO)
+            .map(|(_, i)| (LO, *i))
+            .collect(),
         ipcache_v4: compiled.ipcache_v4().to_vec(),
         ipcache_v6: compiled.ipcache_v6().to_vec(),
         policy: compiled.policy().to_vec(),
@@ -126,7 +156,9 @@ fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8], frag: u16) -> Vec<u8> 
 }
 
 fn ipv6(src: IpAddr, dst: IpAddr, next: u8, payload: &[u8]) -> Vec<u8> {
-    let (IpAddr::V6(s), IpAddr::V6(d)) = (src, dst) else { panic!("v6") };
+    let (IpAddr::V6(s), IpAddr::V6(d)) = (src, dst) else {
+        panic!("v6")
+    };
     let mut p = eth(0x86DD);
     p.extend_from_slice(&[0x60, 0, 0, 0]);
     p.extend_from_slice(&(payload.len() as u16).to_be_bytes());
@@ -171,7 +203,9 @@ fn try_run(f: &Fixture, prog: &str, pkt: &[u8]) -> Option<i32> {
 }
 
 fn run(f: &Fixture, prog: &str, pkt: &[u8]) -> i32 {
-    f.dp.test_run(prog, pkt, 1).unwrap_or_else(|e| panic!("{e:#}: {} bytes {pkt:02x?}", pkt.len())).0
+    f.dp.test_run(prog, pkt, 1)
+        .unwrap_or_else(|e| panic!("{e:#}: {} bytes {pkt:02x?}", pkt.len()))
+        .0
 }
 
 /// Runs `pkt` and asserts the verdict and that exactly the counter for `reason` grew.
@@ -182,7 +216,11 @@ fn expect(f: &Fixture, what: &str, prog: &str, pkt: &[u8], ret: i32, dir: u8, re
     let after = counters(f);
     if let Some(reason) = reason {
         let i = counter_index(dir, reason) as usize;
-        assert_eq!(after[i], before[i] + 1, "{what}: counter for reason {reason} in direction {dir}");
+        assert_eq!(
+            after[i],
+            before[i] + 1,
+            "{what}: counter for reason {reason} in direction {dir}"
+        );
     }
 }
 
@@ -200,28 +238,92 @@ fn malformed_packets_end_in_counted_drop_reasons() {
     // Bad IHL.
     let mut p = ipv4(CLIENT, WEB, 6, &tcp(1000, 80, 0x02), 0);
     p[14] = 0x43;
-    expect(&f, "IHL 3", to, &p, DROP, DIR_INGRESS, Some(DROP_INVALID_PACKET));
+    expect(
+        &f,
+        "IHL 3",
+        to,
+        &p,
+        DROP,
+        DIR_INGRESS,
+        Some(DROP_INVALID_PACKET),
+    );
     // Wrong version in an IPv4 frame.
     let mut p = ipv4(CLIENT, WEB, 6, &tcp(1000, 80, 0x02), 0);
     p[14] = 0x65;
-    expect(&f, "version 6 in IPv4 frame", to, &p, DROP, DIR_INGRESS, Some(DROP_INVALID_PACKET));
+    expect(
+        &f,
+        "version 6 in IPv4 frame",
+        to,
+        &p,
+        DROP,
+        DIR_INGRESS,
+        Some(DROP_INVALID_PACKET),
+    );
     // IHL pointing past the end of the packet.
     let mut p = ipv4(CLIENT, WEB, 6, &tcp(1000, 80, 0x02)[..8], 0);
     p[14] = 0x4f;
-    expect(&f, "IHL past the end", to, &p, DROP, DIR_INGRESS, Some(DROP_CT_INVALID_HEADER));
+    expect(
+        &f,
+        "IHL past the end",
+        to,
+        &p,
+        DROP,
+        DIR_INGRESS,
+        Some(DROP_CT_INVALID_HEADER),
+    );
     // Truncated TCP header.
     let p = ipv4(CLIENT, WEB, 6, &tcp(1000, 80, 0x02)[..10], 0);
-    expect(&f, "truncated TCP", to, &p, DROP, DIR_INGRESS, Some(DROP_CT_INVALID_HEADER));
+    expect(
+        &f,
+        "truncated TCP",
+        to,
+        &p,
+        DROP,
+        DIR_INGRESS,
+        Some(DROP_CT_INVALID_HEADER),
+    );
     // TCP data offset below 5.
     let mut t = tcp(1000, 80, 0x02);
     t[12] = 0x40;
-    expect(&f, "TCP doff 4", to, &ipv4(CLIENT, WEB, 6, &t, 0), DROP, DIR_INGRESS, Some(DROP_CT_INVALID_HEADER));
+    expect(
+        &f,
+        "TCP doff 4",
+        to,
+        &ipv4(CLIENT, WEB, 6, &t, 0),
+        DROP,
+        DIR_INGRESS,
+        Some(DROP_CT_INVALID_HEADER),
+    );
     // Truncated UDP.
-    expect(&f, "truncated UDP", to, &ipv4(CLIENT, WEB, 17, &[0, 1, 0], 0), DROP, DIR_INGRESS, Some(DROP_CT_INVALID_HEADER));
+    expect(
+        &f,
+        "truncated UDP",
+        to,
+        &ipv4(CLIENT, WEB, 17, &[0, 1, 0], 0),
+        DROP,
+        DIR_INGRESS,
+        Some(DROP_CT_INVALID_HEADER),
+    );
     // Non-first fragment.
-    expect(&f, "IPv4 non-first fragment", to, &ipv4(CLIENT, WEB, 6, &[0; 16], 0x0010), DROP, DIR_INGRESS, Some(DROP_FRAG_NOT_SUPPORTED));
+    expect(
+        &f,
+        "IPv4 non-first fragment",
+        to,
+        &ipv4(CLIENT, WEB, 6, &[0; 16], 0x0010),
+        DROP,
+        DIR_INGRESS,
+        Some(DROP_FRAG_NOT_SUPPORTED),
+    );
     // First fragment (MF set, offset 0) is evaluated by policy: allowed port.
-    expect(&f, "IPv4 first fragment, allowed port", to, &ipv4(CLIENT, WEB, 6, &tcp(1001, 80, 0x02), 0x2000), PASS, DIR_INGRESS, Some(0));
+    expect(
+        &f,
+        "IPv4 first fragment, allowed port",
+        to,
+        &ipv4(CLIENT, WEB, 6, &tcp(1001, 80, 0x02), 0x2000),
+        PASS,
+        DIR_INGRESS,
+        Some(0),
+    );
     // IPv4 with 40 bytes of options, then TCP.
     let mut p = eth(0x0800);
     let t = tcp(1002, 80, 0x02);
@@ -236,7 +338,15 @@ fn malformed_packets_end_in_counted_drop_reasons() {
     // Unsupported L3.
     let mut p = eth(0x88cc);
     p.extend_from_slice(&[0; 40]);
-    expect(&f, "LLDP", to, &p, DROP, DIR_INGRESS, Some(DROP_UNSUPPORTED_L3));
+    expect(
+        &f,
+        "LLDP",
+        to,
+        &p,
+        DROP,
+        DIR_INGRESS,
+        Some(DROP_UNSUPPORTED_L3),
+    );
     // ARP passes without policy.
     let mut p = eth(0x0806);
     p.extend_from_slice(&[0; 28]);
@@ -252,28 +362,83 @@ fn malformed_packets_end_in_counted_drop_reasons() {
     payload.extend_from_slice(&[43, 0, 1, 4, 0, 0, 0, 0]); // dest opts, next = routing
     payload.extend_from_slice(&[6, 0, 0, 0, 0, 0, 0, 0]); // routing, next = TCP
     payload.extend_from_slice(&t);
-    expect(&f, "IPv6 extension chain", to, &ipv6(c6, w6, 0, &payload), PASS, DIR_INGRESS, Some(0));
+    expect(
+        &f,
+        "IPv6 extension chain",
+        to,
+        &ipv6(c6, w6, 0, &payload),
+        PASS,
+        DIR_INGRESS,
+        Some(0),
+    );
     // Too many extension headers.
     let mut payload = Vec::new();
     for _ in 0..7 {
         payload.extend_from_slice(&[60, 0, 1, 4, 0, 0, 0, 0]);
     }
     payload.extend_from_slice(&t);
-    expect(&f, "IPv6 7 extension headers", to, &ipv6(c6, w6, 60, &payload), DROP, DIR_INGRESS, Some(DROP_INVALID_IPV6_EXT));
+    expect(
+        &f,
+        "IPv6 7 extension headers",
+        to,
+        &ipv6(c6, w6, 60, &payload),
+        DROP,
+        DIR_INGRESS,
+        Some(DROP_INVALID_IPV6_EXT),
+    );
     // Truncated extension header.
-    expect(&f, "IPv6 truncated extension", to, &ipv6(c6, w6, 0, &[6, 0, 1]), DROP, DIR_INGRESS, Some(DROP_INVALID_IPV6_EXT));
+    expect(
+        &f,
+        "IPv6 truncated extension",
+        to,
+        &ipv6(c6, w6, 0, &[6, 0, 1]),
+        DROP,
+        DIR_INGRESS,
+        Some(DROP_INVALID_IPV6_EXT),
+    );
     // No next header.
-    expect(&f, "IPv6 no next header", to, &ipv6(c6, w6, 59, &[0; 8]), DROP, DIR_INGRESS, Some(DROP_INVALID_IPV6_EXT));
+    expect(
+        &f,
+        "IPv6 no next header",
+        to,
+        &ipv6(c6, w6, 59, &[0; 8]),
+        DROP,
+        DIR_INGRESS,
+        Some(DROP_INVALID_IPV6_EXT),
+    );
     // Extension header length running past the end of the packet.
-    expect(&f, "IPv6 extension length past the end", to, &ipv6(c6, w6, 0, &[6, 255, 0, 0, 0, 0, 0, 0]), DROP, DIR_INGRESS, None);
+    expect(
+        &f,
+        "IPv6 extension length past the end",
+        to,
+        &ipv6(c6, w6, 0, &[6, 255, 0, 0, 0, 0, 0, 0]),
+        DROP,
+        DIR_INGRESS,
+        None,
+    );
     // Non-first IPv6 fragment.
     let frag = [6, 0, 0, 0x10, 0, 0, 0, 1];
     let mut payload = frag.to_vec();
     payload.extend_from_slice(&[0; 20]);
-    expect(&f, "IPv6 non-first fragment", to, &ipv6(c6, w6, 44, &payload), DROP, DIR_INGRESS, Some(DROP_FRAG_NOT_SUPPORTED));
+    expect(
+        &f,
+        "IPv6 non-first fragment",
+        to,
+        &ipv6(c6, w6, 44, &payload),
+        DROP,
+        DIR_INGRESS,
+        Some(DROP_FRAG_NOT_SUPPORTED),
+    );
     // Neighbour solicitation passes without policy.
     let before = counters(&f)[STAT_NOT_POLICED as usize];
-    assert_eq!(run(&f, to, &ipv6(c6, w6, 58, &[135, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])), PASS);
+    assert_eq!(
+        run(
+            &f,
+            to,
+            &ipv6(c6, w6, 58, &[135, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+        ),
+        PASS
+    );
     assert_eq!(counters(&f)[STAT_NOT_POLICED as usize], before + 1);
 }
 
@@ -310,7 +475,10 @@ fn random_bytes_never_fault_the_programs() {
         for prog in [PROG_TO_ENDPOINT, PROG_FROM_ENDPOINT] {
             match try_run(&f, prog, &p) {
                 Some(r) => {
-                    assert!(r == PASS || r == DROP, "case {i}: {prog} returned {r} for {p:02x?}");
+                    assert!(
+                        r == PASS || r == DROP,
+                        "case {i}: {prog} returned {r} for {p:02x?}"
+                    );
                     ran += 1;
                 }
                 None => refused += 1,
@@ -330,7 +498,10 @@ fn verdicts_match_the_reference_evaluator() {
         let (f, compiled, inp) = fixture(if audit { "eval-audit" } else { "eval" }, POLICY, audit);
         let peers: [([u8; 4], &str); 5] = [
             (CLIENT, "client"),
-            ([10, 244, 0, 99], "unknown in-cluster-looking address (world)"),
+            (
+                [10, 244, 0, 99],
+                "unknown in-cluster-looking address (world)",
+            ),
             ([198, 51, 100, 10], "world in CIDR"),
             ([198, 51, 100, 20], "world in except"),
             ([8, 8, 8, 8], "world"),
@@ -339,7 +510,10 @@ fn verdicts_match_the_reference_evaluator() {
         let mut checked = 0;
         for (peer, what) in peers {
             for port in [22u16, 80, 443, 8000, 8050, 8080, 8099, 8100] {
-                for (dir, prog) in [(DIR_INGRESS, PROG_TO_ENDPOINT), (DIR_EGRESS, PROG_FROM_ENDPOINT)] {
+                for (dir, prog) in [
+                    (DIR_INGRESS, PROG_TO_ENDPOINT),
+                    (DIR_EGRESS, PROG_FROM_ENDPOINT),
+                ] {
                     sport += 1;
                     let pkt = if dir == DIR_INGRESS {
                         ipv4(peer, WEB, 6, &tcp(sport, port, 0x02), 0)
@@ -350,18 +524,40 @@ fn verdicts_match_the_reference_evaluator() {
                     let want = compiled.lookup(LO, dir, peer_ip, 6, port);
                     let eval = catalyst_policy::evaluate(
                         &inp,
-                        &catalyst_policy::Packet { endpoint_id: LO, direction: dir, peer: peer_ip, protocol: 6, dport: port },
+                        &catalyst_policy::Packet {
+                            endpoint_id: LO,
+                            direction: dir,
+                            peer: peer_ip,
+                            protocol: 6,
+                            dport: port,
+                        },
                     )
                     .unwrap();
-                    assert_eq!(want.verdict, eval.verdict.datapath(), "emulation vs evaluator for {what}:{port} dir {dir}");
+                    assert_eq!(
+                        want.verdict,
+                        eval.verdict.datapath(),
+                        "emulation vs evaluator for {what}:{port} dir {dir}"
+                    );
                     let before = counters(&f);
                     let ret = run(&f, prog, &pkt);
                     let after = counters(&f);
                     let dropped = want.verdict == VERDICT_DROPPED;
-                    assert_eq!(ret, if dropped { DROP } else { PASS }, "{what}:{port} dir {dir} audit {audit}: {want:?}");
-                    let reason = if want.verdict == VERDICT_DROPPED { want.reason } else { 0 };
+                    assert_eq!(
+                        ret,
+                        if dropped { DROP } else { PASS },
+                        "{what}:{port} dir {dir} audit {audit}: {want:?}"
+                    );
+                    let reason = if want.verdict == VERDICT_DROPPED {
+                        want.reason
+                    } else {
+                        0
+                    };
                     let i = counter_index(dir, reason) as usize;
-                    assert_eq!(after[i], before[i] + 1, "{what}:{port} dir {dir}: counted under reason {reason}");
+                    assert_eq!(
+                        after[i],
+                        before[i] + 1,
+                        "{what}:{port} dir {dir}: counted under reason {reason}"
+                    );
                     if audit && want.reason != 0 {
                         assert_eq!(want.verdict, VERDICT_AUDIT);
                     }
@@ -372,9 +568,24 @@ fn verdicts_match_the_reference_evaluator() {
         assert_eq!(checked, 80);
         if !audit {
             // Spot checks of the semantics users rely on.
-            assert_eq!(compiled.lookup(LO, DIR_INGRESS, IpAddr::from(CLIENT), 6, 8080).reason, DROP_POLICY_DENY);
-            assert_eq!(compiled.lookup(LO, DIR_INGRESS, IpAddr::from(CLIENT), 6, 22).reason, DROP_POLICY_DENIED);
-            assert_eq!(compiled.lookup(LO, DIR_EGRESS, "198.51.100.20".parse().unwrap(), 6, 443).reason, DROP_POLICY_DENIED);
+            assert_eq!(
+                compiled
+                    .lookup(LO, DIR_INGRESS, IpAddr::from(CLIENT), 6, 8080)
+                    .reason,
+                DROP_POLICY_DENY
+            );
+            assert_eq!(
+                compiled
+                    .lookup(LO, DIR_INGRESS, IpAddr::from(CLIENT), 6, 22)
+                    .reason,
+                DROP_POLICY_DENIED
+            );
+            assert_eq!(
+                compiled
+                    .lookup(LO, DIR_EGRESS, "198.51.100.20".parse().unwrap(), 6, 443)
+                    .reason,
+                DROP_POLICY_DENIED
+            );
         }
     }
 }

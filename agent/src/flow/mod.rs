@@ -1,8 +1,8 @@
 //! Flow pipeline: datapath events → decoded, enriched [`Flow`] records → sinks.
 
 mod decode;
-mod record;
 mod reader;
+mod record;
 
 pub use self::{
     decode::{EndpointMeta, EnrichState, Enricher, drop_reason_name},

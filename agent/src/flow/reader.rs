@@ -12,7 +12,10 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
-use super::{decode::{Enricher, decode_event}, record::Flow};
+use super::{
+    decode::{Enricher, decode_event},
+    record::Flow,
+};
 
 /// Where flow records go.
 pub enum FlowSink {
@@ -51,7 +54,8 @@ pub async fn run_reader(
 ) -> anyhow::Result<()> {
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd until it is dropped, so
     // the registration never outlives the descriptor.
-    let mut fd = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("cannot register ring buffer fd: {e}"))?;
+    let mut fd = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| anyhow::anyhow!("cannot register ring buffer fd: {e}"))?;
     loop {
         let mut guard = fd.readable_mut().await?;
         let ring = guard.get_inner_mut();

@@ -106,18 +106,30 @@ impl Flow {
             } else {
                 format!("{}/{}", ep.namespace, ep.pod_name)
             };
-            if port == 0 { host } else { format!("{host}:{port}") }
+            if port == 0 {
+                host
+            } else {
+                format!("{host}:{port}")
+            }
         };
         let arrow = if self.is_reply { "<-" } else { "->" };
         let (a, b) = if self.is_reply {
             (
-                side(&self.destination_ip, self.destination_port, &self.destination),
+                side(
+                    &self.destination_ip,
+                    self.destination_port,
+                    &self.destination,
+                ),
                 side(&self.source_ip, self.source_port, &self.source),
             )
         } else {
             (
                 side(&self.source_ip, self.source_port, &self.source),
-                side(&self.destination_ip, self.destination_port, &self.destination),
+                side(
+                    &self.destination_ip,
+                    self.destination_port,
+                    &self.destination,
+                ),
             )
         };
         let kind = match self.event_type.as_str() {
@@ -135,7 +147,10 @@ impl Flow {
             ("policy-verdict", "AUDIT") => format!(" AUDITED ({})", self.drop_reason_text()),
             (_, v) => format!(" {v}"),
         };
-        format!("{} [{}]: {a} {arrow} {b} {kind}{verdict} ({})", self.time, self.node_name, self.summary)
+        format!(
+            "{} [{}]: {a} {arrow} {b} {kind}{verdict} ({})",
+            self.time, self.node_name, self.summary
+        )
     }
 
     fn drop_reason_text(&self) -> &'static str {

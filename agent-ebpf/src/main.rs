@@ -12,7 +12,7 @@ mod parse;
 mod verdict;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::{BPF_F_NO_COMMON_LRU, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
@@ -47,7 +47,10 @@ static IPCACHE6: LpmTrie<[u8; 16], IpcacheEntry> = LpmTrie::pinned(DEFAULT_IPCAC
 #[map(name = "CATALYST_POLICY")]
 static POLICY: LpmTrie<PolicyKey, PolicyEntry> = LpmTrie::pinned(DEFAULT_POLICY_MAX, 0);
 #[map(name = "CATALYST_CT")]
-static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(DEFAULT_CONNTRACK_MAX, 0);
+// Per-CPU LRU lists (BPF_F_NO_COMMON_LRU): inserts of new connections do not contend on one
+// global LRU lock.
+static CONNTRACK: LruHashMap<CtKey, CtEntry> =
+    LruHashMap::pinned(DEFAULT_CONNTRACK_MAX, BPF_F_NO_COMMON_LRU);
 #[map(name = "CATALYST_CONFIG")]
 static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
 #[map(name = "CATALYST_COUNTERS")]
@@ -135,7 +138,6 @@ fn config() -> DatapathConfig {
 #[inline(always)]
 fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, ep: &EndpointInfo, pkt: &Packet) -> i32 {
     let cfg = config();
-    let now = now_ns();
     let key = CtKey {
         ifindex,
         saddr: pkt.saddr,
@@ -164,7 +166,7 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, ep: &EndpointInfo, pkt: &Pa
     }
 
     let Some(e) = entry else {
-        return new_flow(ctx, dir, ifindex, ep, pkt, &key, &cfg, now);
+        return new_flow(ctx, dir, ifindex, ep, pkt, &key, &cfg, now_ns());
     };
     // SAFETY: pointer from a successful lookup; LRU entries stay valid for this program run.
     let e = unsafe { &mut *e };
@@ -204,7 +206,7 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, ep: &EndpointInfo, pkt: &Pa
                 ev_flags,
                 TRACE_ESTABLISHED,
             );
-            e.last_event_ns = now;
+            e.last_event_ns = now_ns();
         }
     }
     e.packets += 1;
@@ -216,6 +218,8 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, ep: &EndpointInfo, pkt: &Pa
     let verdict = e.verdict as u8;
     if verdict == VERDICT_DROPPED {
         count(counter_index(dir, e.drop_reason as u8));
+        // The clock is read only on the (rare) drop path of an established entry.
+        let now = now_ns();
         if now.wrapping_sub(e.last_event_ns) >= cfg.event_interval_ns {
             e.last_event_ns = now;
             let trace = if reply {

@@ -100,8 +100,9 @@ fn main() -> anyhow::Result<()> {
         } => catalyst_tests::lab::down(),
         Command::Demo => demo::demo(),
         Command::Test { unit_only } => test::test(unit_only),
-        Command::Bench { which } => {
-            anyhow::bail!("unknown benchmark `{which}` (available: datapath)")
-        }
+        Command::Bench { which } => match which.as_str() {
+            "datapath" => bench::datapath(),
+            other => anyhow::bail!("unknown benchmark `{other}` (available: datapath)"),
+        },
     }
 }

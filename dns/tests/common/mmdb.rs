@@ -149,7 +149,12 @@ pub fn city(
         ("country", V::Map(vec![("iso_code", V::Str(cc))])),
         (
             "location",
-            V::Map(vec![("latitude", V::F64(lat)), ("longitude", V::F64(lon))]),
+            // PowerDNS's GeoIP backend ignores locations without an accuracy radius.
+            V::Map(vec![
+                ("accuracy_radius", V::U16(100)),
+                ("latitude", V::F64(lat)),
+                ("longitude", V::F64(lon)),
+            ]),
         ),
         (
             "subdivisions",

@@ -17,16 +17,39 @@ fn fixtures(dir: &std::path::Path) -> (PathBuf, PathBuf) {
     let city = mmdb::build(
         "GeoIP2-City",
         &[
-            (Ipv4Addr::new(192, 0, 2, 0), 24, mmdb::city("NL", "EU", "NH", 52.37, 4.89)),
-            (Ipv4Addr::new(198, 51, 100, 0), 24, mmdb::city("US", "NA", "NY", 40.71, -74.0)),
-            (Ipv4Addr::new(203, 0, 113, 0), 24, mmdb::city("AU", "OC", "NSW", -33.87, 151.21)),
-            (Ipv4Addr::new(10, 1, 0, 0), 16, mmdb::city("DE", "EU", "BE", 52.52, 13.40)),
-            (Ipv4Addr::new(10, 2, 0, 0), 16, mmdb::city("JP", "AS", "13", 35.68, 139.69)),
+            (
+                Ipv4Addr::new(192, 0, 2, 0),
+                24,
+                mmdb::city("NL", "EU", "NH", 52.37, 4.89),
+            ),
+            (
+                Ipv4Addr::new(198, 51, 100, 0),
+                24,
+                mmdb::city("US", "NA", "NY", 40.71, -74.0),
+            ),
+            (
+                Ipv4Addr::new(203, 0, 113, 0),
+                24,
+                mmdb::city("AU", "OC", "NSW", -33.87, 151.21),
+            ),
+            (
+                Ipv4Addr::new(10, 1, 0, 0),
+                16,
+                mmdb::city("DE", "EU", "BE", 52.52, 13.40),
+            ),
+            (
+                Ipv4Addr::new(10, 2, 0, 0),
+                16,
+                mmdb::city("JP", "AS", "13", 35.68, 139.69),
+            ),
         ],
     );
     let asn = mmdb::build(
         "GeoLite2-ASN",
-        &[(Ipv4Addr::new(10, 1, 0, 0), 16, mmdb::asn(64500)), (Ipv4Addr::new(10, 2, 0, 0), 16, mmdb::asn(64501))],
+        &[
+            (Ipv4Addr::new(10, 1, 0, 0), 16, mmdb::asn(64500)),
+            (Ipv4Addr::new(10, 2, 0, 0), 16, mmdb::asn(64501)),
+        ],
     );
     let (c, a) = (dir.join("city.mmdb"), dir.join("asn.mmdb"));
     std::fs::write(&c, city).unwrap();
@@ -69,22 +92,62 @@ fn geo_answers_follow_the_client_subnet() {
     let zf = dir.join("geo.zone");
     std::fs::write(&zf, ZONE).unwrap();
     let port = free_port();
-    let cfg = config(port, &[("geo.test", &zf)], &format!("geo: {{city: {}, asn: {}}}\n", c.display(), a.display()));
+    let cfg = config(
+        port,
+        &[("geo.test", &zf)],
+        &format!("geo: {{city: {}, asn: {}}}\n", c.display(), a.display()),
+    );
     let _srv = start_catalyst(&dir, &cfg, port);
     let q = |n: &str, t: RecordType, ecs: &str| answers(port, n, t, Some(ecs));
-    assert_eq!(q("closest.geo.test.", RecordType::A, "10.1.2.0/24"), vec!["192.0.2.1"], "Berlin → Amsterdam");
-    assert_eq!(q("closest.geo.test.", RecordType::A, "10.2.2.0/24"), vec!["203.0.113.1"], "Tokyo → Sydney");
-    assert_eq!(q("closest.geo.test.", RecordType::A, "198.51.100.0/24"), vec!["198.51.100.1"]);
-    assert_eq!(q("cc.geo.test.", RecordType::TXT, "10.2.0.0/16"), vec!["jp"]);
-    assert_eq!(q("cc.geo.test.", RecordType::TXT, "8.8.8.0/24"), vec!["--"]);
-    assert_eq!(q("cont.geo.test.", RecordType::TXT, "203.0.113.0/24"), vec!["oc"]);
-    assert_eq!(q("eu.geo.test.", RecordType::A, "10.1.0.0/16"), vec!["192.0.2.1"]);
-    assert_eq!(q("eu.geo.test.", RecordType::A, "10.2.0.0/16"), vec!["198.51.100.1"]);
-    assert_eq!(q("asn.geo.test.", RecordType::A, "10.1.5.0/24"), vec!["192.0.2.64"]);
-    assert_eq!(q("asn.geo.test.", RecordType::A, "10.2.5.0/24"), vec!["192.0.2.65"]);
-    assert_eq!(q("ll.geo.test.", RecordType::TXT, "192.0.2.0/24"), vec!["52.370000 4.890000"]);
     assert_eq!(
-        q("192-0-2-1.203-0-113-1.magic.geo.test.", RecordType::A, "10.2.0.0/16"),
+        q("closest.geo.test.", RecordType::A, "10.1.2.0/24"),
+        vec!["192.0.2.1"],
+        "Berlin → Amsterdam"
+    );
+    assert_eq!(
+        q("closest.geo.test.", RecordType::A, "10.2.2.0/24"),
+        vec!["203.0.113.1"],
+        "Tokyo → Sydney"
+    );
+    assert_eq!(
+        q("closest.geo.test.", RecordType::A, "198.51.100.0/24"),
+        vec!["198.51.100.1"]
+    );
+    assert_eq!(
+        q("cc.geo.test.", RecordType::TXT, "10.2.0.0/16"),
+        vec!["jp"]
+    );
+    assert_eq!(q("cc.geo.test.", RecordType::TXT, "8.8.8.0/24"), vec!["--"]);
+    assert_eq!(
+        q("cont.geo.test.", RecordType::TXT, "203.0.113.0/24"),
+        vec!["oc"]
+    );
+    assert_eq!(
+        q("eu.geo.test.", RecordType::A, "10.1.0.0/16"),
+        vec!["192.0.2.1"]
+    );
+    assert_eq!(
+        q("eu.geo.test.", RecordType::A, "10.2.0.0/16"),
+        vec!["198.51.100.1"]
+    );
+    assert_eq!(
+        q("asn.geo.test.", RecordType::A, "10.1.5.0/24"),
+        vec!["192.0.2.64"]
+    );
+    assert_eq!(
+        q("asn.geo.test.", RecordType::A, "10.2.5.0/24"),
+        vec!["192.0.2.65"]
+    );
+    assert_eq!(
+        q("ll.geo.test.", RecordType::TXT, "192.0.2.0/24"),
+        vec!["52.370000 4.890000"]
+    );
+    assert_eq!(
+        q(
+            "192-0-2-1.203-0-113-1.magic.geo.test.",
+            RecordType::A,
+            "10.2.0.0/16"
+        ),
         vec!["203.0.113.1"]
     );
 }
@@ -99,7 +162,9 @@ fn geo_functions_match_powerdns_geoip_backend() {
             skip_external(),
             "PowerDNS's GeoIP backend is missing: apt-get install pdns-backend-geoip (or CATALYST_SKIP_EXTERNAL=1)"
         );
-        eprintln!("SKIPPED geo_functions_match_powerdns_geoip_backend: pdns-backend-geoip not installed");
+        eprintln!(
+            "SKIPPED geo_functions_match_powerdns_geoip_backend: pdns-backend-geoip not installed"
+        );
         return;
     }
     let dir = scratch("geo-pdns");
@@ -124,11 +189,21 @@ fn geo_functions_match_powerdns_geoip_backend() {
     );
     let _c = start_catalyst(
         &dir,
-        &config(cport, &zones, &format!("geo: {{city: {}, asn: {}}}\n", c.display(), a.display())),
+        &config(
+            cport,
+            &zones,
+            &format!("geo: {{city: {}, asn: {}}}\n", c.display(), a.display()),
+        ),
         cport,
     );
     let mut diffs = Vec::new();
-    for ecs in ["10.1.2.0/24", "10.2.2.0/24", "198.51.100.0/24", "192.0.2.0/24", "203.0.113.0/24"] {
+    for ecs in [
+        "10.1.2.0/24",
+        "10.2.2.0/24",
+        "198.51.100.0/24",
+        "192.0.2.0/24",
+        "203.0.113.0/24",
+    ] {
         for (n, t) in [
             ("closest.geo.test.", RecordType::A),
             ("eu.geo.test.", RecordType::A),
@@ -141,7 +216,9 @@ fn geo_functions_match_powerdns_geoip_backend() {
             let ours = answers(cport, n, t, Some(ecs));
             let theirs = answers(pport, n, t, Some(ecs));
             if ours != theirs {
-                diffs.push(format!("{n} ecs={ecs}: catalyst {ours:?} PowerDNS {theirs:?}"));
+                diffs.push(format!(
+                    "{n} ecs={ecs}: catalyst {ours:?} PowerDNS {theirs:?}"
+                ));
             }
         }
     }

@@ -89,14 +89,13 @@ pub fn build(db_type: &'static str, entries: &[(Ipv4Addr, u8, V)]) -> Vec<u8> {
             if depth + 1 == *prefix {
                 nodes[node][bit] = Rec::Data(off);
             } else {
-                node = match nodes[node][bit] {
-                    Rec::Node(n) => n,
-                    _ => {
-                        nodes.push([Rec::Empty, Rec::Empty]);
-                        let n = nodes.len() - 1;
-                        nodes[node][bit] = Rec::Node(n);
-                        n
-                    }
+                node = if let Rec::Node(n) = nodes[node][bit] {
+                    n
+                } else {
+                    nodes.push([Rec::Empty, Rec::Empty]);
+                    let n = nodes.len() - 1;
+                    nodes[node][bit] = Rec::Node(n);
+                    n
                 };
             }
         }

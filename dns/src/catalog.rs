@@ -10,7 +10,10 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use hickory_proto::{op::ResponseCode, rr::Record};
+use hickory_proto::{
+    op::ResponseCode,
+    rr::{Record, RecordType},
+};
 
 use crate::{
     lua::Deps,
@@ -138,7 +141,9 @@ impl Catalog {
     pub fn resolve(&self, q: &ParsedQuery, client: &ClientInfo) -> Resolved {
         let zones = self.zones.load();
         let name = q.query.name();
-        let Some(zone) = zones.find(name) else {
+        let transfer = matches!(q.query.query_type(), RecordType::AXFR | RecordType::IXFR);
+        let Some(zone) = zones.find(name).filter(|_| !transfer) else {
+            // Not our zone, or a zone transfer (not offered): REFUSED.
             return Resolved {
                 rcode: ResponseCode::Refused,
                 authoritative: false,

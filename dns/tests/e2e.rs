@@ -211,6 +211,9 @@ fn malformed_and_oversized_queries() {
     let mut big = vec![0u8, 5, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
     big.extend(std::iter::repeat_n(0xffu8, 4000));
     let _ = send_raw(port, &big);
+    // Zone transfers are not offered.
+    let m = query_raw(port, "example.org.", RecordType::AXFR, None).expect("AXFR answered");
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
     // Random garbage does not take the server down.
     let mut x: u32 = 12345;
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();

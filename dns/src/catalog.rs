@@ -52,8 +52,8 @@ pub struct Resolved {
     pub authority: Vec<Record>,
     /// Additional section.
     pub additional: Vec<Record>,
-    /// ECS scope prefix to echo.
-    pub ecs_scope: u8,
+    /// ECS scope prefix to echo (`None`: ECS processing is off, no option in the response).
+    pub ecs_scope: Option<u8>,
     /// Reuse policy.
     pub cache: CachePolicy,
 }
@@ -150,7 +150,7 @@ impl Catalog {
                 answers: Vec::new(),
                 authority: Vec::new(),
                 additional: Vec::new(),
-                ecs_scope: 0,
+                ecs_scope: self.ecs.then_some(0),
                 cache: CachePolicy::Shared { versioned: false },
             };
         };
@@ -168,10 +168,10 @@ impl Catalog {
             } else {
                 CachePolicy::Shared { versioned }
             };
-        let ecs_scope = match (client.ecs, d.has(Deps::CLIENT)) {
+        let ecs_scope = self.ecs.then(|| match (client.ecs, d.has(Deps::CLIENT)) {
             (Some(net), true) => net.prefix_len(),
             _ => 0,
-        };
+        });
         Resolved {
             rcode: ans.rcode(),
             authoritative: ans.authoritative,

@@ -1,4 +1,4 @@
-//! Per-packet cost of the real datapath programs by BPF_PROG_TEST_RUN (root).
+//! Per-packet cost of the real datapath programs by `BPF_PROG_TEST_RUN` (root).
 //!
 //! For 10, 1,000 and 10,000 policy entries, with the conntrack table prefilled to 100,000
 //! entries: the established-flow cost (one packet run `repeat` times: every run after the first
@@ -17,8 +17,8 @@ use catalyst_agent::{
 };
 use catalyst_policy::datapath::{
     ACTION_ALLOW, CtEntry, CtKey, DIR_INGRESS, EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED,
-    EndpointInfo, IpcacheEntry, MATCH_L3_L4, POLICY_PREFIX_FULL_BITS, PROG_TO_ENDPOINT,
-    PROTO_TCP, PolicyEntry, PolicyKey, VERDICT_FORWARDED,
+    EndpointInfo, IpcacheEntry, MATCH_L3_L4, POLICY_PREFIX_FULL_BITS, PROG_TO_ENDPOINT, PROTO_TCP,
+    PolicyEntry, PolicyKey, VERDICT_FORWARDED,
 };
 
 const LO: u32 = 1;
@@ -39,18 +39,43 @@ fn state(entries: u32) -> DesiredState {
     // `entries` allow entries for the endpoint: identities 1000.. each on TCP port 80, with
     // their /32 in the ipcache. The benchmarked peer is the last one.
     let mut d = DesiredState {
-        endpoints: vec![(LO, EndpointInfo { endpoint_id: 7, identity: 300, flags: EP_F_INGRESS_ENFORCED | EP_F_EGRESS_ENFORCED, pad: 0 })],
+        endpoints: vec![(
+            LO,
+            EndpointInfo {
+                endpoint_id: 7,
+                identity: 300,
+                flags: EP_F_INGRESS_ENFORCED | EP_F_EGRESS_ENFORCED,
+                pad: 0,
+            },
+        )],
         event_interval_ns: 1_000_000_000,
         ..DesiredState::default()
     };
     for i in 0..entries {
         let id = 1000 + i;
         let ip = Ipv4Addr::from(0x0a00_0000 + i + 1);
-        d.ipcache_v4.push((ipnet::Ipv4Net::new(ip, 32).unwrap(), IpcacheEntry { identity: id, flags: 0 }));
+        d.ipcache_v4.push((
+            ipnet::Ipv4Net::new(ip, 32).unwrap(),
+            IpcacheEntry {
+                identity: id,
+                flags: 0,
+            },
+        ));
         d.policy.push((
             POLICY_PREFIX_FULL_BITS,
-            PolicyKey { endpoint_id: 7, identity: id, direction: DIR_INGRESS, protocol: PROTO_TCP, dport_be: 80u16.to_be() },
-            PolicyEntry { action: ACTION_ALLOW, rule_id: 1, match_type: u32::from(MATCH_L3_L4), pad: 0 },
+            PolicyKey {
+                endpoint_id: 7,
+                identity: id,
+                direction: DIR_INGRESS,
+                protocol: PROTO_TCP,
+                dport_be: 80u16.to_be(),
+            },
+            PolicyEntry {
+                action: ACTION_ALLOW,
+                rule_id: 1,
+                match_type: u32::from(MATCH_L3_L4),
+                pad: 0,
+            },
         ));
     }
     d
@@ -64,13 +89,22 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
-fn run(pin: &PathBuf) -> anyhow::Result<()> {
-    let mut dp = Datapath::load(&LoadOptions { pin_path: pin.clone(), sizes: MapSizes::default(), attach_mode: AttachMode::Auto })?;
+fn run(pin: &std::path::Path) -> anyhow::Result<()> {
+    let mut dp = Datapath::load(&LoadOptions {
+        pin_path: pin.to_owned(),
+        sizes: MapSizes::default(),
+        attach_mode: AttachMode::Auto,
+    })?;
     // 100,000 established connections of other peers.
     for i in 0..CT_ENTRIES {
         let key = CtKey {
             ifindex: LO,
-            saddr: [u32::from_ne_bytes([172, 16, (i >> 8) as u8, i as u8]), 0, 0, 0],
+            saddr: [
+                u32::from_ne_bytes([172, 16, (i >> 8) as u8, i as u8]),
+                0,
+                0,
+                0,
+            ],
             daddr: [u32::from_ne_bytes([10, 9, 9, 9]), 0, 0, 0],
             sport_be: ((i % 60_000) as u16 + 1024).to_be(),
             dport_be: 80u16.to_be(),
@@ -78,7 +112,12 @@ fn run(pin: &PathBuf) -> anyhow::Result<()> {
             family: 4,
             pad: 0,
         };
-        let entry = CtEntry { verdict: u32::from(VERDICT_FORWARDED), direction: u32::from(DIR_INGRESS), revision: 1, ..CtEntry::default() };
+        let entry = CtEntry {
+            verdict: u32::from(VERDICT_FORWARDED),
+            direction: u32::from(DIR_INGRESS),
+            revision: 1,
+            ..CtEntry::default()
+        };
         dp.conntrack_insert(key, entry)?;
     }
     let dst = Ipv4Addr::new(10, 9, 9, 9);
@@ -109,7 +148,7 @@ fn run(pin: &PathBuf) -> anyhow::Result<()> {
         println!(
             "{{\"policy_entries\":{entries},\"conntrack_entries\":{CT_ENTRIES},\"established_ns\":{},\"new_flow_ns\":{:.1}}}",
             median.as_nanos(),
-            total.as_nanos() as f64 / f64::from(n)
+            total.as_secs_f64() * 1e9 / f64::from(n)
         );
     }
     // Floor: an interface without an endpoint entry (one hash lookup, pass).

@@ -168,8 +168,7 @@ fn default_attach_mode() -> crate::datapath::AttachMode {
 }
 fn default_node() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".to_owned())
+        .map_or_else(|_| "localhost".to_owned(), |s| s.trim().to_owned())
 }
 fn default_pin_path() -> PathBuf {
     PathBuf::from("/sys/fs/bpf/catalyst")
@@ -275,7 +274,7 @@ impl AgentConfig {
             }
         }
         for (i, p) in self.peers.iter().enumerate() {
-            if p.entity.is_some() == !p.labels.is_empty() {
+            if p.entity.is_some() != p.labels.is_empty() {
                 return Err(invalid(
                     format!("peers[{i}]"),
                     "exactly one of `entity` and `labels` is required".to_owned(),

@@ -4,7 +4,7 @@
 //! configuration and policy files (hot reload, fail closed on bad input), attaches to every
 //! workload interface and turns datapath events into flow records.
 
-use std::path::PathBuf;
+use std::{io::IsTerminal as _, path::PathBuf};
 
 use catalyst_agent::{datapath, run};
 
@@ -57,7 +57,6 @@ enum Command {
 fn init_tracing() {
     use tracing_subscriber::{EnvFilter, fmt};
     let filter = EnvFilter::try_from_env("CATALYST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    use std::io::IsTerminal as _;
     fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

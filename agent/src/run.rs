@@ -140,7 +140,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                             continue;
                         }
                         enricher.replace(snap.enrich.clone());
-                        missing = snap.missing.clone();
+                        missing.clone_from(&snap.missing);
                         cfg = new_cfg;
                         policies = new_policies;
                     }

@@ -81,6 +81,10 @@ pub fn load_policies(cfg: &AgentConfig) -> anyhow::Result<PolicySet> {
 }
 
 /// Builds a snapshot; fails without side effects when anything does not compile.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one pass over the configuration, in order"
+)]
 pub fn build(
     cfg: &AgentConfig,
     policies: &PolicySet,

@@ -1,9 +1,13 @@
-//! The real eBPF programs driven through BPF_PROG_TEST_RUN (needs root and a kernel with BPF):
+//! The real eBPF programs driven through `BPF_PROG_TEST_RUN` (needs root and a kernel with BPF):
 //! malformed packets never fault the program and end in a counted drop reason or a verdict;
 //! verdicts for well-formed packets match the reference evaluator.
 //!
 //! Run by `cargo xtask test` as root. Without root these tests fail (nothing is skipped
 //! silently) unless `CATALYST_UNIT_ONLY=1` is set, in which case they print why they skipped.
+#![allow(
+    clippy::too_many_lines,
+    reason = "each test is one table of cases, read top to bottom"
+)]
 
 use std::{net::IpAddr, path::PathBuf};
 
@@ -24,7 +28,7 @@ use catalyst_policy::{
 
 const PASS: i32 = -1;
 const DROP: i32 = 2;
-/// Loopback: BPF_PROG_TEST_RUN runs TC programs on an skb of the loopback device.
+/// Loopback: `BPF_PROG_TEST_RUN` runs TC programs on an skb of the loopback device.
 const LO: u32 = 1;
 
 fn root_or_skip(name: &str) -> bool {
@@ -175,14 +179,6 @@ fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     t.extend_from_slice(&dport.to_be_bytes());
     t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
     t
-}
-
-fn udp(sport: u16, dport: u16) -> Vec<u8> {
-    let mut u = Vec::new();
-    u.extend_from_slice(&sport.to_be_bytes());
-    u.extend_from_slice(&dport.to_be_bytes());
-    u.extend_from_slice(&[0, 8, 0, 0]);
-    u
 }
 
 const CLIENT: [u8; 4] = [10, 244, 0, 10];

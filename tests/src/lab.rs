@@ -10,7 +10,7 @@
 //!   cat-world       eth0 198.51.100.10, .20 ─┘
 //! ```
 
-use std::process::Command;
+use std::{os::fd::AsRawFd as _, process::Command};
 
 use anyhow::{Context as _, bail};
 
@@ -120,6 +120,7 @@ pub fn is_up() -> bool {
 }
 
 /// Creates the lab (idempotent: an existing lab is torn down first).
+#[expect(clippy::too_many_lines, reason = "the topology, built step by step")]
 pub fn up() -> anyhow::Result<()> {
     if is_up() {
         down()?;
@@ -344,7 +345,6 @@ pub fn in_netns<T: Send + 'static>(
 /// Moves the calling thread into the network namespace at `path`.
 pub fn enter(path: &str) -> anyhow::Result<()> {
     let file = std::fs::File::open(path).with_context(|| format!("cannot open {path}"))?;
-    use std::os::fd::AsRawFd as _;
     // SAFETY: a valid namespace fd; CLONE_NEWNET affects only the calling thread.
     let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
     if rc != 0 {

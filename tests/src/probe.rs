@@ -86,7 +86,7 @@ fn tcp_loop(l: &TcpListener, stop: &AtomicBool) {
                                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                                 ) =>
                             {
-                                idle += 1
+                                idle += 1;
                             }
                             Err(_) => break,
                         }
@@ -94,7 +94,7 @@ fn tcp_loop(l: &TcpListener, stop: &AtomicBool) {
                 });
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(5))
+                std::thread::sleep(Duration::from_millis(5));
             }
             Err(_) => std::thread::sleep(Duration::from_millis(5)),
         }

@@ -3,6 +3,7 @@
 //! namespaces deleted).
 
 use std::{
+    fmt::Write as _,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -51,15 +52,16 @@ fn config_text(name: &str, pin: &Path, flow_log: &Path, audit: bool, extra: &str
         lab::HOST_ADDR
     );
     for p in PODS {
-        s.push_str(&format!(
-            "  - {{name: {}, namespace: {}, interface: {}, addresses: [{}, \"{}\"], labels: {{app: {}}}}}\n",
+        let _ = writeln!(
+            s,
+            "  - {{name: {}, namespace: {}, interface: {}, addresses: [{}, \"{}\"], labels: {{app: {}}}}}",
             p.name,
             p.namespace,
             p.host_iface(),
             p.ipv4,
             p.ipv6,
             p.app
-        ));
+        );
     }
     let _ = name;
     s
@@ -163,14 +165,26 @@ impl Scenario {
     pub fn tcp(&self, from: &str, addr: &str, port: u16) -> bool {
         let ns = ns_of(from);
         tcp_echo(&ns, addr, port, PROBE_TIMEOUT).expect("probe")
-            || retried("tcp", from, addr, port, tcp_echo(&ns, addr, port, RETRY_TIMEOUT).expect("probe"))
+            || retried(
+                "tcp",
+                from,
+                addr,
+                port,
+                tcp_echo(&ns, addr, port, RETRY_TIMEOUT).expect("probe"),
+            )
     }
 
     /// UDP echo from pod `from` to `addr:port` (retried like [`Scenario::tcp`]).
     pub fn udp(&self, from: &str, addr: &str, port: u16) -> bool {
         let ns = ns_of(from);
         udp_echo(&ns, addr, port, PROBE_TIMEOUT).expect("probe")
-            || retried("udp", from, addr, port, udp_echo(&ns, addr, port, RETRY_TIMEOUT).expect("probe"))
+            || retried(
+                "udp",
+                from,
+                addr,
+                port,
+                udp_echo(&ns, addr, port, RETRY_TIMEOUT).expect("probe"),
+            )
     }
 
     /// Flow records written so far (JSON objects).

@@ -1,5 +1,9 @@
 //! End-to-end policy enforcement in the netns lab with real traffic and the real agent.
 //! Needs root (network namespaces, eBPF); `cargo xtask test` runs it.
+#![allow(
+    clippy::too_many_lines,
+    reason = "each test is one scenario, read top to bottom"
+)]
 
 use std::time::Duration;
 
@@ -405,9 +409,9 @@ fn root_agent_restart_keeps_enforcing_without_a_gap() {
         let (mut ok, mut failed) = (0, 0);
         while !st.load(std::sync::atomic::Ordering::Relaxed) {
             if session.ping() {
-                ok += 1
+                ok += 1;
             } else {
-                failed += 1
+                failed += 1;
             }
             std::thread::sleep(Duration::from_millis(2));
         }

@@ -1,4 +1,4 @@
-//! `cargo xtask bench datapath`: per-packet cost by BPF_PROG_TEST_RUN, and end-to-end latency,
+//! `cargo xtask bench datapath`: per-packet cost by `BPF_PROG_TEST_RUN`, and end-to-end latency,
 //! UDP rate and TCP connection rate through the lab with no filtering, with the agent, and with
 //! the same rules in nftables (linear chain + conntrack fast path; set + conntrack), at 10, 1,000
 //! and 10,000 rules, in one run. Figures go to `docs/benchmarks.md` (between markers) and
@@ -8,7 +8,7 @@ use std::{
     fmt::Write as _,
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -56,7 +56,9 @@ struct Figures {
 }
 
 fn sh(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !out.status.success() {
         bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -78,7 +80,14 @@ pub fn datapath() -> anyhow::Result<()> {
 
     eprintln!("bench: per-packet cost by BPF_PROG_TEST_RUN");
     let mut c = setup::cargo();
-    c.args(["run", "-q", "-p", "catalyst-agent", "--example", "datapath_bench"]);
+    c.args([
+        "run",
+        "-q",
+        "-p",
+        "catalyst-agent",
+        "--example",
+        "datapath_bench",
+    ]);
     let test_run = sh(&mut c)?;
 
     eprintln!("bench: end to end (sockperf ping-pong, sockperf UDP throughput, TCP connects)");
@@ -87,9 +96,22 @@ pub fn datapath() -> anyhow::Result<()> {
     let rows = result?;
 
     let mut md = String::new();
-    writeln!(md, "Measured {} on {} (kernel {}), {} CPUs.\n", now(), hostname(), kernel(), num_cpus())?;
-    writeln!(md, "### Per-packet cost (BPF_PROG_TEST_RUN, 100,000 conntrack entries)\n")?;
-    writeln!(md, "| policy entries | established flow (ns/packet) | new flow (ns/packet) |")?;
+    writeln!(
+        md,
+        "Measured {} on {} (kernel {}), {} CPUs.\n",
+        now(),
+        hostname(),
+        kernel(),
+        num_cpus()
+    )?;
+    writeln!(
+        md,
+        "### Per-packet cost (BPF_PROG_TEST_RUN, 100,000 conntrack entries)\n"
+    )?;
+    writeln!(
+        md,
+        "| policy entries | established flow (ns/packet) | new flow (ns/packet) |"
+    )?;
     writeln!(md, "|---|---|---|")?;
     let mut floor = String::new();
     for line in test_run.lines() {
@@ -97,12 +119,25 @@ pub fn datapath() -> anyhow::Result<()> {
         if let Some(f) = v.get("floor_no_endpoint_ns") {
             floor = f.to_string();
         } else {
-            writeln!(md, "| {} | {} | {} |", v["policy_entries"], v["established_ns"], v["new_flow_ns"])?;
+            writeln!(
+                md,
+                "| {} | {} | {} |",
+                v["policy_entries"], v["established_ns"], v["new_flow_ns"]
+            )?;
         }
     }
-    writeln!(md, "\nFloor (a packet on an interface without an endpoint: one hash lookup, pass): {floor} ns.\n")?;
-    writeln!(md, "### End to end (client pod → node → server pod, CPUs pinned: client 0, server 1)\n")?;
-    writeln!(md, "| filter | ping-pong latency (µs, one way) | UDP 64 B one-way (packets/s) | new TCP connections/s |")?;
+    writeln!(
+        md,
+        "\nFloor (a packet on an interface without an endpoint: one hash lookup, pass): {floor} ns.\n"
+    )?;
+    writeln!(
+        md,
+        "### End to end (client pod → node → server pod, CPUs pinned: client 0, server 1)\n"
+    )?;
+    writeln!(
+        md,
+        "| filter | ping-pong latency (µs, one way) | UDP 64 B one-way (packets/s) | new TCP connections/s |"
+    )?;
     writeln!(md, "|---|---|---|---|")?;
     let base = rows[0].1;
     for (f, fig) in &rows {
@@ -125,17 +160,27 @@ pub fn datapath() -> anyhow::Result<()> {
 }
 
 fn pct(v: f64, base: f64) -> f64 {
-    if base == 0.0 { 0.0 } else { (v - base) / base * 100.0 }
+    if base == 0.0 {
+        0.0
+    } else {
+        (v - base) / base * 100.0
+    }
 }
 
 fn now() -> String {
-    sh(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])).map(|s| s.trim().to_owned()).unwrap_or_default()
+    sh(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 fn kernel() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 fn num_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
@@ -159,11 +204,24 @@ fn end_to_end() -> anyhow::Result<Vec<(Filter, Figures)>> {
     let client = pod("client");
     let server = pod("web");
     // Servers: sockperf (ping-pong and throughput) and a TCP accept loop, pinned to CPU 1.
-    let mut sockperf_srv = in_ns(&server.netns(), &["taskset", "-c", "1", "sockperf", "sr", "-i", server.ipv4, "-p", &PORT.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot start sockperf (apt-get install sockperf)")?;
+    let mut sockperf_srv = in_ns(
+        &server.netns(),
+        &[
+            "taskset",
+            "-c",
+            "1",
+            "sockperf",
+            "sr",
+            "-i",
+            server.ipv4,
+            "-p",
+            &PORT.to_string(),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .context("cannot start sockperf (apt-get install sockperf)")?;
     let stop = Arc::new(AtomicBool::new(false));
     let acceptor = start_acceptor(&server.netns(), server.ipv4, stop.clone())?;
     std::thread::sleep(Duration::from_millis(300));
@@ -218,7 +276,9 @@ fn end_to_end() -> anyhow::Result<Vec<(Filter, Figures)>> {
 fn start_agent(work: &Path, pin: &Path, rules: u32) -> anyhow::Result<AgentProcess> {
     // N rules: the client may reach the server on N distinct ports (TCP and UDP); the benchmark
     // port is one of them. Both ends are enforced (client egress, server ingress).
-    let ports: Vec<String> = (0..rules).map(|i| format!("{{port: \"{}\", protocol: ANY}}", u32::from(PORT) - i)).collect();
+    let ports: Vec<String> = (0..rules)
+        .map(|i| format!("{{port: \"{}\", protocol: ANY}}", u32::from(PORT) - i))
+        .collect();
     let policy = format!(
         "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: bench-in, namespace: shop}}\nspec:\n  endpointSelector: {{matchLabels: {{app: web}}}}\n  ingress:\n    - fromEndpoints: [{{matchLabels: {{app: client}}}}]\n      toPorts: [{{ports: [{}]}}]\n---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: bench-out, namespace: shop}}\nspec:\n  endpointSelector: {{matchLabels: {{app: client}}}}\n  egress:\n    - toEndpoints: [{{matchLabels: {{app: web}}}}]\n      toPorts: [{{ports: [{}]}}]\n",
         ports.join(", "),
@@ -253,13 +313,21 @@ fn nft_load(f: Filter, rules: u32, work: &Path) -> anyhow::Result<()> {
         Filter::NftChain(_) => {
             s.push_str("  chain forward_filter {\n    type filter hook forward priority 0; policy drop;\n    ct state established,related accept\n");
             for i in (0..rules).rev() {
-                let _ = writeln!(s, "    ip saddr {client} ip daddr {server} meta l4proto {{ tcp, udp }} th dport {} accept", u32::from(PORT) - i);
+                let _ = writeln!(
+                    s,
+                    "    ip saddr {client} ip daddr {server} meta l4proto {{ tcp, udp }} th dport {} accept",
+                    u32::from(PORT) - i
+                );
             }
             s.push_str("  }\n");
         }
         Filter::NftSet(_) => {
-            s.push_str("  set allowed {\n    type ipv4_addr . ipv4_addr . inet_service\n    elements = { ");
-            let elems: Vec<String> = (0..rules).map(|i| format!("{client} . {server} . {}", u32::from(PORT) - i)).collect();
+            s.push_str(
+                "  set allowed {\n    type ipv4_addr . ipv4_addr . inet_service\n    elements = { ",
+            );
+            let elems: Vec<String> = (0..rules)
+                .map(|i| format!("{client} . {server} . {}", u32::from(PORT) - i))
+                .collect();
             s.push_str(&elems.join(", "));
             s.push_str(" }\n  }\n  chain forward_filter {\n    type filter hook forward priority 0; policy drop;\n    ct state established,related accept\n    meta l4proto { tcp, udp } ip saddr . ip daddr . th dport @allowed accept\n  }\n");
         }
@@ -269,28 +337,79 @@ fn nft_load(f: Filter, rules: u32, work: &Path) -> anyhow::Result<()> {
     // The reverse direction of new flows (replies) is covered by conntrack; ARP is not forwarded.
     let file = work.join("rules.nft");
     std::fs::write(&file, s)?;
-    sh(&mut in_ns(NODE_NS, &["nft", "-f", file.to_str().expect("utf-8")]))?;
+    sh(&mut in_ns(
+        NODE_NS,
+        &["nft", "-f", file.to_str().expect("utf-8")],
+    ))?;
     Ok(())
 }
 
 fn sockperf_latency(ns: &str, server: &str) -> anyhow::Result<f64> {
-    let out = sh(&mut in_ns(ns, &["taskset", "-c", "0", "sockperf", "pp", "-i", server, "-p", &PORT.to_string(), "-t", &SECS.to_string(), "-m", "64"]))?;
+    let out = sh(&mut in_ns(
+        ns,
+        &[
+            "taskset",
+            "-c",
+            "0",
+            "sockperf",
+            "pp",
+            "-i",
+            server,
+            "-p",
+            &PORT.to_string(),
+            "-t",
+            &SECS.to_string(),
+            "-m",
+            "64",
+        ],
+    ))?;
     // "sockperf: Summary: Latency is 5.123 usec"
     out.lines()
-        .find_map(|l| l.split("Latency is ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok()))
+        .find_map(|l| {
+            l.split("Latency is ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
         .with_context(|| format!("no latency in sockperf output:\n{out}"))
 }
 
 fn sockperf_udp(ns: &str, server: &str) -> anyhow::Result<f64> {
-    let out = sh(&mut in_ns(ns, &["taskset", "-c", "0", "sockperf", "tp", "-i", server, "-p", &PORT.to_string(), "-t", &SECS.to_string(), "-m", "64"]))?;
+    let out = sh(&mut in_ns(
+        ns,
+        &[
+            "taskset",
+            "-c",
+            "0",
+            "sockperf",
+            "tp",
+            "-i",
+            server,
+            "-p",
+            &PORT.to_string(),
+            "-t",
+            &SECS.to_string(),
+            "-m",
+            "64",
+        ],
+    ))?;
     // "sockperf: Summary: Message Rate is 512345 [msg/sec]"
     out.lines()
-        .find_map(|l| l.split("Message Rate is ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok()))
+        .find_map(|l| {
+            l.split("Message Rate is ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
         .with_context(|| format!("no message rate in sockperf output:\n{out}"))
 }
 
-fn start_acceptor(ns: &str, addr: &str, stop: Arc<AtomicBool>) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    let sa: SocketAddr = format!("{addr}:{}", PORT).parse()?;
+fn start_acceptor(
+    ns: &str,
+    addr: &str,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let sa: SocketAddr = format!("{addr}:{PORT}").parse()?;
     let l = in_netns(ns, move || TcpListener::bind(sa))??;
     l.set_nonblocking(true)?;
     Ok(std::thread::spawn(move || {
@@ -314,10 +433,13 @@ fn pin_to_cpu(cpu: usize) {
     }
 }
 
-/// Closes with RST (SO_LINGER 0): no TIME_WAIT build-up over tens of thousands of connections.
+/// Closes with RST (`SO_LINGER` 0): no `TIME_WAIT` build-up over tens of thousands of connections.
 fn close_with_rst(s: TcpStream) {
     use std::os::fd::AsRawFd as _;
-    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: valid socket fd and a correctly sized linger struct.
     unsafe {
         libc::setsockopt(
@@ -332,7 +454,7 @@ fn close_with_rst(s: TcpStream) {
 }
 
 fn connect_rate(ns: &str, server: &str) -> anyhow::Result<f64> {
-    let sa: SocketAddr = format!("{server}:{}", PORT).parse()?;
+    let sa: SocketAddr = format!("{server}:{PORT}").parse()?;
     let count = Arc::new(AtomicU64::new(0));
     let c2 = count.clone();
     let ns = ns.to_owned();

@@ -20,7 +20,15 @@ pub fn test(unit_only: bool) -> anyhow::Result<()> {
     setup::cargo_build(false)?;
     let mut c = setup::cargo();
     // The eBPF crate only builds for bpfel-unknown-none (agent/build.rs does that).
-    c.args(["test", "--workspace", "--no-fail-fast", "--exclude", "catalyst-agent-ebpf", "--", "--test-threads=1"]);
+    c.args([
+        "test",
+        "--workspace",
+        "--no-fail-fast",
+        "--exclude",
+        "catalyst-agent-ebpf",
+        "--",
+        "--test-threads=1",
+    ]);
     if !c.status()?.success() {
         bail!("tests failed");
     }

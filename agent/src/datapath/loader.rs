@@ -4,7 +4,6 @@
 
 use std::{
     collections::BTreeSet,
-    io,
     path::{Path, PathBuf},
 };
 
@@ -22,9 +21,9 @@ use aya::{
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use catalyst_policy::datapath::{
-    COUNTER_SLOTS, CtEntry, CtKey, DatapathConfig, EndpointInfo, IpcacheEntry, MAP_CONFIG, MAP_CONNTRACK,
-    MAP_COUNTERS, MAP_ENDPOINTS, MAP_EVENTS, MAP_IPCACHE_V4, MAP_IPCACHE_V6, MAP_POLICY,
-    PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, PolicyEntry, PolicyKey,
+    COUNTER_SLOTS, CtEntry, CtKey, DatapathConfig, EndpointInfo, IpcacheEntry, MAP_CONFIG,
+    MAP_CONNTRACK, MAP_COUNTERS, MAP_ENDPOINTS, MAP_EVENTS, MAP_IPCACHE_V4, MAP_IPCACHE_V6,
+    MAP_POLICY, PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, PolicyEntry, PolicyKey,
 };
 
 use super::store::{MapStore, StoreError};
@@ -382,7 +381,9 @@ impl Datapath {
 
     /// Inserts a conntrack entry (benchmarks prefill the table; the datapath owns it otherwise).
     pub fn conntrack_insert(&mut self, key: CtKey, entry: CtEntry) -> Result<(), StoreError> {
-        self.conntrack.insert(key, entry, 0).map_err(|e| err(MAP_CONNTRACK, "insert", e))
+        self.conntrack
+            .insert(key, entry, 0)
+            .map_err(|e| err(MAP_CONNTRACK, "insert", e))
     }
 
     /// Sum over CPUs of every counter slot.
@@ -498,7 +499,7 @@ impl MapStore for Datapath {
     }
     fn ipcache_v4(&self) -> Result<Vec<(Ipv4Net, IpcacheEntry)>, StoreError> {
         let mut out = Vec::new();
-        for item in self.ipcache4.iter() {
+        for item in &self.ipcache4 {
             let (k, v) = item.map_err(|e| err(MAP_IPCACHE_V4, "iterate", e))?;
             let net = Ipv4Net::new(k.data().into(), k.prefix_len() as u8)
                 .map_err(|e| err(MAP_IPCACHE_V4, "decode", e))?;
@@ -518,7 +519,7 @@ impl MapStore for Datapath {
     }
     fn ipcache_v6(&self) -> Result<Vec<(Ipv6Net, IpcacheEntry)>, StoreError> {
         let mut out = Vec::new();
-        for item in self.ipcache6.iter() {
+        for item in &self.ipcache6 {
             let (k, v) = item.map_err(|e| err(MAP_IPCACHE_V6, "iterate", e))?;
             let net = Ipv6Net::new(k.data().into(), k.prefix_len() as u8)
                 .map_err(|e| err(MAP_IPCACHE_V6, "decode", e))?;
@@ -538,7 +539,7 @@ impl MapStore for Datapath {
     }
     fn policy(&self) -> Result<Vec<(u32, PolicyKey, PolicyEntry)>, StoreError> {
         let mut out = Vec::new();
-        for item in self.policy.iter() {
+        for item in &self.policy {
             let (k, v) = item.map_err(|e| err(MAP_POLICY, "iterate", e))?;
             out.push((k.prefix_len(), k.data(), v));
         }

@@ -9,7 +9,10 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
-use catalyst_policy::datapath::DatapathConfig;
+use catalyst_policy::datapath::{DatapathConfig, PolicyEntry, PolicyKey};
+
+/// A policy map entry keyed by (prefix length, key bytes).
+type PolicyRow = ((u32, [u8; 12]), (u32, PolicyKey, PolicyEntry));
 
 use super::store::{DesiredState, MapStore, StoreError};
 
@@ -65,12 +68,12 @@ pub fn apply(
     let v4 = plan(store.ipcache_v4()?, &desired.ipcache_v4);
     let v6 = plan(store.ipcache_v6()?, &desired.ipcache_v6);
     // Policy keys are unique per (prefix length, key).
-    let policy_current: Vec<((u32, [u8; 12]), (u32, _, _))> = store
+    let policy_current: Vec<PolicyRow> = store
         .policy()?
         .into_iter()
         .map(|(len, k, v)| ((len, raw(&k)), (len, k, v)))
         .collect();
-    let policy_desired: Vec<((u32, [u8; 12]), (u32, _, _))> = desired
+    let policy_desired: Vec<PolicyRow> = desired
         .policy
         .iter()
         .map(|(len, k, v)| ((*len, raw(k)), (*len, *k, *v)))

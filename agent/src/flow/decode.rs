@@ -62,12 +62,18 @@ impl Enricher {
 
     /// Replaces the state.
     pub fn replace(&self, state: EnrichState) {
-        *self.state.write().expect("enrich state lock") = Arc::new(state);
+        *self
+            .state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(state);
     }
 
     /// Current state.
     pub fn current(&self) -> Arc<EnrichState> {
-        self.state.read().expect("enrich state lock").clone()
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Turns a raw event into a flow record.

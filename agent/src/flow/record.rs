@@ -22,6 +22,10 @@ pub struct EndpointRef {
     pub pod_name: String,
 }
 
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
 fn is_zero(v: &u32) -> bool {
     *v == 0
 }

@@ -429,3 +429,69 @@ fn root_agent_restart_keeps_enforcing_without_a_gap() {
     );
     assert!(s.tcp("client", web(), 80));
 }
+
+#[test]
+fn root_policy_churn_never_drops_flows_both_policies_allow() {
+    if !root_or_skip("root_policy_churn_never_drops_flows_both_policies_allow") {
+        return;
+    }
+    // Every variant allows client -> web:80; they differ in everything else.
+    let variants = [
+        WEB_ALLOW_CLIENT_80.to_owned(),
+        "  ingress:\n    - fromEndpoints: [{matchLabels: {app: client}}]\n      toPorts: [{ports: [{port: \"80\", protocol: TCP}, {port: \"8000\", endPort: 8999, protocol: TCP}]}]\n    - fromEndpoints: [{matchLabels: {app: db}}]\n".to_owned(),
+        "  ingress:\n    - fromEndpoints: [{}]\n  ingressDeny:\n    - fromEndpoints: [{matchLabels: {app: db}}]\n".to_owned(),
+        "  ingress:\n    - fromEndpoints: [{matchLabels: {app: client}}]\n  ingressDeny:\n    - fromEndpoints: [{matchLabels: {app: client}}]\n      toPorts: [{ports: [{port: \"22\", protocol: TCP}]}]\n  egress:\n    - toEndpoints: [{matchLabels: {app: db}}]\n".to_owned(),
+    ];
+    let mut s = Scenario::start(
+        "churn",
+        &[("web.yaml", &cnp("web", "web", &variants[0]))],
+        false,
+    )
+    .unwrap();
+    let mut session = TcpSession::open(&pod("client").netns(), web(), 80, Duration::from_secs(2))
+        .unwrap()
+        .expect("connects");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let st = stop.clone();
+    let pinger = std::thread::spawn(move || {
+        let (mut ok, mut failed) = (0u32, 0u32);
+        while !st.load(std::sync::atomic::Ordering::Relaxed) {
+            if session.ping() {
+                ok += 1;
+            } else {
+                failed += 1;
+            }
+        }
+        (ok, failed)
+    });
+    let client_ns = pod("client").netns();
+    let mut new_ok = 0;
+    for round in 0..16 {
+        let v = &variants[(round + 1) % variants.len()];
+        s.set_policy("web.yaml", &cnp("web", "web", v)).unwrap();
+        // New connections opened right after each change are allowed too.
+        for _ in 0..3 {
+            assert!(
+                catalyst_tests::probe::tcp_echo(&client_ns, web(), 80, Duration::from_secs(2))
+                    .unwrap(),
+                "new connection refused after change {round}"
+            );
+            new_ok += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = pinger.join().unwrap();
+    assert!(ok > 100, "{ok} round trips during churn");
+    assert_eq!(
+        failed, 0,
+        "no round trip of the long-lived connection failed during 16 policy changes"
+    );
+    assert_eq!(new_ok, 48);
+    let counters = s
+        .agent()
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("datapath in sync"))
+        .count();
+    assert!(counters >= 17, "each change was applied ({counters} syncs)");
+}

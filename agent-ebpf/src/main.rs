@@ -91,12 +91,6 @@ fn now_ns() -> u64 {
 fn handle(ctx: &TcContext, dir: u8) -> i32 {
     // SAFETY: the context pointer is valid for the program's lifetime.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let Some(ep) = ENDPOINTS.get_ptr(ifindex) else {
-        count(STAT_NO_ENDPOINT);
-        return PASS;
-    };
-    // SAFETY: map value pointer returned by a successful lookup.
-    let ep = unsafe { *ep };
     // Headers must be in the linear part for direct packet access; pull them in when the skb
     // is non-linear (rare on veth). A failed pull shows up as a parse drop below.
     let linear = (ctx.data_end() - ctx.data()) as u32;
@@ -113,14 +107,27 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
             count(STAT_NOT_POLICED);
             PASS
         }
-        Ok(Parsed::Ip(pkt)) => handle_ip(ctx, dir, ifindex, &ep, &pkt),
+        Ok(Parsed::Ip(pkt)) => handle_ip(ctx, dir, ifindex, &pkt),
         Err(reason) => {
+            let Some(ep) = endpoint(ifindex) else {
+                count(STAT_NO_ENDPOINT);
+                return PASS;
+            };
             count(counter_index(dir, reason));
             // Malformed packets are reported like other drops, without a flow to aggregate on.
             emit_malformed(ctx, dir, ifindex, &ep, reason);
             DROP
         }
     }
+}
+
+/// The endpoint of `ifindex`. Looked up only off the established fast path: a conntrack hit
+/// under the current policy revision needs nothing else. (Removing an endpoint bumps the
+/// revision, so its connections come through here on their next packet.)
+#[inline(always)]
+fn endpoint(ifindex: u32) -> Option<EndpointInfo> {
+    // SAFETY: map value pointer returned by a successful lookup, copied out at once.
+    ENDPOINTS.get_ptr(ifindex).map(|p| unsafe { *p })
 }
 
 #[inline(always)]
@@ -136,7 +143,7 @@ fn config() -> DatapathConfig {
 }
 
 #[inline(always)]
-fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, ep: &EndpointInfo, pkt: &Packet) -> i32 {
+fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
     let cfg = config();
     let key = CtKey {
         ifindex,
@@ -166,6 +173,11 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, ep: &EndpointInfo, pkt: &Pa
     }
 
     let Some(e) = entry else {
+        let Some(ep) = endpoint(ifindex) else {
+            count(STAT_NO_ENDPOINT);
+            return PASS;
+        };
+        let ep = &ep;
         return new_flow(ctx, dir, ifindex, ep, pkt, &key, &cfg, now_ns());
     };
     // SAFETY: pointer from a successful lookup; LRU entries stay valid for this program run.
@@ -175,9 +187,14 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, ep: &EndpointInfo, pkt: &Pa
     if e.revision != cfg.policy_revision {
         // Policy changed since the verdict was cached: re-evaluate the connection in its
         // original direction (revocation is prompt; the fast path stays one lookup).
+        let Some(ep) = endpoint(ifindex) else {
+            // The interface is no longer an endpoint: stop enforcing its connections.
+            count(STAT_NO_ENDPOINT);
+            return PASS;
+        };
         let (peer, peer_family) = original_peer(e, pkt, reply);
         let d = verdict::decide(
-            ep,
+            &ep,
             e.direction as u8,
             &peer,
             peer_family,
@@ -200,7 +217,7 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, ep: &EndpointInfo, pkt: &Pa
                 kind,
                 dir,
                 ifindex,
-                ep,
+                &ep,
                 pkt,
                 e,
                 ev_flags,
@@ -227,7 +244,9 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, ep: &EndpointInfo, pkt: &Pa
             } else {
                 TRACE_ESTABLISHED
             };
-            emit(ctx, EVENT_DROP, dir, ifindex, ep, pkt, e, ev_flags, trace);
+            if let Some(ep) = endpoint(ifindex) {
+                emit(ctx, EVENT_DROP, dir, ifindex, &ep, pkt, e, ev_flags, trace);
+            }
         }
         return DROP;
     }
@@ -251,21 +270,25 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, ep: &EndpointInfo, pkt: &Pa
             } else {
                 TRACE_ESTABLISHED
             };
-            emit(ctx, EVENT_TRACE, dir, ifindex, ep, pkt, e, ev_flags, trace);
+            if let Some(ep) = endpoint(ifindex) {
+                emit(ctx, EVENT_TRACE, dir, ifindex, &ep, pkt, e, ev_flags, trace);
+            }
         }
     } else if reply && e.packets == 2 {
         // First reply of a non-TCP flow: one trace event so replies are visible.
-        emit(
-            ctx,
-            EVENT_TRACE,
-            dir,
-            ifindex,
-            ep,
-            pkt,
-            e,
-            ev_flags,
-            TRACE_REPLY,
-        );
+        if let Some(ep) = endpoint(ifindex) {
+            emit(
+                ctx,
+                EVENT_TRACE,
+                dir,
+                ifindex,
+                &ep,
+                pkt,
+                e,
+                ev_flags,
+                TRACE_REPLY,
+            );
+        }
     }
     count(counter_index(dir, DROP_NONE));
     PASS

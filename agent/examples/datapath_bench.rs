@@ -94,7 +94,10 @@ fn run(pin: &std::path::Path) -> anyhow::Result<()> {
     let mut dp = Datapath::load(&LoadOptions {
         pin_path: pin.to_owned(),
         // Room for the prefill and every benchmark connection: no LRU eviction in the figures.
-        sizes: MapSizes { conntrack: 1 << 20, ..MapSizes::default() },
+        sizes: MapSizes {
+            conntrack: 1 << 20,
+            ..MapSizes::default()
+        },
         attach_mode: AttachMode::Auto,
     })?;
     // 100,000 established connections of other peers.

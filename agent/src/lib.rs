@@ -4,5 +4,6 @@
 pub mod config;
 pub mod datapath;
 pub mod flow;
+pub mod identity;
 pub mod run;
 pub mod state;

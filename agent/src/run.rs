@@ -41,9 +41,15 @@ fn watched(config_path: &Path, cfg: &AgentConfig) -> Vec<PathBuf> {
     v
 }
 
-/// Applies a snapshot: maps first (diff), then attachments.
-fn apply_snapshot(dp: &mut Datapath, snap: &Snapshot, first: bool) -> anyhow::Result<()> {
-    let report = datapath::apply(dp, &snap.desired, first)?;
+/// Applies a snapshot: maps first (diff against what this process applied last, or against the
+/// pinned maps on the first sync), then attachments.
+fn apply_snapshot(
+    dp: &mut Datapath,
+    previous: Option<&datapath::DesiredState>,
+    snap: &Snapshot,
+    first: bool,
+) -> anyhow::Result<()> {
+    let report = datapath::apply_diff(dp, previous, &snap.desired, first)?;
     for iface in &snap.interfaces {
         if first || !dp_attached(dp, iface) {
             dp.attach(iface)?;
@@ -88,7 +94,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         attach_mode: cfg.attach_mode,
     })?;
     tracing::info!(pin_path = %cfg.pin_path.display(), "datapath loaded");
-    apply_snapshot(&mut dp, &snap, true)?;
+    apply_snapshot(&mut dp, None, &snap, true)?;
+    // What this process last wrote to the maps; `None` forces a re-read (after a failed apply).
+    let mut applied = Some(snap.desired.clone());
 
     let enricher = Enricher::new(snap.enrich.clone());
     let processed = Arc::new(AtomicU64::new(0));
@@ -135,10 +143,13 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                         if new_cfg.pin_path != cfg.pin_path || new_cfg.maps != cfg.maps {
                             tracing::warn!("pin_path and map sizes take effect after a restart");
                         }
-                        if let Err(e) = apply_snapshot(&mut dp, &snap, false) {
-                            tracing::error!(error = format!("{e:#}"), "applying the new state failed");
+                        if let Err(e) = apply_snapshot(&mut dp, applied.as_ref(), &snap, false) {
+                            tracing::error!(error = format!("{e:#}"), "applying the new state failed; will re-read the maps and retry");
+                            applied = None;
+                            fp.clear();
                             continue;
                         }
+                        applied = Some(snap.desired.clone());
                         enricher.replace(snap.enrich.clone());
                         missing.clone_from(&snap.missing);
                         cfg = new_cfg;

@@ -182,11 +182,104 @@ fn num_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
+/// `cargo xtask bench policy`: compile time, entry counts and implementation delay.
+pub fn policy() -> anyhow::Result<()> {
+    setup::setup(true, true)?;
+    eprintln!("bench: policy engine (1,000 endpoints × 5,500 rules, 20 changes)");
+    let mut c = setup::cargo();
+    c.args([
+        "run",
+        "-q",
+        "--release",
+        "-p",
+        "catalyst-agent",
+        "--example",
+        "policy_bench",
+    ]);
+    let out = sh(&mut c)?;
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .context("policy_bench printed no figures")?;
+    let v: serde_json::Value = serde_json::from_str(line)?;
+    let mut md = String::new();
+    writeln!(
+        md,
+        "Measured {} on {} (kernel {}), {} CPUs, release build.\n",
+        now(),
+        hostname(),
+        kernel(),
+        num_cpus()
+    )?;
+    writeln!(md, "| measure | value |")?;
+    writeln!(md, "|---|---|")?;
+    for (k, label) in [
+        ("endpoints", "endpoints"),
+        ("policies", "policies"),
+        ("rules", "rules (allow + deny)"),
+        ("identities", "identities"),
+        ("policy_entries", "policy map entries"),
+        ("ipcache_entries", "ipcache entries"),
+        ("parse_ms", "parse, all policies (ms)"),
+        ("compile_ms", "compile, all policies (ms)"),
+        ("initial_apply_ms", "first apply to empty maps (ms)"),
+        (
+            "parse_compile_p50_ms",
+            "one change: parse + compile, p50 (ms)",
+        ),
+        ("delay_p50_ms", "policy implementation delay p50 (ms)"),
+        ("delay_p99_ms", "policy implementation delay p99 (ms)"),
+    ] {
+        writeln!(md, "| {label} | {} |", v[k])?;
+    }
+    println!("{md}");
+    splice_section("policy", &md)
+}
+
+/// `cargo xtask bench dns`: catalyst-dns against `PowerDNS` with dnsperf, side by side.
+pub fn dns() -> anyhow::Result<()> {
+    setup::setup(false, true)?;
+    let mut c = setup::cargo();
+    c.args([
+        "build",
+        "-q",
+        "--release",
+        "-p",
+        "catalyst-dns",
+        "--bins",
+        "--examples",
+    ]);
+    sh(&mut c)?;
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    let out = root().join("docs/benchmarks-dns.md");
+    let status = Command::new(target.join("release/examples/bench"))
+        .args(["--duration", "10", "--runs", "3", "--out"])
+        .arg(&out)
+        .current_dir(root())
+        .status()
+        .context("cannot run the DNS benchmark driver")?;
+    anyhow::ensure!(status.success(), "DNS benchmark failed ({status})");
+    eprintln!("bench: DNS figures written to {}", out.display());
+    Ok(())
+}
+
 /// Replaces the text between the datapath markers in docs/benchmarks.md.
 fn splice_docs(md: &str) -> anyhow::Result<()> {
+    splice_section("datapath", md)
+}
+
+/// Replaces the text between `<!-- {name}:begin -->` and `<!-- {name}:end -->` in
+/// docs/benchmarks.md (appending the section when the markers are missing).
+fn splice_section(name: &str, md: &str) -> anyhow::Result<()> {
     let path = root().join("docs/benchmarks.md");
     let doc = std::fs::read_to_string(&path).unwrap_or_default();
-    let (start, end) = ("<!-- datapath:begin -->", "<!-- datapath:end -->");
+    let (start, end) = (
+        format!("<!-- {name}:begin -->"),
+        format!("<!-- {name}:end -->"),
+    );
+    let (start, end) = (start.as_str(), end.as_str());
     let new = match (doc.find(start), doc.find(end)) {
         (Some(a), Some(b)) if a < b => format!("{}{start}\n{md}\n{}", &doc[..a], &doc[b..]),
         _ => format!("{doc}\n{start}\n{md}\n{end}\n"),

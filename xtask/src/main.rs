@@ -54,7 +54,7 @@ enum Command {
     },
     /// Benchmarks (figures to docs/benchmarks.md).
     Bench {
-        /// Which benchmark: datapath.
+        /// Which benchmark: datapath, policy, dns, all.
         which: String,
     },
 }
@@ -107,7 +107,14 @@ fn main() -> anyhow::Result<()> {
         Command::Test { unit_only } => test::test(unit_only),
         Command::Bench { which } => match which.as_str() {
             "datapath" => bench::datapath(),
-            other => anyhow::bail!("unknown benchmark `{other}` (available: datapath)"),
+            "policy" => bench::policy(),
+            "dns" => bench::dns(),
+            "all" => bench::datapath()
+                .and_then(|()| bench::policy())
+                .and_then(|()| bench::dns()),
+            other => {
+                anyhow::bail!("unknown benchmark `{other}` (available: datapath, policy, dns, all)")
+            }
         },
     }
 }

@@ -15,5 +15,5 @@ pub use self::{
     bpffs::ensure_bpffs,
     loader::{AttachMode, Datapath, LoadOptions, read_counters_of, uninstall},
     store::{DesiredState, MapStore, StoreError},
-    sync::apply,
+    sync::{apply, apply_diff},
 };

@@ -63,13 +63,39 @@ pub fn apply(
     desired: &DesiredState,
     force_revision_bump: bool,
 ) -> Result<SyncReport, StoreError> {
+    apply_diff(store, None, desired, force_revision_bump)
+}
+
+/// Like [`apply`], but diffs against `previous` — the state this process applied last — instead
+/// of reading every entry back from the kernel. The maps must not have been changed by anyone
+/// else since (the agent owns them); the first sync of a process uses [`apply`] to adopt what is
+/// pinned.
+pub fn apply_diff(
+    store: &mut dyn MapStore,
+    previous: Option<&DesiredState>,
+    desired: &DesiredState,
+    force_revision_bump: bool,
+) -> Result<SyncReport, StoreError> {
     let mut report = SyncReport::default();
 
-    let v4 = plan(store.ipcache_v4()?, &desired.ipcache_v4);
-    let v6 = plan(store.ipcache_v6()?, &desired.ipcache_v6);
+    let (cur_v4, cur_v6, cur_policy, cur_eps) = match previous {
+        Some(p) => (
+            p.ipcache_v4.clone(),
+            p.ipcache_v6.clone(),
+            p.policy.clone(),
+            p.endpoints.clone(),
+        ),
+        None => (
+            store.ipcache_v4()?,
+            store.ipcache_v6()?,
+            store.policy()?,
+            store.endpoints()?,
+        ),
+    };
+    let v4 = plan(cur_v4, &desired.ipcache_v4);
+    let v6 = plan(cur_v6, &desired.ipcache_v6);
     // Policy keys are unique per (prefix length, key).
-    let policy_current: Vec<PolicyRow> = store
-        .policy()?
+    let policy_current: Vec<PolicyRow> = cur_policy
         .into_iter()
         .map(|(len, k, v)| ((len, raw(&k)), (len, k, v)))
         .collect();
@@ -79,7 +105,7 @@ pub fn apply(
         .map(|(len, k, v)| ((*len, raw(k)), (*len, *k, *v)))
         .collect();
     let pol = plan(policy_current, &policy_desired);
-    let eps = plan(store.endpoints()?, &desired.endpoints);
+    let eps = plan(cur_eps, &desired.endpoints);
 
     for (net, e) in &v4.put {
         store.put_ipcache_v4(*net, *e)?;
@@ -244,6 +270,21 @@ mod tests {
             r.revision, 2,
             "a restarted agent re-evaluates adopted connections"
         );
+    }
+
+    #[test]
+    fn diff_against_the_previous_state_touches_only_changes() {
+        let mut maps = MemoryMaps::default();
+        let first = desired(&[80, 443]);
+        apply(&mut maps, &first, true).unwrap();
+        maps.log.clear();
+        let r = apply_diff(&mut maps, Some(&first), &desired(&[443, 8080]), false).unwrap();
+        assert_eq!(maps.log, ["put policy", "config", "del policy"]);
+        assert_eq!((r.upserted, r.removed), (1, 1));
+        let mut from_kernel = maps.clone();
+        from_kernel.log.clear();
+        apply(&mut from_kernel, &desired(&[443, 8080]), false).unwrap();
+        assert!(from_kernel.log.is_empty(), "maps equal the desired state");
     }
 
     #[test]

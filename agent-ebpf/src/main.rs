@@ -424,16 +424,12 @@ fn emit(
         count(STAT_EVENTS_LOST);
         return;
     };
+    // Identities follow the packet: leaving the endpoint (egress hook direction) its source is
+    // the endpoint, replies included.
     let (src_identity, dst_identity) = if dir == DIR_EGRESS {
         (ep.identity, e.peer_identity)
     } else {
         (e.peer_identity, ep.identity)
-    };
-    // Identities follow the packet, not the connection: swap for replies.
-    let (src_identity, dst_identity) = if flags & EV_F_REPLY != 0 && e.direction as u8 != dir {
-        (dst_identity, src_identity)
-    } else {
-        (src_identity, dst_identity)
     };
     slot.write(FlowEvent {
         ts_ns: now_ns(),

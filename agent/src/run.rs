@@ -2,7 +2,6 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, atomic::AtomicU64},
     time::Duration,
 };
 
@@ -17,7 +16,10 @@ use catalyst_policy::datapath::{
 use crate::{
     config::AgentConfig,
     datapath::{self, Datapath, LoadOptions},
-    flow::{Enricher, FlowSink, drop_reason_name, run_reader},
+    api::flow::LostEventSource,
+    flow::{Enricher, FlowRing, FlowSink, Pipeline, drop_reason_name, run_reader},
+    metrics::Metrics,
+    observer::{self, Listeners, ObserverService},
     state::{self, Allocators, Snapshot},
 };
 
@@ -41,8 +43,8 @@ fn watched(config_path: &Path, cfg: &AgentConfig) -> Vec<PathBuf> {
     v
 }
 
-/// Applies a snapshot: maps first (diff), then attachments.
-fn apply_snapshot(dp: &mut Datapath, snap: &Snapshot, first: bool) -> anyhow::Result<()> {
+/// Applies a snapshot: maps first (diff), then attachments. Returns the policy revision.
+fn apply_snapshot(dp: &mut Datapath, snap: &Snapshot, first: bool) -> anyhow::Result<u32> {
     let report = datapath::apply(dp, &snap.desired, first)?;
     for iface in &snap.interfaces {
         if first || !dp_attached(dp, iface) {
@@ -68,7 +70,7 @@ fn apply_snapshot(dp: &mut Datapath, snap: &Snapshot, first: bool) -> anyhow::Re
     for m in &snap.missing {
         tracing::warn!(interface = %m, "endpoint interface does not exist yet; retrying");
     }
-    Ok(())
+    Ok(report.revision)
 }
 
 fn dp_attached(dp: &Datapath, iface: &str) -> bool {
@@ -88,29 +90,42 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         attach_mode: cfg.attach_mode,
     })?;
     tracing::info!(pin_path = %cfg.pin_path.display(), "datapath loaded");
-    apply_snapshot(&mut dp, &snap, true)?;
+    let revision = apply_snapshot(&mut dp, &snap, true)?;
 
+    let metrics = Metrics::new(cfg.metrics.max_ports);
+    metrics.datapath.set_revision(revision);
+    let ring = FlowRing::new(cfg.observer.ring_capacity);
     let enricher = Enricher::new(snap.enrich.clone());
-    let processed = Arc::new(AtomicU64::new(0));
-    let malformed = Arc::new(AtomicU64::new(0));
-    let ring = dp.take_events().context("event ring buffer already taken")?;
-    let reader = tokio::spawn(run_reader(ring, enricher.clone(), sink_for(&cfg)?, processed.clone(), malformed.clone()));
+    let events = dp.take_events().context("event ring buffer already taken")?;
+    let pipeline = Pipeline { enricher: enricher.clone(), sink: sink_for(&cfg)?, ring: ring.clone(), metrics: metrics.clone() };
+    let reader = tokio::spawn(run_reader(events, pipeline));
+    let servers = start_servers(&cfg, &ring, &metrics).await?;
 
     let mut fp = state::fingerprint(&watched(&config_path, &cfg));
     let mut missing = snap.missing.clone();
-    let mut lost_seen = 0u64;
+    let mut lost_seen = dp.counters().ok().and_then(|c| c.get(STAT_EVENTS_LOST as usize).copied()).unwrap_or(0);
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.watch_interval_ms.max(50)));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut lost_tick = tokio::time::interval(Duration::from_secs(10));
+    let mut lost_tick = tokio::time::interval(Duration::from_millis(cfg.observer.lost_events_interval_ms.max(100)));
+    let mut counters_tick = tokio::time::interval(Duration::from_millis(cfg.metrics.counters_interval_ms.max(100)));
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
+            _ = counters_tick.tick() => {
+                if let Ok(c) = dp.counters() {
+                    metrics.datapath.update_counters(&c);
+                }
+                metrics.datapath.set_ring_flows(ring.len());
+            }
             _ = lost_tick.tick() => {
                 if let Ok(c) = dp.counters() {
                     let lost = c.get(STAT_EVENTS_LOST as usize).copied().unwrap_or(0);
                     if lost > lost_seen {
-                        tracing::warn!(lost = lost - lost_seen, total = lost, "datapath events lost (ring buffer full)");
+                        let n = lost - lost_seen;
+                        tracing::warn!(lost = n, total = lost, "datapath events lost (ring buffer full)");
+                        ring.push_lost(observer::lost_event(LostEventSource::PerfEventRingBuffer, n));
+                        metrics.flows.lost("perf_event_ring_buffer", n);
                         lost_seen = lost;
                     }
                 }
@@ -127,9 +142,12 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                         if new_cfg.pin_path != cfg.pin_path || new_cfg.maps != cfg.maps {
                             tracing::warn!("pin_path and map sizes take effect after a restart");
                         }
-                        if let Err(e) = apply_snapshot(&mut dp, &snap, false) {
-                            tracing::error!(error = format!("{e:#}"), "applying the new state failed");
-                            continue;
+                        match apply_snapshot(&mut dp, &snap, false) {
+                            Ok(revision) => metrics.datapath.set_revision(revision),
+                            Err(e) => {
+                                tracing::error!(error = format!("{e:#}"), "applying the new state failed");
+                                continue;
+                            }
                         }
                         enricher.replace(snap.enrich.clone());
                         missing = snap.missing.clone();
@@ -145,11 +163,46 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         }
     }
     reader.abort();
+    for s in servers {
+        s.abort();
+    }
     tracing::info!(
-        flows = processed.load(std::sync::atomic::Ordering::Relaxed),
+        flows = metrics.processed(),
         "stopping; programs and maps stay pinned, enforcement continues"
     );
     Ok(())
+}
+
+/// Binds and spawns the Observer gRPC server and the metrics endpoint.
+async fn start_servers(
+    cfg: &AgentConfig,
+    ring: &FlowRing,
+    metrics: &Metrics,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut tasks = Vec::new();
+    let listeners = Listeners::bind(cfg.observer.listen_address, cfg.observer.unix_socket.as_deref()).await?;
+    if listeners.tcp.is_some() || listeners.unix.is_some() {
+        let address = listeners.tcp_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(tcp = %address, unix = ?cfg.observer.unix_socket, ring = cfg.observer.ring_capacity,
+            "observer API listening");
+        let service = ObserverService::new(ring.clone(), &cfg.node, &address);
+        tasks.push(tokio::spawn(async move {
+            if let Err(error) = observer::serve(service, listeners).await {
+                tracing::error!(error = format!("{:#}", anyhow::Error::from(error)), "observer API stopped");
+            }
+        }));
+    }
+    if let Some(addr) = cfg.metrics.listen_address {
+        let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for metrics"))?;
+        tracing::info!(%addr, "metrics listening on /metrics");
+        let m = metrics.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(error) = crate::metrics::serve(l, m).await {
+                tracing::error!(%error, "metrics endpoint stopped");
+            }
+        }));
+    }
+    Ok(tasks)
 }
 
 fn reload(

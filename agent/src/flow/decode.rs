@@ -285,6 +285,8 @@ fn enrich_with(st: &EnrichState, ev: &FlowEvent, wall_ns: i128) -> Flow {
         denied_by,
         interface: st.interfaces.get(&ev.ifindex).cloned().unwrap_or_else(|| ev.ifindex.to_string()),
         summary,
+        time_ns: wall_ns,
+        event: *ev,
     }
 }
 
@@ -295,7 +297,7 @@ mod tests {
     #[test]
     fn rfc3339_formats_known_instants() {
         assert_eq!(rfc3339_nanos(0), "1970-01-01T00:00:00.000000000Z");
-        assert_eq!(rfc3339_nanos(1_795_660_800_000_000_123), "2026-11-26T00:00:00.000000123Z");
+        assert_eq!(rfc3339_nanos(1_795_651_200_000_000_123), "2026-11-26T00:00:00.000000123Z");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+
 /// One side of a flow.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct EndpointRef {
@@ -95,6 +96,12 @@ pub struct Flow {
     /// Hubble-style summary (`TCP Flags: SYN`, `ICMPv4 EchoRequest`, …).
     #[serde(rename = "Summary")]
     pub summary: String,
+    /// Wall-clock time in nanoseconds since the Unix epoch (the same instant as `time`).
+    #[serde(skip)]
+    pub time_ns: i128,
+    /// The raw datapath event (numeric verdict, reason, flags) the record was built from.
+    #[serde(skip)]
+    pub event: catalyst_policy::datapath::FlowEvent,
 }
 
 impl Flow {

@@ -1,0 +1,183 @@
+//! The bounded in-memory flow ring that GetFlows reads from.
+//!
+//! Entries carry a sequence number; a follower remembers the next number it wants, so a reader
+//! that falls behind by more than the capacity learns exactly how many entries it missed (reported
+//! as a `HUBBLE_RING_BUFFER` lost event). Writers never wait for readers.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use tokio::sync::watch;
+
+use crate::api::flow::{Flow, LostEvent};
+
+/// One entry of the ring.
+#[derive(Debug, Clone)]
+pub enum RingEvent {
+    /// A flow.
+    Flow(Arc<Flow>),
+    /// Events lost upstream of the ring (kernel ring buffer, pipeline), with when it was noticed.
+    Lost(Arc<LostEvent>),
+}
+
+impl RingEvent {
+    /// Wall-clock time of the entry in nanoseconds since the epoch.
+    pub fn time_ns(&self) -> i128 {
+        let ts = match self {
+            Self::Flow(f) => f.time.as_ref(),
+            Self::Lost(l) => l.last.as_ref(),
+        };
+        ts.map_or(0, super::convert::timestamp_ns)
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    entries: VecDeque<RingEvent>,
+    /// Sequence number of `entries[0]`.
+    first_seq: u64,
+    /// Flows ever written (lost-event entries excluded).
+    seen_flows: u64,
+}
+
+/// A bounded ring of flows and lost-event markers, shared by the reader and the API.
+#[derive(Debug, Clone)]
+pub struct FlowRing {
+    inner: Arc<Mutex<Inner>>,
+    capacity: usize,
+    /// Sequence number one past the newest entry; followers wait on it.
+    next_seq: watch::Sender<u64>,
+    started: Instant,
+}
+
+/// What a read returned.
+#[derive(Debug, Default)]
+pub struct ReadBatch {
+    /// Entries from the requested sequence number on, oldest first.
+    pub events: Vec<RingEvent>,
+    /// Entries that were overwritten before the reader got to them.
+    pub missed: u64,
+    /// Sequence number to ask for next.
+    pub next: u64,
+}
+
+impl FlowRing {
+    /// An empty ring holding at most `capacity` entries (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        let (next_seq, _) = watch::channel(0);
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                entries: VecDeque::with_capacity(capacity.min(1 << 16)),
+                first_seq: 0,
+                seen_flows: 0,
+            })),
+            capacity,
+            next_seq,
+            started: Instant::now(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves a consistent deque; keep serving.
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Appends a flow, evicting the oldest entry when full.
+    pub fn push_flow(&self, flow: Flow) {
+        self.push(RingEvent::Flow(Arc::new(flow)), true);
+    }
+
+    /// Appends a lost-events marker.
+    pub fn push_lost(&self, lost: LostEvent) {
+        self.push(RingEvent::Lost(Arc::new(lost)), false);
+    }
+
+    fn push(&self, ev: RingEvent, is_flow: bool) {
+        let next = {
+            let mut g = self.lock();
+            if g.entries.len() == self.capacity {
+                g.entries.pop_front();
+                g.first_seq += 1;
+            }
+            g.entries.push_back(ev);
+            g.seen_flows += u64::from(is_flow);
+            g.first_seq + g.entries.len() as u64
+        };
+        self.next_seq.send_replace(next);
+    }
+
+    /// Capacity in entries.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Flows currently held.
+    pub fn len(&self) -> usize {
+        self.lock().entries.iter().filter(|e| matches!(e, RingEvent::Flow(_))).count()
+    }
+
+    /// Flows ever written.
+    pub fn seen_flows(&self) -> u64 {
+        self.lock().seen_flows
+    }
+
+    /// Time since the ring was created.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    /// Every entry currently held, oldest first, and the sequence number after the newest.
+    pub fn snapshot(&self) -> (Vec<RingEvent>, u64) {
+        let g = self.lock();
+        (g.entries.iter().cloned().collect(), g.first_seq + g.entries.len() as u64)
+    }
+
+    /// Entries from sequence number `from` on (at most `max`).
+    pub fn read_from(&self, from: u64, max: usize) -> ReadBatch {
+        let g = self.lock();
+        let end = g.first_seq + g.entries.len() as u64;
+        let start = from.max(g.first_seq);
+        let missed = start - from.min(start);
+        let skip = usize::try_from(start - g.first_seq).unwrap_or(usize::MAX);
+        let events: Vec<RingEvent> = g.entries.iter().skip(skip).take(max).cloned().collect();
+        let next = start + events.len() as u64;
+        debug_assert!(next <= end);
+        ReadBatch { events, missed, next }
+    }
+
+    /// A receiver that changes whenever an entry is written.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.next_seq.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(n: i64) -> Flow {
+        Flow { time: Some(prost_types::Timestamp { seconds: n, nanos: 0 }), ..Flow::default() }
+    }
+
+    #[test]
+    fn evicts_oldest_and_reports_what_a_slow_reader_missed() {
+        let ring = FlowRing::new(3);
+        for i in 0..5 {
+            ring.push_flow(flow(i));
+        }
+        assert_eq!(ring.len(), 3);
+        assert_eq!(ring.seen_flows(), 5);
+        let b = ring.read_from(0, 10);
+        assert_eq!(b.missed, 2);
+        assert_eq!(b.next, 5);
+        let times: Vec<i128> = b.events.iter().map(RingEvent::time_ns).collect();
+        assert_eq!(times, vec![2_000_000_000, 3_000_000_000, 4_000_000_000]);
+        let b = ring.read_from(5, 10);
+        assert!(b.events.is_empty());
+        assert_eq!(b.missed, 0);
+    }
+}

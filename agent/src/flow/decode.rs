@@ -2,6 +2,7 @@
 //! the policies behind each rule id).
 
 use std::{
+    borrow::Cow,
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{Arc, RwLock},
@@ -145,15 +146,15 @@ fn tcp_flag_names(f: u8) -> String {
     NAMES.iter().filter(|(b, _)| f & b != 0).map(|(_, n)| *n).collect::<Vec<_>>().join(", ")
 }
 
-fn protocol_name(p: u8) -> String {
+fn protocol_name(p: u8) -> Cow<'static, str> {
     match p {
         PROTO_TCP => "TCP".into(),
         PROTO_UDP => "UDP".into(),
         PROTO_SCTP => "SCTP".into(),
         PROTO_ICMP => "ICMPv4".into(),
         PROTO_ICMPV6 => "ICMPv6".into(),
-        0 => String::new(),
-        n => n.to_string(),
+        0 => "".into(),
+        n => n.to_string().into(),
     }
 }
 
@@ -235,7 +236,7 @@ fn enrich_with(st: &EnrichState, ev: &FlowEvent, wall_ns: i128) -> Flow {
         PROTO_TCP => format!("TCP Flags: {tcp_flags}"),
         PROTO_ICMP | PROTO_ICMPV6 => icmp_summary(ev.protocol, ev.icmp_type, ev.icmp_code),
         PROTO_UDP => "UDP".to_owned(),
-        p => protocol_name(p),
+        p => protocol_name(p).into_owned(),
     };
     let verdict = match ev.verdict {
         VERDICT_FORWARDED => "FORWARDED",
@@ -250,26 +251,24 @@ fn enrich_with(st: &EnrichState, ev: &FlowEvent, wall_ns: i128) -> Flow {
     };
     let icmp = matches!(ev.protocol, PROTO_ICMP | PROTO_ICMPV6).then_some((ev.icmp_type, ev.icmp_code));
     Flow {
-        time: rfc3339_nanos(wall_ns),
+        time_ns: wall_ns,
         node_name: st.node.clone(),
-        verdict: verdict.to_owned(),
+        verdict,
         drop_reason: ev.drop_reason,
-        drop_reason_desc: drop_reason_name(if ev.verdict == VERDICT_FORWARDED { 0 } else { ev.drop_reason }).to_owned(),
-        event_type: event_type.to_owned(),
+        drop_reason_desc: drop_reason_name(if ev.verdict == VERDICT_FORWARDED { 0 } else { ev.drop_reason }),
+        event_type,
         traffic_direction: match ev.direction {
             DIR_INGRESS => "INGRESS",
             DIR_EGRESS => "EGRESS",
             _ => "TRAFFIC_DIRECTION_UNKNOWN",
-        }
-        .to_owned(),
+        },
         is_reply: reply,
         trace_reason: match ev.trace_reason {
             TRACE_NEW => "NEW",
             TRACE_ESTABLISHED => "ESTABLISHED",
             TRACE_REPLY => "REPLY",
             _ => "TRACE_REASON_UNKNOWN",
-        }
-        .to_owned(),
+        },
         ip_version: ev.family,
         source_ip: saddr.map(|a| a.to_string()).unwrap_or_default(),
         destination_ip: daddr.map(|a| a.to_string()).unwrap_or_default(),
@@ -285,7 +284,6 @@ fn enrich_with(st: &EnrichState, ev: &FlowEvent, wall_ns: i128) -> Flow {
         denied_by,
         interface: st.interfaces.get(&ev.ifindex).cloned().unwrap_or_else(|| ev.ifindex.to_string()),
         summary,
-        time_ns: wall_ns,
         event: *ev,
     }
 }

@@ -107,7 +107,11 @@ impl FlowRing {
             g.seen_flows += u64::from(is_flow);
             g.first_seq + g.entries.len() as u64
         };
-        self.next_seq.send_replace(next);
+        // The value only wakes followers (they track their own position), so skip the wake-up
+        // when nobody follows.
+        if self.next_seq.receiver_count() > 0 {
+            self.next_seq.send_replace(next);
+        }
     }
 
     /// Capacity in entries.

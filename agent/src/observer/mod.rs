@@ -313,3 +313,6 @@ pub fn lost_event(source: LostEventSource, n: u64) -> LostEvent {
     let t = timestamp(now_ns());
     LostEvent { source: source.into(), num_events_lost: n, cpu: None, first: Some(t), last: Some(t) }
 }
+
+#[cfg(test)]
+mod tests;

@@ -5,26 +5,36 @@
 use std::time::Instant;
 
 use catalyst_policy::datapath::{
-    DIR_EGRESS, DIR_INGRESS, EV_F_REPLY, EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, FLOW_EVENT_SIZE,
-    FlowEvent, PROTO_TCP, PROTO_UDP, TRACE_NEW, TRACE_REPLY, VERDICT_DROPPED, VERDICT_FORWARDED,
+    DIR_EGRESS, DIR_INGRESS, EV_F_REPLY, EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE,
+    FLOW_EVENT_SIZE, FlowEvent, PROTO_TCP, PROTO_UDP, TRACE_NEW, TRACE_REPLY, VERDICT_DROPPED,
+    VERDICT_FORWARDED,
 };
 
 use crate::{
-    flow::{EndpointMeta, EnrichState, Enricher, FlowRing, FlowSink, Pipeline, PolicyRefOut, decode_event},
+    flow::{
+        EndpointMeta, EnrichState, Enricher, FlowRing, FlowSink, Pipeline, PolicyRefOut,
+        decode_event,
+    },
     metrics::Metrics,
 };
 
 /// Enrichment state of a node with `n` endpoints, one identity each, and a policy per endpoint.
 pub fn synthetic_state(n: u32) -> EnrichState {
-    let mut st = EnrichState { node: "bench-node".into(), ..EnrichState::default() };
+    let mut st = EnrichState {
+        node: "bench-node".into(),
+        ..EnrichState::default()
+    };
     st.origins.push(Vec::new());
     for i in 0..n {
         let id = 1000 + i;
-        st.endpoints.insert(id, EndpointMeta {
-            name: format!("pod-{i}"),
-            namespace: format!("ns-{}", i % 16),
-            interface: format!("veth{i}"),
-        });
+        st.endpoints.insert(
+            id,
+            EndpointMeta {
+                name: format!("pod-{i}"),
+                namespace: format!("ns-{}", i % 16),
+                interface: format!("veth{i}"),
+            },
+        );
         st.identities.insert(
             256 + i,
             vec![
@@ -73,8 +83,18 @@ pub fn synthetic_events(count: usize, endpoints: u32) -> Vec<[u8; FLOW_EVENT_SIZ
                 src_identity: 256 + peer,
                 dst_identity: 256 + ep,
                 rule_id: ep + 1,
-                saddr: [u32::from_ne_bytes([10, 0, (peer >> 8) as u8, peer as u8]), 0, 0, 0],
-                daddr: [u32::from_ne_bytes([10, 0, (ep >> 8) as u8, ep as u8]), 0, 0, 0],
+                saddr: [
+                    u32::from_ne_bytes([10, 0, (peer >> 8) as u8, peer as u8]),
+                    0,
+                    0,
+                    0,
+                ],
+                daddr: [
+                    u32::from_ne_bytes([10, 0, (ep >> 8) as u8, ep as u8]),
+                    0,
+                    0,
+                    0,
+                ],
                 sport: 30_000 + (i % 20_000) as u16,
                 dport: [80, 443, 5432, 8080][i % 4],
                 ..FlowEvent::default()
@@ -104,7 +124,12 @@ pub fn flows(events: u64, ring: usize, json: bool) -> anyhow::Result<()> {
     std::hint::black_box(sink);
 
     // The reader's full path: decode, enrich, convert to flow.Flow, metrics, flow ring.
-    let mut pipeline = Pipeline { enricher, sink: FlowSink::None, ring: FlowRing::new(ring), metrics: Metrics::new(256) };
+    let mut pipeline = Pipeline {
+        enricher,
+        sink: FlowSink::None,
+        ring: FlowRing::new(ring),
+        metrics: Metrics::new(256),
+    };
     let start = Instant::now();
     for i in 0..n {
         pipeline.process(&input[i % input.len()]);
@@ -127,7 +152,10 @@ pub fn flows(events: u64, ring: usize, json: bool) -> anyhow::Result<()> {
         println!("flow pipeline, one core, {n} events, {ENDPOINTS} endpoints, ring {ring}:");
         println!("  decode + enrich:                         {enrich_rate:>12.0} events/s");
         println!("  decode + enrich + proto + metrics + ring: {full_rate:>12.0} events/s");
-        println!("  bar:                                     {:>12} events/s", 500_000);
+        println!(
+            "  bar:                                     {:>12} events/s",
+            500_000
+        );
     }
     Ok(())
 }

@@ -10,7 +10,10 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use crate::{
     api::{
         flow::{self as pb, EventTypeFilter, FlowFilter},
-        observer::{GetFlowsRequest, ServerStatusRequest, get_flows_response::ResponseTypes, observer_client::ObserverClient},
+        observer::{
+            GetFlowsRequest, ServerStatusRequest, get_flows_response::ResponseTypes,
+            observer_client::ObserverClient,
+        },
     },
     flow::{print, timestamp},
     observer::HEALTH_SERVICE,
@@ -35,7 +38,7 @@ pub struct ServerArgs {
 pub enum Output {
     /// `TIME [NODE]: SRC -> DST TYPE VERDICT (SUMMARY)`.
     Compact,
-    /// One protobuf-JSON GetFlows response per line.
+    /// One protobuf-JSON `GetFlows` response per line.
     Json,
     /// Alias of `json`.
     Jsonpb,
@@ -117,13 +120,13 @@ pub struct ObserveArgs {
     /// L4 protocol: tcp, udp, sctp, icmp, icmpv4, icmpv6.
     #[arg(long)]
     pub protocol: Vec<String>,
-    /// Verdict: FORWARDED, DROPPED, AUDIT, …
+    /// Verdict: `FORWARDED`, `DROPPED`, `AUDIT`, …
     #[arg(long)]
     pub verdict: Vec<String>,
     /// Event type: drop, trace, policy-verdict (optionally `:SUBTYPE`, e.g. `drop:133`).
     #[arg(long = "type", short = 't')]
     pub event_type: Vec<String>,
-    /// Drop reason name (POLICY_DENIED, POLICY_DENY, …) or number.
+    /// Drop reason name (`POLICY_DENIED`, `POLICY_DENY`, …) or number.
     #[arg(long)]
     pub drop_reason: Vec<String>,
     /// Only replies (`--reply`), or only non-replies (`--reply=false`).
@@ -141,7 +144,11 @@ pub struct ObserveArgs {
 }
 
 fn pod_name(s: &str) -> String {
-    if s.contains('/') { s.to_owned() } else { format!("default/{s}") }
+    if s.contains('/') {
+        s.to_owned()
+    } else {
+        format!("default/{s}")
+    }
 }
 
 fn enum_value(what: &str, name: &str, parse: impl Fn(&str) -> Option<i32>) -> anyhow::Result<i32> {
@@ -164,16 +171,24 @@ fn event_type(s: &str) -> anyhow::Result<EventTypeFilter> {
         "policy-verdict" => 5,
         "l7" => 129,
         "agent" => 130,
-        n => n.parse().with_context(|| format!("unknown event type `{n}`"))?,
+        n => n
+            .parse()
+            .with_context(|| format!("unknown event type `{n}`"))?,
     };
     let sub_type = match sub {
         Some(s) => Some(match s {
             "to-endpoint" => 0,
-            _ => s.parse::<i32>().with_context(|| format!("invalid sub type `{s}`"))?,
+            _ => s
+                .parse::<i32>()
+                .with_context(|| format!("invalid sub type `{s}`"))?,
         }),
         None => None,
     };
-    Ok(EventTypeFilter { r#type: ty, match_sub_type: sub_type.is_some(), sub_type: sub_type.unwrap_or(0) })
+    Ok(EventTypeFilter {
+        r#type: ty,
+        match_sub_type: sub_type.is_some(),
+        sub_type: sub_type.unwrap_or(0),
+    })
 }
 
 /// Builds the whitelist: the flags without a side go in every filter; `--pod`, `--ip`, … make
@@ -196,21 +211,36 @@ pub fn filters(a: &ObserveArgs) -> anyhow::Result<Vec<FlowFilter>> {
         ..FlowFilter::default()
     };
     for v in &a.verdict {
-        base.verdict.push(enum_value("verdict", v, |s| pb::Verdict::from_str_name(s).map(Into::into))?);
+        base.verdict.push(enum_value("verdict", v, |s| {
+            pb::Verdict::from_str_name(s).map(Into::into)
+        })?);
     }
     for d in &a.drop_reason {
-        base.drop_reason_desc.push(enum_value("drop reason", d, |s| pb::DropReason::from_str_name(s).map(Into::into))?);
+        base.drop_reason_desc
+            .push(enum_value("drop reason", d, |s| {
+                pb::DropReason::from_str_name(s).map(Into::into)
+            })?);
     }
     for d in &a.traffic_direction {
         base.traffic_direction
-            .push(enum_value("traffic direction", d, |s| pb::TrafficDirection::from_str_name(s).map(Into::into))?);
+            .push(enum_value("traffic direction", d, |s| {
+                pb::TrafficDirection::from_str_name(s).map(Into::into)
+            })?);
     }
     for t in &a.event_type {
         base.event_type.push(event_type(t)?);
     }
-    let either_pods: Vec<String> =
-        a.pod.iter().map(|p| pod_name(p)).chain(a.namespace.iter().map(|n| format!("{n}/"))).collect();
-    let either = !(either_pods.is_empty() && a.label.is_empty() && a.ip.is_empty() && a.port.is_empty() && a.identity.is_empty());
+    let either_pods: Vec<String> = a
+        .pod
+        .iter()
+        .map(|p| pod_name(p))
+        .chain(a.namespace.iter().map(|n| format!("{n}/")))
+        .collect();
+    let either = !(either_pods.is_empty()
+        && a.label.is_empty()
+        && a.ip.is_empty()
+        && a.port.is_empty()
+        && a.identity.is_empty());
     if !either {
         return Ok(vec![base]);
     }
@@ -248,9 +278,9 @@ fn parse_duration(s: &str) -> Option<Duration> {
         } else {
             match c {
                 's' => Duration::from_secs(1),
-                'm' => Duration::from_secs(60),
-                'h' => Duration::from_secs(3600),
-                'd' => Duration::from_secs(86_400),
+                'm' => Duration::from_mins(1),
+                'h' => Duration::from_hours(1),
+                'd' => Duration::from_hours(24),
                 _ => return None,
             }
         };
@@ -271,13 +301,30 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 }
 
 /// Parses RFC 3339 (`2026-11-26T03:41:30Z`, fractional seconds and `+hh:mm` offsets allowed).
+#[expect(
+    clippy::many_single_char_names,
+    reason = "date arithmetic reads best with y, m, d"
+)]
 fn parse_rfc3339(s: &str) -> Option<i128> {
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d, h, mi, se) = (n(0..4)?, n(5..7)?, n(8..10)?, n(11..13)?, n(14..16)?, n(17..19)?);
+    let (y, mo, d, h, mi, se) = (
+        n(0..4)?,
+        n(5..7)?,
+        n(8..10)?,
+        n(11..13)?,
+        n(14..16)?,
+        n(17..19)?,
+    );
     let mut rest = &s[19..];
     let mut nanos: i128 = 0;
     if let Some(frac) = rest.strip_prefix('.') {
@@ -303,12 +350,17 @@ pub fn parse_time(s: &str, now_ns: i128) -> anyhow::Result<i128> {
     if let Some(d) = parse_duration(s) {
         return Ok(now_ns - i128::try_from(d.as_nanos())?);
     }
-    parse_rfc3339(s).with_context(|| format!("invalid time `{s}`: expected RFC 3339 or a duration such as 5m"))
+    parse_rfc3339(s)
+        .with_context(|| format!("invalid time `{s}`: expected RFC 3339 or a duration such as 5m"))
 }
 
-/// The GetFlows request for the flags.
+/// The `GetFlows` request for the flags.
 pub fn request(a: &ObserveArgs) -> anyhow::Result<GetFlowsRequest> {
-    let now = i128::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos())?;
+    let now = i128::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos(),
+    )?;
     let since = a.since.as_deref().map(|s| parse_time(s, now)).transpose()?;
     let until = a.until.as_deref().map(|s| parse_time(s, now)).transpose()?;
     let (number, first) = match (a.first, a.last, a.all) {
@@ -320,10 +372,29 @@ pub fn request(a: &ObserveArgs) -> anyhow::Result<GetFlowsRequest> {
     };
     let mask = (a.output == Output::Compact).then(|| prost_types::FieldMask {
         paths: [
-            "time", "source.identity", "source.namespace", "source.pod_name", "destination.identity",
-            "destination.namespace", "destination.pod_name", "source_service", "destination_service", "l4",
-            "IP", "ethernet", "l7", "Type", "node_name", "is_reply", "event_type", "verdict", "Summary",
-            "traffic_direction", "policy_match_type", "drop_reason_desc", "trace_observation_point",
+            "time",
+            "source.identity",
+            "source.namespace",
+            "source.pod_name",
+            "destination.identity",
+            "destination.namespace",
+            "destination.pod_name",
+            "source_service",
+            "destination_service",
+            "l4",
+            "IP",
+            "ethernet",
+            "l7",
+            "Type",
+            "node_name",
+            "is_reply",
+            "event_type",
+            "verdict",
+            "Summary",
+            "traffic_direction",
+            "policy_match_type",
+            "drop_reason_desc",
+            "trace_observation_point",
         ]
         .map(str::to_owned)
         .to_vec(),
@@ -349,12 +420,20 @@ pub async fn connect(server: &str, timeout: Duration) -> anyhow::Result<Channel>
             .connect_timeout(timeout)
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let p = p.clone();
-                async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(p).await?)) }
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(p).await?,
+                    ))
+                }
             }))
             .await
             .with_context(|| format!("cannot connect to {}", path.display()));
     }
-    let uri = if server.contains("://") { server.to_owned() } else { format!("http://{server}") };
+    let uri = if server.contains("://") {
+        server.to_owned()
+    } else {
+        format!("http://{server}")
+    };
     Endpoint::try_from(uri.clone())?
         .connect_timeout(timeout)
         .connect()
@@ -368,10 +447,18 @@ pub async fn observe(a: ObserveArgs) -> anyhow::Result<()> {
     let req = request(&a)?;
     let channel = connect(&a.server.server, Duration::from_secs(a.server.timeout)).await?;
     let mut client = ObserverClient::new(channel);
-    let mut stream = client.get_flows(req).await.map_err(|s| anyhow::anyhow!("GetFlows: {}", s.message()))?.into_inner();
+    let mut stream = client
+        .get_flows(req)
+        .await
+        .map_err(|s| anyhow::anyhow!("GetFlows: {}", s.message()))?
+        .into_inner();
     let mut out = std::io::stdout().lock();
     let mut n = 0u64;
-    while let Some(resp) = stream.message().await.map_err(|s| anyhow::anyhow!("GetFlows: {}", s.message()))? {
+    while let Some(resp) = stream
+        .message()
+        .await
+        .map_err(|s| anyhow::anyhow!("GetFlows: {}", s.message()))?
+    {
         let line = match (&resp.response_types, a.output) {
             (_, Output::Json | Output::Jsonpb) => print::response_json(&resp).to_string(),
             (Some(ResponseTypes::Flow(f)), Output::Compact) => print::compact(f),
@@ -385,7 +472,9 @@ pub async fn observe(a: ObserveArgs) -> anyhow::Result<()> {
                 l.num_events_lost,
                 resp.node_name
             ),
-            (Some(ResponseTypes::NodeStatus(s)), _) => format!("NODE STATUS: {} {:?}", s.message, s.node_names),
+            (Some(ResponseTypes::NodeStatus(s)), _) => {
+                format!("NODE STATUS: {} {:?}", s.message, s.node_names)
+            }
             (None, _) => continue,
         };
         n += 1;
@@ -401,7 +490,7 @@ fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -411,16 +500,24 @@ fn thousands(n: u64) -> String {
 
 /// `catalyst-agent status`.
 pub async fn status(a: ServerArgs) -> anyhow::Result<()> {
-    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
     let timeout = Duration::from_secs(a.timeout);
     let channel = connect(&a.server, timeout).await?;
     let health = HealthClient::new(channel.clone())
-        .check(HealthCheckRequest { service: HEALTH_SERVICE.to_owned() })
+        .check(HealthCheckRequest {
+            service: HEALTH_SERVICE.to_owned(),
+        })
         .await
         .map_err(|s| anyhow::anyhow!("health check: {}", s.message()))?
         .into_inner();
     let ok = health.status == ServingStatus::Serving as i32;
-    println!("Healthcheck (via {}): {}", a.server, if ok { "Ok" } else { "Not serving" });
+    println!(
+        "Healthcheck (via {}): {}",
+        a.server,
+        if ok { "Ok" } else { "Not serving" }
+    );
     if !ok {
         bail!("{HEALTH_SERVICE} is not serving");
     }
@@ -430,13 +527,27 @@ pub async fn status(a: ServerArgs) -> anyhow::Result<()> {
         .map_err(|s| anyhow::anyhow!("ServerStatus: {}", s.message()))?
         .into_inner();
     #[expect(clippy::cast_precision_loss, reason = "a percentage for display")]
-    let pct = if s.max_flows == 0 { 0.0 } else { 100.0 * s.num_flows as f64 / s.max_flows as f64 };
-    println!("Current/Max Flows: {}/{} ({pct:.2}%)", thousands(s.num_flows), thousands(s.max_flows));
+    let pct = if s.max_flows == 0 {
+        0.0
+    } else {
+        100.0 * s.num_flows as f64 / s.max_flows as f64
+    };
+    println!(
+        "Current/Max Flows: {}/{} ({pct:.2}%)",
+        thousands(s.num_flows),
+        thousands(s.max_flows)
+    );
     println!("Flows/s: {:.2}", s.flows_rate);
     let connected = s.num_connected_nodes.unwrap_or(1);
-    println!("Connected Nodes: {connected}/{}", connected + s.num_unavailable_nodes.unwrap_or(0));
+    println!(
+        "Connected Nodes: {connected}/{}",
+        connected + s.num_unavailable_nodes.unwrap_or(0)
+    );
     println!("Seen Flows: {}", thousands(s.seen_flows));
-    println!("Uptime: {:?}", Duration::from_secs(s.uptime_ns / 1_000_000_000));
+    println!(
+        "Uptime: {:?}",
+        Duration::from_secs(s.uptime_ns / 1_000_000_000)
+    );
     println!("Version: {}", s.version);
     Ok(())
 }
@@ -453,23 +564,40 @@ mod tests {
     }
 
     fn args(v: &[&str]) -> ObserveArgs {
-        T::try_parse_from(std::iter::once("observe").chain(v.iter().copied())).expect("parses").a
+        T::try_parse_from(std::iter::once("observe").chain(v.iter().copied()))
+            .expect("parses")
+            .a
     }
 
     #[test]
     fn time_parsing() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:01Z"), Some(1_000_000_000));
-        assert_eq!(parse_rfc3339("2026-11-26T00:00:00.5+01:00"), Some((1_795_651_200 - 3600) * 1_000_000_000 + 500_000_000));
-        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(
+            parse_rfc3339("2026-11-26T00:00:00.5+01:00"),
+            Some((1_795_651_200 - 3600) * 1_000_000_000 + 500_000_000)
+        );
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_mins(90)));
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse_duration("5"), None);
-        assert_eq!(parse_time("10s", 20_000_000_000).expect("ok"), 10_000_000_000);
+        assert_eq!(
+            parse_time("10s", 20_000_000_000).expect("ok"),
+            10_000_000_000
+        );
         assert!(parse_time("yesterday", 0).is_err());
     }
 
     #[test]
     fn flags_build_hubble_like_filters() {
-        let r = request(&args(&["--pod", "shop/web", "--verdict", "dropped", "--type", "drop", "--reply=false"])).expect("ok");
+        let r = request(&args(&[
+            "--pod",
+            "shop/web",
+            "--verdict",
+            "dropped",
+            "--type",
+            "drop",
+            "--reply=false",
+        ]))
+        .expect("ok");
         assert_eq!(r.number, 20);
         assert_eq!(r.whitelist.len(), 2);
         assert_eq!(r.whitelist[0].source_pod, vec!["shop/web"]);
@@ -480,7 +608,16 @@ mod tests {
             assert_eq!(f.reply, vec![false]);
         }
         assert!(r.field_mask.is_some());
-        let r = request(&args(&["--from-pod", "client", "--to-port", "80", "-f", "-o", "json"])).expect("ok");
+        let r = request(&args(&[
+            "--from-pod",
+            "client",
+            "--to-port",
+            "80",
+            "-f",
+            "-o",
+            "json",
+        ]))
+        .expect("ok");
         assert_eq!((r.number, r.follow), (0, true));
         assert_eq!(r.whitelist.len(), 1);
         assert_eq!(r.whitelist[0].source_pod, vec!["default/client"]);

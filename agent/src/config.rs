@@ -111,7 +111,7 @@ pub struct ObserverConfig {
     /// `/var/run/catalyst/hubble.sock`.
     #[serde(default = "default_observer_socket")]
     pub unix_socket: Option<PathBuf>,
-    /// Flows kept in memory for GetFlows (entries). Default 65536.
+    /// Flows kept in memory for `GetFlows` (entries). Default 65536.
     #[serde(default = "default_ring_capacity")]
     pub ring_capacity: usize,
     /// How often the kernel's lost-event counter is checked and reported, milliseconds.
@@ -234,8 +234,7 @@ fn default_attach_mode() -> crate::datapath::AttachMode {
 }
 fn default_node() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".to_owned())
+        .map_or_else(|_| "localhost".to_owned(), |s| s.trim().to_owned())
 }
 fn default_pin_path() -> PathBuf {
     PathBuf::from("/sys/fs/bpf/catalyst")
@@ -252,9 +251,11 @@ fn default_flow_log() -> String {
 fn default_watch_interval_ms() -> u64 {
     500
 }
+#[expect(clippy::unnecessary_wraps, reason = "serde default of an optional field")]
 fn default_observer_listen() -> Option<SocketAddr> {
     Some(SocketAddr::from(([127, 0, 0, 1], 4244)))
 }
+#[expect(clippy::unnecessary_wraps, reason = "serde default of an optional field")]
 fn default_observer_socket() -> Option<PathBuf> {
     Some(PathBuf::from("/var/run/catalyst/hubble.sock"))
 }
@@ -264,6 +265,7 @@ fn default_ring_capacity() -> usize {
 fn default_lost_check_ms() -> u64 {
     1000
 }
+#[expect(clippy::unnecessary_wraps, reason = "serde default of an optional field")]
 fn default_metrics_listen() -> Option<SocketAddr> {
     Some(SocketAddr::from(([127, 0, 0, 1], 9965)))
 }
@@ -354,7 +356,7 @@ impl AgentConfig {
             }
         }
         for (i, p) in self.peers.iter().enumerate() {
-            if p.entity.is_some() == !p.labels.is_empty() {
+            if p.entity.is_some() != p.labels.is_empty() {
                 return Err(invalid(
                     format!("peers[{i}]"),
                     "exactly one of `entity` and `labels` is required".to_owned(),

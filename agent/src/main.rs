@@ -78,8 +78,8 @@ enum Command {
 
 fn init_tracing() {
     use tracing_subscriber::{EnvFilter, fmt};
-    let filter = EnvFilter::try_from_env("CATALYST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal as _;
+    let filter = EnvFilter::try_from_env("CATALYST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -131,11 +131,23 @@ impl FlowMetrics {
             seen_ports: Arc::default(),
             max_ports,
         };
-        registry.register("flows_processed", "Total number of flows processed", me.flows.clone());
+        registry.register(
+            "flows_processed",
+            "Total number of flows processed",
+            me.flows.clone(),
+        );
         registry.register("drop", "Number of drops", me.drops.clone());
-        registry.register("policy_verdicts", "Number of policy verdicts", me.policy.clone());
+        registry.register(
+            "policy_verdicts",
+            "Number of policy verdicts",
+            me.policy.clone(),
+        );
         registry.register("tcp_flags", "TCP flag occurrences", me.tcp_flags.clone());
-        registry.register("port_distribution", "Numbers of packets distributed by destination port", me.ports.clone());
+        registry.register(
+            "port_distribution",
+            "Numbers of packets distributed by destination port",
+            me.ports.clone(),
+        );
         registry.register("lost_events", "Number of lost events", me.lost.clone());
         me
     }
@@ -151,11 +163,19 @@ impl FlowMetrics {
             _ => ("Trace", print::observation_point(f.trace_observation_point)),
         };
         self.flows
-            .get_or_create(&FlowLabels { r#type: ty, subtype, verdict: verdict.as_str_name(), protocol })
+            .get_or_create(&FlowLabels {
+                r#type: ty,
+                subtype,
+                verdict: verdict.as_str_name(),
+                protocol,
+            })
             .inc();
         if verdict == pb::Verdict::Dropped {
-            let reason = u8::try_from(f.drop_reason_desc).map_or("DROP_REASON_UNKNOWN", drop_reason_name);
-            self.drops.get_or_create(&DropLabels { reason, protocol }).inc();
+            let reason =
+                u8::try_from(f.drop_reason_desc).map_or("DROP_REASON_UNKNOWN", drop_reason_name);
+            self.drops
+                .get_or_create(&DropLabels { reason, protocol })
+                .inc();
         }
         if etype == 5 {
             let direction = match pb::TrafficDirection::try_from(f.traffic_direction) {
@@ -170,7 +190,13 @@ impl FlowMetrics {
                 _ => "unknown",
             };
             let m = print::match_type_label(f.policy_match_type);
-            self.policy.get_or_create(&PolicyLabels { direction, r#match: m, action }).inc();
+            self.policy
+                .get_or_create(&PolicyLabels {
+                    direction,
+                    r#match: m,
+                    action,
+                })
+                .inc();
         }
         let family = match f.ip.as_ref().map(|i| i.ip_version) {
             Some(2) => "IPv6",
@@ -187,7 +213,9 @@ impl FlowMetrics {
                 _ => None,
             };
             if let Some(flag) = flag {
-                self.tcp_flags.get_or_create(&TcpFlagLabels { flag, family }).inc();
+                self.tcp_flags
+                    .get_or_create(&TcpFlagLabels { flag, family })
+                    .inc();
             }
         }
         // Port distribution counts new flows towards a port, not replies.
@@ -195,9 +223,12 @@ impl FlowMetrics {
             && f.is_reply != Some(true)
             && let Some(port) = print::destination_port(f)
         {
-            let key = (f.l4.as_ref().map_or(0, |l| print::proto_rank(l)), port);
+            let key = (f.l4.as_ref().map_or(0, print::proto_rank), port);
             let label = {
-                let mut seen = self.seen_ports.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut seen = self
+                    .seen_ports
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 if seen.contains(&key) || seen.len() < self.max_ports {
                     seen.insert(key);
                     port.to_string()
@@ -205,7 +236,12 @@ impl FlowMetrics {
                     "other".to_owned()
                 }
             };
-            self.ports.get_or_create(&PortLabels { protocol, port: label }).inc();
+            self.ports
+                .get_or_create(&PortLabels {
+                    protocol,
+                    port: label,
+                })
+                .inc();
         }
     }
 
@@ -242,9 +278,21 @@ impl DatapathMetrics {
             "Packets seen by the datapath, by direction, outcome and drop reason",
             me.packets.clone(),
         );
-        registry.register("datapath_events", "Datapath statistics by kind", me.stats.clone());
-        registry.register("policy_revision", "Policy revision in force in the datapath", me.revision.clone());
-        registry.register("flow_ring_flows", "Flows held in the in-memory flow ring", me.ring_flows.clone());
+        registry.register(
+            "datapath_events",
+            "Datapath statistics by kind",
+            me.stats.clone(),
+        );
+        registry.register(
+            "policy_revision",
+            "Policy revision in force in the datapath",
+            me.revision.clone(),
+        );
+        registry.register(
+            "flow_ring_flows",
+            "Flows held in the in-memory flow ring",
+            me.ring_flows.clone(),
+        );
         registry.register(
             "flow_events_malformed",
             "Ring-buffer records too short to be a flow event",
@@ -255,7 +303,10 @@ impl DatapathMetrics {
 
     /// Applies a fresh read of the counters map (summed over CPUs); counters grow by the delta.
     pub fn update_counters(&self, counters: &[u64]) {
-        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if last.len() != counters.len() {
             *last = vec![0; counters.len()];
         }
@@ -273,9 +324,17 @@ impl DatapathMetrics {
                     continue;
                 }
                 let labels = if reason == 0 {
-                    PacketLabels { direction: dname, outcome: "forwarded", reason: "" }
+                    PacketLabels {
+                        direction: dname,
+                        outcome: "forwarded",
+                        reason: "",
+                    }
                 } else {
-                    PacketLabels { direction: dname, outcome: "dropped", reason: drop_reason_name(reason as u8) }
+                    PacketLabels {
+                        direction: dname,
+                        outcome: "dropped",
+                        reason: drop_reason_name(reason as u8),
+                    }
                 };
                 self.packets.get_or_create(&labels).inc_by(d);
             }
@@ -331,7 +390,12 @@ impl Metrics {
         let mut registry = Registry::default();
         let flows = FlowMetrics::register(registry.sub_registry_with_prefix("hubble"), max_ports);
         let datapath = DatapathMetrics::register(registry.sub_registry_with_prefix("catalyst"));
-        Self { registry: Arc::new(registry), flows, datapath, processed: Arc::default() }
+        Self {
+            registry: Arc::new(registry),
+            flows,
+            datapath,
+            processed: Arc::default(),
+        }
     }
 
     /// Prometheus text exposition.
@@ -357,7 +421,10 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics) -> std::
             let m = metrics.clone();
             async move {
                 (
-                    [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
                     m.encode(),
                 )
             }

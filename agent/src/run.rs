@@ -150,7 +150,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                             }
                         }
                         enricher.replace(snap.enrich.clone());
-                        missing = snap.missing.clone();
+                        missing.clone_from(&snap.missing);
                         cfg = new_cfg;
                         policies = new_policies;
                     }

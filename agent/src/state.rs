@@ -45,6 +45,7 @@ pub struct Snapshot {
     /// Number of policies in force.
     pub policies: usize,
     /// The compiled form (kept for explanations and tests).
+    #[expect(dead_code, reason = "kept for explanations and tests")]
     pub compiled: Compiled,
 }
 

@@ -1,6 +1,7 @@
 //! Generated Hubble Observer API types (from `agent/proto/`, compiled by `build.rs`).
 
 #![allow(
+    clippy::all,
     clippy::pedantic,
     missing_docs,
     reason = "generated code from tonic-prost-build"

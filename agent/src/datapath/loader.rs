@@ -4,7 +4,6 @@
 
 use std::{
     collections::BTreeSet,
-    io,
     path::{Path, PathBuf},
 };
 
@@ -276,6 +275,7 @@ impl Datapath {
     }
 
     /// Detaches programs from interfaces that are pinned but no longer wanted.
+    #[expect(clippy::unnecessary_wraps, reason = "call sites stay the same when detaching learns to fail")]
     pub fn detach_others(&mut self, wanted: &BTreeSet<String>) -> anyhow::Result<Vec<String>> {
         let mut removed = Vec::new();
         let dir = self.pin_path.join("links");
@@ -409,7 +409,7 @@ impl MapStore for Datapath {
     }
     fn ipcache_v4(&self) -> Result<Vec<(Ipv4Net, IpcacheEntry)>, StoreError> {
         let mut out = Vec::new();
-        for item in self.ipcache4.iter() {
+        for item in &self.ipcache4 {
             let (k, v) = item.map_err(|e| err(MAP_IPCACHE_V4, "iterate", e))?;
             let net = Ipv4Net::new(k.data().into(), k.prefix_len() as u8)
                 .map_err(|e| err(MAP_IPCACHE_V4, "decode", e))?;
@@ -425,7 +425,7 @@ impl MapStore for Datapath {
     }
     fn ipcache_v6(&self) -> Result<Vec<(Ipv6Net, IpcacheEntry)>, StoreError> {
         let mut out = Vec::new();
-        for item in self.ipcache6.iter() {
+        for item in &self.ipcache6 {
             let (k, v) = item.map_err(|e| err(MAP_IPCACHE_V6, "iterate", e))?;
             let net = Ipv6Net::new(k.data().into(), k.prefix_len() as u8)
                 .map_err(|e| err(MAP_IPCACHE_V6, "decode", e))?;
@@ -441,7 +441,7 @@ impl MapStore for Datapath {
     }
     fn policy(&self) -> Result<Vec<(u32, PolicyKey, PolicyEntry)>, StoreError> {
         let mut out = Vec::new();
-        for item in self.policy.iter() {
+        for item in &self.policy {
             let (k, v) = item.map_err(|e| err(MAP_POLICY, "iterate", e))?;
             out.push((k.prefix_len(), k.data(), v));
         }

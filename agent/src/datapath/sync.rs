@@ -13,6 +13,11 @@ use catalyst_policy::datapath::DatapathConfig;
 
 use super::store::{DesiredState, MapStore, StoreError};
 
+/// A policy entry's identity in a diff: prefix length and raw key bytes.
+type PolicyId = (u32, [u8; 12]);
+/// A policy entry: prefix length, key, value.
+type PolicyRow = (u32, catalyst_policy::datapath::PolicyKey, catalyst_policy::datapath::PolicyEntry);
+
 /// What [`apply`] changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SyncReport {
@@ -58,12 +63,12 @@ pub fn apply(
     let v4 = plan(store.ipcache_v4()?, &desired.ipcache_v4);
     let v6 = plan(store.ipcache_v6()?, &desired.ipcache_v6);
     // Policy keys are unique per (prefix length, key).
-    let policy_current: Vec<((u32, [u8; 12]), (u32, _, _))> = store
+    let policy_current: Vec<(PolicyId, PolicyRow)> = store
         .policy()?
         .into_iter()
         .map(|(len, k, v)| ((len, raw(&k)), (len, k, v)))
         .collect();
-    let policy_desired: Vec<((u32, [u8; 12]), (u32, _, _))> =
+    let policy_desired: Vec<(PolicyId, PolicyRow)> =
         desired.policy.iter().map(|(len, k, v)| ((*len, raw(k)), (*len, *k, *v))).collect();
     let pol = plan(policy_current, &policy_desired);
     let eps = plan(store.endpoints()?, &desired.endpoints);

@@ -39,7 +39,13 @@ fn endpoint(r: EndpointRef) -> pb::Endpoint {
 
 fn policies(refs: Vec<PolicyRefOut>) -> Vec<pb::Policy> {
     refs.into_iter()
-        .map(|p| pb::Policy { name: p.name, namespace: p.namespace, labels: Vec::new(), revision: 0, kind: p.kind })
+        .map(|p| pb::Policy {
+            name: p.name,
+            namespace: p.namespace,
+            labels: Vec::new(),
+            revision: 0,
+            kind: p.kind,
+        })
         .collect()
 }
 
@@ -68,16 +74,29 @@ fn layer4(ev: &catalyst_policy::datapath::FlowEvent) -> Option<pb::Layer4> {
             destination_port: dport,
             flags: Some(tcp_flags(ev.tcp_flags)),
         }),
-        PROTO_UDP => Protocol::Udp(pb::Udp { source_port: sport, destination_port: dport }),
-        PROTO_SCTP => Protocol::Sctp(pb::Sctp { source_port: sport, destination_port: dport }),
-        PROTO_ICMP => Protocol::IcmPv4(pb::IcmPv4 { r#type: ev.icmp_type.into(), code: ev.icmp_code.into() }),
-        PROTO_ICMPV6 => Protocol::IcmPv6(pb::IcmPv6 { r#type: ev.icmp_type.into(), code: ev.icmp_code.into() }),
+        PROTO_UDP => Protocol::Udp(pb::Udp {
+            source_port: sport,
+            destination_port: dport,
+        }),
+        PROTO_SCTP => Protocol::Sctp(pb::Sctp {
+            source_port: sport,
+            destination_port: dport,
+        }),
+        PROTO_ICMP => Protocol::IcmPv4(pb::IcmPv4 {
+            r#type: ev.icmp_type.into(),
+            code: ev.icmp_code.into(),
+        }),
+        PROTO_ICMPV6 => Protocol::IcmPv6(pb::IcmPv6 {
+            r#type: ev.icmp_type.into(),
+            code: ev.icmp_code.into(),
+        }),
         _ => return None,
     };
     Some(pb::Layer4 { protocol: Some(p) })
 }
 
 /// Converts an enriched record (consumed: its strings move into the message).
+#[expect(clippy::too_many_lines, reason = "one assignment per flow.Flow field")]
 pub fn to_proto(flow: Flow) -> pb::Flow {
     let ev = flow.event;
     let verdict = match pb::Verdict::try_from(i32::from(ev.verdict)) {
@@ -85,16 +104,29 @@ pub fn to_proto(flow: Flow) -> pb::Flow {
         Err(_) => pb::Verdict::Unknown,
     };
     // A forwarded flow has no drop reason even when the kernel kept the would-be one.
-    let drop_reason = if ev.verdict == VERDICT_FORWARDED { 0 } else { i32::from(ev.drop_reason) };
+    let drop_reason = if ev.verdict == VERDICT_FORWARDED {
+        0
+    } else {
+        i32::from(ev.drop_reason)
+    };
     let direction = match ev.direction {
         DIR_INGRESS => pb::TrafficDirection::Ingress,
         DIR_EGRESS => pb::TrafficDirection::Egress,
         _ => pb::TrafficDirection::Unknown,
     };
     let event_type = match ev.kind {
-        EVENT_DROP => pb::CiliumEventType { r#type: 1, sub_type: drop_reason },
-        EVENT_POLICY_VERDICT => pb::CiliumEventType { r#type: 5, sub_type: 0 },
-        _ => pb::CiliumEventType { r#type: i32::from(EVENT_TRACE), sub_type: 0 },
+        EVENT_DROP => pb::CiliumEventType {
+            r#type: 1,
+            sub_type: drop_reason,
+        },
+        EVENT_POLICY_VERDICT => pb::CiliumEventType {
+            r#type: 5,
+            sub_type: 0,
+        },
+        _ => pb::CiliumEventType {
+            r#type: i32::from(EVENT_TRACE),
+            sub_type: 0,
+        },
     };
     let observation = match (ev.kind, ev.direction) {
         (EVENT_TRACE, DIR_INGRESS) => pb::TraceObservationPoint::ToEndpoint,
@@ -105,15 +137,24 @@ pub fn to_proto(flow: Flow) -> pb::Flow {
         4 | 6 => Some(pb::Ip {
             source: flow.source_ip,
             destination: flow.destination_ip,
-            ip_version: if ev.family == 4 { pb::IpVersion::IPv4 } else { pb::IpVersion::IPv6 }.into(),
+            ip_version: if ev.family == 4 {
+                pb::IpVersion::IPv4
+            } else {
+                pb::IpVersion::IPv6
+            }
+            .into(),
             encrypted: false,
             source_xlated: String::new(),
         }),
         _ => None,
     };
     let (allowed, denied) = (policies(flow.allowed_by), policies(flow.denied_by));
-    let (mut egress_allowed_by, mut ingress_allowed_by, mut egress_denied_by, mut ingress_denied_by) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (
+        mut egress_allowed_by,
+        mut ingress_allowed_by,
+        mut egress_denied_by,
+        mut ingress_denied_by,
+    ) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     if direction == pb::TrafficDirection::Ingress {
         ingress_allowed_by = allowed;
         ingress_denied_by = denied;
@@ -124,7 +165,10 @@ pub fn to_proto(flow: Flow) -> pb::Flow {
     pb::Flow {
         time: Some(timestamp(flow.time_ns)),
         uuid: String::new(),
-        emitter: Some(pb::Emitter { name: EMITTER.to_owned(), version: env!("CARGO_PKG_VERSION").to_owned() }),
+        emitter: Some(pb::Emitter {
+            name: EMITTER.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }),
         verdict: verdict.into(),
         drop_reason_desc: drop_reason,
         ethernet: None,
@@ -145,7 +189,10 @@ pub fn to_proto(flow: Flow) -> pb::Flow {
         trace_observation_point: observation.into(),
         trace_reason: i32::from(ev.trace_reason),
         is_reply: Some(flow.is_reply),
-        interface: Some(pb::NetworkInterface { index: ev.ifindex, name: flow.interface }),
+        interface: Some(pb::NetworkInterface {
+            index: ev.ifindex,
+            name: flow.interface,
+        }),
         socket_cookie: 0,
         cgroup_id: 0,
         summary: flow.summary,

@@ -24,6 +24,7 @@ pub struct EndpointMeta {
     /// Namespace.
     pub namespace: String,
     /// Host-side interface.
+    #[expect(dead_code, reason = "kept for workload enrichment; flows name the interface by ifindex")]
     pub interface: String,
 }
 

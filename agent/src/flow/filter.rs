@@ -1,4 +1,4 @@
-//! Hubble `FlowFilter` matching (specs/hubble-observer-api.md, "FlowFilter").
+//! Hubble `FlowFilter` matching (`specs/hubble-observer-api.md`, "`FlowFilter`").
 //!
 //! Within one filter every non-empty field must match (AND) and a field matches when any of its
 //! values does (OR). A request's result is: no whitelist or any whitelist filter matches, and no
@@ -58,8 +58,14 @@ impl FlowFilters {
     /// Compiles both lists.
     pub fn new(whitelist: &[FlowFilter], blacklist: &[FlowFilter]) -> Result<Self, FilterError> {
         Ok(Self {
-            whitelist: whitelist.iter().map(Compiled::new).collect::<Result<_, _>>()?,
-            blacklist: blacklist.iter().map(Compiled::new).collect::<Result<_, _>>()?,
+            whitelist: whitelist
+                .iter()
+                .map(Compiled::new)
+                .collect::<Result<_, _>>()?,
+            blacklist: blacklist
+                .iter()
+                .map(Compiled::new)
+                .collect::<Result<_, _>>()?,
         })
     }
 
@@ -139,7 +145,10 @@ fn nets(field: &'static str, values: &[String]) -> Result<Vec<IpNet>, FilterErro
         .map(|v| {
             v.parse::<IpNet>()
                 .or_else(|_| v.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| FilterError::Ip { field, value: v.clone() })
+                .map_err(|_| FilterError::Ip {
+                    field,
+                    value: v.clone(),
+                })
         })
         .collect()
 }
@@ -147,7 +156,12 @@ fn nets(field: &'static str, values: &[String]) -> Result<Vec<IpNet>, FilterErro
 fn ports(field: &'static str, values: &[String]) -> Result<Vec<u16>, FilterError> {
     values
         .iter()
-        .map(|v| v.parse::<u16>().map_err(|_| FilterError::Port { field, value: v.clone() }))
+        .map(|v| {
+            v.parse::<u16>().map_err(|_| FilterError::Port {
+                field,
+                value: v.clone(),
+            })
+        })
         .collect()
 }
 
@@ -159,8 +173,14 @@ fn names(field: &'static str, values: &[String]) -> Result<Vec<NameFilter>, Filt
                 return Err(FilterError::EmptyName(field));
             }
             Ok(match v.split_once('/') {
-                Some((ns, prefix)) => NameFilter { namespace: ns.to_owned(), prefix: prefix.to_owned() },
-                None => NameFilter { namespace: String::new(), prefix: v.clone() },
+                Some((ns, prefix)) => NameFilter {
+                    namespace: ns.to_owned(),
+                    prefix: prefix.to_owned(),
+                },
+                None => NameFilter {
+                    namespace: String::new(),
+                    prefix: v.clone(),
+                },
             })
         })
         .collect()
@@ -189,7 +209,10 @@ fn split_source(key: &str) -> (Option<String>, String) {
 
 /// Parses a Kubernetes label selector (`a=b,c!=d,e in (f,g),h notin (i),j,!k`).
 fn selector(text: &str) -> Result<Vec<Requirement>, FilterError> {
-    let err = |reason: &str| FilterError::Selector { selector: text.to_owned(), reason: reason.to_owned() };
+    let err = |reason: &str| FilterError::Selector {
+        selector: text.to_owned(),
+        reason: reason.to_owned(),
+    };
     // Split on commas outside parentheses.
     let mut parts = Vec::new();
     let (mut depth, mut start) = (0i32, 0usize);
@@ -271,7 +294,12 @@ impl Compiled {
             verdict: f.verdict.clone(),
             drop_reason_desc: f.drop_reason_desc.clone(),
             event_type: f.event_type.clone(),
-            protocol: f.protocol.iter().map(|p| protocol(p)).collect::<Result<Vec<_>, _>>()?.concat(),
+            protocol: f
+                .protocol
+                .iter()
+                .map(|p| protocol(p))
+                .collect::<Result<Vec<_>, _>>()?
+                .concat(),
             source_port: ports("source_port", &f.source_port)?,
             destination_port: ports("destination_port", &f.destination_port)?,
             reply: f.reply.clone(),
@@ -291,35 +319,67 @@ impl Compiled {
         let l4 = f.l4.as_ref().and_then(|l| l.protocol.as_ref());
         any(&self.uuid, |u| *u == f.uuid)
             && any(&self.source_ip, |n| ip_in(n, ip.map(|i| i.source.as_str())))
-            && any(&self.destination_ip, |n| ip_in(n, ip.map(|i| i.destination.as_str())))
-            && any(&self.source_pod, |n| name_match(n, src.map(|e| (&*e.namespace, &*e.pod_name))))
-            && any(&self.destination_pod, |n| name_match(n, dst.map(|e| (&*e.namespace, &*e.pod_name))))
+            && any(&self.destination_ip, |n| {
+                ip_in(n, ip.map(|i| i.destination.as_str()))
+            })
+            && any(&self.source_pod, |n| {
+                name_match(n, src.map(|e| (&*e.namespace, &*e.pod_name)))
+            })
+            && any(&self.destination_pod, |n| {
+                name_match(n, dst.map(|e| (&*e.namespace, &*e.pod_name)))
+            })
             && any(&self.source_fqdn, |q| f.source_names.iter().any(|n| n == q))
-            && any(&self.destination_fqdn, |q| f.destination_names.iter().any(|n| n == q))
-            && any(&self.source_label, |s| labels_match(s, src.map_or(&[], |e| &e.labels)))
-            && any(&self.destination_label, |s| labels_match(s, dst.map_or(&[], |e| &e.labels)))
+            && any(&self.destination_fqdn, |q| {
+                f.destination_names.iter().any(|n| n == q)
+            })
+            && any(&self.source_label, |s| {
+                labels_match(s, src.map_or(&[], |e| &e.labels))
+            })
+            && any(&self.destination_label, |s| {
+                labels_match(s, dst.map_or(&[], |e| &e.labels))
+            })
             && any(&self.source_service, |n| {
-                name_match(n, f.source_service.as_ref().map(|s| (&*s.namespace, &*s.name)))
+                name_match(
+                    n,
+                    f.source_service.as_ref().map(|s| (&*s.namespace, &*s.name)),
+                )
             })
             && any(&self.destination_service, |n| {
-                name_match(n, f.destination_service.as_ref().map(|s| (&*s.namespace, &*s.name)))
+                name_match(
+                    n,
+                    f.destination_service
+                        .as_ref()
+                        .map(|s| (&*s.namespace, &*s.name)),
+                )
             })
             && any(&self.source_workload, |w| workload_match(w, src))
             && any(&self.destination_workload, |w| workload_match(w, dst))
             && any(&self.traffic_direction, |d| *d == f.traffic_direction)
             && any(&self.verdict, |v| *v == f.verdict)
             && any(&self.drop_reason_desc, |d| *d == f.drop_reason_desc)
-            && any(&self.event_type, |t| event_type_match(t, f.event_type.as_ref()))
+            && any(&self.event_type, |t| {
+                event_type_match(t, f.event_type.as_ref())
+            })
             && any(&self.protocol, |p| Some(*p) == l4.map(proto_of))
-            && any(&self.source_port, |p| Some(*p) == l4.and_then(|l| ports_of(l).map(|x| x.0)))
-            && any(&self.destination_port, |p| Some(*p) == l4.and_then(|l| ports_of(l).map(|x| x.1)))
+            && any(&self.source_port, |p| {
+                Some(*p) == l4.and_then(|l| ports_of(l).map(|x| x.0))
+            })
+            && any(&self.destination_port, |p| {
+                Some(*p) == l4.and_then(|l| ports_of(l).map(|x| x.1))
+            })
             && any(&self.reply, |r| reply_match(*r, f))
-            && any(&self.source_identity, |i| Some(*i) == src.map(|e| e.identity))
-            && any(&self.destination_identity, |i| Some(*i) == dst.map(|e| e.identity))
+            && any(&self.source_identity, |i| {
+                Some(*i) == src.map(|e| e.identity)
+            })
+            && any(&self.destination_identity, |i| {
+                Some(*i) == dst.map(|e| e.identity)
+            })
             && any(&self.tcp_flags, |t| tcp_flags_match(t, l4))
             && any(&self.node_name, |p| glob(p, &f.node_name))
             && any(&self.ip_version, |v| Some(*v) == ip.map(|i| i.ip_version))
-            && any(&self.interface, |i| interface_match(i, f.interface.as_ref()))
+            && any(&self.interface, |i| {
+                interface_match(i, f.interface.as_ref())
+            })
     }
 }
 
@@ -329,11 +389,14 @@ fn any<T>(values: &[T], pred: impl FnMut(&T) -> bool) -> bool {
 }
 
 fn ip_in(net: &IpNet, addr: Option<&str>) -> bool {
-    addr.and_then(|a| a.parse::<IpAddr>().ok()).is_some_and(|a| net.contains(&a))
+    addr.and_then(|a| a.parse::<IpAddr>().ok())
+        .is_some_and(|a| net.contains(&a))
 }
 
 fn name_match(f: &NameFilter, actual: Option<(&str, &str)>) -> bool {
-    let Some((ns, name)) = actual else { return false };
+    let Some((ns, name)) = actual else {
+        return false;
+    };
     if name.is_empty() {
         return false;
     }
@@ -383,8 +446,12 @@ fn reply_match(want: bool, f: &Flow) -> bool {
 }
 
 fn tcp_flags_match(want: &pb::TcpFlags, l4: Option<&pb::layer4::Protocol>) -> bool {
-    let Some(pb::layer4::Protocol::Tcp(t)) = l4 else { return false };
-    let Some(have) = t.flags.as_ref() else { return false };
+    let Some(pb::layer4::Protocol::Tcp(t)) = l4 else {
+        return false;
+    };
+    let Some(have) = t.flags.as_ref() else {
+        return false;
+    };
     let pairs = [
         (want.fin, have.fin),
         (want.syn, have.syn),
@@ -400,7 +467,9 @@ fn tcp_flags_match(want: &pb::TcpFlags, l4: Option<&pb::layer4::Protocol>) -> bo
 }
 
 fn interface_match(want: &pb::NetworkInterface, have: Option<&pb::NetworkInterface>) -> bool {
-    have.is_some_and(|h| (want.index == 0 || want.index == h.index) && (want.name.is_empty() || want.name == h.name))
+    have.is_some_and(|h| {
+        (want.index == 0 || want.index == h.index) && (want.name.is_empty() || want.name == h.name)
+    })
 }
 
 /// Labels are `source:key=value` (or `source:key` for a label without value).
@@ -469,13 +538,19 @@ mod tests {
                 protocol: Some(Protocol::Tcp(pb::Tcp {
                     source_port: 40000,
                     destination_port: 5432,
-                    flags: Some(pb::TcpFlags { syn: true, ..pb::TcpFlags::default() }),
+                    flags: Some(pb::TcpFlags {
+                        syn: true,
+                        ..pb::TcpFlags::default()
+                    }),
                 })),
             }),
             source: Some(pb::Endpoint {
                 identity: 300,
                 namespace: "shop".into(),
-                labels: vec!["k8s:app=client".into(), "k8s:io.kubernetes.pod.namespace=shop".into()],
+                labels: vec![
+                    "k8s:app=client".into(),
+                    "k8s:io.kubernetes.pod.namespace=shop".into(),
+                ],
                 pod_name: "client".into(),
                 ..pb::Endpoint::default()
             }),
@@ -484,14 +559,23 @@ mod tests {
                 namespace: "shop".into(),
                 labels: vec!["k8s:app=db".into(), "k8s:tier=data".into()],
                 pod_name: "db-0".into(),
-                workloads: vec![pb::Workload { name: "db".into(), kind: "StatefulSet".into() }],
+                workloads: vec![pb::Workload {
+                    name: "db".into(),
+                    kind: "StatefulSet".into(),
+                }],
                 ..pb::Endpoint::default()
             }),
             node_name: "lab-node".into(),
-            event_type: Some(pb::CiliumEventType { r#type: 1, sub_type: 181 }),
+            event_type: Some(pb::CiliumEventType {
+                r#type: 1,
+                sub_type: 181,
+            }),
             traffic_direction: pb::TrafficDirection::Egress.into(),
             is_reply: Some(false),
-            interface: Some(pb::NetworkInterface { index: 7, name: "cat-client".into() }),
+            interface: Some(pb::NetworkInterface {
+                index: 7,
+                name: "cat-client".into(),
+            }),
             ..Flow::default()
         }
     }
@@ -505,11 +589,23 @@ mod tests {
                 ip_version: pb::IpVersion::IPv6.into(),
                 ..pb::Ip::default()
             }),
-            l4: Some(pb::Layer4 { protocol: Some(Protocol::IcmPv6(pb::IcmPv6 { r#type: 129, code: 0 })) }),
-            source: Some(pb::Endpoint { identity: 2, labels: vec!["reserved:world".into()], ..pb::Endpoint::default() }),
+            l4: Some(pb::Layer4 {
+                protocol: Some(Protocol::IcmPv6(pb::IcmPv6 {
+                    r#type: 129,
+                    code: 0,
+                })),
+            }),
+            source: Some(pb::Endpoint {
+                identity: 2,
+                labels: vec!["reserved:world".into()],
+                ..pb::Endpoint::default()
+            }),
             destination: Some(pb::Endpoint::default()),
             node_name: "other-node".into(),
-            event_type: Some(pb::CiliumEventType { r#type: 4, sub_type: 0 }),
+            event_type: Some(pb::CiliumEventType {
+                r#type: 4,
+                sub_type: 0,
+            }),
             traffic_direction: pb::TrafficDirection::Ingress.into(),
             is_reply: Some(true),
             ..Flow::default()
@@ -525,86 +621,476 @@ mod tests {
     }
 
     #[test]
+    #[expect(clippy::too_many_lines, reason = "the table is the spec")]
     fn each_field_matches_per_the_spec_table() {
         // (name, filter, matches sample(), matches world_reply())
         let cases: Vec<(&str, FlowFilter, bool, bool)> = vec![
             ("empty filter", f(), true, true),
-            ("uuid", FlowFilter { uuid: s(&["u-1"]), ..f() }, true, false),
-            ("source ip exact", FlowFilter { source_ip: s(&["10.244.0.10"]), ..f() }, true, false),
-            ("source ip cidr", FlowFilter { source_ip: s(&["10.244.0.0/16"]), ..f() }, true, false),
-            ("source ip OR", FlowFilter { source_ip: s(&["1.1.1.1", "198.51.100.0/24"]), ..f() }, false, true),
-            ("destination ip v6 cidr", FlowFilter { destination_ip: s(&["fd00::/8"]), ..f() }, false, true),
-            ("pod ns/prefix", FlowFilter { destination_pod: s(&["shop/db"]), ..f() }, true, false),
-            ("pod ns/ only", FlowFilter { source_pod: s(&["shop/"]), ..f() }, true, false),
-            ("pod other ns", FlowFilter { source_pod: s(&["other/client"]), ..f() }, false, false),
-            ("pod no ns means empty ns", FlowFilter { source_pod: s(&["client"]), ..f() }, false, false),
-            ("pod prefix not suffix", FlowFilter { destination_pod: s(&["shop/b"]), ..f() }, false, false),
-            ("fqdn never set", FlowFilter { source_fqdn: s(&["example.com"]), ..f() }, false, false),
-            ("label k8s:app", FlowFilter { source_label: s(&["k8s:app=client"]), ..f() }, true, false),
-            ("label any source", FlowFilter { source_label: s(&["app=client"]), ..f() }, true, false),
-            ("label wrong source", FlowFilter { source_label: s(&["reserved:app=client"]), ..f() }, false, false),
-            ("label exists", FlowFilter { destination_label: s(&["tier"]), ..f() }, true, false),
-            ("label not exists", FlowFilter { destination_label: s(&["!tier"]), ..f() }, false, true),
-            ("label in", FlowFilter { destination_label: s(&["app in (web, db)"]), ..f() }, true, false),
-            ("label notin", FlowFilter { destination_label: s(&["app notin (db)"]), ..f() }, false, true),
-            ("label !=", FlowFilter { destination_label: s(&["app!=web"]), ..f() }, true, true),
-            ("label AND in selector", FlowFilter { destination_label: s(&["app=db,tier=web"]), ..f() }, false, false),
-            ("label reserved:world", FlowFilter { source_label: s(&["reserved:world"]), ..f() }, false, true),
-            ("service never set", FlowFilter { destination_service: s(&["shop/db"]), ..f() }, false, false),
+            (
+                "uuid",
+                FlowFilter {
+                    uuid: s(&["u-1"]),
+                    ..f()
+                },
+                true,
+                false,
+            ),
+            (
+                "source ip exact",
+                FlowFilter {
+                    source_ip: s(&["10.244.0.10"]),
+                    ..f()
+                },
+                true,
+                false,
+            ),
+            (
+                "source ip cidr",
+                FlowFilter {
+                    source_ip: s(&["10.244.0.0/16"]),
+                    ..f()
+                },
+                true,
+                false,
+            ),
+            (
+                "source ip OR",
+                FlowFilter {
+                    source_ip: s(&["1.1.1.1", "198.51.100.0/24"]),
+                    ..f()
+                },
+                false,
+                true,
+            ),
+            (
+                "destination ip v6 cidr",
+                FlowFilter {
+                    destination_ip: s(&["fd00::/8"]),
+                    ..f()
+                },
+                false,
+                true,
+            ),
+            (
+                "pod ns/prefix",
+                FlowFilter {
+                    destination_pod: s(&["shop/db"]),
+                    ..f()
+                },
+                true,
+                false,
+            ),
+            (
+                "pod ns/ only",
+                FlowFilter {
+                    source_pod: s(&["shop/"]),
+                    ..f()
+                },
+                true,
+                false,
+            ),
+            (
+                "pod other ns",
+                FlowFilter {
+                    source_pod: s(&["other/client"]),
+                    ..f()
+                },
+                false,
+                false,
+            ),
+            (
+                "pod no ns means empty ns",
+                FlowFilter {
+                    source_pod: s(&["client"]),
+                    ..f()
+                },
+                false,
+                false,
+            ),
+            (
+                "pod prefix not suffix",
+                FlowFilter {
+                    destination_pod: s(&["shop/b"]),
+                    ..f()
+                },
+                false,
+                false,
+            ),
+            (
+                "fqdn never set",
+                FlowFilter {
+                    source_fqdn: s(&["example.com"]),
+                    ..f()
+                },
+                false,
+                false,
+            ),
+            (
+                "label k8s:app",
+                FlowFilter {
+                    source_label: s(&["k8s:app=client"]),
+                    ..f()
+                },
+                true,
+                false,
+            ),
+            (
+                "label any source",
+                FlowFilter {
+                    source_label: s(&["app=client"]),
+                    ..f()
+                },
+                true,
+                false,
+            ),
+            (
+                "label wrong source",
+                FlowFilter {
+                    source_label: s(&["reserved:app=client"]),
+                    ..f()
+                },
+                false,
+                false,
+            ),
+            (
+                "label exists",
+                FlowFilter {
+                    destination_label: s(&["tier"]),
+                    ..f()
+                },
+                true,
+                false,
+            ),
+            (
+                "label not exists",
+                FlowFilter {
+                    destination_label: s(&["!tier"]),
+                    ..f()
+                },
+                false,
+                true,
+            ),
+            (
+                "label in",
+                FlowFilter {
+                    destination_label: s(&["app in (web, db)"]),
+                    ..f()
+                },
+                true,
+                false,
+            ),
+            (
+                "label notin",
+                FlowFilter {
+                    destination_label: s(&["app notin (db)"]),
+                    ..f()
+                },
+                false,
+                true,
+            ),
+            (
+                "label !=",
+                FlowFilter {
+                    destination_label: s(&["app!=web"]),
+                    ..f()
+                },
+                true,
+                true,
+            ),
+            (
+                "label AND in selector",
+                FlowFilter {
+                    destination_label: s(&["app=db,tier=web"]),
+                    ..f()
+                },
+                false,
+                false,
+            ),
+            (
+                "label reserved:world",
+                FlowFilter {
+                    source_label: s(&["reserved:world"]),
+                    ..f()
+                },
+                false,
+                true,
+            ),
+            (
+                "service never set",
+                FlowFilter {
+                    destination_service: s(&["shop/db"]),
+                    ..f()
+                },
+                false,
+                false,
+            ),
             (
                 "workload name+kind",
-                FlowFilter { destination_workload: vec![pb::Workload { name: "db".into(), kind: "StatefulSet".into() }], ..f() },
+                FlowFilter {
+                    destination_workload: vec![pb::Workload {
+                        name: "db".into(),
+                        kind: "StatefulSet".into(),
+                    }],
+                    ..f()
+                },
                 true,
                 false,
             ),
             (
                 "workload kind only",
-                FlowFilter { destination_workload: vec![pb::Workload { name: String::new(), kind: "Deployment".into() }], ..f() },
+                FlowFilter {
+                    destination_workload: vec![pb::Workload {
+                        name: String::new(),
+                        kind: "Deployment".into(),
+                    }],
+                    ..f()
+                },
                 false,
                 false,
             ),
-            ("direction", FlowFilter { traffic_direction: vec![pb::TrafficDirection::Ingress.into()], ..f() }, false, true),
-            ("verdict", FlowFilter { verdict: vec![pb::Verdict::Dropped.into()], ..f() }, true, false),
+            (
+                "direction",
+                FlowFilter {
+                    traffic_direction: vec![pb::TrafficDirection::Ingress.into()],
+                    ..f()
+                },
+                false,
+                true,
+            ),
+            (
+                "verdict",
+                FlowFilter {
+                    verdict: vec![pb::Verdict::Dropped.into()],
+                    ..f()
+                },
+                true,
+                false,
+            ),
             (
                 "verdict OR",
-                FlowFilter { verdict: vec![pb::Verdict::Dropped.into(), pb::Verdict::Forwarded.into()], ..f() },
+                FlowFilter {
+                    verdict: vec![pb::Verdict::Dropped.into(), pb::Verdict::Forwarded.into()],
+                    ..f()
+                },
                 true,
                 true,
             ),
-            ("drop reason", FlowFilter { drop_reason_desc: vec![pb::DropReason::PolicyDeny.into()], ..f() }, true, false),
-            ("drop reason other", FlowFilter { drop_reason_desc: vec![pb::DropReason::PolicyDenied.into()], ..f() }, false, false),
-            ("event type", FlowFilter { event_type: vec![pb::EventTypeFilter { r#type: 1, ..Default::default() }], ..f() }, true, false),
+            (
+                "drop reason",
+                FlowFilter {
+                    drop_reason_desc: vec![pb::DropReason::PolicyDeny.into()],
+                    ..f()
+                },
+                true,
+                false,
+            ),
+            (
+                "drop reason other",
+                FlowFilter {
+                    drop_reason_desc: vec![pb::DropReason::PolicyDenied.into()],
+                    ..f()
+                },
+                false,
+                false,
+            ),
+            (
+                "event type",
+                FlowFilter {
+                    event_type: vec![pb::EventTypeFilter {
+                        r#type: 1,
+                        ..Default::default()
+                    }],
+                    ..f()
+                },
+                true,
+                false,
+            ),
             (
                 "event sub type",
-                FlowFilter { event_type: vec![pb::EventTypeFilter { r#type: 1, match_sub_type: true, sub_type: 133 }], ..f() },
+                FlowFilter {
+                    event_type: vec![pb::EventTypeFilter {
+                        r#type: 1,
+                        match_sub_type: true,
+                        sub_type: 133,
+                    }],
+                    ..f()
+                },
                 false,
                 false,
             ),
-            ("protocol tcp any case", FlowFilter { protocol: s(&["TCP"]), ..f() }, true, false),
-            ("protocol icmp is both", FlowFilter { protocol: s(&["icmp"]), ..f() }, false, true),
-            ("protocol icmpv4", FlowFilter { protocol: s(&["icmpv4"]), ..f() }, false, false),
-            ("source port", FlowFilter { source_port: s(&["40000"]), ..f() }, true, false),
-            ("destination port", FlowFilter { destination_port: s(&["5432", "80"]), ..f() }, true, false),
-            ("reply false", FlowFilter { reply: vec![false], ..f() }, true, false),
-            ("reply true", FlowFilter { reply: vec![true], ..f() }, false, true),
-            ("source identity", FlowFilter { source_identity: vec![2], ..f() }, false, true),
-            ("destination identity", FlowFilter { destination_identity: vec![302], ..f() }, true, false),
-            ("tcp flags subset", FlowFilter { tcp_flags: vec![pb::TcpFlags { syn: true, ..Default::default() }], ..f() }, true, false),
+            (
+                "protocol tcp any case",
+                FlowFilter {
+                    protocol: s(&["TCP"]),
+                    ..f()
+                },
+                true,
+                false,
+            ),
+            (
+                "protocol icmp is both",
+                FlowFilter {
+                    protocol: s(&["icmp"]),
+                    ..f()
+                },
+                false,
+                true,
+            ),
+            (
+                "protocol icmpv4",
+                FlowFilter {
+                    protocol: s(&["icmpv4"]),
+                    ..f()
+                },
+                false,
+                false,
+            ),
+            (
+                "source port",
+                FlowFilter {
+                    source_port: s(&["40000"]),
+                    ..f()
+                },
+                true,
+                false,
+            ),
+            (
+                "destination port",
+                FlowFilter {
+                    destination_port: s(&["5432", "80"]),
+                    ..f()
+                },
+                true,
+                false,
+            ),
+            (
+                "reply false",
+                FlowFilter {
+                    reply: vec![false],
+                    ..f()
+                },
+                true,
+                false,
+            ),
+            (
+                "reply true",
+                FlowFilter {
+                    reply: vec![true],
+                    ..f()
+                },
+                false,
+                true,
+            ),
+            (
+                "source identity",
+                FlowFilter {
+                    source_identity: vec![2],
+                    ..f()
+                },
+                false,
+                true,
+            ),
+            (
+                "destination identity",
+                FlowFilter {
+                    destination_identity: vec![302],
+                    ..f()
+                },
+                true,
+                false,
+            ),
+            (
+                "tcp flags subset",
+                FlowFilter {
+                    tcp_flags: vec![pb::TcpFlags {
+                        syn: true,
+                        ..Default::default()
+                    }],
+                    ..f()
+                },
+                true,
+                false,
+            ),
             (
                 "tcp flags all required",
-                FlowFilter { tcp_flags: vec![pb::TcpFlags { syn: true, ack: true, ..Default::default() }], ..f() },
+                FlowFilter {
+                    tcp_flags: vec![pb::TcpFlags {
+                        syn: true,
+                        ack: true,
+                        ..Default::default()
+                    }],
+                    ..f()
+                },
                 false,
                 false,
             ),
-            ("node exact", FlowFilter { node_name: s(&["lab-node"]), ..f() }, true, false),
-            ("node glob", FlowFilter { node_name: s(&["*-node"]), ..f() }, true, true),
-            ("node glob middle", FlowFilter { node_name: s(&["o*r-n*"]), ..f() }, false, true),
-            ("ip version", FlowFilter { ip_version: vec![pb::IpVersion::IPv6.into()], ..f() }, false, true),
-            ("interface index", FlowFilter { interface: vec![pb::NetworkInterface { index: 7, name: String::new() }], ..f() }, true, false),
-            ("interface name", FlowFilter { interface: vec![pb::NetworkInterface { index: 0, name: "cat-web".into() }], ..f() }, false, false),
+            (
+                "node exact",
+                FlowFilter {
+                    node_name: s(&["lab-node"]),
+                    ..f()
+                },
+                true,
+                false,
+            ),
+            (
+                "node glob",
+                FlowFilter {
+                    node_name: s(&["*-node"]),
+                    ..f()
+                },
+                true,
+                true,
+            ),
+            (
+                "node glob middle",
+                FlowFilter {
+                    node_name: s(&["o*r-n*"]),
+                    ..f()
+                },
+                false,
+                true,
+            ),
+            (
+                "ip version",
+                FlowFilter {
+                    ip_version: vec![pb::IpVersion::IPv6.into()],
+                    ..f()
+                },
+                false,
+                true,
+            ),
+            (
+                "interface index",
+                FlowFilter {
+                    interface: vec![pb::NetworkInterface {
+                        index: 7,
+                        name: String::new(),
+                    }],
+                    ..f()
+                },
+                true,
+                false,
+            ),
+            (
+                "interface name",
+                FlowFilter {
+                    interface: vec![pb::NetworkInterface {
+                        index: 0,
+                        name: "cat-web".into(),
+                    }],
+                    ..f()
+                },
+                false,
+                false,
+            ),
             (
                 "fields are ANDed",
-                FlowFilter { source_pod: s(&["shop/client"]), verdict: vec![pb::Verdict::Forwarded.into()], ..f() },
+                FlowFilter {
+                    source_pod: s(&["shop/client"]),
+                    verdict: vec![pb::Verdict::Forwarded.into()],
+                    ..f()
+                },
                 false,
                 false,
             ),
@@ -619,17 +1105,23 @@ mod tests {
 
     #[test]
     fn whitelist_and_blacklist_combine() {
-        let drops = FlowFilter { verdict: vec![pb::Verdict::Dropped.into()], ..f() };
-        let v6 = FlowFilter { ip_version: vec![pb::IpVersion::IPv6.into()], ..f() };
+        let drops = FlowFilter {
+            verdict: vec![pb::Verdict::Dropped.into()],
+            ..f()
+        };
+        let v6 = FlowFilter {
+            ip_version: vec![pb::IpVersion::IPv6.into()],
+            ..f()
+        };
         let (a, b) = (sample(), world_reply());
         let only = |w: &[FlowFilter], bl: &[FlowFilter]| {
             let ff = FlowFilters::new(w, bl).expect("compiles");
             (ff.matches(&a), ff.matches(&b))
         };
         assert_eq!(only(&[], &[]), (true, true));
-        assert_eq!(only(&[drops.clone()], &[]), (true, false));
+        assert_eq!(only(std::slice::from_ref(&drops), &[]), (true, false));
         assert_eq!(only(&[drops.clone(), v6.clone()], &[]), (true, true));
-        assert_eq!(only(&[], &[drops.clone()]), (false, true));
+        assert_eq!(only(&[], std::slice::from_ref(&drops)), (false, true));
         assert_eq!(only(&[drops.clone(), v6], &[drops]), (false, true));
     }
 
@@ -637,7 +1129,11 @@ mod tests {
     fn unknown_reply_counts_as_false_only_when_dropped() {
         let mut a = sample();
         a.is_reply = None;
-        let not_reply = Compiled::new(&FlowFilter { reply: vec![false], ..f() }).expect("compiles");
+        let not_reply = Compiled::new(&FlowFilter {
+            reply: vec![false],
+            ..f()
+        })
+        .expect("compiles");
         assert!(not_reply.matches(&a));
         a.verdict = pb::Verdict::Forwarded.into();
         assert!(!not_reply.matches(&a));
@@ -647,21 +1143,51 @@ mod tests {
     fn bad_filters_are_rejected_with_the_offending_value() {
         let cases: Vec<(FlowFilter, FilterError)> = vec![
             (
-                FlowFilter { source_ip: s(&["10.0.0.300"]), ..f() },
-                FilterError::Ip { field: "source_ip", value: "10.0.0.300".into() },
+                FlowFilter {
+                    source_ip: s(&["10.0.0.300"]),
+                    ..f()
+                },
+                FilterError::Ip {
+                    field: "source_ip",
+                    value: "10.0.0.300".into(),
+                },
             ),
             (
-                FlowFilter { destination_port: s(&["http"]), ..f() },
-                FilterError::Port { field: "destination_port", value: "http".into() },
+                FlowFilter {
+                    destination_port: s(&["http"]),
+                    ..f()
+                },
+                FilterError::Port {
+                    field: "destination_port",
+                    value: "http".into(),
+                },
             ),
-            (FlowFilter { protocol: s(&["gre"]), ..f() }, FilterError::Protocol("gre".into())),
-            (FlowFilter { source_pod: s(&[""]), ..f() }, FilterError::EmptyName("source_pod")),
+            (
+                FlowFilter {
+                    protocol: s(&["gre"]),
+                    ..f()
+                },
+                FilterError::Protocol("gre".into()),
+            ),
+            (
+                FlowFilter {
+                    source_pod: s(&[""]),
+                    ..f()
+                },
+                FilterError::EmptyName("source_pod"),
+            ),
         ];
         for (filter, want) in cases {
             assert_eq!(FlowFilters::new(&[filter], &[]).unwrap_err(), want);
         }
         assert!(matches!(
-            FlowFilters::new(&[FlowFilter { source_label: s(&["app in (a"]), ..f() }], &[]),
+            FlowFilters::new(
+                &[FlowFilter {
+                    source_label: s(&["app in (a"]),
+                    ..f()
+                }],
+                &[]
+            ),
             Err(FilterError::Selector { .. })
         ));
     }

@@ -154,8 +154,12 @@ fn side(ip: &str, port: Option<u32>, ep: Option<&pb::Endpoint>) -> String {
 
 /// `Nov 26 03:41:30.123` (UTC), Hubble's compact time format.
 pub fn compact_time(ts: Option<&prost_types::Timestamp>) -> String {
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    let Some(ts) = ts else { return "N/A".to_owned() };
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let Some(ts) = ts else {
+        return "N/A".to_owned();
+    };
     let s = rfc3339_nanos(super::convert::timestamp_ns(ts));
     // s = YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ
     let month = s[5..7].parse::<usize>().unwrap_or(1).clamp(1, 12);
@@ -164,11 +168,23 @@ pub fn compact_time(ts: Option<&prost_types::Timestamp>) -> String {
 }
 
 /// `TIME [NODE]: SRC -> DST TYPE VERDICT (SUMMARY)`.
+#[expect(
+    clippy::many_single_char_names,
+    reason = "a and b are the two sides of the line"
+)]
 pub fn compact(f: &Flow) -> String {
     let ip = f.ip.as_ref();
     let p = ports(f);
-    let mut a = side(ip.map_or("", |i| &i.source), p.map(|x| x.0), f.source.as_ref());
-    let mut b = side(ip.map_or("", |i| &i.destination), p.map(|x| x.1), f.destination.as_ref());
+    let mut a = side(
+        ip.map_or("", |i| &i.source),
+        p.map(|x| x.0),
+        f.source.as_ref(),
+    );
+    let mut b = side(
+        ip.map_or("", |i| &i.destination),
+        p.map(|x| x.1),
+        f.destination.as_ref(),
+    );
     let arrow = match f.is_reply {
         None => "<>",
         Some(true) => {
@@ -189,16 +205,30 @@ pub fn compact(f: &Flow) -> String {
                 pb::Verdict::Audit => format!("AUDITED ({})", drop_reason_text(f.drop_reason_desc)),
                 v => v.as_str_name().to_owned(),
             };
-            format!("policy-verdict:{} {direction} {v}", match_type_name(f.policy_match_type))
+            format!(
+                "policy-verdict:{} {direction} {v}",
+                match_type_name(f.policy_match_type)
+            )
         }
         1 => format!("{} DROPPED", drop_reason_text(f.drop_reason_desc)),
-        _ => format!("{} {}", observation_point(f.trace_observation_point), verdict.as_str_name()),
+        _ => format!(
+            "{} {}",
+            observation_point(f.trace_observation_point),
+            verdict.as_str_name()
+        ),
     };
-    format!("{} [{}]: {a} {arrow} {b} {kind} ({})", compact_time(f.time.as_ref()), f.node_name, f.summary)
+    format!(
+        "{} [{}]: {a} {arrow} {b} {kind} ({})",
+        compact_time(f.time.as_ref()),
+        f.node_name,
+        f.summary
+    )
 }
 
 fn ts_json(ts: Option<&prost_types::Timestamp>) -> Value {
-    ts.map_or(Value::Null, |t| Value::String(rfc3339_nanos(super::convert::timestamp_ns(t))))
+    ts.map_or(Value::Null, |t| {
+        Value::String(rfc3339_nanos(super::convert::timestamp_ns(t)))
+    })
 }
 
 /// Inserts `v` unless it is the proto3 default (protojson omits defaults).
@@ -234,7 +264,12 @@ fn endpoint_json(e: &pb::Endpoint) -> Value {
         ("pod_name", json!(e.pod_name)),
         (
             "workloads",
-            Value::Array(e.workloads.iter().map(|w| obj(vec![("name", json!(w.name)), ("kind", json!(w.kind))])).collect()),
+            Value::Array(
+                e.workloads
+                    .iter()
+                    .map(|w| obj(vec![("name", json!(w.name)), ("kind", json!(w.kind))]))
+                    .collect(),
+            ),
         ),
     ])
 }
@@ -281,8 +316,12 @@ fn l4_json(l: &pb::Layer4) -> Value {
         }
         Some(P::Udp(u)) => json!({ "UDP": obj(ports(u.source_port, u.destination_port)) }),
         Some(P::Sctp(s)) => json!({ "SCTP": obj(ports(s.source_port, s.destination_port)) }),
-        Some(P::IcmPv4(i)) => json!({ "ICMPv4": obj(vec![("type", json!(i.r#type)), ("code", json!(i.code))]) }),
-        Some(P::IcmPv6(i)) => json!({ "ICMPv6": obj(vec![("type", json!(i.r#type)), ("code", json!(i.code))]) }),
+        Some(P::IcmPv4(i)) => {
+            json!({ "ICMPv4": obj(vec![("type", json!(i.r#type)), ("code", json!(i.code))]) })
+        }
+        Some(P::IcmPv6(i)) => {
+            json!({ "ICMPv6": obj(vec![("type", json!(i.r#type)), ("code", json!(i.code))]) })
+        }
         None => json!({}),
     }
 }
@@ -300,10 +339,16 @@ pub fn flow_json(f: &Flow) -> Value {
         ("time", ts_json(f.time.as_ref())),
         ("uuid", json!(f.uuid)),
         ("verdict", enum_name(f.verdict, pb::Verdict::as_str_name)),
-        ("drop_reason_desc", enum_name(f.drop_reason_desc, pb::DropReason::as_str_name)),
+        (
+            "drop_reason_desc",
+            enum_name(f.drop_reason_desc, pb::DropReason::as_str_name),
+        ),
     ];
     if let Some(e) = &f.emitter {
-        v.push(("emitter", obj(vec![("name", json!(e.name)), ("version", json!(e.version))])));
+        v.push((
+            "emitter",
+            obj(vec![("name", json!(e.name)), ("version", json!(e.version))]),
+        ));
     }
     if let Some(ip) = &f.ip {
         v.push((
@@ -311,7 +356,10 @@ pub fn flow_json(f: &Flow) -> Value {
             obj(vec![
                 ("source", json!(ip.source)),
                 ("destination", json!(ip.destination)),
-                ("ipVersion", enum_name(ip.ip_version, pb::IpVersion::as_str_name)),
+                (
+                    "ipVersion",
+                    enum_name(ip.ip_version, pb::IpVersion::as_str_name),
+                ),
                 ("encrypted", json!(ip.encrypted)),
             ]),
         ));
@@ -328,12 +376,30 @@ pub fn flow_json(f: &Flow) -> Value {
     v.push(("Type", enum_name(f.r#type, pb::FlowType::as_str_name)));
     v.push(("node_name", json!(f.node_name)));
     if let Some(e) = &f.event_type {
-        v.push(("event_type", obj(vec![("type", json!(e.r#type)), ("sub_type", json!(e.sub_type))])));
+        v.push((
+            "event_type",
+            obj(vec![
+                ("type", json!(e.r#type)),
+                ("sub_type", json!(e.sub_type)),
+            ]),
+        ));
     }
-    v.push(("traffic_direction", enum_name(f.traffic_direction, pb::TrafficDirection::as_str_name)));
+    v.push((
+        "traffic_direction",
+        enum_name(f.traffic_direction, pb::TrafficDirection::as_str_name),
+    ));
     v.push(("policy_match_type", json!(f.policy_match_type)));
-    v.push(("trace_observation_point", enum_name(f.trace_observation_point, pb::TraceObservationPoint::as_str_name)));
-    v.push(("trace_reason", enum_name(f.trace_reason, pb::TraceReason::as_str_name)));
+    v.push((
+        "trace_observation_point",
+        enum_name(
+            f.trace_observation_point,
+            pb::TraceObservationPoint::as_str_name,
+        ),
+    ));
+    v.push((
+        "trace_reason",
+        enum_name(f.trace_reason, pb::TraceReason::as_str_name),
+    ));
     if let Some(r) = f.is_reply {
         // A set wrapper is printed even when false.
         v.push(("is_reply", Value::String(String::new())));
@@ -341,7 +407,10 @@ pub fn flow_json(f: &Flow) -> Value {
         v[last].1 = json!(r);
     }
     if let Some(i) = &f.interface {
-        v.push(("interface", obj(vec![("index", json!(i.index)), ("name", json!(i.name))])));
+        v.push((
+            "interface",
+            obj(vec![("index", json!(i.index)), ("name", json!(i.name))]),
+        ));
     }
     v.push(("Summary", json!(f.summary)));
     v.push(("egress_allowed_by", policies_json(&f.egress_allowed_by)));
@@ -362,7 +431,10 @@ pub fn flow_json(f: &Flow) -> Value {
 /// A lost-events message as protobuf JSON.
 pub fn lost_json(l: &pb::LostEvent) -> Value {
     let mut v = obj(vec![
-        ("source", enum_name(l.source, pb::LostEventSource::as_str_name)),
+        (
+            "source",
+            enum_name(l.source, pb::LostEventSource::as_str_name),
+        ),
         ("num_events_lost", json!(l.num_events_lost.to_string())),
         ("first", ts_json(l.first.as_ref())),
         ("last", ts_json(l.last.as_ref())),
@@ -373,7 +445,7 @@ pub fn lost_json(l: &pb::LostEvent) -> Value {
     v
 }
 
-/// A GetFlows response as protobuf JSON (`{"flow": …, "node_name": …, "time": …}`).
+/// A `GetFlows` response as protobuf JSON (`{"flow": …, "node_name": …, "time": …}`).
 pub fn response_json(r: &GetFlowsResponse) -> Value {
     let mut m = Map::new();
     match &r.response_types {
@@ -384,7 +456,10 @@ pub fn response_json(r: &GetFlowsResponse) -> Value {
             m.insert("lost_events".into(), lost_json(l));
         }
         Some(ResponseTypes::NodeStatus(n)) => {
-            m.insert("node_status".into(), json!({ "node_names": n.node_names, "message": n.message }));
+            m.insert(
+                "node_status".into(),
+                json!({ "node_names": n.node_names, "message": n.message }),
+            );
         }
         None => {}
     }
@@ -397,11 +472,27 @@ pub fn response_json(r: &GetFlowsResponse) -> Value {
 pub fn dict(f: &Flow) -> String {
     let ip = f.ip.as_ref();
     let p = ports(f);
-    let verdict = pb::Verdict::try_from(f.verdict).unwrap_or(pb::Verdict::Unknown).as_str_name();
+    let verdict = pb::Verdict::try_from(f.verdict)
+        .unwrap_or(pb::Verdict::Unknown)
+        .as_str_name();
     let mut rows = vec![
         ("TIMESTAMP", compact_time(f.time.as_ref())),
-        ("SOURCE", side(ip.map_or("", |i| &i.source), p.map(|x| x.0), f.source.as_ref())),
-        ("DESTINATION", side(ip.map_or("", |i| &i.destination), p.map(|x| x.1), f.destination.as_ref())),
+        (
+            "SOURCE",
+            side(
+                ip.map_or("", |i| &i.source),
+                p.map(|x| x.0),
+                f.source.as_ref(),
+            ),
+        ),
+        (
+            "DESTINATION",
+            side(
+                ip.map_or("", |i| &i.destination),
+                p.map(|x| x.1),
+                f.destination.as_ref(),
+            ),
+        ),
         ("TYPE", compact_type(f)),
         ("VERDICT", verdict.to_owned()),
         ("SUMMARY", f.summary.clone()),
@@ -415,9 +506,17 @@ pub fn dict(f: &Flow) -> String {
         ),
     ];
     if f.drop_reason_desc != 0 {
-        rows.push(("DROP_REASON", pb::DropReason::try_from(f.drop_reason_desc).map_or("UNKNOWN", |d| d.as_str_name()).to_owned()));
+        rows.push((
+            "DROP_REASON",
+            pb::DropReason::try_from(f.drop_reason_desc)
+                .map_or("UNKNOWN", |d| d.as_str_name())
+                .to_owned(),
+        ));
     }
-    rows.iter().map(|(k, v)| format!("{k:>12}: {v}")).collect::<Vec<_>>().join("\n")
+    rows.iter()
+        .map(|(k, v)| format!("{k:>12}: {v}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn compact_type(f: &Flow) -> String {
@@ -434,20 +533,44 @@ mod tests {
 
     fn flow() -> Flow {
         Flow {
-            time: Some(prost_types::Timestamp { seconds: 1_795_651_200, nanos: 123_000_000 }),
+            time: Some(prost_types::Timestamp {
+                seconds: 1_795_651_200,
+                nanos: 123_000_000,
+            }),
             verdict: pb::Verdict::Forwarded.into(),
-            ip: Some(pb::Ip { source: "10.244.0.10".into(), destination: "10.244.0.11".into(), ip_version: 1, ..Default::default() }),
+            ip: Some(pb::Ip {
+                source: "10.244.0.10".into(),
+                destination: "10.244.0.11".into(),
+                ip_version: 1,
+                ..Default::default()
+            }),
             l4: Some(pb::Layer4 {
                 protocol: Some(pb::layer4::Protocol::Tcp(pb::Tcp {
                     source_port: 40000,
                     destination_port: 80,
-                    flags: Some(pb::TcpFlags { syn: true, ..Default::default() }),
+                    flags: Some(pb::TcpFlags {
+                        syn: true,
+                        ..Default::default()
+                    }),
                 })),
             }),
-            source: Some(pb::Endpoint { identity: 300, namespace: "shop".into(), pod_name: "client".into(), ..Default::default() }),
-            destination: Some(pb::Endpoint { identity: 301, namespace: "shop".into(), pod_name: "web".into(), ..Default::default() }),
+            source: Some(pb::Endpoint {
+                identity: 300,
+                namespace: "shop".into(),
+                pod_name: "client".into(),
+                ..Default::default()
+            }),
+            destination: Some(pb::Endpoint {
+                identity: 301,
+                namespace: "shop".into(),
+                pod_name: "web".into(),
+                ..Default::default()
+            }),
             node_name: "lab-node".into(),
-            event_type: Some(pb::CiliumEventType { r#type: 5, sub_type: 0 }),
+            event_type: Some(pb::CiliumEventType {
+                r#type: 5,
+                sub_type: 0,
+            }),
             traffic_direction: pb::TrafficDirection::Ingress.into(),
             policy_match_type: 2,
             is_reply: Some(false),
@@ -467,13 +590,29 @@ mod tests {
         let mut d = flow();
         d.verdict = pb::Verdict::Dropped.into();
         d.drop_reason_desc = 133;
-        d.event_type = Some(pb::CiliumEventType { r#type: 1, sub_type: 133 });
-        assert!(compact(&d).ends_with("Policy denied DROPPED (TCP Flags: SYN)"), "{}", compact(&d));
+        d.event_type = Some(pb::CiliumEventType {
+            r#type: 1,
+            sub_type: 133,
+        });
+        assert!(
+            compact(&d).ends_with("Policy denied DROPPED (TCP Flags: SYN)"),
+            "{}",
+            compact(&d)
+        );
         let mut r = flow();
         r.is_reply = Some(true);
-        r.event_type = Some(pb::CiliumEventType { r#type: 4, sub_type: 0 });
+        r.event_type = Some(pb::CiliumEventType {
+            r#type: 4,
+            sub_type: 0,
+        });
         r.trace_observation_point = pb::TraceObservationPoint::ToEndpoint.into();
-        assert!(compact(&r).contains("shop/web:80 (ID:301) <- shop/client:40000 (ID:300) to-endpoint FORWARDED"), "{}", compact(&r));
+        assert!(
+            compact(&r).contains(
+                "shop/web:80 (ID:301) <- shop/client:40000 (ID:300) to-endpoint FORWARDED"
+            ),
+            "{}",
+            compact(&r)
+        );
         r.is_reply = None;
         assert!(compact(&r).contains(" <> "));
     }

@@ -47,7 +47,7 @@ pub struct Pipeline {
     pub enricher: Enricher,
     /// Optional log sink.
     pub sink: FlowSink,
-    /// The flow ring GetFlows reads.
+    /// The flow ring `GetFlows` reads.
     pub ring: FlowRing,
     /// Metrics.
     pub metrics: Metrics,

@@ -27,6 +27,7 @@ fn serialize_time<S: serde::Serializer>(ns: &i128, s: S) -> Result<S::Ok, S::Err
     s.serialize_str(&super::decode::rfc3339_nanos(*ns))
 }
 
+#[expect(clippy::trivially_copy_pass_by_ref, reason = "serde passes fields by reference")]
 fn is_zero(v: &u32) -> bool {
     *v == 0
 }

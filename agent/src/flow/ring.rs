@@ -1,4 +1,4 @@
-//! The bounded in-memory flow ring that GetFlows reads from.
+//! The bounded in-memory flow ring that `GetFlows` reads from.
 //!
 //! Entries carry a sequence number; a follower remembers the next number it wants, so a reader
 //! that falls behind by more than the capacity learns exactly how many entries it missed (reported
@@ -83,7 +83,9 @@ impl FlowRing {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves a consistent deque; keep serving.
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Appends a flow, evicting the oldest entry when full.
@@ -121,7 +123,11 @@ impl FlowRing {
 
     /// Flows currently held.
     pub fn len(&self) -> usize {
-        self.lock().entries.iter().filter(|e| matches!(e, RingEvent::Flow(_))).count()
+        self.lock()
+            .entries
+            .iter()
+            .filter(|e| matches!(e, RingEvent::Flow(_)))
+            .count()
     }
 
     /// Flows ever written.
@@ -137,7 +143,10 @@ impl FlowRing {
     /// Every entry currently held, oldest first, and the sequence number after the newest.
     pub fn snapshot(&self) -> (Vec<RingEvent>, u64) {
         let g = self.lock();
-        (g.entries.iter().cloned().collect(), g.first_seq + g.entries.len() as u64)
+        (
+            g.entries.iter().cloned().collect(),
+            g.first_seq + g.entries.len() as u64,
+        )
     }
 
     /// Entries from sequence number `from` on (at most `max`).
@@ -150,7 +159,11 @@ impl FlowRing {
         let events: Vec<RingEvent> = g.entries.iter().skip(skip).take(max).cloned().collect();
         let next = start + events.len() as u64;
         debug_assert!(next <= end);
-        ReadBatch { events, missed, next }
+        ReadBatch {
+            events,
+            missed,
+            next,
+        }
     }
 
     /// A receiver that changes whenever an entry is written.
@@ -164,7 +177,13 @@ mod tests {
     use super::*;
 
     fn flow(n: i64) -> Flow {
-        Flow { time: Some(prost_types::Timestamp { seconds: n, nanos: 0 }), ..Flow::default() }
+        Flow {
+            time: Some(prost_types::Timestamp {
+                seconds: n,
+                nanos: 0,
+            }),
+            ..Flow::default()
+        }
     }
 
     #[test]

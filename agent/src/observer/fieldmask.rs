@@ -25,7 +25,9 @@ impl FlowMask {
                 Some((h, r)) => (h, Some(r.to_owned())),
                 None => (p.as_str(), None),
             };
-            let entry = fields.entry(head.to_owned()).or_insert_with(|| Some(Vec::new()));
+            let entry = fields
+                .entry(head.to_owned())
+                .or_insert_with(|| Some(Vec::new()));
             match (entry.as_mut(), rest) {
                 (Some(subs), Some(r)) => subs.push(r),
                 (_, None) => *entry = None,
@@ -58,7 +60,9 @@ impl FlowMask {
                 "IP" => out.ip = f.ip.as_ref().map(|ip| mask_ip(ip, subs)),
                 "l4" => out.l4.clone_from(&f.l4),
                 "source" => out.source = f.source.as_ref().map(|e| mask_endpoint(e, subs)),
-                "destination" => out.destination = f.destination.as_ref().map(|e| mask_endpoint(e, subs)),
+                "destination" => {
+                    out.destination = f.destination.as_ref().map(|e| mask_endpoint(e, subs));
+                }
                 "Type" => out.r#type = f.r#type,
                 "node_name" => out.node_name.clone_from(&f.node_name),
                 "node_labels" => out.node_labels.clone_from(&f.node_labels),
@@ -69,7 +73,9 @@ impl FlowMask {
                 "destination_service" => out.destination_service.clone_from(&f.destination_service),
                 "traffic_direction" => out.traffic_direction = f.traffic_direction,
                 "policy_match_type" => out.policy_match_type = f.policy_match_type,
-                "trace_observation_point" => out.trace_observation_point = f.trace_observation_point,
+                "trace_observation_point" => {
+                    out.trace_observation_point = f.trace_observation_point;
+                }
                 "trace_reason" => out.trace_reason = f.trace_reason,
                 "is_reply" => out.is_reply = f.is_reply,
                 "interface" => out.interface.clone_from(&f.interface),
@@ -133,10 +139,20 @@ mod tests {
             node_name: "n".into(),
             summary: "TCP Flags: SYN".into(),
             uuid: "u".into(),
-            source: Some(Endpoint { identity: 5, pod_name: "p".into(), labels: vec!["k8s:a=b".into()], ..Endpoint::default() }),
+            source: Some(Endpoint {
+                identity: 5,
+                pod_name: "p".into(),
+                labels: vec!["k8s:a=b".into()],
+                ..Endpoint::default()
+            }),
             ..Flow::default()
         };
-        let m = FlowMask::new(&["Summary".into(), "source.pod_name".into(), "source.identity".into(), "l7".into()]);
+        let m = FlowMask::new(&[
+            "Summary".into(),
+            "source.pod_name".into(),
+            "source.identity".into(),
+            "l7".into(),
+        ]);
         let out = m.apply(&f);
         assert_eq!(out.summary, "TCP Flags: SYN");
         assert!(out.uuid.is_empty() && out.node_name.is_empty());

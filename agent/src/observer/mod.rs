@@ -34,7 +34,7 @@ pub const HEALTH_SERVICE: &str = "hubble.server.Observer";
 /// Entries read from the ring per follow step.
 const FOLLOW_BATCH: usize = 1024;
 
-/// Responses buffered per GetFlows stream before the server waits for the client.
+/// Responses buffered per `GetFlows` stream before the server waits for the client.
 const STREAM_BUFFER: usize = 256;
 
 /// The Observer service over a [`FlowRing`].
@@ -47,7 +47,7 @@ pub struct ObserverService {
 }
 
 impl ObserverService {
-    /// A service answering for node `node`, reachable at `address` (reported by GetNodes).
+    /// A service answering for node `node`, reachable at `address` (reported by `GetNodes`).
     pub fn new(ring: FlowRing, node: &str, address: &str) -> Self {
         Self {
             ring,
@@ -58,7 +58,7 @@ impl ObserverService {
     }
 }
 
-/// The parts of a GetFlows request that decide which entries go out.
+/// The parts of a `GetFlows` request that decide which entries go out.
 struct Query {
     filters: FlowFilters,
     mask: FlowMask,
@@ -88,7 +88,7 @@ impl Query {
                     response_types: Some(ResponseTypes::Flow(self.mask.apply(f))),
                 })
             }
-            RingEvent::Lost(l) => Some(lost_response(l.as_ref().clone(), node)),
+            RingEvent::Lost(l) => Some(lost_response(**l, node)),
         }
     }
 }
@@ -110,7 +110,9 @@ fn now_ns() -> i128 {
 /// Validates a request and compiles its filters.
 fn query(req: &GetFlowsRequest) -> Result<Query, Status> {
     if req.first && req.follow {
-        return Err(Status::invalid_argument("first cannot be specified together with follow"));
+        return Err(Status::invalid_argument(
+            "first cannot be specified together with follow",
+        ));
     }
     let filters = FlowFilters::new(&req.whitelist, &req.blacklist)
         .map_err(|e| Status::invalid_argument(format!("invalid filter: {e}")))?;
@@ -122,13 +124,23 @@ fn query(req: &GetFlowsRequest) -> Result<Query, Status> {
         return Err(Status::invalid_argument("since is after until"));
     }
     let mask = FlowMask::new(req.field_mask.as_ref().map_or(&[][..], |m| &m.paths[..]));
-    Ok(Query { filters, mask, since, until })
+    Ok(Query {
+        filters,
+        mask,
+        since,
+        until,
+    })
 }
 
-/// The historic part of a GetFlows answer: entries of `snapshot` that pass, limited to `number`
+/// The historic part of a `GetFlows` answer: entries of `snapshot` that pass, limited to `number`
 /// flows (the oldest with `first`, else the newest), oldest first. Lost events inside the
 /// selected span go along and do not count.
-fn history(snapshot: &[RingEvent], q: &Query, req: &GetFlowsRequest, node: &str) -> Vec<GetFlowsResponse> {
+fn history(
+    snapshot: &[RingEvent],
+    q: &Query,
+    req: &GetFlowsRequest,
+    node: &str,
+) -> Vec<GetFlowsResponse> {
     let limit = match (req.number, req.follow, req.since.is_some()) {
         (0, true, false) => 0,
         (0, _, _) => usize::MAX,
@@ -171,14 +183,25 @@ type FlowStream = Pin<Box<dyn Stream<Item = Result<GetFlowsResponse, Status>> + 
 #[tonic::async_trait]
 impl Observer for ObserverService {
     type GetFlowsStream = FlowStream;
-    type GetAgentEventsStream = Pin<Box<dyn Stream<Item = Result<pb::GetAgentEventsResponse, Status>> + Send>>;
-    type GetDebugEventsStream = Pin<Box<dyn Stream<Item = Result<pb::GetDebugEventsResponse, Status>> + Send>>;
+    type GetAgentEventsStream =
+        Pin<Box<dyn Stream<Item = Result<pb::GetAgentEventsResponse, Status>> + Send>>;
+    type GetDebugEventsStream =
+        Pin<Box<dyn Stream<Item = Result<pb::GetDebugEventsResponse, Status>> + Send>>;
 
-    async fn get_flows(&self, request: Request<GetFlowsRequest>) -> Result<Response<FlowStream>, Status> {
+    async fn get_flows(
+        &self,
+        request: Request<GetFlowsRequest>,
+    ) -> Result<Response<FlowStream>, Status> {
         let req = request.into_inner();
         let q = query(&req)?;
-        tracing::debug!(number = req.number, first = req.first, follow = req.follow,
-            whitelist = req.whitelist.len(), blacklist = req.blacklist.len(), "GetFlows");
+        tracing::debug!(
+            number = req.number,
+            first = req.first,
+            follow = req.follow,
+            whitelist = req.whitelist.len(),
+            blacklist = req.blacklist.len(),
+            "GetFlows"
+        );
         let mut rx_seq = self.ring.subscribe();
         let (snapshot, mut next) = self.ring.snapshot();
         let ring = self.ring.clone();
@@ -236,23 +259,33 @@ impl Observer for ObserverService {
         &self,
         _request: Request<pb::GetAgentEventsRequest>,
     ) -> Result<Response<Self::GetAgentEventsStream>, Status> {
-        Err(Status::unimplemented("agent events are not produced by catalyst-agent"))
+        Err(Status::unimplemented(
+            "agent events are not produced by catalyst-agent",
+        ))
     }
 
     async fn get_debug_events(
         &self,
         _request: Request<pb::GetDebugEventsRequest>,
     ) -> Result<Response<Self::GetDebugEventsStream>, Status> {
-        Err(Status::unimplemented("debug events are not produced by catalyst-agent"))
+        Err(Status::unimplemented(
+            "debug events are not produced by catalyst-agent",
+        ))
     }
 
-    async fn get_nodes(&self, _request: Request<pb::GetNodesRequest>) -> Result<Response<pb::GetNodesResponse>, Status> {
+    async fn get_nodes(
+        &self,
+        _request: Request<pb::GetNodesRequest>,
+    ) -> Result<Response<pb::GetNodesResponse>, Status> {
         let node = pb::Node {
             name: self.node.to_string(),
             version: self.version.to_string(),
             address: self.address.to_string(),
             state: NodeState::NodeConnected.into(),
-            tls: Some(pb::Tls { enabled: false, server_name: String::new() }),
+            tls: Some(pb::Tls {
+                enabled: false,
+                server_name: String::new(),
+            }),
             uptime_ns: u64::try_from(self.ring.uptime().as_nanos()).unwrap_or(u64::MAX),
             num_flows: self.ring.len() as u64,
             max_flows: self.ring.capacity() as u64,
@@ -276,7 +309,10 @@ impl Observer for ObserverService {
                 }
             }
         }
-        let namespaces = seen.into_iter().map(|(cluster, namespace)| pb::Namespace { cluster, namespace }).collect();
+        let namespaces = seen
+            .into_iter()
+            .map(|(cluster, namespace)| pb::Namespace { cluster, namespace })
+            .collect();
         Ok(Response::new(pb::GetNamespacesResponse { namespaces }))
     }
 
@@ -293,7 +329,10 @@ impl Observer for ObserverService {
             .take_while(|e| e.time_ns() >= horizon)
             .filter(|e| matches!(e, RingEvent::Flow(_)))
             .count();
-        let num_flows = snapshot.iter().filter(|e| matches!(e, RingEvent::Flow(_))).count();
+        let num_flows = snapshot
+            .iter()
+            .filter(|e| matches!(e, RingEvent::Flow(_)))
+            .count();
         Ok(Response::new(pb::ServerStatusResponse {
             num_flows: num_flows as u64,
             max_flows: self.ring.capacity() as u64,
@@ -303,7 +342,7 @@ impl Observer for ObserverService {
             num_unavailable_nodes: Some(0),
             unavailable_nodes: Vec::new(),
             version: self.version.to_string(),
-            flows_rate: recent as f64 / 60.0,
+            flows_rate: f64::from(u32::try_from(recent).unwrap_or(u32::MAX)) / 60.0,
         }))
     }
 }
@@ -311,7 +350,13 @@ impl Observer for ObserverService {
 /// A lost-events ring entry for `n` events lost at `source`, noticed now.
 pub fn lost_event(source: LostEventSource, n: u64) -> LostEvent {
     let t = timestamp(now_ns());
-    LostEvent { source: source.into(), num_events_lost: n, cpu: None, first: Some(t), last: Some(t) }
+    LostEvent {
+        source: source.into(),
+        num_events_lost: n,
+        cpu: None,
+        first: Some(t),
+        last: Some(t),
+    }
 }
 
 #[cfg(test)]

@@ -50,13 +50,23 @@ pub struct Listeners {
 
 impl Listeners {
     /// Binds `tcp` and `unix` (a stale socket file is replaced; its directory is created).
-    pub async fn bind(tcp: Option<SocketAddr>, unix: Option<&Path>) -> Result<Self, ObserverServerError> {
+    pub async fn bind(
+        tcp: Option<SocketAddr>,
+        unix: Option<&Path>,
+    ) -> Result<Self, ObserverServerError> {
         let mut me = Self::default();
         if let Some(addr) = tcp {
-            me.tcp = Some(TcpListener::bind(addr).await.map_err(|source| ObserverServerError::BindTcp { addr, source })?);
+            me.tcp = Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ObserverServerError::BindTcp { addr, source })?,
+            );
         }
         if let Some(path) = unix {
-            let err = |source| ObserverServerError::BindUnix { path: path.to_owned(), source };
+            let err = |source| ObserverServerError::BindUnix {
+                path: path.to_owned(),
+                source,
+            };
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(err)?;
             }
@@ -78,10 +88,17 @@ impl Listeners {
 }
 
 /// Serves the Observer and health services on every listener until one of them fails.
-pub async fn serve(service: ObserverService, listeners: Listeners) -> Result<(), ObserverServerError> {
+pub async fn serve(
+    service: ObserverService,
+    listeners: Listeners,
+) -> Result<(), ObserverServerError> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_service_status(HEALTH_SERVICE, ServingStatus::Serving).await;
-    reporter.set_service_status("", ServingStatus::Serving).await;
+    reporter
+        .set_service_status(HEALTH_SERVICE, ServingStatus::Serving)
+        .await;
+    reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
     let router = || {
         Server::builder()
             .add_service(health.clone())
@@ -89,14 +106,20 @@ pub async fn serve(service: ObserverService, listeners: Listeners) -> Result<(),
     };
     let tcp = async {
         match listeners.tcp {
-            Some(l) => router().serve_with_incoming(TcpListenerStream::new(l)).await.map_err(ObserverServerError::Serve),
+            Some(l) => router()
+                .serve_with_incoming(TcpListenerStream::new(l))
+                .await
+                .map_err(ObserverServerError::Serve),
             None => std::future::pending().await,
         }
     };
     let unix_path = listeners.unix.as_ref().map(|(_, p)| p.clone());
     let unix = async {
         match listeners.unix {
-            Some((l, _)) => router().serve_with_incoming(UnixListenerStream::new(l)).await.map_err(ObserverServerError::Serve),
+            Some((l, _)) => router()
+                .serve_with_incoming(UnixListenerStream::new(l))
+                .await
+                .map_err(ObserverServerError::Serve),
             None => std::future::pending().await,
         }
     };

@@ -194,6 +194,7 @@ fn observe_shows_verdicts_drop_reasons_and_policies_needs_root() -> anyhow::Resu
             "{f}"
         );
 
+        eprintln!("observe --last 30:\n{}", observe(&socket, &["--last", "30"])?);
         // Compact output reads like hubble observe.
         let compact = observe(&socket, &["--to-pod", "shop/db", "--last", "5"])?;
         ensure!(

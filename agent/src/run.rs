@@ -99,7 +99,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let events = dp.take_events().context("event ring buffer already taken")?;
     let pipeline = Pipeline { enricher: enricher.clone(), sink: sink_for(&cfg)?, ring: ring.clone(), metrics: metrics.clone() };
     let reader = tokio::spawn(run_reader(events, pipeline));
-    let servers = start_servers(&cfg, &ring, &metrics).await?;
+    let servers = start_servers(&cfg, &ring, &metrics).await;
 
     let mut fp = state::fingerprint(&watched(&config_path, &cfg));
     let mut missing = snap.missing.clone();
@@ -173,36 +173,41 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Binds and spawns the Observer gRPC server and the metrics endpoint.
-async fn start_servers(
-    cfg: &AgentConfig,
-    ring: &FlowRing,
-    metrics: &Metrics,
-) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+/// Binds and spawns the Observer gRPC server and the metrics endpoint. A listener that cannot
+/// be bound is logged and left out: observability never stops enforcement.
+async fn start_servers(cfg: &AgentConfig, ring: &FlowRing, metrics: &Metrics) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
-    let listeners = Listeners::bind(cfg.observer.listen_address, cfg.observer.unix_socket.as_deref()).await?;
-    if listeners.tcp.is_some() || listeners.unix.is_some() {
-        let address = listeners.tcp_addr().map(|a| a.to_string()).unwrap_or_default();
-        tracing::info!(tcp = %address, unix = ?cfg.observer.unix_socket, ring = cfg.observer.ring_capacity,
-            "observer API listening");
-        let service = ObserverService::new(ring.clone(), &cfg.node, &address);
-        tasks.push(tokio::spawn(async move {
-            if let Err(error) = observer::serve(service, listeners).await {
-                tracing::error!(error = format!("{:#}", anyhow::Error::from(error)), "observer API stopped");
-            }
-        }));
+    match Listeners::bind(cfg.observer.listen_address, cfg.observer.unix_socket.as_deref()).await {
+        Ok(listeners) if listeners.tcp.is_some() || listeners.unix.is_some() => {
+            let address = listeners.tcp_addr().map(|a| a.to_string()).unwrap_or_default();
+            tracing::info!(tcp = %address, unix = ?cfg.observer.unix_socket, ring = cfg.observer.ring_capacity,
+                "observer API listening");
+            let service = ObserverService::new(ring.clone(), &cfg.node, &address);
+            tasks.push(tokio::spawn(async move {
+                if let Err(error) = observer::serve(service, listeners).await {
+                    tracing::error!(error = format!("{:#}", anyhow::Error::from(error)), "observer API stopped");
+                }
+            }));
+        }
+        Ok(_) => tracing::info!("observer API disabled"),
+        Err(error) => tracing::error!(error = format!("{:#}", anyhow::Error::from(error)),
+            "observer API not started; enforcement continues"),
     }
     if let Some(addr) = cfg.metrics.listen_address {
-        let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for metrics"))?;
-        tracing::info!(%addr, "metrics listening on /metrics");
-        let m = metrics.clone();
-        tasks.push(tokio::spawn(async move {
-            if let Err(error) = crate::metrics::serve(l, m).await {
-                tracing::error!(%error, "metrics endpoint stopped");
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                tracing::info!(%addr, "metrics listening on /metrics");
+                let m = metrics.clone();
+                tasks.push(tokio::spawn(async move {
+                    if let Err(error) = crate::metrics::serve(l, m).await {
+                        tracing::error!(%error, "metrics endpoint stopped");
+                    }
+                }));
             }
-        }));
+            Err(error) => tracing::error!(%error, %addr, "metrics endpoint not started; enforcement continues"),
+        }
     }
-    Ok(tasks)
+    tasks
 }
 
 fn reload(

@@ -6,7 +6,7 @@
 //! capped by `metrics.max_ports` (further ports are counted as `port="other"`).
 
 use std::{
-    collections::BTreeSet,
+    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -20,14 +20,13 @@ use prometheus_client::{
 };
 
 use catalyst_policy::datapath::{
-    COUNTER_REASONS, DIR_EGRESS, DIR_INGRESS, STAT_AUDIT, STAT_CT_CREATED, STAT_CT_REEVALUATED,
-    STAT_EVENTS_LOST, STAT_EVENTS_SENT, STAT_NO_ENDPOINT, STAT_NOT_POLICED, counter_index,
+    COUNTER_REASONS, DIR_EGRESS, DIR_INGRESS, EV_F_REPLY, EVENT_DROP, EVENT_POLICY_VERDICT,
+    FlowEvent, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, STAT_AUDIT,
+    STAT_CT_CREATED, STAT_CT_REEVALUATED, STAT_EVENTS_LOST, STAT_EVENTS_SENT, STAT_NO_ENDPOINT,
+    STAT_NOT_POLICED, VERDICT_AUDIT, VERDICT_DROPPED, VERDICT_FORWARDED, counter_index,
 };
 
-use crate::{
-    api::flow::{self as pb, Flow},
-    flow::{drop_reason_name, print},
-};
+use crate::flow::{drop_reason_name, print};
 
 /// Labels of `hubble_flows_processed_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -114,7 +113,6 @@ pub struct FlowMetrics {
     tcp_flags: Family<TcpFlagLabels, Counter>,
     ports: Family<PortLabels, Counter>,
     lost: Family<LostLabels, Counter>,
-    seen_ports: Arc<Mutex<BTreeSet<(i32, u32)>>>,
     max_ports: usize,
 }
 
@@ -128,7 +126,6 @@ impl FlowMetrics {
             tcp_flags: Family::default(),
             ports: Family::default(),
             lost: Family::default(),
-            seen_ports: Arc::default(),
             max_ports,
         };
         registry.register(
@@ -152,60 +149,117 @@ impl FlowMetrics {
         me
     }
 
-    /// Counts one flow.
-    pub fn observe(&self, f: &Flow) {
-        let protocol = print::protocol_name(f);
-        let verdict = pb::Verdict::try_from(f.verdict).unwrap_or(pb::Verdict::Unknown);
-        let etype = f.event_type.as_ref().map_or(0, |e| e.r#type);
-        let (ty, subtype) = match etype {
-            1 => ("Drop", ""),
-            5 => ("PolicyVerdict", ""),
-            _ => ("Trace", print::observation_point(f.trace_observation_point)),
+    /// A recorder for the flow pipeline (its single writer): it resolves each label set once
+    /// and keeps the counter, so counting an event costs a small-integer hash lookup.
+    pub fn recorder(&self) -> FlowRecorder {
+        FlowRecorder {
+            metrics: self.clone(),
+            cache: HashMap::new(),
+            ports: HashSet::new(),
+        }
+    }
+
+    /// Counts lost events from `source` (`perf_event_ring_buffer`, …).
+    pub fn lost(&self, source: &'static str, n: u64) {
+        self.lost.get_or_create(&LostLabels { source }).inc_by(n);
+    }
+}
+
+/// Counts flow events into [`FlowMetrics`] straight from the datapath event.
+pub struct FlowRecorder {
+    metrics: FlowMetrics,
+    /// Counter per packed label key (see [`FlowRecorder::observe`]).
+    cache: HashMap<u64, Counter>,
+    /// (protocol, port) pairs that have their own `port` label.
+    ports: HashSet<(u8, u16)>,
+}
+
+fn verdict_name(v: u8) -> &'static str {
+    match v {
+        VERDICT_FORWARDED => "FORWARDED",
+        VERDICT_DROPPED => "DROPPED",
+        VERDICT_AUDIT => "AUDIT",
+        _ => "VERDICT_UNKNOWN",
+    }
+}
+
+fn protocol_label(p: u8) -> &'static str {
+    match p {
+        PROTO_TCP => "TCP",
+        PROTO_UDP => "UDP",
+        PROTO_SCTP => "SCTP",
+        PROTO_ICMP => "ICMPv4",
+        PROTO_ICMPV6 => "ICMPv6",
+        _ => "",
+    }
+}
+
+impl FlowRecorder {
+    fn counter(&mut self, key: u64, make: impl FnOnce(&FlowMetrics) -> Counter) -> &Counter {
+        let m = &self.metrics;
+        self.cache.entry(key).or_insert_with(|| make(m))
+    }
+
+    /// Counts one datapath event. Keys pack a family tag (top byte) and the raw label values.
+    pub fn observe(&mut self, ev: &FlowEvent) {
+        let (kind, verdict, proto, dir) = (ev.kind, ev.verdict, ev.protocol, ev.direction);
+        let raw = |tag: u64, a: u8, b: u8, c: u8, d: u8| {
+            tag << 56 | u64::from(a) << 24 | u64::from(b) << 16 | u64::from(c) << 8 | u64::from(d)
         };
-        self.flows
-            .get_or_create(&FlowLabels {
+        self.counter(raw(1, kind, verdict, proto, dir), |m| {
+            let (ty, subtype) = match (kind, dir) {
+                (EVENT_DROP, _) => ("Drop", ""),
+                (EVENT_POLICY_VERDICT, _) => ("PolicyVerdict", ""),
+                (_, DIR_INGRESS) => ("Trace", "to-endpoint"),
+                (_, DIR_EGRESS) => ("Trace", "from-endpoint"),
+                _ => ("Trace", "unknown"),
+            };
+            let labels = FlowLabels {
                 r#type: ty,
                 subtype,
-                verdict: verdict.as_str_name(),
-                protocol,
+                verdict: verdict_name(verdict),
+                protocol: protocol_label(proto),
+            };
+            m.flows.get_or_create(&labels).clone()
+        })
+        .inc();
+        if verdict == VERDICT_DROPPED {
+            let reason = ev.drop_reason;
+            self.counter(raw(2, reason, proto, 0, 0), |m| {
+                let labels = DropLabels {
+                    reason: drop_reason_name(reason),
+                    protocol: protocol_label(proto),
+                };
+                m.drops.get_or_create(&labels).clone()
             })
             .inc();
-        if verdict == pb::Verdict::Dropped {
-            let reason =
-                u8::try_from(f.drop_reason_desc).map_or("DROP_REASON_UNKNOWN", drop_reason_name);
-            self.drops
-                .get_or_create(&DropLabels { reason, protocol })
-                .inc();
         }
-        if etype == 5 {
-            let direction = match pb::TrafficDirection::try_from(f.traffic_direction) {
-                Ok(pb::TrafficDirection::Ingress) => "ingress",
-                Ok(pb::TrafficDirection::Egress) => "egress",
-                _ => "unknown",
-            };
-            let action = match verdict {
-                pb::Verdict::Forwarded => "forwarded",
-                pb::Verdict::Dropped => "dropped",
-                pb::Verdict::Audit => "audit",
-                _ => "unknown",
-            };
-            let m = print::match_type_label(f.policy_match_type);
-            self.policy
-                .get_or_create(&PolicyLabels {
+        if kind == EVENT_POLICY_VERDICT {
+            let mt = ev.match_type;
+            self.counter(raw(3, dir, mt, verdict, 0), |m| {
+                let direction = match dir {
+                    DIR_INGRESS => "ingress",
+                    DIR_EGRESS => "egress",
+                    _ => "unknown",
+                };
+                let action = match verdict {
+                    VERDICT_FORWARDED => "forwarded",
+                    VERDICT_DROPPED => "dropped",
+                    VERDICT_AUDIT => "audit",
+                    _ => "unknown",
+                };
+                let labels = PolicyLabels {
                     direction,
-                    r#match: m,
+                    r#match: print::match_type_label(u32::from(mt)),
                     action,
-                })
-                .inc();
+                };
+                m.policy.get_or_create(&labels).clone()
+            })
+            .inc();
         }
-        let family = match f.ip.as_ref().map(|i| i.ip_version) {
-            Some(2) => "IPv6",
-            _ => "IPv4",
-        };
-        if let Some(pb::layer4::Protocol::Tcp(t)) = f.l4.as_ref().and_then(|l| l.protocol.as_ref())
-            && let Some(fl) = t.flags.as_ref()
-        {
-            let flag = match (fl.syn, fl.ack, fl.fin, fl.rst) {
+        if proto == PROTO_TCP {
+            let f = ev.tcp_flags;
+            let flag = match (f & 0x02 != 0, f & 0x10 != 0, f & 0x01 != 0, f & 0x04 != 0) {
                 (true, true, _, _) => Some("SYN-ACK"),
                 (true, false, _, _) => Some("SYN"),
                 (_, _, true, _) => Some("FIN"),
@@ -213,41 +267,46 @@ impl FlowMetrics {
                 _ => None,
             };
             if let Some(flag) = flag {
-                self.tcp_flags
-                    .get_or_create(&TcpFlagLabels { flag, family })
-                    .inc();
+                let family = ev.family;
+                self.counter(
+                    raw(4, family, 0, 0, 0) | u64::from(flag.len() as u8) << 32,
+                    |m| {
+                        let labels = TcpFlagLabels {
+                            flag,
+                            family: if family == 6 { "IPv6" } else { "IPv4" },
+                        };
+                        m.tcp_flags.get_or_create(&labels).clone()
+                    },
+                )
+                .inc();
             }
         }
         // Port distribution counts new flows towards a port, not replies.
-        if verdict == pb::Verdict::Forwarded
-            && f.is_reply != Some(true)
-            && let Some(port) = print::destination_port(f)
+        if verdict == VERDICT_FORWARDED
+            && ev.flags & EV_F_REPLY == 0
+            && matches!(proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP)
         {
-            let key = (f.l4.as_ref().map_or(0, print::proto_rank), port);
-            let label = {
-                let mut seen = self
-                    .seen_ports
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if seen.contains(&key) || seen.len() < self.max_ports {
-                    seen.insert(key);
-                    port.to_string()
-                } else {
-                    "other".to_owned()
-                }
+            let port = ev.dport;
+            let own = self.ports.contains(&(proto, port))
+                || (self.ports.len() < self.metrics.max_ports && self.ports.insert((proto, port)));
+            let key = if own {
+                raw(5, proto, 0, 0, 0) | u64::from(port) << 32
+            } else {
+                raw(6, proto, 0, 0, 0)
             };
-            self.ports
-                .get_or_create(&PortLabels {
-                    protocol,
-                    port: label,
-                })
-                .inc();
+            self.counter(key, |m| {
+                let labels = PortLabels {
+                    protocol: protocol_label(proto),
+                    port: if own {
+                        port.to_string()
+                    } else {
+                        "other".to_owned()
+                    },
+                };
+                m.ports.get_or_create(&labels).clone()
+            })
+            .inc();
         }
-    }
-
-    /// Counts lost events from `source` (`perf_event_ring_buffer`, …).
-    pub fn lost(&self, source: &'static str, n: u64) {
-        self.lost.get_or_create(&LostLabels { source }).inc_by(n);
     }
 }
 

@@ -97,7 +97,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let ring = FlowRing::new(cfg.observer.ring_capacity);
     let enricher = Enricher::new(snap.enrich.clone());
     let events = dp.take_events().context("event ring buffer already taken")?;
-    let pipeline = Pipeline { enricher: enricher.clone(), sink: sink_for(&cfg)?, ring: ring.clone(), metrics: metrics.clone() };
+    let pipeline = Pipeline::new(enricher.clone(), sink_for(&cfg)?, ring.clone(), metrics.clone());
     let reader = tokio::spawn(run_reader(events, pipeline));
     let servers = start_servers(&cfg, &ring, &metrics).await;
 

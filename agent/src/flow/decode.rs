@@ -72,8 +72,12 @@ impl Enricher {
     /// Turns a raw event into a flow record.
     pub fn enrich(&self, ev: &FlowEvent) -> Flow {
         let st = self.current();
-        let wall_ns = i128::from(ev.ts_ns) + self.clock_offset_ns;
-        enrich_with(&st, ev, wall_ns)
+        enrich_with(&st, ev, self.wall_ns(ev))
+    }
+
+    /// Wall-clock time of an event, nanoseconds since the Unix epoch.
+    pub fn wall_ns(&self, ev: &FlowEvent) -> i128 {
+        i128::from(ev.ts_ns) + self.clock_offset_ns
     }
 }
 
@@ -188,6 +192,25 @@ fn endpoint_ref(st: &EnrichState, identity: u32, local_id: Option<u32>, ip: Opti
     r
 }
 
+/// An address as text; IPv4 without going through `fmt` (this runs for every flow read).
+fn ip_string(a: IpAddr) -> String {
+    let IpAddr::V4(v4) = a else { return a.to_string() };
+    let mut s = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            s.push('.');
+        }
+        if octet >= 100 {
+            s.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            s.push(char::from(b'0' + octet / 10 % 10));
+        }
+        s.push(char::from(b'0' + octet % 10));
+    }
+    s
+}
+
 /// Formats nanoseconds since the Unix epoch as RFC 3339 UTC with nanoseconds.
 pub fn rfc3339_nanos(ns: i128) -> String {
     let secs = ns.div_euclid(1_000_000_000);
@@ -212,7 +235,8 @@ pub fn rfc3339_nanos(ns: i128) -> String {
     )
 }
 
-fn enrich_with(st: &EnrichState, ev: &FlowEvent, wall_ns: i128) -> Flow {
+/// Builds the flow record of `ev` from enrichment state `st`.
+pub fn enrich_with(st: &EnrichState, ev: &FlowEvent, wall_ns: i128) -> Flow {
     let reply = ev.flags & EV_F_REPLY != 0;
     // The local endpoint is the destination of ingress packets and the source of egress ones.
     let (src_local, dst_local) = match ev.direction {
@@ -271,8 +295,8 @@ fn enrich_with(st: &EnrichState, ev: &FlowEvent, wall_ns: i128) -> Flow {
             _ => "TRACE_REASON_UNKNOWN",
         },
         ip_version: ev.family,
-        source_ip: saddr.map(|a| a.to_string()).unwrap_or_default(),
-        destination_ip: daddr.map(|a| a.to_string()).unwrap_or_default(),
+        source_ip: saddr.map(ip_string).unwrap_or_default(),
+        destination_ip: daddr.map(ip_string).unwrap_or_default(),
         protocol: protocol_name(ev.protocol),
         source_port: if icmp.is_some() { 0 } else { ev.sport },
         destination_port: if icmp.is_some() { 0 } else { ev.dport },
@@ -292,6 +316,15 @@ fn enrich_with(st: &EnrichState, ev: &FlowEvent, wall_ns: i128) -> Flow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv4_text_matches_display() {
+        for a in ["0.0.0.0", "10.244.0.10", "192.168.100.255", "1.20.3.109"] {
+            let ip: IpAddr = a.parse().expect("address");
+            assert_eq!(ip_string(ip), a);
+        }
+        assert_eq!(ip_string("fd00::1".parse().expect("v6")), "fd00::1");
+    }
 
     #[test]
     fn rfc3339_formats_known_instants() {

@@ -10,7 +10,7 @@ mod record;
 mod ring;
 
 pub use self::{
-    convert::{EMITTER, timestamp, timestamp_ns},
+    convert::{EMITTER, timestamp, timestamp_ns, to_proto},
     decode::{EndpointMeta, EnrichState, Enricher, decode_event, drop_reason_name},
     reader::{FlowSink, Pipeline, run_reader},
     record::PolicyRefOut,

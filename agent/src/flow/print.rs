@@ -9,32 +9,6 @@ use crate::api::{
     observer::{GetFlowsResponse, get_flows_response::ResponseTypes},
 };
 
-/// L4 protocol name as Hubble prints it (`TCP`, `UDP`, `SCTP`, `ICMPv4`, `ICMPv6`, or empty).
-pub fn protocol_name(f: &Flow) -> &'static str {
-    use pb::layer4::Protocol as P;
-    match f.l4.as_ref().and_then(|l| l.protocol.as_ref()) {
-        Some(P::Tcp(_)) => "TCP",
-        Some(P::Udp(_)) => "UDP",
-        Some(P::Sctp(_)) => "SCTP",
-        Some(P::IcmPv4(_)) => "ICMPv4",
-        Some(P::IcmPv6(_)) => "ICMPv6",
-        None => "",
-    }
-}
-
-/// A small number per L4 protocol (keys the port-distribution cardinality cap).
-pub fn proto_rank(l: &pb::Layer4) -> i32 {
-    use pb::layer4::Protocol as P;
-    match l.protocol {
-        Some(P::Tcp(_)) => 6,
-        Some(P::Udp(_)) => 17,
-        Some(P::Sctp(_)) => 132,
-        Some(P::IcmPv4(_)) => 1,
-        Some(P::IcmPv6(_)) => 58,
-        None => 0,
-    }
-}
-
 fn ports(f: &Flow) -> Option<(u32, u32)> {
     use pb::layer4::Protocol as P;
     match f.l4.as_ref()?.protocol.as_ref()? {
@@ -43,11 +17,6 @@ fn ports(f: &Flow) -> Option<(u32, u32)> {
         P::Sctp(s) => Some((s.source_port, s.destination_port)),
         P::IcmPv4(_) | P::IcmPv6(_) => None,
     }
-}
-
-/// Destination port of TCP, UDP and SCTP flows.
-pub fn destination_port(f: &Flow) -> Option<u32> {
-    ports(f).map(|p| p.1)
 }
 
 /// Hubble's kebab-case name of an observation point (`to-endpoint`, …).

@@ -7,12 +7,11 @@ use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
 use super::{
-    convert::to_proto,
-    decode::{Enricher, decode_event},
+    decode::{Enricher, decode_event, enrich_with},
     record::Flow,
-    ring::FlowRing,
+    ring::{FlowRing, StoredFlow},
 };
-use crate::metrics::Metrics;
+use crate::metrics::{FlowRecorder, Metrics};
 
 /// Where flow records go besides the ring.
 pub enum FlowSink {
@@ -41,33 +40,40 @@ impl FlowSink {
     }
 }
 
-/// Decode → enrich → sink, ring and metrics, for one raw ring-buffer record.
+/// Decode → sink, metrics and the flow ring, for one raw ring-buffer record. The flow message
+/// itself is built when a reader asks for it (see [`FlowRing`]).
 pub struct Pipeline {
-    /// Enrichment state.
-    pub enricher: Enricher,
-    /// Optional log sink.
-    pub sink: FlowSink,
-    /// The flow ring `GetFlows` reads.
-    pub ring: FlowRing,
-    /// Metrics.
-    pub metrics: Metrics,
+    enricher: Enricher,
+    sink: FlowSink,
+    ring: FlowRing,
+    metrics: Metrics,
+    recorder: FlowRecorder,
 }
 
 impl Pipeline {
+    /// A pipeline writing to `ring`, `metrics` and `sink`.
+    pub fn new(enricher: Enricher, sink: FlowSink, ring: FlowRing, metrics: Metrics) -> Self {
+        let recorder = metrics.flows.recorder();
+        Self { enricher, sink, ring, metrics, recorder }
+    }
+
     /// Processes one ring-buffer record.
     pub fn process(&mut self, bytes: &[u8]) {
         let Some(ev) = decode_event(bytes) else {
             self.metrics.datapath.malformed();
             return;
         };
-        let flow = self.enricher.enrich(&ev);
-        if let Err(error) = self.sink.write(&flow) {
-            tracing::warn!(%error, "flow sink write failed");
+        let state = self.enricher.current();
+        let wall_ns = self.enricher.wall_ns(&ev);
+        if !matches!(self.sink, FlowSink::None) {
+            let flow = enrich_with(&state, &ev, wall_ns);
+            if let Err(error) = self.sink.write(&flow) {
+                tracing::warn!(%error, "flow sink write failed");
+            }
         }
-        let pb = to_proto(flow);
-        self.metrics.flows.observe(&pb);
+        self.recorder.observe(&ev);
         self.metrics.processed.fetch_add(1, Ordering::Relaxed);
-        self.ring.push_flow(pb);
+        self.ring.push_stored(StoredFlow { event: ev, wall_ns, state });
     }
 }
 

@@ -1,23 +1,48 @@
 //! The bounded in-memory flow ring that `GetFlows` reads from.
 //!
+//! The ring keeps what the datapath sent plus the enrichment state in force at the time (shared,
+//! not copied), and builds the `flow.Flow` message only when a reader asks for it. That keeps
+//! the reader's per-event cost to a copy and a reference count, and a 65,536-flow ring to a few
+//! MiB instead of one heap-allocated message per flow.
+//!
 //! Entries carry a sequence number; a follower remembers the next number it wants, so a reader
 //! that falls behind by more than the capacity learns exactly how many entries it missed (reported
 //! as a `HUBBLE_RING_BUFFER` lost event). Writers never wait for readers.
 
 use std::{
+    borrow::Cow,
     collections::VecDeque,
     sync::{Arc, Mutex},
     time::Instant,
 };
 
+use catalyst_policy::datapath::FlowEvent;
 use tokio::sync::watch;
 
+use super::{
+    convert::{timestamp_ns, to_proto},
+    decode::{EnrichState, enrich_with},
+};
 use crate::api::flow::{Flow, LostEvent};
+
+/// A datapath event as stored: the raw event, its wall-clock time and the enrichment state
+/// that was in force when it arrived.
+#[derive(Debug, Clone)]
+pub struct StoredFlow {
+    /// The kernel event.
+    pub event: FlowEvent,
+    /// Wall-clock time, nanoseconds since the Unix epoch.
+    pub wall_ns: i128,
+    /// Enrichment state at arrival.
+    pub state: Arc<EnrichState>,
+}
 
 /// One entry of the ring.
 #[derive(Debug, Clone)]
 pub enum RingEvent {
-    /// A flow.
+    /// A datapath flow, enriched on read.
+    Stored(StoredFlow),
+    /// A flow that is already a message (tests, other producers).
     Flow(Arc<Flow>),
     /// Events lost upstream of the ring (kernel ring buffer, pipeline), with when it was noticed.
     Lost(Arc<LostEvent>),
@@ -26,11 +51,27 @@ pub enum RingEvent {
 impl RingEvent {
     /// Wall-clock time of the entry in nanoseconds since the epoch.
     pub fn time_ns(&self) -> i128 {
-        let ts = match self {
-            Self::Flow(f) => f.time.as_ref(),
-            Self::Lost(l) => l.last.as_ref(),
-        };
-        ts.map_or(0, super::convert::timestamp_ns)
+        match self {
+            Self::Stored(s) => s.wall_ns,
+            Self::Flow(f) => f.time.as_ref().map_or(0, timestamp_ns),
+            Self::Lost(l) => l.last.as_ref().map_or(0, timestamp_ns),
+        }
+    }
+
+    /// The flow message of a flow entry.
+    pub fn flow(&self) -> Option<Cow<'_, Flow>> {
+        match self {
+            Self::Stored(s) => Some(Cow::Owned(to_proto(enrich_with(
+                &s.state, &s.event, s.wall_ns,
+            )))),
+            Self::Flow(f) => Some(Cow::Borrowed(f)),
+            Self::Lost(_) => None,
+        }
+    }
+
+    /// Whether the entry is a flow (not a lost-events marker).
+    pub fn is_flow(&self) -> bool {
+        !matches!(self, Self::Lost(_))
     }
 }
 
@@ -41,6 +82,8 @@ struct Inner {
     first_seq: u64,
     /// Flows ever written (lost-event entries excluded).
     seen_flows: u64,
+    /// Flows currently held.
+    flows: usize,
 }
 
 /// A bounded ring of flows and lost-event markers, shared by the reader and the API.
@@ -74,6 +117,7 @@ impl FlowRing {
                 entries: VecDeque::with_capacity(capacity.min(1 << 16)),
                 first_seq: 0,
                 seen_flows: 0,
+                flows: 0,
             })),
             capacity,
             next_seq,
@@ -88,27 +132,44 @@ impl FlowRing {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Appends a flow, evicting the oldest entry when full.
+    /// Appends a datapath flow, evicting the oldest entry when full.
+    pub fn push_stored(&self, flow: StoredFlow) {
+        self.push(RingEvent::Stored(flow));
+    }
+
+    /// Appends a flow message.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "only tests produce ready messages today")
+    )]
     pub fn push_flow(&self, flow: Flow) {
-        self.push(RingEvent::Flow(Arc::new(flow)), true);
+        self.push(RingEvent::Flow(Arc::new(flow)));
     }
 
     /// Appends a lost-events marker.
     pub fn push_lost(&self, lost: LostEvent) {
-        self.push(RingEvent::Lost(Arc::new(lost)), false);
+        self.push(RingEvent::Lost(Arc::new(lost)));
     }
 
-    fn push(&self, ev: RingEvent, is_flow: bool) {
-        let next = {
+    fn push(&self, ev: RingEvent) {
+        let is_flow = ev.is_flow();
+        let (next, evicted) = {
             let mut g = self.lock();
-            if g.entries.len() == self.capacity {
-                g.entries.pop_front();
+            let evicted = if g.entries.len() == self.capacity {
                 g.first_seq += 1;
-            }
+                let old = g.entries.pop_front();
+                g.flows -= usize::from(old.as_ref().is_some_and(RingEvent::is_flow));
+                old
+            } else {
+                None
+            };
             g.entries.push_back(ev);
             g.seen_flows += u64::from(is_flow);
-            g.first_seq + g.entries.len() as u64
+            g.flows += usize::from(is_flow);
+            (g.first_seq + g.entries.len() as u64, evicted)
         };
+        // Dropped outside the lock.
+        drop(evicted);
         // The value only wakes followers (they track their own position), so skip the wake-up
         // when nobody follows.
         if self.next_seq.receiver_count() > 0 {
@@ -123,11 +184,7 @@ impl FlowRing {
 
     /// Flows currently held.
     pub fn len(&self) -> usize {
-        self.lock()
-            .entries
-            .iter()
-            .filter(|e| matches!(e, RingEvent::Flow(_)))
-            .count()
+        self.lock().flows
     }
 
     /// Flows ever written.
@@ -152,13 +209,11 @@ impl FlowRing {
     /// Entries from sequence number `from` on (at most `max`).
     pub fn read_from(&self, from: u64, max: usize) -> ReadBatch {
         let g = self.lock();
-        let end = g.first_seq + g.entries.len() as u64;
         let start = from.max(g.first_seq);
         let missed = start - from.min(start);
         let skip = usize::try_from(start - g.first_seq).unwrap_or(usize::MAX);
         let events: Vec<RingEvent> = g.entries.iter().skip(skip).take(max).cloned().collect();
         let next = start + events.len() as u64;
-        debug_assert!(next <= end);
         ReadBatch {
             events,
             missed,
@@ -202,5 +257,42 @@ mod tests {
         let b = ring.read_from(5, 10);
         assert!(b.events.is_empty());
         assert_eq!(b.missed, 0);
+        ring.push_lost(LostEvent::default());
+        assert_eq!(
+            ring.len(),
+            2,
+            "a lost-events marker evicted a flow and is not one"
+        );
+    }
+
+    #[test]
+    fn stored_flows_are_enriched_on_read_with_the_state_of_their_time() {
+        let ring = FlowRing::new(4);
+        let mut st = EnrichState {
+            node: "n1".into(),
+            ..EnrichState::default()
+        };
+        st.identities.insert(300, vec!["k8s:app=web".into()]);
+        let ev = FlowEvent {
+            family: 4,
+            kind: 5,
+            verdict: 1,
+            direction: 1,
+            dst_identity: 300,
+            ..FlowEvent::default()
+        };
+        ring.push_stored(StoredFlow {
+            event: ev,
+            wall_ns: 5,
+            state: Arc::new(st),
+        });
+        let (snap, _) = ring.snapshot();
+        let f = snap[0].flow().expect("a flow");
+        assert_eq!(f.node_name, "n1");
+        assert_eq!(
+            f.destination.as_ref().expect("destination").labels,
+            ["k8s:app=web"]
+        );
+        assert_eq!(snap[0].time_ns(), 5);
     }
 }

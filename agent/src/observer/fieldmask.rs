@@ -42,6 +42,15 @@ impl FlowMask {
         self.fields.is_empty()
     }
 
+    /// The masked form of `f`, without a copy when nothing is masked.
+    pub fn apply_cow(&self, f: std::borrow::Cow<'_, Flow>) -> Flow {
+        if self.is_empty() {
+            f.into_owned()
+        } else {
+            self.apply(&f)
+        }
+    }
+
     /// The masked copy of `f`.
     pub fn apply(&self, f: &Flow) -> Flow {
         if self.is_empty() {

@@ -77,19 +77,18 @@ impl Query {
         if !self.in_window(t) {
             return None;
         }
-        match ev {
-            RingEvent::Flow(f) => {
-                if !self.filters.matches(f) {
-                    return None;
-                }
-                Some(GetFlowsResponse {
-                    node_name: f.node_name.clone(),
-                    time: f.time,
-                    response_types: Some(ResponseTypes::Flow(self.mask.apply(f))),
-                })
-            }
-            RingEvent::Lost(l) => Some(lost_response(**l, node)),
+        if let RingEvent::Lost(l) = ev {
+            return Some(lost_response(**l, node));
         }
+        let f = ev.flow()?;
+        if !self.filters.matches(&f) {
+            return None;
+        }
+        Some(GetFlowsResponse {
+            node_name: f.node_name.clone(),
+            time: f.time,
+            response_types: Some(ResponseTypes::Flow(self.mask.apply_cow(f))),
+        })
     }
 }
 
@@ -301,7 +300,7 @@ impl Observer for ObserverService {
         let (snapshot, _) = self.ring.snapshot();
         let mut seen = BTreeSet::new();
         for ev in &snapshot {
-            if let RingEvent::Flow(f) = ev {
+            if let Some(f) = ev.flow() {
                 for e in [&f.source, &f.destination].into_iter().flatten() {
                     if !e.namespace.is_empty() {
                         seen.insert((e.cluster_name.clone(), e.namespace.clone()));
@@ -327,12 +326,9 @@ impl Observer for ObserverService {
             .iter()
             .rev()
             .take_while(|e| e.time_ns() >= horizon)
-            .filter(|e| matches!(e, RingEvent::Flow(_)))
+            .filter(|e| e.is_flow())
             .count();
-        let num_flows = snapshot
-            .iter()
-            .filter(|e| matches!(e, RingEvent::Flow(_)))
-            .count();
+        let num_flows = snapshot.iter().filter(|e| e.is_flow()).count();
         Ok(Response::new(pb::ServerStatusResponse {
             num_flows: num_flows as u64,
             max_flows: self.ring.capacity() as u64,

@@ -201,6 +201,7 @@ impl FlowRecorder {
     }
 
     /// Counts one datapath event. Keys pack a family tag (top byte) and the raw label values.
+    #[expect(clippy::too_many_lines, reason = "one block per Hubble metric family")]
     pub fn observe(&mut self, ev: &FlowEvent) {
         let (kind, verdict, proto, dir) = (ev.kind, ev.verdict, ev.protocol, ev.direction);
         let raw = |tag: u64, a: u8, b: u8, c: u8, d: u8| {

@@ -106,6 +106,18 @@ pub fn synthetic_events(count: usize, endpoints: u32) -> Vec<[u8; FLOW_EVENT_SIZ
         .collect()
 }
 
+/// Resident set size of this process in KiB (0 when /proc is unavailable).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn rate(n: usize, f: impl FnOnce()) -> f64 {
     let start = Instant::now();
     f();
@@ -123,16 +135,28 @@ pub fn flows(events: u64, ring: usize, json: bool) -> anyhow::Result<()> {
     let input = synthetic_events(n.min(1 << 20), ENDPOINTS);
     let enricher = Enricher::new(synthetic_state(ENDPOINTS));
 
+    let pipeline_ring = FlowRing::new(ring);
     let mut pipeline = Pipeline::new(
         enricher.clone(),
         FlowSink::None,
-        FlowRing::new(ring),
+        pipeline_ring.clone(),
         Metrics::new(256),
     );
     let ingest = rate(n, || {
         for i in 0..n {
             pipeline.process(&input[i % input.len()]);
         }
+    });
+    let rss_mib = rss_kib() / 1024;
+    // What a GetFlows reader pays: build every held flow's message once.
+    let (held, _) = pipeline_ring.snapshot();
+    let read = rate(held.len(), || {
+        let n: usize = held
+            .iter()
+            .filter_map(|e| e.flow())
+            .map(|f| f.summary.len())
+            .sum();
+        std::hint::black_box(n);
     });
     let mut sink = 0usize;
     let enrich = rate(n, || {
@@ -158,6 +182,8 @@ pub fn flows(events: u64, ring: usize, json: bool) -> anyhow::Result<()> {
                 "ingest_events_per_s": ingest.round(),
                 "decode_enrich_events_per_s": enrich.round(),
                 "decode_enrich_message_events_per_s": message.round(),
+                "ring_read_flows_per_s": read.round(),
+                "rss_mib_with_full_ring": rss_mib,
                 "bar_events_per_s": 500_000,
             })
         );

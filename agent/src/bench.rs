@@ -153,7 +153,7 @@ pub fn flows(events: u64, ring: usize, json: bool) -> anyhow::Result<()> {
     let read = rate(held.len(), || {
         let n: usize = held
             .iter()
-            .filter_map(|e| e.flow())
+            .filter_map(crate::flow::RingEvent::flow)
             .map(|f| f.summary.len())
             .sum();
         std::hint::black_box(n);

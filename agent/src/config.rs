@@ -97,6 +97,44 @@ pub struct AgentConfig {
     /// The Prometheus `/metrics` endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Flow export to NATS `JetStream`.
+    #[serde(default)]
+    pub nats: NatsConfig,
+}
+
+/// NATS `JetStream` export of flows (`DESIGN.md` §4.5).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URL (`nats://host:4222`); `null` (the default) exports nothing and logs so.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Cluster name in the subject `catalyst.flows.<cluster>.<node>`. Default `default`.
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
+    /// `JetStream` stream, created when missing with subjects `catalyst.flows.>`. Default
+    /// `CATALYST_FLOWS`.
+    #[serde(default = "default_stream")]
+    pub stream: String,
+    /// Flows queued for publishing; when full (NATS slow or down) further flows are dropped and
+    /// counted, the datapath reader never waits. Default 8192.
+    #[serde(default = "default_nats_buffer")]
+    pub buffer: usize,
+    /// Export one flow in `sample` (1 exports every flow). Default 1.
+    #[serde(default = "default_sample")]
+    pub sample: u32,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            cluster: default_cluster(),
+            stream: default_stream(),
+            buffer: default_nats_buffer(),
+            sample: default_sample(),
+        }
+    }
 }
 
 /// Observer API (Hubble `observer.Observer` gRPC) and flow ring settings.
@@ -274,6 +312,18 @@ fn default_max_ports() -> usize {
 }
 fn default_counters_interval_ms() -> u64 {
     1000
+}
+fn default_cluster() -> String {
+    "default".to_owned()
+}
+fn default_stream() -> String {
+    "CATALYST_FLOWS".to_owned()
+}
+fn default_nats_buffer() -> usize {
+    8192
+}
+fn default_sample() -> u32 {
+    1
 }
 fn default_endpoints_max() -> u32 {
     DEFAULT_ENDPOINTS_MAX

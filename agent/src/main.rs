@@ -11,6 +11,7 @@ mod config;
 mod datapath;
 mod flow;
 mod metrics;
+mod nats;
 mod observer;
 mod run;
 mod state;

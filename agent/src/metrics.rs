@@ -442,6 +442,8 @@ pub struct Metrics {
     pub datapath: DatapathMetrics,
     /// Flows processed (for status and logs).
     pub processed: Arc<AtomicU64>,
+    /// `catalyst_nats_*`.
+    pub nats: crate::nats::NatsMetrics,
 }
 
 impl Metrics {
@@ -449,13 +451,10 @@ impl Metrics {
     pub fn new(max_ports: usize) -> Self {
         let mut registry = Registry::default();
         let flows = FlowMetrics::register(registry.sub_registry_with_prefix("hubble"), max_ports);
-        let datapath = DatapathMetrics::register(registry.sub_registry_with_prefix("catalyst"));
-        Self {
-            registry: Arc::new(registry),
-            flows,
-            datapath,
-            processed: Arc::default(),
-        }
+        let catalyst = registry.sub_registry_with_prefix("catalyst");
+        let datapath = DatapathMetrics::register(catalyst);
+        let nats = crate::nats::NatsMetrics::register(catalyst);
+        Self { registry: Arc::new(registry), flows, datapath, processed: Arc::default(), nats }
     }
 
     /// Prometheus text exposition.

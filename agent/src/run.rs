@@ -97,7 +97,10 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let ring = FlowRing::new(cfg.observer.ring_capacity);
     let enricher = Enricher::new(snap.enrich.clone());
     let events = dp.take_events().context("event ring buffer already taken")?;
-    let pipeline = Pipeline::new(enricher.clone(), sink_for(&cfg)?, ring.clone(), metrics.clone());
+    let export = crate::nats::start(&cfg.nats, &cfg.node, metrics.nats.clone());
+    let (export, export_task) = export.map_or((None, None), |(e, t)| (Some(e), Some(t)));
+    let pipeline =
+        Pipeline::new(enricher.clone(), sink_for(&cfg)?, ring.clone(), metrics.clone()).with_export(export);
     let reader = tokio::spawn(run_reader(events, pipeline));
     let servers = start_servers(&cfg, &ring, &metrics).await;
 
@@ -163,6 +166,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         }
     }
     reader.abort();
+    if let Some(t) = export_task {
+        t.abort();
+    }
     for s in servers {
         s.abort();
     }

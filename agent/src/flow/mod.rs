@@ -14,5 +14,5 @@ pub use self::{
     decode::{EndpointMeta, EnrichState, Enricher, decode_event, drop_reason_name},
     reader::{FlowSink, Pipeline, run_reader},
     record::PolicyRefOut,
-    ring::{FlowRing, RingEvent},
+    ring::{FlowRing, RingEvent, StoredFlow},
 };

@@ -11,7 +11,10 @@ use super::{
     record::Flow,
     ring::{FlowRing, StoredFlow},
 };
-use crate::metrics::{FlowRecorder, Metrics};
+use crate::{
+    metrics::{FlowRecorder, Metrics},
+    nats::FlowExport,
+};
 
 /// Where flow records go besides the ring.
 pub enum FlowSink {
@@ -48,13 +51,20 @@ pub struct Pipeline {
     ring: FlowRing,
     metrics: Metrics,
     recorder: FlowRecorder,
+    export: Option<FlowExport>,
 }
 
 impl Pipeline {
     /// A pipeline writing to `ring`, `metrics` and `sink`.
     pub fn new(enricher: Enricher, sink: FlowSink, ring: FlowRing, metrics: Metrics) -> Self {
         let recorder = metrics.flows.recorder();
-        Self { enricher, sink, ring, metrics, recorder }
+        Self { enricher, sink, ring, metrics, recorder, export: None }
+    }
+
+    /// Also hands every flow to an exporter.
+    pub fn with_export(mut self, export: Option<FlowExport>) -> Self {
+        self.export = export;
+        self
     }
 
     /// Processes one ring-buffer record.
@@ -73,7 +83,11 @@ impl Pipeline {
         }
         self.recorder.observe(&ev);
         self.metrics.processed.fetch_add(1, Ordering::Relaxed);
-        self.ring.push_stored(StoredFlow { event: ev, wall_ns, state });
+        let stored = StoredFlow { event: ev, wall_ns, state };
+        if let Some(export) = &mut self.export {
+            export.offer(&stored);
+        }
+        self.ring.push_stored(stored);
     }
 }
 

@@ -192,6 +192,8 @@ pub fn flows(events: u64, ring: usize, json: bool) -> anyhow::Result<()> {
         println!("  ingest (decode, metrics, flow ring):    {ingest:>12.0} events/s");
         println!("  decode + enrich (flow record):          {enrich:>12.0} events/s");
         println!("  decode + enrich + flow.Flow message:    {message:>12.0} events/s");
+        println!("  ring read (flow.Flow from held flows):  {read:>12.0} flows/s");
+        println!("  process RSS with the ring full:         {rss_mib:>12} MiB");
         println!(
             "  bar (decoded and enriched):             {:>12} events/s",
             500_000

@@ -1,11 +1,12 @@
 //! Needs root: runs the real agent on the netns lab, drives traffic with `catalyst_tests::probe`
 //! and checks that `catalyst-agent observe` (a gRPC client of the agent's Observer API) shows
-//! the right verdict, drop reason, direction, is_reply and policy names, that `status` answers,
+//! the right verdict, drop reason, direction, `is_reply` and policy names, that `status` answers,
 //! and that `/metrics` counts the drops.
 //!
 //! Run by `cargo xtask test` (as root). With `CATALYST_UNIT_ONLY=1` it says it was skipped.
 
 use std::{
+    fmt::Write as _,
     io::{Read as _, Write as _},
     net::TcpStream,
     path::{Path, PathBuf},
@@ -59,10 +60,11 @@ fn write_config(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
         cfg.push_str(&line);
         cfg.push('\n');
     }
-    cfg.push_str(&format!(
-        "observer:\n  listen_address: 127.0.0.1:14244\n  unix_socket: {}\n  ring_capacity: 4096\nmetrics:\n  listen_address: {METRICS}\n",
+    writeln!(
+        cfg,
+        "observer:\n  listen_address: 127.0.0.1:14244\n  unix_socket: {}\n  ring_capacity: 4096\nmetrics:\n  listen_address: {METRICS}",
         socket.display()
-    ));
+    )?;
     let path = dir.join("agent.yaml");
     std::fs::write(&path, cfg)?;
     Ok((path, socket))
@@ -113,6 +115,7 @@ fn scrape_metrics() -> anyhow::Result<String> {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, checked step by step")]
 fn observe_shows_verdicts_drop_reasons_and_policies_needs_root() -> anyhow::Result<()> {
     if let Some(why) = skip_reason() {
         eprintln!("skipped observe_shows_verdicts_drop_reasons_and_policies_needs_root: {why}");

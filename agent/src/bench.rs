@@ -2,7 +2,9 @@
 //! least 500,000 events/s decoded and enriched). Synthetic datapath events in their kernel byte
 //! form go through the same code as the ring-buffer reader.
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
+
+use anyhow::Context as _;
 
 use catalyst_policy::datapath::{
     DIR_EGRESS, DIR_INGRESS, EV_F_REPLY, EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE,
@@ -126,6 +128,71 @@ fn rate(n: usize, f: impl FnOnce()) -> f64 {
     r
 }
 
+/// `GetFlows` with `follow` to a gRPC client over TCP loopback while the pipeline ingests `n`
+/// events on another thread as fast as it can: flows delivered per second, and how many the
+/// client missed (reported to it as `HUBBLE_RING_BUFFER` lost events).
+fn follow(
+    n: usize,
+    ring: usize,
+    input: Arc<Vec<[u8; FLOW_EVENT_SIZE]>>,
+    enricher: Enricher,
+) -> anyhow::Result<(f64, u64, u64)> {
+    use crate::{
+        api::observer::{
+            GetFlowsRequest, get_flows_response::ResponseTypes, observer_client::ObserverClient,
+        },
+        observer::{Listeners, ObserverService, serve},
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let flow_ring = FlowRing::new(ring);
+        let listeners =
+            Listeners::bind(Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))), None).await?;
+        let addr = listeners.tcp_addr().context("bound")?;
+        tokio::spawn(serve(
+            ObserverService::new(flow_ring.clone(), "bench-node", &addr.to_string()),
+            listeners,
+        ));
+        let channel =
+            crate::client::connect(&addr.to_string(), std::time::Duration::from_secs(5)).await?;
+        let mut stream = ObserverClient::new(channel)
+            .get_flows(GetFlowsRequest {
+                follow: true,
+                ..GetFlowsRequest::default()
+            })
+            .await?
+            .into_inner();
+        let start = Instant::now();
+        let producer = std::thread::spawn(move || {
+            let mut p = Pipeline::new(enricher, FlowSink::None, flow_ring, Metrics::new(256));
+            for i in 0..n {
+                p.process(&input[i % input.len()]);
+            }
+        });
+        let (mut got, mut lost) = (0u64, 0u64);
+        while got + lost < n as u64 {
+            match stream.message().await? {
+                Some(r) => match r.response_types {
+                    Some(ResponseTypes::Flow(_)) => got += 1,
+                    Some(ResponseTypes::LostEvents(l)) => lost += l.num_events_lost,
+                    _ => {}
+                },
+                None => break,
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        producer
+            .join()
+            .map_err(|_| anyhow::anyhow!("producer panicked"))?;
+        #[expect(clippy::cast_precision_loss, reason = "a rate for display")]
+        let rate = got as f64 / secs;
+        Ok((rate, got, lost))
+    })
+}
+
 /// Runs the benchmark and prints events/s for three paths: the reader's ingest (what bounds the
 /// kernel ring's drain rate), decode + enrich into the flow record, and decode + enrich + the
 /// `flow.Flow` message (what a `GetFlows` reader pays per flow).
@@ -174,6 +241,7 @@ pub fn flows(events: u64, ring: usize, json: bool) -> anyhow::Result<()> {
         }
     });
     std::hint::black_box(sink);
+    let (follow_rate, follow_got, follow_lost) = follow(n, ring, Arc::new(input), enricher)?;
     if json {
         println!(
             "{}",
@@ -186,6 +254,9 @@ pub fn flows(events: u64, ring: usize, json: bool) -> anyhow::Result<()> {
                 "decode_enrich_message_events_per_s": message.round(),
                 "ring_read_flows_per_s": read.round(),
                 "ring_rss_kib": ring_kib,
+                "follow_flows_per_s": follow_rate.round(),
+                "follow_delivered": follow_got,
+                "follow_lost": follow_lost,
                 "bar_events_per_s": 500_000,
             })
         );

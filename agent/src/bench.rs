@@ -267,6 +267,10 @@ pub fn flows(events: u64, ring: usize, json: bool) -> anyhow::Result<()> {
         println!("  decode + enrich + flow.Flow message:    {message:>12.0} events/s");
         println!("  ring read (flow.Flow from held flows):  {read:>12.0} flows/s");
         println!("  RSS added by the full ring:             {ring_kib:>12} KiB");
+        println!("  GetFlows follow to a client (TCP):      {follow_rate:>12.0} flows/s");
+        println!(
+            "    ({follow_got} delivered, {follow_lost} reported lost: ingest ran at full speed)"
+        );
         println!(
             "  bar (decoded and enriched):             {:>12} events/s",
             500_000

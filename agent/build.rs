@@ -38,7 +38,9 @@ fn build_ebpf() -> anyhow::Result<()> {
         v.is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
     };
     if skip(env::var_os("CATALYST_SKIP_EBPF")) || skip(env::var_os("AYA_BUILD_SKIP")) {
-        println!("cargo:warning=CATALYST_SKIP_EBPF set: building the agent without its eBPF object");
+        println!(
+            "cargo:warning=CATALYST_SKIP_EBPF set: building the agent without its eBPF object"
+        );
         fs::write(&object, b"")?;
         println!("cargo:rustc-cfg=catalyst_no_ebpf");
         println!("cargo:rustc-check-cfg=cfg(catalyst_no_ebpf)");
@@ -47,7 +49,10 @@ fn build_ebpf() -> anyhow::Result<()> {
     println!("cargo:rustc-check-cfg=cfg(catalyst_no_ebpf)");
 
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let root = manifest_dir.parent().expect("agent/ lives in the workspace root").to_owned();
+    let root = manifest_dir
+        .parent()
+        .expect("agent/ lives in the workspace root")
+        .to_owned();
     let linker_dir = root.join(".tools/bpf-linker/bin");
     if linker_dir.join("bpf-linker").exists() {
         let path = env::var_os("PATH").unwrap_or_default();
@@ -76,5 +81,7 @@ fn build_ebpf() -> anyhow::Result<()> {
 }
 
 fn which_bpf_linker() -> Option<PathBuf> {
-    env::split_paths(&env::var_os("PATH")?).map(|p| p.join("bpf-linker")).find(|p| p.exists())
+    env::split_paths(&env::var_os("PATH")?)
+        .map(|p| p.join("bpf-linker"))
+        .find(|p| p.exists())
 }

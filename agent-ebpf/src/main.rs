@@ -12,25 +12,25 @@ mod parse;
 mod verdict;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::{BPF_F_NO_COMMON_LRU, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
 };
 use catalyst_policy::datapath::{
-    CT_F_AUDIT, CT_F_CLOSING, CT_F_SEEN_REPLY, CtEntry, CtKey, DEFAULT_CONNTRACK_MAX,
-    DEFAULT_ENDPOINTS_MAX, DEFAULT_EVENTS_BYTES, DEFAULT_IPCACHE_MAX, DEFAULT_POLICY_MAX,
-    DIR_EGRESS, DIR_INGRESS, DROP_CT_MAP_INSERTION_FAILED, DROP_NONE, DatapathConfig,
-    EV_F_END, EV_F_NEW, EV_F_REEVALUATED, EV_F_REPLY, EVENT_DROP, EVENT_POLICY_VERDICT,
-    EVENT_TRACE, EndpointInfo, FlowEvent, IpcacheEntry, PROTO_TCP, PolicyEntry, PolicyKey,
-    STAT_CT_CREATED, STAT_CT_REEVALUATED, STAT_EVENTS_LOST, STAT_EVENTS_SENT, STAT_NO_ENDPOINT,
-    STAT_NOT_POLICED, TRACE_ESTABLISHED, TRACE_NEW, TRACE_REPLY, VERDICT_DROPPED, counter_index,
-    COUNTER_SLOTS,
+    COUNTER_SLOTS, CT_F_AUDIT, CT_F_CLOSING, CT_F_SEEN_REPLY, CtEntry, CtKey,
+    DEFAULT_CONNTRACK_MAX, DEFAULT_ENDPOINTS_MAX, DEFAULT_EVENTS_BYTES, DEFAULT_IPCACHE_MAX,
+    DEFAULT_POLICY_MAX, DIR_EGRESS, DIR_INGRESS, DROP_CT_MAP_INSERTION_FAILED, DROP_NONE,
+    DatapathConfig, EV_F_END, EV_F_NEW, EV_F_REEVALUATED, EV_F_REPLY, EVENT_DROP,
+    EVENT_POLICY_VERDICT, EVENT_TRACE, EndpointInfo, FlowEvent, IpcacheEntry, PROTO_TCP,
+    PolicyEntry, PolicyKey, STAT_CT_CREATED, STAT_CT_REEVALUATED, STAT_EVENTS_LOST,
+    STAT_EVENTS_SENT, STAT_NO_ENDPOINT, STAT_NOT_POLICED, TRACE_ESTABLISHED, TRACE_NEW,
+    TRACE_REPLY, VERDICT_DROPPED, counter_index,
 };
 
 use crate::{
-    parse::{Packet, Parsed, PULL_LEN},
+    parse::{PULL_LEN, Packet, Parsed},
     verdict::Decision,
 };
 
@@ -47,7 +47,10 @@ static IPCACHE6: LpmTrie<[u8; 16], IpcacheEntry> = LpmTrie::pinned(DEFAULT_IPCAC
 #[map(name = "CATALYST_POLICY")]
 static POLICY: LpmTrie<PolicyKey, PolicyEntry> = LpmTrie::pinned(DEFAULT_POLICY_MAX, 0);
 #[map(name = "CATALYST_CT")]
-static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(DEFAULT_CONNTRACK_MAX, 0);
+// Per-CPU LRU lists (BPF_F_NO_COMMON_LRU): inserts of new connections do not contend on one
+// global LRU lock.
+static CONNTRACK: LruHashMap<CtKey, CtEntry> =
+    LruHashMap::pinned(DEFAULT_CONNTRACK_MAX, BPF_F_NO_COMMON_LRU);
 #[map(name = "CATALYST_CONFIG")]
 static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
 #[map(name = "CATALYST_COUNTERS")]
@@ -88,17 +91,15 @@ fn now_ns() -> u64 {
 fn handle(ctx: &TcContext, dir: u8) -> i32 {
     // SAFETY: the context pointer is valid for the program's lifetime.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let Some(ep) = ENDPOINTS.get_ptr(ifindex) else {
-        count(STAT_NO_ENDPOINT);
-        return PASS;
-    };
-    // SAFETY: map value pointer returned by a successful lookup.
-    let ep = unsafe { *ep };
     // Headers must be in the linear part for direct packet access; pull them in when the skb
     // is non-linear (rare on veth). A failed pull shows up as a parse drop below.
     let linear = (ctx.data_end() - ctx.data()) as u32;
     if linear < PULL_LEN && ctx.len() > linear {
-        let want = if ctx.len() < PULL_LEN { ctx.len() } else { PULL_LEN };
+        let want = if ctx.len() < PULL_LEN {
+            ctx.len()
+        } else {
+            PULL_LEN
+        };
         let _ = ctx.pull_data(want);
     }
     match parse::parse(ctx) {
@@ -106,8 +107,12 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
             count(STAT_NOT_POLICED);
             PASS
         }
-        Ok(Parsed::Ip(pkt)) => handle_ip(ctx, dir, ifindex, &ep, &pkt),
+        Ok(Parsed::Ip(pkt)) => handle_ip(ctx, dir, ifindex, &pkt),
         Err(reason) => {
+            let Some(ep) = endpoint(ifindex) else {
+                count(STAT_NO_ENDPOINT);
+                return PASS;
+            };
             count(counter_index(dir, reason));
             // Malformed packets are reported like other drops, without a flow to aggregate on.
             emit_malformed(ctx, dir, ifindex, &ep, reason);
@@ -116,18 +121,30 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
     }
 }
 
+/// The endpoint of `ifindex`. Looked up only off the established fast path: a conntrack hit
+/// under the current policy revision needs nothing else. (Removing an endpoint bumps the
+/// revision, so its connections come through here on their next packet.)
+#[inline(always)]
+fn endpoint(ifindex: u32) -> Option<EndpointInfo> {
+    // SAFETY: map value pointer returned by a successful lookup, copied out at once.
+    ENDPOINTS.get_ptr(ifindex).map(|p| unsafe { *p })
+}
+
 #[inline(always)]
 fn config() -> DatapathConfig {
     match CONFIG.get(0) {
         Some(c) => *c,
-        None => DatapathConfig { policy_revision: 0, flags: 0, event_interval_ns: 0 },
+        None => DatapathConfig {
+            policy_revision: 0,
+            flags: 0,
+            event_interval_ns: 0,
+        },
     }
 }
 
 #[inline(always)]
-fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, ep: &EndpointInfo, pkt: &Packet) -> i32 {
+fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
     let cfg = config();
-    let now = now_ns();
     let key = CtKey {
         ifindex,
         saddr: pkt.saddr,
@@ -156,7 +173,12 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, ep: &EndpointInfo, pkt: &Pa
     }
 
     let Some(e) = entry else {
-        return new_flow(ctx, dir, ifindex, ep, pkt, &key, &cfg, now);
+        let Some(ep) = endpoint(ifindex) else {
+            count(STAT_NO_ENDPOINT);
+            return PASS;
+        };
+        let ep = &ep;
+        return new_flow(ctx, dir, ifindex, ep, pkt, &key, &cfg, now_ns());
     };
     // SAFETY: pointer from a successful lookup; LRU entries stay valid for this program run.
     let e = unsafe { &mut *e };
@@ -165,9 +187,14 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, ep: &EndpointInfo, pkt: &Pa
     if e.revision != cfg.policy_revision {
         // Policy changed since the verdict was cached: re-evaluate the connection in its
         // original direction (revocation is prompt; the fast path stays one lookup).
+        let Some(ep) = endpoint(ifindex) else {
+            // The interface is no longer an endpoint: stop enforcing its connections.
+            count(STAT_NO_ENDPOINT);
+            return PASS;
+        };
         let (peer, peer_family) = original_peer(e, pkt, reply);
         let d = verdict::decide(
-            ep,
+            &ep,
             e.direction as u8,
             &peer,
             peer_family,
@@ -180,9 +207,23 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, ep: &EndpointInfo, pkt: &Pa
         count(STAT_CT_REEVALUATED);
         if changed {
             ev_flags |= EV_F_REEVALUATED;
-            let kind = if d.verdict == VERDICT_DROPPED { EVENT_DROP } else { EVENT_POLICY_VERDICT };
-            emit(ctx, kind, dir, ifindex, ep, pkt, e, ev_flags, TRACE_ESTABLISHED);
-            e.last_event_ns = now;
+            let kind = if d.verdict == VERDICT_DROPPED {
+                EVENT_DROP
+            } else {
+                EVENT_POLICY_VERDICT
+            };
+            emit(
+                ctx,
+                kind,
+                dir,
+                ifindex,
+                &ep,
+                pkt,
+                e,
+                ev_flags,
+                TRACE_ESTABLISHED,
+            );
+            e.last_event_ns = now_ns();
         }
     }
     e.packets += 1;
@@ -194,10 +235,18 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, ep: &EndpointInfo, pkt: &Pa
     let verdict = e.verdict as u8;
     if verdict == VERDICT_DROPPED {
         count(counter_index(dir, e.drop_reason as u8));
+        // The clock is read only on the (rare) drop path of an established entry.
+        let now = now_ns();
         if now.wrapping_sub(e.last_event_ns) >= cfg.event_interval_ns {
             e.last_event_ns = now;
-            let trace = if reply { TRACE_REPLY } else { TRACE_ESTABLISHED };
-            emit(ctx, EVENT_DROP, dir, ifindex, ep, pkt, e, ev_flags, trace);
+            let trace = if reply {
+                TRACE_REPLY
+            } else {
+                TRACE_ESTABLISHED
+            };
+            if let Some(ep) = endpoint(ifindex) {
+                emit(ctx, EVENT_DROP, dir, ifindex, &ep, pkt, e, ev_flags, trace);
+            }
         }
         return DROP;
     }
@@ -216,12 +265,30 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, ep: &EndpointInfo, pkt: &Pa
                 e.flags |= CT_F_CLOSING;
                 ev_flags |= EV_F_END;
             }
-            let trace = if reply { TRACE_REPLY } else { TRACE_ESTABLISHED };
-            emit(ctx, EVENT_TRACE, dir, ifindex, ep, pkt, e, ev_flags, trace);
+            let trace = if reply {
+                TRACE_REPLY
+            } else {
+                TRACE_ESTABLISHED
+            };
+            if let Some(ep) = endpoint(ifindex) {
+                emit(ctx, EVENT_TRACE, dir, ifindex, &ep, pkt, e, ev_flags, trace);
+            }
         }
     } else if reply && e.packets == 2 {
         // First reply of a non-TCP flow: one trace event so replies are visible.
-        emit(ctx, EVENT_TRACE, dir, ifindex, ep, pkt, e, ev_flags, TRACE_REPLY);
+        if let Some(ep) = endpoint(ifindex) {
+            emit(
+                ctx,
+                EVENT_TRACE,
+                dir,
+                ifindex,
+                &ep,
+                pkt,
+                e,
+                ev_flags,
+                TRACE_REPLY,
+            );
+        }
     }
     count(counter_index(dir, DROP_NONE));
     PASS
@@ -232,8 +299,16 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, ep: &EndpointInfo, pkt: &Pa
 fn original_peer(e: &CtEntry, pkt: &Packet, reply: bool) -> ([u32; 4], u8) {
     // Original packet: (s, d) = reply ? (pkt.d, pkt.s) : (pkt.s, pkt.d).
     // Its peer is the destination for egress connections, the source for ingress ones.
-    let (osrc, odst) = if reply { (pkt.daddr, pkt.saddr) } else { (pkt.saddr, pkt.daddr) };
-    let peer = if e.direction as u8 == DIR_EGRESS { odst } else { osrc };
+    let (osrc, odst) = if reply {
+        (pkt.daddr, pkt.saddr)
+    } else {
+        (pkt.saddr, pkt.daddr)
+    };
+    let peer = if e.direction as u8 == DIR_EGRESS {
+        odst
+    } else {
+        osrc
+    };
     (peer, pkt.family)
 }
 
@@ -253,7 +328,10 @@ fn store_decision(e: &mut CtEntry, d: &Decision, revision: u32) {
 }
 
 #[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "inlined hot path; a struct would cost stack")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined hot path; a struct would cost stack"
+)]
 fn new_flow(
     ctx: &TcContext,
     dir: u8,
@@ -264,8 +342,20 @@ fn new_flow(
     cfg: &DatapathConfig,
     now: u64,
 ) -> i32 {
-    let peer = if dir == DIR_EGRESS { pkt.daddr } else { pkt.saddr };
-    let d = verdict::decide(ep, dir, &peer, pkt.family, pkt.protocol, pkt.policy_port, cfg);
+    let peer = if dir == DIR_EGRESS {
+        pkt.daddr
+    } else {
+        pkt.saddr
+    };
+    let d = verdict::decide(
+        ep,
+        dir,
+        &peer,
+        pkt.family,
+        pkt.protocol,
+        pkt.policy_port,
+        cfg,
+    );
     let mut e = CtEntry {
         revision: 0,
         verdict: 0,
@@ -286,22 +376,39 @@ fn new_flow(
         count(counter_index(dir, DROP_CT_MAP_INSERTION_FAILED));
         e.verdict = u32::from(VERDICT_DROPPED);
         e.drop_reason = u32::from(DROP_CT_MAP_INSERTION_FAILED);
-        emit(ctx, EVENT_DROP, dir, ifindex, ep, pkt, &e, EV_F_NEW, TRACE_NEW);
+        emit(
+            ctx, EVENT_DROP, dir, ifindex, ep, pkt, &e, EV_F_NEW, TRACE_NEW,
+        );
         return DROP;
     }
     count(STAT_CT_CREATED);
     if d.verdict == VERDICT_DROPPED {
         count(counter_index(dir, d.reason));
-        emit(ctx, EVENT_DROP, dir, ifindex, ep, pkt, &e, EV_F_NEW, TRACE_NEW);
+        emit(
+            ctx, EVENT_DROP, dir, ifindex, ep, pkt, &e, EV_F_NEW, TRACE_NEW,
+        );
         return DROP;
     }
-    emit(ctx, EVENT_POLICY_VERDICT, dir, ifindex, ep, pkt, &e, EV_F_NEW, TRACE_NEW);
+    emit(
+        ctx,
+        EVENT_POLICY_VERDICT,
+        dir,
+        ifindex,
+        ep,
+        pkt,
+        &e,
+        EV_F_NEW,
+        TRACE_NEW,
+    );
     count(counter_index(dir, DROP_NONE));
     PASS
 }
 
 #[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "inlined; fills one ring-buffer record")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined; fills one ring-buffer record"
+)]
 fn emit(
     ctx: &TcContext,
     kind: u8,

@@ -80,31 +80,56 @@ fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*const T, u8> {
     Ok((start + offset) as *const T)
 }
 
-/// Copies `N` bytes at `offset` out of the packet with one bounds check (one check per header
-/// keeps the verifier's view and the compiler's view of the bounds the same).
-#[inline(always)]
-fn bytes<const N: usize>(ctx: &TcContext, offset: usize, reason: u8) -> Result<[u8; N], u8> {
-    let p = ptr_at::<[u8; N]>(ctx, offset).map_err(|_| reason)?;
-    // SAFETY: `ptr_at` checked that the N bytes lie inside the packet.
-    Ok(unsafe { core::ptr::read_unaligned(p) })
+/// A bounds-checked view of `N` packet bytes: one check against `data_end` for the whole header
+/// (one check per header keeps the verifier's and the compiler's view of the bounds the same),
+/// then field reads straight from the packet, without copying the header.
+#[derive(Clone, Copy)]
+struct View<const N: usize> {
+    p: *const u8,
 }
 
-#[inline(always)]
-fn be16(b: &[u8], i: usize) -> u16 {
-    u16::from_be_bytes([b[i], b[i + 1]])
-}
+impl<const N: usize> View<N> {
+    #[inline(always)]
+    fn at(ctx: &TcContext, offset: usize, reason: u8) -> Result<Self, u8> {
+        let p = ptr_at::<[u8; N]>(ctx, offset).map_err(|_| reason)?;
+        Ok(Self { p: p.cast() })
+    }
 
-#[inline(always)]
-fn word(b: &[u8], i: usize) -> u32 {
-    // Network byte order kept in memory: the word is stored exactly as on the wire.
-    u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+    #[inline(always)]
+    fn u8(self, i: usize) -> u8 {
+        debug_assert!(i < N);
+        // SAFETY: `at` checked that N bytes from `p` lie inside the packet; i < N.
+        unsafe { *self.p.add(i) }
+    }
+
+    #[inline(always)]
+    fn be16(self, i: usize) -> u16 {
+        debug_assert!(i + 2 <= N);
+        // SAFETY: as above, i + 2 <= N.
+        u16::from_be(unsafe { core::ptr::read_unaligned(self.p.add(i).cast::<u16>()) })
+    }
+
+    /// The raw (network byte order) 16 bits at `i`.
+    #[inline(always)]
+    fn raw16(self, i: usize) -> u16 {
+        debug_assert!(i + 2 <= N);
+        // SAFETY: as above, i + 2 <= N.
+        unsafe { core::ptr::read_unaligned(self.p.add(i).cast::<u16>()) }
+    }
+
+    /// The raw (network byte order) 32 bits at `i`, stored exactly as on the wire.
+    #[inline(always)]
+    fn word(self, i: usize) -> u32 {
+        debug_assert!(i + 4 <= N);
+        // SAFETY: as above, i + 4 <= N.
+        unsafe { core::ptr::read_unaligned(self.p.add(i).cast::<u32>()) }
+    }
 }
 
 /// Parses the packet in `ctx`.
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Result<Parsed, u8> {
-    let eth = bytes::<ETH_HLEN>(ctx, 0, DROP_INVALID_PACKET)?;
-    let ethertype = be16(&eth, 12);
+    let ethertype = View::<ETH_HLEN>::at(ctx, 0, DROP_INVALID_PACKET)?.be16(12);
     let mut pkt = Packet {
         family: 0,
         protocol: 0,
@@ -123,56 +148,58 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, u8> {
     let mut first_fragment = true;
     match ethertype {
         ETH_P_IP => {
-            let ip = bytes::<20>(ctx, ETH_HLEN, DROP_INVALID_PACKET)?;
-            if ip[0] >> 4 != 4 {
+            let ip = View::<20>::at(ctx, ETH_HLEN, DROP_INVALID_PACKET)?;
+            let vihl = ip.u8(0);
+            if vihl >> 4 != 4 {
                 return Err(DROP_INVALID_PACKET);
             }
-            let ihl = ((ip[0] & 0x0f) as usize) * 4;
+            let ihl = ((vihl & 0x0f) as usize) * 4;
             if ihl < 20 {
                 return Err(DROP_INVALID_PACKET);
             }
-            if be16(&ip, 6) & 0x1fff != 0 {
+            if ip.be16(6) & 0x1fff != 0 {
                 first_fragment = false;
             }
             pkt.family = 4;
-            pkt.protocol = ip[9];
-            pkt.saddr[0] = word(&ip, 12);
-            pkt.daddr[0] = word(&ip, 16);
+            pkt.protocol = ip.u8(9);
+            pkt.saddr[0] = ip.word(12);
+            pkt.daddr[0] = ip.word(16);
             l4_off = ETH_HLEN + ihl;
         }
         ETH_P_IPV6 => {
-            let ip = bytes::<IPV6_HLEN>(ctx, ETH_HLEN, DROP_INVALID_PACKET)?;
-            if ip[0] >> 4 != 6 {
+            let ip = View::<IPV6_HLEN>::at(ctx, ETH_HLEN, DROP_INVALID_PACKET)?;
+            if ip.u8(0) >> 4 != 6 {
                 return Err(DROP_INVALID_PACKET);
             }
             pkt.family = 6;
             let mut i = 0;
             while i < 4 {
-                pkt.saddr[i] = word(&ip, 8 + i * 4);
-                pkt.daddr[i] = word(&ip, 24 + i * 4);
+                pkt.saddr[i] = ip.word(8 + i * 4);
+                pkt.daddr[i] = ip.word(24 + i * 4);
                 i += 1;
             }
-            let mut next = ip[6];
+            let mut next = ip.u8(6);
             let mut off = ETH_HLEN + IPV6_HLEN;
             let mut walked = 0;
             while walked <= MAX_IPV6_EXT {
                 match next {
-                    NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT => {
+                    NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH
+                    | NEXTHDR_FRAGMENT => {
                         if walked == MAX_IPV6_EXT || off > MAX_L4_OFFSET {
                             return Err(DROP_INVALID_IPV6_EXT);
                         }
-                        let ext = bytes::<8>(ctx, off, DROP_INVALID_IPV6_EXT)?;
+                        let ext = View::<8>::at(ctx, off, DROP_INVALID_IPV6_EXT)?;
                         if next == NEXTHDR_FRAGMENT {
-                            if be16(&ext, 2) & 0xfff8 != 0 {
+                            if ext.be16(2) & 0xfff8 != 0 {
                                 first_fragment = false;
                             }
                             off += 8;
                         } else if next == NEXTHDR_AUTH {
-                            off += (ext[1] as usize + 2) * 4;
+                            off += (ext.u8(1) as usize + 2) * 4;
                         } else {
-                            off += (ext[1] as usize + 1) * 8;
+                            off += (ext.u8(1) as usize + 1) * 8;
                         }
-                        next = ext[0];
+                        next = ext.u8(0);
                     }
                     NEXTHDR_NONE => return Err(DROP_INVALID_IPV6_EXT),
                     _ => break,
@@ -199,24 +226,24 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, u8> {
 
     match pkt.protocol {
         PROTO_TCP => {
-            let th = bytes::<20>(ctx, l4_off, DROP_CT_INVALID_HEADER)?;
-            if th[12] >> 4 < 5 {
+            let th = View::<20>::at(ctx, l4_off, DROP_CT_INVALID_HEADER)?;
+            if th.u8(12) >> 4 < 5 {
                 return Err(DROP_CT_INVALID_HEADER);
             }
-            set_ports(&mut pkt, &th);
-            pkt.tcp_flags = th[13];
+            set_ports(&mut pkt, th.raw16(0), th.raw16(2));
+            pkt.tcp_flags = th.u8(13);
         }
         PROTO_UDP => {
-            let uh = bytes::<8>(ctx, l4_off, DROP_CT_INVALID_HEADER)?;
-            set_ports(&mut pkt, &uh);
+            let uh = View::<8>::at(ctx, l4_off, DROP_CT_INVALID_HEADER)?;
+            set_ports(&mut pkt, uh.raw16(0), uh.raw16(2));
         }
         PROTO_SCTP => {
-            let sh = bytes::<12>(ctx, l4_off, DROP_CT_INVALID_HEADER)?;
-            set_ports(&mut pkt, &sh);
+            let sh = View::<12>::at(ctx, l4_off, DROP_CT_INVALID_HEADER)?;
+            set_ports(&mut pkt, sh.raw16(0), sh.raw16(2));
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
-            let ih = bytes::<8>(ctx, l4_off, DROP_CT_INVALID_HEADER)?;
-            let (ty, code) = (ih[0], ih[1]);
+            let ih = View::<8>::at(ctx, l4_off, DROP_CT_INVALID_HEADER)?;
+            let (ty, code) = (ih.u8(0), ih.u8(1));
             if pkt.protocol == PROTO_ICMPV6
                 && ((ICMPV6_MLD_FIRST..=ICMPV6_ND_LAST).contains(&ty) || ty == ICMPV6_MLDV2_REPORT)
             {
@@ -231,7 +258,7 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, u8> {
                 ty == ICMPV6_ECHO || ty == ICMPV6_ECHO_REPLY
             };
             if echo {
-                let id = be16(&ih, 4).to_be();
+                let id = ih.raw16(4);
                 pkt.ct_sport_be = id;
                 pkt.ct_dport_be = id;
             } else {
@@ -246,11 +273,10 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, u8> {
 }
 
 #[inline(always)]
-fn set_ports(pkt: &mut Packet, h: &[u8]) {
-    pkt.sport = be16(h, 0);
-    pkt.dport = be16(h, 2);
-    pkt.ct_sport_be = pkt.sport.to_be();
-    pkt.ct_dport_be = pkt.dport.to_be();
+fn set_ports(pkt: &mut Packet, sport_be: u16, dport_be: u16) {
+    pkt.ct_sport_be = sport_be;
+    pkt.ct_dport_be = dport_be;
+    pkt.sport = u16::from_be(sport_be);
+    pkt.dport = u16::from_be(dport_be);
     pkt.policy_port = pkt.dport;
 }
-

@@ -8,8 +8,8 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use catalyst_policy::datapath::{
-    ACTION_ALLOW, ACTION_DENY, CFG_F_AUDIT, DROP_NONE, DROP_POLICY_DENIED, DROP_POLICY_DENY,
-    DatapathConfig, DIR_INGRESS, EP_F_AUDIT, EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED,
+    ACTION_ALLOW, ACTION_DENY, CFG_F_AUDIT, DIR_INGRESS, DROP_NONE, DROP_POLICY_DENIED,
+    DROP_POLICY_DENY, DatapathConfig, EP_F_AUDIT, EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED,
     EndpointInfo, IDENTITY_ANY, IDENTITY_WORLD, MATCH_NONE, POLICY_PREFIX_FULL_BITS, PolicyEntry,
     PolicyKey, VERDICT_AUDIT, VERDICT_DROPPED, VERDICT_FORWARDED,
 };
@@ -53,10 +53,22 @@ fn peer_identity(peer: &[u32; 4], family: u8) -> u32 {
 }
 
 #[inline(always)]
-fn lookup(endpoint_id: u32, identity: u32, dir: u8, protocol: u8, port: u16) -> Option<PolicyEntry> {
+fn lookup(
+    endpoint_id: u32,
+    identity: u32,
+    dir: u8,
+    protocol: u8,
+    port: u16,
+) -> Option<PolicyEntry> {
     let key = Key::new(
         POLICY_PREFIX_FULL_BITS,
-        PolicyKey { endpoint_id, identity, direction: dir, protocol, dport_be: port.to_be() },
+        PolicyKey {
+            endpoint_id,
+            identity,
+            direction: dir,
+            protocol,
+            dport_be: port.to_be(),
+        },
     );
     POLICY.get(&key).copied()
 }
@@ -75,7 +87,11 @@ pub fn decide(
     let peer_id = peer_identity(peer, family);
     let specific = lookup(ep.endpoint_id, peer_id, dir, protocol, port);
     let wildcard = lookup(ep.endpoint_id, IDENTITY_ANY, dir, protocol, port);
-    let enforced_bit = if dir == DIR_INGRESS { EP_F_INGRESS_ENFORCED } else { EP_F_EGRESS_ENFORCED };
+    let enforced_bit = if dir == DIR_INGRESS {
+        EP_F_INGRESS_ENFORCED
+    } else {
+        EP_F_EGRESS_ENFORCED
+    };
 
     let mut d = Decision {
         verdict: VERDICT_FORWARDED,

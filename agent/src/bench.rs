@@ -196,6 +196,10 @@ fn follow(
 /// Runs the benchmark and prints events/s for three paths: the reader's ingest (what bounds the
 /// kernel ring's drain rate), decode + enrich into the flow record, and decode + enrich + the
 /// `flow.Flow` message (what a `GetFlows` reader pays per flow).
+///
+/// # Panics
+///
+/// If a synthetic event does not decode (a bug in the benchmark itself).
 pub fn flows(events: u64, ring: usize, json: bool) -> anyhow::Result<()> {
     const ENDPOINTS: u32 = 1000;
     let n = usize::try_from(events)?;

@@ -344,8 +344,10 @@ fn default_events_bytes() -> u32 {
 impl AgentConfig {
     /// Reads and validates `path`; relative paths inside are resolved against its directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(path, &text)
     }
 
@@ -359,7 +361,10 @@ impl AgentConfig {
                 .location()
                 .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
                 .unwrap_or_default();
-            ConfigError::Parse { path: path.to_owned(), message: format!("{field}: {inner}{at}") }
+            ConfigError::Parse {
+                path: path.to_owned(),
+                message: format!("{field}: {inner}{at}"),
+            }
         })?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         for p in &mut cfg.policy_paths {
@@ -389,7 +394,10 @@ impl AgentConfig {
             if let Some(j) = seen_if.insert(ep.interface.clone(), i) {
                 return Err(invalid(
                     format!("endpoints[{i}].interface"),
-                    format!("interface `{}` is already used by endpoints[{j}]", ep.interface),
+                    format!(
+                        "interface `{}` is already used by endpoints[{j}]",
+                        ep.interface
+                    ),
                 ));
             }
             if let Some(j) = seen_name.insert((ep.namespace.clone(), ep.name.clone()), i) {
@@ -419,7 +427,10 @@ impl AgentConfig {
         if !self.maps.events_bytes.is_power_of_two() || self.maps.events_bytes < 4096 {
             return Err(invalid(
                 "maps.events_bytes".to_owned(),
-                format!("{} is not a power of two of at least 4096", self.maps.events_bytes),
+                format!(
+                    "{} is not a power of two of at least 4096",
+                    self.maps.events_bytes
+                ),
             ));
         }
         for (field, v) in [
@@ -442,11 +453,15 @@ mod tests {
 
     #[test]
     fn example_config_loads() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/agent/agent.yaml");
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/agent/agent.yaml");
         let cfg = AgentConfig::load(&path).expect("example config loads");
         assert!(!cfg.endpoints.is_empty());
-        assert!(cfg.policy_paths.iter().all(|p| p.is_absolute() || p.starts_with("..")
-            || p.components().count() > 1));
+        assert!(
+            cfg.policy_paths
+                .iter()
+                .all(|p| p.is_absolute() || p.starts_with("..") || p.components().count() > 1)
+        );
     }
 
     #[test]

@@ -4,24 +4,18 @@
 //! configuration and policy files (hot reload, fail closed on bad input), attaches to every
 //! workload interface and turns datapath events into flow records.
 
-mod api;
-mod bench;
-mod client;
-mod config;
-mod datapath;
-mod flow;
-mod metrics;
-mod nats;
-mod observer;
-mod run;
-mod state;
+use std::{io::IsTerminal as _, path::PathBuf};
 
-use std::path::PathBuf;
+use catalyst_agent::{bench, client, datapath, run};
 
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "catalyst-agent", version, about = "Catalyst node agent: eBPF flow policy and flow observability")]
+#[command(
+    name = "catalyst-agent",
+    version,
+    about = "Catalyst node agent: eBPF flow policy and flow observability"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -79,7 +73,6 @@ enum Command {
 
 fn init_tracing() {
     use tracing_subscriber::{EnvFilter, fmt};
-    use std::io::IsTerminal as _;
     let filter = EnvFilter::try_from_env("CATALYST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     fmt()
         .with_env_filter(filter)

@@ -247,14 +247,18 @@ pub fn check(config: Option<&Path>, policies: &[PathBuf]) -> anyhow::Result<()> 
         println!("{} policies ok", set.policies().len());
         n += 1;
     }
-    anyhow::ensure!(n > 0, "nothing to check: pass --config FILE or policy paths");
+    anyhow::ensure!(
+        n > 0,
+        "nothing to check: pass --config FILE or policy paths"
+    );
     Ok(())
 }
 
 /// `catalyst-agent counters`.
 pub fn print_counters(pin_path: &Path, json: bool) -> anyhow::Result<()> {
     let path = pin_path.join("maps").join(MAP_COUNTERS);
-    let data = MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    let data =
+        MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
     let map: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(data))?;
     let c = datapath::read_counters_of(&map)?;
     let mut rows: Vec<(String, u64)> = Vec::new();
@@ -264,7 +268,11 @@ pub fn print_counters(pin_path: &Path, json: bool) -> anyhow::Result<()> {
             if v == 0 && reason != 0 {
                 continue;
             }
-            let what = if reason == 0 { "forwarded".to_owned() } else { format!("dropped {}", drop_reason_name(reason as u8)) };
+            let what = if reason == 0 {
+                "forwarded".to_owned()
+            } else {
+                format!("dropped {}", drop_reason_name(reason as u8))
+            };
             rows.push((format!("{name} {what}"), v));
         }
     }
@@ -280,8 +288,10 @@ pub fn print_counters(pin_path: &Path, json: bool) -> anyhow::Result<()> {
         rows.push((name.to_owned(), c[slot as usize]));
     }
     if json {
-        let obj: serde_json::Map<String, serde_json::Value> =
-            rows.into_iter().map(|(k, v)| (k, serde_json::Value::from(v))).collect();
+        let obj: serde_json::Map<String, serde_json::Value> = rows
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::from(v)))
+            .collect();
         println!("{}", serde_json::Value::Object(obj));
     } else {
         for (k, v) in rows {

@@ -45,7 +45,6 @@ pub struct Snapshot {
     /// Number of policies in force.
     pub policies: usize,
     /// The compiled form (kept for explanations and tests).
-    #[expect(dead_code, reason = "kept for explanations and tests")]
     pub compiled: Compiled,
 }
 
@@ -82,7 +81,15 @@ pub fn load_policies(cfg: &AgentConfig) -> anyhow::Result<PolicySet> {
 }
 
 /// Builds a snapshot; fails without side effects when anything does not compile.
-pub fn build(cfg: &AgentConfig, policies: &PolicySet, alloc: &mut Allocators) -> anyhow::Result<Snapshot> {
+#[expect(
+    clippy::too_many_lines,
+    reason = "one pass over the configuration, in order"
+)]
+pub fn build(
+    cfg: &AgentConfig,
+    policies: &PolicySet,
+    alloc: &mut Allocators,
+) -> anyhow::Result<Snapshot> {
     let mut endpoints = Vec::new();
     let mut interfaces = BTreeSet::new();
     let mut missing = Vec::new();
@@ -99,7 +106,13 @@ pub fn build(cfg: &AgentConfig, policies: &PolicySet, alloc: &mut Allocators) ->
         }
         // The endpoint id is the host-side ifindex: unique on the node and stable while the
         // interface exists.
-        let mut e = Endpoint::new(idx, ep.name.clone(), ep.namespace.clone(), labels, ep.addresses.clone());
+        let mut e = Endpoint::new(
+            idx,
+            ep.name.clone(),
+            ep.namespace.clone(),
+            labels,
+            ep.addresses.clone(),
+        );
         e.audit = ep.audit;
         endpoints.push(e);
         interfaces.insert(ep.interface.clone());
@@ -120,17 +133,24 @@ pub fn build(cfg: &AgentConfig, policies: &PolicySet, alloc: &mut Allocators) ->
     let mut peers: Vec<IpcachePeer> = cfg
         .host_addresses
         .iter()
-        .map(|a| IpcachePeer { prefix: IpNet::from(*a), identity: PeerIdentity::Reserved(IDENTITY_HOST) })
+        .map(|a| IpcachePeer {
+            prefix: IpNet::from(*a),
+            identity: PeerIdentity::Reserved(IDENTITY_HOST),
+        })
         .collect();
     for (i, p) in cfg.peers.iter().enumerate() {
         let identity = if let Some(entity) = &p.entity {
-            PeerIdentity::Reserved(reserved_entity(entity).with_context(|| {
-                format!("peers[{i}].entity: unknown entity `{entity}`")
-            })?)
+            PeerIdentity::Reserved(
+                reserved_entity(entity)
+                    .with_context(|| format!("peers[{i}].entity: unknown entity `{entity}`"))?,
+            )
         } else {
             PeerIdentity::Labels(label_set(&p.labels, &format!("peers[{i}]"))?)
         };
-        peers.push(IpcachePeer { prefix: p.prefix, identity });
+        peers.push(IpcachePeer {
+            prefix: p.prefix,
+            identity,
+        });
     }
     let input = CompileInput {
         endpoints,
@@ -140,7 +160,11 @@ pub fn build(cfg: &AgentConfig, policies: &PolicySet, alloc: &mut Allocators) ->
     };
     let compiled = compile_with(&input, &mut alloc.labels, &mut alloc.cidrs)?;
     let desired = DesiredState {
-        endpoints: compiled.endpoints().iter().map(|(id, info)| (by_id[id], *info)).collect(),
+        endpoints: compiled
+            .endpoints()
+            .iter()
+            .map(|(id, info)| (by_id[id], *info))
+            .collect(),
         ipcache_v4: compiled.ipcache_v4().to_vec(),
         ipcache_v6: compiled.ipcache_v6().to_vec(),
         policy: compiled.policy().to_vec(),
@@ -171,7 +195,14 @@ pub fn build(cfg: &AgentConfig, policies: &PolicySet, alloc: &mut Allocators) ->
         interfaces: ifnames,
         by_ip,
     };
-    Ok(Snapshot { desired, enrich, interfaces, missing, policies: policies.policies().len(), compiled })
+    Ok(Snapshot {
+        desired,
+        enrich,
+        interfaces,
+        missing,
+        policies: policies.policies().len(),
+        compiled,
+    })
 }
 
 /// A cheap fingerprint of the files a snapshot came from (paths, sizes, mtimes), to notice
@@ -185,12 +216,20 @@ pub fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<SystemTime>)>
                 entries.sort();
                 for e in entries {
                     let md = std::fs::metadata(&e).ok();
-                    out.push((e, md.as_ref().map_or(0, std::fs::Metadata::len), md.and_then(|m| m.modified().ok())));
+                    out.push((
+                        e,
+                        md.as_ref().map_or(0, std::fs::Metadata::len),
+                        md.and_then(|m| m.modified().ok()),
+                    ));
                 }
             }
         } else {
             let md = std::fs::metadata(p).ok();
-            out.push((p.clone(), md.as_ref().map_or(0, std::fs::Metadata::len), md.and_then(|m| m.modified().ok())));
+            out.push((
+                p.clone(),
+                md.as_ref().map_or(0, std::fs::Metadata::len),
+                md.and_then(|m| m.modified().ok()),
+            ));
         }
     }
     out

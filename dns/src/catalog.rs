@@ -10,7 +10,10 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use hickory_proto::{op::ResponseCode, rr::Record};
+use hickory_proto::{
+    op::ResponseCode,
+    rr::{Record, RecordType},
+};
 
 use crate::{
     lua::Deps,
@@ -49,8 +52,8 @@ pub struct Resolved {
     pub authority: Vec<Record>,
     /// Additional section.
     pub additional: Vec<Record>,
-    /// ECS scope prefix to echo.
-    pub ecs_scope: u8,
+    /// ECS scope prefix to echo (`None`: ECS processing is off, no option in the response).
+    pub ecs_scope: Option<u8>,
     /// Reuse policy.
     pub cache: CachePolicy,
 }
@@ -138,14 +141,16 @@ impl Catalog {
     pub fn resolve(&self, q: &ParsedQuery, client: &ClientInfo) -> Resolved {
         let zones = self.zones.load();
         let name = q.query.name();
-        let Some(zone) = zones.find(name) else {
+        let transfer = matches!(q.query.query_type(), RecordType::AXFR | RecordType::IXFR);
+        let Some(zone) = zones.find(name).filter(|_| !transfer) else {
+            // Not our zone, or a zone transfer (not offered): REFUSED.
             return Resolved {
                 rcode: ResponseCode::Refused,
                 authoritative: false,
                 answers: Vec::new(),
                 authority: Vec::new(),
                 additional: Vec::new(),
-                ecs_scope: 0,
+                ecs_scope: self.ecs.then_some(0),
                 cache: CachePolicy::Shared { versioned: false },
             };
         };
@@ -163,10 +168,10 @@ impl Catalog {
             } else {
                 CachePolicy::Shared { versioned }
             };
-        let ecs_scope = match (client.ecs, d.has(Deps::CLIENT)) {
+        let ecs_scope = self.ecs.then(|| match (client.ecs, d.has(Deps::CLIENT)) {
             (Some(net), true) => net.prefix_len(),
             _ => 0,
-        };
+        });
         Resolved {
             rcode: ans.rcode(),
             authoritative: ans.authoritative,

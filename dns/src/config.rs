@@ -44,6 +44,10 @@ pub struct Config {
     /// one per CPU.
     #[serde(default)]
     pub udp_workers: usize,
+    /// Datagrams a UDP worker receives and answers per system call (`recvmmsg`/`sendmmsg`);
+    /// 1 uses plain `recv_from`/`send_to`. Default 32.
+    #[serde(default = "default_batch")]
+    pub udp_batch: usize,
     /// Serve TCP (through hickory-server). Default true.
     #[serde(default = "default_true")]
     pub tcp: bool,
@@ -220,6 +224,9 @@ impl Default for MetricsConfig {
 
 fn default_listen() -> Vec<SocketAddr> {
     vec!["127.0.0.1:5353".parse().expect("literal")]
+}
+fn default_batch() -> usize {
+    32
 }
 fn default_true() -> bool {
     true

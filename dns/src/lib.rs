@@ -5,7 +5,7 @@
 //! [`health`] (checks behind `ifportup`/`ifurlup`), [`geo`], [`failover`], [`catalog`] (zone
 //! set + cache policy), [`cache`] (per-worker answer cache), [`server`] (UDP fast path, TCP via
 //! hickory-server, reloads), [`metrics`], [`config`].
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod cache;
 pub mod catalog;

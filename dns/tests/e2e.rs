@@ -211,6 +211,9 @@ fn malformed_and_oversized_queries() {
     let mut big = vec![0u8, 5, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
     big.extend(std::iter::repeat_n(0xffu8, 4000));
     let _ = send_raw(port, &big);
+    // Zone transfers are not offered.
+    let m = query_raw(port, "example.org.", RecordType::AXFR, None).expect("AXFR answered");
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
     // Random garbage does not take the server down.
     let mut x: u32 = 12345;
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -543,4 +546,56 @@ fn check_zone_reports_file_and_line() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
+}
+
+#[test]
+fn serves_ipv6_and_several_listen_addresses() {
+    let dir = scratch("ipv6");
+    let port = free_port();
+    let port2 = free_port();
+    let cfg = config(port, &[("example.org", &example_zone())], "").replace(
+        &format!("listen: [\"127.0.0.1:{port}\"]"),
+        &format!("listen: [\"127.0.0.1:{port}\", \"[::1]:{port}\", \"127.0.0.1:{port2}\"]"),
+    );
+    let _srv = start_catalyst(&dir, &cfg, port);
+    assert_eq!(
+        answers(port2, "www.example.org.", RecordType::AAAA, None),
+        vec!["2001:db8::10"]
+    );
+    let s = UdpSocket::bind("[::1]:0").expect("IPv6 loopback");
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut m = Message::query();
+    m.metadata.id = 77;
+    m.add_query(hickory_proto::op::Query::query(
+        "www.example.org.".parse().unwrap(),
+        RecordType::A,
+    ));
+    s.send_to(&m.to_vec().unwrap(), ("::1", port)).unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, _) = s.recv_from(&mut buf).unwrap();
+    let r = Message::from_vec(&buf[..n]).unwrap();
+    assert_eq!(r.metadata.id, 77);
+    assert_eq!(r.answers[0].data.to_string(), "192.0.2.10");
+    // IPv6 client address is `who`: the netmask view answers from the v6 rule.
+    if require_tool("serves_ipv6_and_several_listen_addresses", "dig") {
+        let out = dig(&[
+            "@::1",
+            "-p",
+            &port.to_string(),
+            "+short",
+            "views.example.org",
+            "A",
+        ]);
+        assert_eq!(out.trim(), "192.0.2.1");
+        let out = dig(&[
+            "@::1",
+            "-p",
+            &port.to_string(),
+            "+tcp",
+            "+short",
+            "www.example.org",
+            "A",
+        ]);
+        assert_eq!(out.trim(), "192.0.2.10");
+    }
 }

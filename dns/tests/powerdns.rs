@@ -201,7 +201,7 @@ fn health_checked_records_match_powerdns() {
     let _nomatch = http_target("127.0.0.35", hport, "200 OK", "something else");
     let zone = format!(
         "$ORIGIN hc.test.\n$TTL 60\n@ SOA ns hm 1 2 3 4 5\n@ NS ns\nns A 127.0.0.1\n\
-         p1 LUA A \"ifportup({tport}, {{'127.0.0.31', '127.0.0.32'}}, {{selector = 'all'}})\"\n\
+         p1 LUA A \"ifportup({tport}, {{'127.0.0.31', '127.0.0.32'}}, {{selector = 'all', backupSelector = 'all'}})\"\n\
          p2 LUA A \"ifportup({tport}, {{{{'127.0.0.32'}}, {{'127.0.0.31'}}}})\"\n\
          p3 LUA A \"ifportup({tport}, {{'127.0.0.32', '127.0.0.36'}}, {{backupSelector = 'all'}})\"\n\
          u1 LUA A \"ifurlup('http://web.hc.test:{hport}/health', {{'127.0.0.33', '127.0.0.34', '127.0.0.35'}}, {{selector = 'all', stringmatch = 'ok'}})\"\n\

@@ -17,8 +17,12 @@ pub fn agent_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("CATALYST_AGENT_BIN") {
         return PathBuf::from(p);
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned();
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned();
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     target.join("debug/catalyst-agent")
 }
 
@@ -38,14 +42,20 @@ impl AgentProcess {
     pub fn start(config: &Path, pin_path: &Path) -> anyhow::Result<Self> {
         let bin = agent_bin();
         if !bin.exists() {
-            bail!("{} does not exist: build it first (`cargo xtask build`)", bin.display());
+            bail!(
+                "{} does not exist: build it first (`cargo xtask build`)",
+                bin.display()
+            );
         }
         let mut child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{NODE_NS}"))
             .arg(&bin)
             .args(["run", "--config"])
             .arg(config)
-            .env("CATALYST_LOG", std::env::var("CATALYST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "CATALYST_LOG",
+                std::env::var("CATALYST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -69,7 +79,12 @@ impl AgentProcess {
                 f.lock().expect("flows lock").push(line);
             }
         });
-        let mut me = Self { child: Some(child), log, flows, pin_path: pin_path.to_owned() };
+        let mut me = Self {
+            child: Some(child),
+            log,
+            flows,
+            pin_path: pin_path.to_owned(),
+        };
         me.wait_log("datapath in sync", Duration::from_secs(30))?;
         Ok(me)
     }
@@ -80,19 +95,36 @@ impl AgentProcess {
     }
 
     /// Waits until `count` log lines contain `needle`.
-    pub fn wait_log_count(&mut self, needle: &str, count: usize, timeout: Duration) -> anyhow::Result<()> {
+    pub fn wait_log_count(
+        &mut self,
+        needle: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.log_lines().iter().filter(|l| l.contains(needle)).count() >= count {
+            if self
+                .log_lines()
+                .iter()
+                .filter(|l| l.contains(needle))
+                .count()
+                >= count
+            {
                 return Ok(());
             }
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait()?
             {
-                bail!("agent exited ({status}) before logging `{needle}`:\n{}", self.log_lines().join("\n"));
+                bail!(
+                    "agent exited ({status}) before logging `{needle}`:\n{}",
+                    self.log_lines().join("\n")
+                );
             }
             if Instant::now() > deadline {
-                bail!("agent did not log `{needle}` within {timeout:?}:\n{}", self.log_lines().join("\n"));
+                bail!(
+                    "agent did not log `{needle}` within {timeout:?}:\n{}",
+                    self.log_lines().join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -138,12 +170,16 @@ impl AgentProcess {
 pub fn uninstall(pin_path: &Path) -> anyhow::Result<()> {
     let mut cmd = if crate::lab::is_up() {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{NODE_NS}")).arg(agent_bin());
+        c.arg(format!("--net=/run/netns/{NODE_NS}"))
+            .arg(agent_bin());
         c
     } else {
         Command::new(agent_bin())
     };
-    let out = cmd.args(["uninstall", "--pin-path"]).arg(pin_path).output()?;
+    let out = cmd
+        .args(["uninstall", "--pin-path"])
+        .arg(pin_path)
+        .output()?;
     if !out.status.success() {
         bail!("uninstall failed: {}", String::from_utf8_lossy(&out.stderr));
     }

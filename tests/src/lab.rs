@@ -10,7 +10,7 @@
 //!   cat-world       eth0 198.51.100.10, .20 ─┘
 //! ```
 
-use std::process::Command;
+use std::{os::fd::AsRawFd as _, process::Command};
 
 use anyhow::{Context as _, bail};
 
@@ -55,15 +55,42 @@ impl Pod {
 
 /// The lab's pods.
 pub const PODS: [Pod; 4] = [
-    Pod { name: "client", namespace: "shop", app: "client", ipv4: "10.244.0.10", ipv6: "fd00:244::10" },
-    Pod { name: "web", namespace: "shop", app: "web", ipv4: "10.244.0.11", ipv6: "fd00:244::11" },
-    Pod { name: "db", namespace: "shop", app: "db", ipv4: "10.244.0.12", ipv6: "fd00:244::12" },
-    Pod { name: "other", namespace: "other", app: "client", ipv4: "10.244.0.13", ipv6: "fd00:244::13" },
+    Pod {
+        name: "client",
+        namespace: "shop",
+        app: "client",
+        ipv4: "10.244.0.10",
+        ipv6: "fd00:244::10",
+    },
+    Pod {
+        name: "web",
+        namespace: "shop",
+        app: "web",
+        ipv4: "10.244.0.11",
+        ipv6: "fd00:244::11",
+    },
+    Pod {
+        name: "db",
+        namespace: "shop",
+        app: "db",
+        ipv4: "10.244.0.12",
+        ipv6: "fd00:244::12",
+    },
+    Pod {
+        name: "other",
+        namespace: "other",
+        app: "client",
+        ipv4: "10.244.0.13",
+        ipv6: "fd00:244::13",
+    },
 ];
 
 /// Looks up a pod by name.
 pub fn pod(name: &str) -> Pod {
-    *PODS.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no lab pod `{name}`"))
+    *PODS
+        .iter()
+        .find(|p| p.name == name)
+        .unwrap_or_else(|| panic!("no lab pod `{name}`"))
 }
 
 fn sh(args: &[&str]) -> anyhow::Result<()> {
@@ -72,7 +99,11 @@ fn sh(args: &[&str]) -> anyhow::Result<()> {
         .output()
         .with_context(|| format!("cannot run `{}` (is iproute2 installed?)", args.join(" ")))?;
     if !out.status.success() {
-        bail!("`{}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "`{}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -89,52 +120,196 @@ pub fn is_up() -> bool {
 }
 
 /// Creates the lab (idempotent: an existing lab is torn down first).
+#[expect(clippy::too_many_lines, reason = "the topology, built step by step")]
 pub fn up() -> anyhow::Result<()> {
     if is_up() {
         down()?;
     }
     sh(&["ip", "netns", "add", NODE_NS])?;
     ns(NODE_NS, &["ip", "link", "set", "lo", "up"])?;
-    ns(NODE_NS, &["ip", "addr", "add", &format!("{HOST_ADDR}/32"), "dev", "lo"])?;
+    ns(
+        NODE_NS,
+        &["ip", "addr", "add", &format!("{HOST_ADDR}/32"), "dev", "lo"],
+    )?;
     // The pods' gateway is a local address of the node, so every host-side veth answers ARP
     // for it (Calico-style routing without addresses on the veths).
-    ns(NODE_NS, &["ip", "addr", "add", &format!("{GATEWAY_V4}/32"), "dev", "lo"])?;
+    ns(
+        NODE_NS,
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{GATEWAY_V4}/32"),
+            "dev",
+            "lo",
+        ],
+    )?;
     ns(NODE_NS, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-    ns(NODE_NS, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+    ns(
+        NODE_NS,
+        &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+    )?;
     for p in PODS {
         let netns = p.netns();
         let host = p.host_iface();
         sh(&["ip", "netns", "add", &netns])?;
-        sh(&["ip", "link", "add", &host, "netns", NODE_NS, "type", "veth", "peer", "name", "eth0", "netns", &netns])?;
+        sh(&[
+            "ip", "link", "add", &host, "netns", NODE_NS, "type", "veth", "peer", "name", "eth0",
+            "netns", &netns,
+        ])?;
         ns(&netns, &["ip", "link", "set", "lo", "up"])?;
         ns(&netns, &["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0"])?;
-        ns(&netns, &["sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0"])?;
-        ns(&netns, &["ip", "addr", "add", &format!("{}/32", p.ipv4), "dev", "eth0"])?;
-        ns(&netns, &["ip", "-6", "addr", "add", &format!("{}/128", p.ipv6), "dev", "eth0", "nodad"])?;
+        ns(
+            &netns,
+            &["sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0"],
+        )?;
+        ns(
+            &netns,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/32", p.ipv4),
+                "dev",
+                "eth0",
+            ],
+        )?;
+        ns(
+            &netns,
+            &[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{}/128", p.ipv6),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        )?;
         ns(&netns, &["ip", "link", "set", "eth0", "up"])?;
-        ns(&netns, &["ip", "route", "add", GATEWAY_V4, "dev", "eth0", "scope", "link"])?;
-        ns(&netns, &["ip", "route", "add", "default", "via", GATEWAY_V4, "dev", "eth0"])?;
-        ns(&netns, &["ip", "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0"])?;
-        ns(NODE_NS, &["sysctl", "-qw", &format!("net.ipv6.conf.{host}.accept_dad=0")])?;
+        ns(
+            &netns,
+            &[
+                "ip", "route", "add", GATEWAY_V4, "dev", "eth0", "scope", "link",
+            ],
+        )?;
+        ns(
+            &netns,
+            &[
+                "ip", "route", "add", "default", "via", GATEWAY_V4, "dev", "eth0",
+            ],
+        )?;
+        ns(
+            &netns,
+            &[
+                "ip", "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
+            ],
+        )?;
+        ns(
+            NODE_NS,
+            &[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv6.conf.{host}.accept_dad=0"),
+            ],
+        )?;
         ns(NODE_NS, &["ip", "link", "set", &host, "up"])?;
-        ns(NODE_NS, &["ip", "-6", "addr", "add", "fe80::1/64", "dev", &host, "nodad"])?;
-        ns(NODE_NS, &["sysctl", "-qw", &format!("net.ipv4.conf.{host}.proxy_arp=1")])?;
-        ns(NODE_NS, &["ip", "route", "add", &format!("{}/32", p.ipv4), "dev", &host])?;
-        ns(NODE_NS, &["ip", "-6", "route", "add", &format!("{}/128", p.ipv6), "dev", &host])?;
+        ns(
+            NODE_NS,
+            &[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                "fe80::1/64",
+                "dev",
+                &host,
+                "nodad",
+            ],
+        )?;
+        ns(
+            NODE_NS,
+            &[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv4.conf.{host}.proxy_arp=1"),
+            ],
+        )?;
+        ns(
+            NODE_NS,
+            &[
+                "ip",
+                "route",
+                "add",
+                &format!("{}/32", p.ipv4),
+                "dev",
+                &host,
+            ],
+        )?;
+        ns(
+            NODE_NS,
+            &[
+                "ip",
+                "-6",
+                "route",
+                "add",
+                &format!("{}/128", p.ipv6),
+                "dev",
+                &host,
+            ],
+        )?;
     }
     sh(&["ip", "netns", "add", WORLD_NS])?;
-    sh(&["ip", "link", "add", WORLD_IFACE, "netns", NODE_NS, "type", "veth", "peer", "name", "eth0", "netns", WORLD_NS])?;
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        WORLD_IFACE,
+        "netns",
+        NODE_NS,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        WORLD_NS,
+    ])?;
     ns(WORLD_NS, &["ip", "link", "set", "lo", "up"])?;
     for a in WORLD_ADDRS {
-        ns(WORLD_NS, &["ip", "addr", "add", &format!("{a}/32"), "dev", "eth0"])?;
+        ns(
+            WORLD_NS,
+            &["ip", "addr", "add", &format!("{a}/32"), "dev", "eth0"],
+        )?;
     }
     ns(WORLD_NS, &["ip", "link", "set", "eth0", "up"])?;
-    ns(WORLD_NS, &["ip", "route", "add", GATEWAY_V4, "dev", "eth0", "scope", "link"])?;
-    ns(WORLD_NS, &["ip", "route", "add", "default", "via", GATEWAY_V4, "dev", "eth0"])?;
+    ns(
+        WORLD_NS,
+        &[
+            "ip", "route", "add", GATEWAY_V4, "dev", "eth0", "scope", "link",
+        ],
+    )?;
+    ns(
+        WORLD_NS,
+        &[
+            "ip", "route", "add", "default", "via", GATEWAY_V4, "dev", "eth0",
+        ],
+    )?;
     ns(NODE_NS, &["ip", "link", "set", WORLD_IFACE, "up"])?;
-    ns(NODE_NS, &["sysctl", "-qw", &format!("net.ipv4.conf.{WORLD_IFACE}.proxy_arp=1")])?;
+    ns(
+        NODE_NS,
+        &[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv4.conf.{WORLD_IFACE}.proxy_arp=1"),
+        ],
+    )?;
     for a in WORLD_ADDRS {
-        ns(NODE_NS, &["ip", "route", "add", &format!("{a}/32"), "dev", WORLD_IFACE])?;
+        ns(
+            NODE_NS,
+            &["ip", "route", "add", &format!("{a}/32"), "dev", WORLD_IFACE],
+        )?;
     }
     Ok(())
 }
@@ -154,7 +329,10 @@ pub fn down() -> anyhow::Result<()> {
 
 /// Runs `f` on a fresh thread that has joined network namespace `netns`; sockets it creates
 /// live in that namespace.
-pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+pub fn in_netns<T: Send + 'static>(
+    netns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
     let path = format!("/run/netns/{netns}");
     std::thread::spawn(move || -> anyhow::Result<T> {
         enter(&path)?;
@@ -167,7 +345,6 @@ pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + '
 /// Moves the calling thread into the network namespace at `path`.
 pub fn enter(path: &str) -> anyhow::Result<()> {
     let file = std::fs::File::open(path).with_context(|| format!("cannot open {path}"))?;
-    use std::os::fd::AsRawFd as _;
     // SAFETY: a valid namespace fd; CLONE_NEWNET affects only the calling thread.
     let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
     if rc != 0 {

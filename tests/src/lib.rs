@@ -1,6 +1,11 @@
 //! Harness for end-to-end suites: the network-namespace lab and traffic probes that run inside
 //! its namespaces. Used by `cargo xtask lab|demo|test` and by the suites under `tests/tests/`.
+#![allow(
+    clippy::missing_panics_doc,
+    reason = "a test harness: panics are how it reports"
+)]
 
+pub mod agent;
 pub mod lab;
 pub mod probe;
-pub mod agent;
+pub mod scenario;

@@ -21,18 +21,16 @@ struct Case {
 }
 
 fn is_root() -> bool {
-    // SAFETY: getuid has no preconditions.
-    unsafe { libc_getuid() == 0 }
-}
-
-unsafe extern "C" {
-    #[link_name = "getuid"]
-    fn libc_getuid() -> u32;
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// Runs the demo; tears everything down on the way out, also after a failure.
 pub fn demo() -> anyhow::Result<()> {
-    anyhow::ensure!(is_root(), "the demo creates network namespaces and loads eBPF: run it as root");
+    anyhow::ensure!(
+        is_root(),
+        "the demo creates network namespaces and loads eBPF: run it as root"
+    );
     setup::setup(true, true)?;
     setup::cargo_build(false)?;
     let config = root().join("deploy/examples/agent/agent.yaml");
@@ -44,10 +42,16 @@ pub fn demo() -> anyhow::Result<()> {
 }
 
 fn run_demo(config: &Path, pin: &Path) -> anyhow::Result<()> {
-    println!("== lab: node namespace + pods client, web, db (namespace shop), other (namespace other), world");
+    println!(
+        "== lab: node namespace + pods client, web, db (namespace shop), other (namespace other), world"
+    );
     lab::up()?;
     let _ = catalyst_tests::agent::uninstall(pin);
-    println!("== agent: {} run --config {}", agent_bin().display(), config.display());
+    println!(
+        "== agent: {} run --config {}",
+        agent_bin().display(),
+        config.display()
+    );
     let mut agent = AgentProcess::start(config, pin)?;
     let web = pod("web");
     let db = pod("db");
@@ -56,25 +60,108 @@ fn run_demo(config: &Path, pin: &Path) -> anyhow::Result<()> {
     let _s3 = EchoServer::start(WORLD_NS, WORLD_ADDRS[0], &[443])?;
     let _s4 = EchoServer::start(WORLD_NS, WORLD_ADDRS[1], &[443])?;
     let cases = [
-        Case { what: "client -> web:80 (web-ingress allows app=client)", from: "client", to: web.ipv4.into(), port: 80, udp: false, expect: true },
-        Case { what: "client -> web:8080 (port range 8000-8099)", from: "client", to: web.ipv4.into(), port: 8080, udp: false, expect: true },
-        Case { what: "client -> web:22 (web ingress default deny, 133)", from: "client", to: web.ipv4.into(), port: 22, udp: false, expect: false },
-        Case { what: "web -> db:5432 (db-ingress allows app=web)", from: "web", to: db.ipv4.into(), port: 5432, udp: false, expect: true },
-        Case { what: "client -> db:5432 (client egressDeny beats allow, 181)", from: "client", to: db.ipv4.into(), port: 5432, udp: false, expect: false },
-        Case { what: "other/client -> web:80 (peers default to the policy's namespace)", from: "other", to: web.ipv4.into(), port: 80, udp: false, expect: false },
-        Case { what: "client -> world 198.51.100.10:443 (toCIDRSet)", from: "client", to: WORLD_ADDRS[0].into(), port: 443, udp: false, expect: true },
-        Case { what: "client -> world 198.51.100.20:443 (in `except`)", from: "client", to: WORLD_ADDRS[1].into(), port: 443, udp: false, expect: false },
-        Case { what: "web -> world 198.51.100.10:443 (web has no egress policy)", from: "web", to: WORLD_ADDRS[0].into(), port: 443, udp: false, expect: true },
-        Case { what: "client -> web:80/udp (only TCP allowed)", from: "client", to: web.ipv4.into(), port: 80, udp: true, expect: false },
+        Case {
+            what: "client -> web:80 (web-ingress allows app=client)",
+            from: "client",
+            to: web.ipv4.into(),
+            port: 80,
+            udp: false,
+            expect: true,
+        },
+        Case {
+            what: "client -> web:8080 (port range 8000-8099)",
+            from: "client",
+            to: web.ipv4.into(),
+            port: 8080,
+            udp: false,
+            expect: true,
+        },
+        Case {
+            what: "client -> web:22 (web ingress default deny, 133)",
+            from: "client",
+            to: web.ipv4.into(),
+            port: 22,
+            udp: false,
+            expect: false,
+        },
+        Case {
+            what: "web -> db:5432 (db-ingress allows app=web)",
+            from: "web",
+            to: db.ipv4.into(),
+            port: 5432,
+            udp: false,
+            expect: true,
+        },
+        Case {
+            what: "client -> db:5432 (client egressDeny beats allow, 181)",
+            from: "client",
+            to: db.ipv4.into(),
+            port: 5432,
+            udp: false,
+            expect: false,
+        },
+        Case {
+            what: "other/client -> web:80 (peers default to the policy's namespace)",
+            from: "other",
+            to: web.ipv4.into(),
+            port: 80,
+            udp: false,
+            expect: false,
+        },
+        Case {
+            what: "client -> world 198.51.100.10:443 (toCIDRSet)",
+            from: "client",
+            to: WORLD_ADDRS[0].into(),
+            port: 443,
+            udp: false,
+            expect: true,
+        },
+        Case {
+            what: "client -> world 198.51.100.20:443 (in `except`)",
+            from: "client",
+            to: WORLD_ADDRS[1].into(),
+            port: 443,
+            udp: false,
+            expect: false,
+        },
+        Case {
+            what: "web -> world 198.51.100.10:443 (web has no egress policy)",
+            from: "web",
+            to: WORLD_ADDRS[0].into(),
+            port: 443,
+            udp: false,
+            expect: true,
+        },
+        Case {
+            what: "client -> web:80/udp (only TCP allowed)",
+            from: "client",
+            to: web.ipv4.into(),
+            port: 80,
+            udp: true,
+            expect: false,
+        },
     ];
     println!("== traffic");
     let mut failures = 0;
     for c in &cases {
         let ns = pod(c.from).netns();
         let t = Duration::from_millis(700);
-        let ok = if c.udp { udp_echo(&ns, &c.to, c.port, t)? } else { tcp_echo(&ns, &c.to, c.port, t)? };
-        let mark = if ok == c.expect { "ok " } else { failures += 1; "BAD" };
-        println!("  [{mark}] {:<62} {}", c.what, if ok { "connected" } else { "blocked" });
+        let ok = if c.udp {
+            udp_echo(&ns, &c.to, c.port, t)?
+        } else {
+            tcp_echo(&ns, &c.to, c.port, t)?
+        };
+        let mark = if ok == c.expect {
+            "ok "
+        } else {
+            failures += 1;
+            "BAD"
+        };
+        println!(
+            "  [{mark}] {:<62} {}",
+            c.what,
+            if ok { "connected" } else { "blocked" }
+        );
     }
     std::thread::sleep(Duration::from_millis(500));
     println!("== flows (hubble observe format)");
@@ -82,10 +169,17 @@ fn run_demo(config: &Path, pin: &Path) -> anyhow::Result<()> {
         println!("  {line}");
     }
     println!("== datapath counters");
-    let out = Command::new(agent_bin()).args(["counters", "--pin-path"]).arg(pin).output().context("counters")?;
+    let out = Command::new(agent_bin())
+        .args(["counters", "--pin-path"])
+        .arg(pin)
+        .output()
+        .context("counters")?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
     agent.stop()?;
-    anyhow::ensure!(failures == 0, "{failures} traffic cases did not behave as the policies say");
+    anyhow::ensure!(
+        failures == 0,
+        "{failures} traffic cases did not behave as the policies say"
+    );
     println!("== demo ok: every allowed flow connected, every denied flow was dropped");
     Ok(())
 }

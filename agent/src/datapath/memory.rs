@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use catalyst_policy::datapath::{DatapathConfig, EndpointInfo, IpcacheEntry, PolicyEntry, PolicyKey};
+use catalyst_policy::datapath::{
+    DatapathConfig, EndpointInfo, IpcacheEntry, PolicyEntry, PolicyKey,
+};
 
 use super::store::{MapStore, StoreError};
 
@@ -76,7 +78,11 @@ impl MapStore for MemoryMaps {
         Ok(())
     }
     fn policy(&self) -> Result<Vec<(u32, PolicyKey, PolicyEntry)>, StoreError> {
-        Ok(self.policy.iter().map(|((len, _), (k, v))| (*len, *k, *v)).collect())
+        Ok(self
+            .policy
+            .iter()
+            .map(|((len, _), (k, v))| (*len, *k, *v))
+            .collect())
     }
     fn put_policy(&mut self, len: u32, key: PolicyKey, e: PolicyEntry) -> Result<(), StoreError> {
         self.log.push("put policy".into());

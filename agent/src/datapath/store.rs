@@ -3,7 +3,9 @@
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use catalyst_policy::datapath::{DatapathConfig, EndpointInfo, IpcacheEntry, PolicyEntry, PolicyKey};
+use catalyst_policy::datapath::{
+    DatapathConfig, EndpointInfo, IpcacheEntry, PolicyEntry, PolicyKey,
+};
 
 /// A failed map operation.
 #[derive(Debug, thiserror::Error)]

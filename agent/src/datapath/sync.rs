@@ -9,14 +9,12 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
-use catalyst_policy::datapath::DatapathConfig;
+use catalyst_policy::datapath::{DatapathConfig, PolicyEntry, PolicyKey};
+
+/// A policy map entry keyed by (prefix length, key bytes).
+type PolicyRow = ((u32, [u8; 12]), (u32, PolicyKey, PolicyEntry));
 
 use super::store::{DesiredState, MapStore, StoreError};
-
-/// A policy entry's identity in a diff: prefix length and raw key bytes.
-type PolicyId = (u32, [u8; 12]);
-/// A policy entry: prefix length, key, value.
-type PolicyRow = (u32, catalyst_policy::datapath::PolicyKey, catalyst_policy::datapath::PolicyEntry);
 
 /// What [`apply`] changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -37,7 +35,10 @@ struct Plan<K, V> {
     unchanged: usize,
 }
 
-fn plan<K: Eq + Hash + Clone, V: PartialEq + Clone>(current: Vec<(K, V)>, desired: &[(K, V)]) -> Plan<K, V> {
+fn plan<K: Eq + Hash + Clone, V: PartialEq + Clone>(
+    current: Vec<(K, V)>,
+    desired: &[(K, V)],
+) -> Plan<K, V> {
     let mut cur: HashMap<K, V> = current.into_iter().collect();
     let mut put = Vec::new();
     let mut unchanged = 0;
@@ -47,7 +48,11 @@ fn plan<K: Eq + Hash + Clone, V: PartialEq + Clone>(current: Vec<(K, V)>, desire
             _ => put.push((k.clone(), v.clone())),
         }
     }
-    Plan { put, del: cur.into_keys().collect(), unchanged }
+    Plan {
+        put,
+        del: cur.into_keys().collect(),
+        unchanged,
+    }
 }
 
 /// Makes the maps in `store` equal to `desired`, bumping the policy revision when anything that
@@ -63,13 +68,16 @@ pub fn apply(
     let v4 = plan(store.ipcache_v4()?, &desired.ipcache_v4);
     let v6 = plan(store.ipcache_v6()?, &desired.ipcache_v6);
     // Policy keys are unique per (prefix length, key).
-    let policy_current: Vec<(PolicyId, PolicyRow)> = store
+    let policy_current: Vec<PolicyRow> = store
         .policy()?
         .into_iter()
         .map(|(len, k, v)| ((len, raw(&k)), (len, k, v)))
         .collect();
-    let policy_desired: Vec<(PolicyId, PolicyRow)> =
-        desired.policy.iter().map(|(len, k, v)| ((*len, raw(k)), (*len, *k, *v))).collect();
+    let policy_desired: Vec<PolicyRow> = desired
+        .policy
+        .iter()
+        .map(|(len, k, v)| ((*len, raw(k)), (*len, *k, *v)))
+        .collect();
     let pol = plan(policy_current, &policy_desired);
     let eps = plan(store.endpoints()?, &desired.endpoints);
 
@@ -162,15 +170,40 @@ mod tests {
     fn entry(port: u16) -> (u32, PolicyKey, PolicyEntry) {
         (
             96,
-            PolicyKey { endpoint_id: 7, identity: 256, direction: DIR_INGRESS, protocol: PROTO_TCP, dport_be: port.to_be() },
-            PolicyEntry { action: ACTION_ALLOW, rule_id: 1, match_type: 2, pad: 0 },
+            PolicyKey {
+                endpoint_id: 7,
+                identity: 256,
+                direction: DIR_INGRESS,
+                protocol: PROTO_TCP,
+                dport_be: port.to_be(),
+            },
+            PolicyEntry {
+                action: ACTION_ALLOW,
+                rule_id: 1,
+                match_type: 2,
+                pad: 0,
+            },
         )
     }
 
     fn desired(ports: &[u16]) -> DesiredState {
         DesiredState {
-            endpoints: vec![(42, EndpointInfo { endpoint_id: 7, identity: 300, flags: 1, pad: 0 })],
-            ipcache_v4: vec![("10.0.0.2/32".parse().unwrap(), IpcacheEntry { identity: 256, flags: 0 })],
+            endpoints: vec![(
+                42,
+                EndpointInfo {
+                    endpoint_id: 7,
+                    identity: 300,
+                    flags: 1,
+                    pad: 0,
+                },
+            )],
+            ipcache_v4: vec![(
+                "10.0.0.2/32".parse().unwrap(),
+                IpcacheEntry {
+                    identity: 256,
+                    flags: 0,
+                },
+            )],
             ipcache_v6: vec![],
             policy: ports.iter().map(|p| entry(*p)).collect(),
             config_flags: 0,
@@ -188,7 +221,12 @@ mod tests {
         assert_eq!(r.upserted, 1);
         assert_eq!(r.removed, 1);
         assert_eq!(r.revision, 2);
-        let ports: Vec<u16> = maps.policy().unwrap().iter().map(|(_, k, _)| u16::from_be(k.dport_be)).collect();
+        let ports: Vec<u16> = maps
+            .policy()
+            .unwrap()
+            .iter()
+            .map(|(_, k, _)| u16::from_be(k.dport_be))
+            .collect();
         assert_eq!(ports.len(), 2);
         assert!(ports.contains(&443) && ports.contains(&8080));
     }
@@ -202,7 +240,10 @@ mod tests {
         assert!(maps.log.is_empty(), "{:?}", maps.log);
         assert_eq!(r.revision, 1);
         let r = apply(&mut maps, &desired(&[80]), true).unwrap();
-        assert_eq!(r.revision, 2, "a restarted agent re-evaluates adopted connections");
+        assert_eq!(
+            r.revision, 2,
+            "a restarted agent re-evaluates adopted connections"
+        );
     }
 
     #[test]

@@ -24,7 +24,6 @@ pub struct EndpointMeta {
     /// Namespace.
     pub namespace: String,
     /// Host-side interface.
-    #[expect(dead_code, reason = "kept for workload enrichment; flows name the interface by ifindex")]
     pub interface: String,
 }
 
@@ -56,17 +55,26 @@ impl Enricher {
     /// A new enricher; computes the offset between the monotonic clock (what
     /// `bpf_ktime_get_ns` returns) and wall-clock time.
     pub fn new(state: EnrichState) -> Self {
-        Self { state: Arc::new(RwLock::new(Arc::new(state))), clock_offset_ns: clock_offset_ns() }
+        Self {
+            state: Arc::new(RwLock::new(Arc::new(state))),
+            clock_offset_ns: clock_offset_ns(),
+        }
     }
 
     /// Replaces the state.
     pub fn replace(&self, state: EnrichState) {
-        *self.state.write().expect("enrich state lock") = Arc::new(state);
+        *self
+            .state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(state);
     }
 
     /// Current state.
     pub fn current(&self) -> Arc<EnrichState> {
-        self.state.read().expect("enrich state lock").clone()
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Turns a raw event into a flow record.
@@ -83,7 +91,10 @@ impl Enricher {
 
 fn clock_offset_ns() -> i128 {
     let read = |clock| {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: valid clock id and writable timespec.
         unsafe { libc::clock_gettime(clock, &raw mut ts) };
         i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
@@ -148,7 +159,12 @@ fn tcp_flag_names(f: u8) -> String {
         (0x40, "ECE"),
         (0x80, "CWR"),
     ];
-    NAMES.iter().filter(|(b, _)| f & b != 0).map(|(_, n)| *n).collect::<Vec<_>>().join(", ")
+    NAMES
+        .iter()
+        .filter(|(b, _)| f & b != 0)
+        .map(|(_, n)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn protocol_name(p: u8) -> Cow<'static, str> {
@@ -173,7 +189,12 @@ fn icmp_summary(proto: u8, ty: u8, code: u8) -> String {
     format!("{} {name}", protocol_name(proto))
 }
 
-fn endpoint_ref(st: &EnrichState, identity: u32, local_id: Option<u32>, ip: Option<IpAddr>) -> EndpointRef {
+fn endpoint_ref(
+    st: &EnrichState,
+    identity: u32,
+    local_id: Option<u32>,
+    ip: Option<IpAddr>,
+) -> EndpointRef {
     let local_id = local_id.or_else(|| ip.and_then(|a| st.by_ip.get(&a).copied()));
     let mut r = EndpointRef {
         identity,
@@ -186,7 +207,11 @@ fn endpoint_ref(st: &EnrichState, identity: u32, local_id: Option<u32>, ip: Opti
         r.id = id;
         r.namespace.clone_from(&ep.namespace);
         r.pod_name.clone_from(&ep.name);
-    } else if let Some(ns) = r.labels.iter().find_map(|l| l.strip_prefix("k8s:io.kubernetes.pod.namespace=")) {
+    } else if let Some(ns) = r
+        .labels
+        .iter()
+        .find_map(|l| l.strip_prefix("k8s:io.kubernetes.pod.namespace="))
+    {
         r.namespace = ns.to_owned();
     }
     r
@@ -248,7 +273,11 @@ pub fn enrich_with(st: &EnrichState, ev: &FlowEvent, wall_ns: i128) -> Flow {
     let daddr = addr(ev.family, ev.daddr);
     let source = endpoint_ref(st, ev.src_identity, src_local, saddr);
     let destination = endpoint_ref(st, ev.dst_identity, dst_local, daddr);
-    let origins = st.origins.get(ev.rule_id as usize).cloned().unwrap_or_default();
+    let origins = st
+        .origins
+        .get(ev.rule_id as usize)
+        .cloned()
+        .unwrap_or_default();
     let (allowed_by, denied_by) = if ev.rule_id == 0 {
         (Vec::new(), Vec::new())
     } else if ev.drop_reason == 181 {
@@ -256,7 +285,11 @@ pub fn enrich_with(st: &EnrichState, ev: &FlowEvent, wall_ns: i128) -> Flow {
     } else {
         (origins, Vec::new())
     };
-    let tcp_flags = if ev.protocol == PROTO_TCP { tcp_flag_names(ev.tcp_flags) } else { String::new() };
+    let tcp_flags = if ev.protocol == PROTO_TCP {
+        tcp_flag_names(ev.tcp_flags)
+    } else {
+        String::new()
+    };
     let summary = match ev.protocol {
         PROTO_TCP => format!("TCP Flags: {tcp_flags}"),
         PROTO_ICMP | PROTO_ICMPV6 => icmp_summary(ev.protocol, ev.icmp_type, ev.icmp_code),
@@ -274,7 +307,8 @@ pub fn enrich_with(st: &EnrichState, ev: &FlowEvent, wall_ns: i128) -> Flow {
         EVENT_POLICY_VERDICT => "policy-verdict",
         _ => "trace",
     };
-    let icmp = matches!(ev.protocol, PROTO_ICMP | PROTO_ICMPV6).then_some((ev.icmp_type, ev.icmp_code));
+    let icmp =
+        matches!(ev.protocol, PROTO_ICMP | PROTO_ICMPV6).then_some((ev.icmp_type, ev.icmp_code));
     Flow {
         time_ns: wall_ns,
         node_name: st.node.clone(),
@@ -307,7 +341,11 @@ pub fn enrich_with(st: &EnrichState, ev: &FlowEvent, wall_ns: i128) -> Flow {
         policy_match_type: ev.match_type,
         allowed_by,
         denied_by,
-        interface: st.interfaces.get(&ev.ifindex).cloned().unwrap_or_else(|| ev.ifindex.to_string()),
+        interface: st
+            .interfaces
+            .get(&ev.ifindex)
+            .cloned()
+            .unwrap_or_else(|| ev.ifindex.to_string()),
         summary,
         event: *ev,
     }
@@ -336,9 +374,28 @@ mod tests {
     fn drop_by_deny_rule_names_the_policy_and_reason() {
         let st = EnrichState {
             node: "n1".into(),
-            endpoints: [(7, EndpointMeta { name: "web".into(), namespace: "shop".into(), interface: "v7".into() })].into(),
-            identities: [(300, vec!["k8s:app=web".into()]), (301, vec!["k8s:app=db".into()])].into(),
-            origins: vec![vec![], vec![PolicyRefOut { name: "deny-db".into(), namespace: "shop".into(), kind: "CiliumNetworkPolicy".into() }]],
+            endpoints: [(
+                7,
+                EndpointMeta {
+                    name: "web".into(),
+                    namespace: "shop".into(),
+                    interface: "v7".into(),
+                },
+            )]
+            .into(),
+            identities: [
+                (300, vec!["k8s:app=web".into()]),
+                (301, vec!["k8s:app=db".into()]),
+            ]
+            .into(),
+            origins: vec![
+                vec![],
+                vec![PolicyRefOut {
+                    name: "deny-db".into(),
+                    namespace: "shop".into(),
+                    kind: "CiliumNetworkPolicy".into(),
+                }],
+            ],
             interfaces: BTreeMap::new(),
             by_ip: BTreeMap::new(),
         };
@@ -367,6 +424,11 @@ mod tests {
         assert_eq!(f.source.pod_name, "web");
         assert_eq!(f.destination_ip, "10.0.0.2");
         assert_eq!(f.summary, "TCP Flags: SYN");
-        assert!(f.compact().contains("shop/web:40000 -> 10.0.0.2:5432 Policy denied by denylist DROPPED"), "{}", f.compact());
+        assert!(
+            f.compact()
+                .contains("shop/web:40000 -> 10.0.0.2:5432 Policy denied by denylist DROPPED"),
+            "{}",
+            f.compact()
+        );
     }
 }

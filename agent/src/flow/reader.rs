@@ -62,6 +62,7 @@ impl Pipeline {
     }
 
     /// Also hands every flow to an exporter.
+    #[must_use]
     pub fn with_export(mut self, export: Option<FlowExport>) -> Self {
         self.export = export;
         self
@@ -95,7 +96,8 @@ impl Pipeline {
 pub async fn run_reader(ring: RingBuf<MapData>, mut pipeline: Pipeline) -> anyhow::Result<()> {
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd until it is dropped, so
     // the registration never outlives the descriptor.
-    let mut fd = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("cannot register ring buffer fd: {e}"))?;
+    let mut fd = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| anyhow::anyhow!("cannot register ring buffer fd: {e}"))?;
     loop {
         let mut guard = fd.readable_mut().await?;
         let ring = guard.get_inner_mut();

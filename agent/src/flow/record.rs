@@ -27,7 +27,10 @@ fn serialize_time<S: serde::Serializer>(ns: &i128, s: S) -> Result<S::Ok, S::Err
     s.serialize_str(&super::decode::rfc3339_nanos(*ns))
 }
 
-#[expect(clippy::trivially_copy_pass_by_ref, reason = "serde passes fields by reference")]
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
 fn is_zero(v: &u32) -> bool {
     *v == 0
 }
@@ -117,18 +120,30 @@ impl Flow {
             } else {
                 format!("{}/{}", ep.namespace, ep.pod_name)
             };
-            if port == 0 { host } else { format!("{host}:{port}") }
+            if port == 0 {
+                host
+            } else {
+                format!("{host}:{port}")
+            }
         };
         let arrow = if self.is_reply { "<-" } else { "->" };
         let (a, b) = if self.is_reply {
             (
-                side(&self.destination_ip, self.destination_port, &self.destination),
+                side(
+                    &self.destination_ip,
+                    self.destination_port,
+                    &self.destination,
+                ),
                 side(&self.source_ip, self.source_port, &self.source),
             )
         } else {
             (
                 side(&self.source_ip, self.source_port, &self.source),
-                side(&self.destination_ip, self.destination_port, &self.destination),
+                side(
+                    &self.destination_ip,
+                    self.destination_port,
+                    &self.destination,
+                ),
             )
         };
         let kind = match self.event_type {
@@ -146,7 +161,12 @@ impl Flow {
             ("policy-verdict", "AUDIT") => format!(" AUDITED ({})", self.drop_reason_text()),
             (_, v) => format!(" {v}"),
         };
-        format!("{} [{}]: {a} {arrow} {b} {kind}{verdict} ({})", super::decode::rfc3339_nanos(self.time_ns), self.node_name, self.summary)
+        format!(
+            "{} [{}]: {a} {arrow} {b} {kind}{verdict} ({})",
+            super::decode::rfc3339_nanos(self.time_ns),
+            self.node_name,
+            self.summary
+        )
     }
 
     fn drop_reason_text(&self) -> &'static str {

@@ -138,10 +138,6 @@ impl FlowRing {
     }
 
     /// Appends a flow message.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "only tests produce ready messages today")
-    )]
     pub fn push_flow(&self, flow: Flow) {
         self.push(RingEvent::Flow(Arc::new(flow)));
     }
@@ -185,6 +181,11 @@ impl FlowRing {
     /// Flows currently held.
     pub fn len(&self) -> usize {
         self.lock().flows
+    }
+
+    /// Whether the ring holds no flow.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Flows ever written.

@@ -148,18 +148,19 @@ pub struct ResponseParts<'a> {
     pub authority: &'a [Record],
     /// Additional section.
     pub additional: &'a [Record],
-    /// ECS scope prefix to echo (when the query had ECS).
-    pub ecs_scope: u8,
+    /// ECS scope prefix to echo when the query had ECS; `None` when ECS processing is off.
+    pub ecs_scope: Option<u8>,
 }
 
 /// Build the EDNS section of a response.
-pub fn response_edns(q: &ParsedQuery, scope: u8) -> Option<Edns> {
+pub fn response_edns(q: &ParsedQuery, scope: Option<u8>) -> Option<Edns> {
     let info = q.edns?;
     let mut e = Edns::new();
     e.set_max_payload(MAX_UDP_PAYLOAD);
     e.set_version(0);
     e.set_dnssec_ok(info.dnssec_ok);
     if let Some((addr, source)) = info.ecs
+        && let Some(scope) = scope
         && let Some(net) = ecs_net((addr, source))
     {
         e.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new(

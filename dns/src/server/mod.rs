@@ -1,6 +1,7 @@
 //! The server: owns sockets, the catalog, the health checker and reloads.
 
 pub mod message;
+pub mod mmsg;
 pub mod tcp;
 pub mod udp;
 
@@ -322,11 +323,18 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
             0
         };
         threads.extend(
-            udp::spawn(&catalog, *addr, workers, cache, cfg.lua.ecs, &stop).map_err(|source| {
-                ServerError::Bind {
-                    addr: addr.to_string(),
-                    source,
-                }
+            udp::spawn(
+                &catalog,
+                *addr,
+                workers,
+                cache,
+                cfg.lua.ecs,
+                cfg.udp_batch,
+                &stop,
+            )
+            .map_err(|source| ServerError::Bind {
+                addr: addr.to_string(),
+                source,
             })?,
         );
         info!(%addr, workers, "UDP listening");

@@ -17,7 +17,10 @@ use hickory_proto::rr::RecordType;
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, warn};
 
-use super::message::{MAX_UDP_PAYLOAD, ParseFailure, ecs_net, error_reply, parse_query};
+use super::{
+    message::{MAX_UDP_PAYLOAD, ParseFailure, ecs_net, error_reply, parse_query},
+    mmsg::{self, Batch},
+};
 use crate::{
     cache::{AnswerCache, QKey, patch},
     catalog::Catalog,
@@ -50,6 +53,7 @@ pub fn spawn(
     workers: usize,
     cache_entries: usize,
     ecs: bool,
+    batch: usize,
     stop: &Arc<AtomicBool>,
 ) -> io::Result<Vec<JoinHandle<()>>> {
     let mut handles = Vec::new();
@@ -59,7 +63,13 @@ pub fn spawn(
         let stop = stop.clone();
         let h = std::thread::Builder::new()
             .name(format!("dns-udp-{i}"))
-            .spawn(move || worker(&socket, &catalog, cache_entries, ecs, &stop))?;
+            .spawn(move || {
+                if batch > 1 {
+                    batched_worker(&socket, &catalog, cache_entries, ecs, batch, &stop);
+                } else {
+                    worker(&socket, &catalog, cache_entries, ecs, &stop);
+                }
+            })?;
         handles.push(h);
     }
     Ok(handles)
@@ -101,6 +111,57 @@ fn worker(
             && let Err(e) = socket.send_to(&out, src)
         {
             debug!(error = %e, %src, "UDP send failed");
+        }
+    }
+}
+
+fn batched_worker(
+    socket: &UdpSocket,
+    catalog: &Catalog,
+    cache_entries: usize,
+    ecs: bool,
+    size: usize,
+    stop: &AtomicBool,
+) {
+    let local = socket
+        .local_addr()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    let mut cache = AnswerCache::new(cache_entries);
+    let mut batch = Batch::new(size);
+    let mut outs: Vec<Vec<u8>> = (0..size).map(|_| Vec::with_capacity(1232)).collect();
+    let mut dests: Vec<Option<SocketAddr>> = vec![None; size];
+    while !stop.load(Ordering::Relaxed) {
+        let n = match batch.recv(socket) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => {
+                warn!(error = %e, "UDP receive failed");
+                continue;
+            }
+        };
+        for i in 0..n {
+            dests[i] = None;
+            outs[i].clear();
+            if let Some((pkt, src)) = batch.packet(i)
+                && handle(pkt, src, local, catalog, &mut cache, ecs, &mut outs[i])
+            {
+                dests[i] = Some(src);
+            }
+        }
+        let replies: Vec<(&[u8], SocketAddr)> = (0..n)
+            .filter_map(|i| dests[i].map(|d| (outs[i].as_slice(), d)))
+            .collect();
+        if let Err(e) = mmsg::send(socket, &replies) {
+            debug!(error = %e, "UDP send failed");
         }
     }
 }

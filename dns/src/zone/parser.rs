@@ -181,12 +181,12 @@ pub fn parse_ttl(s: &str) -> Option<u32> {
             if !saw_digit {
                 return None;
             }
-            total += cur * mult;
+            total = total.checked_add(cur.checked_mul(mult)?)?;
             cur = 0;
             saw_digit = false;
         }
     }
-    total += cur;
+    total = total.checked_add(cur)?;
     u32::try_from(total).ok()
 }
 
@@ -416,5 +416,8 @@ mod tests {
         assert_eq!(parse_ttl("1h30m"), Some(5400));
         assert_eq!(parse_ttl("1w"), Some(604_800));
         assert_eq!(parse_ttl("x"), None);
+        // Found by the zone_parser fuzz target: overflow must be an error, not a panic.
+        assert_eq!(parse_ttl("9999999999999999999w"), None);
+        assert_eq!(parse_ttl("4294967296"), None);
     }
 }

@@ -1,1 +1,168 @@
-//! Zone tests.
+//! Zone tests: master-file round trips (property test) and lookup behaviour.
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
+
+use hickory_proto::rr::{Name, RecordType};
+use proptest::prelude::*;
+
+use super::*;
+use crate::{
+    failover::FailoverState,
+    health::{HealthConfig, Registry},
+    lua::Deps,
+};
+
+fn load(text: &str) -> Result<Zone, ZoneError> {
+    let version = Arc::default();
+    let mut next_id = 0;
+    Zone::from_raw(
+        parser::parse_str(text, "t.test.")?,
+        ZoneSource {
+            origin: "t.test.",
+            file: Path::new("<text>"),
+            join: ChunkJoin::Concat,
+            health: Arc::new(Registry::new(HealthConfig::default(), Arc::clone(&version))),
+            geo: None,
+            failover: Arc::new(FailoverState::new(version)),
+            next_id: &mut next_id,
+        },
+    )
+}
+
+#[derive(Clone, Debug)]
+enum Data {
+    A(Ipv4Addr),
+    Aaaa(Ipv6Addr),
+    Txt(String),
+    Mx(u16, String),
+}
+
+impl Data {
+    fn rtype(&self) -> u16 {
+        match self {
+            Data::A(_) => 1,
+            Data::Aaaa(_) => 28,
+            Data::Txt(_) => 16,
+            Data::Mx(..) => 15,
+        }
+    }
+}
+
+fn data() -> impl Strategy<Value = Data> {
+    prop_oneof![
+        any::<u32>().prop_map(|v| Data::A(Ipv4Addr::from(v))),
+        any::<u128>().prop_map(|v| Data::Aaaa(Ipv6Addr::from(v))),
+        "[a-zA-Z0-9 =;()-]{0,40}".prop_map(Data::Txt),
+        (any::<u16>(), "[a-z]{1,8}").prop_map(|(p, n)| Data::Mx(p, n)),
+    ]
+}
+
+/// One record rendered in one of several equivalent spellings.
+fn render(owner: &str, ttl: u32, d: &Data, style: u8) -> String {
+    let owner_s = match style % 3 {
+        0 => owner.to_string(),
+        1 => format!("{owner}.t.test."),
+        _ => owner.to_ascii_uppercase(),
+    };
+    let ttl_s = if style & 4 == 0 {
+        format!("{ttl} IN")
+    } else {
+        format!("IN {ttl}")
+    };
+    let rdata = match d {
+        Data::A(a) => format!("A {a}"),
+        Data::Aaaa(a) => format!("AAAA {a}"),
+        Data::Txt(t) => {
+            let esc = t.replace('\\', "\\\\").replace('"', "\\\"");
+            format!("TXT \"{esc}\"")
+        }
+        Data::Mx(p, n) if style & 8 == 0 => format!("MX {p} {n}"),
+        Data::Mx(p, n) => format!("MX ( {p} ; preference\n  {n}.t.test. )"),
+    };
+    format!("{owner_s} {ttl_s} {rdata} ; comment {style}\n")
+}
+
+fn expected(d: &Data) -> String {
+    match d {
+        Data::A(a) => a.to_string(),
+        Data::Aaaa(a) => a.to_string(),
+        Data::Txt(t) => {
+            hickory_proto::rr::RData::TXT(hickory_proto::rr::rdata::TXT::new(vec![t.clone()]))
+                .to_string()
+        }
+        Data::Mx(p, n) => format!("{p} {n}.t.test."),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Whatever spelling a record is written in, the zone serves exactly its data.
+    #[test]
+    fn master_file_round_trip(records in prop::collection::vec(("[a-z][a-z0-9-]{0,10}", 1u32..100_000, data(), any::<u8>()), 1..25)) {
+        let mut text = String::from("$ORIGIN t.test.\n$TTL 300\n@ IN SOA ns hm 1 2 3 4 5\n");
+        for (owner, ttl, d, style) in &records {
+            text.push_str(&render(owner, *ttl, d, *style));
+        }
+        let zone = load(&text).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+        for (owner, _, d, _) in &records {
+            let got = zone.db_lookup(&format!("{owner}.t.test."), d.rtype());
+            prop_assert!(got.contains(&expected(d)), "{owner} {d:?}: {got:?}\n{text}");
+        }
+    }
+}
+
+#[test]
+fn cname_and_other_data_is_an_error() {
+    let e = load("$TTL 60\n@ SOA ns hm 1 2 3 4 5\nx CNAME y\nx A 192.0.2.1\n").unwrap_err();
+    assert!(e.to_string().contains("CNAME and other data"), "{e}");
+}
+
+#[test]
+fn records_outside_the_zone_are_errors() {
+    let e = load("$TTL 60\n@ SOA ns hm 1 2 3 4 5\nwww.other.test. A 192.0.2.1\n").unwrap_err();
+    assert!(e.to_string().contains("outside the zone"), "{e}");
+}
+
+#[test]
+fn lookups_follow_rfc1034() {
+    let zone = load(
+        "$TTL 60\n@ SOA ns hm 1 2 3 4 5\n@ NS ns\nns A 127.0.0.1\na.b.c A 192.0.2.1\n\
+         *.w A 192.0.2.2\nl LUA A \"'192.0.2.3'\"\ne LUA A \"{}\"\nbad LUA A \"'not an address'\"\n",
+    )
+    .unwrap();
+    let client = ClientInfo {
+        who: "192.0.2.9".parse().unwrap(),
+        ecs: None,
+        local: "127.0.0.1".parse().unwrap(),
+        tcp: false,
+        dnssec_ok: false,
+    };
+    let q = |n: &str, t: RecordType| zone.answer(&Name::from_str(n).unwrap(), t, &client);
+    assert_eq!(
+        q("b.c.t.test.", RecordType::A).outcome,
+        Outcome::NoData,
+        "empty non-terminal"
+    );
+    assert_eq!(q("x.b.c.t.test.", RecordType::A).outcome, Outcome::NxDomain);
+    let wild = q("anything.w.t.test.", RecordType::A);
+    assert_eq!(wild.answers[0].name.to_ascii(), "anything.w.t.test.");
+    let l = q("l.t.test.", RecordType::A);
+    assert!(
+        l.dynamic && l.deps == Deps::default(),
+        "constant LUA answer depends on nothing"
+    );
+    assert_eq!(q("l.t.test.", RecordType::AAAA).outcome, Outcome::NoData);
+    let e = q("e.t.test.", RecordType::A);
+    assert_eq!(
+        (e.outcome, e.answers.len()),
+        (Outcome::NoData, 0),
+        "empty result: NOERROR, no data"
+    );
+    assert_eq!(q("bad.t.test.", RecordType::A).outcome, Outcome::ServFail);
+    let any = q("l.t.test.", RecordType::ANY);
+    assert_eq!(any.answers.len(), 1, "ANY runs the LUA records");
+}

@@ -89,14 +89,13 @@ pub fn build(db_type: &'static str, entries: &[(Ipv4Addr, u8, V)]) -> Vec<u8> {
             if depth + 1 == *prefix {
                 nodes[node][bit] = Rec::Data(off);
             } else {
-                node = match nodes[node][bit] {
-                    Rec::Node(n) => n,
-                    _ => {
-                        nodes.push([Rec::Empty, Rec::Empty]);
-                        let n = nodes.len() - 1;
-                        nodes[node][bit] = Rec::Node(n);
-                        n
-                    }
+                node = if let Rec::Node(n) = nodes[node][bit] {
+                    n
+                } else {
+                    nodes.push([Rec::Empty, Rec::Empty]);
+                    let n = nodes.len() - 1;
+                    nodes[node][bit] = Rec::Node(n);
+                    n
                 };
             }
         }
@@ -149,7 +148,12 @@ pub fn city(
         ("country", V::Map(vec![("iso_code", V::Str(cc))])),
         (
             "location",
-            V::Map(vec![("latitude", V::F64(lat)), ("longitude", V::F64(lon))]),
+            // PowerDNS's GeoIP backend ignores locations without an accuracy radius.
+            V::Map(vec![
+                ("accuracy_radius", V::U16(100)),
+                ("latitude", V::F64(lat)),
+                ("longitude", V::F64(lon)),
+            ]),
         ),
         (
             "subdivisions",

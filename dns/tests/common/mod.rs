@@ -7,7 +7,10 @@
 #![allow(
     dead_code,
     clippy::missing_panics_doc,
-    clippy::cast_possible_truncation
+    clippy::cast_possible_truncation,
+    clippy::format_push_string,
+    clippy::many_single_char_names,
+    clippy::doc_markdown
 )]
 
 pub mod mmdb;
@@ -144,8 +147,13 @@ pub fn start_pdns(dir: &Path, zones: &[(&str, &Path)], port: u16, extra: &str) -
         ));
     }
     std::fs::write(&named, conf).unwrap();
+    let launch = if extra.contains("launch=") {
+        ""
+    } else {
+        "launch=bind\n"
+    };
     let pdns_conf = format!(
-        "launch=bind\nbind-config={}\nenable-lua-records=shared\nlocal-address=127.0.0.1\nlocal-port={port}\n\
+        "{launch}bind-config={}\nenable-lua-records=shared\nlocal-address=127.0.0.1\nlocal-port={port}\n\
          socket-dir={}\ndaemon=no\nguardian=no\ndisable-syslog=yes\nedns-subnet-processing=yes\nwebserver=no\n\
          loglevel=4\nlua-health-checks-interval=1\n{extra}\n",
         named.display(),

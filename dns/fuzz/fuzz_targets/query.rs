@@ -1,0 +1,56 @@
+//! The query path: any datagram through the UDP handler (parse, cache, resolve, encode) against
+//! the example zone.
+#![no_main]
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+};
+
+use catalyst_dns::{
+    Catalog, ZoneSet,
+    cache::AnswerCache,
+    failover::FailoverState,
+    health::{HealthConfig, Registry},
+    metrics::DnsMetrics,
+    server::udp,
+    zone::{ChunkJoin, Zone, ZoneSource, parser},
+};
+use libfuzzer_sys::fuzz_target;
+
+const ZONE: &str = include_str!("../../../deploy/examples/dns/example.org.zone");
+
+fn catalog() -> &'static Catalog {
+    static C: OnceLock<Catalog> = OnceLock::new();
+    C.get_or_init(|| {
+        let version = Arc::default();
+        let health = Arc::new(Registry::new(HealthConfig::default(), Arc::clone(&version)));
+        let mut next_id = 0;
+        let zone = Zone::from_raw(
+            parser::parse_str(ZONE, "example.org.").expect("example zone parses"),
+            ZoneSource {
+                origin: "example.org.",
+                file: std::path::Path::new("example.org.zone"),
+                join: ChunkJoin::Concat,
+                health,
+                geo: None,
+                failover: Arc::new(FailoverState::new(Arc::clone(&version))),
+                next_id: &mut next_id,
+            },
+        )
+        .expect("example zone loads");
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = DnsMetrics::register(&mut registry);
+        Catalog::new(ZoneSet::new(vec![Arc::new(zone)]), version, metrics, true)
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut cache = AnswerCache::new(64);
+    let mut out = Vec::new();
+    let src: SocketAddr = "192.0.2.7:5353".parse().unwrap();
+    for _ in 0..2 {
+        out.clear();
+        let _ = udp::handle(data, src, src.ip(), catalog(), &mut cache, true, &mut out);
+    }
+});

@@ -1,0 +1,472 @@
+//! `cargo xtask bench datapath`: per-packet cost by `BPF_PROG_TEST_RUN`, and end-to-end latency,
+//! UDP rate and TCP connection rate through the lab with no filtering, with the agent, and with
+//! the same rules in nftables (linear chain + conntrack fast path; set + conntrack), at 10, 1,000
+//! and 10,000 rules, in one run. Figures go to `docs/benchmarks.md` (between markers) and
+//! `target/bench/datapath.json`.
+
+use std::{
+    fmt::Write as _,
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use catalyst_tests::{
+    agent::{AgentProcess, uninstall},
+    lab::{self, NODE_NS, PODS, in_netns, pod},
+};
+
+use crate::{root, setup};
+
+/// The port every benchmark flow uses; the N-rule sets put it last.
+const PORT: u16 = 30_000;
+const RULE_COUNTS: [u32; 3] = [10, 1_000, 10_000];
+const SECS: u32 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Filter {
+    None,
+    Agent(u32),
+    NftChain(u32),
+    NftSet(u32),
+}
+
+impl Filter {
+    fn label(self) -> String {
+        match self {
+            Self::None => "no filtering".into(),
+            Self::Agent(n) => format!("catalyst-agent, {n} rules"),
+            Self::NftChain(n) => format!("nftables chain + ct, {n} rules"),
+            Self::NftSet(n) => format!("nftables set + ct, {n} rules"),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Figures {
+    latency_us: f64,
+    udp_pps: f64,
+    conn_per_s: f64,
+}
+
+fn sh(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]).args(args);
+    c
+}
+
+/// Runs the datapath benchmark.
+pub fn datapath() -> anyhow::Result<()> {
+    setup::setup(true, true)?;
+    setup::cargo_build(false)?;
+    let out_dir = root().join("target/bench");
+    std::fs::create_dir_all(&out_dir)?;
+
+    eprintln!("bench: per-packet cost by BPF_PROG_TEST_RUN");
+    let mut c = setup::cargo();
+    c.args([
+        "run",
+        "-q",
+        "-p",
+        "catalyst-agent",
+        "--example",
+        "datapath_bench",
+    ]);
+    let test_run = sh(&mut c)?;
+
+    eprintln!("bench: end to end (sockperf ping-pong, sockperf UDP throughput, TCP connects)");
+    let result = end_to_end();
+    let _ = lab::down();
+    let rows = result?;
+
+    let mut md = String::new();
+    writeln!(
+        md,
+        "Measured {} on {} (kernel {}), {} CPUs.\n",
+        now(),
+        hostname(),
+        kernel(),
+        num_cpus()
+    )?;
+    writeln!(
+        md,
+        "### Per-packet cost (BPF_PROG_TEST_RUN, 100,000 conntrack entries)\n"
+    )?;
+    writeln!(
+        md,
+        "| policy entries | established flow (ns/packet) | new flow (ns/packet) | raw single runs: new / established (ns) |"
+    )?;
+    writeln!(md, "|---|---|---|---|")?;
+    for line in test_run.lines().filter(|l| l.starts_with('{')) {
+        let v: serde_json::Value = serde_json::from_str(line).context("datapath_bench output")?;
+        writeln!(
+            md,
+            "| {} | {} | {:.0} | {:.0} / {:.0} |",
+            v["policy_entries"],
+            v["established_ns"],
+            v["new_flow_ns"].as_f64().unwrap_or_default(),
+            v["new_flow_single_run_ns"].as_f64().unwrap_or_default(),
+            v["established_single_run_ns"].as_f64().unwrap_or_default()
+        )?;
+    }
+    writeln!(md)?;
+    writeln!(
+        md,
+        "### End to end (client pod → node → server pod, CPUs pinned: client 0, server 1)\n"
+    )?;
+    writeln!(
+        md,
+        "| filter | ping-pong latency (µs, one way) | UDP 64 B one-way (packets/s) | new TCP connections/s |"
+    )?;
+    writeln!(md, "|---|---|---|---|")?;
+    let base = rows[0].1;
+    for (f, fig) in &rows {
+        writeln!(
+            md,
+            "| {} | {:.2} ({:+.1} %) | {:.0} ({:+.1} %) | {:.0} ({:+.1} %) |",
+            f.label(),
+            fig.latency_us,
+            pct(fig.latency_us, base.latency_us),
+            fig.udp_pps,
+            pct(fig.udp_pps, base.udp_pps),
+            fig.conn_per_s,
+            pct(fig.conn_per_s, base.conn_per_s)
+        )?;
+    }
+    println!("{md}");
+    std::fs::write(out_dir.join("datapath.md"), &md)?;
+    splice_docs(&md)?;
+    Ok(())
+}
+
+fn pct(v: f64, base: f64) -> f64 {
+    if base == 0.0 {
+        0.0
+    } else {
+        (v - base) / base * 100.0
+    }
+}
+
+fn now() -> String {
+    sh(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
+/// Replaces the text between the datapath markers in docs/benchmarks.md.
+fn splice_docs(md: &str) -> anyhow::Result<()> {
+    let path = root().join("docs/benchmarks.md");
+    let doc = std::fs::read_to_string(&path).unwrap_or_default();
+    let (start, end) = ("<!-- datapath:begin -->", "<!-- datapath:end -->");
+    let new = match (doc.find(start), doc.find(end)) {
+        (Some(a), Some(b)) if a < b => format!("{}{start}\n{md}\n{}", &doc[..a], &doc[b..]),
+        _ => format!("{doc}\n{start}\n{md}\n{end}\n"),
+    };
+    std::fs::write(&path, new)?;
+    Ok(())
+}
+
+fn end_to_end() -> anyhow::Result<Vec<(Filter, Figures)>> {
+    lab::up()?;
+    let client = pod("client");
+    let server = pod("web");
+    // Servers: sockperf (ping-pong and throughput) and a TCP accept loop, pinned to CPU 1.
+    let mut sockperf_srv = in_ns(
+        &server.netns(),
+        &[
+            "taskset",
+            "-c",
+            "1",
+            "sockperf",
+            "sr",
+            "-i",
+            server.ipv4,
+            "-p",
+            &PORT.to_string(),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .context("cannot start sockperf (apt-get install sockperf)")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let acceptor = start_acceptor(&server.netns(), server.ipv4, stop.clone())?;
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut filters = vec![Filter::None];
+    for n in RULE_COUNTS {
+        filters.push(Filter::Agent(n));
+    }
+    for n in RULE_COUNTS {
+        filters.push(Filter::NftChain(n));
+    }
+    for n in RULE_COUNTS {
+        filters.push(Filter::NftSet(n));
+    }
+    let mut rows = Vec::new();
+    let work = std::env::temp_dir().join(format!("catalyst-bench-{}", std::process::id()));
+    std::fs::create_dir_all(work.join("policies"))?;
+    let pin = PathBuf::from("/sys/fs/bpf/catalyst-bench");
+    let res = (|| -> anyhow::Result<()> {
+        for f in filters {
+            eprintln!("bench: {}", f.label());
+            let mut agent = None;
+            match f {
+                Filter::None => {}
+                Filter::Agent(n) => agent = Some(start_agent(&work, &pin, n)?),
+                Filter::NftChain(n) | Filter::NftSet(n) => nft_load(f, n, &work)?,
+            }
+            let fig = Figures {
+                latency_us: sockperf_latency(&client.netns(), server.ipv4)?,
+                udp_pps: sockperf_udp(&client.netns(), server.ipv4)?,
+                conn_per_s: connect_rate(&client.netns(), server.ipv4)?,
+            };
+            eprintln!("bench:   {fig:?}");
+            rows.push((f, fig));
+            if let Some(mut a) = agent {
+                a.stop()?;
+                uninstall(&pin)?;
+            }
+            let _ = sh(&mut in_ns(NODE_NS, &["nft", "flush", "ruleset"]));
+        }
+        Ok(())
+    })();
+    stop.store(true, Ordering::Relaxed);
+    let _ = sockperf_srv.kill();
+    let _ = sockperf_srv.wait();
+    let _ = acceptor.join();
+    let _ = uninstall(&pin);
+    let _ = std::fs::remove_dir_all(&work);
+    res.map(|()| rows)
+}
+
+fn start_agent(work: &Path, pin: &Path, rules: u32) -> anyhow::Result<AgentProcess> {
+    // N rules: the client may reach the server on N distinct ports (TCP and UDP); the benchmark
+    // port is one of them. Both ends are enforced (client egress, server ingress).
+    let ports: Vec<String> = (0..rules)
+        .map(|i| format!("{{port: \"{}\", protocol: ANY}}", u32::from(PORT) - i))
+        .collect();
+    let policy = format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: bench-in, namespace: shop}}\nspec:\n  endpointSelector: {{matchLabels: {{app: web}}}}\n  ingress:\n    - fromEndpoints: [{{matchLabels: {{app: client}}}}]\n      toPorts: [{{ports: [{}]}}]\n---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: bench-out, namespace: shop}}\nspec:\n  endpointSelector: {{matchLabels: {{app: client}}}}\n  egress:\n    - toEndpoints: [{{matchLabels: {{app: web}}}}]\n      toPorts: [{{ports: [{}]}}]\n",
+        ports.join(", "),
+        ports.join(", ")
+    );
+    std::fs::write(work.join("policies/bench.yaml"), policy)?;
+    let mut cfg = format!(
+        "node: bench\npin_path: {}\npolicy_paths: [policies]\nflow_log: none\nendpoints:\n",
+        pin.display()
+    );
+    for p in PODS {
+        let _ = writeln!(
+            cfg,
+            "  - {{name: {}, namespace: {}, interface: {}, addresses: [{}], labels: {{app: {}}}}}",
+            p.name,
+            p.namespace,
+            p.host_iface(),
+            p.ipv4,
+            p.app
+        );
+    }
+    std::fs::write(work.join("agent.yaml"), cfg)?;
+    let _ = uninstall(pin);
+    AgentProcess::start(&work.join("agent.yaml"), pin)
+}
+
+fn nft_load(f: Filter, rules: u32, work: &Path) -> anyhow::Result<()> {
+    let client = pod("client").ipv4;
+    let server = pod("web").ipv4;
+    let mut s = String::from("flush ruleset\ntable inet bench {\n");
+    match f {
+        Filter::NftChain(_) => {
+            s.push_str("  chain forward_filter {\n    type filter hook forward priority 0; policy drop;\n    ct state established,related accept\n");
+            for i in (0..rules).rev() {
+                let _ = writeln!(
+                    s,
+                    "    ip saddr {client} ip daddr {server} meta l4proto {{ tcp, udp }} th dport {} accept",
+                    u32::from(PORT) - i
+                );
+            }
+            s.push_str("  }\n");
+        }
+        Filter::NftSet(_) => {
+            s.push_str(
+                "  set allowed {\n    type ipv4_addr . ipv4_addr . inet_service\n    elements = { ",
+            );
+            let elems: Vec<String> = (0..rules)
+                .map(|i| format!("{client} . {server} . {}", u32::from(PORT) - i))
+                .collect();
+            s.push_str(&elems.join(", "));
+            s.push_str(" }\n  }\n  chain forward_filter {\n    type filter hook forward priority 0; policy drop;\n    ct state established,related accept\n    meta l4proto { tcp, udp } ip saddr . ip daddr . th dport @allowed accept\n  }\n");
+        }
+        _ => {}
+    }
+    s.push_str("}\n");
+    // The reverse direction of new flows (replies) is covered by conntrack; ARP is not forwarded.
+    let file = work.join("rules.nft");
+    std::fs::write(&file, s)?;
+    sh(&mut in_ns(
+        NODE_NS,
+        &["nft", "-f", file.to_str().expect("utf-8")],
+    ))?;
+    Ok(())
+}
+
+fn sockperf_latency(ns: &str, server: &str) -> anyhow::Result<f64> {
+    let out = sh(&mut in_ns(
+        ns,
+        &[
+            "taskset",
+            "-c",
+            "0",
+            "sockperf",
+            "pp",
+            "-i",
+            server,
+            "-p",
+            &PORT.to_string(),
+            "-t",
+            &SECS.to_string(),
+            "-m",
+            "64",
+        ],
+    ))?;
+    // "sockperf: Summary: Latency is 5.123 usec"
+    out.lines()
+        .find_map(|l| {
+            l.split("Latency is ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .with_context(|| format!("no latency in sockperf output:\n{out}"))
+}
+
+fn sockperf_udp(ns: &str, server: &str) -> anyhow::Result<f64> {
+    let out = sh(&mut in_ns(
+        ns,
+        &[
+            "taskset",
+            "-c",
+            "0",
+            "sockperf",
+            "tp",
+            "-i",
+            server,
+            "-p",
+            &PORT.to_string(),
+            "-t",
+            &SECS.to_string(),
+            "-m",
+            "64",
+        ],
+    ))?;
+    // "sockperf: Summary: Message Rate is 512345 [msg/sec]"
+    out.lines()
+        .find_map(|l| {
+            l.split("Message Rate is ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .with_context(|| format!("no message rate in sockperf output:\n{out}"))
+}
+
+fn start_acceptor(
+    ns: &str,
+    addr: &str,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let sa: SocketAddr = format!("{addr}:{PORT}").parse()?;
+    let l = in_netns(ns, move || TcpListener::bind(sa))??;
+    l.set_nonblocking(true)?;
+    Ok(std::thread::spawn(move || {
+        pin_to_cpu(1);
+        while !stop.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((s, _)) => drop(s),
+                Err(_) => std::thread::sleep(Duration::from_micros(50)),
+            }
+        }
+    }))
+}
+
+/// Pins the calling thread to one CPU.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; sched_setaffinity(0, …) affects the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set);
+    }
+}
+
+/// Closes with RST (`SO_LINGER` 0): no `TIME_WAIT` build-up over tens of thousands of connections.
+fn close_with_rst(s: TcpStream) {
+    use std::os::fd::AsRawFd as _;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid socket fd and a correctly sized linger struct.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const l).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(s);
+}
+
+fn connect_rate(ns: &str, server: &str) -> anyhow::Result<f64> {
+    let sa: SocketAddr = format!("{server}:{PORT}").parse()?;
+    let count = Arc::new(AtomicU64::new(0));
+    let c2 = count.clone();
+    let ns = ns.to_owned();
+    let elapsed = in_netns(&ns, move || -> std::io::Result<Duration> {
+        pin_to_cpu(0);
+        let start = Instant::now();
+        let limit = Duration::from_secs(u64::from(SECS));
+        while start.elapsed() < limit {
+            // A failed connect (SYN lost to a full accept queue, a drop) is not counted.
+            if let Ok(s) = TcpStream::connect_timeout(&sa, Duration::from_millis(500)) {
+                close_with_rst(s);
+                c2.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(start.elapsed())
+    })??;
+    #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+    Ok(count.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64())
+}

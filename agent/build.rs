@@ -16,7 +16,11 @@ fn main() -> anyhow::Result<()> {
 
 /// The Observer API protos: `flow`, `relay` and `observer` packages (specs/hubble-observer-api.md).
 fn compile_protos() -> anyhow::Result<()> {
-    const PROTOS: [&str; 3] = ["flow/flow.proto", "relay/relay.proto", "observer/observer.proto"];
+    const PROTOS: [&str; 3] = [
+        "flow/flow.proto",
+        "relay/relay.proto",
+        "observer/observer.proto",
+    ];
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let include = manifest_dir.join("proto");
     for p in PROTOS {

@@ -289,11 +289,17 @@ fn default_flow_log() -> String {
 fn default_watch_interval_ms() -> u64 {
     500
 }
-#[expect(clippy::unnecessary_wraps, reason = "serde default of an optional field")]
+#[expect(
+    clippy::unnecessary_wraps,
+    reason = "serde default of an optional field"
+)]
 fn default_observer_listen() -> Option<SocketAddr> {
     Some(SocketAddr::from(([127, 0, 0, 1], 4244)))
 }
-#[expect(clippy::unnecessary_wraps, reason = "serde default of an optional field")]
+#[expect(
+    clippy::unnecessary_wraps,
+    reason = "serde default of an optional field"
+)]
 fn default_observer_socket() -> Option<PathBuf> {
     Some(PathBuf::from("/var/run/catalyst/hubble.sock"))
 }
@@ -303,7 +309,10 @@ fn default_ring_capacity() -> usize {
 fn default_lost_check_ms() -> u64 {
     1000
 }
-#[expect(clippy::unnecessary_wraps, reason = "serde default of an optional field")]
+#[expect(
+    clippy::unnecessary_wraps,
+    reason = "serde default of an optional field"
+)]
 fn default_metrics_listen() -> Option<SocketAddr> {
     Some(SocketAddr::from(([127, 0, 0, 1], 9965)))
 }
@@ -422,7 +431,10 @@ impl AgentConfig {
             }
         }
         if self.observer.ring_capacity == 0 {
-            return Err(invalid("observer.ring_capacity".to_owned(), "must be at least 1".to_owned()));
+            return Err(invalid(
+                "observer.ring_capacity".to_owned(),
+                "must be at least 1".to_owned(),
+            ));
         }
         if !self.maps.events_bytes.is_power_of_two() || self.maps.events_bytes < 4096 {
             return Err(invalid(

@@ -454,7 +454,13 @@ impl Metrics {
         let catalyst = registry.sub_registry_with_prefix("catalyst");
         let datapath = DatapathMetrics::register(catalyst);
         let nats = crate::nats::NatsMetrics::register(catalyst);
-        Self { registry: Arc::new(registry), flows, datapath, processed: Arc::default(), nats }
+        Self {
+            registry: Arc::new(registry),
+            flows,
+            datapath,
+            processed: Arc::default(),
+            nats,
+        }
     }
 
     /// Prometheus text exposition.

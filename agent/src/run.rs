@@ -14,9 +14,9 @@ use catalyst_policy::datapath::{
 };
 
 use crate::{
+    api::flow::LostEventSource,
     config::AgentConfig,
     datapath::{self, Datapath, LoadOptions},
-    api::flow::LostEventSource,
     flow::{Enricher, FlowRing, FlowSink, Pipeline, drop_reason_name, run_reader},
     metrics::Metrics,
     observer::{self, Listeners, ObserverService},
@@ -96,21 +96,36 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     metrics.datapath.set_revision(revision);
     let ring = FlowRing::new(cfg.observer.ring_capacity);
     let enricher = Enricher::new(snap.enrich.clone());
-    let events = dp.take_events().context("event ring buffer already taken")?;
+    let events = dp
+        .take_events()
+        .context("event ring buffer already taken")?;
     let export = crate::nats::start(&cfg.nats, &cfg.node, metrics.nats.clone());
     let (export, export_task) = export.map_or((None, None), |(e, t)| (Some(e), Some(t)));
-    let pipeline =
-        Pipeline::new(enricher.clone(), sink_for(&cfg)?, ring.clone(), metrics.clone()).with_export(export);
+    let pipeline = Pipeline::new(
+        enricher.clone(),
+        sink_for(&cfg)?,
+        ring.clone(),
+        metrics.clone(),
+    )
+    .with_export(export);
     let reader = tokio::spawn(run_reader(events, pipeline));
     let servers = start_servers(&cfg, &ring, &metrics).await;
 
     let mut fp = state::fingerprint(&watched(&config_path, &cfg));
     let mut missing = snap.missing.clone();
-    let mut lost_seen = dp.counters().ok().and_then(|c| c.get(STAT_EVENTS_LOST as usize).copied()).unwrap_or(0);
+    let mut lost_seen = dp
+        .counters()
+        .ok()
+        .and_then(|c| c.get(STAT_EVENTS_LOST as usize).copied())
+        .unwrap_or(0);
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.watch_interval_ms.max(50)));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut lost_tick = tokio::time::interval(Duration::from_millis(cfg.observer.lost_events_interval_ms.max(100)));
-    let mut counters_tick = tokio::time::interval(Duration::from_millis(cfg.metrics.counters_interval_ms.max(100)));
+    let mut lost_tick = tokio::time::interval(Duration::from_millis(
+        cfg.observer.lost_events_interval_ms.max(100),
+    ));
+    let mut counters_tick = tokio::time::interval(Duration::from_millis(
+        cfg.metrics.counters_interval_ms.max(100),
+    ));
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
@@ -181,23 +196,40 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
 
 /// Binds and spawns the Observer gRPC server and the metrics endpoint. A listener that cannot
 /// be bound is logged and left out: observability never stops enforcement.
-async fn start_servers(cfg: &AgentConfig, ring: &FlowRing, metrics: &Metrics) -> Vec<tokio::task::JoinHandle<()>> {
+async fn start_servers(
+    cfg: &AgentConfig,
+    ring: &FlowRing,
+    metrics: &Metrics,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
-    match Listeners::bind(cfg.observer.listen_address, cfg.observer.unix_socket.as_deref()).await {
+    match Listeners::bind(
+        cfg.observer.listen_address,
+        cfg.observer.unix_socket.as_deref(),
+    )
+    .await
+    {
         Ok(listeners) if listeners.tcp.is_some() || listeners.unix.is_some() => {
-            let address = listeners.tcp_addr().map(|a| a.to_string()).unwrap_or_default();
+            let address = listeners
+                .tcp_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
             tracing::info!(tcp = %address, unix = ?cfg.observer.unix_socket, ring = cfg.observer.ring_capacity,
                 "observer API listening");
             let service = ObserverService::new(ring.clone(), &cfg.node, &address);
             tasks.push(tokio::spawn(async move {
                 if let Err(error) = observer::serve(service, listeners).await {
-                    tracing::error!(error = format!("{:#}", anyhow::Error::from(error)), "observer API stopped");
+                    tracing::error!(
+                        error = format!("{:#}", anyhow::Error::from(error)),
+                        "observer API stopped"
+                    );
                 }
             }));
         }
         Ok(_) => tracing::info!("observer API disabled"),
-        Err(error) => tracing::error!(error = format!("{:#}", anyhow::Error::from(error)),
-            "observer API not started; enforcement continues"),
+        Err(error) => tracing::error!(
+            error = format!("{:#}", anyhow::Error::from(error)),
+            "observer API not started; enforcement continues"
+        ),
     }
     if let Some(addr) = cfg.metrics.listen_address {
         match tokio::net::TcpListener::bind(addr).await {
@@ -210,7 +242,9 @@ async fn start_servers(cfg: &AgentConfig, ring: &FlowRing, metrics: &Metrics) ->
                     }
                 }));
             }
-            Err(error) => tracing::error!(%error, %addr, "metrics endpoint not started; enforcement continues"),
+            Err(error) => {
+                tracing::error!(%error, %addr, "metrics endpoint not started; enforcement continues")
+            }
         }
     }
     tasks

@@ -219,7 +219,9 @@ fn endpoint_ref(
 
 /// An address as text; IPv4 without going through `fmt` (this runs for every flow read).
 fn ip_string(a: IpAddr) -> String {
-    let IpAddr::V4(v4) = a else { return a.to_string() };
+    let IpAddr::V4(v4) = a else {
+        return a.to_string();
+    };
     let mut s = String::with_capacity(15);
     for (i, octet) in v4.octets().into_iter().enumerate() {
         if i > 0 {
@@ -314,7 +316,11 @@ pub fn enrich_with(st: &EnrichState, ev: &FlowEvent, wall_ns: i128) -> Flow {
         node_name: st.node.clone(),
         verdict,
         drop_reason: ev.drop_reason,
-        drop_reason_desc: drop_reason_name(if ev.verdict == VERDICT_FORWARDED { 0 } else { ev.drop_reason }),
+        drop_reason_desc: drop_reason_name(if ev.verdict == VERDICT_FORWARDED {
+            0
+        } else {
+            ev.drop_reason
+        }),
         event_type,
         traffic_direction: match ev.direction {
             DIR_INGRESS => "INGRESS",
@@ -367,7 +373,10 @@ mod tests {
     #[test]
     fn rfc3339_formats_known_instants() {
         assert_eq!(rfc3339_nanos(0), "1970-01-01T00:00:00.000000000Z");
-        assert_eq!(rfc3339_nanos(1_795_651_200_000_000_123), "2026-11-26T00:00:00.000000123Z");
+        assert_eq!(
+            rfc3339_nanos(1_795_651_200_000_000_123),
+            "2026-11-26T00:00:00.000000123Z"
+        );
     }
 
     #[test]

@@ -58,7 +58,14 @@ impl Pipeline {
     /// A pipeline writing to `ring`, `metrics` and `sink`.
     pub fn new(enricher: Enricher, sink: FlowSink, ring: FlowRing, metrics: Metrics) -> Self {
         let recorder = metrics.flows.recorder();
-        Self { enricher, sink, ring, metrics, recorder, export: None }
+        Self {
+            enricher,
+            sink,
+            ring,
+            metrics,
+            recorder,
+            export: None,
+        }
     }
 
     /// Also hands every flow to an exporter.
@@ -84,7 +91,11 @@ impl Pipeline {
         }
         self.recorder.observe(&ev);
         self.metrics.processed.fetch_add(1, Ordering::Relaxed);
-        let stored = StoredFlow { event: ev, wall_ns, state };
+        let stored = StoredFlow {
+            event: ev,
+            wall_ns,
+            state,
+        };
         if let Some(export) = &mut self.export {
             export.offer(&stored);
         }

@@ -3,7 +3,6 @@
 
 use serde::Serialize;
 
-
 /// One side of a flow.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct EndpointRef {

@@ -78,6 +78,7 @@ fn dp_attached(dp: &Datapath, iface: &str) -> bool {
 }
 
 /// `catalyst-agent run`.
+#[expect(clippy::too_many_lines, reason = "the main loop reads best in one place")]
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let mut cfg = AgentConfig::load(&config_path)?;
     let mut policies = state::load_policies(&cfg)?;
@@ -243,7 +244,7 @@ async fn start_servers(
                 }));
             }
             Err(error) => {
-                tracing::error!(%error, %addr, "metrics endpoint not started; enforcement continues")
+                tracing::error!(%error, %addr, "metrics endpoint not started; enforcement continues");
             }
         }
     }

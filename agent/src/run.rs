@@ -78,7 +78,10 @@ fn dp_attached(dp: &Datapath, iface: &str) -> bool {
 }
 
 /// `catalyst-agent run`.
-#[expect(clippy::too_many_lines, reason = "the main loop reads best in one place")]
+#[expect(
+    clippy::too_many_lines,
+    reason = "the main loop reads best in one place"
+)]
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let mut cfg = AgentConfig::load(&config_path)?;
     let mut policies = state::load_policies(&cfg)?;

@@ -1,4 +1,6 @@
-//! Builds the eBPF object (`agent-ebpf`) with aya-build and places it in `OUT_DIR`.
+//! Builds the eBPF object (`agent-ebpf`) with aya-build and places it in `OUT_DIR`, then compiles
+//! the project's Hubble-compatible `.proto` files (`agent/proto/`) with protox (a pure-Rust
+//! protobuf compiler, so no system `protoc` is needed) and tonic-prost-build.
 //!
 //! The project-local bpf-linker installed by `cargo xtask setup` (`.tools/bpf-linker/bin`) is put
 //! on `PATH` for the nested nightly build. `CATALYST_SKIP_EBPF=1` (or aya-build's own
@@ -8,6 +10,31 @@
 use std::{env, fs, path::PathBuf};
 
 fn main() -> anyhow::Result<()> {
+    build_ebpf()?;
+    compile_protos()
+}
+
+/// The Observer API protos: `flow`, `relay` and `observer` packages (specs/hubble-observer-api.md).
+fn compile_protos() -> anyhow::Result<()> {
+    const PROTOS: [&str; 3] = [
+        "flow/flow.proto",
+        "relay/relay.proto",
+        "observer/observer.proto",
+    ];
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let include = manifest_dir.join("proto");
+    for p in PROTOS {
+        println!("cargo:rerun-if-changed={}", include.join(p).display());
+    }
+    let fds = protox::compile(PROTOS, [&include])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}
+
+fn build_ebpf() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=CATALYST_SKIP_EBPF");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"));
     let object = out_dir.join("catalyst-agent-ebpf");

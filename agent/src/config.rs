@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -91,6 +91,110 @@ pub struct AgentConfig {
     /// How often the policy and config files are checked for changes, milliseconds. Default 500.
     #[serde(default = "default_watch_interval_ms")]
     pub watch_interval_ms: u64,
+    /// The Hubble-compatible Observer API and the in-memory flow ring.
+    #[serde(default)]
+    pub observer: ObserverConfig,
+    /// The Prometheus `/metrics` endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// Flow export to NATS `JetStream`.
+    #[serde(default)]
+    pub nats: NatsConfig,
+}
+
+/// NATS `JetStream` export of flows (`DESIGN.md` §4.5).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URL (`nats://host:4222`); `null` (the default) exports nothing and logs so.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Cluster name in the subject `catalyst.flows.<cluster>.<node>`. Default `default`.
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
+    /// `JetStream` stream, created when missing with subjects `catalyst.flows.>`. Default
+    /// `CATALYST_FLOWS`.
+    #[serde(default = "default_stream")]
+    pub stream: String,
+    /// Flows queued for publishing; when full (NATS slow or down) further flows are dropped and
+    /// counted, the datapath reader never waits. Default 8192.
+    #[serde(default = "default_nats_buffer")]
+    pub buffer: usize,
+    /// Export one flow in `sample` (1 exports every flow). Default 1.
+    #[serde(default = "default_sample")]
+    pub sample: u32,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            cluster: default_cluster(),
+            stream: default_stream(),
+            buffer: default_nats_buffer(),
+            sample: default_sample(),
+        }
+    }
+}
+
+/// Observer API (Hubble `observer.Observer` gRPC) and flow ring settings.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ObserverConfig {
+    /// TCP address of the gRPC server; `null` disables it. Default `127.0.0.1:4244` (Hubble's
+    /// agent port; listen on `0.0.0.0:4244` to let Hubble Relay reach it).
+    #[serde(default = "default_observer_listen")]
+    pub listen_address: Option<SocketAddr>,
+    /// UNIX socket of the gRPC server; `null` disables it. Default
+    /// `/var/run/catalyst/hubble.sock`.
+    #[serde(default = "default_observer_socket")]
+    pub unix_socket: Option<PathBuf>,
+    /// Flows kept in memory for `GetFlows` (entries). Default 65536.
+    #[serde(default = "default_ring_capacity")]
+    pub ring_capacity: usize,
+    /// How often the kernel's lost-event counter is checked and reported, milliseconds.
+    /// Default 1000.
+    #[serde(default = "default_lost_check_ms")]
+    pub lost_events_interval_ms: u64,
+}
+
+impl Default for ObserverConfig {
+    fn default() -> Self {
+        Self {
+            listen_address: default_observer_listen(),
+            unix_socket: default_observer_socket(),
+            ring_capacity: default_ring_capacity(),
+            lost_events_interval_ms: default_lost_check_ms(),
+        }
+    }
+}
+
+/// Prometheus metrics settings.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the `/metrics` HTTP endpoint; `null` disables it. Default `127.0.0.1:9965`
+    /// (Hubble's metrics port).
+    #[serde(default = "default_metrics_listen")]
+    pub listen_address: Option<SocketAddr>,
+    /// Distinct destination ports `hubble_port_distribution_total` labels before it counts
+    /// further ports as `port="other"`. Default 256.
+    #[serde(default = "default_max_ports")]
+    pub max_ports: usize,
+    /// How often the datapath counters map is read into `catalyst_*` metrics, milliseconds.
+    /// Default 1000.
+    #[serde(default = "default_counters_interval_ms")]
+    pub counters_interval_ms: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen_address: default_metrics_listen(),
+            max_ports: default_max_ports(),
+            counters_interval_ms: default_counters_interval_ms(),
+        }
+    }
 }
 
 /// One workload endpoint.
@@ -184,6 +288,51 @@ fn default_flow_log() -> String {
 }
 fn default_watch_interval_ms() -> u64 {
     500
+}
+#[expect(
+    clippy::unnecessary_wraps,
+    reason = "serde default of an optional field"
+)]
+fn default_observer_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 4244)))
+}
+#[expect(
+    clippy::unnecessary_wraps,
+    reason = "serde default of an optional field"
+)]
+fn default_observer_socket() -> Option<PathBuf> {
+    Some(PathBuf::from("/var/run/catalyst/hubble.sock"))
+}
+fn default_ring_capacity() -> usize {
+    65_536
+}
+fn default_lost_check_ms() -> u64 {
+    1000
+}
+#[expect(
+    clippy::unnecessary_wraps,
+    reason = "serde default of an optional field"
+)]
+fn default_metrics_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 9965)))
+}
+fn default_max_ports() -> usize {
+    256
+}
+fn default_counters_interval_ms() -> u64 {
+    1000
+}
+fn default_cluster() -> String {
+    "default".to_owned()
+}
+fn default_stream() -> String {
+    "CATALYST_FLOWS".to_owned()
+}
+fn default_nats_buffer() -> usize {
+    8192
+}
+fn default_sample() -> u32 {
+    1
 }
 fn default_endpoints_max() -> u32 {
     DEFAULT_ENDPOINTS_MAX
@@ -280,6 +429,12 @@ impl AgentConfig {
                     "exactly one of `entity` and `labels` is required".to_owned(),
                 ));
             }
+        }
+        if self.observer.ring_capacity == 0 {
+            return Err(invalid(
+                "observer.ring_capacity".to_owned(),
+                "must be at least 1".to_owned(),
+            ));
         }
         if !self.maps.events_bytes.is_power_of_two() || self.maps.events_bytes < 4096 {
             return Err(invalid(

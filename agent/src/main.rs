@@ -6,7 +6,7 @@
 
 use std::{io::IsTerminal as _, path::PathBuf};
 
-use catalyst_agent::{datapath, run};
+use catalyst_agent::{bench, client, datapath, run};
 
 use clap::{Parser, Subcommand};
 
@@ -46,6 +46,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show flows from the Observer API, like `hubble observe`.
+    Observe(Box<client::ObserveArgs>),
+    /// Show the Observer API's health and flow ring, like `hubble status`.
+    Status(client::ServerArgs),
+    /// Measure the flow pipeline: events decoded, enriched and stored per second on one core.
+    #[command(hide = true)]
+    BenchFlows {
+        /// Events to process.
+        #[arg(long, default_value_t = 2_000_000)]
+        events: u64,
+        /// Flow ring capacity.
+        #[arg(long, default_value_t = 65_536)]
+        ring: usize,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Detach every program and remove every pinned map and link (stops enforcement).
     Uninstall {
         /// bpffs directory the agent pins to.
@@ -65,6 +82,12 @@ fn init_tracing() {
         .init();
 }
 
+fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing();
@@ -76,6 +99,9 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(run::run(config))
         }
+        Command::Observe(args) => current_thread()?.block_on(client::observe(*args)),
+        Command::Status(args) => current_thread()?.block_on(client::status(args)),
+        Command::BenchFlows { events, ring, json } => bench::flows(events, ring, json),
         Command::Check { config, policies } => run::check(config.as_deref(), &policies),
         Command::Counters { pin_path, json } => run::print_counters(&pin_path, json),
         Command::Uninstall { pin_path } => {

@@ -2,7 +2,6 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, atomic::AtomicU64},
     time::Duration,
 };
 
@@ -15,9 +14,12 @@ use catalyst_policy::datapath::{
 };
 
 use crate::{
+    api::flow::LostEventSource,
     config::AgentConfig,
     datapath::{self, Datapath, LoadOptions},
-    flow::{Enricher, FlowSink, drop_reason_name, run_reader},
+    flow::{Enricher, FlowRing, FlowSink, Pipeline, drop_reason_name, run_reader},
+    metrics::Metrics,
+    observer::{self, Listeners, ObserverService},
     state::{self, Allocators, Snapshot},
 };
 
@@ -42,13 +44,13 @@ fn watched(config_path: &Path, cfg: &AgentConfig) -> Vec<PathBuf> {
 }
 
 /// Applies a snapshot: maps first (diff against what this process applied last, or against the
-/// pinned maps on the first sync), then attachments.
+/// pinned maps on the first sync), then attachments. Returns the policy revision.
 fn apply_snapshot(
     dp: &mut Datapath,
     previous: Option<&datapath::DesiredState>,
     snap: &Snapshot,
     first: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<u32> {
     let report = datapath::apply_diff(dp, previous, &snap.desired, first)?;
     for iface in &snap.interfaces {
         if first || !dp_attached(dp, iface) {
@@ -74,7 +76,7 @@ fn apply_snapshot(
     for m in &snap.missing {
         tracing::warn!(interface = %m, "endpoint interface does not exist yet; retrying");
     }
-    Ok(())
+    Ok(report.revision)
 }
 
 fn dp_attached(dp: &Datapath, iface: &str) -> bool {
@@ -82,6 +84,10 @@ fn dp_attached(dp: &Datapath, iface: &str) -> bool {
 }
 
 /// `catalyst-agent run`.
+#[expect(
+    clippy::too_many_lines,
+    reason = "the main loop reads best in one place"
+)]
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let mut cfg = AgentConfig::load(&config_path)?;
     let mut policies = state::load_policies(&cfg)?;
@@ -94,39 +100,62 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         attach_mode: cfg.attach_mode,
     })?;
     tracing::info!(pin_path = %cfg.pin_path.display(), "datapath loaded");
-    apply_snapshot(&mut dp, None, &snap, true)?;
+    let revision = apply_snapshot(&mut dp, None, &snap, true)?;
     // What this process last wrote to the maps; `None` forces a re-read (after a failed apply).
     let mut applied = Some(snap.desired.clone());
 
+    let metrics = Metrics::new(cfg.metrics.max_ports);
+    metrics.datapath.set_revision(revision);
+    let ring = FlowRing::new(cfg.observer.ring_capacity);
     let enricher = Enricher::new(snap.enrich.clone());
-    let processed = Arc::new(AtomicU64::new(0));
-    let malformed = Arc::new(AtomicU64::new(0));
-    let ring = dp
+    let events = dp
         .take_events()
         .context("event ring buffer already taken")?;
-    let reader = tokio::spawn(run_reader(
-        ring,
+    let export = crate::nats::start(&cfg.nats, &cfg.node, metrics.nats.clone());
+    let (export, export_task) = export.map_or((None, None), |(e, t)| (Some(e), Some(t)));
+    let pipeline = Pipeline::new(
         enricher.clone(),
         sink_for(&cfg)?,
-        processed.clone(),
-        malformed.clone(),
-    ));
+        ring.clone(),
+        metrics.clone(),
+    )
+    .with_export(export);
+    let reader = tokio::spawn(run_reader(events, pipeline));
+    let servers = start_servers(&cfg, &ring, &metrics).await;
 
     let mut fp = state::fingerprint(&watched(&config_path, &cfg));
     let mut missing = snap.missing.clone();
-    let mut lost_seen = 0u64;
+    let mut lost_seen = dp
+        .counters()
+        .ok()
+        .and_then(|c| c.get(STAT_EVENTS_LOST as usize).copied())
+        .unwrap_or(0);
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.watch_interval_ms.max(50)));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut lost_tick = tokio::time::interval(Duration::from_secs(10));
+    let mut lost_tick = tokio::time::interval(Duration::from_millis(
+        cfg.observer.lost_events_interval_ms.max(100),
+    ));
+    let mut counters_tick = tokio::time::interval(Duration::from_millis(
+        cfg.metrics.counters_interval_ms.max(100),
+    ));
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
+            _ = counters_tick.tick() => {
+                if let Ok(c) = dp.counters() {
+                    metrics.datapath.update_counters(&c);
+                }
+                metrics.datapath.set_ring_flows(ring.len());
+            }
             _ = lost_tick.tick() => {
                 if let Ok(c) = dp.counters() {
                     let lost = c.get(STAT_EVENTS_LOST as usize).copied().unwrap_or(0);
                     if lost > lost_seen {
-                        tracing::warn!(lost = lost - lost_seen, total = lost, "datapath events lost (ring buffer full)");
+                        let n = lost - lost_seen;
+                        tracing::warn!(lost = n, total = lost, "datapath events lost (ring buffer full)");
+                        ring.push_lost(observer::lost_event(LostEventSource::PerfEventRingBuffer, n));
+                        metrics.flows.lost("perf_event_ring_buffer", n);
                         lost_seen = lost;
                     }
                 }
@@ -143,11 +172,14 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                         if new_cfg.pin_path != cfg.pin_path || new_cfg.maps != cfg.maps {
                             tracing::warn!("pin_path and map sizes take effect after a restart");
                         }
-                        if let Err(e) = apply_snapshot(&mut dp, applied.as_ref(), &snap, false) {
-                            tracing::error!(error = format!("{e:#}"), "applying the new state failed; will re-read the maps and retry");
-                            applied = None;
-                            fp.clear();
-                            continue;
+                        match apply_snapshot(&mut dp, applied.as_ref(), &snap, false) {
+                            Ok(revision) => metrics.datapath.set_revision(revision),
+                            Err(e) => {
+                                tracing::error!(error = format!("{e:#}"), "applying the new state failed; will re-read the maps and retry");
+                                applied = None;
+                                fp.clear();
+                                continue;
+                            }
                         }
                         applied = Some(snap.desired.clone());
                         enricher.replace(snap.enrich.clone());
@@ -164,11 +196,73 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         }
     }
     reader.abort();
+    if let Some(t) = export_task {
+        t.abort();
+    }
+    for s in servers {
+        s.abort();
+    }
     tracing::info!(
-        flows = processed.load(std::sync::atomic::Ordering::Relaxed),
+        flows = metrics.processed(),
         "stopping; programs and maps stay pinned, enforcement continues"
     );
     Ok(())
+}
+
+/// Binds and spawns the Observer gRPC server and the metrics endpoint. A listener that cannot
+/// be bound is logged and left out: observability never stops enforcement.
+async fn start_servers(
+    cfg: &AgentConfig,
+    ring: &FlowRing,
+    metrics: &Metrics,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    match Listeners::bind(
+        cfg.observer.listen_address,
+        cfg.observer.unix_socket.as_deref(),
+    )
+    .await
+    {
+        Ok(listeners) if listeners.tcp.is_some() || listeners.unix.is_some() => {
+            let address = listeners
+                .tcp_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            tracing::info!(tcp = %address, unix = ?cfg.observer.unix_socket, ring = cfg.observer.ring_capacity,
+                "observer API listening");
+            let service = ObserverService::new(ring.clone(), &cfg.node, &address);
+            tasks.push(tokio::spawn(async move {
+                if let Err(error) = observer::serve(service, listeners).await {
+                    tracing::error!(
+                        error = format!("{:#}", anyhow::Error::from(error)),
+                        "observer API stopped"
+                    );
+                }
+            }));
+        }
+        Ok(_) => tracing::info!("observer API disabled"),
+        Err(error) => tracing::error!(
+            error = format!("{:#}", anyhow::Error::from(error)),
+            "observer API not started; enforcement continues"
+        ),
+    }
+    if let Some(addr) = cfg.metrics.listen_address {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                tracing::info!(%addr, "metrics listening on /metrics");
+                let m = metrics.clone();
+                tasks.push(tokio::spawn(async move {
+                    if let Err(error) = crate::metrics::serve(l, m).await {
+                        tracing::error!(%error, "metrics endpoint stopped");
+                    }
+                }));
+            }
+            Err(error) => {
+                tracing::error!(%error, %addr, "metrics endpoint not started; enforcement continues");
+            }
+        }
+    }
+    tasks
 }
 
 fn reload(

@@ -320,7 +320,7 @@ fn end_to_end() -> anyhow::Result<Vec<(Filter, Figures)>> {
     .spawn()
     .context("cannot start sockperf (apt-get install sockperf)")?;
     let stop = Arc::new(AtomicBool::new(false));
-    let acceptor = start_acceptor(&server.netns(), server.ipv4, stop.clone())?;
+    let (acceptor, acceptor_fd) = start_acceptor(&server.netns(), server.ipv4, stop.clone())?;
     std::thread::sleep(Duration::from_millis(300));
 
     let mut filters = vec![Filter::None];
@@ -367,8 +367,9 @@ fn end_to_end() -> anyhow::Result<Vec<(Filter, Figures)>> {
         Ok(())
     })();
     stop.store(true, Ordering::Relaxed);
-    let wake: SocketAddr = format!("{}:{PORT}", server.ipv4).parse()?;
-    let _ = in_netns(&client.netns(), move || TcpStream::connect_timeout(&wake, Duration::from_secs(1)));
+    // SAFETY: the listener's fd stays open until the acceptor thread ends; shutdown wakes its
+    // blocking accept().
+    unsafe { libc::shutdown(acceptor_fd, libc::SHUT_RDWR) };
     let _ = sockperf_srv.kill();
     let _ = sockperf_srv.wait();
     let _ = acceptor.join();
@@ -512,18 +513,23 @@ fn start_acceptor(
     ns: &str,
     addr: &str,
     stop: Arc<AtomicBool>,
-) -> anyhow::Result<std::thread::JoinHandle<()>> {
+) -> anyhow::Result<(std::thread::JoinHandle<()>, i32)> {
+    use std::os::fd::AsRawFd as _;
     let sa: SocketAddr = format!("{addr}:{PORT}").parse()?;
     let l = in_netns(ns, move || TcpListener::bind(sa))??;
-    Ok(std::thread::spawn(move || {
+    let fd = l.as_raw_fd();
+    let handle = std::thread::spawn(move || {
         pin_to_cpu(0);
-        // Blocking accept; the caller wakes it with one last connection after setting `stop`.
+        // Blocking accept; the caller sets `stop` and shuts the socket down to wake it.
         while !stop.load(Ordering::Relaxed) {
-            if let Ok((s, _)) = l.accept() {
-                drop(s);
+            match l.accept() {
+                Ok((s, _)) => drop(s),
+                Err(_) if stop.load(Ordering::Relaxed) => break,
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
             }
         }
-    }))
+    });
+    Ok((handle, fd))
 }
 
 /// Pins the calling thread to one CPU.

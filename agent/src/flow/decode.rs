@@ -2,6 +2,7 @@
 //! the policies behind each rule id).
 
 use std::{
+    borrow::Cow,
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{Arc, RwLock},
@@ -79,8 +80,12 @@ impl Enricher {
     /// Turns a raw event into a flow record.
     pub fn enrich(&self, ev: &FlowEvent) -> Flow {
         let st = self.current();
-        let wall_ns = i128::from(ev.ts_ns) + self.clock_offset_ns;
-        enrich_with(&st, ev, wall_ns)
+        enrich_with(&st, ev, self.wall_ns(ev))
+    }
+
+    /// Wall-clock time of an event, nanoseconds since the Unix epoch.
+    pub fn wall_ns(&self, ev: &FlowEvent) -> i128 {
+        i128::from(ev.ts_ns) + self.clock_offset_ns
     }
 }
 
@@ -162,15 +167,15 @@ fn tcp_flag_names(f: u8) -> String {
         .join(", ")
 }
 
-fn protocol_name(p: u8) -> String {
+fn protocol_name(p: u8) -> Cow<'static, str> {
     match p {
         PROTO_TCP => "TCP".into(),
         PROTO_UDP => "UDP".into(),
         PROTO_SCTP => "SCTP".into(),
         PROTO_ICMP => "ICMPv4".into(),
         PROTO_ICMPV6 => "ICMPv6".into(),
-        0 => String::new(),
-        n => n.to_string(),
+        0 => "".into(),
+        n => n.to_string().into(),
     }
 }
 
@@ -212,6 +217,27 @@ fn endpoint_ref(
     r
 }
 
+/// An address as text; IPv4 without going through `fmt` (this runs for every flow read).
+fn ip_string(a: IpAddr) -> String {
+    let IpAddr::V4(v4) = a else {
+        return a.to_string();
+    };
+    let mut s = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            s.push('.');
+        }
+        if octet >= 100 {
+            s.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            s.push(char::from(b'0' + octet / 10 % 10));
+        }
+        s.push(char::from(b'0' + octet % 10));
+    }
+    s
+}
+
 /// Formats nanoseconds since the Unix epoch as RFC 3339 UTC with nanoseconds.
 pub fn rfc3339_nanos(ns: i128) -> String {
     let secs = ns.div_euclid(1_000_000_000);
@@ -236,7 +262,8 @@ pub fn rfc3339_nanos(ns: i128) -> String {
     )
 }
 
-fn enrich_with(st: &EnrichState, ev: &FlowEvent, wall_ns: i128) -> Flow {
+/// Builds the flow record of `ev` from enrichment state `st`.
+pub fn enrich_with(st: &EnrichState, ev: &FlowEvent, wall_ns: i128) -> Flow {
     let reply = ev.flags & EV_F_REPLY != 0;
     // The local endpoint is the destination of ingress packets and the source of egress ones.
     let (src_local, dst_local) = match ev.direction {
@@ -269,7 +296,7 @@ fn enrich_with(st: &EnrichState, ev: &FlowEvent, wall_ns: i128) -> Flow {
         PROTO_TCP => format!("TCP Flags: {tcp_flags}"),
         PROTO_ICMP | PROTO_ICMPV6 => icmp_summary(ev.protocol, ev.icmp_type, ev.icmp_code),
         PROTO_UDP => "UDP".to_owned(),
-        p => protocol_name(p),
+        p => protocol_name(p).into_owned(),
     };
     let verdict = match ev.verdict {
         VERDICT_FORWARDED => "FORWARDED",
@@ -285,34 +312,31 @@ fn enrich_with(st: &EnrichState, ev: &FlowEvent, wall_ns: i128) -> Flow {
     let icmp =
         matches!(ev.protocol, PROTO_ICMP | PROTO_ICMPV6).then_some((ev.icmp_type, ev.icmp_code));
     Flow {
-        time: rfc3339_nanos(wall_ns),
+        time_ns: wall_ns,
         node_name: st.node.clone(),
-        verdict: verdict.to_owned(),
+        verdict,
         drop_reason: ev.drop_reason,
         drop_reason_desc: drop_reason_name(if ev.verdict == VERDICT_FORWARDED {
             0
         } else {
             ev.drop_reason
-        })
-        .to_owned(),
-        event_type: event_type.to_owned(),
+        }),
+        event_type,
         traffic_direction: match ev.direction {
             DIR_INGRESS => "INGRESS",
             DIR_EGRESS => "EGRESS",
             _ => "TRAFFIC_DIRECTION_UNKNOWN",
-        }
-        .to_owned(),
+        },
         is_reply: reply,
         trace_reason: match ev.trace_reason {
             TRACE_NEW => "NEW",
             TRACE_ESTABLISHED => "ESTABLISHED",
             TRACE_REPLY => "REPLY",
             _ => "TRACE_REASON_UNKNOWN",
-        }
-        .to_owned(),
+        },
         ip_version: ev.family,
-        source_ip: saddr.map(|a| a.to_string()).unwrap_or_default(),
-        destination_ip: daddr.map(|a| a.to_string()).unwrap_or_default(),
+        source_ip: saddr.map(ip_string).unwrap_or_default(),
+        destination_ip: daddr.map(ip_string).unwrap_or_default(),
         protocol: protocol_name(ev.protocol),
         source_port: if icmp.is_some() { 0 } else { ev.sport },
         destination_port: if icmp.is_some() { 0 } else { ev.dport },
@@ -329,12 +353,22 @@ fn enrich_with(st: &EnrichState, ev: &FlowEvent, wall_ns: i128) -> Flow {
             .cloned()
             .unwrap_or_else(|| ev.ifindex.to_string()),
         summary,
+        event: *ev,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv4_text_matches_display() {
+        for a in ["0.0.0.0", "10.244.0.10", "192.168.100.255", "1.20.3.109"] {
+            let ip: IpAddr = a.parse().expect("address");
+            assert_eq!(ip_string(ip), a);
+        }
+        assert_eq!(ip_string("fd00::1".parse().expect("v6")), "fd00::1");
+    }
 
     #[test]
     fn rfc3339_formats_known_instants() {

@@ -1,11 +1,18 @@
-//! Flow pipeline: datapath events → decoded, enriched [`Flow`] records → sinks.
+//! Flow pipeline: datapath events → decoded, enriched [`Flow`](record::Flow) records → the flow
+//! ring, metrics and sinks; Hubble filters and printers for the API and the CLI.
 
+mod convert;
 mod decode;
+pub mod filter;
+pub mod print;
 mod reader;
 mod record;
+mod ring;
 
 pub use self::{
-    decode::{EndpointMeta, EnrichState, Enricher, drop_reason_name},
-    reader::{FlowSink, run_reader},
+    convert::{EMITTER, timestamp, timestamp_ns, to_proto},
+    decode::{EndpointMeta, EnrichState, Enricher, decode_event, drop_reason_name},
+    reader::{FlowSink, Pipeline, run_reader},
     record::PolicyRefOut,
+    ring::{FlowRing, RingEvent, StoredFlow},
 };

@@ -1,29 +1,28 @@
 //! Ring-buffer reader: drains datapath events without ever blocking the kernel side; events the
 //! kernel could not queue are counted there (`STAT_EVENTS_LOST`) and reported by the agent.
 
-use std::{
-    io::Write as _,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-};
+use std::{io::Write as _, sync::atomic::Ordering};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
 use super::{
-    decode::{Enricher, decode_event},
+    decode::{Enricher, decode_event, enrich_with},
     record::Flow,
+    ring::{FlowRing, StoredFlow},
+};
+use crate::{
+    metrics::{FlowRecorder, Metrics},
+    nats::FlowExport,
 };
 
-/// Where flow records go.
+/// Where flow records go besides the ring.
 pub enum FlowSink {
     /// Compact Hubble-style lines on stdout.
     Stdout,
     /// JSON lines appended to a file.
     JsonFile(std::fs::File),
-    /// Nowhere (counted only).
+    /// Nowhere (the ring and metrics only).
     None,
 }
 
@@ -44,14 +43,68 @@ impl FlowSink {
     }
 }
 
-/// Reads events until the task is cancelled. `processed` and `malformed` count what was seen.
-pub async fn run_reader(
-    ring: RingBuf<MapData>,
+/// Decode → sink, metrics and the flow ring, for one raw ring-buffer record. The flow message
+/// itself is built when a reader asks for it (see [`FlowRing`]).
+pub struct Pipeline {
     enricher: Enricher,
-    mut sink: FlowSink,
-    processed: Arc<AtomicU64>,
-    malformed: Arc<AtomicU64>,
-) -> anyhow::Result<()> {
+    sink: FlowSink,
+    ring: FlowRing,
+    metrics: Metrics,
+    recorder: FlowRecorder,
+    export: Option<FlowExport>,
+}
+
+impl Pipeline {
+    /// A pipeline writing to `ring`, `metrics` and `sink`.
+    pub fn new(enricher: Enricher, sink: FlowSink, ring: FlowRing, metrics: Metrics) -> Self {
+        let recorder = metrics.flows.recorder();
+        Self {
+            enricher,
+            sink,
+            ring,
+            metrics,
+            recorder,
+            export: None,
+        }
+    }
+
+    /// Also hands every flow to an exporter.
+    #[must_use]
+    pub fn with_export(mut self, export: Option<FlowExport>) -> Self {
+        self.export = export;
+        self
+    }
+
+    /// Processes one ring-buffer record.
+    pub fn process(&mut self, bytes: &[u8]) {
+        let Some(ev) = decode_event(bytes) else {
+            self.metrics.datapath.malformed();
+            return;
+        };
+        let state = self.enricher.current();
+        let wall_ns = self.enricher.wall_ns(&ev);
+        if !matches!(self.sink, FlowSink::None) {
+            let flow = enrich_with(&state, &ev, wall_ns);
+            if let Err(error) = self.sink.write(&flow) {
+                tracing::warn!(%error, "flow sink write failed");
+            }
+        }
+        self.recorder.observe(&ev);
+        self.metrics.processed.fetch_add(1, Ordering::Relaxed);
+        let stored = StoredFlow {
+            event: ev,
+            wall_ns,
+            state,
+        };
+        if let Some(export) = &mut self.export {
+            export.offer(&stored);
+        }
+        self.ring.push_stored(stored);
+    }
+}
+
+/// Reads events until the task is cancelled.
+pub async fn run_reader(ring: RingBuf<MapData>, mut pipeline: Pipeline) -> anyhow::Result<()> {
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd until it is dropped, so
     // the registration never outlives the descriptor.
     let mut fd = unsafe { AsyncFd::register(ring) }
@@ -60,18 +113,7 @@ pub async fn run_reader(
         let mut guard = fd.readable_mut().await?;
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
-            match decode_event(&item) {
-                Some(ev) => {
-                    let flow = enricher.enrich(&ev);
-                    processed.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = sink.write(&flow) {
-                        tracing::warn!(error = %e, "flow sink write failed");
-                    }
-                }
-                None => {
-                    malformed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            pipeline.process(&item);
         }
         guard.clear_ready();
     }

@@ -22,6 +22,10 @@ pub struct EndpointRef {
     pub pod_name: String,
 }
 
+fn serialize_time<S: serde::Serializer>(ns: &i128, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&super::decode::rfc3339_nanos(*ns))
+}
+
 #[expect(
     clippy::trivially_copy_pass_by_ref,
     reason = "serde's skip_serializing_if passes a reference"
@@ -45,25 +49,27 @@ pub struct PolicyRefOut {
 /// An enriched flow record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Flow {
-    /// Wall-clock time, RFC 3339 with nanoseconds.
-    pub time: String,
+    /// Wall-clock time in nanoseconds since the Unix epoch; serialised as RFC 3339 with
+    /// nanoseconds (formatted only when a record is written out, not on the hot path).
+    #[serde(rename = "time", serialize_with = "serialize_time")]
+    pub time_ns: i128,
     /// Node name.
     pub node_name: String,
     /// `FORWARDED`, `DROPPED` or `AUDIT`.
-    pub verdict: String,
+    pub verdict: &'static str,
     /// Drop reason code (0 when none).
     pub drop_reason: u8,
     /// Drop reason name as Hubble spells it (`POLICY_DENIED`, `POLICY_DENY`, …).
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub drop_reason_desc: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub drop_reason_desc: &'static str,
     /// `policy-verdict`, `drop` or `trace`.
-    pub event_type: String,
+    pub event_type: &'static str,
     /// `INGRESS` or `EGRESS` from the local endpoint's point of view.
-    pub traffic_direction: String,
+    pub traffic_direction: &'static str,
     /// Whether the packet is a reply of a tracked connection.
     pub is_reply: bool,
     /// `NEW`, `ESTABLISHED`, `REPLY`.
-    pub trace_reason: String,
+    pub trace_reason: &'static str,
     /// IP version 4 or 6 (0 when unknown).
     pub ip_version: u8,
     /// Source address.
@@ -71,7 +77,7 @@ pub struct Flow {
     /// Destination address.
     pub destination_ip: String,
     /// L4 protocol name (`TCP`, `UDP`, `SCTP`, `ICMPv4`, `ICMPv6`, or the number).
-    pub protocol: String,
+    pub protocol: std::borrow::Cow<'static, str>,
     /// Source port (0 when not applicable).
     pub source_port: u16,
     /// Destination port (0 when not applicable).
@@ -99,6 +105,9 @@ pub struct Flow {
     /// Hubble-style summary (`TCP Flags: SYN`, `ICMPv4 EchoRequest`, …).
     #[serde(rename = "Summary")]
     pub summary: String,
+    /// The raw datapath event (numeric verdict, reason, flags) the record was built from.
+    #[serde(skip)]
+    pub event: catalyst_policy::datapath::FlowEvent,
 }
 
 impl Flow {
@@ -136,7 +145,7 @@ impl Flow {
                 ),
             )
         };
-        let kind = match self.event_type.as_str() {
+        let kind = match self.event_type {
             "policy-verdict" => format!(
                 "policy-verdict:{} {}",
                 match_type_name(self.policy_match_type),
@@ -145,7 +154,7 @@ impl Flow {
             "drop" => format!("{} DROPPED", self.drop_reason_text()),
             _ => format!("to-endpoint {}", self.traffic_direction),
         };
-        let verdict = match (self.event_type.as_str(), self.verdict.as_str()) {
+        let verdict = match (self.event_type, self.verdict) {
             ("drop", _) => String::new(),
             ("policy-verdict", "FORWARDED") => " ALLOWED".to_owned(),
             ("policy-verdict", "AUDIT") => format!(" AUDITED ({})", self.drop_reason_text()),
@@ -153,7 +162,9 @@ impl Flow {
         };
         format!(
             "{} [{}]: {a} {arrow} {b} {kind}{verdict} ({})",
-            self.time, self.node_name, self.summary
+            super::decode::rfc3339_nanos(self.time_ns),
+            self.node_name,
+            self.summary
         )
     }
 

@@ -1,0 +1,284 @@
+//! `catalyst-agent bench-flows`: the flow pipeline's throughput on one core (DESIGN.md §7: at
+//! least 500,000 events/s decoded and enriched). Synthetic datapath events in their kernel byte
+//! form go through the same code as the ring-buffer reader.
+
+use std::{sync::Arc, time::Instant};
+
+use anyhow::Context as _;
+
+use catalyst_policy::datapath::{
+    DIR_EGRESS, DIR_INGRESS, EV_F_REPLY, EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE,
+    FLOW_EVENT_SIZE, FlowEvent, PROTO_TCP, PROTO_UDP, TRACE_NEW, TRACE_REPLY, VERDICT_DROPPED,
+    VERDICT_FORWARDED,
+};
+
+use crate::{
+    flow::{
+        EndpointMeta, EnrichState, Enricher, FlowRing, FlowSink, Pipeline, PolicyRefOut,
+        decode_event, to_proto,
+    },
+    metrics::Metrics,
+};
+
+/// Enrichment state of a node with `n` endpoints, one identity each, and a policy per endpoint.
+pub fn synthetic_state(n: u32) -> EnrichState {
+    let mut st = EnrichState {
+        node: "bench-node".into(),
+        ..EnrichState::default()
+    };
+    st.origins.push(Vec::new());
+    for i in 0..n {
+        let id = 1000 + i;
+        st.endpoints.insert(
+            id,
+            EndpointMeta {
+                name: format!("pod-{i}"),
+                namespace: format!("ns-{}", i % 16),
+                interface: format!("veth{i}"),
+            },
+        );
+        st.identities.insert(
+            256 + i,
+            vec![
+                format!("k8s:app=app-{}", i % 50),
+                format!("k8s:io.kubernetes.pod.namespace=ns-{}", i % 16),
+                "k8s:openova.io/organization=acme".to_owned(),
+            ],
+        );
+        st.interfaces.insert(id, format!("veth{i}"));
+        st.origins.push(vec![PolicyRefOut {
+            name: format!("policy-{i}"),
+            namespace: format!("ns-{}", i % 16),
+            kind: "CiliumNetworkPolicy".into(),
+        }]);
+    }
+    st
+}
+
+/// A mix of events: policy verdicts, drops, traces and replies over `endpoints` endpoints.
+pub fn synthetic_events(count: usize, endpoints: u32) -> Vec<[u8; FLOW_EVENT_SIZE]> {
+    (0..count)
+        .map(|i| {
+            let i32_ = u32::try_from(i).unwrap_or(u32::MAX);
+            let ep = i32_ % endpoints.max(1);
+            let peer = (i32_ / 7) % endpoints.max(1);
+            let (kind, verdict, drop_reason, flags, trace) = match i % 4 {
+                0 => (EVENT_POLICY_VERDICT, VERDICT_FORWARDED, 0, 0, TRACE_NEW),
+                1 => (EVENT_DROP, VERDICT_DROPPED, 133, 0, TRACE_NEW),
+                2 => (EVENT_TRACE, VERDICT_FORWARDED, 0, EV_F_REPLY, TRACE_REPLY),
+                _ => (EVENT_TRACE, VERDICT_FORWARDED, 0, 0, TRACE_NEW),
+            };
+            let ev = FlowEvent {
+                ts_ns: 1_000_000 + i as u64,
+                kind,
+                verdict,
+                drop_reason,
+                direction: if i % 2 == 0 { DIR_INGRESS } else { DIR_EGRESS },
+                family: 4,
+                protocol: if i % 5 == 0 { PROTO_UDP } else { PROTO_TCP },
+                tcp_flags: 0x02,
+                flags,
+                match_type: 2,
+                trace_reason: trace,
+                ifindex: 1000 + ep,
+                endpoint_id: 1000 + ep,
+                src_identity: 256 + peer,
+                dst_identity: 256 + ep,
+                rule_id: ep + 1,
+                saddr: [
+                    u32::from_ne_bytes([10, 0, (peer >> 8) as u8, peer as u8]),
+                    0,
+                    0,
+                    0,
+                ],
+                daddr: [
+                    u32::from_ne_bytes([10, 0, (ep >> 8) as u8, ep as u8]),
+                    0,
+                    0,
+                    0,
+                ],
+                sport: 30_000 + (i % 20_000) as u16,
+                dport: [80, 443, 5432, 8080][i % 4],
+                ..FlowEvent::default()
+            };
+            // SAFETY: FlowEvent is repr(C) plain old data without padding (layout-tested in
+            // catalyst-policy), so its bytes are initialised.
+            unsafe { std::mem::transmute::<FlowEvent, [u8; FLOW_EVENT_SIZE]>(ev) }
+        })
+        .collect()
+}
+
+/// Resident set size of this process in KiB (0 when /proc is unavailable).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn rate(n: usize, f: impl FnOnce()) -> f64 {
+    let start = Instant::now();
+    f();
+    #[expect(clippy::cast_precision_loss, reason = "a rate for display")]
+    let r = n as f64 / start.elapsed().as_secs_f64();
+    r
+}
+
+/// `GetFlows` with `follow` to a gRPC client over TCP loopback while the pipeline ingests `n`
+/// events on another thread as fast as it can: flows delivered per second, and how many the
+/// client missed (reported to it as `HUBBLE_RING_BUFFER` lost events).
+fn follow(
+    n: usize,
+    ring: usize,
+    input: Arc<Vec<[u8; FLOW_EVENT_SIZE]>>,
+    enricher: Enricher,
+) -> anyhow::Result<(f64, u64, u64)> {
+    use crate::{
+        api::observer::{
+            GetFlowsRequest, get_flows_response::ResponseTypes, observer_client::ObserverClient,
+        },
+        observer::{Listeners, ObserverService, serve},
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let flow_ring = FlowRing::new(ring);
+        let listeners =
+            Listeners::bind(Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))), None).await?;
+        let addr = listeners.tcp_addr().context("bound")?;
+        tokio::spawn(serve(
+            ObserverService::new(flow_ring.clone(), "bench-node", &addr.to_string()),
+            listeners,
+        ));
+        let channel =
+            crate::client::connect(&addr.to_string(), std::time::Duration::from_secs(5)).await?;
+        let mut stream = ObserverClient::new(channel)
+            .get_flows(GetFlowsRequest {
+                follow: true,
+                ..GetFlowsRequest::default()
+            })
+            .await?
+            .into_inner();
+        let start = Instant::now();
+        let producer = std::thread::spawn(move || {
+            let mut p = Pipeline::new(enricher, FlowSink::None, flow_ring, Metrics::new(256));
+            for i in 0..n {
+                p.process(&input[i % input.len()]);
+            }
+        });
+        let (mut got, mut lost) = (0u64, 0u64);
+        while got + lost < n as u64 {
+            match stream.message().await? {
+                Some(r) => match r.response_types {
+                    Some(ResponseTypes::Flow(_)) => got += 1,
+                    Some(ResponseTypes::LostEvents(l)) => lost += l.num_events_lost,
+                    _ => {}
+                },
+                None => break,
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        producer
+            .join()
+            .map_err(|_| anyhow::anyhow!("producer panicked"))?;
+        #[expect(clippy::cast_precision_loss, reason = "a rate for display")]
+        let rate = got as f64 / secs;
+        Ok((rate, got, lost))
+    })
+}
+
+/// Runs the benchmark and prints events/s for three paths: the reader's ingest (what bounds the
+/// kernel ring's drain rate), decode + enrich into the flow record, and decode + enrich + the
+/// `flow.Flow` message (what a `GetFlows` reader pays per flow).
+///
+/// # Panics
+///
+/// If a synthetic event does not decode (a bug in the benchmark itself).
+pub fn flows(events: u64, ring: usize, json: bool) -> anyhow::Result<()> {
+    const ENDPOINTS: u32 = 1000;
+    let n = usize::try_from(events)?;
+    let input = synthetic_events(n.min(1 << 20), ENDPOINTS);
+    let enricher = Enricher::new(synthetic_state(ENDPOINTS));
+
+    let rss_before = rss_kib();
+    let pipeline_ring = FlowRing::new(ring);
+    let mut pipeline = Pipeline::new(
+        enricher.clone(),
+        FlowSink::None,
+        pipeline_ring.clone(),
+        Metrics::new(256),
+    );
+    let ingest = rate(n, || {
+        for i in 0..n {
+            pipeline.process(&input[i % input.len()]);
+        }
+    });
+    // What the full ring (and the metrics) added to the process; the synthetic input is excluded.
+    let ring_kib = rss_kib().saturating_sub(rss_before);
+    // What a GetFlows reader pays: build every held flow's message once.
+    let (held, _) = pipeline_ring.snapshot();
+    let read = rate(held.len(), || {
+        let n: usize = held
+            .iter()
+            .filter_map(crate::flow::RingEvent::flow)
+            .map(|f| f.summary.len())
+            .sum();
+        std::hint::black_box(n);
+    });
+    let mut sink = 0usize;
+    let enrich = rate(n, || {
+        for i in 0..n {
+            let ev = decode_event(&input[i % input.len()]).expect("well-formed");
+            sink = sink.wrapping_add(enricher.enrich(&ev).summary.len());
+        }
+    });
+    let message = rate(n, || {
+        for i in 0..n {
+            let ev = decode_event(&input[i % input.len()]).expect("well-formed");
+            sink = sink.wrapping_add(to_proto(enricher.enrich(&ev)).summary.len());
+        }
+    });
+    std::hint::black_box(sink);
+    let (follow_rate, follow_got, follow_lost) = follow(n, ring, Arc::new(input), enricher)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "events": n,
+                "endpoints": ENDPOINTS,
+                "ring_capacity": ring,
+                "ingest_events_per_s": ingest.round(),
+                "decode_enrich_events_per_s": enrich.round(),
+                "decode_enrich_message_events_per_s": message.round(),
+                "ring_read_flows_per_s": read.round(),
+                "ring_rss_kib": ring_kib,
+                "follow_flows_per_s": follow_rate.round(),
+                "follow_delivered": follow_got,
+                "follow_lost": follow_lost,
+                "bar_events_per_s": 500_000,
+            })
+        );
+    } else {
+        println!("flow pipeline, one core, {n} events, {ENDPOINTS} endpoints, ring {ring}:");
+        println!("  ingest (decode, metrics, flow ring):    {ingest:>12.0} events/s");
+        println!("  decode + enrich (flow record):          {enrich:>12.0} events/s");
+        println!("  decode + enrich + flow.Flow message:    {message:>12.0} events/s");
+        println!("  ring read (flow.Flow from held flows):  {read:>12.0} flows/s");
+        println!("  RSS added by the full ring:             {ring_kib:>12} KiB");
+        println!("  GetFlows follow to a client (TCP):      {follow_rate:>12.0} flows/s");
+        println!(
+            "    ({follow_got} delivered, {follow_lost} reported lost: ingest ran at full speed)"
+        );
+        println!(
+            "  bar (decoded and enriched):             {:>12} events/s",
+            500_000
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,631 @@
+//! `catalyst-agent observe` and `catalyst-agent status`: gRPC clients of the Observer API that
+//! behave like `hubble observe` and `hubble status`.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, ValueEnum};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::{
+    api::{
+        flow::{self as pb, EventTypeFilter, FlowFilter},
+        observer::{
+            GetFlowsRequest, ServerStatusRequest, get_flows_response::ResponseTypes,
+            observer_client::ObserverClient,
+        },
+    },
+    flow::{print, timestamp},
+    observer::HEALTH_SERVICE,
+};
+
+/// Default server: the agent's UNIX socket (reachable from any network namespace).
+pub const DEFAULT_SERVER: &str = "unix:///var/run/catalyst/hubble.sock";
+
+/// Connection flags shared by `observe` and `status`.
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// Observer API address: `unix:///path`, `host:port` or `http://host:port`.
+    #[arg(long, env = "CATALYST_OBSERVER_SERVER", default_value = DEFAULT_SERVER)]
+    pub server: String,
+    /// Connection and request timeout for non-streaming calls, seconds.
+    #[arg(long, default_value_t = 5)]
+    pub timeout: u64,
+}
+
+/// Output formats of `observe`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// `TIME [NODE]: SRC -> DST TYPE VERDICT (SUMMARY)`.
+    Compact,
+    /// One protobuf-JSON `GetFlows` response per line.
+    Json,
+    /// Alias of `json`.
+    Jsonpb,
+    /// `KEY: value` blocks.
+    Dict,
+}
+
+/// `catalyst-agent observe` flags (a subset of `hubble observe`).
+#[derive(Args, Debug, Clone)]
+pub struct ObserveArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Get the last N flows (default 20 unless --follow, --first, --since or --all).
+    #[arg(long)]
+    pub last: Option<u64>,
+    /// Get the first N flows held by the server.
+    #[arg(long, conflicts_with_all = ["last", "follow"])]
+    pub first: Option<u64>,
+    /// Get every flow held by the server.
+    #[arg(long, conflicts_with_all = ["last", "first"])]
+    pub all: bool,
+    /// Follow new flows.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Flows since this time: RFC 3339 or a duration ago (`5m`, `1h30m`, `90s`).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Flows until this time: RFC 3339 or a duration ago.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Flows from a pod (`[namespace/]pod-prefix`; namespace `default` when omitted).
+    #[arg(long)]
+    pub from_pod: Vec<String>,
+    /// Flows to a pod.
+    #[arg(long)]
+    pub to_pod: Vec<String>,
+    /// Flows from or to a pod.
+    #[arg(long)]
+    pub pod: Vec<String>,
+    /// Flows from or to every pod of a namespace.
+    #[arg(long, short)]
+    pub namespace: Vec<String>,
+    /// Flows from endpoints with this label selector (`app=web`, `k8s:app in (a,b)`).
+    #[arg(long)]
+    pub from_label: Vec<String>,
+    /// Flows to endpoints with this label selector.
+    #[arg(long)]
+    pub to_label: Vec<String>,
+    /// Flows from or to endpoints with this label selector.
+    #[arg(long, short)]
+    pub label: Vec<String>,
+    /// Flows from an IP or CIDR.
+    #[arg(long)]
+    pub from_ip: Vec<String>,
+    /// Flows to an IP or CIDR.
+    #[arg(long)]
+    pub to_ip: Vec<String>,
+    /// Flows from or to an IP or CIDR.
+    #[arg(long)]
+    pub ip: Vec<String>,
+    /// Flows from a port.
+    #[arg(long)]
+    pub from_port: Vec<String>,
+    /// Flows to a port.
+    #[arg(long)]
+    pub to_port: Vec<String>,
+    /// Flows from or to a port.
+    #[arg(long)]
+    pub port: Vec<String>,
+    /// Flows from a security identity.
+    #[arg(long)]
+    pub from_identity: Vec<u32>,
+    /// Flows to a security identity.
+    #[arg(long)]
+    pub to_identity: Vec<u32>,
+    /// Flows from or to a security identity.
+    #[arg(long)]
+    pub identity: Vec<u32>,
+    /// L4 protocol: tcp, udp, sctp, icmp, icmpv4, icmpv6.
+    #[arg(long)]
+    pub protocol: Vec<String>,
+    /// Verdict: `FORWARDED`, `DROPPED`, `AUDIT`, …
+    #[arg(long)]
+    pub verdict: Vec<String>,
+    /// Event type: drop, trace, policy-verdict (optionally `:SUBTYPE`, e.g. `drop:133`).
+    #[arg(long = "type", short = 't')]
+    pub event_type: Vec<String>,
+    /// Drop reason name (`POLICY_DENIED`, `POLICY_DENY`, …) or number.
+    #[arg(long)]
+    pub drop_reason: Vec<String>,
+    /// Only replies (`--reply`), or only non-replies (`--reply=false`).
+    #[arg(long, alias = "is-reply", num_args = 0..=1, default_missing_value = "true")]
+    pub reply: Option<bool>,
+    /// Traffic direction: ingress or egress.
+    #[arg(long)]
+    pub traffic_direction: Vec<String>,
+    /// Node name (`*` patterns).
+    #[arg(long)]
+    pub node_name: Vec<String>,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = Output::Compact)]
+    pub output: Output,
+}
+
+fn pod_name(s: &str) -> String {
+    if s.contains('/') {
+        s.to_owned()
+    } else {
+        format!("default/{s}")
+    }
+}
+
+fn enum_value(what: &str, name: &str, parse: impl Fn(&str) -> Option<i32>) -> anyhow::Result<i32> {
+    if let Ok(n) = name.parse::<i32>() {
+        return Ok(n);
+    }
+    parse(&name.to_ascii_uppercase()).with_context(|| format!("unknown {what} `{name}`"))
+}
+
+fn event_type(s: &str) -> anyhow::Result<EventTypeFilter> {
+    let (name, sub) = match s.split_once(':') {
+        Some((n, sub)) => (n, Some(sub)),
+        None => (s, None),
+    };
+    let ty = match name {
+        "drop" => 1,
+        "debug" => 2,
+        "capture" => 3,
+        "trace" => 4,
+        "policy-verdict" => 5,
+        "l7" => 129,
+        "agent" => 130,
+        n => n
+            .parse()
+            .with_context(|| format!("unknown event type `{n}`"))?,
+    };
+    let sub_type = match sub {
+        Some(s) => Some(match s {
+            "to-endpoint" => 0,
+            _ => s
+                .parse::<i32>()
+                .with_context(|| format!("invalid sub type `{s}`"))?,
+        }),
+        None => None,
+    };
+    Ok(EventTypeFilter {
+        r#type: ty,
+        match_sub_type: sub_type.is_some(),
+        sub_type: sub_type.unwrap_or(0),
+    })
+}
+
+/// Builds the whitelist: the flags without a side go in every filter; `--pod`, `--ip`, … make
+/// one filter with them as source and one with them as destination (OR), like `hubble observe`.
+pub fn filters(a: &ObserveArgs) -> anyhow::Result<Vec<FlowFilter>> {
+    let mut base = FlowFilter {
+        protocol: a.protocol.clone(),
+        reply: a.reply.into_iter().collect(),
+        node_name: a.node_name.clone(),
+        source_pod: a.from_pod.iter().map(|p| pod_name(p)).collect(),
+        destination_pod: a.to_pod.iter().map(|p| pod_name(p)).collect(),
+        source_label: a.from_label.clone(),
+        destination_label: a.to_label.clone(),
+        source_ip: a.from_ip.clone(),
+        destination_ip: a.to_ip.clone(),
+        source_port: a.from_port.clone(),
+        destination_port: a.to_port.clone(),
+        source_identity: a.from_identity.clone(),
+        destination_identity: a.to_identity.clone(),
+        ..FlowFilter::default()
+    };
+    for v in &a.verdict {
+        base.verdict.push(enum_value("verdict", v, |s| {
+            pb::Verdict::from_str_name(s).map(Into::into)
+        })?);
+    }
+    for d in &a.drop_reason {
+        base.drop_reason_desc
+            .push(enum_value("drop reason", d, |s| {
+                pb::DropReason::from_str_name(s).map(Into::into)
+            })?);
+    }
+    for d in &a.traffic_direction {
+        base.traffic_direction
+            .push(enum_value("traffic direction", d, |s| {
+                pb::TrafficDirection::from_str_name(s).map(Into::into)
+            })?);
+    }
+    for t in &a.event_type {
+        base.event_type.push(event_type(t)?);
+    }
+    let either_pods: Vec<String> = a
+        .pod
+        .iter()
+        .map(|p| pod_name(p))
+        .chain(a.namespace.iter().map(|n| format!("{n}/")))
+        .collect();
+    let either = !(either_pods.is_empty()
+        && a.label.is_empty()
+        && a.ip.is_empty()
+        && a.port.is_empty()
+        && a.identity.is_empty());
+    if !either {
+        return Ok(vec![base]);
+    }
+    let mut src = base.clone();
+    src.source_pod.extend(either_pods.iter().cloned());
+    src.source_label.extend(a.label.iter().cloned());
+    src.source_ip.extend(a.ip.iter().cloned());
+    src.source_port.extend(a.port.iter().cloned());
+    src.source_identity.extend(a.identity.iter().copied());
+    let mut dst = base;
+    dst.destination_pod.extend(either_pods);
+    dst.destination_label.extend(a.label.iter().cloned());
+    dst.destination_ip.extend(a.ip.iter().cloned());
+    dst.destination_port.extend(a.port.iter().cloned());
+    dst.destination_identity.extend(a.identity.iter().copied());
+    Ok(vec![src, dst])
+}
+
+/// Parses `5m`, `1h30m`, `90s`, `250ms` into a duration.
+fn parse_duration(s: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut num = String::new();
+    let mut chars = s.chars().peekable();
+    let mut any = false;
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().ok()?;
+        num.clear();
+        let unit = if c == 'm' && chars.peek() == Some(&'s') {
+            chars.next();
+            Duration::from_millis(1)
+        } else {
+            match c {
+                's' => Duration::from_secs(1),
+                'm' => Duration::from_mins(1),
+                'h' => Duration::from_hours(1),
+                'd' => Duration::from_hours(24),
+                _ => return None,
+            }
+        };
+        total += unit * u32::try_from(n).ok()?;
+        any = true;
+    }
+    (any && num.is_empty()).then_some(total)
+}
+
+/// Days since the Unix epoch of a civil date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Parses RFC 3339 (`2026-11-26T03:41:30Z`, fractional seconds and `+hh:mm` offsets allowed).
+#[expect(
+    clippy::many_single_char_names,
+    reason = "date arithmetic reads best with y, m, d"
+)]
+fn parse_rfc3339(s: &str) -> Option<i128> {
+    let b = s.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d, h, mi, se) = (
+        n(0..4)?,
+        n(5..7)?,
+        n(8..10)?,
+        n(11..13)?,
+        n(14..16)?,
+        n(17..19)?,
+    );
+    let mut rest = &s[19..];
+    let mut nanos: i128 = 0;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits: String = frac.chars().take_while(char::is_ascii_digit).collect();
+        rest = &frac[digits.len()..];
+        let padded = format!("{digits:0<9}");
+        nanos = padded[..9].parse().ok()?;
+    }
+    let offset_s: i64 = match rest {
+        "Z" | "z" => 0,
+        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) => {
+            let sign = if o.starts_with('-') { -1 } else { 1 };
+            sign * (o[1..3].parse::<i64>().ok()? * 3600 + o[4..6].parse::<i64>().ok()? * 60)
+        }
+        _ => return None,
+    };
+    let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se - offset_s;
+    Some(i128::from(secs) * 1_000_000_000 + nanos)
+}
+
+/// A `--since`/`--until` value as nanoseconds since the epoch.
+pub fn parse_time(s: &str, now_ns: i128) -> anyhow::Result<i128> {
+    if let Some(d) = parse_duration(s) {
+        return Ok(now_ns - i128::try_from(d.as_nanos())?);
+    }
+    parse_rfc3339(s)
+        .with_context(|| format!("invalid time `{s}`: expected RFC 3339 or a duration such as 5m"))
+}
+
+/// The `GetFlows` request for the flags.
+pub fn request(a: &ObserveArgs) -> anyhow::Result<GetFlowsRequest> {
+    let now = i128::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos(),
+    )?;
+    let since = a.since.as_deref().map(|s| parse_time(s, now)).transpose()?;
+    let until = a.until.as_deref().map(|s| parse_time(s, now)).transpose()?;
+    let (number, first) = match (a.first, a.last, a.all) {
+        (Some(n), _, _) => (n, true),
+        (None, _, true) => (u64::MAX, false),
+        (None, Some(n), false) => (n, false),
+        (None, None, false) if a.follow || since.is_some() => (0, false),
+        (None, None, false) => (20, false),
+    };
+    let mask = (a.output == Output::Compact).then(|| prost_types::FieldMask {
+        paths: [
+            "time",
+            "source.identity",
+            "source.namespace",
+            "source.pod_name",
+            "destination.identity",
+            "destination.namespace",
+            "destination.pod_name",
+            "source_service",
+            "destination_service",
+            "l4",
+            "IP",
+            "ethernet",
+            "l7",
+            "Type",
+            "node_name",
+            "is_reply",
+            "event_type",
+            "verdict",
+            "Summary",
+            "traffic_direction",
+            "policy_match_type",
+            "drop_reason_desc",
+            "trace_observation_point",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    });
+    Ok(GetFlowsRequest {
+        number,
+        first,
+        follow: a.follow,
+        blacklist: Vec::new(),
+        whitelist: filters(a)?,
+        since: since.map(timestamp),
+        until: until.map(timestamp),
+        field_mask: mask,
+    })
+}
+
+/// Connects to `server` (`unix:///path`, `host:port`, `http://host:port`).
+pub async fn connect(server: &str, timeout: Duration) -> anyhow::Result<Channel> {
+    if let Some(path) = server.strip_prefix("unix://") {
+        let path = PathBuf::from(path);
+        let p = path.clone();
+        return Endpoint::try_from("http://[::]:4244")?
+            .connect_timeout(timeout)
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let p = p.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(p).await?,
+                    ))
+                }
+            }))
+            .await
+            .with_context(|| format!("cannot connect to {}", path.display()));
+    }
+    let uri = if server.contains("://") {
+        server.to_owned()
+    } else {
+        format!("http://{server}")
+    };
+    Endpoint::try_from(uri.clone())?
+        .connect_timeout(timeout)
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {uri}"))
+}
+
+/// `catalyst-agent observe`.
+pub async fn observe(a: ObserveArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let req = request(&a)?;
+    let channel = connect(&a.server.server, Duration::from_secs(a.server.timeout)).await?;
+    let mut client = ObserverClient::new(channel);
+    let mut stream = client
+        .get_flows(req)
+        .await
+        .map_err(|s| anyhow::anyhow!("GetFlows: {}", s.message()))?
+        .into_inner();
+    let mut out = std::io::stdout().lock();
+    let mut n = 0u64;
+    while let Some(resp) = stream
+        .message()
+        .await
+        .map_err(|s| anyhow::anyhow!("GetFlows: {}", s.message()))?
+    {
+        let line = match (&resp.response_types, a.output) {
+            (_, Output::Json | Output::Jsonpb) => print::response_json(&resp).to_string(),
+            (Some(ResponseTypes::Flow(f)), Output::Compact) => print::compact(f),
+            (Some(ResponseTypes::Flow(f)), Output::Dict) => {
+                let sep = if n == 0 { "" } else { "------------\n" };
+                format!("{sep}{}", print::dict(f))
+            }
+            (Some(ResponseTypes::LostEvents(l)), _) => format!(
+                "EVENTS LOST: {} {} (node {})",
+                pb::LostEventSource::try_from(l.source).map_or("UNKNOWN", |s| s.as_str_name()),
+                l.num_events_lost,
+                resp.node_name
+            ),
+            (Some(ResponseTypes::NodeStatus(s)), _) => {
+                format!("NODE STATUS: {} {:?}", s.message, s.node_names)
+            }
+            (None, _) => continue,
+        };
+        n += 1;
+        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            // The reader went away (a closed pipe): stop quietly like hubble does.
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `catalyst-agent status`.
+pub async fn status(a: ServerArgs) -> anyhow::Result<()> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let timeout = Duration::from_secs(a.timeout);
+    let channel = connect(&a.server, timeout).await?;
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: HEALTH_SERVICE.to_owned(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("health check: {}", s.message()))?
+        .into_inner();
+    let ok = health.status == ServingStatus::Serving as i32;
+    println!(
+        "Healthcheck (via {}): {}",
+        a.server,
+        if ok { "Ok" } else { "Not serving" }
+    );
+    if !ok {
+        bail!("{HEALTH_SERVICE} is not serving");
+    }
+    let s = ObserverClient::new(channel)
+        .server_status(ServerStatusRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("ServerStatus: {}", s.message()))?
+        .into_inner();
+    #[expect(clippy::cast_precision_loss, reason = "a percentage for display")]
+    let pct = if s.max_flows == 0 {
+        0.0
+    } else {
+        100.0 * s.num_flows as f64 / s.max_flows as f64
+    };
+    println!(
+        "Current/Max Flows: {}/{} ({pct:.2}%)",
+        thousands(s.num_flows),
+        thousands(s.max_flows)
+    );
+    println!("Flows/s: {:.2}", s.flows_rate);
+    let connected = s.num_connected_nodes.unwrap_or(1);
+    println!(
+        "Connected Nodes: {connected}/{}",
+        connected + s.num_unavailable_nodes.unwrap_or(0)
+    );
+    println!("Seen Flows: {}", thousands(s.seen_flows));
+    println!(
+        "Uptime: {:?}",
+        Duration::from_secs(s.uptime_ns / 1_000_000_000)
+    );
+    println!("Version: {}", s.version);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct T {
+        #[command(flatten)]
+        a: ObserveArgs,
+    }
+
+    fn args(v: &[&str]) -> ObserveArgs {
+        T::try_parse_from(std::iter::once("observe").chain(v.iter().copied()))
+            .expect("parses")
+            .a
+    }
+
+    #[test]
+    fn time_parsing() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:01Z"), Some(1_000_000_000));
+        assert_eq!(
+            parse_rfc3339("2026-11-26T00:00:00.5+01:00"),
+            Some((1_795_651_200 - 3600) * 1_000_000_000 + 500_000_000)
+        );
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_mins(90)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(
+            parse_time("10s", 20_000_000_000).expect("ok"),
+            10_000_000_000
+        );
+        assert!(parse_time("yesterday", 0).is_err());
+    }
+
+    #[test]
+    fn flags_build_hubble_like_filters() {
+        let r = request(&args(&[
+            "--pod",
+            "shop/web",
+            "--verdict",
+            "dropped",
+            "--type",
+            "drop",
+            "--reply=false",
+        ]))
+        .expect("ok");
+        assert_eq!(r.number, 20);
+        assert_eq!(r.whitelist.len(), 2);
+        assert_eq!(r.whitelist[0].source_pod, vec!["shop/web"]);
+        assert_eq!(r.whitelist[1].destination_pod, vec!["shop/web"]);
+        for f in &r.whitelist {
+            assert_eq!(f.verdict, vec![pb::Verdict::Dropped as i32]);
+            assert_eq!(f.event_type[0].r#type, 1);
+            assert_eq!(f.reply, vec![false]);
+        }
+        assert!(r.field_mask.is_some());
+        let r = request(&args(&[
+            "--from-pod",
+            "client",
+            "--to-port",
+            "80",
+            "-f",
+            "-o",
+            "json",
+        ]))
+        .expect("ok");
+        assert_eq!((r.number, r.follow), (0, true));
+        assert_eq!(r.whitelist.len(), 1);
+        assert_eq!(r.whitelist[0].source_pod, vec!["default/client"]);
+        assert_eq!(r.whitelist[0].destination_port, vec!["80"]);
+        assert!(r.field_mask.is_none());
+        let r = request(&args(&["--first", "5", "--drop-reason", "POLICY_DENY"])).expect("ok");
+        assert_eq!((r.number, r.first), (5, true));
+        assert_eq!(r.whitelist[0].drop_reason_desc, vec![181]);
+        assert!(request(&args(&["--verdict", "maybe"])).is_err());
+    }
+}

@@ -1,0 +1,338 @@
+//! The Observer API end to end over gRPC: an in-process server fed with synthetic flows and a
+//! client built from the project's protos, sending what the `hubble` CLI sends.
+
+use std::time::Duration;
+
+use tonic::Code;
+
+use super::{Listeners, ObserverService, lost_event, serve};
+use crate::{
+    api::{
+        flow::{self as pb, FlowFilter, LostEventSource},
+        observer::{
+            GetFlowsRequest, GetFlowsResponse, GetNamespacesRequest, GetNodesRequest,
+            ServerStatusRequest, get_flows_response::ResponseTypes,
+            observer_client::ObserverClient,
+        },
+    },
+    client,
+    flow::{FlowRing, timestamp},
+};
+
+const T0: i128 = 1_795_651_200_000_000_000;
+const SEC: i128 = 1_000_000_000;
+
+/// Flow `i` at T0 + i seconds; odd flows are drops from shop/client, even ones forwarded to
+/// shop/web.
+fn flow(i: i64) -> pb::Flow {
+    let dropped = i % 2 == 1;
+    pb::Flow {
+        time: Some(timestamp(T0 + i128::from(i) * SEC)),
+        uuid: format!("flow-{i}"),
+        verdict: if dropped {
+            pb::Verdict::Dropped
+        } else {
+            pb::Verdict::Forwarded
+        }
+        .into(),
+        drop_reason_desc: if dropped { 133 } else { 0 },
+        node_name: "test-node".into(),
+        source: Some(pb::Endpoint {
+            identity: 300,
+            namespace: "shop".into(),
+            pod_name: "client".into(),
+            labels: vec!["k8s:app=client".into()],
+            ..Default::default()
+        }),
+        destination: Some(pb::Endpoint {
+            identity: 301,
+            namespace: "shop".into(),
+            pod_name: "web".into(),
+            ..Default::default()
+        }),
+        event_type: Some(pb::CiliumEventType {
+            r#type: if dropped { 1 } else { 5 },
+            sub_type: 0,
+        }),
+        summary: "TCP Flags: SYN".into(),
+        is_reply: Some(false),
+        ..Default::default()
+    }
+}
+
+async fn start(ring: &FlowRing) -> ObserverClient<tonic::transport::Channel> {
+    let listeners = Listeners::bind(Some("127.0.0.1:0".parse().expect("addr")), None)
+        .await
+        .expect("bind");
+    let addr = listeners.tcp_addr().expect("tcp");
+    let svc = ObserverService::new(ring.clone(), "test-node", &addr.to_string());
+    tokio::spawn(serve(svc, listeners));
+    let ch = client::connect(&addr.to_string(), Duration::from_secs(5))
+        .await
+        .expect("connect");
+    ObserverClient::new(ch)
+}
+
+async fn collect(
+    c: &mut ObserverClient<tonic::transport::Channel>,
+    req: GetFlowsRequest,
+) -> Vec<GetFlowsResponse> {
+    let mut s = c.get_flows(req).await.expect("GetFlows").into_inner();
+    let mut out = Vec::new();
+    while let Some(r) = s.message().await.expect("stream") {
+        out.push(r);
+    }
+    out
+}
+
+fn uuids(rs: &[GetFlowsResponse]) -> Vec<String> {
+    rs.iter()
+        .map(|r| match &r.response_types {
+            Some(ResponseTypes::Flow(f)) => f.uuid.clone(),
+            Some(ResponseTypes::LostEvents(l)) => format!("lost-{}", l.num_events_lost),
+            _ => "?".into(),
+        })
+        .collect()
+}
+
+fn ring_with(n: i64) -> FlowRing {
+    let ring = FlowRing::new(1000);
+    for i in 0..n {
+        ring.push_flow(flow(i));
+    }
+    ring
+}
+
+#[tokio::test]
+async fn last_n_first_n_and_time_window() {
+    let ring = ring_with(10);
+    let mut c = start(&ring).await;
+    let last = collect(
+        &mut c,
+        GetFlowsRequest {
+            number: 3,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(uuids(&last), ["flow-7", "flow-8", "flow-9"]);
+    // Every response carries its flow's time and node.
+    assert_eq!(last[0].node_name, "test-node");
+    assert_eq!(last[0].time, Some(timestamp(T0 + 7 * SEC)));
+    let first = collect(
+        &mut c,
+        GetFlowsRequest {
+            number: 2,
+            first: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(uuids(&first), ["flow-0", "flow-1"]);
+    let window = collect(
+        &mut c,
+        GetFlowsRequest {
+            number: 100,
+            since: Some(timestamp(T0 + 4 * SEC)),
+            until: Some(timestamp(T0 + 6 * SEC)),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(uuids(&window), ["flow-4", "flow-5", "flow-6"]);
+    // Filters: drops from shop/client only, last 2.
+    let drops = collect(
+        &mut c,
+        GetFlowsRequest {
+            number: 2,
+            whitelist: vec![FlowFilter {
+                verdict: vec![pb::Verdict::Dropped.into()],
+                source_pod: vec!["shop/cli".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(uuids(&drops), ["flow-7", "flow-9"]);
+}
+
+#[tokio::test]
+async fn first_with_follow_and_bad_filters_are_invalid_arguments() {
+    let ring = ring_with(1);
+    let mut c = start(&ring).await;
+    let err = c
+        .get_flows(GetFlowsRequest {
+            first: true,
+            follow: true,
+            number: 1,
+            ..Default::default()
+        })
+        .await
+        .expect_err("rejected");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let bad = GetFlowsRequest {
+        whitelist: vec![FlowFilter {
+            protocol: vec!["gre".into()],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let err = c.get_flows(bad).await.expect_err("rejected");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("gre"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn default_cli_field_mask_keeps_what_compact_output_needs() {
+    let ring = ring_with(2);
+    let mut c = start(&ring).await;
+    let args = {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct T {
+            #[command(flatten)]
+            a: client::ObserveArgs,
+        }
+        T::try_parse_from(["observe", "--last", "1"])
+            .expect("parses")
+            .a
+    };
+    let req = client::request(&args).expect("request");
+    assert!(
+        req.field_mask.is_some(),
+        "compact output sends a field mask"
+    );
+    let rs = collect(&mut c, req).await;
+    let Some(ResponseTypes::Flow(f)) = &rs[0].response_types else {
+        panic!("a flow")
+    };
+    // Masked out: uuid and labels. Kept: what the compact line prints.
+    assert!(f.uuid.is_empty());
+    let src = f.source.as_ref().expect("source");
+    assert!(src.labels.is_empty());
+    assert_eq!((src.pod_name.as_str(), src.identity), ("client", 300));
+    assert_eq!(f.summary, "TCP Flags: SYN");
+    assert_eq!(f.verdict, pb::Verdict::Dropped as i32);
+    assert_eq!(f.is_reply, Some(false));
+    assert!(
+        crate::flow::print::compact(f)
+            .contains("shop/client (ID:300) -> shop/web (ID:301) Policy denied DROPPED")
+    );
+}
+
+#[tokio::test]
+async fn follow_streams_new_flows_and_lost_events_do_not_count() {
+    let ring = ring_with(3);
+    let mut c = start(&ring).await;
+    // Lost events inside the selected span go along without counting toward `number`.
+    ring.push_lost(lost_event(LostEventSource::PerfEventRingBuffer, 5));
+    ring.push_flow(flow(3));
+    let rs = collect(
+        &mut c,
+        GetFlowsRequest {
+            number: 2,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(uuids(&rs), ["flow-2", "lost-5", "flow-3"]);
+
+    let mut s = c
+        .get_flows(GetFlowsRequest {
+            follow: true,
+            whitelist: vec![FlowFilter {
+                verdict: vec![pb::Verdict::Forwarded.into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect("follow")
+        .into_inner();
+    // number 0 with follow starts at the newest: nothing historic arrives.
+    for i in 4..10 {
+        ring.push_flow(flow(i));
+    }
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let r = tokio::time::timeout(Duration::from_secs(5), s.message())
+            .await
+            .expect("in time")
+            .expect("ok")
+            .expect("open");
+        got.push(r);
+    }
+    assert_eq!(uuids(&got), ["flow-4", "flow-6", "flow-8"]);
+}
+
+#[tokio::test]
+async fn status_nodes_namespaces_and_health() {
+    let ring = ring_with(4);
+    let mut c = start(&ring).await;
+    let st = c
+        .server_status(ServerStatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!((st.num_flows, st.max_flows, st.seen_flows), (4, 1000, 4));
+    assert_eq!(st.num_connected_nodes, Some(1));
+    let nodes = c
+        .get_nodes(GetNodesRequest {})
+        .await
+        .expect("nodes")
+        .into_inner()
+        .nodes;
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0].name, "test-node");
+    assert_eq!(
+        nodes[0].state,
+        crate::api::relay::NodeState::NodeConnected as i32
+    );
+    let ns = c
+        .get_namespaces(GetNamespacesRequest {})
+        .await
+        .expect("namespaces")
+        .into_inner()
+        .namespaces;
+    assert_eq!(
+        ns.iter().map(|n| n.namespace.as_str()).collect::<Vec<_>>(),
+        ["shop"]
+    );
+}
+
+#[tokio::test]
+async fn health_serving_over_the_unix_socket() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let dir = std::env::temp_dir().join(format!("catalyst-observer-test-{}", std::process::id()));
+    let path = dir.join("hubble.sock");
+    let ring = ring_with(1);
+    let listeners = Listeners::bind(None, Some(&path)).await.expect("bind");
+    tokio::spawn(serve(ObserverService::new(ring, "n", ""), listeners));
+    let ch = client::connect(
+        &format!("unix://{}", path.display()),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("connect");
+    let h = HealthClient::new(ch.clone())
+        .check(HealthCheckRequest {
+            service: super::HEALTH_SERVICE.into(),
+        })
+        .await
+        .expect("check")
+        .into_inner();
+    assert_eq!(h.status, ServingStatus::Serving as i32);
+    let rs = collect(
+        &mut ObserverClient::new(ch),
+        GetFlowsRequest {
+            number: 5,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(uuids(&rs), ["flow-0"]);
+    let _ = std::fs::remove_dir_all(dir);
+}

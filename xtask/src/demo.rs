@@ -175,11 +175,95 @@ fn run_demo(config: &Path, pin: &Path) -> anyhow::Result<()> {
         .output()
         .context("counters")?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
+    println!(
+        "== catalyst-agent observe --last 8 (Hubble Observer API over the agent's UNIX socket)"
+    );
+    match Command::new(agent_bin())
+        .args(["observe", "--last", "8"])
+        .output()
+    {
+        Ok(out) => {
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+            if !out.status.success() {
+                println!(
+                    "  observe failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+        Err(e) => println!("  cannot run observe: {e}"),
+    }
     agent.stop()?;
+    dns_demo()?;
     anyhow::ensure!(
         failures == 0,
         "{failures} traffic cases did not behave as the policies say"
     );
     println!("== demo ok: every allowed flow connected, every denied flow was dropped");
     Ok(())
+}
+
+/// catalyst-dns on the example zone (loopback only): static, CNAME, LUA pickers, views, the
+/// failover extension, answered to `dig`.
+fn dns_demo() -> anyhow::Result<()> {
+    let dns_bin = agent_bin().with_file_name("catalyst-dns");
+    let config = root().join("deploy/examples/dns/catalyst-dns.yaml");
+    println!(
+        "== catalyst-dns: {} serve --config {}",
+        dns_bin.display(),
+        config.display()
+    );
+    let mut child = Command::new(&dns_bin)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", dns_bin.display()))?;
+    let result = (|| -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect("127.0.0.1:5353").is_err() {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "catalyst-dns did not start listening on 127.0.0.1:5353"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for (name, ty) in [
+            ("www.example.org", "A"),
+            ("alias2.example.org", "A"),
+            ("hashed.example.org", "A"),
+            ("whashed.example.org", "A"),
+            ("everyone.example.org", "A"),
+            ("views.example.org", "A"),
+            ("inside.example.org", "TXT"),
+            ("1-2-3-4.ip.example.org", "A"),
+            ("region.example.org", "A"),
+            ("app.example.org", "A"),
+        ] {
+            let out = Command::new("dig")
+                .args([
+                    "@127.0.0.1",
+                    "-p",
+                    "5353",
+                    "+short",
+                    "+time=2",
+                    "+tries=1",
+                    name,
+                    ty,
+                ])
+                .output()
+                .context("cannot run dig (apt-get install bind9-dnsutils)")?;
+            let answer = String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .replace('\n', ", ");
+            println!("  {name:<26} {ty:<4} {answer}");
+        }
+        Ok(())
+    })();
+    let pid = i32::try_from(child.id()).context("pid")?;
+    // SAFETY: signalling our own child by PID.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let _ = child.wait();
+    result
 }

@@ -518,6 +518,10 @@ fn start_acceptor(
     let sa: SocketAddr = format!("{addr}:{PORT}").parse()?;
     let l = in_netns(ns, move || TcpListener::bind(sa))??;
     let fd = l.as_raw_fd();
+    // A deep accept queue: with client and acceptor on one CPU, std's default backlog overflows
+    // and lost SYNs (1 s retransmit) would be measured instead of connection setup.
+    // SAFETY: a valid listening socket.
+    unsafe { libc::listen(fd, 4096) };
     let handle = std::thread::spawn(move || {
         pin_to_cpu(0);
         // Blocking accept; the caller sets `stop` and shuts the socket down to wake it.

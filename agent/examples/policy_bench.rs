@@ -100,14 +100,7 @@ fn policy(p: u32, variant: u32) -> String {
 }
 
 fn desired(c: &Compiled) -> DesiredState {
-    DesiredState {
-        endpoints: c.endpoints().to_vec(),
-        ipcache_v4: c.ipcache_v4().to_vec(),
-        ipcache_v6: c.ipcache_v6().to_vec(),
-        policy: c.policy().to_vec(),
-        config_flags: 0,
-        event_interval_ns: 1_000_000_000,
-    }
+    DesiredState::from_compiled(c, 0, 1_000_000_000)
 }
 
 /// The `per_mille`-th permille of `v`, in milliseconds (nearest rank).

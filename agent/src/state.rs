@@ -93,7 +93,6 @@ pub fn build(
     let mut endpoints = Vec::new();
     let mut interfaces = BTreeSet::new();
     let mut missing = Vec::new();
-    let mut by_id = BTreeMap::new();
     let mut meta = BTreeMap::new();
     let mut ifnames = BTreeMap::new();
     let mut by_ip = BTreeMap::new();
@@ -116,7 +115,6 @@ pub fn build(
         e.audit = ep.audit;
         endpoints.push(e);
         interfaces.insert(ep.interface.clone());
-        by_id.insert(idx, idx);
         for a in &ep.addresses {
             by_ip.insert(*a, idx);
         }
@@ -159,18 +157,11 @@ pub fn build(
         global_audit: cfg.audit,
     };
     let compiled = compile_with(&input, &mut alloc.labels, &mut alloc.cidrs)?;
-    let desired = DesiredState {
-        endpoints: compiled
-            .endpoints()
-            .iter()
-            .map(|(id, info)| (by_id[id], *info))
-            .collect(),
-        ipcache_v4: compiled.ipcache_v4().to_vec(),
-        ipcache_v6: compiled.ipcache_v6().to_vec(),
-        policy: compiled.policy().to_vec(),
-        config_flags: if cfg.audit { CFG_F_AUDIT } else { 0 },
-        event_interval_ns: cfg.event_interval_ms.saturating_mul(1_000_000),
-    };
+    let desired = DesiredState::from_compiled(
+        &compiled,
+        if cfg.audit { CFG_F_AUDIT } else { 0 },
+        cfg.event_interval_ms.saturating_mul(1_000_000),
+    );
     let enrich = EnrichState {
         node: cfg.node.clone(),
         endpoints: meta,

@@ -119,21 +119,17 @@ fn fixture(
     let inp = input(policy, audit);
     let compiled = compile(&inp).unwrap();
     // The endpoint map is keyed by ifindex; only `web` lives on loopback.
-    let desired = DesiredState {
-        endpoints: compiled
-            .endpoints()
-            .iter()
-            .filter(|(id, _)| *id == LO)
-            .map(|(_, i)| (LO, *i))
-            .collect(),
-        ipcache_v4: compiled.ipcache_v4().to_vec(),
-        ipcache_v6: compiled.ipcache_v6().to_vec(),
-        policy: compiled.policy().to_vec(),
-        config_flags: 0,
-        event_interval_ns: 0,
-    };
+    let desired = lo_only(&compiled);
     apply(&mut f.dp, &desired, true).unwrap();
     (f, compiled, inp)
+}
+
+/// The map contents of `compiled` with only the endpoint on loopback (the one device
+/// `BPF_PROG_TEST_RUN` runs on) in the endpoint map.
+fn lo_only(compiled: &catalyst_policy::Compiled) -> DesiredState {
+    let mut d = DesiredState::from_compiled(compiled, 0, 0);
+    d.endpoints.retain(|(id, _)| *id == LO);
+    d
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -754,19 +750,7 @@ fn random_policies_and_packets_match_the_reference_evaluator() {
             global_audit: false,
         };
         let compiled = compile(&inp).unwrap();
-        let desired = DesiredState {
-            endpoints: compiled
-                .endpoints()
-                .iter()
-                .filter(|(id, _)| *id == LO)
-                .map(|(_, i)| (LO, *i))
-                .collect(),
-            ipcache_v4: compiled.ipcache_v4().to_vec(),
-            ipcache_v6: compiled.ipcache_v6().to_vec(),
-            policy: compiled.policy().to_vec(),
-            config_flags: 0,
-            event_interval_ns: 0,
-        };
+        let desired = lo_only(&compiled);
         apply(&mut f.dp, &desired, false).unwrap();
         for _ in 0..80 {
             let peer = *rng.pick(&peers);

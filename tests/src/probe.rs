@@ -171,3 +171,37 @@ impl TcpSession {
         self.stream.read_exact(&mut buf).is_ok() && &buf == msg
     }
 }
+
+/// Pings a [`TcpSession`] continuously on a thread until [`Pinger::stop`], counting round trips
+/// that worked and that failed (to show that a change caused no gap).
+pub struct Pinger {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<(u32, u32)>,
+}
+
+impl Pinger {
+    /// Starts pinging, pausing `pause` between round trips.
+    pub fn start(mut session: TcpSession, pause: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, 0);
+            while !st.load(Ordering::Relaxed) {
+                if session.ping() {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                }
+                std::thread::sleep(pause);
+            }
+            (ok, failed)
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops and returns (round trips that worked, round trips that failed).
+    pub fn stop(self) -> (u32, u32) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("pinger thread")
+    }
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use catalyst_tests::{
     lab::{WORLD_ADDRS, pod},
-    probe::TcpSession,
+    probe::{Pinger, TcpSession},
     scenario::{PROBE_TIMEOUT, Scenario, root_or_skip},
 };
 
@@ -403,24 +403,10 @@ fn root_agent_restart_keeps_enforcing_without_a_gap() {
         "established connection survives the agent stopping"
     );
     // Restart while a connection is pinging continuously: not one round trip fails.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let st = stop.clone();
-    let pinger = std::thread::spawn(move || {
-        let (mut ok, mut failed) = (0, 0);
-        while !st.load(std::sync::atomic::Ordering::Relaxed) {
-            if session.ping() {
-                ok += 1;
-            } else {
-                failed += 1;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        (ok, failed)
-    });
+    let pinger = Pinger::start(session, Duration::from_millis(2));
     s.start_agent().unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed) = pinger.join().unwrap();
+    let (ok, failed) = pinger.stop();
     assert!(ok > 10, "pinged through the restart ({ok} round trips)");
     assert_eq!(failed, 0, "no round trip failed across the restart");
     assert!(
@@ -448,22 +434,10 @@ fn root_policy_churn_never_drops_flows_both_policies_allow() {
         false,
     )
     .unwrap();
-    let mut session = TcpSession::open(&pod("client").netns(), web(), 80, Duration::from_secs(2))
+    let session = TcpSession::open(&pod("client").netns(), web(), 80, Duration::from_secs(2))
         .unwrap()
         .expect("connects");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let st = stop.clone();
-    let pinger = std::thread::spawn(move || {
-        let (mut ok, mut failed) = (0u32, 0u32);
-        while !st.load(std::sync::atomic::Ordering::Relaxed) {
-            if session.ping() {
-                ok += 1;
-            } else {
-                failed += 1;
-            }
-        }
-        (ok, failed)
-    });
+    let pinger = Pinger::start(session, Duration::ZERO);
     let client_ns = pod("client").netns();
     let mut new_ok = 0;
     for round in 0..16 {
@@ -479,8 +453,7 @@ fn root_policy_churn_never_drops_flows_both_policies_allow() {
             new_ok += 1;
         }
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed) = pinger.join().unwrap();
+    let (ok, failed) = pinger.stop();
     assert!(ok > 100, "{ok} round trips during churn");
     assert_eq!(
         failed, 0,

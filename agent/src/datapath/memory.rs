@@ -1,6 +1,6 @@
 //! In-memory [`MapStore`] for unit tests of the synchronisation logic.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
@@ -19,22 +19,12 @@ pub struct MemoryMaps {
     pub v4: BTreeMap<Ipv4Net, IpcacheEntry>,
     /// IPv6 ipcache.
     pub v6: BTreeMap<Ipv6Net, IpcacheEntry>,
-    /// Policy map, keyed by (prefix length, key bytes).
-    pub policy: BTreeMap<(u32, [u8; 12]), (PolicyKey, PolicyEntry)>,
+    /// Policy map, keyed by (prefix length, key).
+    pub policy: HashMap<(u32, PolicyKey), PolicyEntry>,
     /// Global config.
     pub config: DatapathConfig,
     /// Mutations in order: `"put policy"`, `"del endpoint"`, `"config"`, …
     pub log: Vec<String>,
-}
-
-fn key_bytes(k: &PolicyKey) -> [u8; 12] {
-    let mut b = [0u8; 12];
-    b[..4].copy_from_slice(&k.endpoint_id.to_ne_bytes());
-    b[4..8].copy_from_slice(&k.identity.to_ne_bytes());
-    b[8] = k.direction;
-    b[9] = k.protocol;
-    b[10..].copy_from_slice(&k.dport_be.to_ne_bytes());
-    b
 }
 
 impl MapStore for MemoryMaps {
@@ -81,17 +71,17 @@ impl MapStore for MemoryMaps {
         Ok(self
             .policy
             .iter()
-            .map(|((len, _), (k, v))| (*len, *k, *v))
+            .map(|((len, k), v)| (*len, *k, *v))
             .collect())
     }
     fn put_policy(&mut self, len: u32, key: PolicyKey, e: PolicyEntry) -> Result<(), StoreError> {
         self.log.push("put policy".into());
-        self.policy.insert((len, key_bytes(&key)), (key, e));
+        self.policy.insert((len, key), e);
         Ok(())
     }
     fn del_policy(&mut self, len: u32, key: PolicyKey) -> Result<(), StoreError> {
         self.log.push("del policy".into());
-        self.policy.remove(&(len, key_bytes(&key)));
+        self.policy.remove(&(len, key));
         Ok(())
     }
     fn config(&self) -> Result<DatapathConfig, StoreError> {

@@ -36,6 +36,25 @@ pub struct DesiredState {
     pub event_interval_ns: u64,
 }
 
+impl DesiredState {
+    /// The map contents of `compiled`. Endpoint ids are the endpoints' host-side ifindexes (the
+    /// agent's convention), so they key the endpoint map as they are.
+    pub fn from_compiled(
+        compiled: &catalyst_policy::Compiled,
+        config_flags: u32,
+        event_interval_ns: u64,
+    ) -> Self {
+        Self {
+            endpoints: compiled.endpoints().to_vec(),
+            ipcache_v4: compiled.ipcache_v4().to_vec(),
+            ipcache_v6: compiled.ipcache_v6().to_vec(),
+            policy: compiled.policy().to_vec(),
+            config_flags,
+            event_interval_ns,
+        }
+    }
+}
+
 /// Map access used by [`super::apply`].
 pub trait MapStore {
     /// Current endpoint entries.

@@ -11,8 +11,8 @@ use std::hash::Hash;
 
 use catalyst_policy::datapath::{DatapathConfig, PolicyEntry, PolicyKey};
 
-/// A policy map entry keyed by (prefix length, key bytes).
-type PolicyRow = ((u32, [u8; 12]), (u32, PolicyKey, PolicyEntry));
+/// A policy map entry keyed by (prefix length, key).
+type PolicyRow = ((u32, PolicyKey), PolicyEntry);
 
 use super::store::{DesiredState, MapStore, StoreError};
 
@@ -94,15 +94,15 @@ pub fn apply_diff(
     };
     let v4 = plan(cur_v4, &desired.ipcache_v4);
     let v6 = plan(cur_v6, &desired.ipcache_v6);
-    // Policy keys are unique per (prefix length, key).
+    // Policy entries are unique per (prefix length, key).
     let policy_current: Vec<PolicyRow> = cur_policy
         .into_iter()
-        .map(|(len, k, v)| ((len, raw(&k)), (len, k, v)))
+        .map(|(len, k, v)| ((len, k), v))
         .collect();
     let policy_desired: Vec<PolicyRow> = desired
         .policy
         .iter()
-        .map(|(len, k, v)| ((*len, raw(k)), (*len, *k, *v)))
+        .map(|(len, k, v)| ((*len, *k), *v))
         .collect();
     let pol = plan(policy_current, &policy_desired);
     let eps = plan(cur_eps, &desired.endpoints);
@@ -113,7 +113,7 @@ pub fn apply_diff(
     for (net, e) in &v6.put {
         store.put_ipcache_v6(*net, *e)?;
     }
-    for (_, (len, k, v)) in &pol.put {
+    for ((len, k), v) in &pol.put {
         store.put_policy(*len, *k, *v)?;
     }
     for (ifindex, info) in &eps.put {
@@ -147,8 +147,8 @@ pub fn apply_diff(
     for ifindex in &eps.del {
         store.del_endpoint(*ifindex)?;
     }
-    for (len, rawk) in &pol.del {
-        store.del_policy(*len, from_raw(rawk))?;
+    for (len, k) in &pol.del {
+        store.del_policy(*len, *k)?;
     }
     for net in &v4.del {
         store.del_ipcache_v4(*net)?;
@@ -162,26 +162,6 @@ pub fn apply_diff(
     report.unchanged = v4.unchanged + v6.unchanged + pol.unchanged + eps.unchanged;
     report.revision = revision;
     Ok(report)
-}
-
-fn raw(k: &catalyst_policy::datapath::PolicyKey) -> [u8; 12] {
-    let mut b = [0u8; 12];
-    b[..4].copy_from_slice(&k.endpoint_id.to_ne_bytes());
-    b[4..8].copy_from_slice(&k.identity.to_ne_bytes());
-    b[8] = k.direction;
-    b[9] = k.protocol;
-    b[10..].copy_from_slice(&k.dport_be.to_ne_bytes());
-    b
-}
-
-fn from_raw(b: &[u8; 12]) -> catalyst_policy::datapath::PolicyKey {
-    catalyst_policy::datapath::PolicyKey {
-        endpoint_id: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
-        identity: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
-        direction: b[8],
-        protocol: b[9],
-        dport_be: u16::from_ne_bytes([b[10], b[11]]),
-    }
 }
 
 #[cfg(test)]

@@ -114,6 +114,36 @@ fn ns(netns: &str, args: &[&str]) -> anyhow::Result<()> {
     sh(&v)
 }
 
+/// Path of the lock file that serialises lab users (tests, demo, benchmarks) across processes:
+/// the lab's namespace names are fixed, so two runs at once would tear down each other's lab.
+pub const LOCK_PATH: &str = "/run/catalyst-lab.lock";
+
+/// Exclusive use of the lab; released when dropped (or when the process exits).
+#[derive(Debug)]
+pub struct LabLock {
+    _file: std::fs::File,
+}
+
+/// Takes the lab for this caller, waiting while another process (or another scenario in this
+/// process) holds it. Keep the returned guard alive until the lab is torn down.
+pub fn lock() -> anyhow::Result<LabLock> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LOCK_PATH)
+        .with_context(|| format!("cannot open lab lock {LOCK_PATH}"))?;
+    // SAFETY: a valid fd; flock has no memory effects.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        eprintln!("lab: waiting for another run to release {LOCK_PATH}");
+        // SAFETY: as above.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            bail!("flock({LOCK_PATH}) failed: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(LabLock { _file: file })
+}
+
 /// Whether the lab's node namespace exists.
 pub fn is_up() -> bool {
     std::path::Path::new("/run/netns").join(NODE_NS).exists()

@@ -27,6 +27,8 @@ pub struct Scenario {
     pub agent: Option<AgentProcess>,
     pin: PathBuf,
     _servers: Vec<EchoServer>,
+    /// Dropped last (fields drop after `Drop::drop`): the lab is ours until it is torn down.
+    _lock: lab::LabLock,
 }
 
 /// Whether this process may run lab tests; panics with instructions when not root, unless
@@ -85,6 +87,7 @@ impl Scenario {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("policies"))?;
         let pin = PathBuf::from(format!("/sys/fs/bpf/catalyst-e2e-{name}"));
+        let lock = lab::lock()?;
         lab::up()?;
         let _ = uninstall(&pin);
         std::fs::write(
@@ -108,6 +111,7 @@ impl Scenario {
             agent: None,
             pin,
             _servers: servers,
+            _lock: lock,
         };
         s.start_agent()?;
         Ok(s)

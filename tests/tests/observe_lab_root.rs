@@ -129,6 +129,7 @@ fn observe_shows_verdicts_drop_reasons_and_policies_needs_root() -> anyhow::Resu
     let dir = std::env::temp_dir().join(format!("catalyst-observe-lab-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let (config, socket) = write_config(&dir)?;
+    let _lock = lab::lock()?;
     lab::up()?;
     let _ = uninstall(Path::new(PIN));
     let result = (|| -> anyhow::Result<()> {

@@ -98,8 +98,10 @@ pub fn datapath() -> anyhow::Result<()> {
     let test_run = sh(&mut c)?;
 
     eprintln!("bench: end to end (sockperf ping-pong, sockperf UDP throughput, TCP connects)");
+    let lock = lab::lock()?;
     let result = end_to_end();
     let _ = lab::down();
+    drop(lock);
     let rows = result?;
 
     let mut md = String::new();

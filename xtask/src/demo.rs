@@ -35,9 +35,11 @@ pub fn demo() -> anyhow::Result<()> {
     setup::cargo_build(false)?;
     let config = root().join("deploy/examples/agent/agent.yaml");
     let pin = Path::new("/sys/fs/bpf/catalyst-lab");
+    let lock = lab::lock()?;
     let result = run_demo(&config, pin);
     let _ = catalyst_tests::agent::uninstall(pin);
     let down = lab::down();
+    drop(lock);
     result.and(down)
 }
 

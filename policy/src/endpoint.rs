@@ -28,6 +28,20 @@ pub struct Endpoint {
     pub addresses: Vec<IpAddr>,
     /// Audit mode for this endpoint: would-be drops are forwarded and reported as AUDIT.
     pub audit: bool,
+    /// Ports the workload names (Kubernetes `containerPort` names): `toPorts` entries whose
+    /// `port` is a name resolve through them.
+    pub named_ports: Vec<NamedPort>,
+}
+
+/// A named port a workload declares (`containers[].ports[]` in Kubernetes).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NamedPort {
+    /// The name (an `IANA_SVC_NAME`: lowercase, at most 15 characters).
+    pub name: String,
+    /// Protocol (TCP, UDP or SCTP).
+    pub protocol: crate::ports::Protocol,
+    /// Port number.
+    pub port: u16,
 }
 
 impl Endpoint {
@@ -46,6 +60,7 @@ impl Endpoint {
             labels,
             addresses,
             audit: false,
+            named_ports: Vec::new(),
         }
     }
 

@@ -41,7 +41,7 @@ pub mod selector;
 #[cfg(feature = "std")]
 pub use self::{
     compile::{CompileError, CompileInput, Compiled, LookupResult, compile, compile_with},
-    endpoint::{Endpoint, IpcachePeer, PeerIdentity},
+    endpoint::{Endpoint, IpcachePeer, NamedPort, PeerIdentity},
     eval::{Decision, EvalError, Packet, Verdict, evaluate},
     identity::{CidrAllocator, IdentityAllocator, IdentityError, LocalAllocator},
     labels::{Label, LabelError, LabelSet},

@@ -184,7 +184,7 @@ pub enum Peers {
 }
 
 /// One peer selector.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PeerSelector {
     /// Identities whose labels match (endpoints, remote endpoints, reserved identities).
     Endpoints(EndpointSelector),

@@ -71,6 +71,7 @@ fn apply_snapshot(
         unchanged = report.unchanged,
         policies = snap.policies,
         endpoints = snap.interfaces.len(),
+        recompiled = snap.stats.endpoints_recompiled,
         "datapath in sync"
     );
     for m in &snap.missing {
@@ -90,8 +91,8 @@ fn dp_attached(dp: &Datapath, iface: &str) -> bool {
 )]
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let mut cfg = AgentConfig::load(&config_path)?;
-    let mut policies = state::load_policies(&cfg)?;
     let mut alloc = Allocators::default();
+    let mut policies = alloc.load_policies(&cfg)?;
     let snap = state::build(&cfg, &policies, &mut alloc)?;
 
     let mut dp = Datapath::load(&LoadOptions {
@@ -270,7 +271,7 @@ fn reload(
     alloc: &mut Allocators,
 ) -> anyhow::Result<(AgentConfig, catalyst_policy::PolicySet, Snapshot)> {
     let cfg = AgentConfig::load(config_path)?;
-    let policies = state::load_policies(&cfg)?;
+    let policies = alloc.load_policies(&cfg)?;
     let snap = state::build(&cfg, &policies, alloc)?;
     Ok((cfg, policies, snap))
 }
@@ -287,7 +288,7 @@ pub fn check(config: Option<&Path>, policies: &[PathBuf]) -> anyhow::Result<()> 
             c.display(),
             cfg.endpoints.len(),
             set.policies().len(),
-            snap.desired.policy.len()
+            snap.desired.policy_len()
         );
         n += 1;
     }

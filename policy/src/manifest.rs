@@ -118,7 +118,7 @@ impl PolicySet {
     ) -> Result<Self, PolicyError> {
         let mut set = Self::new();
         for p in paths {
-            for file in expand(p.as_ref())? {
+            for file in policy_files(p.as_ref())? {
                 let text = std::fs::read_to_string(&file).map_err(|source| PolicyError::Io {
                     path: file.clone(),
                     source,
@@ -141,14 +141,21 @@ impl PolicySet {
         &mut self,
         policies: impl IntoIterator<Item = Policy>,
     ) -> Result<(), PolicyError> {
+        let mut seen: std::collections::HashMap<PolicyRef, usize> = self
+            .policies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.reference.clone(), i))
+            .collect();
         for p in policies {
-            if let Some(existing) = self.policies.iter().find(|e| e.reference == p.reference) {
+            if let Some(&i) = seen.get(&p.reference) {
                 return Err(PolicyError::Duplicate {
                     policy: p.reference.clone(),
-                    first: existing.origin.clone(),
+                    first: self.policies[i].origin.clone(),
                     second: p.origin,
                 });
             }
+            seen.insert(p.reference.clone(), self.policies.len());
             self.policies.push(p);
         }
         Ok(())
@@ -165,7 +172,9 @@ impl PolicySet {
     }
 }
 
-fn expand(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
+/// The policy files `path` stands for: itself, or a directory's `*.yaml`/`*.yml`/`*.json`
+/// files sorted by name (the order [`PolicySet::load_files`] reads them in).
+pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
     let io = |source| PolicyError::Io {
         path: path.to_owned(),
         source,

@@ -61,13 +61,33 @@ struct EndpointState {
     entries: Arc<Vec<PolicyRow>>,
     /// Selector-cache slots this endpoint's entries came from (sorted, unique).
     selectors: Vec<u32>,
+    /// The rules that select it: (policy, which policy of that name, rule index).
+    matched: Vec<(PolicyRef, u16, u16)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dirty {
+    /// Everything about the endpoint may differ.
+    Full,
+    /// Only entries for the identities that changed may differ.
+    Identities,
+}
+
+/// One endpoint compiled from scratch.
+struct EndpointCompiled {
+    flags: u32,
+    groups: BTreeMap<(u32, u8), Group>,
+    selectors: Vec<u32>,
+    matched: Vec<(PolicyRef, u16, u16)>,
 }
 
 /// What one [`Engine::update`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UpdateStats {
-    /// Endpoints whose entries were recomputed.
+    /// Endpoints whose entries were recomputed from scratch.
     pub endpoints_recompiled: usize,
+    /// Endpoints whose entries were recomputed for the changed identities only.
+    pub endpoints_partially_recompiled: usize,
     /// Endpoints that went away.
     pub endpoints_removed: usize,
     /// Identities added, removed or relabelled.
@@ -122,38 +142,85 @@ impl Engine {
         // Recompile what can differ.
         let live: HashSet<u32> = endpoints.iter().map(|e| e.id).collect();
         let mut released: Vec<Arc<Vec<PolicyRow>>> = Vec::new();
+        let versions = occurrences(&input.policies);
+        let delta: BTreeSet<u32> = changed_ids.iter().copied().collect();
         for (ep, labels) in endpoints.iter().zip(&ep_labels) {
             let dirty = match self.endpoints.get(&ep.id) {
-                None => true,
-                Some(old) => {
-                    old.input != **ep
+                None => Dirty::Full,
+                Some(old)
+                    if old.input != **ep
                         || old.info.identity != ids[labels]
-                        || old.selectors.iter().any(|s| changed_selectors.contains(s))
-                        || changed_rules.iter().any(|r| r.subject.matches(labels))
+                        || changed_rules.iter().any(|r| r.subject.matches(labels)) =>
+                {
+                    Dirty::Full
                 }
+                Some(old) if old.selectors.iter().any(|s| changed_selectors.contains(s)) => {
+                    Dirty::Identities
+                }
+                Some(_) => continue,
             };
-            if !dirty {
+            if dirty == Dirty::Identities {
+                // Same rules, same flags: only the groups of the changed identities differ.
+                stats.endpoints_partially_recompiled += 1;
+                let Some(old) = self.endpoints.get(&ep.id) else {
+                    continue;
+                };
+                let groups = identity_groups(
+                    &old.matched,
+                    &old_policies,
+                    &mut self.selectors,
+                    &self.universe,
+                    &delta,
+                );
+                let mut entries = self.rows(ep.id, groups);
+                let Some(old) = self.endpoints.get_mut(&ep.id) else {
+                    continue;
+                };
+                entries.extend(
+                    old.entries
+                        .iter()
+                        .filter(|(_, k, _)| !delta.contains(&k.identity))
+                        .copied(),
+                );
+                entries.sort_by_key(|(len, k, _)| {
+                    (
+                        k.identity,
+                        k.direction,
+                        *len,
+                        k.protocol,
+                        u16::from_be(k.dport_be),
+                    )
+                });
+                let before = std::mem::replace(&mut old.entries, Arc::new(entries));
+                released.push(Arc::new(
+                    before
+                        .iter()
+                        .filter(|(_, k, _)| delta.contains(&k.identity))
+                        .copied()
+                        .collect(),
+                ));
                 continue;
             }
             stats.endpoints_recompiled += 1;
-            let (flags, groups, selectors) = compile_endpoint(
+            let compiled = compile_endpoint(
                 ep,
                 labels,
-                &input.policies,
+                (&input.policies, &versions),
                 &mut self.selectors,
                 &self.universe,
             );
-            let entries = Arc::new(self.rows(ep.id, groups));
+            let entries = Arc::new(self.rows(ep.id, compiled.groups));
             let state = EndpointState {
                 input: (*ep).clone(),
                 info: EndpointInfo {
                     endpoint_id: ep.id,
                     identity: ids[labels],
-                    flags,
+                    flags: compiled.flags,
                     pad: 0,
                 },
                 entries,
-                selectors,
+                selectors: compiled.selectors,
+                matched: compiled.matched,
             };
             if let Some(old) = self.endpoints.insert(ep.id, state) {
                 released.push(old.entries);
@@ -352,20 +419,38 @@ fn changed_keys<V: PartialEq>(old: &BTreeMap<u32, V>, new: &BTreeMap<u32, V>) ->
     out
 }
 
-/// Compiles one endpoint: its enforcement flags, its policy groups by `(identity, direction)`
-/// and the selector slots they used.
+/// For each policy, which of the policies with its reference it is (0 for the first).
+fn occurrences(policies: &[Policy]) -> Vec<u16> {
+    let mut seen: HashMap<&PolicyRef, u16> = HashMap::new();
+    policies
+        .iter()
+        .map(|p| {
+            let n = seen.entry(&p.reference).or_default();
+            *n += 1;
+            *n - 1
+        })
+        .collect()
+}
+
+/// Compiles one endpoint: its enforcement flags, its policy groups by `(identity, direction)`,
+/// the selector slots they used and the rules that select it.
 fn compile_endpoint(
     ep: &Endpoint,
     labels: &LabelSet,
-    policies: &[Policy],
+    (policies, versions): (&[Policy], &[u16]),
     selectors: &mut SelectorCache,
     universe: &Universe,
-) -> (u32, BTreeMap<(u32, u8), Group>, Vec<u32>) {
+) -> EndpointCompiled {
     let mut flags = if ep.audit { EP_F_AUDIT } else { 0 };
     let mut groups: BTreeMap<(u32, u8), Group> = BTreeMap::new();
     let mut used: BTreeSet<u32> = BTreeSet::new();
-    for policy in policies {
-        for rule in policy.rules.iter().filter(|r| r.subject.matches(labels)) {
+    let mut matched = Vec::new();
+    for (policy, version) in policies.iter().zip(versions) {
+        for (i, rule) in policy.rules.iter().enumerate() {
+            if !rule.subject.matches(labels) {
+                continue;
+            }
+            matched.push((policy.reference.clone(), *version, i as u16));
             for dir in Direction::ALL {
                 if rule.enforces(dir) {
                     flags |= match dir {
@@ -373,20 +458,56 @@ fn compile_endpoint(
                         Direction::Egress => EP_F_EGRESS_ENFORCED,
                     };
                 }
-                let actions = [
-                    (ACTION_DENY, rule.denies(dir)),
-                    (ACTION_ALLOW, rule.allows(dir)),
-                ];
-                for (action, conds) in actions {
-                    for c in conds {
-                        let peers = peer_identities(c, selectors, universe, &mut used);
-                        emit(&mut groups, (dir, action, &policy.reference), c, &peers);
-                    }
+                for (action, c) in conditions(rule, dir) {
+                    let peers = peer_identities(c, selectors, universe, &mut used);
+                    emit(&mut groups, (dir, action, &policy.reference), c, &peers);
                 }
             }
         }
     }
-    (flags, groups, used.into_iter().collect())
+    EndpointCompiled {
+        flags,
+        groups,
+        selectors: used.into_iter().collect(),
+        matched,
+    }
+}
+
+/// The deny and allow conditions of a rule for a direction, with their action.
+fn conditions(rule: &Rule, dir: Direction) -> impl Iterator<Item = (u32, &PeerRule)> {
+    let deny = rule.denies(dir).iter().map(|c| (ACTION_DENY, c));
+    deny.chain(rule.allows(dir).iter().map(|c| (ACTION_ALLOW, c)))
+}
+
+/// The groups of the identities in `delta` for an endpoint selected by `matched`.
+fn identity_groups(
+    matched: &[(PolicyRef, u16, u16)],
+    policies: &HashMap<PolicyRef, Vec<Policy>>,
+    selectors: &mut SelectorCache,
+    universe: &Universe,
+    delta: &BTreeSet<u32>,
+) -> BTreeMap<(u32, u8), Group> {
+    let mut groups: BTreeMap<(u32, u8), Group> = BTreeMap::new();
+    let mut used = BTreeSet::new();
+    for (reference, version, i) in matched {
+        let Some(rule) = policies
+            .get(reference)
+            .and_then(|v| v.get(usize::from(*version)))
+            .and_then(|p| p.rules.get(usize::from(*i)))
+        else {
+            continue;
+        };
+        for dir in Direction::ALL {
+            for (action, c) in conditions(rule, dir) {
+                let mut peers = peer_identities(c, selectors, universe, &mut used);
+                peers.retain(|id| delta.contains(id));
+                if !peers.is_empty() {
+                    emit(&mut groups, (dir, action, reference), c, &peers);
+                }
+            }
+        }
+    }
+    groups
 }
 
 /// The identities a condition's peers resolve to (through the selector cache).

@@ -17,7 +17,7 @@ use serde::{Deserialize, Deserializer};
 use thiserror::Error;
 
 use crate::labels::SOURCE_K8S;
-use crate::ports::{IcmpFamily, IcmpType, L4Match, Port, PortError, Protocol, port_range};
+use crate::ports::{IcmpFamily, L4Match, Port, PortError, Protocol, Scalar, port_range};
 use crate::rule::{
     CidrSet, DefaultDeny, Entity, PeerRule, PeerSelector, Peers, Policy, PolicyKind, PolicyRef,
     Rule,
@@ -517,12 +517,32 @@ struct IcmpRuleSpec {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "IcmpFieldRaw")]
 struct IcmpFieldSpec {
+    icmp_type: u8,
+    family: IcmpFamily,
+}
+
+/// `icmps[].fields[]` as written: `type` is a number or a CamelCase name of its family
+/// (`EchoRequest`), resolved once the family is known.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IcmpFieldRaw {
     #[serde(rename = "type")]
-    icmp_type: IcmpType,
+    icmp_type: Scalar,
     #[serde(default)]
     family: IcmpFamily,
+}
+
+impl TryFrom<IcmpFieldRaw> for IcmpFieldSpec {
+    type Error = PortError;
+
+    fn try_from(r: IcmpFieldRaw) -> Result<Self, Self::Error> {
+        Ok(Self {
+            icmp_type: r.family.icmp_type(&r.icmp_type)?,
+            family: r.family,
+        })
+    }
 }
 
 fn l4_of(to_ports: &[PortRuleSpec], icmps: &[IcmpRuleSpec]) -> Option<Vec<L4Match>> {
@@ -533,7 +553,7 @@ fn l4_of(to_ports: &[PortRuleSpec], icmps: &[IcmpRuleSpec]) -> Option<Vec<L4Matc
     l4.extend(icmps.iter().flat_map(|i| {
         i.fields.iter().map(|f| L4Match::Icmp {
             family: f.family,
-            icmp_type: f.icmp_type.0,
+            icmp_type: f.icmp_type,
         })
     }));
     // A toPorts without ports (`toPorts: [{}]`) restricts nothing, as in Cilium.

@@ -35,11 +35,16 @@ pub enum PortError {
         /// The end of the range.
         end_port: u32,
     },
-    /// An ICMP type outside 0–255 or not a number.
-    #[error("invalid ICMP type \"{value}\": expected a number in 0-255")]
+    /// An ICMP type outside 0–255 and not a type name of its family.
+    #[error(
+        "invalid ICMP type \"{value}\": expected a number in 0-255 or a {family:?} type name ({})",
+        family.type_names().iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+    )]
     IcmpType {
         /// The type as written.
         value: String,
+        /// The family it was read for.
+        family: IcmpFamily,
     },
 }
 
@@ -82,12 +87,89 @@ pub enum IcmpFamily {
     IPv6,
 }
 
+/// ICMP type names Cilium accepts in `icmps[].fields[].type` (CamelCase), by family.
+const ICMP_V4_NAMES: &[(&str, u8)] = &[
+    ("EchoReply", 0),
+    ("DestinationUnreachable", 3),
+    ("Redirect", 5),
+    ("Echo", 8),
+    ("EchoRequest", 8),
+    ("RouterAdvertisement", 9),
+    ("RouterSelection", 10),
+    ("TimeExceeded", 11),
+    ("ParameterProblem", 12),
+    ("Timestamp", 13),
+    ("TimestampReply", 14),
+    ("Photuris", 40),
+    ("ExtendedEchoRequest", 42),
+    ("ExtendedEchoReply", 43),
+];
+
+/// ICMPv6 type names (RFC 4443 and the neighbour-discovery family), CamelCase.
+const ICMP_V6_NAMES: &[(&str, u8)] = &[
+    ("DestinationUnreachable", 1),
+    ("PacketTooBig", 2),
+    ("TimeExceeded", 3),
+    ("ParameterProblem", 4),
+    ("EchoRequest", 128),
+    ("EchoReply", 129),
+    ("MulticastListenerQuery", 130),
+    ("MulticastListenerReport", 131),
+    ("MulticastListenerDone", 132),
+    ("RouterSolicitation", 133),
+    ("RouterAdvertisement", 134),
+    ("NeighborSolicitation", 135),
+    ("NeighborAdvertisement", 136),
+    ("RedirectMessage", 137),
+    ("RouterRenumbering", 138),
+    ("ICMPNodeInformationQuery", 139),
+    ("ICMPNodeInformationResponse", 140),
+    ("InverseNeighborDiscoverySolicitation", 141),
+    ("InverseNeighborDiscoveryAdvertisement", 142),
+    ("HomeAgentAddressDiscoveryRequest", 144),
+    ("HomeAgentAddressDiscoveryReply", 145),
+    ("MobilePrefixSolicitation", 146),
+    ("MobilePrefixAdvertisement", 147),
+    ("DuplicateAddressRequestCodeSuffix", 157),
+    ("DuplicateAddressConfirmationCodeSuffix", 158),
+    ("ExtendedEchoRequest", 160),
+    ("ExtendedEchoReply", 161),
+];
+
 impl IcmpFamily {
     /// The IP protocol number.
     pub fn protocol(self) -> u8 {
         match self {
             Self::IPv4 => PROTO_ICMP,
             Self::IPv6 => PROTO_ICMPV6,
+        }
+    }
+
+    /// The type names of the family and their numbers.
+    pub fn type_names(self) -> &'static [(&'static str, u8)] {
+        match self {
+            Self::IPv4 => ICMP_V4_NAMES,
+            Self::IPv6 => ICMP_V6_NAMES,
+        }
+    }
+
+    /// The ICMP type `value` stands for in this family: a number 0–255 or a type name.
+    pub fn icmp_type(self, value: &Scalar) -> Result<u8, PortError> {
+        let err = || PortError::IcmpType {
+            value: value.to_string(),
+            family: self,
+        };
+        match value {
+            Scalar::Int(i) => u8::try_from(*i).map_err(|_| err()),
+            Scalar::Str(t) => match t.trim().parse::<i64>() {
+                Ok(i) => u8::try_from(i).map_err(|_| err()),
+                Err(_) => self
+                    .type_names()
+                    .iter()
+                    .find(|(name, _)| *name == t.trim())
+                    .map(|(_, n)| *n)
+                    .ok_or_else(err),
+            },
         }
     }
 }
@@ -248,27 +330,6 @@ impl TryFrom<Scalar> for Port {
         u16::try_from(n)
             .map(Port)
             .map_err(|_| PortError::Invalid { port: text })
-    }
-}
-
-/// An ICMP type as written in a manifest (a number 0–255).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "Scalar")]
-pub struct IcmpType(pub u8);
-
-impl TryFrom<Scalar> for IcmpType {
-    type Error = PortError;
-
-    fn try_from(s: Scalar) -> Result<Self, Self::Error> {
-        let n = match &s {
-            Scalar::Int(i) => Some(*i),
-            Scalar::Str(t) => t.trim().parse::<i64>().ok(),
-        };
-        n.and_then(|n| u8::try_from(n).ok())
-            .map(IcmpType)
-            .ok_or_else(|| PortError::IcmpType {
-                value: s.to_string(),
-            })
     }
 }
 

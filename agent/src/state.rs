@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context as _;
 use catalyst_policy::{
     CidrAllocator, CompileInput, Endpoint, Engine, IpcachePeer, LabelSet, LocalAllocator,
-    PeerIdentity, Policy, PolicySet, UpdateStats,
+    NamedPort, PeerIdentity, Policy, PolicySet, UpdateStats,
     datapath::{
         CFG_F_AUDIT, IDENTITY_HEALTH, IDENTITY_HOST, IDENTITY_INGRESS, IDENTITY_INIT,
         IDENTITY_KUBE_APISERVER, IDENTITY_REMOTE_NODE, IDENTITY_UNMANAGED,
@@ -18,6 +18,7 @@ use catalyst_policy::{
     labels::SOURCE_K8S,
     manifest::policy_files,
     parse_manifests,
+    ports::{PortName, Protocol},
 };
 use ipnet::IpNet;
 
@@ -158,6 +159,20 @@ pub fn build(
             ep.addresses.clone(),
         );
         e.audit = ep.audit;
+        for (j, p) in ep.ports.iter().enumerate() {
+            let what = || format!("endpoints[{i}] ({}).ports[{j}]", ep.name);
+            PortName::new(&p.name).with_context(what)?;
+            anyhow::ensure!(
+                p.protocol != Protocol::Any,
+                "{}: protocol must be TCP, UDP or SCTP",
+                what()
+            );
+            e.named_ports.push(NamedPort {
+                name: p.name.clone(),
+                protocol: p.protocol,
+                port: p.port,
+            });
+        }
         endpoints.push(e);
         interfaces.insert(ep.interface.clone());
         for a in &ep.addresses {

@@ -471,6 +471,8 @@ fn l4_keys(l4: Option<&[L4Match]>) -> BTreeSet<(u32, u8, u16)> {
                     }
                 }
             }
+            // Named ports are resolved before compilation; one left here names nothing.
+            L4Match::Named { .. } => {}
             L4Match::Icmp { family, icmp_type } => {
                 out.insert((
                     POLICY_PREFIX_FULL_BITS,

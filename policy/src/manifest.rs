@@ -17,7 +17,7 @@ use serde::{Deserialize, Deserializer};
 use thiserror::Error;
 
 use crate::labels::SOURCE_K8S;
-use crate::ports::{IcmpFamily, L4Match, Port, PortError, Protocol, Scalar, port_range};
+use crate::ports::{IcmpFamily, L4Match, Port, PortError, Protocol, Scalar, port_match};
 use crate::rule::{
     CidrSet, DefaultDeny, Entity, PeerRule, PeerSelector, Peers, Policy, PolicyKind, PolicyRef,
     Rule,
@@ -502,10 +502,7 @@ impl TryFrom<PortProtocolRaw> for PortProtocolSpec {
     type Error = PortError;
 
     fn try_from(r: PortProtocolRaw) -> Result<Self, Self::Error> {
-        Ok(Self(L4Match::Port {
-            protocol: r.protocol.unwrap_or(Protocol::Any),
-            ports: port_range(r.port, r.end_port)?,
-        }))
+        port_match(r.protocol.unwrap_or(Protocol::Any), r.port, r.end_port).map(Self)
     }
 }
 
@@ -846,10 +843,7 @@ impl TryFrom<NpPortRaw> for NpPort {
             NpProtocol::Udp => Protocol::Udp,
             NpProtocol::Sctp => Protocol::Sctp,
         };
-        Ok(Self(L4Match::Port {
-            protocol,
-            ports: port_range(r.port, r.end_port)?,
-        }))
+        port_match(protocol, r.port, r.end_port).map(Self)
     }
 }
 

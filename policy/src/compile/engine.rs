@@ -26,10 +26,10 @@ use crate::datapath::{
     ACTION_ALLOW, ACTION_DENY, EP_F_AUDIT, EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED,
     EndpointInfo, IDENTITY_ANY, IpcacheEntry, POLICY_PREFIX_EXACT_BITS, PolicyEntry, PolicyKey,
 };
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, all_named_ports};
 use crate::identity::{CidrAllocator, IdentityAllocator};
 use crate::labels::LabelSet;
-use crate::ports::L4Level;
+use crate::ports::{L4Level, L4Match, NamedPorts};
 use crate::rule::{
     Direction, MatchKind, PeerRule, PeerSelector, PeerView, Peers, Policy, PolicyRef, Rule,
 };
@@ -52,6 +52,8 @@ pub struct Engine {
     ipcache_v4: Vec<(Ipv4Net, IpcacheEntry)>,
     ipcache_v6: Vec<(Ipv6Net, IpcacheEntry)>,
     global_audit: bool,
+    /// Every endpoint's named ports (what egress names resolve through).
+    egress_named: NamedPorts,
 }
 
 #[derive(Debug)]
@@ -63,6 +65,8 @@ struct EndpointState {
     selectors: Vec<u32>,
     /// The rules that select it: (policy, which policy of that name, rule index).
     matched: Vec<(PolicyRef, u16, u16)>,
+    /// Whether an egress rule of it names ports (resolved through every endpoint's names).
+    uses_egress_names: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +83,7 @@ struct EndpointCompiled {
     groups: BTreeMap<(u32, u8), Group>,
     selectors: Vec<u32>,
     matched: Vec<(PolicyRef, u16, u16)>,
+    uses_egress_names: bool,
 }
 
 /// What one [`Engine::update`] did.
@@ -142,6 +147,8 @@ impl Engine {
         // Recompile what can differ.
         let live: HashSet<u32> = endpoints.iter().map(|e| e.id).collect();
         let mut released: Vec<Arc<Vec<PolicyRow>>> = Vec::new();
+        let egress_named = all_named_ports(&input.endpoints);
+        let names_changed = egress_named != self.egress_named;
         let versions = occurrences(&input.policies);
         let delta: BTreeSet<u32> = changed_ids.iter().copied().collect();
         for (ep, labels) in endpoints.iter().zip(&ep_labels) {
@@ -150,6 +157,7 @@ impl Engine {
                 Some(old)
                     if old.input != **ep
                         || old.info.identity != ids[labels]
+                        || (names_changed && old.uses_egress_names)
                         || changed_rules.iter().any(|r| r.subject.matches(labels)) =>
                 {
                     Dirty::Full
@@ -162,42 +170,11 @@ impl Engine {
             if dirty == Dirty::Identities {
                 // Same rules, same flags: only the groups of the changed identities differ.
                 stats.endpoints_partially_recompiled += 1;
-                let Some(old) = self.endpoints.get(&ep.id) else {
-                    continue;
-                };
-                let groups = identity_groups(
-                    &old.matched,
+                released.extend(self.recompile_identities(
+                    ep.id,
                     &old_policies,
-                    &mut self.selectors,
-                    &self.universe,
                     &delta,
-                );
-                let mut entries = self.rows(ep.id, groups);
-                let Some(old) = self.endpoints.get_mut(&ep.id) else {
-                    continue;
-                };
-                entries.extend(
-                    old.entries
-                        .iter()
-                        .filter(|(_, k, _)| !delta.contains(&k.identity))
-                        .copied(),
-                );
-                entries.sort_by_key(|(len, k, _)| {
-                    (
-                        k.identity,
-                        k.direction,
-                        *len,
-                        k.protocol,
-                        u16::from_be(k.dport_be),
-                    )
-                });
-                let before = std::mem::replace(&mut old.entries, Arc::new(entries));
-                released.push(Arc::new(
-                    before
-                        .iter()
-                        .filter(|(_, k, _)| delta.contains(&k.identity))
-                        .copied()
-                        .collect(),
+                    &egress_named,
                 ));
                 continue;
             }
@@ -208,6 +185,7 @@ impl Engine {
                 (&input.policies, &versions),
                 &mut self.selectors,
                 &self.universe,
+                &egress_named,
             );
             let entries = Arc::new(self.rows(ep.id, compiled.groups));
             let state = EndpointState {
@@ -221,35 +199,13 @@ impl Engine {
                 entries,
                 selectors: compiled.selectors,
                 matched: compiled.matched,
+                uses_egress_names: compiled.uses_egress_names,
             };
             if let Some(old) = self.endpoints.insert(ep.id, state) {
                 released.push(old.entries);
             }
         }
-        let gone: Vec<u32> = self
-            .endpoints
-            .keys()
-            .copied()
-            .filter(|id| !live.contains(id))
-            .collect();
-        stats.endpoints_removed = gone.len();
-        for id in gone {
-            if let Some(old) = self.endpoints.remove(&id) {
-                released.push(old.entries);
-            }
-        }
-        // Release after acquiring, so an origin list in both the old and new entries keeps its id.
-        for rows in released {
-            for (_, _, e) in rows.iter() {
-                self.origins.release(e.rule_id);
-            }
-        }
-        let used: HashSet<u32> = self
-            .endpoints
-            .values()
-            .flat_map(|e| e.selectors.iter().copied())
-            .collect();
-        self.selectors.retain(&used);
+        stats.endpoints_removed = self.remove_gone(&live, released);
 
         drop(changed_rules);
         for r in changed_refs {
@@ -266,7 +222,85 @@ impl Engine {
 
         self.set_ipcache(&cluster, &cidrs);
         self.global_audit = input.global_audit;
+        self.egress_named = egress_named;
         Ok(stats)
+    }
+
+    /// Recomputes the entries of endpoint `id` for the identities in `delta` only; returns the
+    /// rows it replaced (to release their rule ids).
+    fn recompile_identities(
+        &mut self,
+        id: u32,
+        policies: &HashMap<PolicyRef, Vec<Policy>>,
+        delta: &BTreeSet<u32>,
+        egress_named: &NamedPorts,
+    ) -> Option<Arc<Vec<PolicyRow>>> {
+        let old = self.endpoints.get(&id)?;
+        let groups = identity_groups(
+            old,
+            policies,
+            (&mut self.selectors, &self.universe),
+            delta,
+            egress_named,
+        );
+        let mut entries = self.rows(id, groups);
+        let old = self.endpoints.get_mut(&id)?;
+        entries.extend(
+            old.entries
+                .iter()
+                .filter(|(_, k, _)| !delta.contains(&k.identity))
+                .copied(),
+        );
+        entries.sort_by_key(|(len, k, _)| {
+            (
+                k.identity,
+                k.direction,
+                *len,
+                k.protocol,
+                u16::from_be(k.dport_be),
+            )
+        });
+        let before = std::mem::replace(&mut old.entries, Arc::new(entries));
+        Some(Arc::new(
+            before
+                .iter()
+                .filter(|(_, k, _)| delta.contains(&k.identity))
+                .copied()
+                .collect(),
+        ))
+    }
+
+    /// Removes the endpoints not in `live`, releases the rule ids of every replaced row (after
+    /// the new rows acquired theirs, so an origin list in both keeps its id) and frees selector
+    /// slots no endpoint uses. Returns how many endpoints went away.
+    fn remove_gone(
+        &mut self,
+        live: &HashSet<u32>,
+        mut released: Vec<Arc<Vec<PolicyRow>>>,
+    ) -> usize {
+        let gone: Vec<u32> = self
+            .endpoints
+            .keys()
+            .copied()
+            .filter(|id| !live.contains(id))
+            .collect();
+        for id in &gone {
+            if let Some(old) = self.endpoints.remove(id) {
+                released.push(old.entries);
+            }
+        }
+        for rows in released {
+            for (_, _, e) in rows.iter() {
+                self.origins.release(e.rule_id);
+            }
+        }
+        let used: HashSet<u32> = self
+            .endpoints
+            .values()
+            .flat_map(|e| e.selectors.iter().copied())
+            .collect();
+        self.selectors.retain(&used);
+        gone.len()
     }
 
     fn set_ipcache(&mut self, cluster: &BTreeMap<IpNet, u32>, cidrs: &BTreeMap<IpNet, u32>) {
@@ -440,7 +474,10 @@ fn compile_endpoint(
     (policies, versions): (&[Policy], &[u16]),
     selectors: &mut SelectorCache,
     universe: &Universe,
+    egress_named: &NamedPorts,
 ) -> EndpointCompiled {
+    let ingress_named = ep.named_port_map();
+    let mut uses_egress_names = false;
     let mut flags = if ep.audit { EP_F_AUDIT } else { 0 };
     let mut groups: BTreeMap<(u32, u8), Group> = BTreeMap::new();
     let mut used: BTreeSet<u32> = BTreeSet::new();
@@ -458,9 +495,20 @@ fn compile_endpoint(
                         Direction::Egress => EP_F_EGRESS_ENFORCED,
                     };
                 }
+                let named = match dir {
+                    Direction::Ingress => &ingress_named,
+                    Direction::Egress => egress_named,
+                };
                 for (action, c) in conditions(rule, dir) {
+                    uses_egress_names |= dir == Direction::Egress && has_names(c);
                     let peers = peer_identities(c, selectors, universe, &mut used);
-                    emit(&mut groups, (dir, action, &policy.reference), c, &peers);
+                    emit(
+                        &mut groups,
+                        (dir, action, &policy.reference),
+                        c,
+                        &peers,
+                        named,
+                    );
                 }
             }
         }
@@ -470,7 +518,16 @@ fn compile_endpoint(
         groups,
         selectors: used.into_iter().collect(),
         matched,
+        uses_egress_names,
     }
+}
+
+/// Whether a condition has named ports.
+fn has_names(cond: &PeerRule) -> bool {
+    cond.l4
+        .iter()
+        .flatten()
+        .any(|m| matches!(m, L4Match::Named { .. }))
 }
 
 /// The deny and allow conditions of a rule for a direction, with their action.
@@ -481,15 +538,16 @@ fn conditions(rule: &Rule, dir: Direction) -> impl Iterator<Item = (u32, &PeerRu
 
 /// The groups of the identities in `delta` for an endpoint selected by `matched`.
 fn identity_groups(
-    matched: &[(PolicyRef, u16, u16)],
+    state: &EndpointState,
     policies: &HashMap<PolicyRef, Vec<Policy>>,
-    selectors: &mut SelectorCache,
-    universe: &Universe,
+    (selectors, universe): (&mut SelectorCache, &Universe),
     delta: &BTreeSet<u32>,
+    egress_named: &NamedPorts,
 ) -> BTreeMap<(u32, u8), Group> {
+    let ingress_named = state.input.named_port_map();
     let mut groups: BTreeMap<(u32, u8), Group> = BTreeMap::new();
     let mut used = BTreeSet::new();
-    for (reference, version, i) in matched {
+    for (reference, version, i) in &state.matched {
         let Some(rule) = policies
             .get(reference)
             .and_then(|v| v.get(usize::from(*version)))
@@ -498,11 +556,15 @@ fn identity_groups(
             continue;
         };
         for dir in Direction::ALL {
+            let named = match dir {
+                Direction::Ingress => &ingress_named,
+                Direction::Egress => egress_named,
+            };
             for (action, c) in conditions(rule, dir) {
                 let mut peers = peer_identities(c, selectors, universe, &mut used);
                 peers.retain(|id| delta.contains(id));
                 if !peers.is_empty() {
-                    emit(&mut groups, (dir, action, reference), c, &peers);
+                    emit(&mut groups, (dir, action, reference), c, &peers, named);
                 }
             }
         }
@@ -543,8 +605,10 @@ fn emit(
     (dir, action, origin): (Direction, u32, &PolicyRef),
     cond: &PeerRule,
     peers: &BTreeSet<u32>,
+    named: &NamedPorts,
 ) {
-    let keys = l4_keys(cond.l4.as_deref());
+    let resolved = cond.l4.as_deref().map(|l4| L4Match::resolve(l4, named));
+    let keys = l4_keys(resolved.as_deref());
     for &id in peers {
         let group = groups.entry((id, dir.datapath())).or_default();
         for &(len, protocol, port) in &keys {

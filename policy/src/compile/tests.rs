@@ -8,11 +8,12 @@ use crate::datapath::{
     IDENTITY_REMOTE_NODE, IDENTITY_USER_MIN, MATCH_L3_L4, MATCH_L3_ONLY, MATCH_L4_ONLY, PROTO_ICMP,
     PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
 };
+use crate::endpoint::NamedPort;
 use crate::endpoint::PeerIdentity;
 use crate::eval::{Packet, Verdict, evaluate};
 use crate::labels::{Label, SOURCE_K8S};
 use crate::manifest::parse_manifests;
-use crate::ports::{IcmpFamily, PortRange};
+use crate::ports::{IcmpFamily, PortName, PortRange};
 use crate::rule::{CidrSet, DefaultDeny, Entity, PeerRule, PeerSelector, Peers, PolicyKind, Rule};
 use crate::selector::{EndpointSelector, ExpressionSpec, LabelSelectorSpec, Operator};
 
@@ -389,6 +390,14 @@ const PORT_RANGES: [(u16, u16); 6] = [
     (8080, 8090),
     (443, 443),
 ];
+/// Port names endpoints declare (the ports are among [`DPORTS`]).
+const NAMED_PORTS: [(&str, Protocol, u16); 5] = [
+    ("http", Protocol::Tcp, 80),
+    ("http", Protocol::Tcp, 8080),
+    ("dns", Protocol::Udp, 53),
+    ("dns", Protocol::Tcp, 53),
+    ("metrics", Protocol::Tcp, 1000),
+];
 const DPORTS: [u16; 10] = [0, 53, 80, 85, 90, 443, 1000, 8080, 8, 128];
 const PROTOS: [u8; 6] = [
     PROTO_ICMP,
@@ -512,7 +521,15 @@ fn l4_strategy() -> impl Strategy<Value = L4Match> {
         prop::sample::select(vec![0u8, 8, 128]),
     )
         .prop_map(|(family, icmp_type)| L4Match::Icmp { family, icmp_type });
-    prop_oneof![4 => port, 1 => icmp]
+    let named = (
+        prop::sample::select(vec![Protocol::Tcp, Protocol::Udp, Protocol::Any]),
+        prop::sample::select(vec!["http", "dns", "metrics"]),
+    )
+        .prop_map(|(protocol, name)| L4Match::Named {
+            protocol,
+            name: PortName::new(name).unwrap(),
+        });
+    prop_oneof![4 => port, 1 => icmp, 1 => named]
 }
 
 fn peer_rule_strategy() -> impl Strategy<Value = PeerRule> {
@@ -589,13 +606,14 @@ fn endpoints_strategy() -> impl Strategy<Value = Vec<Endpoint>> {
             prop::sample::select(NAMESPACES.to_vec()),
             prop::collection::vec(label_strategy(), 0..3),
             prop::bool::weighted(0.15),
+            prop::collection::vec(prop::sample::select(NAMED_PORTS.to_vec()), 0..3),
         ),
         1..5,
     )
     .prop_map(|eps| {
         eps.into_iter()
             .enumerate()
-            .map(|(i, (ns, labels, audit))| {
+            .map(|(i, (ns, labels, audit, named))| {
                 let id = i as u32 + 1;
                 let mut addresses = vec![ip(&format!("10.0.0.{id}"))];
                 if id == 4 {
@@ -603,6 +621,14 @@ fn endpoints_strategy() -> impl Strategy<Value = Vec<Endpoint>> {
                 }
                 Endpoint {
                     audit,
+                    named_ports: named
+                        .into_iter()
+                        .map(|(name, protocol, port)| NamedPort {
+                            name: name.to_owned(),
+                            protocol,
+                            port,
+                        })
+                        .collect(),
                     ..Endpoint::new(
                         id,
                         format!("pod{id}"),
@@ -752,6 +778,7 @@ proptest! {
                     // One endpoint relabelled, the others untouched: only the selector cache
                     // can tell which of them must change.
                     e[0].labels = endpoints[0].labels.clone();
+                    e[0].named_ports = endpoints[0].named_ports.clone();
                     (p, e)
                 }
                 Some((_, e)) if keep_endpoints && !keep_policies => (policies, e),

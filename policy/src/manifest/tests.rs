@@ -63,18 +63,18 @@ fn errors_name_file_document_field_and_line() {
     - toPorts:
         - ports:
             - port: '80'
-            - port: http9
+            - port: Http_9
 "
     );
     let e = err(&text);
     let msg = e.to_string();
     assert!(
         msg.starts_with(
-            "policies/web.yaml: document 2: spec.ingress[0].toPorts[0].ports[1].port: invalid port \"http9\""
+            "policies/web.yaml: document 2: spec.ingress[0].toPorts[0].ports[1].port: invalid port name \"Http_9\""
         ),
         "{msg}"
     );
-    assert!(msg.contains("named ports are not supported"), "{msg}");
+    assert!(msg.contains("expected 1-15 characters"), "{msg}");
     let ManifestError::Field { line, .. } = e else {
         panic!()
     };
@@ -284,7 +284,7 @@ fn icmp_types_by_number_or_name_per_family() {
         .iter()
         .map(|m| match m {
             L4Match::Icmp { family, icmp_type } => (*family, *icmp_type),
-            L4Match::Port { .. } => panic!("{m:?}"),
+            L4Match::Port { .. } | L4Match::Named { .. } => panic!("{m:?}"),
         })
         .collect();
     assert_eq!(

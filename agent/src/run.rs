@@ -107,6 +107,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
 
     let metrics = Metrics::new(cfg.metrics.max_ports);
     metrics.datapath.set_revision(revision);
+    metrics.datapath.set_policy_entries(snap.desired.policy_len());
     let ring = FlowRing::new(cfg.observer.ring_capacity);
     let enricher = Enricher::new(snap.enrich.clone());
     let events = dp
@@ -168,6 +169,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                     continue;
                 }
                 fp = now;
+                let observed = std::time::Instant::now();
                 match reload(&config_path, &mut alloc) {
                     Ok((new_cfg, new_policies, snap)) => {
                         if new_cfg.pin_path != cfg.pin_path || new_cfg.maps != cfg.maps {
@@ -182,6 +184,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                                 continue;
                             }
                         }
+                        metrics.datapath.policy_applied(observed.elapsed(), snap.desired.policy_len());
                         applied = Some(snap.desired.clone());
                         enricher.replace(snap.enrich.clone());
                         missing.clone_from(&snap.missing);
@@ -189,6 +192,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                         policies = new_policies;
                     }
                     Err(e) => {
+                        metrics.datapath.policy_rejected();
                         tracing::error!(error = format!("{e:#}"), policies = policies.policies().len(),
                             "rejected configuration or policy change; the policy in force stays");
                     }

@@ -88,7 +88,9 @@ pub struct AgentConfig {
     /// Default `stdout`.
     #[serde(default = "default_flow_log")]
     pub flow_log: String,
-    /// How often the policy and config files are checked for changes, milliseconds. Default 500.
+    /// How often the policy and config files are polled for changes, milliseconds. Default 500.
+    /// Edits are normally noticed at once through inotify; polling is the fallback (and brings
+    /// in interfaces that appear later).
     #[serde(default = "default_watch_interval_ms")]
     pub watch_interval_ms: u64,
     /// The Hubble-compatible Observer API and the in-memory flow ring.

@@ -13,3 +13,4 @@ pub mod nats;
 pub mod observer;
 pub mod run;
 pub mod state;
+pub mod watch;

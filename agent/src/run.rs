@@ -107,7 +107,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
 
     let metrics = Metrics::new(cfg.metrics.max_ports);
     metrics.datapath.set_revision(revision);
-    metrics.datapath.set_policy_entries(snap.desired.policy_len());
+    metrics
+        .datapath
+        .set_policy_entries(snap.desired.policy_len());
     let ring = FlowRing::new(cfg.observer.ring_capacity);
     let enricher = Enricher::new(snap.enrich.clone());
     let events = dp
@@ -133,6 +135,14 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         .and_then(|c| c.get(STAT_EVENTS_LOST as usize).copied())
         .unwrap_or(0);
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.watch_interval_ms.max(50)));
+    // inotify makes edits take effect at once; the poll above stays as the fallback.
+    let mut files = match crate::watch::FileWatch::new(&watched(&config_path, &cfg)) {
+        Ok(w) => Some(w),
+        Err(error) => {
+            tracing::warn!(%error, "inotify unavailable; noticing file changes by polling only");
+            None
+        }
+    };
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut lost_tick = tokio::time::interval(Duration::from_millis(
         cfg.observer.lost_events_interval_ms.max(100),
@@ -162,6 +172,18 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                     }
                 }
             }
+            changed = async {
+                match &files {
+                    Some(w) => w.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Err(error) = changed {
+                    tracing::warn!(%error, "inotify failed; noticing file changes by polling only");
+                    files = None;
+                }
+                tick.reset_immediately();
+            }
             _ = tick.tick() => {
                 let now = state::fingerprint(&watched(&config_path, &cfg));
                 let interfaces_appeared = missing.iter().any(|m| state::ifindex(m) != 0);
@@ -190,6 +212,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                         missing.clone_from(&snap.missing);
                         cfg = new_cfg;
                         policies = new_policies;
+                        if let Some(w) = &mut files {
+                            w.set(&watched(&config_path, &cfg));
+                        }
                     }
                     Err(e) => {
                         metrics.datapath.policy_rejected();

@@ -259,8 +259,14 @@ pub fn policy() -> anyhow::Result<()> {
             "pod_compile_p50_ms",
             "pod event: incremental compile, p50 (ms)",
         ),
-        ("pod_delay_p50_ms", "**pod event: implementation delay p50 (ms)**"),
-        ("pod_delay_p99_ms", "**pod event: implementation delay p99 (ms)**"),
+        (
+            "pod_delay_p50_ms",
+            "**pod event: implementation delay p50 (ms)**",
+        ),
+        (
+            "pod_delay_p99_ms",
+            "**pod event: implementation delay p99 (ms)**",
+        ),
     ] {
         writeln!(md, "| {label} | {} |", v[k])?;
     }

@@ -100,6 +100,54 @@ pub struct AgentConfig {
     /// Flow export to NATS `JetStream`.
     #[serde(default)]
     pub nats: NatsConfig,
+    /// Per-workload compliance signals (published over the `nats` connection).
+    #[serde(default)]
+    pub signals: SignalsConfig,
+}
+
+/// Compliance signals (`docs/signals.md`): checks per local workload, published to NATS
+/// `JetStream` (subjects `catalyst.signals.<org>.<env>.<app>`) or logged when NATS is not
+/// configured.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SignalsConfig {
+    /// Whether signals are computed at all. Default true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Evaluation window, milliseconds: flows and drops are counted per window and every check
+    /// is evaluated at the end of each window (and at once on every policy or endpoint
+    /// change). Default 10000.
+    #[serde(default = "default_signals_interval_ms")]
+    pub interval_ms: u64,
+    /// Every signal is republished at least this often even when unchanged (a heartbeat),
+    /// milliseconds; between heartbeats only changed signals are published. Default 60000.
+    #[serde(default = "default_signals_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// `JetStream` stream, created when missing with subjects `catalyst.signals.>`. Default
+    /// `CATALYST_SIGNALS`.
+    #[serde(default = "default_signals_stream")]
+    pub stream: String,
+    /// Age limit of the stream's messages when the agent creates it, seconds (0: unlimited).
+    /// Default 86400.
+    #[serde(default = "default_signals_max_age_s")]
+    pub max_age_s: u64,
+    /// Signals queued for publishing; when full (NATS slow or down) further signals are
+    /// dropped and counted (`catalyst_signals_dropped_total`). Default 16384.
+    #[serde(default = "default_signals_buffer")]
+    pub buffer: usize,
+}
+
+impl Default for SignalsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_ms: default_signals_interval_ms(),
+            heartbeat_ms: default_signals_heartbeat_ms(),
+            stream: default_signals_stream(),
+            max_age_s: default_signals_max_age_s(),
+            buffer: default_signals_buffer(),
+        }
+    }
 }
 
 /// NATS `JetStream` export of flows (`DESIGN.md` §4.5).
@@ -334,6 +382,24 @@ fn default_nats_buffer() -> usize {
 fn default_sample() -> u32 {
     1
 }
+fn default_true() -> bool {
+    true
+}
+fn default_signals_interval_ms() -> u64 {
+    10_000
+}
+fn default_signals_heartbeat_ms() -> u64 {
+    60_000
+}
+fn default_signals_stream() -> String {
+    "CATALYST_SIGNALS".to_owned()
+}
+fn default_signals_max_age_s() -> u64 {
+    86_400
+}
+fn default_signals_buffer() -> usize {
+    16_384
+}
 fn default_endpoints_max() -> u32 {
     DEFAULT_ENDPOINTS_MAX
 }
@@ -429,6 +495,12 @@ impl AgentConfig {
                     "exactly one of `entity` and `labels` is required".to_owned(),
                 ));
             }
+        }
+        if self.signals.interval_ms < 100 {
+            return Err(invalid(
+                "signals.interval_ms".to_owned(),
+                format!("{} is below the minimum of 100", self.signals.interval_ms),
+            ));
         }
         if self.observer.ring_capacity == 0 {
             return Err(invalid(

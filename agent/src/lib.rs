@@ -12,4 +12,5 @@ pub mod metrics;
 pub mod nats;
 pub mod observer;
 pub mod run;
+pub mod signals;
 pub mod state;

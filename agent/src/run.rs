@@ -2,6 +2,7 @@
 
 use std::{
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -20,6 +21,7 @@ use crate::{
     flow::{Enricher, FlowRing, FlowSink, Pipeline, drop_reason_name, run_reader},
     metrics::Metrics,
     observer::{self, Listeners, ObserverService},
+    signals::{self, FlowCounts},
     state::{self, Allocators, Snapshot},
 };
 
@@ -111,15 +113,41 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let events = dp
         .take_events()
         .context("event ring buffer already taken")?;
-    let export = crate::nats::start(&cfg.nats, &cfg.node, metrics.nats.clone());
-    let (export, export_task) = export.map_or((None, None), |(e, t)| (Some(e), Some(t)));
+    // One NATS connection for flows and signals; it connects and reconnects in the background.
+    let client = if let Some(url) = &cfg.nats.url {
+        crate::nats::connect(url)
+            .await
+            .inspect_err(|error| {
+                tracing::error!(%error, %url, "invalid NATS configuration: nothing is exported");
+            })
+            .ok()
+    } else {
+        tracing::info!(subject = %crate::nats::subject(&cfg.nats.cluster, &cfg.node),
+            "NATS not configured: flows are not exported");
+        None
+    };
+    let (export, export_task) = client
+        .clone()
+        .map(|c| crate::nats::start_flows(c, &cfg.nats, &cfg.node, metrics.nats.clone()))
+        .map_or((None, None), |(e, t)| (Some(e), Some(t)));
+    let counts = Arc::new(FlowCounts::default());
+    let signals = cfg.signals.enabled.then(|| {
+        signals::start(
+            &cfg,
+            signals::Inputs::from_snapshot(&cfg, &snap, revision),
+            client.clone(),
+            counts.clone(),
+            metrics.signals.clone(),
+        )
+    });
     let pipeline = Pipeline::new(
         enricher.clone(),
         sink_for(&cfg)?,
         ring.clone(),
         metrics.clone(),
     )
-    .with_export(export);
+    .with_export(export)
+    .with_counts(signals.is_some().then(|| counts.recorder()));
     let reader = tokio::spawn(run_reader(events, pipeline));
     let servers = start_servers(&cfg, &ring, &metrics).await;
 
@@ -173,7 +201,12 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                             tracing::warn!("pin_path and map sizes take effect after a restart");
                         }
                         match apply_snapshot(&mut dp, applied.as_ref(), &snap, false) {
-                            Ok(revision) => metrics.datapath.set_revision(revision),
+                            Ok(revision) => {
+                                metrics.datapath.set_revision(revision);
+                                if let Some(s) = &signals {
+                                    s.update(signals::Inputs::from_snapshot(&new_cfg, &snap, revision));
+                                }
+                            }
                             Err(e) => {
                                 tracing::error!(error = format!("{e:#}"), "applying the new state failed; will re-read the maps and retry");
                                 applied = None;
@@ -198,6 +231,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     reader.abort();
     if let Some(t) = export_task {
         t.abort();
+    }
+    if let Some(s) = &signals {
+        s.abort();
     }
     for s in servers {
         s.abort();

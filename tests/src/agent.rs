@@ -165,6 +165,30 @@ impl AgentProcess {
     }
 }
 
+/// `GET /metrics` from `addr` inside the node namespace (where the agent runs).
+pub fn scrape_metrics(addr: &'static str) -> anyhow::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let body = crate::lab::in_netns(NODE_NS, move || -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })??;
+    Ok(body)
+}
+
+/// The value of an unlabelled sample (`name value`) in a Prometheus text exposition; 0 when
+/// absent.
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name))
+        .filter_map(|rest| rest.strip_prefix(' '))
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum()
+}
+
 /// `catalyst-agent uninstall --pin-path P`, run in the node namespace (where the filters are)
 /// when the lab is up.
 pub fn uninstall(pin_path: &Path) -> anyhow::Result<()> {

@@ -40,22 +40,35 @@ impl AgentProcess {
     /// Starts `catalyst-agent run --config <config>` in the node namespace (network namespace
     /// only, so bpffs pins stay shared with the host) and waits until the datapath is in sync.
     pub fn start(config: &Path, pin_path: &Path) -> anyhow::Result<Self> {
-        let bin = agent_bin();
+        Self::start_in(NODE_NS, &agent_bin(), config, pin_path, &[])
+    }
+
+    /// Starts `bin run --config <config>` in network namespace `netns` with extra environment
+    /// variables, and waits until the datapath is in sync.
+    pub fn start_in(
+        netns: &str,
+        bin: &Path,
+        config: &Path,
+        pin_path: &Path,
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         if !bin.exists() {
             bail!(
                 "{} does not exist: build it first (`cargo xtask build`)",
                 bin.display()
             );
         }
+        // nsenter execs the agent, so the child's PID is the agent's.
         let mut child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{NODE_NS}"))
-            .arg(&bin)
+            .arg(format!("--net=/run/netns/{netns}"))
+            .arg(bin)
             .args(["run", "--config"])
             .arg(config)
             .env(
                 "CATALYST_LOG",
                 std::env::var("CATALYST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -85,8 +98,13 @@ impl AgentProcess {
             flows,
             pin_path: pin_path.to_owned(),
         };
-        me.wait_log("datapath in sync", Duration::from_secs(30))?;
+        me.wait_log("datapath in sync", Duration::from_mins(2))?;
         Ok(me)
+    }
+
+    /// PID of the agent process while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Waits until a log line containing `needle` appears (counting from the start).

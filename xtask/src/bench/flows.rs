@@ -1,8 +1,8 @@
 //! `cargo xtask bench flows`: the flow pipeline (`catalyst-agent bench-flows`: events/s decoded
 //! and enriched on one core, `GetFlows` follow throughput) and the agent's footprint: the real
-//! release agent with 1,000 endpoints (dummy interfaces in a namespace of its own, programs
-//! attached to each) and its 65,536-flow ring filled by real traffic through the datapath,
-//! measured from `/proc/<pid>/status`.
+//! release agent with 1,000 endpoints (veth pairs in a namespace of its own, programs attached
+//! to the endpoint side of each; the kernels here have no `dummy` driver) and its 65,536-flow
+//! ring filled by real traffic through the datapath, measured from `/proc/<pid>/status`.
 
 use std::{
     fmt::Write as _,
@@ -173,7 +173,7 @@ fn footprint(bin: &Path) -> anyhow::Result<Footprint> {
     for i in 0..ENDPOINTS {
         let _ = writeln!(
             batch,
-            "link add rss{i} type dummy\nlink set rss{i} up\nroute add {}/32 dev rss{i} src {SOURCE}",
+            "link add rss{i} type veth peer name rsp{i}\nlink set rss{i} arp off up\nlink set rsp{i} up\nroute add {}/32 dev rss{i} src {SOURCE}",
             endpoint_addr(i)
         );
     }

@@ -155,6 +155,7 @@ fn follow(
         tokio::spawn(serve(
             ObserverService::new(flow_ring.clone(), "bench-node", &addr.to_string()),
             listeners,
+            None,
         ));
         let channel =
             crate::client::connect(&addr.to_string(), std::time::Duration::from_secs(5)).await?;

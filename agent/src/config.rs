@@ -204,6 +204,25 @@ pub struct ObserverConfig {
     /// Default 1000.
     #[serde(default = "default_lost_check_ms")]
     pub lost_events_interval_ms: u64,
+    /// TLS for the TCP listener (the UNIX socket stays plaintext, guarded by its file
+    /// permissions); `null` (the default) serves plaintext.
+    #[serde(default)]
+    pub tls: Option<ObserverTlsConfig>,
+}
+
+/// TLS of the Observer API's TCP listener.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ObserverTlsConfig {
+    /// Server certificate chain (PEM file). Required.
+    pub cert: PathBuf,
+    /// Private key of the certificate (PEM file, PKCS#8, PKCS#1 or SEC1). Required.
+    pub key: PathBuf,
+    /// CA bundle (PEM file) that client certificates must chain to: set it for mutual TLS
+    /// (clients without a valid certificate are refused). Default `null`: no client
+    /// certificates.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Default for ObserverConfig {
@@ -213,6 +232,7 @@ impl Default for ObserverConfig {
             unix_socket: default_observer_socket(),
             ring_capacity: default_ring_capacity(),
             lost_events_interval_ms: default_lost_check_ms(),
+            tls: None,
         }
     }
 }
@@ -445,6 +465,20 @@ impl AgentConfig {
         for p in &mut cfg.policy_paths {
             if p.is_relative() {
                 *p = base.join(&*p);
+            }
+        }
+        if let Some(tls) = &mut cfg.observer.tls {
+            for p in [
+                Some(&mut tls.cert),
+                Some(&mut tls.key),
+                tls.client_ca.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
             }
         }
         if cfg.flow_log != "stdout" && cfg.flow_log != "none" {

@@ -259,16 +259,35 @@ async fn start_servers(
     )
     .await
     {
-        Ok(listeners) if listeners.tcp.is_some() || listeners.unix.is_some() => {
+        Ok(mut listeners) if listeners.tcp.is_some() || listeners.unix.is_some() => {
+            // TLS that cannot be loaded never falls back to plaintext: the TCP listener is left
+            // out (the UNIX socket still serves).
+            let tls = match cfg
+                .observer
+                .tls
+                .as_ref()
+                .map(observer::tls_config)
+                .transpose()
+            {
+                Ok(tls) => tls,
+                Err(error) => {
+                    tracing::error!(
+                        error = format!("{:#}", anyhow::Error::from(error)),
+                        "observer TCP listener not started"
+                    );
+                    listeners.tcp = None;
+                    None
+                }
+            };
             let address = listeners
                 .tcp_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_default();
-            tracing::info!(tcp = %address, unix = ?cfg.observer.unix_socket, ring = cfg.observer.ring_capacity,
-                "observer API listening");
+            tracing::info!(tcp = %address, tls = tls.is_some(), unix = ?cfg.observer.unix_socket,
+                ring = cfg.observer.ring_capacity, "observer API listening");
             let service = ObserverService::new(ring.clone(), &cfg.node, &address);
             tasks.push(tokio::spawn(async move {
-                if let Err(error) = observer::serve(service, listeners).await {
+                if let Err(error) = observer::serve(service, listeners, tls).await {
                     tracing::error!(
                         error = format!("{:#}", anyhow::Error::from(error)),
                         "observer API stopped"

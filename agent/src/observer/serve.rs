@@ -51,6 +51,37 @@ pub enum ObserverServerError {
     /// The TLS configuration was rejected (bad PEM, key not matching the certificate).
     #[error("invalid observer TLS configuration")]
     Tls(#[source] tonic::transport::Error),
+    /// The reflection service could not read the embedded descriptors (a build defect).
+    #[error("cannot build the gRPC reflection service")]
+    Reflection(#[source] tonic_reflection::server::Error),
+}
+
+/// gRPC server reflection (v1 and v1alpha, for grpcurl and grpcui) over the Observer and health
+/// descriptors.
+fn reflection() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    ObserverServerError,
+> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::api::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok((
+        builder()
+            .build_v1()
+            .map_err(ObserverServerError::Reflection)?,
+        builder()
+            .build_v1alpha()
+            .map_err(ObserverServerError::Reflection)?,
+    ))
 }
 
 /// Reads the TLS files of `cfg` into a server TLS configuration.
@@ -132,11 +163,14 @@ pub async fn serve(
     reporter
         .set_service_status("", ServingStatus::Serving)
         .await;
+    let (reflect_v1, reflect_v1alpha) = reflection()?;
     let router = |builder: Server| {
         let mut builder = builder;
         builder
             .add_service(health.clone())
             .add_service(ObserverServer::new(service.clone()))
+            .add_service(reflect_v1.clone())
+            .add_service(reflect_v1alpha.clone())
     };
     let tcp_builder = match tls {
         Some(tls) => Server::builder()

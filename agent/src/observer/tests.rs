@@ -509,3 +509,60 @@ fn unreadable_tls_files_are_named() {
     .expect_err("missing file");
     assert!(err.to_string().contains("/nonexistent/cert.pem"), "{err}");
 }
+
+#[tokio::test]
+async fn reflection_lists_the_observer_and_health_services() {
+    use tokio_stream::StreamExt as _;
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let ring = ring_with(1);
+    let listeners = Listeners::bind(Some("127.0.0.1:0".parse().expect("addr")), None)
+        .await
+        .expect("bind");
+    let addr = listeners.tcp_addr().expect("tcp").to_string();
+    tokio::spawn(serve(
+        ObserverService::new(ring, "n", &addr),
+        listeners,
+        None,
+    ));
+    let ch = client::connect(&addr, Duration::from_secs(5))
+        .await
+        .expect("connect");
+    let ask = |m| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(m),
+    };
+    let requests = tokio_stream::iter([
+        ask(MessageRequest::ListServices(String::new())),
+        ask(MessageRequest::FileContainingSymbol(
+            "observer.Observer".into(),
+        )),
+    ]);
+    let mut answers = ServerReflectionClient::new(ch)
+        .server_reflection_info(requests)
+        .await
+        .expect("reflection")
+        .into_inner();
+    let Some(Ok(list)) = answers.next().await else {
+        panic!("no answer to ListServices");
+    };
+    let Some(MessageResponse::ListServicesResponse(list)) = list.message_response else {
+        panic!("unexpected answer {list:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in ["observer.Observer", "grpc.health.v1.Health"] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+    let Some(Ok(file)) = answers.next().await else {
+        panic!("no answer to FileContainingSymbol");
+    };
+    let Some(MessageResponse::FileDescriptorResponse(fd)) = file.message_response else {
+        panic!("unexpected answer {file:?}");
+    };
+    assert!(!fd.file_descriptor_proto.is_empty());
+}

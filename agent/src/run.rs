@@ -200,6 +200,10 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                         if new_cfg.pin_path != cfg.pin_path || new_cfg.maps != cfg.maps {
                             tracing::warn!("pin_path and map sizes take effect after a restart");
                         }
+                        if new_cfg.observer != cfg.observer || new_cfg.metrics != cfg.metrics
+                            || new_cfg.nats != cfg.nats || new_cfg.signals != cfg.signals {
+                            tracing::warn!("observer, metrics, nats and signals settings take effect after a restart");
+                        }
                         match apply_snapshot(&mut dp, applied.as_ref(), &snap, false) {
                             Ok(revision) => {
                                 metrics.datapath.set_revision(revision);

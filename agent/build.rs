@@ -27,6 +27,12 @@ fn compile_protos() -> anyhow::Result<()> {
         println!("cargo:rerun-if-changed={}", include.join(p).display());
     }
     let fds = protox::compile(PROTOS, [&include])?;
+    // The encoded descriptors, for gRPC server reflection (grpcurl, grpcui).
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"));
+    fs::write(
+        out_dir.join("observer_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

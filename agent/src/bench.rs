@@ -155,6 +155,7 @@ fn follow(
         tokio::spawn(serve(
             ObserverService::new(flow_ring.clone(), "bench-node", &addr.to_string()),
             listeners,
+            None,
         ));
         let channel =
             crate::client::connect(&addr.to_string(), std::time::Duration::from_secs(5)).await?;
@@ -208,12 +209,16 @@ pub fn flows(events: u64, ring: usize, json: bool) -> anyhow::Result<()> {
 
     let rss_before = rss_kib();
     let pipeline_ring = FlowRing::new(ring);
+    // As in the agent: per-endpoint counts for the compliance signals included.
     let mut pipeline = Pipeline::new(
         enricher.clone(),
         FlowSink::None,
         pipeline_ring.clone(),
         Metrics::new(256),
-    );
+    )
+    .with_counts(Some(
+        Arc::new(crate::signals::FlowCounts::default()).recorder(),
+    ));
     let ingest = rate(n, || {
         for i in 0..n {
             pipeline.process(&input[i % input.len()]);
@@ -266,7 +271,7 @@ pub fn flows(events: u64, ring: usize, json: bool) -> anyhow::Result<()> {
         );
     } else {
         println!("flow pipeline, one core, {n} events, {ENDPOINTS} endpoints, ring {ring}:");
-        println!("  ingest (decode, metrics, flow ring):    {ingest:>12.0} events/s");
+        println!("  ingest (decode, metrics, counts, ring): {ingest:>12.0} events/s");
         println!("  decode + enrich (flow record):          {enrich:>12.0} events/s");
         println!("  decode + enrich + flow.Flow message:    {message:>12.0} events/s");
         println!("  ring read (flow.Flow from held flows):  {read:>12.0} flows/s");

@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 
 use crate::{
     api::{
@@ -31,6 +31,90 @@ pub struct ServerArgs {
     /// Connection and request timeout for non-streaming calls, seconds.
     #[arg(long, default_value_t = 5)]
     pub timeout: u64,
+    /// Connect with TLS (TCP servers; the agent's `observer.tls`).
+    #[arg(long, env = "CATALYST_OBSERVER_TLS")]
+    pub tls: bool,
+    /// CA certificates (PEM files, comma-separated or repeated) that the server's certificate
+    /// must chain to; default: the system's roots.
+    #[arg(long = "tls-ca-cert-files", alias = "tls-ca", value_delimiter = ',')]
+    pub tls_ca_cert_files: Vec<PathBuf>,
+    /// Name to check the server's certificate against; default: the host of `--server`.
+    #[arg(long)]
+    pub tls_server_name: Option<String>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, requires = "tls_client_key_file")]
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// Key of the client certificate (PEM).
+    #[arg(long, requires = "tls_client_cert_file")]
+    pub tls_client_key_file: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    /// Plaintext arguments for `server`.
+    pub fn plain(server: &str) -> Self {
+        Self {
+            server: server.to_owned(),
+            timeout: 5,
+            tls: false,
+            tls_ca_cert_files: Vec::new(),
+            tls_server_name: None,
+            tls_client_cert_file: None,
+            tls_client_key_file: None,
+        }
+    }
+
+    /// The client TLS configuration these flags ask for (`None` without `--tls`).
+    pub fn tls_config(&self) -> anyhow::Result<Option<ClientTlsConfig>> {
+        let tls_flag = self.tls_server_name.is_some()
+            || self.tls_client_cert_file.is_some()
+            || !self.tls_ca_cert_files.is_empty();
+        if !self.tls {
+            if tls_flag {
+                bail!("--tls-* flags need --tls");
+            }
+            return Ok(None);
+        }
+        let read =
+            |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+        let mut t = ClientTlsConfig::new();
+        if self.tls_ca_cert_files.is_empty() {
+            t = t.with_native_roots();
+        }
+        for f in &self.tls_ca_cert_files {
+            t = t.ca_certificate(Certificate::from_pem(read(f)?));
+        }
+        if let Some(name) = &self.tls_server_name {
+            t = t.domain_name(name.clone());
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_client_cert_file, &self.tls_client_key_file) {
+            t = t.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(Some(t))
+    }
+
+    /// Connects as these flags say.
+    pub async fn connect(&self) -> anyhow::Result<Channel> {
+        let timeout = Duration::from_secs(self.timeout);
+        let Some(tls) = self.tls_config()? else {
+            return connect(&self.server, timeout).await;
+        };
+        if self.server.starts_with("unix://") {
+            bail!("--tls is for TCP servers; the UNIX socket is plaintext");
+        }
+        let host_port = self
+            .server
+            .strip_prefix("http://")
+            .or_else(|| self.server.strip_prefix("https://"))
+            .unwrap_or(&self.server);
+        let uri = format!("https://{host_port}");
+        Endpoint::try_from(uri.clone())?
+            .tls_config(tls)
+            .context("invalid TLS configuration")?
+            .connect_timeout(timeout)
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {uri} with TLS"))
+    }
 }
 
 /// Output formats of `observe`.
@@ -445,7 +529,7 @@ pub async fn connect(server: &str, timeout: Duration) -> anyhow::Result<Channel>
 pub async fn observe(a: ObserveArgs) -> anyhow::Result<()> {
     use std::io::Write as _;
     let req = request(&a)?;
-    let channel = connect(&a.server.server, Duration::from_secs(a.server.timeout)).await?;
+    let channel = a.server.connect().await?;
     let mut client = ObserverClient::new(channel);
     let mut stream = client
         .get_flows(req)
@@ -503,8 +587,7 @@ pub async fn status(a: ServerArgs) -> anyhow::Result<()> {
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
-    let timeout = Duration::from_secs(a.timeout);
-    let channel = connect(&a.server, timeout).await?;
+    let channel = a.connect().await?;
     let health = HealthClient::new(channel.clone())
         .check(HealthCheckRequest {
             service: HEALTH_SERVICE.to_owned(),

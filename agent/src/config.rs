@@ -102,6 +102,54 @@ pub struct AgentConfig {
     /// Flow export to NATS `JetStream`.
     #[serde(default)]
     pub nats: NatsConfig,
+    /// Per-workload compliance signals (published over the `nats` connection).
+    #[serde(default)]
+    pub signals: SignalsConfig,
+}
+
+/// Compliance signals (`docs/signals.md`): checks per local workload, published to NATS
+/// `JetStream` (subjects `catalyst.signals.<org>.<env>.<app>`) or logged when NATS is not
+/// configured.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SignalsConfig {
+    /// Whether signals are computed at all. Default true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Evaluation window, milliseconds: flows and drops are counted per window and every check
+    /// is evaluated at the end of each window (and at once on every policy or endpoint
+    /// change). Default 10000.
+    #[serde(default = "default_signals_interval_ms")]
+    pub interval_ms: u64,
+    /// Every signal is republished at least this often even when unchanged (a heartbeat),
+    /// milliseconds; between heartbeats only changed signals are published. Default 60000.
+    #[serde(default = "default_signals_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// `JetStream` stream, created when missing with subjects `catalyst.signals.>`. Default
+    /// `CATALYST_SIGNALS`.
+    #[serde(default = "default_signals_stream")]
+    pub stream: String,
+    /// Age limit of the stream's messages when the agent creates it, seconds (0: unlimited).
+    /// Default 86400.
+    #[serde(default = "default_signals_max_age_s")]
+    pub max_age_s: u64,
+    /// Signals queued for publishing; when full (NATS slow or down) further signals are
+    /// dropped and counted (`catalyst_signals_dropped_total`). Default 16384.
+    #[serde(default = "default_signals_buffer")]
+    pub buffer: usize,
+}
+
+impl Default for SignalsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_ms: default_signals_interval_ms(),
+            heartbeat_ms: default_signals_heartbeat_ms(),
+            stream: default_signals_stream(),
+            max_age_s: default_signals_max_age_s(),
+            buffer: default_signals_buffer(),
+        }
+    }
 }
 
 /// NATS `JetStream` export of flows (`DESIGN.md` §4.5).
@@ -158,6 +206,25 @@ pub struct ObserverConfig {
     /// Default 1000.
     #[serde(default = "default_lost_check_ms")]
     pub lost_events_interval_ms: u64,
+    /// TLS for the TCP listener (the UNIX socket stays plaintext, guarded by its file
+    /// permissions); `null` (the default) serves plaintext.
+    #[serde(default)]
+    pub tls: Option<ObserverTlsConfig>,
+}
+
+/// TLS of the Observer API's TCP listener.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ObserverTlsConfig {
+    /// Server certificate chain (PEM file). Required.
+    pub cert: PathBuf,
+    /// Private key of the certificate (PEM file, PKCS#8, PKCS#1 or SEC1). Required.
+    pub key: PathBuf,
+    /// CA bundle (PEM file) that client certificates must chain to: set it for mutual TLS
+    /// (clients without a valid certificate are refused). Default `null`: no client
+    /// certificates.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Default for ObserverConfig {
@@ -167,6 +234,7 @@ impl Default for ObserverConfig {
             unix_socket: default_observer_socket(),
             ring_capacity: default_ring_capacity(),
             lost_events_interval_ms: default_lost_check_ms(),
+            tls: None,
         }
     }
 }
@@ -357,6 +425,24 @@ fn default_nats_buffer() -> usize {
 fn default_sample() -> u32 {
     1
 }
+fn default_true() -> bool {
+    true
+}
+fn default_signals_interval_ms() -> u64 {
+    10_000
+}
+fn default_signals_heartbeat_ms() -> u64 {
+    60_000
+}
+fn default_signals_stream() -> String {
+    "CATALYST_SIGNALS".to_owned()
+}
+fn default_signals_max_age_s() -> u64 {
+    86_400
+}
+fn default_signals_buffer() -> usize {
+    16_384
+}
 fn default_endpoints_max() -> u32 {
     DEFAULT_ENDPOINTS_MAX
 }
@@ -402,6 +488,20 @@ impl AgentConfig {
         for p in &mut cfg.policy_paths {
             if p.is_relative() {
                 *p = base.join(&*p);
+            }
+        }
+        if let Some(tls) = &mut cfg.observer.tls {
+            for p in [
+                Some(&mut tls.cert),
+                Some(&mut tls.key),
+                tls.client_ca.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
             }
         }
         if cfg.flow_log != "stdout" && cfg.flow_log != "none" {
@@ -452,6 +552,12 @@ impl AgentConfig {
                     "exactly one of `entity` and `labels` is required".to_owned(),
                 ));
             }
+        }
+        if self.signals.interval_ms < 100 {
+            return Err(invalid(
+                "signals.interval_ms".to_owned(),
+                format!("{} is below the minimum of 100", self.signals.interval_ms),
+            ));
         }
         if self.observer.ring_capacity == 0 {
             return Err(invalid(

@@ -12,5 +12,6 @@ pub mod metrics;
 pub mod nats;
 pub mod observer;
 pub mod run;
+pub mod signals;
 pub mod state;
 pub mod watch;

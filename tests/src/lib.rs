@@ -7,5 +7,6 @@
 
 pub mod agent;
 pub mod lab;
+pub mod nats;
 pub mod probe;
 pub mod scenario;

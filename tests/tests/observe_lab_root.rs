@@ -7,8 +7,6 @@
 
 use std::{
     fmt::Write as _,
-    io::{Read as _, Write as _},
-    net::TcpStream,
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -17,7 +15,7 @@ use std::{
 use anyhow::{Context as _, ensure};
 use catalyst_tests::{
     agent::{AgentProcess, agent_bin, uninstall},
-    lab::{self, NODE_NS, in_netns, pod},
+    lab::{self, pod},
     probe::{EchoServer, tcp_echo},
 };
 use serde_json::Value;
@@ -103,15 +101,7 @@ fn policy_names(f: &Value, field: &str) -> Vec<String> {
 }
 
 fn scrape_metrics() -> anyhow::Result<String> {
-    let body = in_netns(NODE_NS, || -> std::io::Result<String> {
-        let mut s = TcpStream::connect(METRICS)?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out)
-    })??;
-    Ok(body)
+    catalyst_tests::agent::scrape_metrics(METRICS)
 }
 
 #[test]

@@ -24,6 +24,9 @@ use catalyst_tests::{
 
 use crate::{root, setup};
 
+mod flows;
+pub use self::flows::flows;
+
 /// The port every benchmark flow uses; the N-rule sets put it last.
 const PORT: u16 = 30_000;
 const RULE_COUNTS: [u32; 3] = [10, 1_000, 10_000];

@@ -54,7 +54,7 @@ enum Command {
     },
     /// Benchmarks (figures to docs/benchmarks.md).
     Bench {
-        /// Which benchmark: datapath, policy, dns, all.
+        /// Which benchmark: datapath, policy, flows, dns, all.
         which: String,
     },
 }
@@ -109,11 +109,15 @@ fn main() -> anyhow::Result<()> {
             "datapath" => bench::datapath(),
             "policy" => bench::policy(),
             "dns" => bench::dns(),
+            "flows" => bench::flows(),
             "all" => bench::datapath()
                 .and_then(|()| bench::policy())
+                .and_then(|()| bench::flows())
                 .and_then(|()| bench::dns()),
             other => {
-                anyhow::bail!("unknown benchmark `{other}` (available: datapath, policy, dns, all)")
+                anyhow::bail!(
+                    "unknown benchmark `{other}` (available: datapath, policy, flows, dns, all)"
+                )
             }
         },
     }

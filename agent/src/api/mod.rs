@@ -17,6 +17,11 @@ pub mod relay {
     tonic::include_proto!("relay");
 }
 
+/// The encoded `FileDescriptorSet` of the `flow`, `relay` and `observer` packages (for gRPC
+/// server reflection).
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/observer_descriptor.bin"));
+
 /// Package `observer`: the Observer service.
 pub mod observer {
     tonic::include_proto!("observer");

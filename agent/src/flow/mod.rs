@@ -11,7 +11,7 @@ mod ring;
 
 pub use self::{
     convert::{EMITTER, timestamp, timestamp_ns, to_proto},
-    decode::{EndpointMeta, EnrichState, Enricher, decode_event, drop_reason_name},
+    decode::{EndpointMeta, EnrichState, Enricher, decode_event, drop_reason_name, rfc3339_nanos},
     reader::{FlowSink, Pipeline, run_reader},
     record::PolicyRefOut,
     ring::{FlowRing, RingEvent, StoredFlow},

@@ -14,6 +14,7 @@ use super::{
 use crate::{
     metrics::{FlowRecorder, Metrics},
     nats::FlowExport,
+    signals::CountRecorder,
 };
 
 /// Where flow records go besides the ring.
@@ -52,6 +53,7 @@ pub struct Pipeline {
     metrics: Metrics,
     recorder: FlowRecorder,
     export: Option<FlowExport>,
+    counts: Option<CountRecorder>,
 }
 
 impl Pipeline {
@@ -65,7 +67,15 @@ impl Pipeline {
             metrics,
             recorder,
             export: None,
+            counts: None,
         }
+    }
+
+    /// Also counts flows and policy drops per endpoint (for compliance signals).
+    #[must_use]
+    pub fn with_counts(mut self, counts: Option<CountRecorder>) -> Self {
+        self.counts = counts;
+        self
     }
 
     /// Also hands every flow to an exporter.
@@ -90,6 +100,9 @@ impl Pipeline {
             }
         }
         self.recorder.observe(&ev);
+        if let Some(counts) = &mut self.counts {
+            counts.observe(&ev);
+        }
         self.metrics.processed.fetch_add(1, Ordering::Relaxed);
         let stored = StoredFlow {
             event: ev,

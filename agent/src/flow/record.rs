@@ -46,6 +46,16 @@ pub struct PolicyRefOut {
     pub kind: String,
 }
 
+impl From<&catalyst_policy::PolicyRef> for PolicyRefOut {
+    fn from(r: &catalyst_policy::PolicyRef) -> Self {
+        Self {
+            name: r.name.clone(),
+            namespace: r.namespace.clone().unwrap_or_default(),
+            kind: r.kind.to_string(),
+        }
+    }
+}
+
 /// An enriched flow record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Flow {

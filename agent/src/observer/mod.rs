@@ -25,7 +25,7 @@ use crate::{
 
 pub use self::{
     fieldmask::FlowMask,
-    serve::{Listeners, serve},
+    serve::{Listeners, ObserverServerError, serve, tls_config},
 };
 
 /// Name of the health-checked service (what `hubble status` asks for).

@@ -7,11 +7,11 @@ use std::{
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 use super::{HEALTH_SERVICE, ObserverService};
-use crate::api::observer::observer_server::ObserverServer;
+use crate::{api::observer::observer_server::ObserverServer, config::ObserverTlsConfig};
 
 /// Errors setting up the Observer listeners.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,68 @@ pub enum ObserverServerError {
     /// The server stopped with an error.
     #[error("observer server failed")]
     Serve(#[source] tonic::transport::Error),
+    /// A TLS file could not be read.
+    #[error("cannot read observer TLS {what} `{}`", path.display())]
+    TlsFile {
+        /// `certificate`, `key` or `client CA`.
+        what: &'static str,
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS configuration was rejected (bad PEM, key not matching the certificate).
+    #[error("invalid observer TLS configuration")]
+    Tls(#[source] tonic::transport::Error),
+    /// The reflection service could not read the embedded descriptors (a build defect).
+    #[error("cannot build the gRPC reflection service")]
+    Reflection(#[source] tonic_reflection::server::Error),
+}
+
+/// gRPC server reflection (v1 and v1alpha, for grpcurl and grpcui) over the Observer and health
+/// descriptors.
+fn reflection() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    ObserverServerError,
+> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::api::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok((
+        builder()
+            .build_v1()
+            .map_err(ObserverServerError::Reflection)?,
+        builder()
+            .build_v1alpha()
+            .map_err(ObserverServerError::Reflection)?,
+    ))
+}
+
+/// Reads the TLS files of `cfg` into a server TLS configuration.
+pub fn tls_config(cfg: &ObserverTlsConfig) -> Result<ServerTlsConfig, ObserverServerError> {
+    let read = |what, path: &Path| {
+        std::fs::read(path).map_err(|source| ObserverServerError::TlsFile {
+            what,
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let identity = Identity::from_pem(read("certificate", &cfg.cert)?, read("key", &cfg.key)?);
+    let mut tls = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &cfg.client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read("client CA", ca)?));
+    }
+    Ok(tls)
 }
 
 /// Bound listeners (bound first, so configuration errors surface before the agent reports ready).
@@ -87,10 +149,12 @@ impl Listeners {
     }
 }
 
-/// Serves the Observer and health services on every listener until one of them fails.
+/// Serves the Observer and health services on every listener until one of them fails; with
+/// `tls`, the TCP listener speaks TLS only (the UNIX socket stays plaintext).
 pub async fn serve(
     service: ObserverService,
     listeners: Listeners,
+    tls: Option<ServerTlsConfig>,
 ) -> Result<(), ObserverServerError> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
@@ -99,14 +163,24 @@ pub async fn serve(
     reporter
         .set_service_status("", ServingStatus::Serving)
         .await;
-    let router = || {
-        Server::builder()
+    let (reflect_v1, reflect_v1alpha) = reflection()?;
+    let router = |builder: Server| {
+        let mut builder = builder;
+        builder
             .add_service(health.clone())
             .add_service(ObserverServer::new(service.clone()))
+            .add_service(reflect_v1.clone())
+            .add_service(reflect_v1alpha.clone())
+    };
+    let tcp_builder = match tls {
+        Some(tls) => Server::builder()
+            .tls_config(tls)
+            .map_err(ObserverServerError::Tls)?,
+        None => Server::builder(),
     };
     let tcp = async {
         match listeners.tcp {
-            Some(l) => router()
+            Some(l) => router(tcp_builder)
                 .serve_with_incoming(TcpListenerStream::new(l))
                 .await
                 .map_err(ObserverServerError::Serve),
@@ -116,7 +190,7 @@ pub async fn serve(
     let unix_path = listeners.unix.as_ref().map(|(_, p)| p.clone());
     let unix = async {
         match listeners.unix {
-            Some((l, _)) => router()
+            Some((l, _)) => router(Server::builder())
                 .serve_with_incoming(UnixListenerStream::new(l))
                 .await
                 .map_err(ObserverServerError::Serve),

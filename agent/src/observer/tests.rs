@@ -66,7 +66,7 @@ async fn start(ring: &FlowRing) -> ObserverClient<tonic::transport::Channel> {
         .expect("bind");
     let addr = listeners.tcp_addr().expect("tcp");
     let svc = ObserverService::new(ring.clone(), "test-node", &addr.to_string());
-    tokio::spawn(serve(svc, listeners));
+    tokio::spawn(serve(svc, listeners, None));
     let ch = client::connect(&addr.to_string(), Duration::from_secs(5))
         .await
         .expect("connect");
@@ -310,7 +310,7 @@ async fn health_serving_over_the_unix_socket() {
     let path = dir.join("hubble.sock");
     let ring = ring_with(1);
     let listeners = Listeners::bind(None, Some(&path)).await.expect("bind");
-    tokio::spawn(serve(ObserverService::new(ring, "n", ""), listeners));
+    tokio::spawn(serve(ObserverService::new(ring, "n", ""), listeners, None));
     let ch = client::connect(
         &format!("unix://{}", path.display()),
         Duration::from_secs(5),
@@ -335,4 +335,234 @@ async fn health_serving_over_the_unix_socket() {
     .await;
     assert_eq!(uuids(&rs), ["flow-0"]);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Test PKI: a CA, a server certificate for `localhost` and a client certificate, as PEM files.
+struct Pki {
+    dir: std::path::PathBuf,
+}
+
+impl Pki {
+    fn new(name: &str) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let dir = std::env::temp_dir().join(format!("catalyst-tls-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca =
+            CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
+        let write = |file: &str, text: String| std::fs::write(dir.join(file), text).expect("write");
+        write("ca.pem", ca.pem());
+        for (who, names) in [
+            ("server", vec!["localhost".to_owned()]),
+            ("client", vec!["observe-client".to_owned()]),
+        ] {
+            let key = KeyPair::generate().expect("key");
+            let cert = CertificateParams::new(names)
+                .expect("params")
+                .signed_by(&key, &ca)
+                .expect("signed");
+            write(&format!("{who}.pem"), cert.pem());
+            write(&format!("{who}-key.pem"), key.serialize_pem());
+        }
+        // A second, unrelated CA.
+        let mut other = CertificateParams::new(Vec::<String>::new()).expect("params");
+        other.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let other =
+            CertifiedIssuer::self_signed(other, KeyPair::generate().expect("key")).expect("CA");
+        write("other-ca.pem", other.pem());
+        Self { dir }
+    }
+
+    fn path(&self, file: &str) -> std::path::PathBuf {
+        self.dir.join(file)
+    }
+
+    fn server(&self, mutual: bool) -> crate::config::ObserverTlsConfig {
+        crate::config::ObserverTlsConfig {
+            cert: self.path("server.pem"),
+            key: self.path("server-key.pem"),
+            client_ca: mutual.then(|| self.path("ca.pem")),
+        }
+    }
+
+    fn client(&self, addr: &str, ca: &str, with_cert: bool) -> client::ServerArgs {
+        client::ServerArgs {
+            tls: true,
+            tls_ca_cert_files: vec![self.path(ca)],
+            tls_server_name: Some("localhost".into()),
+            tls_client_cert_file: with_cert.then(|| self.path("client.pem")),
+            tls_client_key_file: with_cert.then(|| self.path("client-key.pem")),
+            ..client::ServerArgs::plain(addr)
+        }
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn start_tls(ring: &FlowRing, tls: &crate::config::ObserverTlsConfig) -> String {
+    let listeners = Listeners::bind(Some("127.0.0.1:0".parse().expect("addr")), None)
+        .await
+        .expect("bind");
+    let addr = listeners.tcp_addr().expect("tcp").to_string();
+    let svc = ObserverService::new(ring.clone(), "test-node", &addr);
+    let tls = super::tls_config(tls).expect("TLS files load");
+    tokio::spawn(serve(svc, listeners, Some(tls)));
+    addr
+}
+
+/// Whether `ServerStatus` answers over `args` (connection and call both have to succeed).
+async fn status_ok(args: &client::ServerArgs) -> bool {
+    let Ok(ch) = args.connect().await else {
+        return false;
+    };
+    ObserverClient::new(ch)
+        .server_status(ServerStatusRequest {})
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn tls_serves_status_and_flows_and_refuses_plaintext() {
+    let pki = Pki::new("server");
+    let ring = ring_with(4);
+    let addr = start_tls(&ring, &pki.server(false)).await;
+    let args = pki.client(&addr, "ca.pem", false);
+    let mut c = ObserverClient::new(args.connect().await.expect("TLS connect"));
+    let st = c
+        .server_status(ServerStatusRequest {})
+        .await
+        .expect("ServerStatus over TLS")
+        .into_inner();
+    assert_eq!(st.num_flows, 4);
+    let rs = collect(
+        &mut c,
+        GetFlowsRequest {
+            number: 2,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(uuids(&rs), ["flow-2", "flow-3"]);
+    // A plaintext client is refused.
+    assert!(
+        !status_ok(&client::ServerArgs::plain(&addr)).await,
+        "plaintext must be refused"
+    );
+    // A client that does not trust the server's CA is refused.
+    assert!(!status_ok(&pki.client(&addr, "other-ca.pem", false)).await);
+    // The wrong server name does not verify.
+    let wrong_name = client::ServerArgs {
+        tls_server_name: Some("not-the-agent".into()),
+        ..pki.client(&addr, "ca.pem", false)
+    };
+    assert!(!status_ok(&wrong_name).await);
+}
+
+#[tokio::test]
+async fn mutual_tls_requires_a_client_certificate() {
+    let pki = Pki::new("mutual");
+    let ring = ring_with(1);
+    let addr = start_tls(&ring, &pki.server(true)).await;
+    assert!(
+        status_ok(&pki.client(&addr, "ca.pem", true)).await,
+        "client certificate accepted"
+    );
+    assert!(
+        !status_ok(&pki.client(&addr, "ca.pem", false)).await,
+        "no client certificate: refused"
+    );
+}
+
+#[test]
+fn tls_flags_without_tls_are_an_error_and_unix_sockets_stay_plaintext() {
+    let args = client::ServerArgs {
+        tls_server_name: Some("x".into()),
+        ..client::ServerArgs::plain("127.0.0.1:4244")
+    };
+    assert!(args.tls_config().is_err());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let unix = client::ServerArgs {
+        tls: true,
+        ..client::ServerArgs::plain("unix:///nonexistent.sock")
+    };
+    let err = rt
+        .block_on(unix.connect())
+        .expect_err("TLS over a UNIX socket");
+    assert!(err.to_string().contains("UNIX"), "{err}");
+}
+
+#[test]
+fn unreadable_tls_files_are_named() {
+    let err = super::tls_config(&crate::config::ObserverTlsConfig {
+        cert: "/nonexistent/cert.pem".into(),
+        key: "/nonexistent/key.pem".into(),
+        client_ca: None,
+    })
+    .expect_err("missing file");
+    assert!(err.to_string().contains("/nonexistent/cert.pem"), "{err}");
+}
+
+#[tokio::test]
+async fn reflection_lists_the_observer_and_health_services() {
+    use tokio_stream::StreamExt as _;
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let ring = ring_with(1);
+    let listeners = Listeners::bind(Some("127.0.0.1:0".parse().expect("addr")), None)
+        .await
+        .expect("bind");
+    let addr = listeners.tcp_addr().expect("tcp").to_string();
+    tokio::spawn(serve(
+        ObserverService::new(ring, "n", &addr),
+        listeners,
+        None,
+    ));
+    let ch = client::connect(&addr, Duration::from_secs(5))
+        .await
+        .expect("connect");
+    let ask = |m| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(m),
+    };
+    let requests = tokio_stream::iter([
+        ask(MessageRequest::ListServices(String::new())),
+        ask(MessageRequest::FileContainingSymbol(
+            "observer.Observer".into(),
+        )),
+    ]);
+    let mut answers = ServerReflectionClient::new(ch)
+        .server_reflection_info(requests)
+        .await
+        .expect("reflection")
+        .into_inner();
+    let Some(Ok(list)) = answers.next().await else {
+        panic!("no answer to ListServices");
+    };
+    let Some(MessageResponse::ListServicesResponse(list)) = list.message_response else {
+        panic!("unexpected answer {list:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in ["observer.Observer", "grpc.health.v1.Health"] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+    let Some(Ok(file)) = answers.next().await else {
+        panic!("no answer to FileContainingSymbol");
+    };
+    let Some(MessageResponse::FileDescriptorResponse(fd)) = file.message_response else {
+        panic!("unexpected answer {file:?}");
+    };
+    assert!(!fd.file_descriptor_proto.is_empty());
 }

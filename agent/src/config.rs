@@ -100,6 +100,24 @@ pub struct AgentConfig {
     /// Flow export to NATS `JetStream`.
     #[serde(default)]
     pub nats: NatsConfig,
+    /// Where endpoints and policies come from: `standalone` (this file and the policy files) or
+    /// `kubernetes` (the API server, plus the policy files). Default `standalone`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Kubernetes mode settings (read when `mode: kubernetes`).
+    #[serde(default)]
+    pub kubernetes: crate::k8s::KubernetesConfig,
+}
+
+/// Source of endpoints and policies.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Endpoints from this file, policies from `policy_paths`.
+    #[default]
+    Standalone,
+    /// Pods, namespaces, nodes and policies from the Kubernetes API (`docs/kubernetes.md`).
+    Kubernetes,
 }
 
 /// NATS `JetStream` export of flows (`DESIGN.md` §4.5).
@@ -217,6 +235,26 @@ pub struct EndpointConfig {
     /// Audit mode for this endpoint. Default false.
     #[serde(default)]
     pub audit: bool,
+    /// Ports the workload names (`toPorts` entries may name them). Default none.
+    #[serde(default)]
+    pub named_ports: Vec<NamedPortConfig>,
+}
+
+/// A named port of a workload (a Kubernetes `containerPort` with a `name`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NamedPortConfig {
+    /// The name (lowercase, at most 15 characters).
+    pub name: String,
+    /// `TCP`, `UDP` or `SCTP`. Default `TCP`.
+    #[serde(default = "default_named_port_protocol")]
+    pub protocol: catalyst_policy::ports::Protocol,
+    /// Port number.
+    pub port: u16,
+}
+
+fn default_named_port_protocol() -> catalyst_policy::ports::Protocol {
+    catalyst_policy::ports::Protocol::Tcp
 }
 
 /// An extra ipcache entry.

@@ -53,6 +53,16 @@ pub struct Snapshot {
 pub struct Allocators {
     labels: LocalAllocator,
     cidrs: CidrAllocator,
+    /// Cluster-wide label-set identities resolved in advance (Kubernetes mode with NATS); when
+    /// set, they replace the local allocator.
+    cluster: Option<crate::identity::Resolved>,
+}
+
+impl Allocators {
+    /// Uses cluster-wide identities resolved in advance (`None`: the local allocator).
+    pub fn set_cluster(&mut self, resolved: Option<crate::identity::Resolved>) {
+        self.cluster = resolved;
+    }
 }
 
 fn reserved_entity(name: &str) -> Option<u32> {
@@ -68,7 +78,8 @@ fn reserved_entity(name: &str) -> Option<u32> {
     })
 }
 
-fn label_set(labels: &BTreeMap<String, String>, what: &str) -> anyhow::Result<LabelSet> {
+/// The label set of configured `key: value` labels (default source `k8s`).
+pub fn label_set(labels: &BTreeMap<String, String>, what: &str) -> anyhow::Result<LabelSet> {
     let items: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     LabelSet::parse(items.iter().map(String::as_str), SOURCE_K8S)
         .with_context(|| format!("invalid labels in {what}"))
@@ -113,6 +124,15 @@ pub fn build(
             ep.addresses.clone(),
         );
         e.audit = ep.audit;
+        e.named_ports = ep
+            .named_ports
+            .iter()
+            .map(|p| catalyst_policy::NamedPort {
+                name: p.name.clone(),
+                protocol: p.protocol,
+                port: p.port,
+            })
+            .collect();
         endpoints.push(e);
         interfaces.insert(ep.interface.clone());
         for a in &ep.addresses {
@@ -156,7 +176,11 @@ pub fn build(
         policies: policies.policies().to_vec(),
         global_audit: cfg.audit,
     };
-    let compiled = compile_with(&input, &mut alloc.labels, &mut alloc.cidrs)?;
+    let labels_alloc: &mut dyn catalyst_policy::IdentityAllocator = match &mut alloc.cluster {
+        Some(resolved) => resolved,
+        None => &mut alloc.labels,
+    };
+    let compiled = compile_with(&input, labels_alloc, &mut alloc.cidrs)?;
     let desired = DesiredState::from_compiled(
         &compiled,
         if cfg.audit { CFG_F_AUDIT } else { 0 },

@@ -2,14 +2,25 @@
 //! objects, then watch events) run through the real kube-runtime watchers, the model, the
 //! policy parser and the compiler; assertions are on the compiled verdicts.
 
-#[path = "k8s/fake_api.rs"]
+#[path = "support/fake_api.rs"]
 mod fake_api;
+#[path = "support/nats_server.rs"]
+mod nats_server;
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{
+    net::IpAddr,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use catalyst_agent::{
     config::AgentConfig,
-    k8s::{self, Source, netlink::StaticTable},
+    identity::NatsAllocator,
+    k8s::{
+        self, Source,
+        netlink::{Link, NetlinkError, Route, RouteTable, StaticTable},
+    },
     state::{self, Allocators},
 };
 use catalyst_policy::{
@@ -17,15 +28,22 @@ use catalyst_policy::{
     datapath::{DIR_INGRESS, VERDICT_FORWARDED},
 };
 use fake_api::{CATALYST_NPS, CCNPS, CNPS, FakeApi, NAMESPACES, NETWORK_POLICIES, NODES, PODS};
+use nats_server::NatsServer;
 use serde_json::{Value, json};
 
 const WEB_IP: &str = "10.0.1.5";
 
 fn config() -> AgentConfig {
+    config_of("n1")
+}
+
+fn config_of(node: &str) -> AgentConfig {
     AgentConfig::parse(
         Path::new("agent.yaml"),
-        "node: n1\nmode: kubernetes\nkubernetes:\n  node_name_env: CATALYST_TEST_NO_SUCH_VAR\n  \
-         debounce_ms: 5\n  interface_retry_ms: 100\n  discovery_interval_s: 1\n",
+        &format!(
+            "node: {node}\nmode: kubernetes\nkubernetes:\n  node_name_env: CATALYST_TEST_NO_SUCH_VAR\n  \
+             debounce_ms: 5\n  interface_retry_ms: 100\n  discovery_interval_s: 1\n"
+        ),
     )
     .unwrap()
 }
@@ -73,15 +91,15 @@ fn apply_allow_fe(api: &FakeApi) {
 }
 
 /// A cluster: nodes n1 (this one) and n2, namespaces shop (team a) and other (team b), `web`
-/// on n1, `fe` in shop and in other on n2.
+/// on n1, `fe` in shop and in other on n3 (a node without an agent here).
 fn cluster(api: &FakeApi) {
     api.apply(NODES, node("n1", "192.168.0.1"));
     api.apply(NODES, node("n2", "192.168.0.2"));
     api.apply(NAMESPACES, namespace("shop", "a"));
     api.apply(NAMESPACES, namespace("other", "b"));
     api.apply(PODS, pod("shop", "web", "n1", WEB_IP, "web"));
-    api.apply(PODS, pod("shop", "fe", "n2", "10.0.2.7", "fe"));
-    api.apply(PODS, pod("other", "fe", "n2", "10.0.2.8", "fe"));
+    api.apply(PODS, pod("shop", "fe", "n3", "10.0.2.7", "fe"));
+    api.apply(PODS, pod("other", "fe", "n3", "10.0.2.8", "fe"));
 }
 
 fn mock() -> (kube::Client, FakeApi) {
@@ -310,4 +328,88 @@ async fn without_cilium_crds_network_policies_work_and_catalyst_crds_are_found_l
     })
     .await;
     assert_eq!(verdict(&source, "10.0.2.7", 9000), VERDICT_FORWARDED);
+}
+
+/// A route table the test changes while the source runs (an interface that appears later).
+#[derive(Default)]
+struct SharedTable(Mutex<StaticTable>);
+
+impl RouteTable for SharedTable {
+    fn route(&self, ip: IpAddr) -> Result<Option<Route>, NetlinkError> {
+        self.0.lock().unwrap().route(ip)
+    }
+    fn link(&self, ifindex: u32) -> Result<Option<Link>, NetlinkError> {
+        self.0.lock().unwrap().link(ifindex)
+    }
+    fn neighbour_mac(&self, ifindex: u32, ip: IpAddr) -> Result<Option<[u8; 6]>, NetlinkError> {
+        self.0.lock().unwrap().neighbour_mac(ifindex, ip)
+    }
+    fn fdb_port(&self, bridge: u32, mac: [u8; 6]) -> Result<Option<u32>, NetlinkError> {
+        self.0.lock().unwrap().fdb_port(bridge, mac)
+    }
+}
+
+#[tokio::test]
+async fn a_pod_whose_interface_appears_later_becomes_an_endpoint() {
+    let (client, api) = mock();
+    cluster(&api);
+    let table = Arc::new(SharedTable::default());
+    let mut source = Source::start(client, &config(), table.clone(), None)
+        .await
+        .unwrap();
+    let p = source.current();
+    assert!(p.inputs.endpoints.is_empty());
+    assert_eq!(p.inputs.unresolved.len(), 1);
+    assert_eq!(p.inputs.unresolved[0].pod, "shop/web");
+    // The CNI finishes: the route appears; the retry (every 100 ms here) finds it.
+    let ready = StaticTable::default().with_veth_route(WEB_IP.parse().unwrap(), 1, "lo");
+    *table.0.lock().unwrap() = ready;
+    until(&mut source, "the interface", |s| {
+        s.current().inputs.endpoints.len() == 1 && s.current().inputs.unresolved.is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_get_the_same_identities_from_nats() {
+    let server = NatsServer::start();
+    let url = format!("nats://127.0.0.1:{}", server.port);
+    // Two agents (nodes n1 and n2), each with its own API connection, one NATS bucket.
+    let mut compiled = Vec::new();
+    for node in ["n1", "n2"] {
+        let (client, api) = mock();
+        cluster(&api);
+        let nats = async_nats::connect(url.as_str()).await.unwrap();
+        let alloc = NatsAllocator::open(nats, "catalyst-identities")
+            .await
+            .unwrap();
+        let cfg = config_of(node);
+        let source = Source::start(client, &cfg, table(), Some(alloc))
+            .await
+            .unwrap();
+        let published = source.current();
+        let resolved = published.identities.clone().expect("identities from NATS");
+        assert!(
+            resolved.entries().values().all(|id| *id >= 256),
+            "{:?}",
+            resolved.entries()
+        );
+        let (cfg, policies) = k8s::overlay(&cfg, PolicySet::new(), &published);
+        let mut alloc = Allocators::default();
+        alloc.set_cluster(Some(resolved));
+        compiled.push(state::build(&cfg, &policies, &mut alloc).unwrap().compiled);
+    }
+    // Every pod address has the same identity on both nodes (n1 sees `web` as local and the fe
+    // pods as remote; n2 sees all three as remote), and different label sets differ.
+    let ids: Vec<Vec<u32>> = compiled
+        .iter()
+        .map(|c| {
+            [WEB_IP, "10.0.2.7", "10.0.2.8"]
+                .iter()
+                .map(|ip| c.ipcache_lookup(ip.parse().unwrap()))
+                .collect()
+        })
+        .collect();
+    assert_eq!(ids[0], ids[1]);
+    assert!(ids[0][0] != ids[0][1] && ids[0][1] != ids[0][2], "{ids:?}");
 }

@@ -419,6 +419,11 @@ impl AgentConfig {
                 *p = base.join(&*p);
             }
         }
+        if let Some(k) = &mut cfg.kubernetes.kubeconfig
+            && k.is_relative()
+        {
+            *k = base.join(&*k);
+        }
         if cfg.flow_log != "stdout" && cfg.flow_log != "none" {
             let p = Path::new(&cfg.flow_log);
             if p.is_relative() {

@@ -30,8 +30,8 @@ use crate::{
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct KubernetesConfig {
-    /// Kubeconfig file; `null` (the default) uses the in-cluster service account, or
-    /// `$KUBECONFIG` / `~/.kube/config` outside a cluster.
+    /// Kubeconfig file (relative to the configuration file); `null` (the default) uses the
+    /// in-cluster service account, or `$KUBECONFIG` / `~/.kube/config` outside a cluster.
     #[serde(default)]
     pub kubeconfig: Option<PathBuf>,
     /// Environment variable holding this node's name (the Helm chart sets it from

@@ -1,6 +1,11 @@
-//! A scripted Kubernetes API server behind kube's tower-test mock service: it answers list,
-//! watch and discovery requests from an in-memory object store, so recorded scenarios (initial
-//! objects, then events) run through the real kube-runtime watchers.
+//! A scripted Kubernetes API server: it answers list, watch and discovery requests from an
+//! in-memory object store, so recorded scenarios (initial objects, then events) run through the
+//! real kube-runtime watchers. Two front ends: kube's tower-test mock service ([`FakeApi::spawn`])
+//! and plain HTTP on a listener ([`FakeApi::serve_http`], for a real agent process).
+#![allow(
+    dead_code,
+    reason = "shared by several test binaries, each using a part"
+)]
 
 use std::{
     collections::BTreeMap,
@@ -10,7 +15,11 @@ use std::{
 use http::{Request, Response, StatusCode};
 use kube::client::Body;
 use serde_json::{Value, json};
-use tower_test::mock::{Handle, SendResponse};
+use tokio::sync::oneshot;
+use tower_test::mock::Handle;
+
+/// A reply: status and JSON (or JSON-lines) body.
+type Reply = oneshot::Sender<(StatusCode, Vec<u8>)>;
 
 /// Collections the agent watches (all-namespace paths).
 pub const PODS: &str = "/api/v1/pods";
@@ -32,7 +41,7 @@ struct PendingWatch {
     collection: String,
     since: u64,
     selector: Option<String>,
-    send: SendResponse<Response<Body>>,
+    send: Reply,
 }
 
 #[derive(Default)]
@@ -74,15 +83,11 @@ fn matches(selector: Option<&str>, obj: &Value) -> bool {
     }
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Body::from(serde_json::to_vec(body).unwrap()))
-        .unwrap()
+fn json_response(status: StatusCode, body: &Value) -> (StatusCode, Vec<u8>) {
+    (status, serde_json::to_vec(body).unwrap())
 }
 
-fn not_found() -> Response<Body> {
+fn not_found() -> (StatusCode, Vec<u8>) {
     json_response(
         StatusCode::NOT_FOUND,
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
@@ -131,20 +136,15 @@ impl State {
             if body.is_empty() {
                 self.pending.push(w);
             } else {
-                w.send.send_response(
-                    Response::builder()
-                        .status(StatusCode::OK)
-                        .body(Body::from(body))
-                        .unwrap(),
-                );
+                let _ = w.send.send((StatusCode::OK, body));
             }
         }
     }
 
-    fn handle(&mut self, req: &Request<Body>, send: SendResponse<Response<Body>>) {
-        let path = req.uri().path().to_owned();
-        let query = req.uri().query().unwrap_or("").to_owned();
-        self.log.push(format!("{} {path}?{query}", req.method()));
+    fn handle(&mut self, method: &http::Method, uri: &http::Uri, send: Reply) {
+        let path = uri.path().to_owned();
+        let query = uri.query().unwrap_or("").to_owned();
+        self.log.push(format!("{method} {path}?{query}"));
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         // Discovery of one group version: /apis/<group>/<version>.
         if segments.len() == 3 && segments[0] == "apis" {
@@ -159,11 +159,11 @@ impl State {
                 ),
                 None => not_found(),
             };
-            send.send_response(response);
+            let _ = send.send(response);
             return;
         }
         let Some(objects) = self.objects.get(&path) else {
-            send.send_response(not_found());
+            let _ = send.send(not_found());
             return;
         };
         let selector = query_param(&query, "fieldSelector");
@@ -184,7 +184,7 @@ impl State {
             .values()
             .filter(|o| matches(selector.as_deref(), o))
             .collect();
-        send.send_response(json_response(
+        let _ = send.send(json_response(
             StatusCode::OK,
             &json!({"kind": "List", "apiVersion": "v1",
                     "metadata": {"resourceVersion": self.rv.to_string()}, "items": items}),
@@ -193,23 +193,61 @@ impl State {
 }
 
 impl FakeApi {
-    /// Serves the mock's requests until the client side is dropped.
-    pub fn spawn(mut handle: Handle<Request<Body>, Response<Body>>) -> Self {
-        let state = Arc::new(Mutex::new(State::default()));
+    /// An empty cluster: the core collections exist, no CRDs are installed.
+    pub fn new() -> Self {
+        let mut state = State::default();
         for c in [PODS, NAMESPACES, NODES, NETWORK_POLICIES] {
-            state
-                .lock()
-                .unwrap()
-                .objects
-                .insert(c.to_owned(), BTreeMap::new());
+            state.objects.insert(c.to_owned(), BTreeMap::new());
         }
-        let s = state.clone();
+        Self {
+            state: Arc::new(Mutex::new(state)),
+        }
+    }
+
+    /// Answers one request (once it has something to say, for watches).
+    pub async fn answer(&self, method: &http::Method, uri: &http::Uri) -> (StatusCode, Vec<u8>) {
+        let (tx, rx) = oneshot::channel();
+        self.state.lock().unwrap().handle(method, uri, tx);
+        rx.await
+            .unwrap_or((StatusCode::SERVICE_UNAVAILABLE, Vec::new()))
+    }
+
+    /// Serves the tower-test mock's requests until the client side is dropped.
+    pub fn spawn(mut handle: Handle<Request<Body>, Response<Body>>) -> Self {
+        let api = Self::new();
+        let a = api.clone();
         tokio::spawn(async move {
             while let Some((req, send)) = handle.next_request().await {
-                s.lock().unwrap().handle(&req, send);
+                let a = a.clone();
+                tokio::spawn(async move {
+                    let (status, body) = a.answer(req.method(), req.uri()).await;
+                    send.send_response(
+                        Response::builder()
+                            .status(status)
+                            .header("content-type", "application/json")
+                            .body(Body::from(body))
+                            .unwrap(),
+                    );
+                });
             }
         });
-        Self { state }
+        api
+    }
+
+    /// Serves plain HTTP on `listener` (a kubeconfig `server: http://…` reaches it).
+    pub async fn serve_http(self, listener: tokio::net::TcpListener) {
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let api = self.clone();
+            async move {
+                let (status, body) = api.answer(req.method(), req.uri()).await;
+                axum::response::Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(axum::body::Body::from(body))
+                    .unwrap()
+            }
+        });
+        let _ = axum::serve(listener, app).await;
     }
 
     /// Installs a CRD: discovery serves it and its collection exists.

@@ -105,6 +105,24 @@ pub struct AgentConfig {
     /// Per-workload compliance signals (published over the `nats` connection).
     #[serde(default)]
     pub signals: SignalsConfig,
+    /// Where endpoints and policies come from: `standalone` (this file and the policy files) or
+    /// `kubernetes` (the API server, plus the policy files). Default `standalone`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Kubernetes mode settings (read when `mode: kubernetes`).
+    #[serde(default)]
+    pub kubernetes: crate::k8s::KubernetesConfig,
+}
+
+/// Source of endpoints and policies.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Endpoints from this file, policies from `policy_paths`.
+    #[default]
+    Standalone,
+    /// Pods, namespaces, nodes and policies from the Kubernetes API (`docs/kubernetes.md`).
+    Kubernetes,
 }
 
 /// Compliance signals (`docs/signals.md`): checks per local workload, published to NATS
@@ -293,20 +311,20 @@ pub struct EndpointConfig {
     pub ports: Vec<NamedPortConfig>,
 }
 
-/// A named port of a workload.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// A named port of a workload (a Kubernetes `containerPort` with a `name`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NamedPortConfig {
     /// The name (`IANA_SVC_NAME`: 1–15 of `a-z0-9-`).
     pub name: String,
+    /// `TCP`, `UDP` or `SCTP`. Default `TCP`.
+    #[serde(default = "default_named_port_protocol")]
+    pub protocol: catalyst_policy::ports::Protocol,
     /// Port number.
     pub port: u16,
-    /// `TCP`, `UDP` or `SCTP`. Default `TCP`.
-    #[serde(default = "default_port_protocol")]
-    pub protocol: catalyst_policy::ports::Protocol,
 }
 
-fn default_port_protocol() -> catalyst_policy::ports::Protocol {
+fn default_named_port_protocol() -> catalyst_policy::ports::Protocol {
     catalyst_policy::ports::Protocol::Tcp
 }
 
@@ -503,6 +521,11 @@ impl AgentConfig {
                     *p = base.join(&*p);
                 }
             }
+        }
+        if let Some(k) = &mut cfg.kubernetes.kubeconfig
+            && k.is_relative()
+        {
+            *k = base.join(&*k);
         }
         if cfg.flow_log != "stdout" && cfg.flow_log != "none" {
             let p = Path::new(&cfg.flow_log);

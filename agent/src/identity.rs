@@ -296,6 +296,13 @@ pub struct Resolved {
     map: BTreeMap<LabelSet, u32>,
 }
 
+impl Resolved {
+    /// Label set → identity, for every label set resolved.
+    pub fn entries(&self) -> &BTreeMap<LabelSet, u32> {
+        &self.map
+    }
+}
+
 impl IdentityAllocator for Resolved {
     fn allocate(&mut self, labels: &LabelSet) -> Result<u32, IdentityError> {
         if let Some(id) = reserved_identity(labels) {

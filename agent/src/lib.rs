@@ -8,6 +8,7 @@ pub mod config;
 pub mod datapath;
 pub mod flow;
 pub mod identity;
+pub mod k8s;
 pub mod metrics;
 pub mod nats;
 pub mod observer;

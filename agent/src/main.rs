@@ -23,7 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the agent (standalone mode: endpoints and policies from files).
+    /// Run the agent (endpoints and policies from files, or from the Kubernetes API with
+    /// `mode: kubernetes`).
     Run {
         /// Agent configuration file (YAML).
         #[arg(long, short)]
@@ -63,6 +64,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the CRDs of Catalyst's own policy kinds (policy.catalyst.openova.io/v1) as YAML.
+    Crds,
     /// Detach every program and remove every pinned map and link (stops enforcement).
     Uninstall {
         /// bpffs directory the agent pins to.
@@ -104,6 +107,10 @@ fn main() -> anyhow::Result<()> {
         Command::BenchFlows { events, ring, json } => bench::flows(events, ring, json),
         Command::Check { config, policies } => run::check(config.as_deref(), &policies),
         Command::Counters { pin_path, json } => run::print_counters(&pin_path, json),
+        Command::Crds => {
+            print!("{}", catalyst_agent::k8s::crd::definitions_yaml());
+            Ok(())
+        }
         Command::Uninstall { pin_path } => {
             let n = datapath::uninstall(&pin_path)?;
             println!("removed {n} pinned objects under {}", pin_path.display());

@@ -92,10 +92,9 @@ fn dp_attached(dp: &Datapath, iface: &str) -> bool {
     reason = "the main loop reads best in one place"
 )]
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
-    let mut cfg = AgentConfig::load(&config_path)?;
+    let mut k8s = crate::k8s::Source::start_for(&AgentConfig::load(&config_path)?).await?;
     let mut alloc = Allocators::default();
-    let mut policies = alloc.load_policies(&cfg)?;
-    let snap = state::build(&cfg, &policies, &mut alloc)?;
+    let (mut cfg, mut policies, snap) = reload(&config_path, &mut alloc, k8s.as_ref())?;
 
     let mut dp = Datapath::load(&LoadOptions {
         pin_path: cfg.pin_path.clone(),
@@ -212,15 +211,15 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                 }
                 tick.reset_immediately();
             }
-            _ = tick.tick() => {
+            api_changed = next_wake(&mut tick, k8s.as_mut()) => {
                 let now = state::fingerprint(&watched(&config_path, &cfg));
                 let interfaces_appeared = missing.iter().any(|m| state::ifindex(m) != 0);
-                if now == fp && !interfaces_appeared {
+                if now == fp && !interfaces_appeared && !api_changed {
                     continue;
                 }
                 fp = now;
                 let observed = std::time::Instant::now();
-                match reload(&config_path, &mut alloc) {
+                match reload(&config_path, &mut alloc, k8s.as_ref()) {
                     Ok((new_cfg, new_policies, snap)) => {
                         if new_cfg.pin_path != cfg.pin_path || new_cfg.maps != cfg.maps {
                             tracing::warn!("pin_path and map sizes take effect after a restart");
@@ -354,12 +353,35 @@ async fn start_servers(
     tasks
 }
 
+/// Waits for the next poll tick (`false`) or, in Kubernetes mode, a change of the API's
+/// inputs (`true`), whichever comes first.
+async fn next_wake(tick: &mut tokio::time::Interval, k8s: Option<&mut crate::k8s::Source>) -> bool {
+    if let Some(source) = k8s {
+        tokio::select! {
+            _ = tick.tick() => false,
+            () = source.changed() => true,
+        }
+    } else {
+        tick.tick().await;
+        false
+    }
+}
+
 fn reload(
     config_path: &Path,
     alloc: &mut Allocators,
+    k8s: Option<&crate::k8s::Source>,
 ) -> anyhow::Result<(AgentConfig, catalyst_policy::PolicySet, Snapshot)> {
     let cfg = AgentConfig::load(config_path)?;
     let policies = alloc.load_policies(&cfg)?;
+    let (cfg, policies) = match k8s {
+        Some(source) => {
+            let published = source.current();
+            alloc.set_cluster(published.identities.clone());
+            crate::k8s::overlay(&cfg, policies, &published)
+        }
+        None => (cfg, policies),
+    };
     let snap = state::build(&cfg, &policies, alloc)?;
     Ok((cfg, policies, snap))
 }

@@ -59,9 +59,23 @@ pub struct Allocators {
     cidrs: CidrAllocator,
     engine: Engine,
     files: PolicyFiles,
+    /// Cluster-wide label-set identities resolved in advance (Kubernetes mode with NATS); when
+    /// set, they replace the local allocator.
+    cluster: Option<crate::identity::Resolved>,
 }
 
 impl Allocators {
+    /// The compiled state of the last successful build as a [`catalyst_policy::Compiled`]
+    /// (flattened, with lookup tables: for tests, tools and explanations).
+    pub fn compiled(&self) -> catalyst_policy::Compiled {
+        self.engine.to_compiled()
+    }
+
+    /// Uses cluster-wide identities resolved in advance (`None`: the local allocator).
+    pub fn set_cluster(&mut self, resolved: Option<crate::identity::Resolved>) {
+        self.cluster = resolved;
+    }
+
     /// Loads the policies named by the configuration, parsing only files that changed since
     /// the last successful load (size or modification time).
     pub fn load_policies(&mut self, cfg: &AgentConfig) -> anyhow::Result<PolicySet> {
@@ -114,7 +128,8 @@ fn reserved_entity(name: &str) -> Option<u32> {
     })
 }
 
-fn label_set(labels: &BTreeMap<String, String>, what: &str) -> anyhow::Result<LabelSet> {
+/// The label set of configured `key: value` labels (default source `k8s`).
+pub fn label_set(labels: &BTreeMap<String, String>, what: &str) -> anyhow::Result<LabelSet> {
     let items: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     LabelSet::parse(items.iter().map(String::as_str), SOURCE_K8S)
         .with_context(|| format!("invalid labels in {what}"))
@@ -216,9 +231,13 @@ pub fn build(
         policies: policies.policies().to_vec(),
         global_audit: cfg.audit,
     };
+    let labels_alloc: &mut dyn catalyst_policy::IdentityAllocator = match &mut alloc.cluster {
+        Some(resolved) => resolved,
+        None => &mut alloc.labels,
+    };
     let stats = alloc
         .engine
-        .update(&input, &mut alloc.labels, &mut alloc.cidrs)?;
+        .update(&input, labels_alloc, &mut alloc.cidrs)?;
     let compiled = &alloc.engine;
     let desired = DesiredState::from_engine(
         compiled,

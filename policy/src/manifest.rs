@@ -1,6 +1,8 @@
 //! Parsing of policy manifests: `cilium.io/v2` `CiliumNetworkPolicy` and
 //! `CiliumClusterwideNetworkPolicy` (`spec` and `specs`), and `networking.k8s.io/v1`
-//! `NetworkPolicy`, from multi-document YAML.
+//! `NetworkPolicy`, from multi-document YAML. The Cilium schema is also accepted under Catalyst's
+//! own CRD group, `policy.catalyst.openova.io/v1` `CatalystNetworkPolicy` and
+//! `CatalystClusterwideNetworkPolicy` (clusters without Cilium's CRDs), with identical semantics.
 //!
 //! Unknown fields are rejected (operators mistype keys), fields of the Cilium schema that
 //! Catalyst does not implement are rejected by name, and every error names the source, the
@@ -23,6 +25,9 @@ use crate::rule::{
     Rule,
 };
 use crate::selector::{EndpointSelector, LabelSelectorSpec};
+
+/// `apiVersion` of Catalyst's own policy CRDs (the Cilium rule schema under another group).
+pub const CATALYST_API_VERSION: &str = "policy.catalyst.openova.io/v1";
 
 /// Namespace of namespaced policies whose manifest has none (as `kubectl apply` would).
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -50,7 +55,8 @@ pub enum ManifestError {
     #[error(
         "{source_name}: document {document}: unsupported object apiVersion `{api_version}` kind \
          `{kind}` (supported: cilium.io/v2 CiliumNetworkPolicy, cilium.io/v2 \
-         CiliumClusterwideNetworkPolicy, networking.k8s.io/v1 NetworkPolicy)"
+         CiliumClusterwideNetworkPolicy, networking.k8s.io/v1 NetworkPolicy, \
+         policy.catalyst.openova.io/v1 CatalystNetworkPolicy and CatalystClusterwideNetworkPolicy)"
     )]
     UnsupportedKind {
         /// Source name.
@@ -210,21 +216,18 @@ pub fn parse_manifests(source_name: &str, text: &str) -> Result<Vec<Policy>, Man
         let document = i + 1;
         let Some(header) = header else { continue };
         let origin = format!("{source_name}: document {document}");
-        let policy = match (header.api_version.as_deref(), header.kind.as_deref()) {
-            (
-                Some("cilium.io/v2"),
-                Some(kind @ ("CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy")),
-            ) => {
-                let clusterwide = kind == "CiliumClusterwideNetworkPolicy";
+        let (api, kind) = (header.api_version.as_deref(), header.kind.as_deref());
+        let policy = match (api, kind, cilium_schema_kind(api, kind)) {
+            (_, _, Some(kind)) => {
                 let m: CnpManifest = deserialize_doc(doc, source_name, document)?;
-                m.into_policy(clusterwide, origin)
+                m.into_policy(kind, origin)
                     .map_err(|e| e.into_manifest_error(source_name, document))?
             }
-            (Some("networking.k8s.io/v1"), Some("NetworkPolicy")) => {
+            (Some("networking.k8s.io/v1"), Some("NetworkPolicy"), None) => {
                 let m: NpManifest = deserialize_doc(doc, source_name, document)?;
                 m.into_policy(origin)
             }
-            (api, kind) => {
+            (api, kind, _) => {
                 return Err(ManifestError::UnsupportedKind {
                     source_name: source_name.to_owned(),
                     document,
@@ -236,6 +239,21 @@ pub fn parse_manifests(source_name: &str, text: &str) -> Result<Vec<Policy>, Man
         out.push(policy);
     }
     Ok(out)
+}
+
+/// The kind of a document in the Cilium rule schema: Cilium's kinds and Catalyst's own.
+fn cilium_schema_kind(api_version: Option<&str>, kind: Option<&str>) -> Option<PolicyKind> {
+    Some(match (api_version?, kind?) {
+        ("cilium.io/v2", "CiliumNetworkPolicy") => PolicyKind::CiliumNetworkPolicy,
+        ("cilium.io/v2", "CiliumClusterwideNetworkPolicy") => {
+            PolicyKind::CiliumClusterwideNetworkPolicy
+        }
+        (CATALYST_API_VERSION, "CatalystNetworkPolicy") => PolicyKind::CatalystNetworkPolicy,
+        (CATALYST_API_VERSION, "CatalystClusterwideNetworkPolicy") => {
+            PolicyKind::CatalystClusterwideNetworkPolicy
+        }
+        _ => return None,
+    })
 }
 
 fn deserialize_doc<'de, T: Deserialize<'de>>(
@@ -628,16 +646,18 @@ impl EgressSpec {
 }
 
 impl CnpManifest {
-    fn into_policy(self, clusterwide: bool, origin: String) -> Result<Policy, LateError> {
-        let (kind, namespace) = if clusterwide {
-            (PolicyKind::CiliumClusterwideNetworkPolicy, None)
-        } else {
-            let ns = self
-                .metadata
+    /// `kind` is one of the Cilium-schema kinds (Cilium's or Catalyst's, namespaced or not).
+    fn into_policy(self, kind: PolicyKind, origin: String) -> Result<Policy, LateError> {
+        let clusterwide = matches!(
+            kind,
+            PolicyKind::CiliumClusterwideNetworkPolicy
+                | PolicyKind::CatalystClusterwideNetworkPolicy
+        );
+        let namespace = (!clusterwide).then(|| {
+            self.metadata
                 .namespace
-                .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
-            (PolicyKind::CiliumNetworkPolicy, Some(ns))
-        };
+                .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned())
+        });
         let specs: Vec<(String, CnpRule)> = match (self.spec, self.specs) {
             (None, None) => {
                 return Err(LateError {

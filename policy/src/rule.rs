@@ -24,6 +24,11 @@ pub enum PolicyKind {
     CiliumClusterwideNetworkPolicy,
     /// `networking.k8s.io/v1` `NetworkPolicy` (namespaced).
     NetworkPolicy,
+    /// `policy.catalyst.openova.io/v1` `CatalystNetworkPolicy`: the Cilium rule schema under
+    /// Catalyst's own CRD group, for clusters without Cilium's CRDs (namespaced).
+    CatalystNetworkPolicy,
+    /// `policy.catalyst.openova.io/v1` `CatalystClusterwideNetworkPolicy`.
+    CatalystClusterwideNetworkPolicy,
 }
 
 impl PolicyKind {
@@ -33,6 +38,8 @@ impl PolicyKind {
             Self::CiliumNetworkPolicy => "CiliumNetworkPolicy",
             Self::CiliumClusterwideNetworkPolicy => "CiliumClusterwideNetworkPolicy",
             Self::NetworkPolicy => "NetworkPolicy",
+            Self::CatalystNetworkPolicy => "CatalystNetworkPolicy",
+            Self::CatalystClusterwideNetworkPolicy => "CatalystClusterwideNetworkPolicy",
         }
     }
 }

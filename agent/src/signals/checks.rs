@@ -1,15 +1,13 @@
 //! The checks: pure functions from what the agent knows about a workload (its compiled policy
 //! facts and the window's flow counts) to a result and its evidence.
 
+use crate::datapath::DesiredState;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use catalyst_policy::{
-    Compiled,
-    datapath::{
-        ACTION_ALLOW, DIR_EGRESS, DIR_INGRESS, EP_F_AUDIT, EP_F_EGRESS_ENFORCED,
-        EP_F_INGRESS_ENFORCED, IDENTITY_ANY, IDENTITY_WORLD, IDENTITY_WORLD_IPV4,
-        IDENTITY_WORLD_IPV6, POLICY_PREFIX_EXACT_BITS, PROTO_ANY, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
-    },
+use catalyst_policy::datapath::{
+    ACTION_ALLOW, DIR_EGRESS, DIR_INGRESS, EP_F_AUDIT, EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED,
+    IDENTITY_ANY, IDENTITY_WORLD, IDENTITY_WORLD_IPV4, IDENTITY_WORLD_IPV6,
+    POLICY_PREFIX_EXACT_BITS, PROTO_ANY, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
 };
 use serde::Serialize;
 
@@ -384,7 +382,7 @@ type Names = BTreeSet<(String, String, String)>;
 
 /// Identities that stand for "the world": [`IDENTITY_ANY`] (any peer), the reserved world
 /// identities, and CIDR identities of a `/0` prefix (`0.0.0.0/0`, `::/0`).
-fn world_identities(compiled: &Compiled) -> BTreeSet<u32> {
+fn world_identities(state: &DesiredState) -> BTreeSet<u32> {
     let mut ids: BTreeSet<u32> = [
         IDENTITY_ANY,
         IDENTITY_WORLD,
@@ -393,15 +391,15 @@ fn world_identities(compiled: &Compiled) -> BTreeSet<u32> {
     ]
     .into();
     ids.extend(
-        compiled
-            .ipcache_v4()
+        state
+            .ipcache_v4
             .iter()
             .filter(|(net, _)| net.prefix_len() == 0)
             .map(|(_, e)| e.identity),
     );
     ids.extend(
-        compiled
-            .ipcache_v6()
+        state
+            .ipcache_v6
             .iter()
             .filter(|(net, _)| net.prefix_len() == 0)
             .map(|(_, e)| e.identity),
@@ -422,10 +420,10 @@ fn world_identities(compiled: &Compiled) -> BTreeSet<u32> {
 /// a deny rule narrows it (a deny list is not a restriction an auditor accepts). The check also
 /// fails when egress is not enforced at all (see [`evaluate`]).
 pub fn world_egress_allows(
-    compiled: &Compiled,
+    state: &DesiredState,
     origins: &[Vec<PolicyRefOut>],
 ) -> HashMap<u32, PolicyFacts> {
-    let world = world_identities(compiled);
+    let world = world_identities(state);
     // Per endpoint: ingress, egress and world-opening policies as (namespace, name, kind).
     let mut acc: HashMap<u32, [Names; 3]> = HashMap::new();
     let add = |set: &mut Names, rule_id: u32| {
@@ -433,7 +431,7 @@ pub fn world_egress_allows(
             set.insert((p.namespace.clone(), p.name.clone(), p.kind.clone()));
         }
     };
-    for (len, key, entry) in compiled.policy() {
+    for (len, key, entry) in state.policy.values().flat_map(|rows| rows.iter()) {
         let sets = acc.entry(key.endpoint_id).or_default();
         match key.direction {
             DIR_INGRESS => add(&mut sets[0], entry.rule_id),

@@ -102,10 +102,10 @@ pub struct Inputs {
 impl Inputs {
     /// The inputs of a snapshot that is in force at `revision`.
     pub fn from_snapshot(cfg: &AgentConfig, snap: &Snapshot, revision: u32) -> Self {
-        let facts = world_egress_allows(&snap.compiled, &snap.enrich.origins);
+        let facts = world_egress_allows(&snap.desired, &snap.enrich.origins);
         let workloads = snap
-            .compiled
-            .endpoints()
+            .desired
+            .endpoints
             .iter()
             .filter_map(|(id, info)| {
                 let meta = snap.enrich.endpoints.get(id)?;

@@ -302,3 +302,56 @@ fn icmp_types_by_number_or_name_per_family() {
     ));
     assert!(e.to_string().contains("invalid ICMP type \"256\""), "{e}");
 }
+
+#[test]
+fn catalyst_group_kinds_have_the_cilium_schema_and_semantics() {
+    let body = "spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: fe}}]
+      toPorts: [{ports: [{port: '80', protocol: TCP}]}]
+";
+    let cnp = parse_manifests("c", &format!("{HEAD}{body}")).unwrap();
+    let cat = parse_manifests(
+        "k",
+        &format!(
+            "apiVersion: policy.catalyst.openova.io/v1\nkind: CatalystNetworkPolicy\n\
+             metadata: {{name: p, namespace: ns}}\n{body}"
+        ),
+    )
+    .unwrap();
+    assert_eq!(cat[0].reference.kind, PolicyKind::CatalystNetworkPolicy);
+    assert_eq!(cat[0].reference.namespace.as_deref(), Some("ns"));
+    // Same rules as the Cilium kind: only the reference differs.
+    assert_eq!(cat[0].rules, cnp[0].rules);
+
+    let ccnp = parse_manifests(
+        "k",
+        "apiVersion: policy.catalyst.openova.io/v1\nkind: CatalystClusterwideNetworkPolicy\n\
+         metadata: {name: all, namespace: ignored}\nspec:\n  endpointSelector: {}\n  \
+         egressDeny: [{toEntities: [world]}]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        ccnp[0].reference.kind,
+        PolicyKind::CatalystClusterwideNetworkPolicy
+    );
+    assert_eq!(ccnp[0].reference.namespace, None);
+
+    // Unknown fields are rejected exactly as for the Cilium kinds.
+    let e = parse_manifests(
+        "k",
+        "apiVersion: policy.catalyst.openova.io/v1\nkind: CatalystNetworkPolicy\n\
+         metadata: {name: p}\nspec:\n  endpointSelektor: {}\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("endpointSelektor"), "{e}");
+    // Other versions of the group are not accepted.
+    let e = parse_manifests(
+        "k",
+        "apiVersion: policy.catalyst.openova.io/v2\nkind: CatalystNetworkPolicy\nmetadata: {name: p}\n",
+    )
+    .unwrap_err();
+    assert!(matches!(e, ManifestError::UnsupportedKind { .. }), "{e}");
+}

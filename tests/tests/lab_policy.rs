@@ -372,7 +372,7 @@ fn root_invalid_policy_is_rejected_and_the_old_one_stays() {
     let bad = cnp(
         "web",
         "web",
-        "  ingress:\n    - fromEndpoints: [{matchLabels: {app: client}}]\n      toPorts: [{ports: [{port: \"http9\", protocol: TCP}]}]\n",
+        "  ingress:\n    - fromEndpoints: [{matchLabels: {app: client}}]\n      toPorts: [{ports: [{port: \"70000\", protocol: TCP}]}]\n",
     );
     std::fs::write(s.dir.join("policies/web.yaml"), bad).unwrap();
     s.agent()

@@ -347,6 +347,9 @@ impl RouteTable for SharedTable {
     fn fdb_port(&self, bridge: u32, mac: [u8; 6]) -> Result<Option<u32>, NetlinkError> {
         self.0.lock().unwrap().fdb_port(bridge, mac)
     }
+    fn index_of(&self, name: &str) -> u32 {
+        self.0.lock().unwrap().index_of(name)
+    }
 }
 
 #[tokio::test]

@@ -11,7 +11,12 @@ pub mod model;
 pub mod netlink;
 pub mod watch;
 
-use std::{collections::BTreeSet, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeSet, HashSet},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use catalyst_policy::{Endpoint, LabelSet, PolicySet};
@@ -189,6 +194,7 @@ impl Source {
             node,
             identities,
             static_labels,
+            unresolved: HashSet::new(),
         };
         let first = builder.build().await;
         let (tx, rx) = channel::channel(Arc::new(first));
@@ -264,15 +270,24 @@ struct Builder {
     node: String,
     identities: Option<NatsAllocator>,
     static_labels: Vec<LabelSet>,
+    /// Local pods reported as without interface (each is logged once until found).
+    unresolved: HashSet<String>,
 }
 
 impl Builder {
     async fn build(&mut self) -> Published {
         let view = self.watchers.view();
         let inputs = self.model.build(&view, &self.node, self.table.as_ref());
+        let unresolved: HashSet<String> = inputs.unresolved.iter().map(|u| u.pod.clone()).collect();
         for u in &inputs.unresolved {
-            tracing::debug!(pod = %u.pod, reason = %u.reason, "pod interface not found yet; retrying");
+            if !self.unresolved.contains(&u.pod) {
+                tracing::warn!(pod = %u.pod, reason = %u.reason, "pod interface not found yet; retrying");
+            }
         }
+        for pod in self.unresolved.difference(&unresolved) {
+            tracing::info!(%pod, "pod interface found (or pod gone)");
+        }
+        self.unresolved = unresolved;
         let identities = match &self.identities {
             Some(alloc) => {
                 let (eps, peers) = label_sets(&inputs.endpoints, &inputs.peers);

@@ -18,7 +18,7 @@ fn pod(ns: &str, name: &str, node: &str, ip: &str, labels: &Value) -> Arc<Pod> {
         serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}"),
-                         "labels": labels},
+                         "resourceVersion": "1", "labels": labels},
             "spec": {"nodeName": node, "serviceAccountName": "sa-".to_owned() + name,
                      "containers": [{"name": "c", "image": "i",
                         "ports": [{"name": "http", "containerPort": 8080},
@@ -34,7 +34,8 @@ fn namespace(name: &str, labels: &Value) -> Arc<Namespace> {
     Arc::new(
         serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": name, "labels": labels}
+            // The API server bumps the version on every change (here: on every relabel).
+            "metadata": {"name": name, "labels": labels, "resourceVersion": labels.to_string()}
         }))
         .unwrap(),
     )
@@ -143,6 +144,23 @@ fn remote_pods_and_nodes_become_ipcache_peers() {
     assert_eq!(
         by_prefix("192.168.0.2/32").entity.as_deref(),
         Some("remote-node")
+    );
+}
+
+#[test]
+fn a_recreated_sandbox_interface_replaces_the_cached_one() {
+    let ip: IpAddr = WEB_IP.parse().unwrap();
+    let mut m = Model::default();
+    let before = StaticTable::default().with_veth_route(ip, 5, "vetha");
+    assert_eq!(
+        m.build(&view(), "n1", &before).endpoints[0].interface,
+        "vetha"
+    );
+    // The sandbox was recreated: vetha is gone, the route now leads to vethb.
+    let after = StaticTable::default().with_veth_route(ip, 6, "vethb");
+    assert_eq!(
+        m.build(&view(), "n1", &after).endpoints[0].interface,
+        "vethb"
     );
 }
 

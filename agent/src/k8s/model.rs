@@ -331,9 +331,44 @@ fn pod_addresses(pod: &Pod) -> Vec<IpAddr> {
     ips
 }
 
+/// Pod label keys that never enter an identity, as in Cilium's default label filter: labels
+/// Kubernetes sets per pod or per rollout (they would give every pod or every rollout its own
+/// identity), and `io.cilium.k8s.*` / `io.kubernetes.*`, which the agent derives itself (a pod
+/// must not claim its namespace's labels, its namespace or its service account).
+const IGNORED_LABEL_PREFIXES: &[&str] = &[
+    "io.cilium.k8s",
+    "io.kubernetes",
+    "kubernetes.io",
+    "statefulset.kubernetes.io/pod-name",
+    "apps.kubernetes.io/pod-index",
+    "batch.kubernetes.io/job-completion-index",
+    "batch.kubernetes.io/controller-uid",
+    "k8s.io",
+    "topology.kubernetes.io",
+    "pod-template-generation",
+    "pod-template-hash",
+    "controller-revision-hash",
+    "controller-uid",
+    "annotation",
+    "etcd_node",
+];
+
+/// Whether a pod label key is part of the pod's identity.
+fn identity_relevant(key: &str) -> bool {
+    !IGNORED_LABEL_PREFIXES.iter().any(|p| key.starts_with(p))
+        && !key.contains("beta.kubernetes.io")
+}
+
 /// Labels of a pod's identity, without the namespace labels every endpoint gets.
 fn pod_labels(pod: &Pod, ns_labels: Option<&BTreeMap<String, String>>) -> BTreeMap<String, String> {
-    let mut labels: BTreeMap<String, String> = pod.metadata.labels.clone().unwrap_or_default();
+    let mut labels: BTreeMap<String, String> = pod
+        .metadata
+        .labels
+        .iter()
+        .flatten()
+        .filter(|(k, _)| identity_relevant(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let sa = pod
         .spec
         .as_ref()

@@ -127,6 +127,38 @@ fn local_pod_becomes_an_endpoint_with_cilium_labels_and_named_ports() {
 }
 
 #[test]
+fn per_pod_and_agent_owned_labels_stay_out_of_the_identity() {
+    let mut v = view();
+    v.local_pods[0] = pod(
+        "shop",
+        "web",
+        "n1",
+        WEB_IP,
+        &json!({"app": "web", "pod-template-hash": "5d9c7", "app.kubernetes.io/name": "web",
+                // A pod must not claim namespace labels, another namespace or service account.
+                "io.cilium.k8s.namespace.labels.team": "b",
+                "io.kubernetes.pod.namespace": "kube-system",
+                "io.cilium.k8s.policy.serviceaccount": "admin",
+                "statefulset.kubernetes.io/pod-name": "web-0"}),
+    );
+    let inputs = Model::default().build(&v, "n1", &table());
+    let labels = &inputs.endpoints[0].labels;
+    let keys: Vec<&str> = labels.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "app",
+            "app.kubernetes.io/name",
+            "io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name",
+            "io.cilium.k8s.namespace.labels.team",
+            SERVICE_ACCOUNT_LABEL,
+        ]
+    );
+    assert_eq!(labels["io.cilium.k8s.namespace.labels.team"], "a");
+    assert_eq!(labels[SERVICE_ACCOUNT_LABEL], "sa-web");
+}
+
+#[test]
 fn remote_pods_and_nodes_become_ipcache_peers() {
     let inputs = Model::default().build(&view(), "n1", &table());
     let by_prefix = |p: &str| {

@@ -399,8 +399,34 @@ async fn two_nodes_get_the_same_identities_from_nats() {
         );
         let (cfg, policies) = k8s::overlay(&cfg, PolicySet::new(), &published);
         let mut alloc = Allocators::default();
-        alloc.set_cluster(Some(resolved));
+        alloc.set_cluster(Some(resolved.clone()));
         compiled.push(state::build(&cfg, &policies, &mut alloc).unwrap().compiled);
+
+        if node == "n1" {
+            // A relabel: the new label set is allocated, the others keep their numbers (served
+            // from the node's cache of identities in use).
+            let mut source = source;
+            api.apply(NAMESPACES, namespace("other", "c"));
+            until(&mut source, "the relabelled identities", |s| {
+                s.current().identities.as_ref().is_some_and(|r| {
+                    r.entries()
+                        .keys()
+                        .any(|l| l.to_string().contains("namespace.labels.team=c"))
+                })
+            })
+            .await;
+            let after = source.current().identities.clone().unwrap();
+            for (labels, id) in resolved.entries() {
+                if !labels.to_string().contains("namespace.labels.team=b") {
+                    assert_eq!(after.entries().get(labels), Some(id), "{labels}");
+                }
+            }
+            api.apply(NAMESPACES, namespace("other", "b"));
+            until(&mut source, "the label set back", |s| {
+                s.current().identities.as_ref() == Some(&resolved)
+            })
+            .await;
+        }
     }
     // Every pod address has the same identity on both nodes (n1 sees `web` as local and the fe
     // pods as remote; n2 sees all three as remote), and different label sets differ.

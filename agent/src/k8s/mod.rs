@@ -12,7 +12,7 @@ pub mod netlink;
 pub mod watch;
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     path::PathBuf,
     sync::Arc,
     time::Duration,
@@ -195,6 +195,7 @@ impl Source {
             identities,
             static_labels,
             unresolved: HashSet::new(),
+            known: KnownIdentities::default(),
         };
         let first = builder.build().await;
         let (tx, rx) = channel::channel(Arc::new(first));
@@ -272,6 +273,38 @@ struct Builder {
     static_labels: Vec<LabelSet>,
     /// Local pods reported as without interface (each is logged once until found).
     unresolved: HashSet<String>,
+    /// Identities this node resolved and still uses.
+    known: KnownIdentities,
+}
+
+/// Identities already resolved through NATS. A number stays valid while it is in use: this node
+/// marks the identities it uses every `identity_touch_s`, far inside the grace period after
+/// which unused ones are released. So only label sets new to this node cost a round trip.
+#[derive(Default)]
+struct KnownIdentities {
+    ids: BTreeMap<LabelSet, u32>,
+}
+
+impl KnownIdentities {
+    async fn resolve(&mut self, alloc: &NatsAllocator, wanted: BTreeSet<&LabelSet>) -> Resolved {
+        let missing: Vec<&LabelSet> = wanted
+            .iter()
+            .copied()
+            .filter(|l| !self.ids.contains_key(*l))
+            .collect();
+        if !missing.is_empty() {
+            match alloc.resolve(missing).await {
+                Ok(r) => self
+                    .ids
+                    .extend(r.entries().iter().map(|(l, id)| (l.clone(), *id))),
+                // The compiler then rejects the snapshot for want of an identity and the maps in
+                // force stay; the next change retries.
+                Err(error) => tracing::error!(%error, "cluster-wide identity allocation failed"),
+            }
+        }
+        self.ids.retain(|l, _| wanted.contains(l));
+        self.ids.iter().map(|(l, id)| (l.clone(), *id)).collect()
+    }
 }
 
 impl Builder {
@@ -296,15 +329,7 @@ impl Builder {
                     .chain(&peers)
                     .chain(&self.static_labels)
                     .collect();
-                match alloc.resolve(all).await {
-                    Ok(r) => Some(r),
-                    Err(error) => {
-                        // The compiler then rejects the snapshot for want of an identity and the
-                        // maps in force stay; the next change retries.
-                        tracing::error!(%error, "cluster-wide identity allocation failed");
-                        Some(Resolved::default())
-                    }
-                }
+                Some(self.known.resolve(alloc, all).await)
             }
             None => None,
         };

@@ -71,6 +71,7 @@ fn apply_snapshot(
         unchanged = report.unchanged,
         policies = snap.policies,
         endpoints = snap.interfaces.len(),
+        recompiled = snap.stats.endpoints_recompiled,
         "datapath in sync"
     );
     for m in &snap.missing {
@@ -105,6 +106,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
 
     let metrics = Metrics::new(cfg.metrics.max_ports);
     metrics.datapath.set_revision(revision);
+    metrics
+        .datapath
+        .set_policy_entries(snap.desired.policy_len());
     let ring = FlowRing::new(cfg.observer.ring_capacity);
     let enricher = Enricher::new(snap.enrich.clone());
     let events = dp
@@ -166,6 +170,11 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                     continue;
                 }
                 fp = now;
+                // In Kubernetes mode the change was observed when its first API event arrived.
+                let observed = k8s
+                    .as_ref()
+                    .filter(|_| api_changed)
+                    .map_or_else(std::time::Instant::now, |s| s.current().observed);
                 match reload(&config_path, &mut alloc, k8s.as_ref()) {
                     Ok((new_cfg, new_policies, snap)) => {
                         if new_cfg.pin_path != cfg.pin_path || new_cfg.maps != cfg.maps {
@@ -180,6 +189,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                                 continue;
                             }
                         }
+                        metrics.datapath.policy_applied(observed.elapsed(), snap.desired.policy_len());
                         applied = Some(snap.desired.clone());
                         enricher.replace(snap.enrich.clone());
                         missing.clone_from(&snap.missing);
@@ -187,6 +197,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                         policies = new_policies;
                     }
                     Err(e) => {
+                        metrics.datapath.policy_rejected();
                         tracing::error!(error = format!("{e:#}"), policies = policies.policies().len(),
                             "rejected configuration or policy change; the policy in force stays");
                     }
@@ -284,7 +295,7 @@ fn reload(
     k8s: Option<&crate::k8s::Source>,
 ) -> anyhow::Result<(AgentConfig, catalyst_policy::PolicySet, Snapshot)> {
     let cfg = AgentConfig::load(config_path)?;
-    let policies = state::load_policies(&cfg)?;
+    let policies = alloc.load_policies(&cfg)?;
     let (cfg, policies) = match k8s {
         Some(source) => {
             let published = source.current();
@@ -309,7 +320,7 @@ pub fn check(config: Option<&Path>, policies: &[PathBuf]) -> anyhow::Result<()> 
             c.display(),
             cfg.endpoints.len(),
             set.policies().len(),
-            snap.desired.policy.len()
+            snap.desired.policy_len()
         );
         n += 1;
     }

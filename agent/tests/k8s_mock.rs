@@ -126,8 +126,10 @@ async fn start(client: kube::Client) -> Source {
 /// Compiles the source's current inputs as the agent does; the verdict for `peer` → web:`port`.
 fn verdict(source: &Source, peer: &str, port: u16) -> u8 {
     let (cfg, policies) = k8s::overlay(&config(), PolicySet::new(), &source.current());
-    let snap = state::build(&cfg, &policies, &mut Allocators::default()).unwrap();
-    snap.compiled
+    let mut alloc = Allocators::default();
+    state::build(&cfg, &policies, &mut alloc).unwrap();
+    alloc
+        .compiled()
         .lookup(
             state::ifindex("lo"),
             DIR_INGRESS,
@@ -400,7 +402,8 @@ async fn two_nodes_get_the_same_identities_from_nats() {
         let (cfg, policies) = k8s::overlay(&cfg, PolicySet::new(), &published);
         let mut alloc = Allocators::default();
         alloc.set_cluster(Some(resolved.clone()));
-        compiled.push(state::build(&cfg, &policies, &mut alloc).unwrap().compiled);
+        state::build(&cfg, &policies, &mut alloc).unwrap();
+        compiled.push(alloc.compiled());
 
         if node == "n1" {
             // A relabel: the new label set is allocated, the others keep their numbers (served

@@ -138,7 +138,10 @@ pub fn lock() -> anyhow::Result<LabLock> {
         eprintln!("lab: waiting for another run to release {LOCK_PATH}");
         // SAFETY: as above.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            bail!("flock({LOCK_PATH}) failed: {}", std::io::Error::last_os_error());
+            bail!(
+                "flock({LOCK_PATH}) failed: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
     Ok(LabLock { _file: file })

@@ -126,12 +126,26 @@ pub fn node_name(cfg: &AgentConfig) -> String {
 }
 
 /// What the source publishes: the inputs and, with NATS, their identities.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Published {
     /// Endpoints, peers and policies from the API.
     pub inputs: Inputs,
     /// Cluster-wide identities of every label set in the inputs (`None` without NATS).
     pub identities: Option<Resolved>,
+    /// When the first API event behind this publication arrived (the start of the policy
+    /// implementation delay).
+    pub observed: std::time::Instant,
+}
+
+impl Published {
+    /// Inputs without identities, observed now.
+    pub fn new(inputs: Inputs) -> Self {
+        Self {
+            inputs,
+            identities: None,
+            observed: std::time::Instant::now(),
+        }
+    }
 }
 
 /// The Kubernetes source of endpoints, peers and policies.
@@ -197,7 +211,7 @@ impl Source {
             unresolved: HashSet::new(),
             known: KnownIdentities::default(),
         };
-        let first = builder.build().await;
+        let first = builder.build(std::time::Instant::now()).await;
         let (tx, rx) = channel::channel(Arc::new(first));
         let k = cfg.kubernetes.clone();
         let mut tasks = Vec::new();
@@ -308,7 +322,7 @@ impl KnownIdentities {
 }
 
 impl Builder {
-    async fn build(&mut self) -> Published {
+    async fn build(&mut self, observed: std::time::Instant) -> Published {
         let view = self.watchers.view();
         let inputs = self.model.build(&view, &self.node, self.table.as_ref());
         let unresolved: HashSet<String> = inputs.unresolved.iter().map(|u| u.pod.clone()).collect();
@@ -333,7 +347,11 @@ impl Builder {
             }
             None => None,
         };
-        Published { inputs, identities }
+        Published {
+            inputs,
+            identities,
+            observed,
+        }
     }
 
     async fn run(
@@ -359,8 +377,9 @@ impl Builder {
                     }
                 }
             }
+            let observed = std::time::Instant::now();
             tokio::time::sleep(Duration::from_millis(cfg.debounce_ms)).await;
-            let published = self.build().await;
+            let published = self.build(observed).await;
             unresolved = !published.inputs.unresolved.is_empty();
             tx.send_if_modified(|current| {
                 if same(current, &published) {

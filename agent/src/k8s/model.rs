@@ -609,7 +609,7 @@ impl Model {
                 interface,
                 addresses,
                 audit,
-                named_ports: named_ports(pod),
+                ports: named_ports(pod),
             });
         }
         self.interfaces.retain(&live);

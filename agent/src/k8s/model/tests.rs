@@ -118,11 +118,7 @@ fn local_pod_becomes_an_endpoint_with_cilium_labels_and_named_ports() {
     assert_eq!(ep.labels["app"], "web");
     assert_eq!(ep.labels[SERVICE_ACCOUNT_LABEL], "sa-web");
     assert_eq!(ep.labels["io.cilium.k8s.namespace.labels.team"], "a");
-    let ports: Vec<(&str, u16)> = ep
-        .named_ports
-        .iter()
-        .map(|p| (p.name.as_str(), p.port))
-        .collect();
+    let ports: Vec<(&str, u16)> = ep.ports.iter().map(|p| (p.name.as_str(), p.port)).collect();
     assert_eq!(ports, vec![("dns", 53), ("http", 8080)]);
 }
 
@@ -210,14 +206,13 @@ fn pods_without_an_interface_are_reported_not_compiled() {
 fn verdict(view: &ClusterView, model: &mut Model, peer: &str, port: u16) -> u8 {
     let inputs = model.build(view, "n1", &table());
     let cfg = AgentConfig::parse(Path::new("agent.yaml"), "mode: kubernetes\n").unwrap();
-    let published = crate::k8s::Published {
-        inputs,
-        identities: None,
-    };
+    let published = crate::k8s::Published::new(inputs);
     let (cfg, policies) = crate::k8s::overlay(&cfg, PolicySet::new(), &published);
-    let snap = state::build(&cfg, &policies, &mut Allocators::default()).unwrap();
+    let mut alloc = Allocators::default();
+    state::build(&cfg, &policies, &mut alloc).unwrap();
     let ifindex = state::ifindex("lo");
-    snap.compiled
+    alloc
+        .compiled()
         .lookup(ifindex, DIR_INGRESS, peer.parse().unwrap(), 6, port)
         .verdict
 }
@@ -232,6 +227,23 @@ fn compiled_verdicts_follow_the_cnp_with_namespace_scoping() {
     assert_ne!(verdict(&v, &mut m, "10.0.2.7", 9000), VERDICT_FORWARDED);
     // fe in another namespace: peers of a namespaced policy default to its namespace.
     assert_ne!(verdict(&v, &mut m, "10.0.2.8", 8080), VERDICT_FORWARDED);
+}
+
+#[test]
+fn named_ports_of_the_pod_resolve_policy_ports() {
+    let mut v = view();
+    // `http` is web's containerPort 8080 (the pod fixture's named ports).
+    v.custom_policies[0].1[0] = cnp(
+        "shop",
+        "allow-fe",
+        "4",
+        &json!({"endpointSelector": {"matchLabels": {"app": "web"}},
+                "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "fe"}}],
+                             "toPorts": [{"ports": [{"port": "http"}]}]}]}),
+    );
+    let mut m = Model::default();
+    assert_eq!(verdict(&v, &mut m, "10.0.2.7", 8080), VERDICT_FORWARDED);
+    assert_ne!(verdict(&v, &mut m, "10.0.2.7", 9000), VERDICT_FORWARDED);
 }
 
 #[test]

@@ -74,6 +74,13 @@ fn cnp(api_version: &str, kind: &str, ns: &str, name: &str, spec: &Value) -> Val
            "metadata": {"name": name, "namespace": ns}, "spec": spec})
 }
 
+/// A rule: web admits fe (of the policy's namespace) on `port`.
+fn web_from_fe_on(port: &str) -> Value {
+    json!({"endpointSelector": {"matchLabels": {"app": "web"}},
+           "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "fe"}}],
+                        "toPorts": [{"ports": [{"port": port}]}]}]})
+}
+
 /// CNP shop/allow-fe: web admits fe (of its namespace) on 8080.
 fn apply_allow_fe(api: &FakeApi) {
     api.apply(
@@ -83,9 +90,7 @@ fn apply_allow_fe(api: &FakeApi) {
             "CiliumNetworkPolicy",
             "shop",
             "allow-fe",
-            &json!({"endpointSelector": {"matchLabels": {"app": "web"}},
-                    "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "fe"}}],
-                                 "toPorts": [{"ports": [{"port": "8080"}]}]}]}),
+            &web_from_fe_on("8080"),
         ),
     );
 }
@@ -320,9 +325,7 @@ async fn without_cilium_crds_network_policies_work_and_catalyst_crds_are_found_l
             "CatalystNetworkPolicy",
             "shop",
             "also-9000",
-            &json!({"endpointSelector": {"matchLabels": {"app": "web"}},
-                    "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "fe"}}],
-                                 "toPorts": [{"ports": [{"port": "9000"}]}]}]}),
+            &web_from_fe_on("9000"),
         ),
     );
     until(&mut source, "the Catalyst policy", |s| {

@@ -488,6 +488,8 @@ pub struct Metrics {
     pub processed: Arc<AtomicU64>,
     /// `catalyst_nats_*`.
     pub nats: crate::nats::NatsMetrics,
+    /// `catalyst_kubernetes_*` (zero in standalone mode).
+    pub kubernetes: crate::k8s::KubernetesMetrics,
 }
 
 impl Metrics {
@@ -498,12 +500,14 @@ impl Metrics {
         let catalyst = registry.sub_registry_with_prefix("catalyst");
         let datapath = DatapathMetrics::register(catalyst);
         let nats = crate::nats::NatsMetrics::register(catalyst);
+        let kubernetes = crate::k8s::KubernetesMetrics::register(catalyst);
         Self {
             registry: Arc::new(registry),
             flows,
             datapath,
             processed: Arc::default(),
             nats,
+            kubernetes,
         }
     }
 

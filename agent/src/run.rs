@@ -105,6 +105,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let mut applied = Some(snap.desired.clone());
 
     let metrics = Metrics::new(cfg.metrics.max_ports);
+    if let Some(source) = &k8s {
+        metrics.kubernetes.observe(&source.current().inputs);
+    }
     metrics.datapath.set_revision(revision);
     metrics
         .datapath
@@ -170,6 +173,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                     continue;
                 }
                 fp = now;
+                if let Some(source) = &k8s {
+                    metrics.kubernetes.observe(&source.current().inputs);
+                }
                 // In Kubernetes mode the change was observed when its first API event arrived.
                 let observed = k8s
                     .as_ref()

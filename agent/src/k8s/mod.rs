@@ -7,6 +7,7 @@
 //! ([`crate::identity::NatsAllocator`]) before they reach the compiler.
 
 pub mod crd;
+pub mod metrics;
 pub mod model;
 pub mod netlink;
 pub mod watch;
@@ -23,7 +24,10 @@ use catalyst_policy::{Endpoint, LabelSet, PolicySet};
 use serde::Deserialize;
 use tokio::sync::{Notify, watch as channel};
 
-pub use self::model::{ClusterView, Inputs, Model, Rejected, Unresolved};
+pub use self::{
+    metrics::KubernetesMetrics,
+    model::{ClusterView, Inputs, Model, Rejected, Unresolved},
+};
 use crate::{
     config::AgentConfig,
     identity::{NatsAllocator, Resolved},

@@ -311,20 +311,20 @@ pub struct EndpointConfig {
     pub ports: Vec<NamedPortConfig>,
 }
 
-/// A named port of a workload (a Kubernetes `containerPort` with a `name`).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+/// A named port of a workload.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NamedPortConfig {
     /// The name (`IANA_SVC_NAME`: 1–15 of `a-z0-9-`).
     pub name: String,
-    /// `TCP`, `UDP` or `SCTP`. Default `TCP`.
-    #[serde(default = "default_named_port_protocol")]
-    pub protocol: catalyst_policy::ports::Protocol,
     /// Port number.
     pub port: u16,
+    /// `TCP`, `UDP` or `SCTP`. Default `TCP`.
+    #[serde(default = "default_port_protocol")]
+    pub protocol: catalyst_policy::ports::Protocol,
 }
 
-fn default_named_port_protocol() -> catalyst_policy::ports::Protocol {
+fn default_port_protocol() -> catalyst_policy::ports::Protocol {
     catalyst_policy::ports::Protocol::Tcp
 }
 

@@ -291,9 +291,17 @@ impl NatsAllocator {
 }
 
 /// A synchronous allocator over identities resolved in advance by [`NatsAllocator::resolve`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resolved {
     map: BTreeMap<LabelSet, u32>,
+}
+
+impl FromIterator<(LabelSet, u32)> for Resolved {
+    fn from_iter<T: IntoIterator<Item = (LabelSet, u32)>>(iter: T) -> Self {
+        Self {
+            map: iter.into_iter().collect(),
+        }
+    }
 }
 
 impl Resolved {

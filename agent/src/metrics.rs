@@ -490,6 +490,8 @@ pub struct Metrics {
     pub nats: crate::nats::ExportMetrics,
     /// `catalyst_signals_*`.
     pub signals: crate::nats::ExportMetrics,
+    /// `catalyst_kubernetes_*` (zero in standalone mode).
+    pub kubernetes: crate::k8s::KubernetesMetrics,
 }
 
 impl Metrics {
@@ -502,6 +504,7 @@ impl Metrics {
         let nats = crate::nats::ExportMetrics::register(catalyst, "nats_flows", "Flows");
         let signals =
             crate::nats::ExportMetrics::register(catalyst, "signals", "Compliance signals");
+        let kubernetes = crate::k8s::KubernetesMetrics::register(catalyst);
         Self {
             registry: Arc::new(registry),
             flows,
@@ -509,6 +512,7 @@ impl Metrics {
             processed: Arc::default(),
             nats,
             signals,
+            kubernetes,
         }
     }
 

@@ -107,6 +107,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let mut applied = Some(snap.desired.clone());
 
     let metrics = Metrics::new(cfg.metrics.max_ports);
+    if let Some(source) = &k8s {
+        metrics.kubernetes.observe(&source.current().inputs);
+    }
     metrics.datapath.set_revision(revision);
     metrics
         .datapath
@@ -218,7 +221,14 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                     continue;
                 }
                 fp = now;
-                let observed = std::time::Instant::now();
+                if let Some(source) = &k8s {
+                    metrics.kubernetes.observe(&source.current().inputs);
+                }
+                // In Kubernetes mode the change was observed when its first API event arrived.
+                let observed = k8s
+                    .as_ref()
+                    .filter(|_| api_changed)
+                    .map_or_else(std::time::Instant::now, |s| s.current().observed);
                 match reload(&config_path, &mut alloc, k8s.as_ref()) {
                     Ok((new_cfg, new_policies, snap)) => {
                         if new_cfg.pin_path != cfg.pin_path || new_cfg.maps != cfg.maps {

@@ -131,7 +131,7 @@ async fn scenario(client: Client, ns: String) {
         "metadata": {"name": "server-from-fe"},
         "spec": {"endpointSelector": {"matchLabels": {"app": "server"}},
                  "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "fe"}}],
-                              "toPorts": [{"ports": [{"port": "8080"}]}]}]}
+                              "toPorts": [{"ports": [{"port": "http"}]}]}]}
     }))
     .unwrap();
     policies

@@ -22,6 +22,29 @@ use fake_api::{CNPS, FakeApi, NAMESPACES, NODES, PODS as POD_COLLECTION};
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_millis(600);
+/// The agent's metrics port inside the node namespace.
+const METRICS_PORT: u16 = 19965;
+
+/// `GET /metrics` from inside the node namespace.
+fn metrics() -> String {
+    use std::io::{Read as _, Write as _};
+    lab::in_netns(NODE_NS, || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", METRICS_PORT)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    })
+    .unwrap()
+}
+
+/// The value of a metric line `name value`.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
 
 fn seed(api: &FakeApi) {
     api.install_crd(CNPS, "CiliumNetworkPolicy", true);
@@ -104,7 +127,7 @@ fn root_kubernetes_mode_enforces_policies_from_the_api_on_discovered_interfaces(
         dir.join("agent.yaml"),
         format!(
             "node: lab-node\nmode: kubernetes\npin_path: {}\nflow_log: none\nobserver: {{listen_address: null, unix_socket: null}}\n\
-             metrics: {{listen_address: null}}\nkubernetes:\n  kubeconfig: kubeconfig\n  node_name_env: CATALYST_TEST_NO_SUCH_VAR\n  debounce_ms: 5\n",
+             metrics: {{listen_address: '127.0.0.1:{METRICS_PORT}'}}\nkubernetes:\n  kubeconfig: kubeconfig\n  node_name_env: CATALYST_TEST_NO_SUCH_VAR\n  debounce_ms: 5\n",
             pin.display()
         ),
     )
@@ -135,6 +158,16 @@ fn root_kubernetes_mode_enforces_policies_from_the_api_on_discovered_interfaces(
     );
     let took = wait_sync(&mut agent, 2);
     eprintln!("policy added: maps in sync {took:?} after the API event (incl. 50 ms log polling)");
+    let m = metrics();
+    assert!((metric(&m, "catalyst_kubernetes_endpoints") - 4.0).abs() < f64::EPSILON);
+    assert!((metric(&m, "catalyst_kubernetes_policies") - 1.0).abs() < f64::EPSILON);
+    let count = metric(&m, "catalyst_policy_implementation_delay_seconds_count");
+    let sum = metric(&m, "catalyst_policy_implementation_delay_seconds_sum");
+    assert!(count >= 1.0);
+    eprintln!(
+        "policy implementation delay (API event -> maps updated): {count} change(s), mean {:.1} ms",
+        sum / count * 1000.0
+    );
     assert!(tcp("client", "web", 80), "client -> web:80 allowed");
     assert!(!tcp("client", "web", 22), "client -> web:22 denied");
     assert!(!tcp("db", "web", 80), "db -> web:80 denied");

@@ -74,6 +74,13 @@ fn cnp(api_version: &str, kind: &str, ns: &str, name: &str, spec: &Value) -> Val
            "metadata": {"name": name, "namespace": ns}, "spec": spec})
 }
 
+/// A rule: web admits fe (of the policy's namespace) on `port`.
+fn web_from_fe_on(port: &str) -> Value {
+    json!({"endpointSelector": {"matchLabels": {"app": "web"}},
+           "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "fe"}}],
+                        "toPorts": [{"ports": [{"port": port}]}]}]})
+}
+
 /// CNP shop/allow-fe: web admits fe (of its namespace) on 8080.
 fn apply_allow_fe(api: &FakeApi) {
     api.apply(
@@ -83,9 +90,7 @@ fn apply_allow_fe(api: &FakeApi) {
             "CiliumNetworkPolicy",
             "shop",
             "allow-fe",
-            &json!({"endpointSelector": {"matchLabels": {"app": "web"}},
-                    "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "fe"}}],
-                                 "toPorts": [{"ports": [{"port": "8080"}]}]}]}),
+            &web_from_fe_on("8080"),
         ),
     );
 }
@@ -320,9 +325,7 @@ async fn without_cilium_crds_network_policies_work_and_catalyst_crds_are_found_l
             "CatalystNetworkPolicy",
             "shop",
             "also-9000",
-            &json!({"endpointSelector": {"matchLabels": {"app": "web"}},
-                    "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "fe"}}],
-                                 "toPorts": [{"ports": [{"port": "9000"}]}]}]}),
+            &web_from_fe_on("9000"),
         ),
     );
     until(&mut source, "the Catalyst policy", |s| {
@@ -348,6 +351,9 @@ impl RouteTable for SharedTable {
     }
     fn fdb_port(&self, bridge: u32, mac: [u8; 6]) -> Result<Option<u32>, NetlinkError> {
         self.0.lock().unwrap().fdb_port(bridge, mac)
+    }
+    fn index_of(&self, name: &str) -> u32 {
+        self.0.lock().unwrap().index_of(name)
     }
 }
 
@@ -398,9 +404,35 @@ async fn two_nodes_get_the_same_identities_from_nats() {
         );
         let (cfg, policies) = k8s::overlay(&cfg, PolicySet::new(), &published);
         let mut alloc = Allocators::default();
-        alloc.set_cluster(Some(resolved));
+        alloc.set_cluster(Some(resolved.clone()));
         state::build(&cfg, &policies, &mut alloc).unwrap();
         compiled.push(alloc.compiled());
+
+        if node == "n1" {
+            // A relabel: the new label set is allocated, the others keep their numbers (served
+            // from the node's cache of identities in use).
+            let mut source = source;
+            api.apply(NAMESPACES, namespace("other", "c"));
+            until(&mut source, "the relabelled identities", |s| {
+                s.current().identities.as_ref().is_some_and(|r| {
+                    r.entries()
+                        .keys()
+                        .any(|l| l.to_string().contains("namespace.labels.team=c"))
+                })
+            })
+            .await;
+            let after = source.current().identities.clone().unwrap();
+            for (labels, id) in resolved.entries() {
+                if !labels.to_string().contains("namespace.labels.team=b") {
+                    assert_eq!(after.entries().get(labels), Some(id), "{labels}");
+                }
+            }
+            api.apply(NAMESPACES, namespace("other", "b"));
+            until(&mut source, "the label set back", |s| {
+                s.current().identities.as_ref() == Some(&resolved)
+            })
+            .await;
+        }
     }
     // Every pod address has the same identity on both nodes (n1 sees `web` as local and the fe
     // pods as remote; n2 sees all three as remote), and different label sets differ.

@@ -5,19 +5,7 @@
 use std::{net::IpAddr, os::fd::AsRawFd as _, process::Command};
 
 use catalyst_agent::k8s::netlink::{Netlink, Resolution, resolve};
-
-fn root_or_skip(name: &str) -> bool {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CATALYST_UNIT_ONLY").is_some(),
-        "{name} needs root (network namespaces); run `cargo xtask test` as root, or set CATALYST_UNIT_ONLY=1 to skip"
-    );
-    eprintln!("SKIPPED {name}: needs root (CATALYST_UNIT_ONLY=1)");
-    false
-}
+use catalyst_tests::scenario::root_or_skip;
 
 fn sh(args: &[&str]) {
     let out = Command::new(args[0])

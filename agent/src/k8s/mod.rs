@@ -7,18 +7,27 @@
 //! ([`crate::identity::NatsAllocator`]) before they reach the compiler.
 
 pub mod crd;
+pub mod metrics;
 pub mod model;
 pub mod netlink;
 pub mod watch;
 
-use std::{collections::BTreeSet, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use catalyst_policy::{Endpoint, LabelSet, PolicySet};
 use serde::Deserialize;
 use tokio::sync::{Notify, watch as channel};
 
-pub use self::model::{ClusterView, Inputs, Model, Rejected, Unresolved};
+pub use self::{
+    metrics::KubernetesMetrics,
+    model::{ClusterView, Inputs, Model, Rejected, Unresolved},
+};
 use crate::{
     config::AgentConfig,
     identity::{NatsAllocator, Resolved},
@@ -121,12 +130,26 @@ pub fn node_name(cfg: &AgentConfig) -> String {
 }
 
 /// What the source publishes: the inputs and, with NATS, their identities.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Published {
     /// Endpoints, peers and policies from the API.
     pub inputs: Inputs,
     /// Cluster-wide identities of every label set in the inputs (`None` without NATS).
     pub identities: Option<Resolved>,
+    /// When the first API event behind this publication arrived (the start of the policy
+    /// implementation delay).
+    pub observed: std::time::Instant,
+}
+
+impl Published {
+    /// Inputs without identities, observed now.
+    pub fn new(inputs: Inputs) -> Self {
+        Self {
+            inputs,
+            identities: None,
+            observed: std::time::Instant::now(),
+        }
+    }
 }
 
 /// The Kubernetes source of endpoints, peers and policies.
@@ -189,8 +212,10 @@ impl Source {
             node,
             identities,
             static_labels,
+            unresolved: HashSet::new(),
+            known: KnownIdentities::default(),
         };
-        let first = builder.build().await;
+        let first = builder.build(std::time::Instant::now()).await;
         let (tx, rx) = channel::channel(Arc::new(first));
         let k = cfg.kubernetes.clone();
         let mut tasks = Vec::new();
@@ -264,15 +289,56 @@ struct Builder {
     node: String,
     identities: Option<NatsAllocator>,
     static_labels: Vec<LabelSet>,
+    /// Local pods reported as without interface (each is logged once until found).
+    unresolved: HashSet<String>,
+    /// Identities this node resolved and still uses.
+    known: KnownIdentities,
+}
+
+/// Identities already resolved through NATS. A number stays valid while it is in use: this node
+/// marks the identities it uses every `identity_touch_s`, far inside the grace period after
+/// which unused ones are released. So only label sets new to this node cost a round trip.
+#[derive(Default)]
+struct KnownIdentities {
+    ids: BTreeMap<LabelSet, u32>,
+}
+
+impl KnownIdentities {
+    async fn resolve(&mut self, alloc: &NatsAllocator, wanted: BTreeSet<&LabelSet>) -> Resolved {
+        let missing: Vec<&LabelSet> = wanted
+            .iter()
+            .copied()
+            .filter(|l| !self.ids.contains_key(*l))
+            .collect();
+        if !missing.is_empty() {
+            match alloc.resolve(missing).await {
+                Ok(r) => self
+                    .ids
+                    .extend(r.entries().iter().map(|(l, id)| (l.clone(), *id))),
+                // The compiler then rejects the snapshot for want of an identity and the maps in
+                // force stay; the next change retries.
+                Err(error) => tracing::error!(%error, "cluster-wide identity allocation failed"),
+            }
+        }
+        self.ids.retain(|l, _| wanted.contains(l));
+        self.ids.iter().map(|(l, id)| (l.clone(), *id)).collect()
+    }
 }
 
 impl Builder {
-    async fn build(&mut self) -> Published {
+    async fn build(&mut self, observed: std::time::Instant) -> Published {
         let view = self.watchers.view();
         let inputs = self.model.build(&view, &self.node, self.table.as_ref());
+        let unresolved: HashSet<String> = inputs.unresolved.iter().map(|u| u.pod.clone()).collect();
         for u in &inputs.unresolved {
-            tracing::debug!(pod = %u.pod, reason = %u.reason, "pod interface not found yet; retrying");
+            if !self.unresolved.contains(&u.pod) {
+                tracing::warn!(pod = %u.pod, reason = %u.reason, "pod interface not found yet; retrying");
+            }
         }
+        for pod in self.unresolved.difference(&unresolved) {
+            tracing::info!(%pod, "pod interface found (or pod gone)");
+        }
+        self.unresolved = unresolved;
         let identities = match &self.identities {
             Some(alloc) => {
                 let (eps, peers) = label_sets(&inputs.endpoints, &inputs.peers);
@@ -281,19 +347,15 @@ impl Builder {
                     .chain(&peers)
                     .chain(&self.static_labels)
                     .collect();
-                match alloc.resolve(all).await {
-                    Ok(r) => Some(r),
-                    Err(error) => {
-                        // The compiler then rejects the snapshot for want of an identity and the
-                        // maps in force stay; the next change retries.
-                        tracing::error!(%error, "cluster-wide identity allocation failed");
-                        Some(Resolved::default())
-                    }
-                }
+                Some(self.known.resolve(alloc, all).await)
             }
             None => None,
         };
-        Published { inputs, identities }
+        Published {
+            inputs,
+            identities,
+            observed,
+        }
     }
 
     async fn run(
@@ -319,8 +381,9 @@ impl Builder {
                     }
                 }
             }
+            let observed = std::time::Instant::now();
             tokio::time::sleep(Duration::from_millis(cfg.debounce_ms)).await;
-            let published = self.build().await;
+            let published = self.build(observed).await;
             unresolved = !published.inputs.unresolved.is_empty();
             tx.send_if_modified(|current| {
                 if same(current, &published) {

@@ -149,10 +149,7 @@ struct CacheEntry {
 impl PolicyCache {
     /// The policies in force for `objects` (kind, namespace, name, version, manifest JSON);
     /// objects that do not parse are reported (their previous version, if any, stays).
-    fn update(
-        &mut self,
-        objects: Vec<(PolicyKind, Option<String>, String, String, Value)>,
-    ) -> (Vec<Policy>, Vec<Rejected>) {
+    fn update(&mut self, objects: Vec<PolicyObject<'_>>) -> (Vec<Policy>, Vec<Rejected>) {
         let mut seen = HashMap::new();
         let mut policies = Vec::new();
         let mut rejected = Vec::new();
@@ -163,7 +160,7 @@ impl PolicyCache {
                 Some(e) if e.version == version && !version.is_empty() => e,
                 previous => {
                     let source = format!("{kind} {}", object_name(ns.as_deref(), &name));
-                    let parsed = parse_object(&source, &manifest);
+                    let parsed = parse_object(&source, &manifest());
                     let last_good = match (&parsed, previous) {
                         (Ok(p), _) => Some(p.clone()),
                         (Err(_), Some(prev)) => prev.last_good,
@@ -239,26 +236,41 @@ fn manifest_of(
     Value::Object(body)
 }
 
-type PolicyObject = (PolicyKind, Option<String>, String, String, Value);
+/// Kind, namespace, name, version and the manifest (built only when the version is new).
+type PolicyObject<'a> = (
+    PolicyKind,
+    Option<String>,
+    String,
+    String,
+    Box<dyn Fn() -> Value + 'a>,
+);
 
-fn policy_objects(view: &ClusterView) -> Vec<PolicyObject> {
-    let mut out = Vec::new();
+fn policy_objects(view: &ClusterView) -> Vec<PolicyObject<'_>> {
+    let mut out: Vec<PolicyObject<'_>> = Vec::new();
     for np in &view.network_policies {
         let name = np.metadata.name.clone().unwrap_or_default();
         let ns = np.metadata.namespace.clone();
-        let body = match serde_json::to_value(np.as_ref()) {
-            Ok(Value::Object(m)) => m,
-            _ => serde_json::Map::new(),
-        };
-        let manifest = manifest_of(
-            "networking.k8s.io/v1",
-            "NetworkPolicy",
-            ns.as_deref(),
-            &name,
-            body,
-        );
         let version = np.metadata.resource_version.clone().unwrap_or_default();
-        out.push((PolicyKind::NetworkPolicy, ns, name, version, manifest));
+        let manifest = move || {
+            let body = match serde_json::to_value(np.as_ref()) {
+                Ok(Value::Object(m)) => m,
+                _ => serde_json::Map::new(),
+            };
+            manifest_of(
+                "networking.k8s.io/v1",
+                "NetworkPolicy",
+                np.metadata.namespace.as_deref(),
+                np.metadata.name.as_deref().unwrap_or_default(),
+                body,
+            )
+        };
+        out.push((
+            PolicyKind::NetworkPolicy,
+            ns,
+            name,
+            version,
+            Box::new(manifest),
+        ));
     }
     for (source, objects) in &view.custom_policies {
         for o in objects {
@@ -268,19 +280,24 @@ fn policy_objects(view: &ClusterView) -> Vec<PolicyObject> {
             } else {
                 None
             };
-            let body = match &o.data {
-                Value::Object(m) => m.clone(),
-                _ => serde_json::Map::new(),
-            };
-            let manifest = manifest_of(
-                source.api_version,
-                source.kind.as_str(),
-                ns.as_deref(),
-                &name,
-                body,
-            );
             let version = o.metadata.resource_version.clone().unwrap_or_default();
-            out.push((source.kind, ns, name, version, manifest));
+            let manifest = move || {
+                let body = match &o.data {
+                    Value::Object(m) => m.clone(),
+                    _ => serde_json::Map::new(),
+                };
+                manifest_of(
+                    source.api_version,
+                    source.kind.as_str(),
+                    o.metadata
+                        .namespace
+                        .as_deref()
+                        .filter(|_| source.namespaced),
+                    o.metadata.name.as_deref().unwrap_or_default(),
+                    body,
+                )
+            };
+            out.push((source.kind, ns, name, version, Box::new(manifest)));
         }
     }
     out
@@ -314,9 +331,44 @@ fn pod_addresses(pod: &Pod) -> Vec<IpAddr> {
     ips
 }
 
+/// Pod label keys that never enter an identity, as in Cilium's default label filter: labels
+/// Kubernetes sets per pod or per rollout (they would give every pod or every rollout its own
+/// identity), and `io.cilium.k8s.*` / `io.kubernetes.*`, which the agent derives itself (a pod
+/// must not claim its namespace's labels, its namespace or its service account).
+const IGNORED_LABEL_PREFIXES: &[&str] = &[
+    "io.cilium.k8s",
+    "io.kubernetes",
+    "kubernetes.io",
+    "statefulset.kubernetes.io/pod-name",
+    "apps.kubernetes.io/pod-index",
+    "batch.kubernetes.io/job-completion-index",
+    "batch.kubernetes.io/controller-uid",
+    "k8s.io",
+    "topology.kubernetes.io",
+    "pod-template-generation",
+    "pod-template-hash",
+    "controller-revision-hash",
+    "controller-uid",
+    "annotation",
+    "etcd_node",
+];
+
+/// Whether a pod label key is part of the pod's identity.
+fn identity_relevant(key: &str) -> bool {
+    !IGNORED_LABEL_PREFIXES.iter().any(|p| key.starts_with(p))
+        && !key.contains("beta.kubernetes.io")
+}
+
 /// Labels of a pod's identity, without the namespace labels every endpoint gets.
 fn pod_labels(pod: &Pod, ns_labels: Option<&BTreeMap<String, String>>) -> BTreeMap<String, String> {
-    let mut labels: BTreeMap<String, String> = pod.metadata.labels.clone().unwrap_or_default();
+    let mut labels: BTreeMap<String, String> = pod
+        .metadata
+        .labels
+        .iter()
+        .flatten()
+        .filter(|(k, _)| identity_relevant(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let sa = pod
         .spec
         .as_ref()
@@ -355,7 +407,8 @@ fn named_ports(pod: &Pod) -> Vec<NamedPortConfig> {
 }
 
 /// Host-side interfaces of local pods, cached by pod UID and address. A cached interface is
-/// used while a link with its index and name exists (a recreated sandbox gets a new one).
+/// used while its name still has its index (a recreated sandbox gets a new one); that check is
+/// one `if_nametoindex`, where a netlink link query costs about 30 times more.
 #[derive(Debug, Default)]
 pub struct InterfaceCache {
     by_pod: HashMap<(String, IpAddr), (u32, String)>,
@@ -365,7 +418,7 @@ impl InterfaceCache {
     fn resolve(&mut self, table: &dyn RouteTable, uid: &str, ip: IpAddr) -> Result<String, String> {
         let key = (uid.to_owned(), ip);
         if let Some((ifindex, name)) = self.by_pod.get(&key) {
-            if matches!(table.link(*ifindex), Ok(Some(l)) if &l.name == name) {
+            if table.index_of(name) == *ifindex {
                 return Ok(name.clone());
             }
             self.by_pod.remove(&key);
@@ -385,42 +438,78 @@ impl InterfaceCache {
     }
 }
 
-/// Pods of other nodes: their addresses with the identity labels a local endpoint with the same
-/// labels would have.
-fn remote_pod_peers(
-    view: &ClusterView,
-    ns_labels: &HashMap<&str, &BTreeMap<String, String>>,
-) -> Vec<PeerConfig> {
-    let mut peers = Vec::new();
-    let mut remote: Vec<&Arc<Pod>> = view.remote_pods.iter().collect();
-    remote.sort_by(|a, b| {
-        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
-    });
-    for pod in remote {
-        let namespace = pod
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".to_owned());
-        let labels = pod_labels(pod, ns_labels.get(namespace.as_str()).copied());
-        let Ok(set) = crate::state::label_set(&labels, "remote pod") else {
-            continue;
-        };
-        // The labels of its identity, exactly as a local endpoint with these labels has.
-        let identity = Endpoint::new(0, "", namespace, set, Vec::new()).identity_labels();
-        let labels: BTreeMap<String, String> = identity
+/// Peers of remote pods, cached by pod UID and the versions of the pod and its namespace (the
+/// label work is most of a rebuild in a large cluster, and one event changes one pod).
+#[derive(Debug, Default)]
+pub struct PeerCache {
+    by_pod: HashMap<String, (String, String, Vec<PeerConfig>)>,
+}
+
+/// The peers of one remote pod: its addresses with the identity labels a local endpoint with
+/// the same labels would have.
+fn remote_pod_peer(pod: &Pod, ns_labels: Option<&BTreeMap<String, String>>) -> Vec<PeerConfig> {
+    let namespace = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_owned());
+    let labels = pod_labels(pod, ns_labels);
+    let Ok(set) = crate::state::label_set(&labels, "remote pod") else {
+        return Vec::new();
+    };
+    let identity = Endpoint::new(0, "", namespace, set, Vec::new()).identity_labels();
+    let labels: BTreeMap<String, String> = identity
+        .iter()
+        .map(|l| (format!("{}:{}", l.source, l.key), l.value))
+        .collect();
+    pod_addresses(pod)
+        .into_iter()
+        .map(|ip| PeerConfig {
+            prefix: ip.into(),
+            entity: None,
+            labels: labels.clone(),
+        })
+        .collect()
+}
+
+impl PeerCache {
+    /// Peers of every remote pod, sorted by namespace and name.
+    fn peers(&mut self, view: &ClusterView) -> Vec<PeerConfig> {
+        let namespaces: HashMap<&str, &Namespace> = view
+            .namespaces
             .iter()
-            .map(|l| (format!("{}:{}", l.source, l.key), l.value))
+            .filter_map(|n| Some((n.metadata.name.as_deref()?, n.as_ref())))
             .collect();
-        for ip in pod_addresses(pod) {
-            peers.push(PeerConfig {
-                prefix: ip.into(),
-                entity: None,
-                labels: labels.clone(),
+        let mut remote: Vec<&Arc<Pod>> = view.remote_pods.iter().collect();
+        remote.sort_by(|a, b| {
+            (&a.metadata.namespace, &a.metadata.name)
+                .cmp(&(&b.metadata.namespace, &b.metadata.name))
+        });
+        let mut seen = HashMap::with_capacity(remote.len());
+        let mut peers = Vec::new();
+        for pod in remote {
+            let ns = namespaces
+                .get(pod.metadata.namespace.as_deref().unwrap_or("default"))
+                .copied();
+            let version = pod.metadata.resource_version.clone().unwrap_or_default();
+            let ns_version = ns
+                .and_then(|n| n.metadata.resource_version.clone())
+                .unwrap_or_default();
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            let cached = self.by_pod.remove(&uid).filter(|(v, nv, _)| {
+                // Objects without versions (never from an API server) are not cached.
+                !version.is_empty() && !nv.is_empty() && *v == version && *nv == ns_version
             });
+            let entry = cached.unwrap_or_else(|| {
+                let p = remote_pod_peer(pod, ns.and_then(|n| n.metadata.labels.as_ref()));
+                (version, ns_version, p)
+            });
+            peers.extend(entry.2.iter().cloned());
+            seen.insert(uid, entry);
         }
+        self.by_pod = seen;
+        peers
     }
-    peers
 }
 
 /// Node addresses: `host` for this node, `remote-node` for the others.
@@ -455,6 +544,7 @@ fn node_peers(view: &ClusterView, node: &str) -> Vec<PeerConfig> {
 pub struct Model {
     policies: PolicyCache,
     interfaces: InterfaceCache,
+    peers: PeerCache,
 }
 
 impl Model {
@@ -524,7 +614,7 @@ impl Model {
         }
         self.interfaces.retain(&live);
 
-        inputs.peers = remote_pod_peers(view, &ns_labels);
+        inputs.peers = self.peers.peers(view);
         inputs.peers.extend(node_peers(view, node));
 
         let (policies, rejected) = self.policies.update(policy_objects(view));

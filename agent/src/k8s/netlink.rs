@@ -73,6 +73,9 @@ pub trait RouteTable {
     fn neighbour_mac(&self, ifindex: u32, ip: IpAddr) -> Result<Option<[u8; 6]>, NetlinkError>;
     /// The port of bridge `bridge` on which `mac` was learned (bridge FDB).
     fn fdb_port(&self, bridge: u32, mac: [u8; 6]) -> Result<Option<u32>, NetlinkError>;
+    /// The index of interface `name` (0 when it does not exist): the cheap check that a
+    /// discovered interface is still there.
+    fn index_of(&self, name: &str) -> u32;
 }
 
 /// A route lookup result.
@@ -260,6 +263,10 @@ fn mac_of(n: &NeighbourMessage) -> Option<[u8; 6]> {
 }
 
 impl RouteTable for Netlink {
+    fn index_of(&self, name: &str) -> u32 {
+        crate::state::ifindex(name)
+    }
+
     fn route(&self, ip: IpAddr) -> Result<Option<Route>, NetlinkError> {
         let mut msg = RouteMessage::default();
         let (family, len, addr) = match ip {
@@ -405,6 +412,12 @@ impl RouteTable for StaticTable {
     }
     fn fdb_port(&self, bridge: u32, mac: [u8; 6]) -> Result<Option<u32>, NetlinkError> {
         Ok(self.fdb.get(&(bridge, mac)).copied())
+    }
+    fn index_of(&self, name: &str) -> u32 {
+        self.links
+            .iter()
+            .find_map(|(i, l)| (l.name == name).then_some(*i))
+            .unwrap_or(0)
     }
 }
 

@@ -18,7 +18,7 @@ fn pod(ns: &str, name: &str, node: &str, ip: &str, labels: &Value) -> Arc<Pod> {
         serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}"),
-                         "labels": labels},
+                         "resourceVersion": "1", "labels": labels},
             "spec": {"nodeName": node, "serviceAccountName": "sa-".to_owned() + name,
                      "containers": [{"name": "c", "image": "i",
                         "ports": [{"name": "http", "containerPort": 8080},
@@ -34,7 +34,8 @@ fn namespace(name: &str, labels: &Value) -> Arc<Namespace> {
     Arc::new(
         serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": name, "labels": labels}
+            // The API server bumps the version on every change (here: on every relabel).
+            "metadata": {"name": name, "labels": labels, "resourceVersion": labels.to_string()}
         }))
         .unwrap(),
     )
@@ -122,6 +123,38 @@ fn local_pod_becomes_an_endpoint_with_cilium_labels_and_named_ports() {
 }
 
 #[test]
+fn per_pod_and_agent_owned_labels_stay_out_of_the_identity() {
+    let mut v = view();
+    v.local_pods[0] = pod(
+        "shop",
+        "web",
+        "n1",
+        WEB_IP,
+        &json!({"app": "web", "pod-template-hash": "5d9c7", "app.kubernetes.io/name": "web",
+                // A pod must not claim namespace labels, another namespace or service account.
+                "io.cilium.k8s.namespace.labels.team": "b",
+                "io.kubernetes.pod.namespace": "kube-system",
+                "io.cilium.k8s.policy.serviceaccount": "admin",
+                "statefulset.kubernetes.io/pod-name": "web-0"}),
+    );
+    let inputs = Model::default().build(&v, "n1", &table());
+    let labels = &inputs.endpoints[0].labels;
+    let keys: Vec<&str> = labels.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "app",
+            "app.kubernetes.io/name",
+            "io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name",
+            "io.cilium.k8s.namespace.labels.team",
+            SERVICE_ACCOUNT_LABEL,
+        ]
+    );
+    assert_eq!(labels["io.cilium.k8s.namespace.labels.team"], "a");
+    assert_eq!(labels[SERVICE_ACCOUNT_LABEL], "sa-web");
+}
+
+#[test]
 fn remote_pods_and_nodes_become_ipcache_peers() {
     let inputs = Model::default().build(&view(), "n1", &table());
     let by_prefix = |p: &str| {
@@ -143,6 +176,23 @@ fn remote_pods_and_nodes_become_ipcache_peers() {
 }
 
 #[test]
+fn a_recreated_sandbox_interface_replaces_the_cached_one() {
+    let ip: IpAddr = WEB_IP.parse().unwrap();
+    let mut m = Model::default();
+    let before = StaticTable::default().with_veth_route(ip, 5, "vetha");
+    assert_eq!(
+        m.build(&view(), "n1", &before).endpoints[0].interface,
+        "vetha"
+    );
+    // The sandbox was recreated: vetha is gone, the route now leads to vethb.
+    let after = StaticTable::default().with_veth_route(ip, 6, "vethb");
+    assert_eq!(
+        m.build(&view(), "n1", &after).endpoints[0].interface,
+        "vethb"
+    );
+}
+
+#[test]
 fn pods_without_an_interface_are_reported_not_compiled() {
     let inputs = Model::default().build(&view(), "n1", &StaticTable::default());
     assert!(inputs.endpoints.is_empty());
@@ -156,10 +206,7 @@ fn pods_without_an_interface_are_reported_not_compiled() {
 fn verdict(view: &ClusterView, model: &mut Model, peer: &str, port: u16) -> u8 {
     let inputs = model.build(view, "n1", &table());
     let cfg = AgentConfig::parse(Path::new("agent.yaml"), "mode: kubernetes\n").unwrap();
-    let published = crate::k8s::Published {
-        inputs,
-        identities: None,
-    };
+    let published = crate::k8s::Published::new(inputs);
     let (cfg, policies) = crate::k8s::overlay(&cfg, PolicySet::new(), &published);
     let mut alloc = Allocators::default();
     state::build(&cfg, &policies, &mut alloc).unwrap();
@@ -180,6 +227,23 @@ fn compiled_verdicts_follow_the_cnp_with_namespace_scoping() {
     assert_ne!(verdict(&v, &mut m, "10.0.2.7", 9000), VERDICT_FORWARDED);
     // fe in another namespace: peers of a namespaced policy default to its namespace.
     assert_ne!(verdict(&v, &mut m, "10.0.2.8", 8080), VERDICT_FORWARDED);
+}
+
+#[test]
+fn named_ports_of_the_pod_resolve_policy_ports() {
+    let mut v = view();
+    // `http` is web's containerPort 8080 (the pod fixture's named ports).
+    v.custom_policies[0].1[0] = cnp(
+        "shop",
+        "allow-fe",
+        "4",
+        &json!({"endpointSelector": {"matchLabels": {"app": "web"}},
+                "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "fe"}}],
+                             "toPorts": [{"ports": [{"port": "http"}]}]}]}),
+    );
+    let mut m = Model::default();
+    assert_eq!(verdict(&v, &mut m, "10.0.2.7", 8080), VERDICT_FORWARDED);
+    assert_ne!(verdict(&v, &mut m, "10.0.2.7", 9000), VERDICT_FORWARDED);
 }
 
 #[test]

@@ -379,9 +379,6 @@ pub struct PolicyFacts {
     pub world_allows: Vec<PolicyRefOut>,
 }
 
-/// Policy names as (namespace, name, kind), sorted and deduplicated.
-type Names = BTreeSet<(String, String, String)>;
-
 /// Identities that stand for "the world": [`IDENTITY_ANY`] (any peer), the reserved world
 /// identities, and CIDR identities of a `/0` prefix (`0.0.0.0/0`, `::/0`).
 fn world_identities(compiled: &Compiled) -> BTreeSet<u32> {
@@ -426,34 +423,38 @@ pub fn world_egress_allows(
     origins: &[Vec<PolicyRefOut>],
 ) -> HashMap<u32, PolicyFacts> {
     let world = world_identities(compiled);
-    // Per endpoint: ingress, egress and world-opening policies as (namespace, name, kind).
-    let mut acc: HashMap<u32, [Names; 3]> = HashMap::new();
-    let add = |set: &mut Names, rule_id: u32| {
-        for p in origins.get(rule_id as usize).map_or(&[][..], Vec::as_slice) {
-            set.insert((p.namespace.clone(), p.name.clone(), p.kind.clone()));
-        }
-    };
+    // Per endpoint: the rule ids behind its ingress, egress and world-opening entries. Names are
+    // resolved once per endpoint at the end (a node can have hundreds of thousands of entries).
+    let mut acc: HashMap<u32, [BTreeSet<u32>; 3]> = HashMap::new();
     for (len, key, entry) in compiled.policy() {
         let sets = acc.entry(key.endpoint_id).or_default();
         match key.direction {
-            DIR_INGRESS => add(&mut sets[0], entry.rule_id),
+            DIR_INGRESS => {
+                sets[0].insert(entry.rule_id);
+            }
             DIR_EGRESS => {
-                add(&mut sets[1], entry.rule_id);
+                sets[1].insert(entry.rule_id);
                 let any_port = *len <= POLICY_PREFIX_EXACT_BITS + 8
                     && matches!(key.protocol, PROTO_ANY | PROTO_TCP | PROTO_UDP | PROTO_SCTP);
                 if entry.action == ACTION_ALLOW && any_port && world.contains(&key.identity) {
-                    add(&mut sets[2], entry.rule_id);
+                    sets[2].insert(entry.rule_id);
                 }
             }
             _ => {}
         }
     }
-    let out = |set: Names| {
+    let names = |ids: &BTreeSet<u32>| -> Vec<PolicyRefOut> {
+        let set: BTreeSet<(&str, &str, &str)> = ids
+            .iter()
+            .filter_map(|id| origins.get(*id as usize))
+            .flatten()
+            .map(|p| (p.namespace.as_str(), p.name.as_str(), p.kind.as_str()))
+            .collect();
         set.into_iter()
             .map(|(namespace, name, kind)| PolicyRefOut {
-                name,
-                namespace,
-                kind,
+                name: name.to_owned(),
+                namespace: namespace.to_owned(),
+                kind: kind.to_owned(),
             })
             .collect()
     };
@@ -462,9 +463,9 @@ pub fn world_egress_allows(
             (
                 id,
                 PolicyFacts {
-                    ingress: out(i),
-                    egress: out(e),
-                    world_allows: out(w),
+                    ingress: names(&i),
+                    egress: names(&e),
+                    world_allows: names(&w),
                 },
             )
         })

@@ -14,7 +14,7 @@ use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use catalyst_agent::{
     config::MapSizes,
-    datapath::{AttachMode, Datapath, DesiredState, LoadOptions, apply, uninstall},
+    datapath::{AttachMode, Datapath, DesiredState, LoadOptions, apply, by_endpoint, uninstall},
 };
 use catalyst_policy::datapath::{
     ACTION_ALLOW, CtEntry, CtKey, DIR_INGRESS, EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED,
@@ -52,6 +52,7 @@ fn state(entries: u32) -> DesiredState {
         event_interval_ns: 1_000_000_000,
         ..DesiredState::default()
     };
+    let mut rows = Vec::new();
     for i in 0..entries {
         let id = 1000 + i;
         let ip = Ipv4Addr::from(0x0a00_0000 + i + 1);
@@ -62,7 +63,7 @@ fn state(entries: u32) -> DesiredState {
                 flags: 0,
             },
         ));
-        d.policy.push((
+        rows.push((
             POLICY_PREFIX_FULL_BITS,
             PolicyKey {
                 endpoint_id: 7,
@@ -79,6 +80,7 @@ fn state(entries: u32) -> DesiredState {
             },
         ));
     }
+    d.policy = by_endpoint(rows);
     d
 }
 

@@ -1,7 +1,9 @@
 //! Policy engine benchmark (root): compile time for 1,000 endpoints × 5,000 rules, map-entry
-//! counts versus rule counts, and the policy implementation delay — a policy change observed →
-//! compiled → applied to the real (pinned, test-only) maps as a diff — p50/p99 over 200 changes
-//! at 1,000 endpoints. Prints one JSON object.
+//! counts versus rule counts, and the policy implementation delay — a changed policy object
+//! observed → parsed → compiled incrementally → applied to the real (pinned, test-only) maps as
+//! a diff — p50/p99 over 200 changes at 1,000 endpoints; the same for 100 pod events (a pod with
+//! a new identity added, then removed); a full recompilation as the baseline. Prints one JSON
+//! object.
 //!
 //! Used by `cargo xtask bench policy`; alone: `cargo run -p catalyst-agent --example policy_bench`.
 
@@ -16,15 +18,17 @@ use catalyst_agent::{
     datapath::{AttachMode, Datapath, DesiredState, LoadOptions, apply, apply_diff, uninstall},
 };
 use catalyst_policy::{
-    CidrAllocator, CompileInput, Compiled, Endpoint, LabelSet, LocalAllocator, PolicySet,
+    CidrAllocator, CompileInput, Endpoint, Engine, LabelSet, LocalAllocator, PolicySet,
     compile_with, labels::SOURCE_K8S,
 };
 
 const ENDPOINTS: u32 = 1_000;
 const POLICIES: u32 = 500;
 const RULES_PER_POLICY: u32 = 10;
-/// Each change recompiles everything today (seconds at this size), so 20 changes bound the run.
-const CHANGES: u32 = 20;
+/// Policy changes measured.
+const CHANGES: u32 = 200;
+/// Pods added and removed again (two measurements each).
+const POD_CHANGES: u32 = 50;
 
 fn endpoints() -> Vec<Endpoint> {
     (0..ENDPOINTS)
@@ -99,8 +103,8 @@ fn policy(p: u32, variant: u32) -> String {
     s
 }
 
-fn desired(c: &Compiled) -> DesiredState {
-    DesiredState::from_compiled(c, 0, 1_000_000_000)
+fn desired(e: &Engine) -> DesiredState {
+    DesiredState::from_engine(e, 0, 1_000_000_000)
 }
 
 /// The `per_mille`-th permille of `v`, in milliseconds (nearest rank).
@@ -110,30 +114,82 @@ fn pct(v: &mut [Duration], per_mille: usize) -> f64 {
     v[i].as_secs_f64() * 1e3
 }
 
+/// A pod that is not there at the start: labels of an existing app and tier plus a unique
+/// `pod-template-hash`, so it brings a new identity that the tier selectors of many policies
+/// select (the broadest change a pod event can cause).
+fn new_pod(k: u32) -> Endpoint {
+    let labels = LabelSet::parse(
+        [
+            format!("app=app{}", k % 100).as_str(),
+            format!("tier=t{}", k % 3).as_str(),
+            format!("pod-template-hash=h{k}").as_str(),
+        ],
+        SOURCE_K8S,
+    )
+    .unwrap();
+    Endpoint::new(
+        200_000 + k,
+        format!("new{k}"),
+        format!("ns{}", k % 10),
+        labels,
+        vec![IpAddr::V4(Ipv4Addr::new(
+            10,
+            99,
+            (k / 250) as u8,
+            (k % 250) as u8,
+        ))],
+    )
+}
+
+struct Delays {
+    total: Vec<Duration>,
+    compile: Vec<Duration>,
+    recompiled: Vec<usize>,
+}
+
+impl Delays {
+    fn new() -> Self {
+        Self {
+            total: Vec::new(),
+            compile: Vec::new(),
+            recompiled: Vec::new(),
+        }
+    }
+
+    fn json(&mut self, name: &str) -> String {
+        let mut r = self.recompiled.clone();
+        r.sort_unstable();
+        format!(
+            "\"{name}_changes\":{},\"{name}_delay_p50_ms\":{:.2},\"{name}_delay_p99_ms\":{:.2},\"{name}_compile_p50_ms\":{:.2},\"{name}_endpoints_recompiled_p50\":{}",
+            self.total.len(),
+            pct(&mut self.total.clone(), 500),
+            pct(&mut self.total, 990),
+            pct(&mut self.compile, 500),
+            r[r.len() / 2]
+        )
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let eps = endpoints();
-    let mut texts: Vec<String> = (0..POLICIES).map(|p| policy(p, 0)).collect();
-    let parse = |texts: &[String]| -> anyhow::Result<Vec<catalyst_policy::Policy>> {
-        Ok(PolicySet::parse_str("bench.yaml", &texts.join("---\n"))?.into_policies())
-    };
+    let texts: Vec<String> = (0..POLICIES).map(|p| policy(p, 0)).collect();
     let t = Instant::now();
-    let policies = parse(&texts)?;
+    let policies = PolicySet::parse_str("bench.yaml", &texts.join("---\n"))?.into_policies();
     let parse_ms = t.elapsed().as_secs_f64() * 1e3;
     let mut labels = LocalAllocator::new();
     let mut cidrs = CidrAllocator::new();
-    let input = CompileInput {
-        endpoints: eps.clone(),
+    let mut input = CompileInput {
+        endpoints: eps,
         peers: vec![],
         policies,
         global_audit: false,
     };
     let t = Instant::now();
-    let compiled = compile_with(&input, &mut labels, &mut cidrs)?;
+    let mut engine = Engine::new();
+    engine.update(&input, &mut labels, &mut cidrs)?;
     let compile_ms = t.elapsed().as_secs_f64() * 1e3;
-    eprintln!(
-        "parse {parse_ms:.0} ms, compile {compile_ms:.0} ms, {} policy entries",
-        compiled.policy().len()
-    );
+    let entries = engine.policy_len();
+    eprintln!("parse {parse_ms:.0} ms, compile {compile_ms:.0} ms, {entries} policy entries");
 
     let pin = std::path::PathBuf::from(format!(
         "/sys/fs/bpf/catalyst-policy-bench-{}",
@@ -152,45 +208,71 @@ fn main() -> anyhow::Result<()> {
             attach_mode: AttachMode::Auto,
         })?;
         let t = Instant::now();
-        let mut applied = desired(&compiled);
+        let mut applied = desired(&engine);
         apply(&mut dp, &applied, true)?;
         let initial_apply_ms = t.elapsed().as_secs_f64() * 1e3;
-        let mut delays = Vec::new();
-        let mut compile_only = Vec::new();
+
+        // One policy object changed (its ports shift): the change observed → that object
+        // parsed → incremental compile → diff applied to the maps.
+        let mut policy_changes = Delays::new();
         for c in 0..CHANGES {
             let p = (c * 37) % POLICIES;
-            texts[p as usize] = policy(p, c + 1);
-            // Change observed → parse → compile → diff applied to the maps.
+            let text = policy(p, c + 1);
             let t = Instant::now();
-            let input = CompileInput {
-                endpoints: eps.clone(),
-                peers: vec![],
-                policies: parse(&texts)?,
-                global_audit: false,
-            };
-            let compiled = compile_with(&input, &mut labels, &mut cidrs)?;
-            compile_only.push(t.elapsed());
-            let next = desired(&compiled);
+            let mut changed = PolicySet::parse_str(&format!("p{p}.yaml"), &text)?.into_policies();
+            input.policies[p as usize] = changed.remove(0);
+            let stats = engine.update(&input, &mut labels, &mut cidrs)?;
+            policy_changes.compile.push(t.elapsed());
+            let next = desired(&engine);
             apply_diff(&mut dp, Some(&applied), &next, false)?;
-            delays.push(t.elapsed());
+            policy_changes.total.push(t.elapsed());
+            policy_changes.recompiled.push(stats.endpoints_recompiled);
             applied = next;
         }
+
+        // A pod with a new identity appears, then goes away.
+        let mut pod_changes = Delays::new();
+        for k in 0..POD_CHANGES {
+            for add in [true, false] {
+                let t = Instant::now();
+                if add {
+                    input.endpoints.push(new_pod(k));
+                } else {
+                    input.endpoints.pop();
+                }
+                let stats = engine.update(&input, &mut labels, &mut cidrs)?;
+                pod_changes.compile.push(t.elapsed());
+                let next = desired(&engine);
+                apply_diff(&mut dp, Some(&applied), &next, false)?;
+                pod_changes.total.push(t.elapsed());
+                pod_changes.recompiled.push(stats.endpoints_recompiled);
+                applied = next;
+            }
+        }
+
+        // Baseline in the same run: a full recompilation of the same input.
+        let t = Instant::now();
+        let full = compile_with(&input, &mut labels, &mut cidrs)?;
+        let full_ms = t.elapsed().as_secs_f64() * 1e3;
+        anyhow::ensure!(
+            full.policy().len() == engine.policy_len(),
+            "incremental state has {} entries, a full compile {}",
+            engine.policy_len(),
+            full.policy().len()
+        );
         Ok(format!(
-            "\"initial_apply_ms\":{initial_apply_ms:.1},\"delay_p50_ms\":{:.1},\"delay_p99_ms\":{:.1},\"parse_compile_p50_ms\":{:.1},\"changes\":{CHANGES}",
-            pct(&mut delays.clone(), 500),
-            pct(&mut delays, 990),
-            pct(&mut compile_only, 500)
+            "\"initial_apply_ms\":{initial_apply_ms:.1},\"full_recompile_ms\":{full_ms:.1},{},{}",
+            policy_changes.json("policy"),
+            pod_changes.json("pod")
         ))
     })();
     uninstall(&pin)?;
     let timing = result?;
-    let ranges = input.policies.len();
     println!(
-        "{{\"endpoints\":{ENDPOINTS},\"policies\":{ranges},\"rules\":{},\"policy_entries\":{},\"ipcache_entries\":{},\"identities\":{},\"parse_ms\":{parse_ms:.1},\"compile_ms\":{compile_ms:.1},{timing}}}",
+        "{{\"endpoints\":{ENDPOINTS},\"policies\":{POLICIES},\"rules\":{},\"policy_entries\":{entries},\"ipcache_entries\":{},\"identities\":{},\"parse_ms\":{parse_ms:.1},\"compile_ms\":{compile_ms:.1},{timing}}}",
         POLICIES * (RULES_PER_POLICY + 1),
-        compiled.policy().len(),
-        compiled.ipcache_v4().len() + compiled.ipcache_v6().len(),
-        compiled.identities().len()
+        engine.ipcache_v4().len() + engine.ipcache_v6().len(),
+        engine.identities().len()
     );
     Ok(())
 }

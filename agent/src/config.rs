@@ -285,6 +285,27 @@ pub struct EndpointConfig {
     /// Audit mode for this endpoint. Default false.
     #[serde(default)]
     pub audit: bool,
+    /// Named ports the workload declares (as Kubernetes `containers[].ports[]` with a name):
+    /// policy `toPorts` entries whose `port` is a name resolve through them. Default none.
+    #[serde(default)]
+    pub ports: Vec<NamedPortConfig>,
+}
+
+/// A named port of a workload.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NamedPortConfig {
+    /// The name (`IANA_SVC_NAME`: 1–15 of `a-z0-9-`).
+    pub name: String,
+    /// Port number.
+    pub port: u16,
+    /// `TCP`, `UDP` or `SCTP`. Default `TCP`.
+    #[serde(default = "default_port_protocol")]
+    pub protocol: catalyst_policy::ports::Protocol,
+}
+
+fn default_port_protocol() -> catalyst_policy::ports::Protocol {
+    catalyst_policy::ports::Protocol::Tcp
 }
 
 /// An extra ipcache entry.

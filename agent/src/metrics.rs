@@ -15,7 +15,12 @@ use std::{
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
     registry::Registry,
 };
 
@@ -319,6 +324,9 @@ pub struct DatapathMetrics {
     revision: Gauge,
     ring_flows: Gauge,
     malformed: Counter,
+    policy_delay: Histogram,
+    policy_rejected: Counter,
+    policy_entries: Gauge,
     last: Arc<Mutex<Vec<u64>>>,
 }
 
@@ -331,6 +339,10 @@ impl DatapathMetrics {
             revision: Gauge::default(),
             ring_flows: Gauge::default(),
             malformed: Counter::default(),
+            // 1 ms … ~8 s.
+            policy_delay: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            policy_rejected: Counter::default(),
+            policy_entries: Gauge::default(),
             last: Arc::default(),
         };
         registry.register(
@@ -352,6 +364,21 @@ impl DatapathMetrics {
             "flow_ring_flows",
             "Flows held in the in-memory flow ring",
             me.ring_flows.clone(),
+        );
+        registry.register(
+            "policy_implementation_delay_seconds",
+            "Time from a policy or endpoint change being observed to the maps being updated",
+            me.policy_delay.clone(),
+        );
+        registry.register(
+            "policy_changes_rejected",
+            "Configuration or policy changes rejected (the policy in force stayed)",
+            me.policy_rejected.clone(),
+        );
+        registry.register(
+            "policy_map_entries",
+            "Entries in the policy map",
+            me.policy_entries.clone(),
         );
         registry.register(
             "flow_events_malformed",
@@ -418,6 +445,23 @@ impl DatapathMetrics {
     /// Sets the policy revision gauge.
     pub fn set_revision(&self, revision: u32) {
         self.revision.set(i64::from(revision));
+    }
+
+    /// Records one applied change: its implementation delay and the policy entries now in force.
+    pub fn policy_applied(&self, delay: std::time::Duration, entries: usize) {
+        self.policy_delay.observe(delay.as_secs_f64());
+        self.set_policy_entries(entries);
+    }
+
+    /// Sets the number of policy entries in force.
+    pub fn set_policy_entries(&self, entries: usize) {
+        self.policy_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a rejected configuration or policy change.
+    pub fn policy_rejected(&self) {
+        self.policy_rejected.inc();
     }
 
     /// Sets the number of flows held in the ring.

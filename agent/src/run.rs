@@ -73,6 +73,7 @@ fn apply_snapshot(
         unchanged = report.unchanged,
         policies = snap.policies,
         endpoints = snap.interfaces.len(),
+        recompiled = snap.stats.endpoints_recompiled,
         "datapath in sync"
     );
     for m in &snap.missing {
@@ -92,8 +93,8 @@ fn dp_attached(dp: &Datapath, iface: &str) -> bool {
 )]
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let mut cfg = AgentConfig::load(&config_path)?;
-    let mut policies = state::load_policies(&cfg)?;
     let mut alloc = Allocators::default();
+    let mut policies = alloc.load_policies(&cfg)?;
     let snap = state::build(&cfg, &policies, &mut alloc)?;
 
     let mut dp = Datapath::load(&LoadOptions {
@@ -108,6 +109,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
 
     let metrics = Metrics::new(cfg.metrics.max_ports);
     metrics.datapath.set_revision(revision);
+    metrics
+        .datapath
+        .set_policy_entries(snap.desired.policy_len());
     let ring = FlowRing::new(cfg.observer.ring_capacity);
     let enricher = Enricher::new(snap.enrich.clone());
     let events = dp
@@ -195,6 +199,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                     continue;
                 }
                 fp = now;
+                let observed = std::time::Instant::now();
                 match reload(&config_path, &mut alloc) {
                     Ok((new_cfg, new_policies, snap)) => {
                         if new_cfg.pin_path != cfg.pin_path || new_cfg.maps != cfg.maps {
@@ -204,19 +209,20 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                             || new_cfg.nats != cfg.nats || new_cfg.signals != cfg.signals {
                             tracing::warn!("observer, metrics, nats and signals settings take effect after a restart");
                         }
-                        match apply_snapshot(&mut dp, applied.as_ref(), &snap, false) {
-                            Ok(revision) => {
-                                metrics.datapath.set_revision(revision);
-                                if let Some(s) = &signals {
-                                    s.update(signals::Inputs::from_snapshot(&new_cfg, &snap, revision));
-                                }
-                            }
+                        let revision = match apply_snapshot(&mut dp, applied.as_ref(), &snap, false) {
+                            Ok(revision) => revision,
                             Err(e) => {
                                 tracing::error!(error = format!("{e:#}"), "applying the new state failed; will re-read the maps and retry");
                                 applied = None;
                                 fp.clear();
                                 continue;
                             }
+                        };
+                        metrics.datapath.set_revision(revision);
+                        metrics.datapath.policy_applied(observed.elapsed(), snap.desired.policy_len());
+                        // After the maps are updated (and outside the delay measured above).
+                        if let Some(s) = &signals {
+                            s.update(signals::Inputs::from_snapshot(&new_cfg, &snap, revision));
                         }
                         applied = Some(snap.desired.clone());
                         enricher.replace(snap.enrich.clone());
@@ -225,6 +231,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                         policies = new_policies;
                     }
                     Err(e) => {
+                        metrics.datapath.policy_rejected();
                         tracing::error!(error = format!("{e:#}"), policies = policies.policies().len(),
                             "rejected configuration or policy change; the policy in force stays");
                     }
@@ -329,7 +336,7 @@ fn reload(
     alloc: &mut Allocators,
 ) -> anyhow::Result<(AgentConfig, catalyst_policy::PolicySet, Snapshot)> {
     let cfg = AgentConfig::load(config_path)?;
-    let policies = state::load_policies(&cfg)?;
+    let policies = alloc.load_policies(&cfg)?;
     let snap = state::build(&cfg, &policies, alloc)?;
     Ok((cfg, policies, snap))
 }
@@ -346,7 +353,7 @@ pub fn check(config: Option<&Path>, policies: &[PathBuf]) -> anyhow::Result<()> 
             c.display(),
             cfg.endpoints.len(),
             set.policies().len(),
-            snap.desired.policy.len()
+            snap.desired.policy_len()
         );
         n += 1;
     }

@@ -1,7 +1,7 @@
 //! Builds the desired datapath state from configuration and policies.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     ffi::CString,
     path::PathBuf,
     time::SystemTime,
@@ -9,13 +9,16 @@ use std::{
 
 use anyhow::Context as _;
 use catalyst_policy::{
-    CidrAllocator, CompileInput, Compiled, Endpoint, IpcachePeer, LabelSet, LocalAllocator,
-    PeerIdentity, PolicySet, compile_with,
+    CidrAllocator, CompileInput, Endpoint, Engine, IpcachePeer, LabelSet, LocalAllocator,
+    NamedPort, PeerIdentity, Policy, PolicySet, UpdateStats,
     datapath::{
         CFG_F_AUDIT, IDENTITY_HEALTH, IDENTITY_HOST, IDENTITY_INGRESS, IDENTITY_INIT,
         IDENTITY_KUBE_APISERVER, IDENTITY_REMOTE_NODE, IDENTITY_UNMANAGED,
     },
     labels::SOURCE_K8S,
+    manifest::policy_files,
+    parse_manifests,
+    ports::{PortName, Protocol},
 };
 use ipnet::IpNet;
 
@@ -44,15 +47,58 @@ pub struct Snapshot {
     pub missing: Vec<String>,
     /// Number of policies in force.
     pub policies: usize,
-    /// The compiled form (kept for explanations and tests).
-    pub compiled: Compiled,
+    /// What the incremental compiler recomputed for this snapshot.
+    pub stats: UpdateStats,
 }
 
-/// Long-lived allocators so identities stay stable across reloads.
+/// Long-lived compilation state: identity allocators (identities stay stable across reloads),
+/// the incremental compiler and the parsed policy files.
 #[derive(Default)]
 pub struct Allocators {
     labels: LocalAllocator,
     cidrs: CidrAllocator,
+    engine: Engine,
+    files: PolicyFiles,
+}
+
+impl Allocators {
+    /// Loads the policies named by the configuration, parsing only files that changed since
+    /// the last successful load (size or modification time).
+    pub fn load_policies(&mut self, cfg: &AgentConfig) -> anyhow::Result<PolicySet> {
+        self.files.load(cfg)
+    }
+}
+
+/// Parsed policy files by path, with the size and modification time they were parsed at.
+#[derive(Default)]
+struct PolicyFiles {
+    files: HashMap<PathBuf, (u64, Option<SystemTime>, Vec<Policy>)>,
+}
+
+impl PolicyFiles {
+    fn load(&mut self, cfg: &AgentConfig) -> anyhow::Result<PolicySet> {
+        let mut set = PolicySet::new();
+        let mut next = HashMap::new();
+        for path in &cfg.policy_paths {
+            for file in policy_files(path)? {
+                let md = std::fs::metadata(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                let (len, mtime) = (md.len(), md.modified().ok());
+                let policies = match self.files.remove(&file) {
+                    Some((l, m, p)) if l == len && m == mtime => p,
+                    _ => {
+                        let text = std::fs::read_to_string(&file)
+                            .with_context(|| format!("cannot read {}", file.display()))?;
+                        parse_manifests(&file.display().to_string(), &text)?
+                    }
+                };
+                set.extend(policies.iter().cloned())?;
+                next.insert(file, (len, mtime, policies));
+            }
+        }
+        self.files = next;
+        Ok(set)
+    }
 }
 
 fn reserved_entity(name: &str) -> Option<u32> {
@@ -113,6 +159,20 @@ pub fn build(
             ep.addresses.clone(),
         );
         e.audit = ep.audit;
+        for (j, p) in ep.ports.iter().enumerate() {
+            let what = || format!("endpoints[{i}] ({}).ports[{j}]", ep.name);
+            PortName::new(&p.name).with_context(what)?;
+            anyhow::ensure!(
+                p.protocol != Protocol::Any,
+                "{}: protocol must be TCP, UDP or SCTP",
+                what()
+            );
+            e.named_ports.push(NamedPort {
+                name: p.name.clone(),
+                protocol: p.protocol,
+                port: p.port,
+            });
+        }
         endpoints.push(e);
         interfaces.insert(ep.interface.clone());
         for a in &ep.addresses {
@@ -156,9 +216,12 @@ pub fn build(
         policies: policies.policies().to_vec(),
         global_audit: cfg.audit,
     };
-    let compiled = compile_with(&input, &mut alloc.labels, &mut alloc.cidrs)?;
-    let desired = DesiredState::from_compiled(
-        &compiled,
+    let stats = alloc
+        .engine
+        .update(&input, &mut alloc.labels, &mut alloc.cidrs)?;
+    let compiled = &alloc.engine;
+    let desired = DesiredState::from_engine(
+        compiled,
         if cfg.audit { CFG_F_AUDIT } else { 0 },
         cfg.event_interval_ms.saturating_mul(1_000_000),
     );
@@ -192,7 +255,7 @@ pub fn build(
         interfaces,
         missing,
         policies: policies.policies().len(),
-        compiled,
+        stats,
     })
 }
 

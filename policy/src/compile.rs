@@ -33,8 +33,8 @@ use crate::identity::{
     reserved_labels,
 };
 use crate::labels::LabelSet;
-use crate::ports::{L4Level, L4Match, Protocol};
-use crate::rule::{Direction, MatchKind, PeerRule, PeerView, Peers, Policy, PolicyRef};
+use crate::ports::{L4Match, Protocol};
+use crate::rule::{Direction, Policy, PolicyRef};
 
 /// Bits of the protocol field: a key with a protocol and no port has this prefix length.
 const PROTO_PREFIX_BITS: u32 = POLICY_PREFIX_EXACT_BITS + 8;
@@ -431,158 +431,15 @@ fn identities(
 }
 
 /// Compiles with long-lived allocators, so identities stay stable across recompilations.
+/// (A fresh [`Engine`]'s first update; keep an [`Engine`] to recompile incrementally.)
 pub fn compile_with(
     input: &CompileInput,
     labels_alloc: &mut dyn IdentityAllocator,
     cidr_alloc: &mut CidrAllocator,
 ) -> Result<Compiled, CompileError> {
-    let endpoints = sorted_endpoints(input)?;
-    let idents = identities(input, &endpoints, labels_alloc, cidr_alloc)?;
-
-    let mut out = Compiled {
-        global_audit: input.global_audit,
-        ..Compiled::default()
-    };
-    for (prefix, id) in idents.cluster.iter().chain(&idents.cidrs) {
-        let entry = IpcacheEntry {
-            identity: *id,
-            flags: 0,
-        };
-        match prefix {
-            IpNet::V4(n) => out.ipcache_v4.push((*n, entry)),
-            IpNet::V6(n) => out.ipcache_v6.push((*n, entry)),
-        }
-    }
-    out.ipcache_v4.sort_by_key(|(n, _)| *n);
-    out.ipcache_v6.sort_by_key(|(n, _)| *n);
-
-    let mut groups: BTreeMap<(u32, u32, u8), Group> = BTreeMap::new();
-    for (ep, l) in endpoints.iter().zip(&idents.ep_labels) {
-        let mut flags = if ep.audit { EP_F_AUDIT } else { 0 };
-        for policy in &input.policies {
-            for rule in policy.rules.iter().filter(|r| r.subject.matches(l)) {
-                for dir in Direction::ALL {
-                    if rule.enforces(dir) {
-                        flags |= match dir {
-                            Direction::Ingress => EP_F_INGRESS_ENFORCED,
-                            Direction::Egress => EP_F_EGRESS_ENFORCED,
-                        };
-                    }
-                    let actions = [
-                        (ACTION_DENY, rule.denies(dir)),
-                        (ACTION_ALLOW, rule.allows(dir)),
-                    ];
-                    for (action, conds) in actions {
-                        for c in conds {
-                            let target = (ep.id, dir, action, &policy.reference);
-                            emit(&mut groups, target, c, &idents.universe);
-                        }
-                    }
-                }
-            }
-        }
-        let info = EndpointInfo {
-            endpoint_id: ep.id,
-            identity: idents.ids[l],
-            flags,
-            pad: 0,
-        };
-        out.endpoints.push((ep.id, info));
-    }
-
-    let mut origin_ids: BTreeMap<Vec<PolicyRef>, u32> = BTreeMap::new();
-    out.origins.push(Vec::new());
-    for ((endpoint_id, identity, direction), group) in groups {
-        for ((len, protocol, port), acc) in shadow_allows(group) {
-            let origins: Vec<PolicyRef> = acc.origins.into_iter().collect();
-            let rule_id = *origin_ids.entry(origins.clone()).or_insert_with(|| {
-                out.origins.push(origins);
-                (out.origins.len() - 1) as u32
-            });
-            let key = PolicyKey {
-                endpoint_id,
-                identity,
-                direction,
-                protocol,
-                dport_be: port.to_be(),
-            };
-            let entry = PolicyEntry {
-                action: acc.action,
-                rule_id,
-                match_type: u32::from(acc.match_type),
-                pad: 0,
-            };
-            out.policy.push((len, key, entry));
-        }
-    }
-
-    out.identities = idents
-        .universe
-        .into_iter()
-        .map(|(id, (l, _))| (id, l))
-        .collect();
-    out.build_index();
-    Ok(out)
-}
-
-/// Adds the entries of one allow/deny condition for one endpoint and direction.
-fn emit(
-    groups: &mut BTreeMap<(u32, u32, u8), Group>,
-    (endpoint_id, dir, action, origin): (u32, Direction, u32, &PolicyRef),
-    cond: &PeerRule,
-    universe: &BTreeMap<u32, (LabelSet, Option<IpNet>)>,
-) {
-    let mut identities: BTreeSet<u32> = BTreeSet::new();
-    match &cond.peers {
-        Peers::Any => {
-            identities.insert(IDENTITY_ANY);
-        }
-        Peers::Selected(sels) => {
-            for s in sels {
-                if s.is_wildcard() {
-                    identities.insert(IDENTITY_ANY);
-                    continue;
-                }
-                for (id, (labels, cidr)) in universe {
-                    if s.matches(PeerView {
-                        labels,
-                        cidr: cidr.as_ref(),
-                    }) {
-                        identities.insert(*id);
-                    }
-                }
-            }
-        }
-    }
-    let keys = l4_keys(cond.l4.as_deref());
-    for id in identities {
-        let group = groups.entry((endpoint_id, id, dir.datapath())).or_default();
-        for &(len, protocol, port) in &keys {
-            let level = match len {
-                POLICY_PREFIX_EXACT_BITS => L4Level::None,
-                PROTO_PREFIX_BITS => L4Level::Protocol,
-                _ => L4Level::Port,
-            };
-            let match_type = MatchKind {
-                specific_peer: id != IDENTITY_ANY,
-                level,
-            }
-            .match_type();
-            let acc = group.entry((len, protocol, port)).or_insert_with(|| Acc {
-                action,
-                match_type,
-                origins: BTreeSet::new(),
-            });
-            if action == ACTION_DENY && acc.action == ACTION_ALLOW {
-                // Deny wins; the allow's origins did not decide.
-                acc.action = ACTION_DENY;
-                acc.origins.clear();
-            }
-            if action == acc.action {
-                acc.origins.insert(origin.clone());
-            }
-        }
-    }
+    let mut engine = Engine::new();
+    engine.update(input, labels_alloc, cidr_alloc)?;
+    Ok(engine.to_compiled())
 }
 
 /// `(prefix_len, protocol, port value)` keys of an L4 condition.
@@ -614,6 +471,8 @@ fn l4_keys(l4: Option<&[L4Match]>) -> BTreeSet<(u32, u8, u16)> {
                     }
                 }
             }
+            // Named ports are resolved before compilation; one left here names nothing.
+            L4Match::Named { .. } => {}
             L4Match::Icmp { family, icmp_type } => {
                 out.insert((
                     POLICY_PREFIX_FULL_BITS,
@@ -654,6 +513,9 @@ fn shadow_allows(group: Group) -> Vec<((u32, u8, u16), Acc)> {
         .filter(|(k, a)| a.action == ACTION_DENY || !covered(k))
         .collect()
 }
+
+mod engine;
+pub use self::engine::{Engine, PolicyRow, UpdateStats};
 
 #[cfg(test)]
 mod tests;

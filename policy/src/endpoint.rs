@@ -10,6 +10,7 @@ use crate::identity::{IdentityError, reserved_labels};
 use crate::labels::{
     Label, LabelSet, NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX, NAMESPACE_NAME_LABEL, SOURCE_K8S,
 };
+use crate::ports::NamedPorts;
 
 /// A local workload endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +65,17 @@ impl Endpoint {
         }
     }
 
+    /// Its named ports as a lookup table.
+    pub fn named_port_map(&self) -> NamedPorts {
+        let mut out = NamedPorts::new();
+        for p in &self.named_ports {
+            out.entry(p.name.clone())
+                .or_default()
+                .insert((p.protocol, p.port));
+        }
+        out
+    }
+
     /// The labels its identity is derived from: its labels plus
     /// `k8s:io.kubernetes.pod.namespace=<namespace>` and the namespace-name label
     /// `k8s:io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name=<namespace>`.
@@ -77,6 +89,21 @@ impl Endpoint {
         ));
         l
     }
+}
+
+/// The named ports of all `endpoints` together: what egress rules with named ports resolve
+/// through (the destination is a peer, whose own declaration the subject does not know; Cilium
+/// likewise resolves egress names against every named port it knows).
+pub fn all_named_ports(endpoints: &[Endpoint]) -> NamedPorts {
+    let mut out = NamedPorts::new();
+    for e in endpoints {
+        for p in &e.named_ports {
+            out.entry(p.name.clone())
+                .or_default()
+                .insert((p.protocol, p.port));
+        }
+    }
+    out
 }
 
 /// Identity of an extra ipcache peer.

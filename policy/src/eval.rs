@@ -211,6 +211,12 @@ pub fn evaluate(input: &CompileInput, packet: &Packet) -> Result<Decision, EvalE
         cidr: peer.cidr.as_ref(),
     };
 
+    // Ingress names resolve through the subject's own ports (it is the destination); egress
+    // names through every known endpoint's.
+    let named = match dir {
+        Direction::Ingress => ep.named_port_map(),
+        Direction::Egress => crate::endpoint::all_named_ports(&input.endpoints),
+    };
     let mut enforced = false;
     let (mut allowed_by, mut denied_by) = (BTreeSet::new(), BTreeSet::new());
     let (mut best_allow, mut best_deny): (Option<MatchKind>, Option<MatchKind>) = (None, None);
@@ -221,7 +227,7 @@ pub fn evaluate(input: &CompileInput, packet: &Packet) -> Result<Decision, EvalE
                          by: &mut BTreeSet<PolicyRef>,
                          best: &mut Option<MatchKind>| {
                 for c in conds {
-                    let kinds = c.match_kinds(view, packet.protocol, packet.dport);
+                    let kinds = c.match_kinds(view, packet.protocol, packet.dport, &named);
                     if let Some(k) = kinds.into_iter().max() {
                         by.insert(policy.reference.clone());
                         *best = (*best).max(Some(k));

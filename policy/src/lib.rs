@@ -40,7 +40,10 @@ pub mod selector;
 
 #[cfg(feature = "std")]
 pub use self::{
-    compile::{CompileError, CompileInput, Compiled, LookupResult, compile, compile_with},
+    compile::{
+        CompileError, CompileInput, Compiled, Engine, LookupResult, PolicyRow, UpdateStats,
+        compile, compile_with,
+    },
     endpoint::{Endpoint, IpcachePeer, NamedPort, PeerIdentity},
     eval::{Decision, EvalError, Packet, Verdict, evaluate},
     identity::{CidrAllocator, IdentityAllocator, IdentityError, LocalAllocator},

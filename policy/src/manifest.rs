@@ -17,7 +17,7 @@ use serde::{Deserialize, Deserializer};
 use thiserror::Error;
 
 use crate::labels::SOURCE_K8S;
-use crate::ports::{IcmpFamily, IcmpType, L4Match, Port, PortError, Protocol, port_range};
+use crate::ports::{IcmpFamily, L4Match, Port, PortError, Protocol, Scalar, port_match};
 use crate::rule::{
     CidrSet, DefaultDeny, Entity, PeerRule, PeerSelector, Peers, Policy, PolicyKind, PolicyRef,
     Rule,
@@ -118,7 +118,7 @@ impl PolicySet {
     ) -> Result<Self, PolicyError> {
         let mut set = Self::new();
         for p in paths {
-            for file in expand(p.as_ref())? {
+            for file in policy_files(p.as_ref())? {
                 let text = std::fs::read_to_string(&file).map_err(|source| PolicyError::Io {
                     path: file.clone(),
                     source,
@@ -141,14 +141,21 @@ impl PolicySet {
         &mut self,
         policies: impl IntoIterator<Item = Policy>,
     ) -> Result<(), PolicyError> {
+        let mut seen: std::collections::HashMap<PolicyRef, usize> = self
+            .policies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.reference.clone(), i))
+            .collect();
         for p in policies {
-            if let Some(existing) = self.policies.iter().find(|e| e.reference == p.reference) {
+            if let Some(&i) = seen.get(&p.reference) {
                 return Err(PolicyError::Duplicate {
                     policy: p.reference.clone(),
-                    first: existing.origin.clone(),
+                    first: self.policies[i].origin.clone(),
                     second: p.origin,
                 });
             }
+            seen.insert(p.reference.clone(), self.policies.len());
             self.policies.push(p);
         }
         Ok(())
@@ -165,7 +172,9 @@ impl PolicySet {
     }
 }
 
-fn expand(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
+/// The policy files `path` stands for: itself, or a directory's `*.yaml`/`*.yml`/`*.json`
+/// files sorted by name (the order [`PolicySet::load_files`] reads them in).
+pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
     let io = |source| PolicyError::Io {
         path: path.to_owned(),
         source,
@@ -493,10 +502,7 @@ impl TryFrom<PortProtocolRaw> for PortProtocolSpec {
     type Error = PortError;
 
     fn try_from(r: PortProtocolRaw) -> Result<Self, Self::Error> {
-        Ok(Self(L4Match::Port {
-            protocol: r.protocol.unwrap_or(Protocol::Any),
-            ports: port_range(r.port, r.end_port)?,
-        }))
+        port_match(r.protocol.unwrap_or(Protocol::Any), r.port, r.end_port).map(Self)
     }
 }
 
@@ -508,12 +514,32 @@ struct IcmpRuleSpec {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "IcmpFieldRaw")]
 struct IcmpFieldSpec {
+    icmp_type: u8,
+    family: IcmpFamily,
+}
+
+/// `icmps[].fields[]` as written: `type` is a number or a CamelCase name of its family
+/// (`EchoRequest`), resolved once the family is known.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IcmpFieldRaw {
     #[serde(rename = "type")]
-    icmp_type: IcmpType,
+    icmp_type: Scalar,
     #[serde(default)]
     family: IcmpFamily,
+}
+
+impl TryFrom<IcmpFieldRaw> for IcmpFieldSpec {
+    type Error = PortError;
+
+    fn try_from(r: IcmpFieldRaw) -> Result<Self, Self::Error> {
+        Ok(Self {
+            icmp_type: r.family.icmp_type(&r.icmp_type)?,
+            family: r.family,
+        })
+    }
 }
 
 fn l4_of(to_ports: &[PortRuleSpec], icmps: &[IcmpRuleSpec]) -> Option<Vec<L4Match>> {
@@ -524,7 +550,7 @@ fn l4_of(to_ports: &[PortRuleSpec], icmps: &[IcmpRuleSpec]) -> Option<Vec<L4Matc
     l4.extend(icmps.iter().flat_map(|i| {
         i.fields.iter().map(|f| L4Match::Icmp {
             family: f.family,
-            icmp_type: f.icmp_type.0,
+            icmp_type: f.icmp_type,
         })
     }));
     // A toPorts without ports (`toPorts: [{}]`) restricts nothing, as in Cilium.
@@ -817,10 +843,7 @@ impl TryFrom<NpPortRaw> for NpPort {
             NpProtocol::Udp => Protocol::Udp,
             NpProtocol::Sctp => Protocol::Sctp,
         };
-        Ok(Self(L4Match::Port {
-            protocol,
-            ports: port_range(r.port, r.end_port)?,
-        }))
+        port_match(protocol, r.port, r.end_port).map(Self)
     }
 }
 

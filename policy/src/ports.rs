@@ -18,14 +18,22 @@ pub enum PortError {
         /// The port as written.
         port: String,
     },
-    /// A named port (`http`): endpoints do not declare named ports yet.
+    /// A port name that is not a valid `IANA_SVC_NAME`.
     #[error(
-        "invalid port \"{port}\": named ports are not supported (endpoints do not declare \
-         named ports); use the port number"
+        "invalid port name \"{port}\": expected 1-15 characters a-z, 0-9 and '-', with at least \
+         one letter and no leading, trailing or double '-'"
     )]
-    Named {
+    InvalidName {
         /// The port as written.
         port: String,
+    },
+    /// `endPort` with a named port.
+    #[error("invalid port range: endPort {end_port} cannot follow the named port \"{port}\"")]
+    NamedRange {
+        /// The port name.
+        port: String,
+        /// The `endPort` given.
+        end_port: u32,
     },
     /// `endPort` without a `port`, or smaller than it.
     #[error("invalid port range {port}-{end_port}: endPort must be >= port and port non-zero")]
@@ -35,11 +43,16 @@ pub enum PortError {
         /// The end of the range.
         end_port: u32,
     },
-    /// An ICMP type outside 0–255 or not a number.
-    #[error("invalid ICMP type \"{value}\": expected a number in 0-255")]
+    /// An ICMP type outside 0–255 and not a type name of its family.
+    #[error(
+        "invalid ICMP type \"{value}\": expected a number in 0-255 or a {family:?} type name ({})",
+        family.type_names().iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+    )]
     IcmpType {
         /// The type as written.
         value: String,
+        /// The family it was read for.
+        family: IcmpFamily,
     },
 }
 
@@ -82,12 +95,89 @@ pub enum IcmpFamily {
     IPv6,
 }
 
+/// ICMP type names Cilium accepts in `icmps[].fields[].type` (CamelCase), by family.
+const ICMP_V4_NAMES: &[(&str, u8)] = &[
+    ("EchoReply", 0),
+    ("DestinationUnreachable", 3),
+    ("Redirect", 5),
+    ("Echo", 8),
+    ("EchoRequest", 8),
+    ("RouterAdvertisement", 9),
+    ("RouterSelection", 10),
+    ("TimeExceeded", 11),
+    ("ParameterProblem", 12),
+    ("Timestamp", 13),
+    ("TimestampReply", 14),
+    ("Photuris", 40),
+    ("ExtendedEchoRequest", 42),
+    ("ExtendedEchoReply", 43),
+];
+
+/// ICMPv6 type names (RFC 4443 and the neighbour-discovery family), CamelCase.
+const ICMP_V6_NAMES: &[(&str, u8)] = &[
+    ("DestinationUnreachable", 1),
+    ("PacketTooBig", 2),
+    ("TimeExceeded", 3),
+    ("ParameterProblem", 4),
+    ("EchoRequest", 128),
+    ("EchoReply", 129),
+    ("MulticastListenerQuery", 130),
+    ("MulticastListenerReport", 131),
+    ("MulticastListenerDone", 132),
+    ("RouterSolicitation", 133),
+    ("RouterAdvertisement", 134),
+    ("NeighborSolicitation", 135),
+    ("NeighborAdvertisement", 136),
+    ("RedirectMessage", 137),
+    ("RouterRenumbering", 138),
+    ("ICMPNodeInformationQuery", 139),
+    ("ICMPNodeInformationResponse", 140),
+    ("InverseNeighborDiscoverySolicitation", 141),
+    ("InverseNeighborDiscoveryAdvertisement", 142),
+    ("HomeAgentAddressDiscoveryRequest", 144),
+    ("HomeAgentAddressDiscoveryReply", 145),
+    ("MobilePrefixSolicitation", 146),
+    ("MobilePrefixAdvertisement", 147),
+    ("DuplicateAddressRequestCodeSuffix", 157),
+    ("DuplicateAddressConfirmationCodeSuffix", 158),
+    ("ExtendedEchoRequest", 160),
+    ("ExtendedEchoReply", 161),
+];
+
 impl IcmpFamily {
     /// The IP protocol number.
     pub fn protocol(self) -> u8 {
         match self {
             Self::IPv4 => PROTO_ICMP,
             Self::IPv6 => PROTO_ICMPV6,
+        }
+    }
+
+    /// The type names of the family and their numbers.
+    pub fn type_names(self) -> &'static [(&'static str, u8)] {
+        match self {
+            Self::IPv4 => ICMP_V4_NAMES,
+            Self::IPv6 => ICMP_V6_NAMES,
+        }
+    }
+
+    /// The ICMP type `value` stands for in this family: a number 0–255 or a type name.
+    pub fn icmp_type(self, value: &Scalar) -> Result<u8, PortError> {
+        let err = || PortError::IcmpType {
+            value: value.to_string(),
+            family: self,
+        };
+        match value {
+            Scalar::Int(i) => u8::try_from(*i).map_err(|_| err()),
+            Scalar::Str(t) => match t.trim().parse::<i64>() {
+                Ok(i) => u8::try_from(i).map_err(|_| err()),
+                Err(_) => self
+                    .type_names()
+                    .iter()
+                    .find(|(name, _)| *name == t.trim())
+                    .map(|(_, n)| *n)
+                    .ok_or_else(err),
+            },
         }
     }
 }
@@ -144,6 +234,62 @@ pub fn range_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
     out
 }
 
+/// A port name (`IANA_SVC_NAME`: at most 15 characters), stored inline so matches stay `Copy`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortName {
+    len: u8,
+    bytes: [u8; 15],
+}
+
+impl PortName {
+    /// Validates `name` as an `IANA_SVC_NAME` (RFC 6335: 1–15 of `a-z0-9-`, at least one
+    /// letter, no leading/trailing hyphen, no two hyphens in a row).
+    pub fn new(name: &str) -> Result<Self, PortError> {
+        let b = name.as_bytes();
+        let ok = !b.is_empty()
+            && b.len() <= 15
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+            && b.iter().any(u8::is_ascii_lowercase)
+            && b[0] != b'-'
+            && b[b.len() - 1] != b'-'
+            && !name.contains("--");
+        if !ok {
+            return Err(PortError::InvalidName {
+                port: name.to_owned(),
+            });
+        }
+        let mut bytes = [0u8; 15];
+        bytes[..b.len()].copy_from_slice(b);
+        Ok(Self {
+            len: b.len() as u8,
+            bytes,
+        })
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever stored (validated in `new`).
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
+impl fmt::Debug for PortName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl fmt::Display for PortName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Named ports in scope of a rule: name → the (protocol, port) pairs workloads declare for it.
+pub type NamedPorts =
+    std::collections::BTreeMap<String, std::collections::BTreeSet<(Protocol, u16)>>;
+
 /// One layer-4 match of a rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum L4Match {
@@ -154,6 +300,14 @@ pub enum L4Match {
         protocol: Protocol,
         /// Port range, or all ports.
         ports: Option<PortRange>,
+    },
+    /// A named port (`port: http`): resolved through the workloads' declared ports before it
+    /// is matched or compiled (see [`L4Match::resolve`]).
+    Named {
+        /// Protocol (`Any`: whatever protocol the workload declares for the name).
+        protocol: Protocol,
+        /// The name.
+        name: PortName,
     },
     /// An ICMP or ICMPv6 type.
     Icmp {
@@ -190,7 +344,33 @@ impl L4Match {
             Self::Icmp { family, icmp_type } => {
                 protocol == family.protocol() && dport == u16::from(icmp_type)
             }
+            // Unresolved names match nothing; resolve them first.
+            Self::Named { .. } => false,
         }
+    }
+
+    /// Replaces named ports by the port numbers `named` declares for them with a compatible
+    /// protocol (a name nobody declares matches nothing, as in Cilium); other matches are kept.
+    pub fn resolve(l4: &[Self], named: &NamedPorts) -> Vec<Self> {
+        let mut out = Vec::with_capacity(l4.len());
+        for m in l4 {
+            let Self::Named { protocol, name } = *m else {
+                out.push(*m);
+                continue;
+            };
+            for &(declared, port) in named.get(name.as_str()).into_iter().flatten() {
+                if protocol == Protocol::Any || protocol == declared {
+                    out.push(Self::Port {
+                        protocol: declared,
+                        ports: Some(PortRange {
+                            start: port,
+                            end: port,
+                        }),
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// The specificity of the match.
@@ -201,15 +381,23 @@ impl L4Match {
                 ports: None,
             } => L4Level::None,
             Self::Port { ports: None, .. } => L4Level::Protocol,
-            Self::Port { ports: Some(_), .. } | Self::Icmp { .. } => L4Level::Port,
+            Self::Port { ports: Some(_), .. } | Self::Icmp { .. } | Self::Named { .. } => {
+                L4Level::Port
+            }
         }
     }
 }
 
-/// A port as written in a manifest: a number or a numeric string; `0` means all ports.
+/// A port as written in a manifest: a number, a numeric string (`0` means all ports) or a port
+/// name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "Scalar")]
-pub struct Port(pub u16);
+pub enum Port {
+    /// A port number.
+    Number(u16),
+    /// A named port.
+    Name(PortName),
+}
 
 /// A YAML scalar that may be written as a number or a string.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -240,44 +428,45 @@ impl TryFrom<Scalar> for Port {
             Scalar::Str(ref t) => match t.trim().parse::<i64>() {
                 Ok(n) => n,
                 Err(_) if t.chars().any(|c| c.is_ascii_alphabetic()) => {
-                    return Err(PortError::Named { port: text });
+                    return PortName::new(t.trim()).map(Port::Name);
                 }
                 Err(_) => return Err(PortError::Invalid { port: text }),
             },
         };
         u16::try_from(n)
-            .map(Port)
+            .map(Port::Number)
             .map_err(|_| PortError::Invalid { port: text })
     }
 }
 
-/// An ICMP type as written in a manifest (a number 0–255).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "Scalar")]
-pub struct IcmpType(pub u8);
-
-impl TryFrom<Scalar> for IcmpType {
-    type Error = PortError;
-
-    fn try_from(s: Scalar) -> Result<Self, Self::Error> {
-        let n = match &s {
-            Scalar::Int(i) => Some(*i),
-            Scalar::Str(t) => t.trim().parse::<i64>().ok(),
-        };
-        n.and_then(|n| u8::try_from(n).ok())
-            .map(IcmpType)
-            .ok_or_else(|| PortError::IcmpType {
-                value: s.to_string(),
-            })
+/// The match for `protocol` with `port`/`endPort`: a named port, or a range where `port` 0 (or
+/// absent) without `endPort` is all ports.
+pub fn port_match(
+    protocol: Protocol,
+    port: Option<Port>,
+    end_port: Option<u32>,
+) -> Result<L4Match, PortError> {
+    match port {
+        Some(Port::Name(name)) => match end_port {
+            None => Ok(L4Match::Named { protocol, name }),
+            Some(end_port) => Err(PortError::NamedRange {
+                port: name.to_string(),
+                end_port,
+            }),
+        },
+        Some(Port::Number(n)) => Ok(L4Match::Port {
+            protocol,
+            ports: port_range(n, end_port)?,
+        }),
+        None => Ok(L4Match::Port {
+            protocol,
+            ports: port_range(0, end_port)?,
+        }),
     }
 }
 
-/// Builds the range for `port`/`endPort`: `port` 0 (or absent) without `endPort` is all ports.
-pub fn port_range(
-    port: Option<Port>,
-    end_port: Option<u32>,
-) -> Result<Option<PortRange>, PortError> {
-    let start = port.map_or(0, |p| p.0);
+/// Builds the range for `port`/`endPort`: `port` 0 without `endPort` is all ports.
+fn port_range(start: u16, end_port: Option<u32>) -> Result<Option<PortRange>, PortError> {
     match end_port {
         None if start == 0 => Ok(None),
         None => Ok(Some(PortRange { start, end: start })),
@@ -349,12 +538,31 @@ mod tests {
 
     #[test]
     fn ports_parse_from_numbers_and_strings() {
-        assert_eq!(Port::try_from(Scalar::Int(80)), Ok(Port(80)));
-        assert_eq!(Port::try_from(Scalar::Str("443".into())), Ok(Port(443)));
-        assert!(matches!(
-            Port::try_from(Scalar::Str("http9".into())),
-            Err(PortError::Named { .. })
-        ));
+        assert_eq!(Port::try_from(Scalar::Int(80)), Ok(Port::Number(80)));
+        assert_eq!(
+            Port::try_from(Scalar::Str("443".into())),
+            Ok(Port::Number(443))
+        );
+        assert_eq!(
+            Port::try_from(Scalar::Str("http-alt9".into())),
+            Ok(Port::Name(PortName::new("http-alt9").unwrap()))
+        );
+        for bad in [
+            "HTTP",
+            "-http",
+            "http-",
+            "ht--tp",
+            "abcdefghijklmnop",
+            "web_ui",
+        ] {
+            assert!(
+                matches!(
+                    Port::try_from(Scalar::Str(bad.into())),
+                    Err(PortError::InvalidName { .. } | PortError::Invalid { .. })
+                ),
+                "{bad}"
+            );
+        }
         assert!(matches!(
             Port::try_from(Scalar::Int(70000)),
             Err(PortError::Invalid { .. })
@@ -367,15 +575,72 @@ mod tests {
 
     #[test]
     fn port_ranges_validate() {
-        assert_eq!(port_range(None, None), Ok(None));
-        assert_eq!(port_range(Some(Port(0)), None), Ok(None));
+        let tcp = |ports| L4Match::Port {
+            protocol: Protocol::Tcp,
+            ports,
+        };
+        let m = |port, end| port_match(Protocol::Tcp, port, end);
+        assert_eq!(m(None, None), Ok(tcp(None)));
+        assert_eq!(m(Some(Port::Number(0)), None), Ok(tcp(None)));
         assert_eq!(
-            port_range(Some(Port(80)), Some(90)),
-            Ok(Some(PortRange { start: 80, end: 90 }))
+            m(Some(Port::Number(80)), Some(90)),
+            Ok(tcp(Some(PortRange { start: 80, end: 90 })))
         );
-        assert!(port_range(Some(Port(90)), Some(80)).is_err());
-        assert!(port_range(None, Some(80)).is_err());
-        assert!(port_range(Some(Port(1)), Some(70000)).is_err());
+        assert!(m(Some(Port::Number(90)), Some(80)).is_err());
+        assert!(m(None, Some(80)).is_err());
+        assert!(m(Some(Port::Number(1)), Some(70000)).is_err());
+        let http = PortName::new("http").unwrap();
+        assert_eq!(
+            m(Some(Port::Name(http)), None),
+            Ok(L4Match::Named {
+                protocol: Protocol::Tcp,
+                name: http
+            })
+        );
+        assert!(matches!(
+            m(Some(Port::Name(http)), Some(90)),
+            Err(PortError::NamedRange { .. })
+        ));
+    }
+
+    #[test]
+    fn named_ports_resolve_through_declared_ports_with_a_compatible_protocol() {
+        let mut named = NamedPorts::new();
+        named.entry("http".into()).or_default().extend([
+            (Protocol::Tcp, 8080),
+            (Protocol::Tcp, 80),
+            (Protocol::Udp, 443),
+        ]);
+        let http = PortName::new("http").unwrap();
+        let single = |protocol, p| L4Match::Port {
+            protocol,
+            ports: Some(PortRange { start: p, end: p }),
+        };
+        let tcp = L4Match::Named {
+            protocol: Protocol::Tcp,
+            name: http,
+        };
+        assert_eq!(
+            L4Match::resolve(&[tcp], &named),
+            [single(Protocol::Tcp, 80), single(Protocol::Tcp, 8080)]
+        );
+        let any = L4Match::Named {
+            protocol: Protocol::Any,
+            name: http,
+        };
+        assert_eq!(L4Match::resolve(&[any], &named).len(), 3);
+        let dns = L4Match::Named {
+            protocol: Protocol::Udp,
+            name: PortName::new("dns").unwrap(),
+        };
+        assert!(
+            L4Match::resolve(&[dns], &named).is_empty(),
+            "undeclared names match nothing"
+        );
+        assert!(
+            !tcp.matches(PROTO_TCP, 80),
+            "unresolved names match nothing"
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::labels::{LabelSet, SOURCE_RESERVED};
-use crate::ports::{L4Level, L4Match};
+use crate::ports::{L4Level, L4Match, NamedPorts};
 use crate::selector::EndpointSelector;
 
 /// The kind of object a policy came from.
@@ -184,7 +184,7 @@ pub enum Peers {
 }
 
 /// One peer selector.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PeerSelector {
     /// Identities whose labels match (endpoints, remote endpoints, reserved identities).
     Endpoints(EndpointSelector),
@@ -313,7 +313,14 @@ impl MatchKind {
 impl PeerRule {
     /// The ways this condition matches a packet from/to `peer` with `protocol`/`dport`: one
     /// [`MatchKind`] per (peer selector, L4 match) pair that matches; empty when it does not.
-    pub fn match_kinds(&self, peer: PeerView<'_>, protocol: u8, dport: u16) -> Vec<MatchKind> {
+    /// Named ports resolve through `named` (the ports in scope for the rule's direction).
+    pub fn match_kinds(
+        &self,
+        peer: PeerView<'_>,
+        protocol: u8,
+        dport: u16,
+        named: &NamedPorts,
+    ) -> Vec<MatchKind> {
         let peer_kinds: Vec<bool> = match &self.peers {
             Peers::Any => vec![false],
             Peers::Selected(sels) => sels
@@ -327,7 +334,7 @@ impl PeerRule {
         }
         let levels: Vec<L4Level> = match &self.l4 {
             None => vec![L4Level::None],
-            Some(l4) => l4
+            Some(l4) => L4Match::resolve(l4, named)
                 .iter()
                 .filter(|m| m.matches(protocol, dport))
                 .map(L4Match::level)

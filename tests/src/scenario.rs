@@ -54,9 +54,15 @@ fn config_text(name: &str, pin: &Path, flow_log: &Path, audit: bool, extra: &str
         lab::HOST_ADDR
     );
     for p in PODS {
+        // Named ports as a pod spec would declare them (for `toPorts` by name).
+        let ports = match p.app {
+            "web" => "[{name: http, port: 80}, {name: http-alt, port: 8080}]",
+            "db" => "[{name: postgres, port: 5432}]",
+            _ => "[]",
+        };
         let _ = writeln!(
             s,
-            "  - {{name: {}, namespace: {}, interface: {}, addresses: [{}, \"{}\"], labels: {{app: {}}}}}",
+            "  - {{name: {}, namespace: {}, interface: {}, addresses: [{}, \"{}\"], labels: {{app: {}}}, ports: {ports}}}",
             p.name,
             p.namespace,
             p.host_iface(),

@@ -154,6 +154,30 @@ fn root_port_range() {
 }
 
 #[test]
+fn root_named_ports_resolve_through_declared_ports() {
+    if !root_or_skip("root_named_ports_resolve_through_declared_ports") {
+        return;
+    }
+    // Ingress: `http` is what web declares for port 80 (8080 is `http-alt`).
+    let web_body = "  ingress:\n    - fromEndpoints: [{matchLabels: {app: client}}]\n      toPorts: [{ports: [{port: http, protocol: TCP}]}]\n";
+    // Egress: `postgres` resolves through the ports every endpoint declares (db: 5432).
+    let client_body = "  egress:\n    - toEndpoints: [{matchLabels: {app: db}}]\n      toPorts: [{ports: [{port: postgres}]}]\n    - toEndpoints: [{matchLabels: {app: web}}]\n";
+    let s = Scenario::start(
+        "named",
+        &[
+            ("web.yaml", &cnp("web-named", "web", web_body)),
+            ("client.yaml", &cnp("client-named", "client", client_body)),
+        ],
+        false,
+    )
+    .unwrap();
+    assert!(s.tcp("client", web(), 80), "http = 80 on web");
+    assert!(!s.tcp("client", web(), 8080), "http-alt is not http");
+    assert!(s.tcp("client", db(), 5432), "egress to postgres = 5432");
+    assert!(!s.tcp("other", web(), 80), "only client is allowed in");
+}
+
+#[test]
 fn root_deny_beats_allow_181_versus_default_deny_133() {
     if !root_or_skip("root_deny_beats_allow_181_versus_default_deny_133") {
         return;

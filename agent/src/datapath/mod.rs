@@ -14,6 +14,6 @@ mod sync;
 pub use self::{
     bpffs::ensure_bpffs,
     loader::{AttachMode, Datapath, LoadOptions, read_counters_of, uninstall},
-    store::{DesiredState, MapStore, StoreError},
+    store::{DesiredState, MapStore, StoreError, by_endpoint},
     sync::{apply, apply_diff},
 };

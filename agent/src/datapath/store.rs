@@ -1,11 +1,14 @@
 //! The map operations the agent needs, as a trait: the aya-backed implementation talks to the
 //! kernel, [`super::MemoryMaps`] keeps everything in memory for unit tests.
 
+use std::{collections::BTreeMap, sync::Arc};
+
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use catalyst_policy::datapath::{
     DatapathConfig, EndpointInfo, IpcacheEntry, PolicyEntry, PolicyKey,
 };
+use catalyst_policy::{Engine, PolicyRow};
 
 /// A failed map operation.
 #[derive(Debug, thiserror::Error)]
@@ -28,8 +31,10 @@ pub struct DesiredState {
     pub ipcache_v4: Vec<(Ipv4Net, IpcacheEntry)>,
     /// IPv6 ipcache.
     pub ipcache_v6: Vec<(Ipv6Net, IpcacheEntry)>,
-    /// Policy entries: (prefix length, key, value).
-    pub policy: Vec<(u32, PolicyKey, PolicyEntry)>,
+    /// Policy entries `(prefix length, key, value)` by endpoint id (`key.endpoint_id`). An
+    /// endpoint whose entries are the same `Arc` as in the previous state is skipped by the diff
+    /// without looking at its entries (the incremental compiler keeps unchanged endpoints' `Arc`).
+    pub policy: BTreeMap<u32, Arc<Vec<PolicyRow>>>,
     /// Global flags (`CFG_F_*`).
     pub config_flags: u32,
     /// Event aggregation interval, ns.
@@ -48,11 +53,39 @@ impl DesiredState {
             endpoints: compiled.endpoints().to_vec(),
             ipcache_v4: compiled.ipcache_v4().to_vec(),
             ipcache_v6: compiled.ipcache_v6().to_vec(),
-            policy: compiled.policy().to_vec(),
+            policy: by_endpoint(compiled.policy().iter().copied()),
             config_flags,
             event_interval_ns,
         }
     }
+
+    /// The map contents an incremental [`Engine`] holds (cheap: entries are shared).
+    pub fn from_engine(engine: &Engine, config_flags: u32, event_interval_ns: u64) -> Self {
+        Self {
+            endpoints: engine.endpoints(),
+            ipcache_v4: engine.ipcache_v4().to_vec(),
+            ipcache_v6: engine.ipcache_v6().to_vec(),
+            policy: engine.policy_by_endpoint(),
+            config_flags,
+            event_interval_ns,
+        }
+    }
+
+    /// Number of policy entries.
+    pub fn policy_len(&self) -> usize {
+        self.policy.values().map(|v| v.len()).sum()
+    }
+}
+
+/// Groups policy rows by `key.endpoint_id`.
+pub fn by_endpoint(
+    rows: impl IntoIterator<Item = PolicyRow>,
+) -> BTreeMap<u32, Arc<Vec<PolicyRow>>> {
+    let mut out: BTreeMap<u32, Vec<PolicyRow>> = BTreeMap::new();
+    for row in rows {
+        out.entry(row.1.endpoint_id).or_default().push(row);
+    }
+    out.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()
 }
 
 /// Map access used by [`super::apply`].

@@ -6,15 +6,18 @@
 //! compiler resolves deny-over-allow within each revision, a flow that both the old and the new
 //! policy allow is allowed by any longest-prefix lookup over the union.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
+use std::sync::Arc;
+
+use catalyst_policy::PolicyRow as Row;
 
 use catalyst_policy::datapath::{DatapathConfig, PolicyEntry, PolicyKey};
 
 /// A policy map entry keyed by (prefix length, key).
 type PolicyRow = ((u32, PolicyKey), PolicyEntry);
 
-use super::store::{DesiredState, MapStore, StoreError};
+use super::store::{DesiredState, MapStore, StoreError, by_endpoint};
 
 /// What [`apply`] changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -55,6 +58,41 @@ fn plan<K: Eq + Hash + Clone, V: PartialEq + Clone>(
     }
 }
 
+/// Plans the policy map per endpoint: endpoints whose entries are the same `Arc` on both sides
+/// are unchanged without a look at their entries.
+fn plan_policy(
+    current: &BTreeMap<u32, Arc<Vec<Row>>>,
+    desired: &BTreeMap<u32, Arc<Vec<Row>>>,
+) -> Plan<(u32, PolicyKey), PolicyEntry> {
+    let mut out = Plan {
+        put: Vec::new(),
+        del: Vec::new(),
+        unchanged: 0,
+    };
+    let rows = |v: &Arc<Vec<Row>>| -> Vec<PolicyRow> {
+        v.iter().map(|(len, k, e)| ((*len, *k), *e)).collect()
+    };
+    for (id, want) in desired {
+        match current.get(id) {
+            Some(have) if Arc::ptr_eq(have, want) => out.unchanged += want.len(),
+            Some(have) => {
+                // Policy entries are unique per (prefix length, key).
+                let p = plan(rows(have), &rows(want));
+                out.put.extend(p.put);
+                out.del.extend(p.del);
+                out.unchanged += p.unchanged;
+            }
+            None => out.put.extend(rows(want)),
+        }
+    }
+    for (id, have) in current {
+        if !desired.contains_key(id) {
+            out.del.extend(have.iter().map(|(len, k, _)| (*len, *k)));
+        }
+    }
+    out
+}
+
 /// Makes the maps in `store` equal to `desired`, bumping the policy revision when anything that
 /// affects verdicts changed (always on the first sync of a process, so adopted conntrack entries
 /// are re-evaluated under the policy this process computed).
@@ -88,23 +126,13 @@ pub fn apply_diff(
         None => (
             store.ipcache_v4()?,
             store.ipcache_v6()?,
-            store.policy()?,
+            by_endpoint(store.policy()?),
             store.endpoints()?,
         ),
     };
     let v4 = plan(cur_v4, &desired.ipcache_v4);
     let v6 = plan(cur_v6, &desired.ipcache_v6);
-    // Policy entries are unique per (prefix length, key).
-    let policy_current: Vec<PolicyRow> = cur_policy
-        .into_iter()
-        .map(|(len, k, v)| ((len, k), v))
-        .collect();
-    let policy_desired: Vec<PolicyRow> = desired
-        .policy
-        .iter()
-        .map(|(len, k, v)| ((*len, *k), *v))
-        .collect();
-    let pol = plan(policy_current, &policy_desired);
+    let pol = plan_policy(&cur_policy, &desired.policy);
     let eps = plan(cur_eps, &desired.endpoints);
 
     for (net, e) in &v4.put {
@@ -211,7 +239,7 @@ mod tests {
                 },
             )],
             ipcache_v6: vec![],
-            policy: ports.iter().map(|p| entry(*p)).collect(),
+            policy: by_endpoint(ports.iter().map(|p| entry(*p))),
             config_flags: 0,
             event_interval_ns: 1,
         }

@@ -3,18 +3,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use catalyst_policy::{
-    Compiled,
-    datapath::{
-        ACTION_ALLOW, DIR_EGRESS, DIR_INGRESS, EP_F_AUDIT, EP_F_EGRESS_ENFORCED,
-        EP_F_INGRESS_ENFORCED, IDENTITY_ANY, IDENTITY_WORLD, IDENTITY_WORLD_IPV4,
-        IDENTITY_WORLD_IPV6, POLICY_PREFIX_EXACT_BITS, PROTO_ANY, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
-    },
+use catalyst_policy::datapath::{
+    ACTION_ALLOW, DIR_EGRESS, DIR_INGRESS, EP_F_AUDIT, EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED,
+    IDENTITY_ANY, IDENTITY_WORLD, IDENTITY_WORLD_IPV4, IDENTITY_WORLD_IPV6,
+    POLICY_PREFIX_EXACT_BITS, PROTO_ANY, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
 };
 use serde::Serialize;
 
 use super::counts::Counts;
-use crate::flow::PolicyRefOut;
+use crate::{datapath::DesiredState, flow::PolicyRefOut};
 
 /// Label keys of the `openova.io/*` vocabulary that name a workload.
 pub const ORGANIZATION: &str = "openova.io/organization";
@@ -381,7 +378,7 @@ pub struct PolicyFacts {
 
 /// Identities that stand for "the world": [`IDENTITY_ANY`] (any peer), the reserved world
 /// identities, and CIDR identities of a `/0` prefix (`0.0.0.0/0`, `::/0`).
-fn world_identities(compiled: &Compiled) -> BTreeSet<u32> {
+fn world_identities(desired: &DesiredState) -> BTreeSet<u32> {
     let mut ids: BTreeSet<u32> = [
         IDENTITY_ANY,
         IDENTITY_WORLD,
@@ -390,15 +387,15 @@ fn world_identities(compiled: &Compiled) -> BTreeSet<u32> {
     ]
     .into();
     ids.extend(
-        compiled
-            .ipcache_v4()
+        desired
+            .ipcache_v4
             .iter()
             .filter(|(net, _)| net.prefix_len() == 0)
             .map(|(_, e)| e.identity),
     );
     ids.extend(
-        compiled
-            .ipcache_v6()
+        desired
+            .ipcache_v6
             .iter()
             .filter(|(net, _)| net.prefix_len() == 0)
             .map(|(_, e)| e.identity),
@@ -406,7 +403,8 @@ fn world_identities(compiled: &Compiled) -> BTreeSet<u32> {
     ids
 }
 
-/// The rule for `egress-world-unrestricted`, on the compiled policy map entries: an egress
+/// The rule for `egress-world-unrestricted`, on the policy map entries the datapath is given
+/// (the desired state, per endpoint): an egress
 /// entry of the endpoint opens the world when
 /// - its action is allow,
 /// - its peer identity is one of [`world_identities`] (any peer, `world`, `world-ipv4`,
@@ -419,14 +417,14 @@ fn world_identities(compiled: &Compiled) -> BTreeSet<u32> {
 /// a deny rule narrows it (a deny list is not a restriction an auditor accepts). The check also
 /// fails when egress is not enforced at all (see [`evaluate`]).
 pub fn world_egress_allows(
-    compiled: &Compiled,
+    desired: &DesiredState,
     origins: &[Vec<PolicyRefOut>],
 ) -> HashMap<u32, PolicyFacts> {
-    let world = world_identities(compiled);
+    let world = world_identities(desired);
     // Per endpoint: the rule ids behind its ingress, egress and world-opening entries. Names are
     // resolved once per endpoint at the end (a node can have hundreds of thousands of entries).
     let mut acc: HashMap<u32, [BTreeSet<u32>; 3]> = HashMap::new();
-    for (len, key, entry) in compiled.policy() {
+    for (len, key, entry) in desired.policy.values().flat_map(|rows| rows.iter()) {
         let sets = acc.entry(key.endpoint_id).or_default();
         match key.direction {
             DIR_INGRESS => {

@@ -102,18 +102,19 @@ pub struct Inputs {
 impl Inputs {
     /// The inputs of a snapshot that is in force at `revision`.
     pub fn from_snapshot(cfg: &AgentConfig, snap: &Snapshot, revision: u32) -> Self {
-        let facts = world_egress_allows(&snap.compiled, &snap.enrich.origins);
+        let facts = world_egress_allows(&snap.desired, &snap.enrich.origins);
         let labels_by_interface: HashMap<&str, &std::collections::BTreeMap<String, String>> = cfg
             .endpoints
             .iter()
             .map(|e| (e.interface.as_str(), &e.labels))
             .collect();
         let workloads = snap
-            .compiled
-            .endpoints()
+            .desired
+            .endpoints
             .iter()
-            .filter_map(|(id, info)| {
-                let meta = snap.enrich.endpoints.get(id)?;
+            .filter_map(|(ifindex, info)| {
+                let id = &info.endpoint_id;
+                let meta = snap.enrich.endpoints.get(ifindex)?;
                 let labels = labels_by_interface.get(meta.interface.as_str())?;
                 let ([organization, environment, application], missing_labels) =
                     workload_names(labels);

@@ -63,18 +63,18 @@ fn errors_name_file_document_field_and_line() {
     - toPorts:
         - ports:
             - port: '80'
-            - port: http9
+            - port: Http_9
 "
     );
     let e = err(&text);
     let msg = e.to_string();
     assert!(
         msg.starts_with(
-            "policies/web.yaml: document 2: spec.ingress[0].toPorts[0].ports[1].port: invalid port \"http9\""
+            "policies/web.yaml: document 2: spec.ingress[0].toPorts[0].ports[1].port: invalid port name \"Http_9\""
         ),
         "{msg}"
     );
-    assert!(msg.contains("named ports are not supported"), "{msg}");
+    assert!(msg.contains("expected 1-15 characters"), "{msg}");
     let ManifestError::Field { line, .. } = e else {
         panic!()
     };
@@ -146,8 +146,8 @@ fn invalid_values_are_reported_with_paths() {
             "spec.ingress[0].toPorts[0].ports[0].protocol: unknown variant `ICMP`",
         ),
         (
-            "  ingress:\n    - icmps: [{fields: [{type: EchoRequest}]}]\n",
-            "spec.ingress[0].icmps[0].fields[0].type: invalid ICMP type \"EchoRequest\"",
+            "  ingress:\n    - icmps: [{fields: [{type: PacketTooBig}]}]\n",
+            "spec.ingress[0].icmps[0].fields[0]: invalid ICMP type \"PacketTooBig\": expected a number in 0-255 or a IPv4 type name (EchoReply,",
         ),
         (
             "  ingress:\n    - fromEndpoints: [{matchExpressions: [{key: a, operator: In}]}]\n",
@@ -259,4 +259,46 @@ fn fixtures_load() {
     assert_eq!(set.policies().len(), 6, "{set}");
     let e = PolicySet::load_files([format!("{dir}/missing.yaml")]).unwrap_err();
     assert!(e.to_string().contains("failed to read policy file"), "{e}");
+}
+
+#[test]
+fn icmp_types_by_number_or_name_per_family() {
+    let text = format!(
+        "{HEAD}spec:
+  endpointSelector: {{}}
+  ingress:
+    - icmps:
+        - fields:
+            - {{type: 8}}
+            - {{type: EchoRequest}}
+            - {{type: \"0\"}}
+            - {{type: EchoRequest, family: IPv6}}
+            - {{type: NeighborSolicitation, family: IPv6}}
+"
+    );
+    let p = parse_manifests("x", &text).unwrap();
+    let got: Vec<(IcmpFamily, u8)> = p[0].rules[0].ingress[0]
+        .l4
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|m| match m {
+            L4Match::Icmp { family, icmp_type } => (*family, *icmp_type),
+            L4Match::Port { .. } | L4Match::Named { .. } => panic!("{m:?}"),
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (IcmpFamily::IPv4, 8),
+            (IcmpFamily::IPv4, 8),
+            (IcmpFamily::IPv4, 0),
+            (IcmpFamily::IPv6, 128),
+            (IcmpFamily::IPv6, 135),
+        ]
+    );
+    let e = err(&format!(
+        "{HEAD}spec:\n  endpointSelector: {{}}\n  ingress:\n    - icmps: [{{fields: [{{type: 256}}]}}]\n"
+    ));
+    assert!(e.to_string().contains("invalid ICMP type \"256\""), "{e}");
 }

@@ -238,21 +238,21 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                             || new_cfg.nats != cfg.nats || new_cfg.signals != cfg.signals {
                             tracing::warn!("observer, metrics, nats and signals settings take effect after a restart");
                         }
-                        match apply_snapshot(&mut dp, applied.as_ref(), &snap, false) {
-                            Ok(revision) => {
-                                metrics.datapath.set_revision(revision);
-                                if let Some(s) = &signals {
-                                    s.update(signals::Inputs::from_snapshot(&new_cfg, &snap, revision));
-                                }
-                            }
+                        let revision = match apply_snapshot(&mut dp, applied.as_ref(), &snap, false) {
+                            Ok(revision) => revision,
                             Err(e) => {
                                 tracing::error!(error = format!("{e:#}"), "applying the new state failed; will re-read the maps and retry");
                                 applied = None;
                                 fp.clear();
                                 continue;
                             }
-                        }
+                        };
+                        metrics.datapath.set_revision(revision);
                         metrics.datapath.policy_applied(observed.elapsed(), snap.desired.policy_len());
+                        // After the maps are updated (and outside the delay measured above).
+                        if let Some(s) = &signals {
+                            s.update(signals::Inputs::from_snapshot(&new_cfg, &snap, revision));
+                        }
                         applied = Some(snap.desired.clone());
                         enricher.replace(snap.enrich.clone());
                         missing.clone_from(&snap.missing);

@@ -1,7 +1,6 @@
 //! The checks: pure functions from what the agent knows about a workload (its compiled policy
 //! facts and the window's flow counts) to a result and its evidence.
 
-use crate::datapath::DesiredState;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use catalyst_policy::datapath::{
@@ -12,7 +11,7 @@ use catalyst_policy::datapath::{
 use serde::Serialize;
 
 use super::counts::Counts;
-use crate::flow::PolicyRefOut;
+use crate::{datapath::DesiredState, flow::PolicyRefOut};
 
 /// Label keys of the `openova.io/*` vocabulary that name a workload.
 pub const ORGANIZATION: &str = "openova.io/organization";
@@ -377,12 +376,9 @@ pub struct PolicyFacts {
     pub world_allows: Vec<PolicyRefOut>,
 }
 
-/// Policy names as (namespace, name, kind), sorted and deduplicated.
-type Names = BTreeSet<(String, String, String)>;
-
 /// Identities that stand for "the world": [`IDENTITY_ANY`] (any peer), the reserved world
 /// identities, and CIDR identities of a `/0` prefix (`0.0.0.0/0`, `::/0`).
-fn world_identities(state: &DesiredState) -> BTreeSet<u32> {
+fn world_identities(desired: &DesiredState) -> BTreeSet<u32> {
     let mut ids: BTreeSet<u32> = [
         IDENTITY_ANY,
         IDENTITY_WORLD,
@@ -391,14 +387,14 @@ fn world_identities(state: &DesiredState) -> BTreeSet<u32> {
     ]
     .into();
     ids.extend(
-        state
+        desired
             .ipcache_v4
             .iter()
             .filter(|(net, _)| net.prefix_len() == 0)
             .map(|(_, e)| e.identity),
     );
     ids.extend(
-        state
+        desired
             .ipcache_v6
             .iter()
             .filter(|(net, _)| net.prefix_len() == 0)
@@ -407,7 +403,8 @@ fn world_identities(state: &DesiredState) -> BTreeSet<u32> {
     ids
 }
 
-/// The rule for `egress-world-unrestricted`, on the compiled policy map entries: an egress
+/// The rule for `egress-world-unrestricted`, on the policy map entries the datapath is given
+/// (the desired state, per endpoint): an egress
 /// entry of the endpoint opens the world when
 /// - its action is allow,
 /// - its peer identity is one of [`world_identities`] (any peer, `world`, `world-ipv4`,
@@ -420,38 +417,42 @@ fn world_identities(state: &DesiredState) -> BTreeSet<u32> {
 /// a deny rule narrows it (a deny list is not a restriction an auditor accepts). The check also
 /// fails when egress is not enforced at all (see [`evaluate`]).
 pub fn world_egress_allows(
-    state: &DesiredState,
+    desired: &DesiredState,
     origins: &[Vec<PolicyRefOut>],
 ) -> HashMap<u32, PolicyFacts> {
-    let world = world_identities(state);
-    // Per endpoint: ingress, egress and world-opening policies as (namespace, name, kind).
-    let mut acc: HashMap<u32, [Names; 3]> = HashMap::new();
-    let add = |set: &mut Names, rule_id: u32| {
-        for p in origins.get(rule_id as usize).map_or(&[][..], Vec::as_slice) {
-            set.insert((p.namespace.clone(), p.name.clone(), p.kind.clone()));
-        }
-    };
-    for (len, key, entry) in state.policy.values().flat_map(|rows| rows.iter()) {
+    let world = world_identities(desired);
+    // Per endpoint: the rule ids behind its ingress, egress and world-opening entries. Names are
+    // resolved once per endpoint at the end (a node can have hundreds of thousands of entries).
+    let mut acc: HashMap<u32, [BTreeSet<u32>; 3]> = HashMap::new();
+    for (len, key, entry) in desired.policy.values().flat_map(|rows| rows.iter()) {
         let sets = acc.entry(key.endpoint_id).or_default();
         match key.direction {
-            DIR_INGRESS => add(&mut sets[0], entry.rule_id),
+            DIR_INGRESS => {
+                sets[0].insert(entry.rule_id);
+            }
             DIR_EGRESS => {
-                add(&mut sets[1], entry.rule_id);
+                sets[1].insert(entry.rule_id);
                 let any_port = *len <= POLICY_PREFIX_EXACT_BITS + 8
                     && matches!(key.protocol, PROTO_ANY | PROTO_TCP | PROTO_UDP | PROTO_SCTP);
                 if entry.action == ACTION_ALLOW && any_port && world.contains(&key.identity) {
-                    add(&mut sets[2], entry.rule_id);
+                    sets[2].insert(entry.rule_id);
                 }
             }
             _ => {}
         }
     }
-    let out = |set: Names| {
+    let names = |ids: &BTreeSet<u32>| -> Vec<PolicyRefOut> {
+        let set: BTreeSet<(&str, &str, &str)> = ids
+            .iter()
+            .filter_map(|id| origins.get(*id as usize))
+            .flatten()
+            .map(|p| (p.namespace.as_str(), p.name.as_str(), p.kind.as_str()))
+            .collect();
         set.into_iter()
             .map(|(namespace, name, kind)| PolicyRefOut {
-                name,
-                namespace,
-                kind,
+                name: name.to_owned(),
+                namespace: namespace.to_owned(),
+                kind: kind.to_owned(),
             })
             .collect()
     };
@@ -460,9 +461,9 @@ pub fn world_egress_allows(
             (
                 id,
                 PolicyFacts {
-                    ingress: out(i),
-                    egress: out(e),
-                    world_allows: out(w),
+                    ingress: names(&i),
+                    egress: names(&e),
+                    world_allows: names(&w),
                 },
             )
         })

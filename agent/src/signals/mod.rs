@@ -103,17 +103,19 @@ impl Inputs {
     /// The inputs of a snapshot that is in force at `revision`.
     pub fn from_snapshot(cfg: &AgentConfig, snap: &Snapshot, revision: u32) -> Self {
         let facts = world_egress_allows(&snap.desired, &snap.enrich.origins);
+        let labels_by_interface: HashMap<&str, &std::collections::BTreeMap<String, String>> = cfg
+            .endpoints
+            .iter()
+            .map(|e| (e.interface.as_str(), &e.labels))
+            .collect();
         let workloads = snap
             .desired
             .endpoints
             .iter()
-            .filter_map(|(id, info)| {
-                let meta = snap.enrich.endpoints.get(id)?;
-                let labels = cfg
-                    .endpoints
-                    .iter()
-                    .find(|e| e.interface == meta.interface)
-                    .map(|e| &e.labels)?;
+            .filter_map(|(ifindex, info)| {
+                let id = &info.endpoint_id;
+                let meta = snap.enrich.endpoints.get(ifindex)?;
+                let labels = labels_by_interface.get(meta.interface.as_str())?;
                 let ([organization, environment, application], missing_labels) =
                     workload_names(labels);
                 let f = facts.get(id).cloned().unwrap_or_default();

@@ -373,8 +373,8 @@ fn world_egress_rule_on_compiled_policies() {
     ];
     for (case, egress, open) in cases {
         let (compiled, origins) = compile_one(&cnp("p", egress), false);
-        let state = crate::datapath::DesiredState::from_compiled(&compiled, 0, 0);
-        let facts = world_egress_allows(&state, &origins);
+        let desired = crate::datapath::DesiredState::from_compiled(&compiled, 0, 0);
+        let facts = world_egress_allows(&desired, &origins);
         let f = facts.get(&7).cloned().unwrap_or_default();
         assert_eq!(!f.world_allows.is_empty(), open, "{case}: {f:?}");
         if open {

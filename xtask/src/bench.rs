@@ -108,14 +108,7 @@ pub fn datapath() -> anyhow::Result<()> {
     let rows = result?;
 
     let mut md = String::new();
-    writeln!(
-        md,
-        "Measured {} on {} (kernel {}), {} CPUs.\n",
-        now(),
-        hostname(),
-        kernel(),
-        num_cpus()
-    )?;
+    writeln!(md, "{}", measured_on(""))?;
     writeln!(
         md,
         "### Per-packet cost (BPF_PROG_TEST_RUN, 100,000 conntrack entries)\n"
@@ -175,6 +168,17 @@ fn pct(v: f64, base: f64) -> f64 {
     }
 }
 
+/// The first line of a figures section: when, where, on what.
+fn measured_on(build: &str) -> String {
+    format!(
+        "Measured {} on {} (kernel {}), {} CPUs{build}.\n",
+        now(),
+        hostname(),
+        kernel(),
+        num_cpus()
+    )
+}
+
 fn now() -> String {
     sh(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
         .map(|s| s.trim().to_owned())
@@ -218,14 +222,7 @@ pub fn policy() -> anyhow::Result<()> {
         .context("policy_bench printed no figures")?;
     let v: serde_json::Value = serde_json::from_str(line)?;
     let mut md = String::new();
-    writeln!(
-        md,
-        "Measured {} on {} (kernel {}), {} CPUs, release build.\n",
-        now(),
-        hostname(),
-        kernel(),
-        num_cpus()
-    )?;
+    writeln!(md, "{}", measured_on(", release build"))?;
     writeln!(md, "| measure | value |")?;
     writeln!(md, "|---|---|")?;
     for (k, label) in [

@@ -18,7 +18,7 @@ use catalyst_tests::{
     lab::{self, in_netns},
 };
 
-use super::{hostname, kernel, now, num_cpus, sh, splice_section};
+use super::{measured_on, sh, splice_section};
 use crate::{root, setup};
 
 /// Namespace holding the 1,000 endpoint interfaces (not the lab's; nothing else uses it).
@@ -61,14 +61,7 @@ pub fn flows() -> anyhow::Result<()> {
     let rss = rss?;
 
     let mut md = String::new();
-    writeln!(
-        md,
-        "Measured {} on {} (kernel {}), {} CPUs, release build.\n",
-        now(),
-        hostname(),
-        kernel(),
-        num_cpus()
-    )?;
+    writeln!(md, "{}", measured_on(", release build"))?;
     writeln!(md, "| measure | value | bar |")?;
     writeln!(md, "|---|---|---|")?;
     let rate = |k: &str| p[k].as_f64().unwrap_or_default() / 1e6;

@@ -38,17 +38,10 @@ pub fn observation_point(p: i32) -> &'static str {
     }
 }
 
-/// Hubble's names for `policy_match_type` as the compact form prints them.
+/// Hubble's names for `policy_match_type` as the compact form prints them (the one table is in
+/// [`super::record::match_type_name`]).
 pub fn match_type_name(m: u32) -> &'static str {
-    match m {
-        1 => "L3-Only",
-        2 => "L3-L4",
-        3 => "L4-Only",
-        4 => "all",
-        5 => "L3-Proto",
-        6 => "Proto-Only",
-        _ => "none",
-    }
+    u8::try_from(m).map_or("none", super::record::match_type_name)
 }
 
 /// Lower-case match type for metric labels.

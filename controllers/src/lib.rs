@@ -1,6 +1,15 @@
-//! catalyst-controllers: the Kubernetes controllers of the Catalyst data plane.
+//! catalyst-controllers: the Kubernetes controllers of the Catalyst data plane (DESIGN.md §4.8).
 //!
-//! Nothing is implemented here yet: tenancy isolation, compliance score roll-ups and the
-//! Continuum failover controller are tracked as separate issues. The crate exists so the
-//! workspace has its fixed layout (DESIGN.md §2); it exports no API that pretends to work.
+//! One binary hosts the controllers; each is a pure reconcile core (desired state from custom
+//! resources + observed state → actions) behind a thin kube shell, and runs either against the
+//! API server (Kubernetes mode) or on files (standalone mode).
 #![forbid(unsafe_code)]
+
+pub mod config;
+pub mod crd;
+pub mod kubernetes;
+pub mod metrics;
+pub mod object;
+pub mod standalone;
+pub mod tenancy;
+pub mod validate;

@@ -274,10 +274,7 @@ pub fn reconcile(
             by_owner.entry(owner).or_default().push(v.clone());
         }
     }
-    let world = World {
-        organizations: &inputs.organizations,
-        environments: &inputs.environments,
-    };
+    let world = World::new(&inputs.organizations, &inputs.environments);
     let mut report = Report::default();
     let mut owners: Vec<String> = inputs
         .organizations

@@ -35,20 +35,32 @@ const POD_NAMESPACE: &str = "k8s:io.kubernetes.pod.namespace";
 const NS_LABEL: &str = "k8s:io.cilium.k8s.namespace.labels.";
 
 /// What every Organization's reconcile sees: all Organizations and Environments.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct World<'a> {
     /// Every Organization.
-    pub organizations: &'a [Organization],
+    pub organizations: Vec<&'a Organization>,
     /// Every Environment.
-    pub environments: &'a [Environment],
+    pub environments: Vec<&'a Environment>,
 }
 
 impl<'a> World<'a> {
+    /// A world of the given resources.
+    pub fn new(
+        organizations: impl IntoIterator<Item = &'a Organization>,
+        environments: impl IntoIterator<Item = &'a Environment>,
+    ) -> Self {
+        Self {
+            organizations: organizations.into_iter().collect(),
+            environments: environments.into_iter().collect(),
+        }
+    }
+
     /// Environments of an Organization, in name order.
     pub fn environments_of(&self, org: &str) -> Vec<&'a Environment> {
         let mut v: Vec<_> = self
             .environments
             .iter()
+            .copied()
             .filter(|e| e.spec.organization == org && e.meta().deletion_timestamp.is_none())
             .collect();
         v.sort_by_key(|e| e.name_any());
@@ -56,7 +68,7 @@ impl<'a> World<'a> {
     }
 
     fn organization(&self, name: &str) -> Option<&'a Organization> {
-        self.organizations.iter().find(|o| o.name_any() == name)
+        self.organizations.iter().copied().find(|o| o.name_any() == name)
     }
 }
 
@@ -325,7 +337,7 @@ fn baseline(org: &Organization, world: &World<'_>) -> Generated {
     let mut ingress_ok: BTreeSet<String> = BTreeSet::from([name.clone()]);
     ingress_ok.extend(org.spec.grants.iter().map(|g| g.from.organization.clone()));
     let mut egress_ok: BTreeSet<String> = BTreeSet::from([name.clone()]);
-    for other in world.organizations {
+    for other in &world.organizations {
         if other
             .spec
             .grants

@@ -108,10 +108,7 @@ fn organization_gets_namespaces_baseline_templates_and_bindings() {
         "prod",
         &[("shop", Some("shop")), ("pay", None)],
     )];
-    let world = World {
-        organizations: &orgs,
-        environments: &envs,
-    };
+    let world = World::new(&orgs, &envs);
     let objs = desired(&orgs[0], &world, &TenancyConfig::default());
     let n = names(&objs);
     for want in [
@@ -161,10 +158,7 @@ fn generated_policies_parse_as_cilium_policies() {
         env("acme-prod", "acme", "prod", &[("shop", Some("shop"))]),
         env("globex-prod", "globex", "prod", &[("other", None)]),
     ];
-    let world = World {
-        organizations: &orgs,
-        environments: &envs,
-    };
+    let world = World::new(&orgs, &envs);
     for o in &orgs {
         for g in desired(o, &world, &TenancyConfig::default()) {
             if g.key.api_version != "cilium.io/v2" {
@@ -187,10 +181,7 @@ fn grant_opens_ingress_in_receiver_and_egress_in_sender_and_lifts_the_explicit_d
         env("acme-prod", "acme", "prod", &[("shop", None)]),
         env("globex-prod", "globex", "prod", &[("other", None)]),
     ];
-    let world = World {
-        organizations: &orgs,
-        environments: &envs,
-    };
+    let world = World::new(&orgs, &envs);
     let acme = desired(&orgs[0], &world, &TenancyConfig::default());
     let n = names(&acme);
     assert!(
@@ -231,10 +222,7 @@ fn grant_opens_ingress_in_receiver_and_egress_in_sender_and_lifts_the_explicit_d
 fn second_reconcile_of_an_unchanged_world_writes_nothing_and_drift_is_put_back() {
     let orgs = [org("acme", vec![])];
     let envs = [env("acme-prod", "acme", "prod", &[("shop", None)])];
-    let world = World {
-        organizations: &orgs,
-        environments: &envs,
-    };
+    let world = World::new(&orgs, &envs);
     let want = desired(&orgs[0], &world, &TenancyConfig::default());
     let mut live = Vec::new();
     let first = apply(&mut live, &want, "acme");
@@ -272,10 +260,7 @@ fn removing_a_namespace_or_the_organization_prunes_exactly_what_it_created() {
         serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "unrelated", "namespace": "shop"}}),
     ];
     for o in &orgs {
-        let world = World {
-            organizations: &orgs,
-            environments: &envs,
-        };
+        let world = World::new(&orgs, &envs);
         apply(&mut live, &desired(o, &world, &cfg), &o.name_any());
     }
     let globex_before: Vec<Value> = live
@@ -285,10 +270,7 @@ fn removing_a_namespace_or_the_organization_prunes_exactly_what_it_created() {
         .collect();
     // `pay` leaves the Environment: its namespace (Delete policy) and objects go, nothing else.
     envs[0].spec.namespaces.retain(|n| n.name != "pay");
-    let world = World {
-        organizations: &orgs,
-        environments: &envs,
-    };
+    let world = World::new(&orgs, &envs);
     let p = apply(&mut live, &desired(&orgs[0], &world, &cfg), "acme");
     assert!(p.create.is_empty() && p.update.is_empty());
     assert!(
@@ -327,16 +309,10 @@ fn retained_namespace_is_released_not_deleted() {
     let mut envs = vec![env("acme-prod", "acme", "prod", &[("shop", None)])];
     let cfg = TenancyConfig::default();
     let mut live = Vec::new();
-    let world = World {
-        organizations: &orgs,
-        environments: &envs,
-    };
+    let world = World::new(&orgs, &envs);
     apply(&mut live, &desired(&orgs[0], &world, &cfg), "acme");
     envs[0].spec.namespaces.clear();
-    let world = World {
-        organizations: &orgs,
-        environments: &envs,
-    };
+    let world = World::new(&orgs, &envs);
     let p = apply(&mut live, &desired(&orgs[0], &world, &cfg), "acme");
     assert!(p.prune.contains(&(
         crate::object::ObjectKey {
@@ -389,7 +365,7 @@ proptest! {
         let mut live = Vec::new();
         for spec in [&a, &b] {
             let (orgs, envs) = build(spec);
-            let world = World { organizations: &orgs, environments: &envs };
+            let world = World::new(&orgs, &envs);
             for o in &orgs {
                 let want = desired(o, &world, &cfg);
                 let keys: std::collections::BTreeSet<_> = want.iter().map(|g| &g.key).collect();

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod crd;
 pub mod kubernetes;
+pub mod leader;
 pub mod metrics;
 pub mod object;
 pub mod standalone;

@@ -4,7 +4,7 @@
 //! [`desired`] is the pure core; [`kube`] runs it against the API server and
 //! [`crate::standalone`] against files.
 
-// pub mod kube;
+pub mod kube;
 mod render;
 
 use std::collections::BTreeMap;

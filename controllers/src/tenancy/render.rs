@@ -68,7 +68,10 @@ impl<'a> World<'a> {
     }
 
     fn organization(&self, name: &str) -> Option<&'a Organization> {
-        self.organizations.iter().copied().find(|o| o.name_any() == name)
+        self.organizations
+            .iter()
+            .copied()
+            .find(|o| o.name_any() == name)
     }
 }
 

@@ -127,10 +127,11 @@ impl Validator {
         }
         if let Err(errs) = self.cel.validate(&c.openapi, obj, None) {
             for e in errs.into_vec() {
-                let field = if e.field_path.is_empty() {
+                let path = e.field_path.trim_start_matches('.');
+                let field = if path.is_empty() {
                     ".".to_owned()
                 } else {
-                    e.field_path.clone()
+                    path.to_owned()
                 };
                 errors.push(invalid(field, e.message.clone()));
             }

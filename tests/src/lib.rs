@@ -6,6 +6,8 @@
 )]
 
 pub mod agent;
+pub mod controllers;
+pub mod helm;
 pub mod lab;
 pub mod nats;
 pub mod probe;

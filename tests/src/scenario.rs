@@ -46,7 +46,22 @@ pub fn root_or_skip(name: &str) -> bool {
     false
 }
 
-fn config_text(name: &str, pin: &Path, flow_log: &Path, audit: bool, extra: &str) -> String {
+/// The labels of a lab pod in the agent config (the inside of a YAML flow map).
+pub type PodLabels = fn(&lab::Pod) -> String;
+
+/// The default pod labels: `app`.
+fn app_label(p: &lab::Pod) -> String {
+    format!("app: {}", p.app)
+}
+
+fn config_text(
+    name: &str,
+    pin: &Path,
+    flow_log: &Path,
+    audit: bool,
+    extra: &str,
+    labels: PodLabels,
+) -> String {
     let mut s = format!(
         "node: lab-node\npin_path: {}\npolicy_paths: [policies]\naudit: {audit}\nflow_log: {}\nwatch_interval_ms: 100\nevent_interval_ms: 100\nhost_addresses: [{}]\n{extra}endpoints:\n",
         pin.display(),
@@ -62,13 +77,13 @@ fn config_text(name: &str, pin: &Path, flow_log: &Path, audit: bool, extra: &str
         };
         let _ = writeln!(
             s,
-            "  - {{name: {}, namespace: {}, interface: {}, addresses: [{}, \"{}\"], labels: {{app: {}}}, ports: {ports}}}",
+            "  - {{name: {}, namespace: {}, interface: {}, addresses: [{}, \"{}\"], labels: {{{}}}, ports: {ports}}}",
             p.name,
             p.namespace,
             p.host_iface(),
             p.ipv4,
             p.ipv6,
-            p.app
+            labels(&p)
         );
     }
     let _ = name;
@@ -89,6 +104,17 @@ impl Scenario {
         audit: bool,
         extra: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_labelled(name, policies, audit, extra, app_label)
+    }
+
+    /// Like [`Scenario::start_with`] with the pods' labels chosen by `labels`.
+    pub fn start_labelled(
+        name: &str,
+        policies: &[(&str, &str)],
+        audit: bool,
+        extra: &str,
+        labels: PodLabels,
+    ) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("catalyst-e2e-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("policies"))?;
@@ -98,7 +124,7 @@ impl Scenario {
         let _ = uninstall(&pin);
         std::fs::write(
             dir.join("agent.yaml"),
-            config_text(name, &pin, &dir.join("flows.jsonl"), audit, extra),
+            config_text(name, &pin, &dir.join("flows.jsonl"), audit, extra, labels),
         )?;
         for (file, text) in policies {
             std::fs::write(dir.join("policies").join(file), text)?;

@@ -221,7 +221,15 @@ pub fn cargo() -> Command {
 /// Builds the programs; returns the target directory profile folder.
 pub fn cargo_build(release: bool) -> anyhow::Result<PathBuf> {
     let mut c = cargo();
-    c.args(["build", "-p", "catalyst-agent", "-p", "catalyst-dns"]);
+    c.args([
+        "build",
+        "-p",
+        "catalyst-agent",
+        "-p",
+        "catalyst-dns",
+        "-p",
+        "catalyst-controllers",
+    ]);
     if release {
         c.arg("--release");
     }

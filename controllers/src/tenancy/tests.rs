@@ -325,7 +325,7 @@ fn retained_namespace_is_released_not_deleted() {
     )));
 }
 
-use kube::ResourceExt;
+use ::kube::ResourceExt;
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]

@@ -21,8 +21,7 @@ pub fn identity() -> String {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|s| s.trim().to_owned())
-                .unwrap_or_else(|_| "catalyst-controllers".into());
+                .map_or_else(|_| "catalyst-controllers".into(), |s| s.trim().to_owned());
             format!("{host}-{}", std::process::id())
         })
 }

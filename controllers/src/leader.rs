@@ -33,7 +33,7 @@ impl std::fmt::Debug for Elector {
         f.debug_struct("Elector")
             .field("lease", &self.name)
             .field("identity", &self.identity)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -129,7 +129,7 @@ impl Elector {
                 Ok(true) => return true,
                 Ok(false) => {}
                 Err(e) => {
-                    warn!(error = %e, lease = %self.name, "leader election: cannot read or write the lease")
+                    warn!(error = %e, lease = %self.name, "leader election: cannot read or write the lease");
                 }
             }
             tokio::select! {

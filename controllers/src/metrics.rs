@@ -174,14 +174,14 @@ impl Metrics {
     pub fn set_queue_depth(&self, controller: &str, depth: usize) {
         self.queue_depth
             .get_or_create(&Self::label(controller))
-            .set(depth as i64);
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
     }
 
     /// Sets the number of refused resources.
     pub fn set_invalid(&self, source: &str, n: usize) {
         self.invalid
             .get_or_create(&Self::label(source))
-            .set(n as i64);
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Sets the leader gauge.
@@ -200,6 +200,10 @@ impl Metrics {
     }
 
     /// The text exposition.
+    ///
+    /// # Panics
+    ///
+    /// Never: encoding into a `String` cannot fail.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("encoding into a String cannot fail");

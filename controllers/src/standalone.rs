@@ -1,5 +1,5 @@
 //! Standalone mode: custom resources from a directory, generated objects to a directory. The
-//! same reconcile cores run as in Kubernetes mode; a plan is executed as file writes. GitOps users
+//! same reconcile cores run as in Kubernetes mode; a plan is executed as file writes. `GitOps` users
 //! review the output; the agent reads `<output>/policies/` directly.
 //!
 //! Output layout:

@@ -1,9 +1,9 @@
-//! Validation of custom resources the way the API server does it: the generated CRD's OpenAPI
+//! Validation of custom resources the way the API server does it: the generated CRD's `OpenAPI`
 //! schema (types, required fields, patterns, ranges, lengths) and its CEL
 //! `x-kubernetes-validations` rules. Standalone mode and `catalyst-controllers validate` use it,
 //! so a manifest is refused here with the message the API server would give.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, fmt::Write as _};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::Value;
@@ -38,12 +38,17 @@ impl std::fmt::Debug for Validator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Validator")
             .field("types", &self.by_type.keys().collect::<Vec<_>>())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
 impl Validator {
     /// Validators for the given CRDs (their served versions).
+    ///
+    /// # Panics
+    ///
+    /// When a CRD has no schema or its schema is not a valid JSON schema: derived CRDs always
+    /// have a valid one.
     pub fn new(crds: &[CustomResourceDefinition]) -> Self {
         let mut by_type = BTreeMap::new();
         for crd in crds {
@@ -155,7 +160,7 @@ fn pointer_to_path(pointer: &str) -> String {
     for part in pointer.split('/').skip(1) {
         let part = part.replace("~1", "/").replace("~0", "~");
         if part.chars().all(|c| c.is_ascii_digit()) && !part.is_empty() {
-            out.push_str(&format!("[{part}]"));
+            let _ = write!(out, "[{part}]");
         } else {
             if !out.is_empty() {
                 out.push('.');
@@ -178,7 +183,7 @@ fn is_dns_subdomain(s: &str) -> bool {
         })
 }
 
-/// OpenAPI v3 (as in CRDs) → JSON Schema: `nullable: true` allows `null`; Kubernetes
+/// `OpenAPI` v3 (as in CRDs) → JSON Schema: `nullable: true` allows `null`; Kubernetes
 /// extensions are annotations and ignored by the JSON-schema validator.
 fn json_schema(openapi: &Value) -> Value {
     match openapi {

@@ -4,8 +4,8 @@
 //!
 //! Preconditions: a cluster with a veth-based CNI, the catalyst chart installed with the
 //! controllers enabled (`helm install catalyst deploy/helm/catalyst -n catalyst-system
-//! --create-namespace`), the agent DaemonSet and the controllers Deployment ready, and Cilium's
-//! CRDs present (`cilium.io/v2` CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy: install them
+//! --create-namespace`), the agent `DaemonSet` and the controllers Deployment ready, and Cilium's
+//! CRDs present (`cilium.io/v2` `CiliumNetworkPolicy` / `CiliumClusterwideNetworkPolicy`: install them
 //! from Cilium's release, or run Cilium itself). Run:
 //!
 //! ```sh
@@ -17,6 +17,8 @@
 //! globex's does not, that a grant opens exactly its port, and that deleting the Organizations
 //! removes their policies. Everything created is deleted at the end. Image:
 //! `CATALYST_E2E_AGNHOST` (default `registry.k8s.io/e2e-test-images/agnhost:2.53`).
+
+#![allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 
 use std::time::Duration;
 

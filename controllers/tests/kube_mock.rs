@@ -4,6 +4,7 @@
 //! these machines; the same scenarios run against a real cluster in `k8s_e2e.rs` (ignored here).
 
 use std::{
+    collections::BTreeMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -147,7 +148,7 @@ fn env(org: &str, namespaces: &[&str]) -> Environment {
                 .map(|n| EnvironmentNamespace {
                     name: (*n).into(),
                     application: None,
-                    labels: Default::default(),
+                    labels: BTreeMap::default(),
                 })
                 .collect(),
             deletion_policy: DeletionPolicy::Retain,
@@ -198,7 +199,7 @@ fn context(
             controller: "catalyst-controllers".into(),
             instance: Some("test".into()),
         },
-        Duration::from_secs(300),
+        Duration::from_mins(5),
     ))
 }
 
@@ -211,7 +212,12 @@ async fn new_organization_is_applied_with_one_field_manager_then_status_and_even
     let (client, log) = mock(api_server());
     let o = org("acme");
     let e = env("acme", &["shop", "pay"]);
-    let ctx = context(client, &[o.clone()], &[e.clone()], &[]);
+    let ctx = context(
+        client,
+        std::slice::from_ref(&o),
+        std::slice::from_ref(&e),
+        &[],
+    );
     reconcile(Arc::new(o.clone()), ctx)
         .await
         .expect("reconcile");
@@ -269,7 +275,7 @@ async fn unchanged_world_writes_nothing() {
             "message": format!("{} objects applied", want.len()), "observedGeneration": 1,
             "lastTransitionTime": "2026-12-01T00:00:00Z"}]
     })).unwrap());
-    let ctx = context(client, &[o.clone()], &[e], &live);
+    let ctx = context(client, std::slice::from_ref(&o), &[e], &live);
     reconcile(Arc::new(o), ctx).await.expect("reconcile");
     let log = log.lock().unwrap().clone();
     assert!(
@@ -293,7 +299,7 @@ async fn drift_is_put_back_and_the_event_says_so() {
         .find(|v| v["metadata"]["name"] == "catalyst-tenancy-dns")
         .unwrap();
     edited["spec"]["egress"][0]["toPorts"][0]["ports"][0]["port"] = json!("5353");
-    let ctx = context(client, &[o.clone()], &[e], &live);
+    let ctx = context(client, std::slice::from_ref(&o), &[e], &live);
     reconcile(Arc::new(o), ctx).await.expect("reconcile");
     let log = log.lock().unwrap().clone();
     let applies: Vec<&Seen> = log
@@ -340,7 +346,7 @@ async fn apply_conflict_is_retried_with_force() {
     let (client, log) = mock(responder);
     let o = org("acme");
     let e = env("acme", &["shop"]);
-    let ctx = context(client, &[o.clone()], &[e], &[]);
+    let ctx = context(client, std::slice::from_ref(&o), &[e], &[]);
     reconcile(Arc::new(o), ctx).await.expect("reconcile");
     assert!(*seen_conflict.lock().unwrap());
     let log = log.lock().unwrap().clone();
@@ -379,7 +385,7 @@ async fn stale_objects_are_pruned_and_404_on_delete_is_fine() {
         .clone();
     stale["metadata"]["namespace"] = json!("old");
     live.push(stale);
-    let ctx = context(client, &[o.clone()], &[e], &live);
+    let ctx = context(client, std::slice::from_ref(&o), &[e], &live);
     reconcile(Arc::new(o), ctx)
         .await
         .expect("a 404 on delete is success");
@@ -410,7 +416,7 @@ async fn deleted_organization_is_cleaned_up_then_its_finalizer_removed() {
         .iter()
         .map(catalyst_controllers::object::Generated::manifest)
         .collect();
-    let ctx = context(client, &[o.clone()], &[e], &live);
+    let ctx = context(client, std::slice::from_ref(&o), &[e], &live);
     reconcile(Arc::new(o), ctx).await.expect("cleanup");
     let log = log.lock().unwrap().clone();
     let deletes = log.iter().filter(|s| s.method == "DELETE").count();
@@ -457,7 +463,7 @@ async fn apply_failure_sets_ready_false_and_backs_off() {
     }));
     let o = org("acme");
     let e = env("acme", &["shop"]);
-    let ctx = context(client, &[o.clone()], &[e], &[]);
+    let ctx = context(client, std::slice::from_ref(&o), &[e], &[]);
     let err = reconcile(Arc::new(o.clone()), ctx.clone())
         .await
         .expect_err("apply fails");

@@ -40,7 +40,8 @@ pub struct Condition {
 pub fn set_condition(conditions: &mut Vec<Condition>, mut cond: Condition) {
     if let Some(old) = conditions.iter_mut().find(|c| c.type_ == cond.type_) {
         if old.status == cond.status {
-            cond.last_transition_time = old.last_transition_time.clone();
+            cond.last_transition_time
+                .clone_from(&old.last_transition_time);
         }
         *old = cond;
     } else {

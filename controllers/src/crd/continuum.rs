@@ -72,7 +72,7 @@ pub struct Region {
     /// Health sources for this region: catalyst-dns health targets (`<zone>/<target>`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub health_sources: Vec<String>,
-    /// HTTPRoutes (`namespace/name`) whose backend weights are drained and restored.
+    /// `HTTPRoutes` (`namespace/name`) whose backend weights are drained and restored.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http_routes: Vec<String>,
 }
@@ -86,13 +86,13 @@ pub struct DatabaseEndpoint {
     /// `CloudNativePG` (a Cluster resource, Kubernetes) or `PostgreSQL` (a server reached
     /// directly: standalone and lab).
     pub kind: DatabaseKind,
-    /// CloudNativePG Cluster, `namespace/name`.
+    /// `CloudNativePG` Cluster, `namespace/name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
-    /// PostgreSQL host (address or name).
+    /// `PostgreSQL` host (address or name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
-    /// PostgreSQL port. Default 5432.
+    /// `PostgreSQL` port. Default 5432.
     #[serde(default = "pg_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: u16,
@@ -101,9 +101,9 @@ pub struct DatabaseEndpoint {
 /// Database driver.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum DatabaseKind {
-    /// CloudNativePG `Cluster` resources (replica mode / promotion).
+    /// `CloudNativePG` `Cluster` resources (replica mode / promotion).
     CloudNativePG,
-    /// PostgreSQL reached directly (pg_ctl promote / standby.signal).
+    /// `PostgreSQL` reached directly (`pg_ctl` promote / standby.signal).
     PostgreSQL,
 }
 
@@ -152,7 +152,7 @@ pub struct SwitchoverPolicy {
     /// Fail over automatically when the primary is lost. Default true.
     #[serde(default = "yes")]
     pub automatic: bool,
-    /// Seconds over which HTTPRoute weights go to 0 before the flip. Default 5.
+    /// Seconds over which `HTTPRoute` weights go to 0 before the flip. Default 5.
     #[serde(default = "drain")]
     #[schemars(range(min = 0, max = 600))]
     pub drain_seconds: u32,

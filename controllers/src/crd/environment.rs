@@ -12,6 +12,10 @@ use super::Condition;
 /// An Environment of an Organization and the namespaces it owns. The tenancy controller labels
 /// the namespaces with the `openova.io/*` vocabulary and generates their isolation policies and
 /// role bindings; the compliance aggregator scores its applications.
+#[expect(
+    clippy::duplicated_attributes,
+    reason = "printcolumn(...) entries repeat `type_ = \"string\"`, which clippy reads as a duplicated attribute"
+)]
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "catalyst.openova.io",
@@ -27,7 +31,7 @@ use super::Condition;
         type_ = "string",
         json_path = ".spec.organization"
     ),
-    printcolumn(name = "Environment", type_ = "string", json_path = ".spec.name"),
+    printcolumn(name = "Env", type_ = "string", json_path = ".spec.name"),
     printcolumn(
         name = "Namespaces",
         type_ = "integer",
@@ -65,7 +69,7 @@ pub struct EnvironmentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     pub region: Option<String>,
-    /// The EnvironmentPolicy (metadata.name) that governs promotion rules and compliance weights.
+    /// The `EnvironmentPolicy` (metadata.name) that governs promotion rules and compliance weights.
     /// Default: Catalyst's defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]

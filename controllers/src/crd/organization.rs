@@ -53,8 +53,8 @@ pub struct OrganizationSpec {
     pub grants: Vec<Grant>,
 }
 
-/// Groups per access tier. Each tier is a ClusterRole (`catalyst:<tier>`, shipped with the Helm
-/// chart) bound by a RoleBinding in every namespace of the Organization.
+/// Groups per access tier. Each tier is a `ClusterRole` (`catalyst:<tier>`, shipped with the Helm
+/// chart) bound by a `RoleBinding` in every namespace of the Organization.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct AccessTiers {

@@ -326,12 +326,20 @@ pub async fn reconcile(org: Arc<Organization>, ctx: Arc<Context>) -> Result<Acti
 }
 
 /// Back-off after a failure: 1 s doubling to 5 min per Organization.
+///
+/// # Panics
+///
+/// When the failure map's lock is poisoned (a reconcile panicked while holding it).
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the signature kube's Controller::run requires"
+)]
 pub fn error_policy(org: Arc<Organization>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.failed("tenancy", error.metric_label());
     let mut f = ctx.failures.lock().expect("failure map");
     let n = f.entry(org.name_any()).or_insert(0);
     *n = n.saturating_add(1);
-    let delay = Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300));
+    let delay = Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_mins(5));
     warn!(organization = %org.name_any(), %error, retry_in_s = delay.as_secs(), "reconcile failed");
     Action::requeue(delay)
 }

@@ -26,7 +26,7 @@ pub struct TenancyConfig {
     /// The monitoring (scrape) allow template.
     #[serde(default)]
     pub monitoring: MonitoringTemplate,
-    /// Prefix of the ClusterRoles bound per tier (`<prefix><tier>`). Default `catalyst:`.
+    /// Prefix of the `ClusterRoles` bound per tier (`<prefix><tier>`). Default `catalyst:`.
     #[serde(default = "role_prefix")]
     pub cluster_role_prefix: String,
 }

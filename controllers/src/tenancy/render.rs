@@ -1,7 +1,10 @@
 //! Renders an Organization and its Environments into Kubernetes objects: labelled namespaces,
 //! the `cilium.io/v2` baseline and allow templates, and tier role bindings.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+};
 
 use kube::{Resource, ResourceExt};
 use serde_json::{Map, Value, json};
@@ -376,7 +379,10 @@ fn baseline(org: &Organization, world: &World<'_>) -> Generated {
 
 fn grant_id(grant: &Grant) -> String {
     let digest = Sha256::digest(serde_json::to_vec(grant).expect("a grant serialises"));
-    digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
+    digest.iter().take(4).fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 fn ports_of(grant: &Grant) -> Value {

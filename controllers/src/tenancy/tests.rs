@@ -1,6 +1,8 @@
 //! Tests of the pure tenancy core: what is generated, and that planning against the generated
 //! objects converges (a second reconcile of an unchanged world writes nothing).
 
+use std::collections::BTreeMap;
+
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -43,7 +45,7 @@ fn env(name: &str, org: &str, env_name: &str, namespaces: &[(&str, Option<&str>)
                 .map(|(n, app)| EnvironmentNamespace {
                     name: (*n).into(),
                     application: app.map(str::to_owned),
-                    labels: Default::default(),
+                    labels: BTreeMap::default(),
                 })
                 .collect(),
             deletion_policy: DeletionPolicy::Retain,
@@ -355,7 +357,7 @@ proptest! {
                 }
                 let app = app.map(|a| format!("app{a}"));
                 match envs.iter_mut().find(|e| e.name_any() == env_name) {
-                    Some(e) => e.spec.namespaces.push(EnvironmentNamespace { name: ns_name, application: app, labels: Default::default() }),
+                    Some(e) => e.spec.namespaces.push(EnvironmentNamespace { name: ns_name, application: app, labels: BTreeMap::default() }),
                     None => envs.push(env(&env_name, org_names[*o], &format!("e{}", ns % 2), &[(&ns_name, app.as_deref())])),
                 }
             }

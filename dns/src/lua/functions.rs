@@ -160,7 +160,31 @@ fn parse_net(s: &str) -> Result<IpNet, EvalError> {
     parse_ip(s).map(IpNet::from)
 }
 
-fn nets(v: Option<&Value>) -> Result<Vec<IpNet>, EvalError> {
+/// `newCAFromRaw(bytes)`: 4 bytes are an IPv4 address, 16 bytes an IPv6 address.
+pub(super) fn addr_from_raw(raw: &[u8]) -> Result<IpAddr, EvalError> {
+    match raw.len() {
+        4 => Ok(IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))),
+        16 => {
+            let mut b = [0u8; 16];
+            b.copy_from_slice(raw);
+            Ok(IpAddr::V6(Ipv6Addr::from(b)))
+        }
+        n => Err(eval_err(format!(
+            "newCAFromRaw needs 4 or 16 bytes, got {n}"
+        ))),
+    }
+}
+
+/// An address argument: an address object or its text.
+pub(super) fn address_arg(v: Option<&Value>) -> Result<IpAddr, EvalError> {
+    match v {
+        Some(Value::Addr(a)) => Ok(*a),
+        Some(v) => parse_ip(&v.as_string().unwrap_or_default()),
+        None => Err(eval_err("expected an address")),
+    }
+}
+
+pub(super) fn nets(v: Option<&Value>) -> Result<Vec<IpNet>, EvalError> {
     string_list(v)?.iter().map(|s| parse_net(s)).collect()
 }
 
@@ -488,7 +512,7 @@ fn view_rules(v: Option<&Value>) -> Result<Vec<ViewRule>, EvalError> {
         .collect()
 }
 
-fn net_contains(n: &IpNet, ip: IpAddr) -> bool {
+pub(super) fn net_contains(n: &IpNet, ip: IpAddr) -> bool {
     match (n, ip) {
         (IpNet::V4(n), IpAddr::V6(v6)) => v6.to_ipv4_mapped().is_some_and(|v4| n.contains(&v4)),
         _ => n.contains(&ip),
@@ -777,6 +801,17 @@ pub(super) fn call(b: Builtin, args: &[Value], cx: &EvalContext<'_>) -> Result<V
         Builtin::ToNumber => arg(0)
             .and_then(Value::as_number)
             .map_or(Value::Nil, Value::Num),
+        Builtin::NewCa => Value::Addr(address_arg(arg(0))?),
+        Builtin::NewCaFromRaw => match arg(0) {
+            Some(Value::Str(s)) => Value::Addr(addr_from_raw(s.as_bytes())?),
+            _ => return Err(eval_err("newCAFromRaw needs a 4- or 16-byte string")),
+        },
+        Builtin::NewNetmask => {
+            let s = arg(0)
+                .and_then(Value::as_string)
+                .ok_or_else(|| eval_err("newNetmask needs a netmask"))?;
+            Value::Net(parse_net(&s)?)
+        }
     })
 }
 

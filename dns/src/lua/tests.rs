@@ -35,6 +35,8 @@ impl Fixture {
                 include: &inc,
                 health: &self.env.health,
                 zone: "example.org.",
+                includes: &Arc::default(),
+                exec_limit: 1000,
             },
         )
     }

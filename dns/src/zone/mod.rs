@@ -21,7 +21,7 @@ pub use self::lookup::{Answer, ClientInfo, Outcome, ZoneSet};
 use self::parser::{RawRecord, Token};
 use crate::{
     health,
-    lua::{CompileEnv, CompileError, Env, Program},
+    lua::{CompileEnv, CompileError, Compiled, Env, Tier},
 };
 
 /// `PowerDNS`'s type code for LUA records.
@@ -52,17 +52,57 @@ pub enum ZoneError {
         rtype: String,
         reason: String,
     },
-    /// A LUA record's code is outside the supported language.
-    #[error("{file}:{line}: LUA record `{owner}`: {source}")]
-    Lua {
-        file: String,
-        line: usize,
-        owner: String,
-        source: CompileError,
+    /// LUA records failed to load and the zone is strict.
+    #[error("zone `{zone}` is strict and {} LUA record(s) failed to load: {}", failures.len(), failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    LuaStrict {
+        zone: String,
+        failures: Vec<LuaFailure>,
     },
+    /// Several errors (each listed once).
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Multiple(Vec<ZoneError>),
     /// Zone-level problem (no SOA, records outside the zone).
     #[error("zone `{zone}`: {reason}")]
     Zone { zone: String, reason: String },
+}
+
+impl ZoneError {
+    /// Every individual error, each once (for `check-zone`).
+    pub fn messages(&self) -> Vec<String> {
+        match self {
+            ZoneError::Multiple(all) => all.iter().flat_map(ZoneError::messages).collect(),
+            ZoneError::LuaStrict { failures, .. } => {
+                failures.iter().map(ToString::to_string).collect()
+            }
+            other => {
+                let mut msg = other.to_string();
+                let mut src = std::error::Error::source(other);
+                while let Some(s) = src {
+                    msg.push_str(": ");
+                    msg.push_str(&s.to_string());
+                    src = s.source();
+                }
+                vec![msg]
+            }
+        }
+    }
+}
+
+/// A LUA record that failed to load: it answers SERVFAIL (or, in a strict zone, the zone is
+/// rejected).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{file}:{line}: LUA record `{owner}` ({rtype}): {error}")]
+pub struct LuaFailure {
+    /// Zone file.
+    pub file: String,
+    /// Line of the record.
+    pub line: usize,
+    /// Owner name.
+    pub owner: String,
+    /// Declared type.
+    pub rtype: String,
+    /// Why it failed, naming the construct.
+    pub error: CompileError,
 }
 
 /// How the quoted chunks of a LUA record are joined (`PowerDNS` `lua-records-insert-whitespace`).
@@ -91,8 +131,17 @@ pub struct LuaRecord {
     pub ttl: u32,
     /// Source code (joined chunks).
     pub code: String,
-    /// Compiled program.
-    pub program: Program,
+    /// The body in the tier that runs it.
+    pub program: Compiled,
+    /// Line in the zone file.
+    pub line: usize,
+}
+
+impl LuaRecord {
+    /// Which tier runs the record.
+    pub fn tier(&self) -> Tier {
+        self.program.tier()
+    }
 }
 
 /// All data at one owner name.
@@ -136,6 +185,8 @@ pub struct Zone {
     pub lua_records: usize,
     /// Number of static records.
     pub static_records: usize,
+    /// LUA records that failed to load (they answer SERVFAIL), in file order.
+    pub lua_failures: Vec<LuaFailure>,
 }
 
 /// Inputs of a zone load.
@@ -154,6 +205,10 @@ pub struct ZoneSource<'a> {
     pub failover: Arc<crate::failover::FailoverState>,
     /// First LUA record id to assign.
     pub next_id: &'a mut u32,
+    /// Reject the zone when a LUA record fails to load (instead of serving SERVFAIL for it).
+    pub strict: bool,
+    /// Instruction budget of one interpreted LUA run; 0 = unlimited.
+    pub exec_limit: u32,
 }
 
 /// Unescape a quoted zone string (`\"`, `\\`, `\DDD`).
@@ -307,6 +362,9 @@ impl Zone {
                 includes.insert(r.owner.clone(), join(&r.rdata[1..]));
             }
         }
+        let includes = Arc::new(includes);
+        let mut errors: Vec<ZoneError> = Vec::new();
+        let mut lua_failures: Vec<LuaFailure> = Vec::new();
         let mut nodes: HashMap<Name, Node> = HashMap::new();
         let mut soa = None;
         let mut static_records = 0;
@@ -318,23 +376,31 @@ impl Zone {
                 rtype: r.rtype.clone(),
                 reason,
             };
-            let owner = Name::from_str(&r.owner)
-                .map_err(|e| rec_err(format!("bad owner `{}`: {e}", r.owner)))?;
+            let owner = match Name::from_str(&r.owner) {
+                Ok(o) => o,
+                Err(e) => {
+                    errors.push(rec_err(format!("bad owner `{}`: {e}", r.owner)));
+                    continue;
+                }
+            };
             if !origin.zone_of(&owner) {
-                return Err(rec_err(format!(
+                errors.push(rec_err(format!(
                     "owner `{}` is outside the zone `{origin_str}`",
                     r.owner
                 )));
+                continue;
             }
             if r.rtype == "LUA" || r.rtype == "TYPE65402" {
                 let Some(tword) = r.rdata.first() else {
-                    return Err(rec_err("missing type and code".into()));
+                    errors.push(rec_err("missing type and code".into()));
+                    continue;
                 };
                 let Some(rtype) = lua_type(tword.text()) else {
                     continue; // LUA LUA: include() source only
                 };
                 if r.rdata.len() < 2 || r.rdata[1..].iter().any(|t| matches!(t, Token::Word(_))) {
-                    return Err(rec_err("code must be one or more quoted strings".into()));
+                    errors.push(rec_err("code must be one or more quoted strings".into()));
+                    continue;
                 }
                 let code = join(&r.rdata[1..]);
                 let base = r.owner.trim_start_matches("*.").to_string();
@@ -350,13 +416,21 @@ impl Zone {
                     include: &include,
                     health: &src.health,
                     zone: &origin_str,
+                    includes: &includes,
+                    exec_limit: src.exec_limit,
                 };
-                let program = Program::compile(&code, &cenv).map_err(|source| ZoneError::Lua {
-                    file: r.file.display().to_string(),
-                    line: r.line,
-                    owner: r.owner.clone(),
-                    source,
-                })?;
+                // Per-record isolation: a body neither tier loads answers SERVFAIL; every other
+                // name serves.
+                let program = Compiled::compile(&code, &cenv).unwrap_or_else(|error| {
+                    lua_failures.push(LuaFailure {
+                        file: r.file.display().to_string(),
+                        line: r.line,
+                        owner: r.owner.clone(),
+                        rtype: rtype.to_string(),
+                        error: error.clone(),
+                    });
+                    Compiled::Failed(error)
+                });
                 let id = *src.next_id;
                 *src.next_id += 1;
                 lua_records += 1;
@@ -372,22 +446,33 @@ impl Zone {
                         ttl: r.ttl,
                         code,
                         program,
+                        line: r.line,
                     }));
                 continue;
             }
-            let rtype = RecordType::from_str(&r.rtype)
-                .map_err(|_| rec_err("unsupported record type".into()))?;
-            if matches!(rtype, RecordType::Unknown(_)) {
-                return Err(rec_err("unsupported record type".into()));
-            }
-            let rdata = parse_rdata(rtype, &r.rdata, &r.origin).map_err(rec_err)?;
+            let rtype = match RecordType::from_str(&r.rtype) {
+                Ok(t) if !matches!(t, RecordType::Unknown(_)) => t,
+                _ => {
+                    errors.push(rec_err("unsupported record type".into()));
+                    continue;
+                }
+            };
+            let rdata = match parse_rdata(rtype, &r.rdata, &r.origin) {
+                Ok(d) => d,
+                Err(e) => {
+                    errors.push(rec_err(e));
+                    continue;
+                }
+            };
             let record = Record::from_rdata(owner.clone(), r.ttl, rdata);
             if rtype == RecordType::SOA {
                 if owner != origin {
-                    return Err(rec_err("SOA must be at the zone apex".into()));
+                    errors.push(rec_err("SOA must be at the zone apex".into()));
+                    continue;
                 }
                 if soa.is_some() {
-                    return Err(rec_err("second SOA record".into()));
+                    errors.push(rec_err("second SOA record".into()));
+                    continue;
                 }
                 soa = Some(record.clone());
             }
@@ -404,6 +489,20 @@ impl Zone {
                 }
                 None => node.rrsets.push((rtype, vec![record])),
             }
+        }
+        if soa.is_none() {
+            errors.push(zerr("no SOA record at the apex".into()));
+        }
+        if src.strict && !lua_failures.is_empty() {
+            errors.push(ZoneError::LuaStrict {
+                zone: origin_str.clone(),
+                failures: std::mem::take(&mut lua_failures),
+            });
+        }
+        match errors.len() {
+            0 => {}
+            1 => return Err(errors.remove(0)),
+            _ => return Err(ZoneError::Multiple(errors)),
         }
         let soa = soa.ok_or_else(|| zerr("no SOA record at the apex".into()))?;
         let negative_ttl = match &soa.data {
@@ -445,6 +544,7 @@ impl Zone {
             file: src.file.to_path_buf(),
             lua_records,
             static_records,
+            lua_failures,
         })
     }
 

@@ -223,11 +223,7 @@ fn failing_lua_records_answer_servfail_and_the_zone_serves() {
         "{}",
         zone.lua_failures[0]
     );
-    assert!(
-        zone.lua_failures[1]
-            .to_string()
-            .contains("weights must not be negative")
-    );
+    assert!(zone.lua_failures[1].to_string().contains("out of range"));
     let q = |n: &str, t| answer_strings(&zone, n, t);
     assert_eq!(q("broken.t.test.", RecordType::A).0, Outcome::ServFail);
     assert_eq!(q("negative.t.test.", RecordType::A).0, Outcome::ServFail);

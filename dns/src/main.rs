@@ -110,20 +110,20 @@ fn check_zone(file: &Path, origin: Option<String>, join: &str, list: bool) -> an
             // Every error in the file, each once.
             let messages = e.messages();
             for m in &messages {
-                println!("error: {m}");
+                eprintln!("error: {m}");
             }
             anyhow::bail!("{}: {} error(s)", file.display(), messages.len());
         }
     };
     for f in &zone.lua_failures {
-        println!("error: {f}");
+        eprintln!("error: {f}");
     }
     let mut records: Vec<_> = zone.lua_records().collect();
     records.sort_by_key(|r| r.line);
     if list {
         for r in &records {
             println!(
-                "  line {} {} {} {} [{}] \"{}\"",
+                "  line {}: {} {} {} [{}] \"{}\"",
                 r.line,
                 r.owner_str,
                 r.ttl,

@@ -16,8 +16,8 @@ use std::{
 };
 
 use mlua::{
-    AnyUserData, Function, HookTriggers, Lua, MetaMethod, MultiValue, UserData, UserDataMethods,
-    Value as LuaValue,
+    AnyUserData, Function, HookTriggers, Lua, LuaOptions, MetaMethod, MultiValue, StdLib, UserData,
+    UserDataMethods, Value as LuaValue,
 };
 use prometheus_client::metrics::counter::Counter;
 
@@ -129,8 +129,28 @@ fn with_state<R>(f: impl FnOnce(&mut State) -> mlua::Result<R>) -> mlua::Result<
 
 impl State {
     fn new() -> mlua::Result<Self> {
-        let lua = Lua::new();
+        // The libraries a record body may use: no `io`, `package`/`require`, `debug` or file
+        // loading, and `os` limited to the clock: zone files must not reach the host.
+        let lua = Lua::new_with(
+            StdLib::STRING | StdLib::TABLE | StdLib::MATH | StdLib::OS,
+            LuaOptions::default(),
+        )?;
         let globals = lua.globals();
+        let os: mlua::Table = globals.get("os")?;
+        for name in [
+            "execute",
+            "exit",
+            "getenv",
+            "remove",
+            "rename",
+            "tmpname",
+            "setlocale",
+        ] {
+            os.set(name, LuaValue::Nil)?;
+        }
+        for name in ["dofile", "loadfile", "module", "require"] {
+            globals.set(name, LuaValue::Nil)?;
+        }
         for (i, (name, _)) in BUILTINS.iter().enumerate() {
             globals.set(*name, adapter(&lua, i)?)?;
         }

@@ -326,3 +326,24 @@ fn every_record_error_is_reported_once() {
     assert!(messages[0].starts_with("<text>:3: "), "{messages:?}");
     assert!(messages[1].starts_with("<text>:4: "), "{messages:?}");
 }
+
+#[test]
+fn interpreter_cannot_reach_the_host() {
+    let zone = load(
+        "$TTL 60\n@ SOA ns hm 1 2 3 4 5\nx LUA TXT \";os.execute('touch /tmp/x') return 'ran'\"\n\
+         y LUA TXT \";return io.open('/etc/passwd')\"\nz LUA TXT \"tostring(os.time() > 0)\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        answer_strings(&zone, "x.t.test.", RecordType::TXT).0,
+        Outcome::ServFail
+    );
+    assert_eq!(
+        answer_strings(&zone, "y.t.test.", RecordType::TXT).0,
+        Outcome::ServFail
+    );
+    assert_eq!(
+        answer_strings(&zone, "z.t.test.", RecordType::TXT).1,
+        vec!["true".to_string()]
+    );
+}

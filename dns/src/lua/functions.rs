@@ -451,7 +451,7 @@ pub(super) fn health(plan: &HealthPlan, cx: &EvalContext<'_>) -> Result<Value, E
     for group in &plan.groups {
         let mut available = Vec::new();
         for (ip, state) in group {
-            match state.status() {
+            match state.status_for_query() {
                 Status::Up => {
                     incomplete = false;
                     available.push(*ip);

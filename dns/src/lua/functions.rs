@@ -14,7 +14,7 @@ use rand::{Rng, seq::SliceRandom};
 use super::{
     CompileEnv, CompileError, Deps, EvalContext, EvalError,
     ast::{Builtin, Expr},
-    value::{Table, Value},
+    value::{Table, Value, cpp_stream_double},
 };
 use crate::{
     failover::FailoverState,
@@ -976,7 +976,13 @@ fn loc_string(lat: f64, lon: f64) -> String {
     };
     let (ld, lm, ls) = part(lat);
     let (od, om, os) = part(lon);
-    format!("{ld} {lm} {ls:.0} {lathem} {od} {om} {os:.0} {lonhem} 0.00m 1.00m 10000.00m 10.00m")
+    // PowerDNS formats the seconds (doubles) with boost::format `%d`: a C++ stream's default
+    // six significant digits, so fractional seconds survive into the LOC record.
+    format!(
+        "{ld} {lm} {} {lathem} {od} {om} {} {lonhem} 0.00m 1.00m 10000.00m 10.00m",
+        cpp_stream_double(ls),
+        cpp_stream_double(os)
+    )
 }
 
 /// Labels of `qname` below the wildcard owner `*.rest` (empty if the owner is no wildcard).

@@ -2,6 +2,7 @@
 //! records compiled. [`Zone::answer`] implements authoritative lookup (exact, CNAME chains inside
 //! the zone, wildcards, empty non-terminals, delegations with glue, NXDOMAIN/NODATA with SOA).
 
+pub mod loc;
 mod lookup;
 pub mod parser;
 
@@ -236,6 +237,32 @@ pub fn unescape(raw: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The code of a LUA record from its quoted chunks, as `PowerDNS`'s `LUARecordContent::getCode`
+/// builds it: the stored form `"c1" "c2"` is split at every `"` (empty pieces dropped, so the
+/// `" "` separators are pieces too); `Concat` (`lua-records-insert-whitespace=no`, the default
+/// since 5.0) keeps every piece but the single-space separators, `Space` (`yes`, the default
+/// before 5.0) appends one space to every piece, separators included — so chunks end up three
+/// spaces apart, with one trailing space.
+pub fn join_chunks(chunks: &[Token], mode: ChunkJoin) -> String {
+    let stored = chunks
+        .iter()
+        .map(|c| format!("\"{}\"", c.text()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut code = String::new();
+    for piece in stored.split('"').filter(|p| !p.is_empty()) {
+        match mode {
+            ChunkJoin::Concat if piece == " " => {}
+            ChunkJoin::Concat => code.push_str(piece),
+            ChunkJoin::Space => {
+                code.push_str(piece);
+                code.push(' ');
+            }
+        }
+    }
+    unescape(&code)
+}
+
 /// Positions of domain names in the RDATA of types whose names may be relative.
 fn name_positions(t: RecordType) -> &'static [usize] {
     match t {
@@ -249,6 +276,10 @@ fn name_positions(t: RecordType) -> &'static [usize] {
 
 /// Parse RDATA tokens of `t`, resolving relative names against `origin`.
 pub fn parse_rdata(t: RecordType, tokens: &[Token], origin: &str) -> Result<RData, String> {
+    if t == loc::loc_type() {
+        let text: Vec<&str> = tokens.iter().map(Token::text).collect();
+        return loc::loc_rdata(&text.join(" "));
+    }
     let pos = name_positions(t);
     let mut text = String::new();
     for (i, tok) in tokens.iter().enumerate() {
@@ -286,6 +317,9 @@ pub fn parse_lua_content(t: RecordType, s: &str) -> Result<RData, String> {
         n.set_fqdn(true);
         Ok(n)
     };
+    if t == loc::loc_type() {
+        return loc::loc_rdata(s);
+    }
     match t {
         RecordType::TXT => Ok(RData::TXT(TXT::new(vec![s.to_string()]))),
         RecordType::CNAME => Ok(RData::CNAME(CNAME(fqdn(s)?))),
@@ -304,11 +338,18 @@ pub fn parse_lua_content(t: RecordType, s: &str) -> Result<RData, String> {
     }
 }
 
-fn lua_type(word: &str) -> Option<RecordType> {
+/// The declared type of a LUA record: `Ok(None)` for `LUA LUA` (an `include()` source).
+fn lua_type(word: &str) -> Result<Option<RecordType>, String> {
     if word.eq_ignore_ascii_case("LUA") {
-        return None;
+        return Ok(None);
     }
-    RecordType::from_str(&word.to_ascii_uppercase()).ok()
+    if loc::is_loc(word) {
+        return Ok(Some(loc::loc_type()));
+    }
+    match RecordType::from_str(&word.to_ascii_uppercase()) {
+        Ok(t) if !matches!(t, RecordType::Unknown(_)) => Ok(Some(t)),
+        _ => Err(format!("unsupported type `{word}` in LUA record")),
+    }
 }
 
 impl Zone {
@@ -343,16 +384,7 @@ impl Zone {
         });
         // LUA-typed LUA records are include() targets; collect their code first.
         let mut includes: HashMap<String, String> = HashMap::new();
-        let join = |chunks: &[Token]| -> String {
-            let mut code = String::new();
-            for c in chunks {
-                code.push_str(&unescape(c.text()));
-                if src.join == ChunkJoin::Space {
-                    code.push(' ');
-                }
-            }
-            code
-        };
+        let join = |chunks: &[Token]| join_chunks(chunks, src.join);
         for r in &raws {
             if (r.rtype == "LUA" || r.rtype == "TYPE65402")
                 && r.rdata
@@ -395,8 +427,13 @@ impl Zone {
                     errors.push(rec_err("missing type and code".into()));
                     continue;
                 };
-                let Some(rtype) = lua_type(tword.text()) else {
-                    continue; // LUA LUA: include() source only
+                let rtype = match lua_type(tword.text()) {
+                    Ok(Some(t)) => t,
+                    Ok(None) => continue, // LUA LUA: include() source only
+                    Err(e) => {
+                        errors.push(rec_err(e));
+                        continue;
+                    }
                 };
                 if r.rdata.len() < 2 || r.rdata[1..].iter().any(|t| matches!(t, Token::Word(_))) {
                     errors.push(rec_err("code must be one or more quoted strings".into()));
@@ -451,6 +488,7 @@ impl Zone {
                 continue;
             }
             let rtype = match RecordType::from_str(&r.rtype) {
+                _ if loc::is_loc(&r.rtype) => loc::loc_type(),
                 Ok(t) if !matches!(t, RecordType::Unknown(_)) => t,
                 _ => {
                     errors.push(rec_err("unsupported record type".into()));

@@ -347,3 +347,27 @@ fn interpreter_cannot_reach_the_host() {
         vec!["true".to_string()]
     );
 }
+
+#[test]
+fn loc_records_static_and_lua() {
+    let zone = load(
+        "$TTL 60\n@ SOA ns hm 1 2 3 4 5\ns LOC 51 59 33.6789 N 5 55 0.5 E 0.00m 1.00m 10000.00m 10.00m\n\
+         l LUA LOC \"'51 59 33.6789 N 5 55 0.5 E 0.00m 1.00m 10000.00m 10.00m'\"\n\
+         bad LUA LOC \"'91 0 0 N 0 0 0 E'\"\nx LUA FOO \"'1'\"\n",
+    );
+    let e = zone.unwrap_err();
+    assert!(e.to_string().contains("unsupported type `FOO`"), "{e}");
+    let zone = load(
+        "$TTL 60\n@ SOA ns hm 1 2 3 4 5\ns LOC 51 59 33.6789 N 5 55 0.5 E 0.00m 1.00m 10000.00m 10.00m\n\
+         l LUA LOC \"'51 59 33.6789 N 5 55 0.5 E 0.00m 1.00m 10000.00m 10.00m'\"\n\
+         bad LUA LOC \"'91 0 0 N 0 0 0 E'\"\n",
+    )
+    .unwrap();
+    let loc = loc::loc_type();
+    let s = zone.answer(&Name::from_str("s.t.test.").unwrap(), loc, &client());
+    let l = zone.answer(&Name::from_str("l.t.test.").unwrap(), loc, &client());
+    assert_eq!(s.answers.len(), 1);
+    assert_eq!(s.answers[0].data, l.answers[0].data, "LUA LOC = static LOC");
+    let bad = zone.answer(&Name::from_str("bad.t.test.").unwrap(), loc, &client());
+    assert_eq!(bad.outcome, Outcome::ServFail);
+}

@@ -17,7 +17,7 @@ use std::{
 
 use prometheus_client::registry::Registry as MetricsRegistry;
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     catalog::Catalog,
@@ -237,7 +237,8 @@ async fn publish_events(
             }
             continue;
         }
-        info!(subject, payload = %String::from_utf8_lossy(&payload), "health event (no NATS configured)");
+        // The transition itself is logged once where it happens (`health transition`).
+        debug!(subject, payload = %String::from_utf8_lossy(&payload), "health event (no NATS configured)");
     }
 }
 

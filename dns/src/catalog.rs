@@ -160,14 +160,17 @@ impl Catalog {
         }
         let d = ans.deps;
         let versioned = d.has(Deps::HEALTH) || d.has(Deps::FAILOVER);
-        let cache =
-            if ans.outcome == Outcome::ServFail || d.has(Deps::RANDOM) || d.has(Deps::TRANSPORT) {
-                CachePolicy::None
-            } else if d.has(Deps::CLIENT) {
-                CachePolicy::PerClient { versioned }
-            } else {
-                CachePolicy::Shared { versioned }
-            };
+        let cache = if ans.outcome == Outcome::ServFail
+            || d.has(Deps::RANDOM)
+            || d.has(Deps::TRANSPORT)
+            || d.has(Deps::IMPURE)
+        {
+            CachePolicy::None
+        } else if d.has(Deps::CLIENT) {
+            CachePolicy::PerClient { versioned }
+        } else {
+            CachePolicy::Shared { versioned }
+        };
         let ecs_scope = self.ecs.then(|| match (client.ecs, d.has(Deps::CLIENT)) {
             (Some(net), true) => net.prefix_len(),
             _ => 0,

@@ -90,6 +90,16 @@ pub struct ZoneConfig {
     pub origin: String,
     /// Master file (RFC 1035 with `PowerDNS` `LUA` records).
     pub file: PathBuf,
+    /// Refuse to load this zone when one of its LUA records fails to load; default: `lua.strict`.
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
+impl ZoneConfig {
+    /// Whether this zone is strict (its own setting, else the global one).
+    pub fn strict(&self, lua: &LuaConfig) -> bool {
+        self.strict.unwrap_or(lua.strict)
+    }
 }
 
 /// LUA record settings.
@@ -104,6 +114,14 @@ pub struct LuaConfig {
     /// scope prefix. Default true.
     #[serde(default = "default_true")]
     pub ecs: bool,
+    /// Refuse to load a zone when one of its LUA records fails to load (CI pipelines). Default
+    /// false: that record answers SERVFAIL and every other name serves, as in `PowerDNS`.
+    #[serde(default)]
+    pub strict: bool,
+    /// Instructions one run of an interpreter-tier record may execute before it is stopped and
+    /// answers SERVFAIL (`PowerDNS` `lua-records-exec-limit`); 0 = unlimited. Default 1000.
+    #[serde(default = "default_exec_limit")]
+    pub exec_limit: u32,
 }
 
 impl Default for LuaConfig {
@@ -111,8 +129,14 @@ impl Default for LuaConfig {
         Self {
             chunk_join: ChunkJoin::default(),
             ecs: true,
+            strict: false,
+            exec_limit: default_exec_limit(),
         }
     }
+}
+
+fn default_exec_limit() -> u32 {
+    1000
 }
 
 /// MaxMind-format databases.

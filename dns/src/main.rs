@@ -9,8 +9,10 @@ use std::{
 use anyhow::Context as _;
 use catalyst_dns::{
     Config,
+    config::LuaConfig,
     failover::FailoverState,
     health::{HealthConfig, Registry},
+    lua::Tier,
     zone::{ChunkJoin, Zone, ZoneSource},
 };
 use clap::{Parser, Subcommand};
@@ -99,29 +101,56 @@ fn check_zone(file: &Path, origin: Option<String>, join: &str, list: bool) -> an
         geo: None,
         failover: Arc::new(FailoverState::new(version)),
         next_id: &mut next_id,
-    })
-    .map_err(|e| {
-        let mut msg = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            msg.push_str(": ");
-            msg.push_str(&s.to_string());
-            src = s.source();
+        strict: false,
+        exec_limit: LuaConfig::default().exec_limit,
+    });
+    let zone = match zone {
+        Ok(z) => z,
+        Err(e) => {
+            // Every error in the file, each once.
+            let messages = e.messages();
+            for m in &messages {
+                eprintln!("error: {m}");
+            }
+            anyhow::bail!("{}: {} error(s)", file.display(), messages.len());
         }
-        anyhow::anyhow!(msg)
-    })?;
+    };
+    for f in &zone.lua_failures {
+        eprintln!("error: {f}");
+    }
+    let mut records: Vec<_> = zone.lua_records().collect();
+    records.sort_by_key(|r| r.line);
+    if list {
+        for r in &records {
+            println!(
+                "  line {}: {} {} {} [{}] \"{}\"",
+                r.line,
+                r.owner_str,
+                r.ttl,
+                r.rtype,
+                r.tier(),
+                r.code
+            );
+        }
+    }
+    let tiers = |t: Tier| records.iter().filter(|r| r.tier() == t).count();
     println!(
-        "{}: zone {} OK: {} static records, {} LUA records, {} health checks",
+        "{}: zone {}: {} static records, {} LUA records ({} native, {} interpreter, {} failed), {} health checks",
         file.display(),
         zone.origin_str,
         zone.static_records,
         zone.lua_records,
+        tiers(Tier::Native),
+        tiers(Tier::Interpreter),
+        tiers(Tier::Failed),
         health.len()
     );
-    if list {
-        for r in zone.lua_records() {
-            println!("  {} {} {} \"{}\"", r.owner_str, r.ttl, r.rtype, r.code);
-        }
+    if !zone.lua_failures.is_empty() {
+        anyhow::bail!(
+            "{}: {} LUA record(s) failed to load (they would answer SERVFAIL)",
+            file.display(),
+            zone.lua_failures.len()
+        );
     }
     Ok(())
 }

@@ -108,6 +108,8 @@ pub struct DnsMetrics {
     pub lua_records: Gauge,
     /// Static records loaded.
     pub static_records: Gauge,
+    /// LUA records that failed to load (answering SERVFAIL), by zone.
+    lua_records_failed: Family<Labels, Gauge>,
     /// Health metrics.
     pub health: HealthMetrics,
 }
@@ -167,6 +169,17 @@ impl DnsMetrics {
             "Static records loaded",
             static_records.clone(),
         );
+        let lua_records_failed = Family::<Labels, Gauge>::default();
+        registry.register(
+            "lua_records_failed",
+            "LUA records that failed to load and answer SERVFAIL, by zone",
+            lua_records_failed.clone(),
+        );
+        registry.register(
+            "lua_exec_limit_exceeded",
+            "Interpreter-tier LUA runs stopped by the instruction budget (lua.exec_limit)",
+            crate::lua::interp::exec_limit_counter(),
+        );
         let health = HealthMetrics::register(registry);
         Arc::new(Self {
             queries,
@@ -177,6 +190,7 @@ impl DnsMetrics {
             reloads,
             lua_records,
             static_records,
+            lua_records_failed,
             health,
         })
     }
@@ -184,6 +198,21 @@ impl DnsMetrics {
     /// Count one answered query.
     pub fn query(&self, rcode: ResponseCode, qtype: RecordType) {
         self.queries[rcode_index(rcode)][qtype_index(qtype)].inc();
+    }
+
+    /// Record the counts of a freshly loaded zone set.
+    pub fn zones_loaded(&self, set: &crate::zone::ZoneSet) {
+        let lua: usize = set.zones().iter().map(|z| z.lua_records).sum();
+        let stat: usize = set.zones().iter().map(|z| z.static_records).sum();
+        self.lua_records.set(i64::try_from(lua).unwrap_or(i64::MAX));
+        self.static_records
+            .set(i64::try_from(stat).unwrap_or(i64::MAX));
+        self.lua_records_failed.clear();
+        for z in set.zones() {
+            self.lua_records_failed
+                .get_or_create(&vec![("zone".into(), z.origin_str.clone())])
+                .set(i64::try_from(z.lua_failures.len()).unwrap_or(i64::MAX));
+        }
     }
 
     /// Count a reload.
@@ -197,11 +226,12 @@ impl DnsMetrics {
     }
 }
 
-/// Serve `GET /metrics` (and `/health`) on `addr` until the process exits.
-pub async fn serve(addr: std::net::SocketAddr, registry: Arc<Registry>) -> std::io::Result<()> {
+/// Serve `GET /metrics` (and `/health`) on `listener` until the process exits.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "metrics endpoint listening");
     loop {
         let (mut stream, _) = listener.accept().await?;
         let registry = registry.clone();

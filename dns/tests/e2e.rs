@@ -367,7 +367,7 @@ fn reload_under_load_never_fails_a_query() {
     // A broken zone keeps the previous version serving and says why.
     std::fs::write(
         &zf,
-        "$ORIGIN r.test.\n$TTL 60\n@ SOA ns hm 1 2 3 4 5\nwww LUA A \";for i=1,2 do end\"\n",
+        "$ORIGIN r.test.\n$TTL 60\n@ SOA ns hm 1 2 3 4 5\nwww A 300.1.1.1\n",
     )
     .unwrap();
     srv.signal("HUP");
@@ -396,7 +396,7 @@ fn reload_under_load_never_fails_a_query() {
     );
     let log = srv.log_text();
     assert!(
-        log.contains("r.zone:4") && log.contains("`for` statement"),
+        log.contains("r.zone:4") && log.contains("invalid A record"),
         "reason names file:line and construct: {log}"
     );
 }
@@ -520,20 +520,31 @@ fn check_zone_reports_file_and_line() {
     let zf = dir.join("bad.test.zone");
     std::fs::write(
         &zf,
-        "$TTL 60\n@ SOA ns hm 1 2 3 4 5\n\nx LUA A \"os.execute('x')\"\n",
+        "$TTL 60\n@ SOA ns hm 1 2 3 4 5\n\nx LUA A \"ifportup(443, {\"\ny LUA A \"pickwhashed({{0, '192.0.2.1'}})\"\n\
+         z LUA A \";local n = 0 while n < 2 do n = n + 1 end return '192.0.2.' .. n\"\n",
     )
     .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_catalyst-dns"))
         .arg("check-zone")
         .arg(&zf)
+        .arg("--list")
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
+    // Every error once, with file:line and the construct.
+    assert_eq!(err.matches("bad.test.zone:4:").count(), 1, "{err}");
+    assert_eq!(err.matches("bad.test.zone:5:").count(), 1, "{err}");
     assert!(
-        err.contains("bad.test.zone:4") && err.contains("os.execute"),
+        err.contains("near '<eof>'") && err.contains("cannot be 0"),
         "{err}"
     );
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing.contains("z.bad.test. 60 A [interpreter]"),
+        "{listing}"
+    );
+    assert!(listing.contains("1 interpreter, 2 failed"), "{listing}");
     let ok = std::process::Command::new(env!("CARGO_BIN_EXE_catalyst-dns"))
         .arg("check-zone")
         .arg(example_zone())
@@ -598,4 +609,94 @@ fn serves_ipv6_and_several_listen_addresses() {
         ]);
         assert_eq!(out.trim(), "192.0.2.10");
     }
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body
+}
+
+/// A zone with a LUA record that cannot load serves every other name; the record answers
+/// SERVFAIL, is logged once with file:line and counted per zone. A second instance on the same
+/// metrics port stops with an error naming the setting.
+#[test]
+fn failing_lua_record_is_isolated_and_metrics_port_conflicts_name_the_setting() {
+    let dir = scratch("isolation");
+    let zf = dir.join("m.zone");
+    std::fs::write(
+        &zf,
+        "$ORIGIN m.test.\n$TTL 60\n@ SOA ns hm 1 2 3 4 5\n@ NS ns\nns A 127.0.0.1\n\
+         ok A 192.0.2.1\nbroken LUA A \"ifportup(443, {\"\n\
+         loop LUA A \";local n = 0 while n < 4 do n = n + 1 end return '192.0.2.' .. n\"\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let mport = free_port();
+    let srv = start_catalyst(
+        &dir,
+        &format!(
+            "listen: [\"127.0.0.1:{port}\"]\nudp_workers: 1\nmetrics: {{listen: \"127.0.0.1:{mport}\"}}\n\
+             zones:\n  - {{origin: m.test, file: {}}}\n",
+            zf.display()
+        ),
+        port,
+    );
+    assert_eq!(
+        answers(port, "ok.m.test.", RecordType::A, None),
+        vec!["192.0.2.1"]
+    );
+    assert_eq!(
+        answers(port, "loop.m.test.", RecordType::A, None),
+        vec!["192.0.2.4"]
+    );
+    let broken = query_raw(port, "broken.m.test.", RecordType::A, None).unwrap();
+    assert_eq!(broken.metadata.response_code, ResponseCode::ServFail);
+    let metrics = http_get(mport, "/metrics");
+    assert!(
+        metrics.contains("catalyst_dns_lua_records_failed{zone=\"m.test.\"} 1"),
+        "{metrics}"
+    );
+    // Without the terminal colour codes the structured fields read `line=7`.
+    let mut log = String::new();
+    let mut in_escape = false;
+    for c in srv.log_text().chars() {
+        match c {
+            '\u{1b}' => in_escape = true,
+            'm' if in_escape => in_escape = false,
+            _ if in_escape => {}
+            c => log.push(c),
+        }
+    }
+    assert_eq!(log.matches("LUA record failed to load").count(), 1, "{log}");
+    assert!(log.contains("m.zone line=7 owner=broken.m.test."), "{log}");
+
+    let dir2 = dir.join("second");
+    std::fs::create_dir_all(&dir2).unwrap();
+    let cfg2 = dir2.join("catalyst-dns.yaml");
+    std::fs::write(
+        &cfg2,
+        format!(
+            "listen: [\"127.0.0.1:{}\"]\nudp_workers: 1\nmetrics: {{listen: \"127.0.0.1:{mport}\"}}\n\
+             zones:\n  - {{origin: m.test, file: {}}}\n",
+            free_port(),
+            zf.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_catalyst-dns"))
+        .args(["serve", "--config"])
+        .arg(&cfg2)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("metrics.listen") && err.contains(&mport.to_string()),
+        "{err}"
+    );
 }

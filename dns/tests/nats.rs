@@ -113,7 +113,9 @@ fn failover_kv_and_health_events() {
     rt.block_on(kv.delete("app")).unwrap();
     wait_for("192.0.2.1");
 
-    // Health: the first check brings the target up, then it goes down.
+    // Health: the first query of the record starts its check (as PowerDNS); the first check
+    // brings the target up, then it goes down.
+    let _ = answers(port, "hc.n.test.", RecordType::A, None);
     let next_event = |events: &mut async_nats::Subscriber| -> serde_json::Value {
         let msg = rt
             .block_on(async { tokio::time::timeout(Duration::from_secs(5), events.next()).await })

@@ -218,12 +218,17 @@ fn health_checked_records_match_powerdns() {
     // p2 and u2 use address groups, which PowerDNS 4.7's ifportup/ifurlup do not take: they are
     // checked against the expected answers only.
     let names = ["p1", "p3", "u1"];
-    // PowerDNS starts checks on the first query; catalyst-dns already did at load.
-    for n in names {
+    let mut errors = Vec::new();
+    // Both servers start a check on the first query of its record (health.start: first_query):
+    // the first answer comes from the backup selector ('all': every candidate).
+    if let Err(e) = compare(cport, pport, "p1.hc.test.", RecordType::A, None) {
+        errors.push(format!("first answer: {e}"));
+    }
+    for n in ["p1", "p2", "p3", "u1", "u2"] {
         let _ = query_raw(pport, &format!("{n}.hc.test."), RecordType::A, None);
+        let _ = query_raw(cport, &format!("{n}.hc.test."), RecordType::A, None);
     }
     std::thread::sleep(Duration::from_secs(3));
-    let mut errors = Vec::new();
     for n in names {
         if let Err(e) = compare(cport, pport, &format!("{n}.hc.test."), RecordType::A, None) {
             errors.push(e);

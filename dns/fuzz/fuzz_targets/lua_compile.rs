@@ -27,6 +27,8 @@ fuzz_target!(|data: &[u8]| {
             include: &include,
             health: &env.health,
             zone: "fuzz.test.",
+            includes: &Arc::default(),
+            exec_limit: 1000,
         },
     ) else {
         return;

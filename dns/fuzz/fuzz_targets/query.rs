@@ -36,6 +36,8 @@ fn catalog() -> &'static Catalog {
                 geo: None,
                 failover: Arc::new(FailoverState::new(Arc::clone(&version))),
                 next_id: &mut next_id,
+            strict: false,
+            exec_limit: 1000,
             },
         )
         .expect("example zone loads");

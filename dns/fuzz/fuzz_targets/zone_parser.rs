@@ -30,6 +30,8 @@ fuzz_target!(|data: &[u8]| {
             geo: None,
             failover: Arc::new(FailoverState::new(version)),
             next_id: &mut next_id,
+            strict: false,
+            exec_limit: 1000,
         },
     );
 });

@@ -1,8 +1,9 @@
 //! Health checker for `ifportup`, `ifurlup` and `ifurlextup`.
 //!
-//! Checks are registered when a zone is compiled (not by the first query), keyed by target and
-//! options so identical targets share one check across records and zones, and each runs on its
-//! own interval. State is one atomic per check, read lock-free on the query path; every
+//! Checks are registered when a zone is compiled, keyed by target and options so identical
+//! targets share one check across records and zones, and each runs on its own interval. A check
+//! starts when a query first reads it, as in `PowerDNS` (`health.start: first_query`, the
+//! default), or at zone load (`health.start: load`: faster failover after a restart). State is one atomic per check, read lock-free on the query path; every
 //! transition bumps a version that invalidates cached answers, updates metrics and is published
 //! as a health event.
 
@@ -14,7 +15,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -84,6 +85,19 @@ pub enum FirstRun {
     Up,
 }
 
+/// When checks start running.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStart {
+    /// As `PowerDNS`: when a query first reads the check (the first answers come from the
+    /// backup selector, or SERVFAIL with `failOnIncompleteCheck`).
+    #[default]
+    FirstQuery,
+    /// At zone load: states are known before the first query, so failover after a restart is
+    /// faster.
+    Load,
+}
+
 /// Health checker settings (the `health` section of the config).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -102,6 +116,9 @@ pub struct HealthConfig {
     /// Answer for targets not checked yet: `down` (`PowerDNS`) or `up`. Default `down`.
     #[serde(default)]
     pub first_run: FirstRun,
+    /// When a check starts: `first_query` (`PowerDNS`) or `load`. Default `first_query`.
+    #[serde(default)]
+    pub start: CheckStart,
     /// Verify TLS certificates of HTTPS checks. Default false (as `PowerDNS`).
     #[serde(default)]
     pub verify_tls: bool,
@@ -136,6 +153,7 @@ impl Default for HealthConfig {
             timeout_secs: default_timeout(),
             minimum_successes: default_one(),
             first_run: FirstRun::default(),
+            start: CheckStart::default(),
             verify_tls: false,
             user_agent: default_user_agent(),
             max_redirects: default_redirects(),
@@ -156,9 +174,21 @@ pub struct CheckState {
     failures: AtomicU32,
     successes: AtomicU32,
     zones: Mutex<BTreeSet<String>>,
+    /// A query has read the check (it runs from then on with `CheckStart::FirstQuery`).
+    queried: AtomicBool,
+    shared: Arc<Shared>,
 }
 
 impl CheckState {
+    /// Status for answering a query: the first read starts the check when checks start on
+    /// first query.
+    pub fn status_for_query(self: &Arc<Self>) -> Status {
+        if !self.queried.load(Ordering::Relaxed) && !self.queried.swap(true, Ordering::AcqRel) {
+            self.shared.spawn(self);
+        }
+        self.status()
+    }
+
     /// Current status.
     pub fn status(&self) -> Status {
         match self.status.load(Ordering::Relaxed) {
@@ -219,14 +249,49 @@ struct Shared {
     version: Arc<AtomicU64>,
     events: Mutex<Option<mpsc::UnboundedSender<HealthEvent>>>,
     metrics: Mutex<Option<crate::metrics::HealthMetrics>>,
+    tasks: Mutex<HashMap<CheckSpec, AbortHandle>>,
+    runtime: Mutex<Option<Handle>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Run `state` from now on (once), if the checker has started.
+    fn spawn(self: &Arc<Self>, state: &Arc<CheckState>) {
+        let rt = self
+            .runtime
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let Some(rt) = rt else {
+            return;
+        };
+        let mut tasks = self
+            .tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if tasks.contains_key(&state.spec) {
+            return;
+        }
+        debug!(target = %state.spec.target, "health check started");
+        let task = rt.spawn(run_check(self.clone(), state.clone()));
+        tasks.insert(state.spec.clone(), task.abort_handle());
+    }
+
+    /// Whether a check should run now.
+    fn due(&self, state: &CheckState) -> bool {
+        self.cfg.start == CheckStart::Load || state.queried.load(Ordering::Relaxed)
+    }
 }
 
 /// All registered checks.
 pub struct Registry {
     shared: Arc<Shared>,
     checks: Mutex<HashMap<CheckSpec, Arc<CheckState>>>,
-    tasks: Mutex<HashMap<CheckSpec, AbortHandle>>,
-    runtime: Mutex<Option<Handle>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -244,10 +309,10 @@ impl Registry {
                 version,
                 events: Mutex::new(None),
                 metrics: Mutex::new(None),
+                tasks: Mutex::new(HashMap::new()),
+                runtime: Mutex::new(None),
             }),
             checks: Mutex::new(HashMap::new()),
-            tasks: Mutex::new(HashMap::new()),
-            runtime: Mutex::new(None),
         }
     }
 
@@ -294,6 +359,8 @@ impl Registry {
                     failures: AtomicU32::new(0),
                     successes: AtomicU32::new(0),
                     zones: Mutex::new(BTreeSet::new()),
+                    queried: AtomicBool::new(false),
+                    shared: self.shared.clone(),
                 })
             })
             .clone();
@@ -303,32 +370,17 @@ impl Registry {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(zone.to_string());
-        if let Some(rt) = self
-            .runtime
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_ref()
-        {
-            self.spawn(rt, &state);
+        if self.shared.due(&state) {
+            self.shared.spawn(&state);
         }
         state
     }
 
-    fn spawn(&self, rt: &Handle, state: &Arc<CheckState>) {
-        let mut tasks = self
-            .tasks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if tasks.contains_key(&state.spec) {
-            return;
-        }
-        let task = rt.spawn(run_check(self.shared.clone(), state.clone()));
-        tasks.insert(state.spec.clone(), task.abort_handle());
-    }
-
-    /// Start running every registered check (and any registered later) on `rt`.
+    /// Start the checker on `rt`: every check that is due now (all of them with
+    /// `CheckStart::Load`), and each later one when it becomes due.
     pub fn start(&self, rt: &Handle) {
         *self
+            .shared
             .runtime
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(rt.clone());
@@ -340,7 +392,9 @@ impl Registry {
             .cloned()
             .collect();
         for state in checks {
-            self.spawn(rt, &state);
+            if self.shared.due(&state) {
+                self.shared.spawn(&state);
+            }
         }
     }
 
@@ -351,11 +405,14 @@ impl Registry {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut tasks = self
+            .shared
             .tasks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         checks.retain(|spec, state| {
-            let used = Arc::strong_count(state) > 1;
+            // References: this map, a running task, and the compiled records using it.
+            let held = 1 + usize::from(tasks.contains_key(spec));
+            let used = Arc::strong_count(state) > held;
             if !used {
                 debug!(target = %spec.target, "health check no longer used");
                 if let Some(t) = tasks.remove(spec) {
@@ -530,6 +587,60 @@ mod tests {
         update(&r.shared, &s, Ok(()));
         assert_eq!(s.status(), Status::Up);
         assert_eq!(r.version(), v + 1);
+    }
+
+    fn running(r: &Registry) -> usize {
+        r.shared
+            .tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    #[test]
+    fn checks_start_on_first_query_by_default() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let r = Registry::new(HealthConfig::default(), Arc::default());
+        let s = r.register(&spec(&[]), "z.");
+        r.start(rt.handle());
+        assert_eq!(running(&r), 0, "registered at load, not started");
+        assert_eq!(
+            s.status_for_query(),
+            Status::Pending,
+            "first answer: not checked yet"
+        );
+        assert_eq!(running(&r), 1, "started by the first query");
+        s.status_for_query();
+        assert_eq!(running(&r), 1, "started once");
+        // A check registered after start (a reload) also waits for its first query.
+        let t = r.register(&spec(&[("interval", "3")]), "z.");
+        assert_eq!(running(&r), 1);
+        t.status_for_query();
+        assert_eq!(running(&r), 2);
+    }
+
+    #[test]
+    fn checks_start_at_load_when_configured() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let cfg = HealthConfig {
+            start: CheckStart::Load,
+            ..HealthConfig::default()
+        };
+        let r = Registry::new(cfg, Arc::default());
+        let s = r.register(&spec(&[]), "z.");
+        assert_eq!(running(&r), 0, "nothing runs before the checker starts");
+        r.start(rt.handle());
+        assert_eq!(running(&r), 1, "started at load");
+        drop(s);
+        r.prune();
+        assert!(r.is_empty(), "a running check no record uses is stopped");
+        assert_eq!(running(&r), 0);
     }
 
     #[test]

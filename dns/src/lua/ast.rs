@@ -73,48 +73,56 @@ pub enum Builtin {
     Failover,
     ToString,
     ToNumber,
+    NewCa,
+    NewCaFromRaw,
+    NewNetmask,
 }
+
+/// Every built-in function by the name LUA records call it (both tiers read this table).
+pub const BUILTINS: &[(&str, Builtin)] = &[
+    ("pickrandom", Builtin::PickRandom),
+    ("pickrandomsample", Builtin::PickRandomSample),
+    ("pickhashed", Builtin::PickHashed),
+    ("pickwrandom", Builtin::PickWRandom),
+    ("pickwhashed", Builtin::PickWHashed),
+    ("picknamehashed", Builtin::PickNameHashed),
+    ("pickchashed", Builtin::PickCHashed),
+    ("pickclosest", Builtin::PickClosest),
+    ("closestMagic", Builtin::ClosestMagic),
+    ("latlonMagic", Builtin::LatlonMagic),
+    ("all", Builtin::All),
+    ("view", Builtin::View),
+    ("netmask", Builtin::Netmask),
+    ("newNMG", Builtin::NewNmg),
+    ("country", Builtin::Country),
+    ("countryCode", Builtin::CountryCode),
+    ("continent", Builtin::Continent),
+    ("continentCode", Builtin::ContinentCode),
+    ("region", Builtin::Region),
+    ("regionCode", Builtin::RegionCode),
+    ("asnum", Builtin::Asnum),
+    ("latlon", Builtin::Latlon),
+    ("latlonloc", Builtin::LatlonLoc),
+    ("createForward", Builtin::CreateForward),
+    ("createReverse", Builtin::CreateReverse),
+    ("createForward6", Builtin::CreateForward6),
+    ("createReverse6", Builtin::CreateReverse6),
+    ("filterForward", Builtin::FilterForward),
+    ("ifportup", Builtin::IfPortUp),
+    ("ifurlup", Builtin::IfUrlUp),
+    ("ifurlextup", Builtin::IfUrlExtUp),
+    ("dblookup", Builtin::DbLookup),
+    ("failover", Builtin::Failover),
+    ("tostring", Builtin::ToString),
+    ("tonumber", Builtin::ToNumber),
+    ("newCA", Builtin::NewCa),
+    ("newCAFromRaw", Builtin::NewCaFromRaw),
+    ("newNetmask", Builtin::NewNetmask),
+];
 
 impl Builtin {
     pub fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "pickrandom" => Self::PickRandom,
-            "pickrandomsample" => Self::PickRandomSample,
-            "pickhashed" => Self::PickHashed,
-            "pickwrandom" => Self::PickWRandom,
-            "pickwhashed" => Self::PickWHashed,
-            "picknamehashed" => Self::PickNameHashed,
-            "pickchashed" => Self::PickCHashed,
-            "pickclosest" => Self::PickClosest,
-            "closestMagic" => Self::ClosestMagic,
-            "latlonMagic" => Self::LatlonMagic,
-            "all" => Self::All,
-            "view" => Self::View,
-            "netmask" => Self::Netmask,
-            "newNMG" => Self::NewNmg,
-            "country" => Self::Country,
-            "countryCode" => Self::CountryCode,
-            "continent" => Self::Continent,
-            "continentCode" => Self::ContinentCode,
-            "region" => Self::Region,
-            "regionCode" => Self::RegionCode,
-            "asnum" => Self::Asnum,
-            "latlon" => Self::Latlon,
-            "latlonloc" => Self::LatlonLoc,
-            "createForward" => Self::CreateForward,
-            "createReverse" => Self::CreateReverse,
-            "createForward6" => Self::CreateForward6,
-            "createReverse6" => Self::CreateReverse6,
-            "filterForward" => Self::FilterForward,
-            "ifportup" => Self::IfPortUp,
-            "ifurlup" => Self::IfUrlUp,
-            "ifurlextup" => Self::IfUrlExtUp,
-            "dblookup" => Self::DbLookup,
-            "failover" => Self::Failover,
-            "tostring" => Self::ToString,
-            "tonumber" => Self::ToNumber,
-            _ => return None,
-        })
+        BUILTINS.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
     }
 }
 
@@ -128,20 +136,36 @@ pub enum Method {
     IsPartOf,
     Equal,
     ToStringWithPort,
+    IsIpv4,
+    IsIpv6,
+    GetPort,
+    GetBits,
+    GetNetwork,
+    Match,
+    Empty,
 }
+
+/// Every method by name (both tiers read this table).
+pub const METHODS: &[(&str, Method)] = &[
+    ("toString", Method::ToString),
+    ("toStringNoDot", Method::ToStringNoDot),
+    ("getRawLabels", Method::GetRawLabels),
+    ("countLabels", Method::CountLabels),
+    ("isPartOf", Method::IsPartOf),
+    ("equal", Method::Equal),
+    ("toStringWithPort", Method::ToStringWithPort),
+    ("isIPv4", Method::IsIpv4),
+    ("isIPv6", Method::IsIpv6),
+    ("getPort", Method::GetPort),
+    ("getBits", Method::GetBits),
+    ("getNetwork", Method::GetNetwork),
+    ("match", Method::Match),
+    ("empty", Method::Empty),
+];
 
 impl Method {
     pub fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "toString" => Self::ToString,
-            "toStringNoDot" => Self::ToStringNoDot,
-            "getRawLabels" => Self::GetRawLabels,
-            "countLabels" => Self::CountLabels,
-            "isPartOf" => Self::IsPartOf,
-            "equal" => Self::Equal,
-            "toStringWithPort" => Self::ToStringWithPort,
-            _ => return None,
-        })
+        METHODS.iter().find(|(n, _)| *n == name).map(|(_, m)| *m)
     }
 }
 

@@ -169,7 +169,8 @@ fn var(v: Var, cx: &EvalContext<'_>) -> Value {
     }
 }
 
-fn method(base: &Value, m: Method, args: &[Value]) -> Result<Value, EvalError> {
+/// A method of a name, address, netmask or netmask-group value (both tiers call this).
+pub(super) fn method(base: &Value, m: Method, args: &[Value]) -> Result<Value, EvalError> {
     let as_name = |v: &Value| -> Option<String> {
         match v {
             Value::Name(s) | Value::Str(s) => Some(s.to_ascii_lowercase()),
@@ -223,7 +224,25 @@ fn method(base: &Value, m: Method, args: &[Value]) -> Result<Value, EvalError> {
             std::net::IpAddr::V4(v4) => format!("{v4}:0"),
             std::net::IpAddr::V6(v6) => format!("[{v6}]:0"),
         }),
+        (Value::Addr(a), Method::IsIpv4) => Value::Bool(a.is_ipv4()),
+        (Value::Addr(a), Method::IsIpv6) => Value::Bool(a.is_ipv6()),
+        (Value::Addr(_), Method::GetPort) => Value::Num(0.0),
         (Value::Net(n), Method::ToString) => Value::str(n.to_string()),
+        (Value::Net(n), Method::IsIpv4) => Value::Bool(matches!(n, ipnet::IpNet::V4(_))),
+        (Value::Net(n), Method::IsIpv6) => Value::Bool(matches!(n, ipnet::IpNet::V6(_))),
+        (Value::Net(n), Method::GetBits) => Value::Num(f64::from(n.prefix_len())),
+        (Value::Net(n), Method::GetNetwork) => Value::Addr(n.network()),
+        (Value::Net(_), Method::Empty) => Value::Bool(false),
+        (Value::Net(n), Method::Match) => {
+            let ip = functions::address_arg(args.first())?;
+            Value::Bool(functions::net_contains(n, ip))
+        }
+        // A netmask group (`newNMG{...}`) is a list of netmasks.
+        (Value::Table(_), Method::Match) => {
+            let ip = functions::address_arg(args.first())?;
+            let nets = functions::nets(Some(base))?;
+            Value::Bool(nets.iter().any(|n| functions::net_contains(n, ip)))
+        }
         (other, m) => {
             return Err(EvalError::new(format!(
                 "no method {m:?} on a {} value",

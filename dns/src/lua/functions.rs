@@ -14,7 +14,7 @@ use rand::{Rng, seq::SliceRandom};
 use super::{
     CompileEnv, CompileError, Deps, EvalContext, EvalError,
     ast::{Builtin, Expr},
-    value::{Table, Value},
+    value::{Table, Value, cpp_stream_double},
 };
 use crate::{
     failover::FailoverState,
@@ -113,16 +113,14 @@ fn validate(b: Builtin, vals: &[Value]) -> Result<(), CompileError> {
         | Builtin::PickWRandom
         | Builtin::PickNameHashed
         | Builtin::PickCHashed => {
-            let items = weighted(vals.first()).map_err(|e| bad(e.message))?;
-            if items.iter().any(|(w, _)| *w < 0) {
-                return Err(bad("weights must not be negative"));
-            }
+            // A zero or negative constant weight fails every query (as in PowerDNS): report the
+            // record at load.
+            weighted(vals.first()).map_err(|e| bad(e.message))?;
         }
-        Builtin::Netmask | Builtin::NewNmg => {
+        // `netmask` and `view` read their netmasks lazily at query time, as PowerDNS does: a
+        // malformed netmask only fails the queries that reach it.
+        Builtin::NewNmg => {
             nets(vals.first()).map_err(|e| bad(e.message))?;
-        }
-        Builtin::View => {
-            view_rules(vals.first()).map_err(|e| bad(e.message))?;
         }
         _ => {}
     }
@@ -152,15 +150,61 @@ fn parse_ip(s: &str) -> Result<IpAddr, EvalError> {
         .map_err(|_| eval_err(format!("`{s}` is not an IP address")))
 }
 
+/// A netmask as `PowerDNS`'s `Netmask(string)` reads it: the address must parse, the prefix is
+/// an integer taken as a C `uint8_t` and clamped to the family's length (`10.0.0.0/33` is
+/// `10.0.0.0/32`); without a prefix, the full length.
 fn parse_net(s: &str) -> Result<IpNet, EvalError> {
     let s = s.trim();
-    if let Ok(n) = s.parse::<IpNet>() {
-        return Ok(n);
-    }
-    parse_ip(s).map(IpNet::from)
+    let (addr, bits) = match s.split_once('/') {
+        Some((a, b)) => (a, Some(b)),
+        None => (s, None),
+    };
+    let ip = parse_ip(addr).map_err(|_| eval_err(format!("`{s}` is not a netmask")))?;
+    let max: u8 = if ip.is_ipv4() { 32 } else { 128 };
+    let bits = match bits {
+        None => max,
+        Some(b) => {
+            let n: i64 = b
+                .trim()
+                .parse()
+                .map_err(|_| eval_err(format!("`{s}` is not a netmask")))?;
+            #[expect(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                reason = "C uint8_t conversion, reproduced on purpose"
+            )]
+            let b = n as u8;
+            b.min(max)
+        }
+    };
+    Ok(IpNet::new(ip, bits).expect("prefix clamped to the family length"))
 }
 
-fn nets(v: Option<&Value>) -> Result<Vec<IpNet>, EvalError> {
+/// `newCAFromRaw(bytes)`: 4 bytes are an IPv4 address, 16 bytes an IPv6 address.
+pub(super) fn addr_from_raw(raw: &[u8]) -> Result<IpAddr, EvalError> {
+    match raw.len() {
+        4 => Ok(IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))),
+        16 => {
+            let mut b = [0u8; 16];
+            b.copy_from_slice(raw);
+            Ok(IpAddr::V6(Ipv6Addr::from(b)))
+        }
+        n => Err(eval_err(format!(
+            "newCAFromRaw needs 4 or 16 bytes, got {n}"
+        ))),
+    }
+}
+
+/// An address argument: an address object or its text.
+pub(super) fn address_arg(v: Option<&Value>) -> Result<IpAddr, EvalError> {
+    match v {
+        Some(Value::Addr(a)) => Ok(*a),
+        Some(v) => parse_ip(&v.as_string().unwrap_or_default()),
+        None => Err(eval_err("expected an address")),
+    }
+}
+
+pub(super) fn nets(v: Option<&Value>) -> Result<Vec<IpNet>, EvalError> {
     string_list(v)?.iter().map(|s| parse_net(s)).collect()
 }
 
@@ -206,17 +250,44 @@ fn weighted(v: Option<&Value>) -> Result<Vec<(i64, String)>, EvalError> {
         let Value::Table(p) = pairs[idx - 1] else {
             return Err(eval_err("expected a {weight, value} pair"));
         };
-        let w = p.get(&Value::Num(1.0));
-        let val = p.get(&Value::Num(2.0));
-        // PowerDNS reads the weight with atoi(): non-numbers count as 0.
-        #[expect(clippy::cast_possible_truncation, reason = "atoi semantics")]
-        let w = w.as_number().map_or(0, |n| n as i64);
-        let val = val
+        let w = weight(&p.get(&Value::Num(1.0)))?;
+        let val = p
+            .get(&Value::Num(2.0))
             .as_string()
             .ok_or_else(|| eval_err("pair without a value"))?;
         out.push((w, val));
     }
     Ok(out)
+}
+
+/// A weight as current `PowerDNS` reads it: the Lua value's text through
+/// `checked_stoi_nonzero<unsigned int>` (`std::stoull`: leading digits, so `2.5` is 2). Zero,
+/// negative (`stoull` wraps it past the range), too large and non-numeric weights are errors:
+/// the record answers SERVFAIL.
+fn weight(v: &Value) -> Result<i64, EvalError> {
+    let text = v.as_string().unwrap_or_default();
+    let t = text.trim_start();
+    let (negative, digits) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    if end == 0 {
+        return Err(eval_err(format!("weight `{text}` is not a number")));
+    }
+    let n: u64 = digits[..end]
+        .parse()
+        .map_err(|_| eval_err(format!("weight `{text}` is out of range")))?;
+    if n == 0 {
+        return Err(eval_err("weights cannot be 0"));
+    }
+    if negative || n > u64::from(u32::MAX) {
+        return Err(eval_err(format!("weight `{text}` is out of range")));
+    }
+    Ok(i64::try_from(n).unwrap_or(i64::MAX))
 }
 
 fn options(v: Option<&Value>) -> Result<BTreeMap<String, String>, EvalError> {
@@ -380,7 +451,7 @@ pub(super) fn health(plan: &HealthPlan, cx: &EvalContext<'_>) -> Result<Value, E
     for group in &plan.groups {
         let mut available = Vec::new();
         for (ip, state) in group {
-            match state.status() {
+            match state.status_for_query() {
                 Status::Up => {
                     incomplete = false;
                     available.push(*ip);
@@ -469,26 +540,46 @@ fn closest(cands: &[IpAddr], cx: &EvalContext<'_>) -> Result<IpAddr, EvalError> 
     pick_random(&ties, cx).copied()
 }
 
-type ViewRule = (Vec<IpNet>, Vec<String>);
-
-fn view_rules(v: Option<&Value>) -> Result<Vec<ViewRule>, EvalError> {
+/// `view(rules)` as `PowerDNS`: rules in order, each rule's netmasks in order, parsed as they are
+/// reached (a malformed netmask after a match is never read; one before it is an error), the
+/// first match picks a random result of its rule; no match is an empty answer string.
+fn view(v: Option<&Value>, cx: &EvalContext<'_>) -> Result<Value, EvalError> {
     let Some(Value::Table(rules)) = v else {
         return Err(eval_err("view needs a list of {{nets}, {results}} rules"));
     };
-    rules
-        .values()
-        .map(|r| {
-            let Value::Table(r) = r else {
-                return Err(eval_err("view rule must be {{nets}, {results}}"));
-            };
-            let n = nets(Some(&r.get(&Value::Num(1.0))))?;
-            let res = string_list(Some(&r.get(&Value::Num(2.0))))?;
-            Ok((n, res))
-        })
-        .collect()
+    for r in rules.values() {
+        let Value::Table(r) = r else {
+            return Err(eval_err("Invalid view data"));
+        };
+        if r.len() < 2 {
+            return Err(eval_err("Invalid view data"));
+        }
+        for mask in string_list(Some(&r.get(&Value::Num(1.0))))? {
+            if net_contains(&parse_net(&mask)?, cx.bestwho) {
+                let results = string_list(Some(&r.get(&Value::Num(2.0))))?;
+                if results.is_empty() {
+                    return Err(eval_err(format!(
+                        "The IP list cannot be empty (for netmask {mask})"
+                    )));
+                }
+                return Ok(Value::str(pick_random(&results, cx)?.as_str()));
+            }
+        }
+    }
+    Ok(Value::str(""))
 }
 
-fn net_contains(n: &IpNet, ip: IpAddr) -> bool {
+/// `netmask(nets)` as `PowerDNS`: netmasks in order, parsed as they are reached.
+fn netmask(v: Option<&Value>, cx: &EvalContext<'_>) -> Result<bool, EvalError> {
+    for mask in string_list(v)? {
+        if net_contains(&parse_net(&mask)?, cx.bestwho) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+pub(super) fn net_contains(n: &IpNet, ip: IpAddr) -> bool {
     match (n, ip) {
         (IpNet::V4(n), IpAddr::V6(v6)) => v6.to_ipv4_mapped().is_some_and(|v4| n.contains(&v4)),
         _ => n.contains(&ip),
@@ -548,35 +639,40 @@ pub(super) fn call(b: Builtin, args: &[Value], cx: &EvalContext<'_>) -> Result<V
         }
         Builtin::PickWRandom => {
             let items = weighted(arg(0))?;
-            let sum: i64 = items.iter().map(|(w, _)| *w).sum();
-            if items.is_empty() || sum <= 0 {
-                return Err(eval_err("the sum of weights must be positive"));
-            }
+            let (sum, firsts) = cumulative32(&items)?;
             if items.len() > 1 {
                 cx.note(Deps::RANDOM);
             }
             let r = rand::rng().random_range(0..sum);
-            Value::str(weighted_pick(&items, r))
+            Value::str(upper_bound_pick(&items, &firsts, r)?)
         }
         Builtin::PickWHashed => {
             let items = weighted(arg(0))?;
-            let sum: i64 = items.iter().map(|(w, _)| *w).sum();
-            if items.is_empty() || sum <= 0 {
-                return Err(eval_err("the sum of weights must be positive"));
-            }
+            let (sum, firsts) = cumulative32(&items)?;
             cx.note(Deps::CLIENT);
-            let r = i64::from(hash::address_hash(cx.bestwho)) % sum;
-            Value::str(weighted_pick(&items, r))
+            let r = hash::address_hash(cx.bestwho) % sum;
+            Value::str(upper_bound_pick(&items, &firsts, r)?)
         }
         Builtin::PickNameHashed => {
             let items = weighted(arg(0))?;
-            let sum: i64 = items.iter().map(|(w, _)| *w).sum();
-            if items.is_empty() || sum <= 0 {
-                return Err(eval_err("the sum of weights must be positive"));
+            if items.is_empty() {
+                return Err(eval_err("The items list cannot be empty"));
+            }
+            // PowerDNS sums into a size_t here but keeps 32-bit running sums.
+            let mut sum = 0u64;
+            let mut firsts = Vec::with_capacity(items.len());
+            for (w, _) in &items {
+                sum += u64::from(weight_u32(*w));
+                #[expect(clippy::cast_possible_truncation, reason = "C unsigned int")]
+                firsts.push(sum as u32);
+            }
+            if sum == 0 {
+                return Err(eval_err("The sum of items cannot be zero"));
             }
             cx.note(Deps::QNAME);
-            let r = i64::from(hash::name_hash(cx.qname)) % sum;
-            Value::str(weighted_pick(&items, r))
+            #[expect(clippy::cast_possible_truncation, reason = "C unsigned int")]
+            let r = (u64::from(hash::name_hash(cx.qname)) % sum) as u32;
+            Value::str(upper_bound_pick(&items, &firsts, r)?)
         }
         Builtin::PickCHashed => {
             let items = weighted(arg(0))?;
@@ -623,16 +719,11 @@ pub(super) fn call(b: Builtin, args: &[Value], cx: &EvalContext<'_>) -> Result<V
         }
         Builtin::View => {
             cx.note(Deps::CLIENT);
-            for (ns, results) in view_rules(arg(0))? {
-                if ns.iter().any(|n| net_contains(n, cx.bestwho)) {
-                    return Ok(Value::str(pick_random(&results, cx)?.as_str()));
-                }
-            }
-            Value::str("")
+            view(arg(0), cx)?
         }
         Builtin::Netmask => {
             cx.note(Deps::CLIENT);
-            Value::Bool(nets(arg(0))?.iter().any(|n| net_contains(n, cx.bestwho)))
+            Value::Bool(netmask(arg(0), cx)?)
         }
         Builtin::NewNmg => Value::list(
             nets(arg(0))?
@@ -777,18 +868,66 @@ pub(super) fn call(b: Builtin, args: &[Value], cx: &EvalContext<'_>) -> Result<V
         Builtin::ToNumber => arg(0)
             .and_then(Value::as_number)
             .map_or(Value::Nil, Value::Num),
+        Builtin::NewCa => Value::Addr(address_arg(arg(0))?),
+        Builtin::NewCaFromRaw => match arg(0) {
+            Some(Value::Str(s)) => Value::Addr(addr_from_raw(s.as_bytes())?),
+            _ => return Err(eval_err("newCAFromRaw needs a 4- or 16-byte string")),
+        },
+        Builtin::NewNetmask => {
+            let s = arg(0)
+                .and_then(Value::as_string)
+                .ok_or_else(|| eval_err("newNetmask needs a netmask"))?;
+            Value::Net(parse_net(&s)?)
+        }
     })
 }
 
-fn weighted_pick(items: &[(i64, String)], r: i64) -> &str {
-    let mut sum = 0;
-    for (w, v) in items {
-        sum += w;
-        if r < sum {
-            return v;
+/// A weight (1..=`u32::MAX`, see [`weight`]) as the C `unsigned int` `PowerDNS` sums.
+fn weight_u32(w: i64) -> u32 {
+    u32::try_from(w).unwrap_or(u32::MAX)
+}
+
+/// `PowerDNS`'s running sums of `unsigned int` weights (wrapping at 32 bits, as C does for very
+/// large weights) and their total; a zero total is an error (SERVFAIL).
+fn cumulative32(items: &[(i64, String)]) -> Result<(u32, Vec<u32>), EvalError> {
+    if items.is_empty() {
+        return Err(eval_err("The items list cannot be empty"));
+    }
+    let mut sum = 0u32;
+    let mut firsts = Vec::with_capacity(items.len());
+    for (w, _) in items {
+        sum = sum.wrapping_add(weight_u32(*w));
+        firsts.push(sum);
+    }
+    if sum == 0 {
+        return Err(eval_err("The sum of items cannot be zero"));
+    }
+    Ok((sum, firsts))
+}
+
+/// `std::upper_bound(firsts, r)`: a binary search for the first running sum above `r`. The sums
+/// are sorted unless very large weights wrapped them, and then the binary search lands where
+/// C++'s does. Past the end (undefined in `PowerDNS`) is an error.
+fn upper_bound_pick<'a>(
+    items: &'a [(i64, String)],
+    firsts: &[u32],
+    r: u32,
+) -> Result<&'a str, EvalError> {
+    let (mut first, mut count) = (0usize, firsts.len());
+    while count > 0 {
+        let step = count / 2;
+        let it = first + step;
+        if r < firsts[it] {
+            count = step;
+        } else {
+            first = it + 1;
+            count -= step + 1;
         }
     }
-    &items[items.len() - 1].1
+    items
+        .get(first)
+        .map(|(_, v)| v.as_str())
+        .ok_or_else(|| eval_err("weighted pick ran past the end of the list"))
 }
 
 /// `PowerDNS`'s consistent hashing: each entry owns `weight` points hash("entry-i"); the client
@@ -837,7 +976,13 @@ fn loc_string(lat: f64, lon: f64) -> String {
     };
     let (ld, lm, ls) = part(lat);
     let (od, om, os) = part(lon);
-    format!("{ld} {lm} {ls:.0} {lathem} {od} {om} {os:.0} {lonhem} 0.00m 1.00m 10000.00m 10.00m")
+    // PowerDNS formats the seconds (doubles) with boost::format `%d`: a C++ stream's default
+    // six significant digits, so fractional seconds survive into the LOC record.
+    format!(
+        "{ld} {lm} {} {lathem} {od} {om} {} {lonhem} 0.00m 1.00m 10000.00m 10.00m",
+        cpp_stream_double(ls),
+        cpp_stream_double(os)
+    )
 }
 
 /// Labels of `qname` below the wildcard owner `*.rest` (empty if the owner is no wildcard).

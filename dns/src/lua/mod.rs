@@ -4,16 +4,18 @@
 //! The subset: literals, tables (`{...}`, `{{w, v}, ...}`, `{key = value}`), calls of the
 //! built-in functions, `..`, arithmetic and comparison, `and`/`or`/`not`, `if/then/elseif/else/end`,
 //! `local`, assignments, `return`, `include()`, the query variables and the name/address methods.
-//! Anything else is a [`CompileError`] naming the construct.
+//! Bodies outside the subset run in the interpreter tier ([`interp`], embedded Lua 5.1); a body
+//! neither tier can load becomes a [`Compiled::Failed`] record that answers SERVFAIL.
 
 mod ast;
 mod compile;
 mod eval;
 pub mod functions;
+pub mod interp;
 mod lexer;
 pub mod value;
 
-use std::{cell::Cell, net::IpAddr};
+use std::{cell::Cell, collections::HashMap, net::IpAddr, sync::Arc};
 
 use ipnet::IpNet;
 
@@ -38,6 +40,9 @@ pub enum CompileError {
     /// `include()` failed.
     #[error("include('{label}') failed: {reason}")]
     Include { label: String, reason: String },
+    /// Not Lua at all: the interpreter's own message (`lua-record:LINE: ...`).
+    #[error("Lua syntax error: {message}")]
+    Lua { message: String },
 }
 
 impl CompileError {
@@ -95,6 +100,8 @@ impl Deps {
     pub const HEALTH: u8 = 16;
     /// Read failover state.
     pub const FAILOVER: u8 = 32;
+    /// Ran in the interpreter tier, whose globals persist: not provably pure, never cached.
+    pub const IMPURE: u8 = 64;
 
     /// True if the flag is set.
     pub fn has(self, flag: u8) -> bool {
@@ -145,6 +152,76 @@ pub struct CompileEnv<'a> {
     pub health: &'a health::Registry,
     /// Zone apex being loaded (health events name it).
     pub zone: &'a str,
+    /// `LUA LUA` records of the zone by absolute lower-case name (interpreter `include()`).
+    pub includes: &'a Arc<HashMap<String, String>>,
+    /// Instruction budget of one interpreted run (`lua-records-exec-limit`); 0 = unlimited.
+    pub exec_limit: u32,
+}
+
+/// Which tier runs a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    /// The native compiled evaluator.
+    Native,
+    /// The embedded Lua 5.1 interpreter.
+    Interpreter,
+    /// Neither could load the body: every query of the record answers SERVFAIL.
+    Failed,
+}
+
+impl std::fmt::Display for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Tier::Native => "native",
+            Tier::Interpreter => "interpreter",
+            Tier::Failed => "failed",
+        })
+    }
+}
+
+/// A LUA record body ready to run in the tier that can run it.
+#[derive(Debug)]
+pub enum Compiled {
+    /// Compiled by the native compiler.
+    Native(Program),
+    /// Checked to compile as Lua 5.1; runs in the worker's interpreter.
+    Interpreter(interp::Chunk),
+    /// Failed to load; answers SERVFAIL.
+    Failed(CompileError),
+}
+
+impl Compiled {
+    /// Compile with the native compiler, falling back to the interpreter for what the native
+    /// subset does not cover. Errors the native compiler proves (a bad constant argument, a
+    /// failed include) and bodies that are not Lua are returned.
+    pub fn compile(code: &str, env: &CompileEnv<'_>) -> Result<Self, CompileError> {
+        match Program::compile(code, env) {
+            Ok(p) => Ok(Compiled::Native(p)),
+            Err(CompileError::Unsupported { .. } | CompileError::Syntax { .. }) => {
+                interp::Chunk::compile(code, env.includes.clone(), env.zone, env.exec_limit)
+                    .map(Compiled::Interpreter)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The tier.
+    pub fn tier(&self) -> Tier {
+        match self {
+            Compiled::Native(_) => Tier::Native,
+            Compiled::Interpreter(_) => Tier::Interpreter,
+            Compiled::Failed(_) => Tier::Failed,
+        }
+    }
+
+    /// Run against one query; returns the content strings (one RR each).
+    pub fn run(&self, cx: &EvalContext<'_>) -> Result<Vec<String>, EvalError> {
+        match self {
+            Compiled::Native(p) => p.run(cx),
+            Compiled::Interpreter(c) => result_strings(&c.run(cx)?),
+            Compiled::Failed(e) => Err(EvalError::new(format!("record failed to load: {e}"))),
+        }
+    }
 }
 
 /// A compiled LUA record.
@@ -176,7 +253,7 @@ impl Program {
                     message,
                     offset: offset.saturating_sub(7),
                 },
-                other @ CompileError::Include { .. } => other,
+                other @ (CompileError::Include { .. } | CompileError::Lua { .. }) => other,
             })?
         };
         Ok(Self {

@@ -180,3 +180,50 @@ impl fmt::Display for Value {
         }
     }
 }
+
+/// The text `PowerDNS` formats a double with `%d` of `boost::format` (C++ stream default: six
+/// significant digits, no trailing zeros), which is how `latlonloc()` writes its seconds.
+pub fn cpp_stream_double(v: f64) -> String {
+    if v == 0.0 {
+        return "0".into();
+    }
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "decimal exponent of a finite double"
+    )]
+    let exp = v.abs().log10().floor() as i32;
+    // %g: rounding may carry into the next power of ten; format in scientific first to know.
+    let sci = format!("{v:.5e}");
+    let (mant, e) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let e: i32 = e.parse().unwrap_or(exp);
+    if !(-4..6).contains(&e) {
+        let mant = trim_zeros(mant);
+        let sign = if e < 0 { '-' } else { '+' };
+        return format!("{mant}e{sign}{:02}", e.abs());
+    }
+    let decimals = usize::try_from(5 - e).unwrap_or(0);
+    trim_zeros(&format!("{v:.decimals$}")).to_string()
+}
+
+fn trim_zeros(s: &str) -> &str {
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doubles_print_like_a_cpp_stream() {
+        assert_eq!(cpp_stream_double(33.6), "33.6");
+        assert_eq!(cpp_stream_double(0.0), "0");
+        assert_eq!(cpp_stream_double(59.999_999_9), "60");
+        assert_eq!(cpp_stream_double(8.123_456_7), "8.12346");
+        assert_eq!(cpp_stream_double(0.000_012_3), "1.23e-05");
+        assert_eq!(cpp_stream_double(12.0), "12");
+    }
+}

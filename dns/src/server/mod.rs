@@ -17,7 +17,7 @@ use std::{
 
 use prometheus_client::registry::Registry as MetricsRegistry;
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     catalog::Catalog,
@@ -41,6 +41,15 @@ pub enum ServerError {
     /// Socket.
     #[error("failed to bind `{addr}`")]
     Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metrics listener.
+    #[error(
+        "failed to bind the metrics listener `{addr}` (setting `metrics.listen`: choose a free port, or null to disable)"
+    )]
+    MetricsBind {
         addr: String,
         #[source]
         source: std::io::Error,
@@ -104,9 +113,17 @@ pub fn load_zones(
             geo: svc.geo.clone(),
             failover: svc.failover.clone(),
             next_id: &mut next_id,
+            strict: z.strict(&cfg.lua),
+            exec_limit: cfg.lua.exec_limit,
         });
         match loaded {
-            Ok(zone) => zones.push(Arc::new(zone)),
+            Ok(zone) => {
+                // Logged once per load, with file:line and the construct.
+                for f in &zone.lua_failures {
+                    warn!(zone = %zone.origin_str, file = %f.file, line = f.line, owner = %f.owner, rtype = %f.rtype, error = %f.error, "LUA record failed to load; it answers SERVFAIL");
+                }
+                zones.push(Arc::new(zone));
+            }
             Err(e) => {
                 let prev = previous.and_then(|p| {
                     p.zones()
@@ -152,16 +169,9 @@ pub fn reload(cfg: &Config, svc: &Services, catalog: &Catalog) -> bool {
             let lua: usize = set.zones().iter().map(|z| z.lua_records).sum();
             let stat: usize = set.zones().iter().map(|z| z.static_records).sum();
             drop(current);
+            catalog.metrics.zones_loaded(&set);
             catalog.replace(set);
             svc.health.prune();
-            catalog
-                .metrics
-                .lua_records
-                .set(i64::try_from(lua).unwrap_or(i64::MAX));
-            catalog
-                .metrics
-                .static_records
-                .set(i64::try_from(stat).unwrap_or(i64::MAX));
             catalog.metrics.reload(errors.is_empty());
             info!(
                 zones = catalog.zones().zones().len(),
@@ -227,7 +237,8 @@ async fn publish_events(
             }
             continue;
         }
-        info!(subject, payload = %String::from_utf8_lossy(&payload), "health event (no NATS configured)");
+        // The transition itself is logged once where it happens (`health transition`).
+        debug!(subject, payload = %String::from_utf8_lossy(&payload), "health event (no NATS configured)");
     }
 }
 
@@ -259,14 +270,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     for z in set.zones() {
         info!(zone = %z.origin_str, file = %z.file.display(), lua_records = z.lua_records, static_records = z.static_records, "zone loaded");
     }
-    let lua: usize = set.zones().iter().map(|z| z.lua_records).sum();
-    let stat: usize = set.zones().iter().map(|z| z.static_records).sum();
-    metrics
-        .lua_records
-        .set(i64::try_from(lua).unwrap_or(i64::MAX));
-    metrics
-        .static_records
-        .set(i64::try_from(stat).unwrap_or(i64::MAX));
+    metrics.zones_loaded(&set);
 
     let (tx, rx) = mpsc::unbounded_channel();
     svc.health.set_events(tx);
@@ -360,8 +364,15 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
 
     if let Some(addr) = cfg.metrics.listen {
         let registry = Arc::new(registry);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::MetricsBind {
+                addr: addr.to_string(),
+                source,
+            })?;
+        info!(%addr, "metrics endpoint listening");
         tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(addr, registry).await {
+            if let Err(e) = crate::metrics::serve(listener, registry).await {
                 error!(error = %e, %addr, "metrics endpoint failed");
             }
         });

@@ -2,6 +2,7 @@
 //! records compiled. [`Zone::answer`] implements authoritative lookup (exact, CNAME chains inside
 //! the zone, wildcards, empty non-terminals, delegations with glue, NXDOMAIN/NODATA with SOA).
 
+pub mod loc;
 mod lookup;
 pub mod parser;
 
@@ -21,7 +22,7 @@ pub use self::lookup::{Answer, ClientInfo, Outcome, ZoneSet};
 use self::parser::{RawRecord, Token};
 use crate::{
     health,
-    lua::{CompileEnv, CompileError, Env, Program},
+    lua::{CompileEnv, CompileError, Compiled, Env, Tier},
 };
 
 /// `PowerDNS`'s type code for LUA records.
@@ -52,17 +53,57 @@ pub enum ZoneError {
         rtype: String,
         reason: String,
     },
-    /// A LUA record's code is outside the supported language.
-    #[error("{file}:{line}: LUA record `{owner}`: {source}")]
-    Lua {
-        file: String,
-        line: usize,
-        owner: String,
-        source: CompileError,
+    /// LUA records failed to load and the zone is strict.
+    #[error("zone `{zone}` is strict and {} LUA record(s) failed to load: {}", failures.len(), failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    LuaStrict {
+        zone: String,
+        failures: Vec<LuaFailure>,
     },
+    /// Several errors (each listed once).
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Multiple(Vec<ZoneError>),
     /// Zone-level problem (no SOA, records outside the zone).
     #[error("zone `{zone}`: {reason}")]
     Zone { zone: String, reason: String },
+}
+
+impl ZoneError {
+    /// Every individual error, each once (for `check-zone`).
+    pub fn messages(&self) -> Vec<String> {
+        match self {
+            ZoneError::Multiple(all) => all.iter().flat_map(ZoneError::messages).collect(),
+            ZoneError::LuaStrict { failures, .. } => {
+                failures.iter().map(ToString::to_string).collect()
+            }
+            other => {
+                let mut msg = other.to_string();
+                let mut src = std::error::Error::source(other);
+                while let Some(s) = src {
+                    msg.push_str(": ");
+                    msg.push_str(&s.to_string());
+                    src = s.source();
+                }
+                vec![msg]
+            }
+        }
+    }
+}
+
+/// A LUA record that failed to load: it answers SERVFAIL (or, in a strict zone, the zone is
+/// rejected).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{file}:{line}: LUA record `{owner}` ({rtype}): {error}")]
+pub struct LuaFailure {
+    /// Zone file.
+    pub file: String,
+    /// Line of the record.
+    pub line: usize,
+    /// Owner name.
+    pub owner: String,
+    /// Declared type.
+    pub rtype: String,
+    /// Why it failed, naming the construct.
+    pub error: CompileError,
 }
 
 /// How the quoted chunks of a LUA record are joined (`PowerDNS` `lua-records-insert-whitespace`).
@@ -91,8 +132,17 @@ pub struct LuaRecord {
     pub ttl: u32,
     /// Source code (joined chunks).
     pub code: String,
-    /// Compiled program.
-    pub program: Program,
+    /// The body in the tier that runs it.
+    pub program: Compiled,
+    /// Line in the zone file.
+    pub line: usize,
+}
+
+impl LuaRecord {
+    /// Which tier runs the record.
+    pub fn tier(&self) -> Tier {
+        self.program.tier()
+    }
 }
 
 /// All data at one owner name.
@@ -136,6 +186,8 @@ pub struct Zone {
     pub lua_records: usize,
     /// Number of static records.
     pub static_records: usize,
+    /// LUA records that failed to load (they answer SERVFAIL), in file order.
+    pub lua_failures: Vec<LuaFailure>,
 }
 
 /// Inputs of a zone load.
@@ -154,6 +206,10 @@ pub struct ZoneSource<'a> {
     pub failover: Arc<crate::failover::FailoverState>,
     /// First LUA record id to assign.
     pub next_id: &'a mut u32,
+    /// Reject the zone when a LUA record fails to load (instead of serving SERVFAIL for it).
+    pub strict: bool,
+    /// Instruction budget of one interpreted LUA run; 0 = unlimited.
+    pub exec_limit: u32,
 }
 
 /// Unescape a quoted zone string (`\"`, `\\`, `\DDD`).
@@ -181,6 +237,32 @@ pub fn unescape(raw: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The code of a LUA record from its quoted chunks, as `PowerDNS`'s `LUARecordContent::getCode`
+/// builds it: the stored form `"c1" "c2"` is split at every `"` (empty pieces dropped, so the
+/// `" "` separators are pieces too); `Concat` (`lua-records-insert-whitespace=no`, the default
+/// since 5.0) keeps every piece but the single-space separators, `Space` (`yes`, the default
+/// before 5.0) appends one space to every piece, separators included — so chunks end up three
+/// spaces apart, with one trailing space.
+pub fn join_chunks(chunks: &[Token], mode: ChunkJoin) -> String {
+    let stored = chunks
+        .iter()
+        .map(|c| format!("\"{}\"", c.text()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut code = String::new();
+    for piece in stored.split('"').filter(|p| !p.is_empty()) {
+        match mode {
+            ChunkJoin::Concat if piece == " " => {}
+            ChunkJoin::Concat => code.push_str(piece),
+            ChunkJoin::Space => {
+                code.push_str(piece);
+                code.push(' ');
+            }
+        }
+    }
+    unescape(&code)
+}
+
 /// Positions of domain names in the RDATA of types whose names may be relative.
 fn name_positions(t: RecordType) -> &'static [usize] {
     match t {
@@ -194,6 +276,10 @@ fn name_positions(t: RecordType) -> &'static [usize] {
 
 /// Parse RDATA tokens of `t`, resolving relative names against `origin`.
 pub fn parse_rdata(t: RecordType, tokens: &[Token], origin: &str) -> Result<RData, String> {
+    if t == loc::loc_type() {
+        let text: Vec<&str> = tokens.iter().map(Token::text).collect();
+        return loc::loc_rdata(&text.join(" "));
+    }
     let pos = name_positions(t);
     let mut text = String::new();
     for (i, tok) in tokens.iter().enumerate() {
@@ -231,6 +317,9 @@ pub fn parse_lua_content(t: RecordType, s: &str) -> Result<RData, String> {
         n.set_fqdn(true);
         Ok(n)
     };
+    if t == loc::loc_type() {
+        return loc::loc_rdata(s);
+    }
     match t {
         RecordType::TXT => Ok(RData::TXT(TXT::new(vec![s.to_string()]))),
         RecordType::CNAME => Ok(RData::CNAME(CNAME(fqdn(s)?))),
@@ -249,11 +338,18 @@ pub fn parse_lua_content(t: RecordType, s: &str) -> Result<RData, String> {
     }
 }
 
-fn lua_type(word: &str) -> Option<RecordType> {
+/// The declared type of a LUA record: `Ok(None)` for `LUA LUA` (an `include()` source).
+fn lua_type(word: &str) -> Result<Option<RecordType>, String> {
     if word.eq_ignore_ascii_case("LUA") {
-        return None;
+        return Ok(None);
     }
-    RecordType::from_str(&word.to_ascii_uppercase()).ok()
+    if loc::is_loc(word) {
+        return Ok(Some(loc::loc_type()));
+    }
+    match RecordType::from_str(&word.to_ascii_uppercase()) {
+        Ok(t) if !matches!(t, RecordType::Unknown(_)) => Ok(Some(t)),
+        _ => Err(format!("unsupported type `{word}` in LUA record")),
+    }
 }
 
 impl Zone {
@@ -288,16 +384,7 @@ impl Zone {
         });
         // LUA-typed LUA records are include() targets; collect their code first.
         let mut includes: HashMap<String, String> = HashMap::new();
-        let join = |chunks: &[Token]| -> String {
-            let mut code = String::new();
-            for c in chunks {
-                code.push_str(&unescape(c.text()));
-                if src.join == ChunkJoin::Space {
-                    code.push(' ');
-                }
-            }
-            code
-        };
+        let join = |chunks: &[Token]| join_chunks(chunks, src.join);
         for r in &raws {
             if (r.rtype == "LUA" || r.rtype == "TYPE65402")
                 && r.rdata
@@ -307,6 +394,9 @@ impl Zone {
                 includes.insert(r.owner.clone(), join(&r.rdata[1..]));
             }
         }
+        let includes = Arc::new(includes);
+        let mut errors: Vec<ZoneError> = Vec::new();
+        let mut lua_failures: Vec<LuaFailure> = Vec::new();
         let mut nodes: HashMap<Name, Node> = HashMap::new();
         let mut soa = None;
         let mut static_records = 0;
@@ -318,23 +408,36 @@ impl Zone {
                 rtype: r.rtype.clone(),
                 reason,
             };
-            let owner = Name::from_str(&r.owner)
-                .map_err(|e| rec_err(format!("bad owner `{}`: {e}", r.owner)))?;
+            let owner = match Name::from_str(&r.owner) {
+                Ok(o) => o,
+                Err(e) => {
+                    errors.push(rec_err(format!("bad owner `{}`: {e}", r.owner)));
+                    continue;
+                }
+            };
             if !origin.zone_of(&owner) {
-                return Err(rec_err(format!(
+                errors.push(rec_err(format!(
                     "owner `{}` is outside the zone `{origin_str}`",
                     r.owner
                 )));
+                continue;
             }
             if r.rtype == "LUA" || r.rtype == "TYPE65402" {
                 let Some(tword) = r.rdata.first() else {
-                    return Err(rec_err("missing type and code".into()));
+                    errors.push(rec_err("missing type and code".into()));
+                    continue;
                 };
-                let Some(rtype) = lua_type(tword.text()) else {
-                    continue; // LUA LUA: include() source only
+                let rtype = match lua_type(tword.text()) {
+                    Ok(Some(t)) => t,
+                    Ok(None) => continue, // LUA LUA: include() source only
+                    Err(e) => {
+                        errors.push(rec_err(e));
+                        continue;
+                    }
                 };
                 if r.rdata.len() < 2 || r.rdata[1..].iter().any(|t| matches!(t, Token::Word(_))) {
-                    return Err(rec_err("code must be one or more quoted strings".into()));
+                    errors.push(rec_err("code must be one or more quoted strings".into()));
+                    continue;
                 }
                 let code = join(&r.rdata[1..]);
                 let base = r.owner.trim_start_matches("*.").to_string();
@@ -350,13 +453,21 @@ impl Zone {
                     include: &include,
                     health: &src.health,
                     zone: &origin_str,
+                    includes: &includes,
+                    exec_limit: src.exec_limit,
                 };
-                let program = Program::compile(&code, &cenv).map_err(|source| ZoneError::Lua {
-                    file: r.file.display().to_string(),
-                    line: r.line,
-                    owner: r.owner.clone(),
-                    source,
-                })?;
+                // Per-record isolation: a body neither tier loads answers SERVFAIL; every other
+                // name serves.
+                let program = Compiled::compile(&code, &cenv).unwrap_or_else(|error| {
+                    lua_failures.push(LuaFailure {
+                        file: r.file.display().to_string(),
+                        line: r.line,
+                        owner: r.owner.clone(),
+                        rtype: rtype.to_string(),
+                        error: error.clone(),
+                    });
+                    Compiled::Failed(error)
+                });
                 let id = *src.next_id;
                 *src.next_id += 1;
                 lua_records += 1;
@@ -372,22 +483,34 @@ impl Zone {
                         ttl: r.ttl,
                         code,
                         program,
+                        line: r.line,
                     }));
                 continue;
             }
-            let rtype = RecordType::from_str(&r.rtype)
-                .map_err(|_| rec_err("unsupported record type".into()))?;
-            if matches!(rtype, RecordType::Unknown(_)) {
-                return Err(rec_err("unsupported record type".into()));
-            }
-            let rdata = parse_rdata(rtype, &r.rdata, &r.origin).map_err(rec_err)?;
+            let rtype = match RecordType::from_str(&r.rtype) {
+                _ if loc::is_loc(&r.rtype) => loc::loc_type(),
+                Ok(t) if !matches!(t, RecordType::Unknown(_)) => t,
+                _ => {
+                    errors.push(rec_err("unsupported record type".into()));
+                    continue;
+                }
+            };
+            let rdata = match parse_rdata(rtype, &r.rdata, &r.origin) {
+                Ok(d) => d,
+                Err(e) => {
+                    errors.push(rec_err(e));
+                    continue;
+                }
+            };
             let record = Record::from_rdata(owner.clone(), r.ttl, rdata);
             if rtype == RecordType::SOA {
                 if owner != origin {
-                    return Err(rec_err("SOA must be at the zone apex".into()));
+                    errors.push(rec_err("SOA must be at the zone apex".into()));
+                    continue;
                 }
                 if soa.is_some() {
-                    return Err(rec_err("second SOA record".into()));
+                    errors.push(rec_err("second SOA record".into()));
+                    continue;
                 }
                 soa = Some(record.clone());
             }
@@ -404,6 +527,20 @@ impl Zone {
                 }
                 None => node.rrsets.push((rtype, vec![record])),
             }
+        }
+        if soa.is_none() {
+            errors.push(zerr("no SOA record at the apex".into()));
+        }
+        if src.strict && !lua_failures.is_empty() {
+            errors.push(ZoneError::LuaStrict {
+                zone: origin_str.clone(),
+                failures: std::mem::take(&mut lua_failures),
+            });
+        }
+        match errors.len() {
+            0 => {}
+            1 => return Err(errors.remove(0)),
+            _ => return Err(ZoneError::Multiple(errors)),
         }
         let soa = soa.ok_or_else(|| zerr("no SOA record at the apex".into()))?;
         let negative_ttl = match &soa.data {
@@ -445,6 +582,7 @@ impl Zone {
             file: src.file.to_path_buf(),
             lua_records,
             static_records,
+            lua_failures,
         })
     }
 

@@ -18,7 +18,7 @@ use catalyst_controllers::{
     object::{OWNER_LABEL, key_of},
     tenancy::{
         TenancyConfig, World, desired,
-        kube::{Context, FINALIZER, error_policy, generated_kinds, reconcile},
+        kube::{Context, FINALIZER, compact, error_policy, generated_kinds, reconcile},
     },
 };
 use http::{Request, Response};

@@ -24,8 +24,9 @@ use catalyst_tests::{
 
 use crate::{root, setup};
 
+mod controllers;
 mod flows;
-pub use self::flows::flows;
+pub use self::{controllers::controllers, flows::flows};
 
 /// The port every benchmark flow uses; the N-rule sets put it last.
 const PORT: u16 = 30_000;

@@ -194,15 +194,47 @@ impl Context {
                 if o.labels().get(OWNER_LABEL).map(String::as_str) != Some(org) {
                     continue;
                 }
-                let mut v = serde_json::to_value(o.as_ref()).expect("objects serialise");
-                // Listed items carry no apiVersion/kind; the store's kind is known.
-                v["apiVersion"] = json!(ar.api_version);
-                v["kind"] = json!(ar.kind);
-                out.push(v);
+                out.push(expand(ar, &o));
             }
         }
         out
     }
+}
+
+/// Key under which [`compact`] keeps an object's fields in its store.
+const COMPACT: &str = "__catalyst_compact";
+
+/// Shrinks a generated object for the reflector store (the controller's main memory cost: every
+/// generated object of every Organization is held): `managedFields` and annotations that are not
+/// Catalyst's are dropped, and the top-level fields (`spec`, `subjects`, `roleRef`, …) are kept as
+/// one JSON string instead of a tree of small allocations. [`expand`] restores the JSON form
+/// for the Organization being reconciled.
+pub fn compact(o: &mut DynamicObject) {
+    o.metadata.managed_fields = None;
+    if let Some(a) = o.metadata.annotations.as_mut() {
+        a.retain(|k, _| k.starts_with("catalyst.openova.io/"));
+    }
+    if o.data.get(COMPACT).is_none() {
+        let data = std::mem::take(&mut o.data);
+        let text = serde_json::to_string(&data).unwrap_or_default();
+        o.data = json!({ COMPACT: text });
+    }
+}
+
+/// The JSON form of a stored (compacted) object, with apiVersion and kind (listed items carry
+/// neither; the store's kind is known).
+pub fn expand(ar: &ApiResource, o: &DynamicObject) -> Value {
+    let mut v = match o.data.get(COMPACT).and_then(Value::as_str) {
+        Some(text) => serde_json::from_str(text).unwrap_or(Value::Null),
+        None => o.data.clone(),
+    };
+    if !v.is_object() {
+        v = json!({});
+    }
+    v["metadata"] = serde_json::to_value(&o.metadata).expect("metadata serialises");
+    v["apiVersion"] = json!(ar.api_version);
+    v["kind"] = json!(ar.kind);
+    v
 }
 
 fn org_ref(name: &str) -> ObjectRef<Organization> {

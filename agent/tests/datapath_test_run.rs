@@ -14,18 +14,22 @@ use std::{net::IpAddr, path::PathBuf};
 
 use catalyst_agent::{
     config::MapSizes,
-    datapath::{AttachMode, Datapath, DesiredState, LoadOptions, apply, uninstall},
+    datapath::{
+        AttachMode, Datapath, DesiredState, LoadOptions, MapStore, StoreError, apply, uninstall,
+    },
 };
 use catalyst_policy::{
     CompileInput, Endpoint, LabelSet, PolicySet, compile,
     datapath::{
         DIR_EGRESS, DIR_INGRESS, DROP_CT_INVALID_HEADER, DROP_FRAG_NOT_SUPPORTED,
         DROP_INVALID_IPV6_EXT, DROP_INVALID_PACKET, DROP_POLICY_DENIED, DROP_POLICY_DENY,
-        DROP_UNSUPPORTED_L3, PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, STAT_NOT_POLICED, VERDICT_AUDIT,
-        VERDICT_DROPPED, counter_index,
+        DROP_UNSUPPORTED_L3, DatapathConfig, EndpointInfo, IpcacheEntry, PROG_FROM_ENDPOINT,
+        PROG_TO_ENDPOINT, PolicyEntry, PolicyKey, STAT_NOT_POLICED, VERDICT_AUDIT, VERDICT_DROPPED,
+        counter_index,
     },
     labels::SOURCE_K8S,
 };
+use ipnet::{Ipv4Net, Ipv6Net};
 
 const PASS: i32 = -1;
 const DROP: i32 = 2;
@@ -814,4 +818,129 @@ fn random_policies_and_packets_match_the_reference_evaluator() {
         "the random sets exercise forward, 133 and 181: {by_reason:?}"
     );
     assert_eq!(cases, 3200);
+}
+
+/// A [`MapStore`] over the real maps that runs one packet of an established connection through
+/// the program after every map operation, the way a busy flow interleaves with an update.
+struct Interleaved<'a> {
+    f: &'a mut Fixture,
+    prog: &'static str,
+    packet: Vec<u8>,
+    verdicts: Vec<(String, i32)>,
+}
+
+impl Interleaved<'_> {
+    fn tick(&mut self, op: &str) {
+        let r = run(self.f, self.prog, &self.packet);
+        self.verdicts.push((op.to_owned(), r));
+    }
+}
+
+impl MapStore for Interleaved<'_> {
+    fn endpoints(&self) -> Result<Vec<(u32, EndpointInfo)>, StoreError> {
+        self.f.dp.endpoints()
+    }
+    fn put_endpoint(&mut self, ifindex: u32, info: EndpointInfo) -> Result<(), StoreError> {
+        self.f.dp.put_endpoint(ifindex, info)?;
+        self.tick("put endpoint");
+        Ok(())
+    }
+    fn del_endpoint(&mut self, ifindex: u32) -> Result<(), StoreError> {
+        self.f.dp.del_endpoint(ifindex)?;
+        self.tick("del endpoint");
+        Ok(())
+    }
+    fn ipcache_v4(&self) -> Result<Vec<(Ipv4Net, IpcacheEntry)>, StoreError> {
+        self.f.dp.ipcache_v4()
+    }
+    fn put_ipcache_v4(&mut self, net: Ipv4Net, e: IpcacheEntry) -> Result<(), StoreError> {
+        self.f.dp.put_ipcache_v4(net, e)?;
+        self.tick("put ipcache4");
+        Ok(())
+    }
+    fn del_ipcache_v4(&mut self, net: Ipv4Net) -> Result<(), StoreError> {
+        self.f.dp.del_ipcache_v4(net)?;
+        self.tick("del ipcache4");
+        Ok(())
+    }
+    fn ipcache_v6(&self) -> Result<Vec<(Ipv6Net, IpcacheEntry)>, StoreError> {
+        self.f.dp.ipcache_v6()
+    }
+    fn put_ipcache_v6(&mut self, net: Ipv6Net, e: IpcacheEntry) -> Result<(), StoreError> {
+        self.f.dp.put_ipcache_v6(net, e)?;
+        self.tick("put ipcache6");
+        Ok(())
+    }
+    fn del_ipcache_v6(&mut self, net: Ipv6Net) -> Result<(), StoreError> {
+        self.f.dp.del_ipcache_v6(net)?;
+        self.tick("del ipcache6");
+        Ok(())
+    }
+    fn policy(&self) -> Result<Vec<(u32, PolicyKey, PolicyEntry)>, StoreError> {
+        self.f.dp.policy()
+    }
+    fn put_policy(&mut self, len: u32, key: PolicyKey, e: PolicyEntry) -> Result<(), StoreError> {
+        self.f.dp.put_policy(len, key, e)?;
+        self.tick("put policy");
+        Ok(())
+    }
+    fn del_policy(&mut self, len: u32, key: PolicyKey) -> Result<(), StoreError> {
+        self.f.dp.del_policy(len, key)?;
+        self.tick("del policy");
+        Ok(())
+    }
+    fn config(&self) -> Result<DatapathConfig, StoreError> {
+        self.f.dp.config()
+    }
+    fn set_config(&mut self, cfg: DatapathConfig) -> Result<(), StoreError> {
+        self.f.dp.set_config(cfg)?;
+        self.tick("config");
+        Ok(())
+    }
+}
+
+/// Revocation while the connection is busy: a packet of the established connection runs after
+/// every single map operation of the update. Once the update is applied, the connection is
+/// dropped: no packet could cache "allow" under the new revision from an entry being removed.
+#[test]
+fn revocation_interleaved_with_a_busy_flow_is_final() {
+    if !root_or_skip("revocation_interleaved_with_a_busy_flow_is_final") {
+        return;
+    }
+    let (mut f, _, _) = fixture("revoke", POLICY, false);
+    let syn = ipv4(CLIENT, WEB, 6, &tcp(41_000, 80, 0x02), 0);
+    let ack = ipv4(CLIENT, WEB, 6, &tcp(41_000, 80, 0x10), 0);
+    assert_eq!(run(&f, PROG_TO_ENDPOINT, &syn), PASS, "allowed before");
+    assert_eq!(run(&f, PROG_TO_ENDPOINT, &ack), PASS, "established");
+    // The new policy no longer allows client → web:80 (it allows 81 instead), so the update has
+    // both puts and deletes.
+    let revoked = POLICY.replace(
+        r#"{port: "80", protocol: TCP}"#,
+        r#"{port: "81", protocol: TCP}"#,
+    );
+    let compiled = compile(&input(&revoked, false)).unwrap();
+    let desired = lo_only(&compiled);
+    let mut store = Interleaved {
+        f: &mut f,
+        prog: PROG_TO_ENDPOINT,
+        packet: ack.clone(),
+        verdicts: Vec::new(),
+    };
+    let report = apply(&mut store, &desired, false).unwrap();
+    let verdicts = store.verdicts;
+    assert!(report.upserted > 0 && report.removed > 0, "{report:?}");
+    assert!(
+        verdicts.iter().any(|(op, _)| op == "del policy"),
+        "{verdicts:?}"
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            run(&f, PROG_TO_ENDPOINT, &ack),
+            DROP,
+            "the revoked connection stays open; packets during the update: {verdicts:?}"
+        );
+    }
+    // A new connection to the newly allowed port passes.
+    let syn81 = ipv4(CLIENT, WEB, 6, &tcp(41_001, 81, 0x02), 0);
+    assert_eq!(run(&f, PROG_TO_ENDPOINT, &syn81), PASS);
 }

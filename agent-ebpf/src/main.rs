@@ -7,6 +7,9 @@
 //! drop (`TC_ACT_SHOT`), each counted.
 #![no_std]
 #![no_main]
+// Atomic adds to shared conntrack counters are one `lock +=` instruction (inline asm: the bpf
+// target has no core atomics).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 mod parse;
 mod verdict;
@@ -19,14 +22,14 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use catalyst_policy::datapath::{
-    COUNTER_SLOTS, CT_F_AUDIT, CT_F_CLOSING, CT_F_SEEN_REPLY, CtEntry, CtKey,
-    DEFAULT_CONNTRACK_MAX, DEFAULT_ENDPOINTS_MAX, DEFAULT_EVENTS_BYTES, DEFAULT_IPCACHE_MAX,
-    DEFAULT_POLICY_MAX, DIR_EGRESS, DIR_INGRESS, DROP_CT_MAP_INSERTION_FAILED, DROP_NONE,
-    DatapathConfig, EV_F_END, EV_F_NEW, EV_F_REEVALUATED, EV_F_REPLY, EVENT_DROP,
-    EVENT_POLICY_VERDICT, EVENT_TRACE, EndpointInfo, FlowEvent, IpcacheEntry, PROTO_TCP,
-    PolicyEntry, PolicyKey, STAT_CT_CREATED, STAT_CT_REEVALUATED, STAT_EVENTS_LOST,
-    STAT_EVENTS_SENT, STAT_NO_ENDPOINT, STAT_NOT_POLICED, TRACE_ESTABLISHED, TRACE_NEW,
-    TRACE_REPLY, VERDICT_DROPPED, counter_index,
+    COUNTER_SLOTS, CT_F_CLOSING, CT_F_SEEN_REPLY, CtEntry, CtKey, DEFAULT_CONNTRACK_MAX,
+    DEFAULT_ENDPOINTS_MAX, DEFAULT_EVENTS_BYTES, DEFAULT_IPCACHE_MAX, DEFAULT_POLICY_MAX,
+    DIR_EGRESS, DIR_INGRESS, DROP_CT_MAP_INSERTION_FAILED, DROP_INVALID_SOURCE_IP, DROP_NONE,
+    DatapathConfig, EP_F_NO_SOURCE_CHECK, EV_F_END, EV_F_NEW, EV_F_REEVALUATED, EV_F_REPLY,
+    EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, EndpointInfo, FlowEvent, IpcacheEntry,
+    PROTO_TCP, PolicyEntry, PolicyKey, STAT_AUDIT, STAT_CT_CREATED, STAT_CT_REEVALUATED,
+    STAT_EVENTS_LOST, STAT_EVENTS_SENT, STAT_NO_ENDPOINT, STAT_NOT_POLICED, TRACE_ESTABLISHED,
+    TRACE_NEW, TRACE_REPLY, VERDICT_AUDIT, VERDICT_DROPPED, counter_index,
 };
 
 use crate::{
@@ -138,6 +141,8 @@ fn config() -> DatapathConfig {
             policy_revision: 0,
             flags: 0,
             event_interval_ns: 0,
+            schema: 0,
+            pad: 0,
         },
     }
 }
@@ -193,7 +198,7 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
             return PASS;
         };
         let (peer, peer_family) = original_peer(e, pkt, reply);
-        let d = verdict::decide(
+        let mut d = verdict::decide(
             &ep,
             e.direction as u8,
             &peer,
@@ -202,6 +207,14 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
             e.policy_port as u16,
             &cfg,
         );
+        // The endpoint's address may have changed: its connections keep passing only from its
+        // current address.
+        let own = if reply { &pkt.daddr } else { &pkt.saddr };
+        if e.direction as u8 == DIR_EGRESS && !source_ok(&ep, pkt.family, own) {
+            d.verdict = VERDICT_DROPPED;
+            d.reason = DROP_INVALID_SOURCE_IP;
+            d.audit = false;
+        }
         let changed = e.verdict != u32::from(d.verdict);
         store_decision(e, &d, cfg.policy_revision);
         count(STAT_CT_REEVALUATED);
@@ -226,9 +239,11 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
             e.last_event_ns = now_ns();
         }
     }
-    e.packets += 1;
-    e.bytes += u64::from(ctx.len());
-    if reply {
+    // Several CPUs may carry packets of the same connection: atomic adds, no lost updates.
+    add(&raw mut e.packets, 1);
+    add(&raw mut e.bytes, u64::from(ctx.len()));
+    let first_reply = reply && e.flags & CT_F_SEEN_REPLY == 0;
+    if first_reply {
         e.flags |= CT_F_SEEN_REPLY;
     }
 
@@ -274,7 +289,7 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
                 emit(ctx, EVENT_TRACE, dir, ifindex, &ep, pkt, e, ev_flags, trace);
             }
         }
-    } else if reply && e.packets == 2 {
+    } else if first_reply {
         // First reply of a non-TCP flow: one trace event so replies are visible.
         if let Some(ep) = endpoint(ifindex) {
             emit(
@@ -290,8 +305,46 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
             );
         }
     }
+    if verdict == VERDICT_AUDIT {
+        count(STAT_AUDIT);
+    }
     count(counter_index(dir, DROP_NONE));
     PASS
+}
+
+/// Adds `v` to the counter at `p` with one atomic instruction.
+#[inline(always)]
+fn add(p: *mut u64, v: u64) {
+    // SAFETY: `p` points into a map value that stays valid for this program run and is 8-byte
+    // aligned (a u64 field of the value); the instruction only adds to it.
+    #[cfg(target_arch = "bpf")]
+    unsafe {
+        core::arch::asm!("lock *(u64 *)({p} + 0) += {v}", p = in(reg) p, v = in(reg) v);
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: as above; host builds (checks only) use a plain add.
+    unsafe {
+        *p += v;
+    }
+}
+
+/// Whether `saddr` is an address the endpoint may send from (its own, or any when it opted
+/// out of the source check).
+#[inline(always)]
+fn source_ok(ep: &EndpointInfo, family: u8, saddr: &[u32; 4]) -> bool {
+    if ep.flags & EP_F_NO_SOURCE_CHECK != 0 {
+        return true;
+    }
+    if family == 4 {
+        ep.ipv4 != 0 && saddr[0] == ep.ipv4
+    } else {
+        let own = &ep.ipv6;
+        (own[0] | own[1] | own[2] | own[3]) != 0
+            && saddr[0] == own[0]
+            && saddr[1] == own[1]
+            && saddr[2] == own[2]
+            && saddr[3] == own[3]
+    }
 }
 
 /// The peer of the connection's original packet, from the current packet.
@@ -320,11 +373,6 @@ fn store_decision(e: &mut CtEntry, d: &Decision, revision: u32) {
     e.rule_id = d.rule_id;
     e.match_type = u32::from(d.match_type);
     e.peer_identity = d.peer_identity;
-    if d.audit {
-        e.flags |= CT_F_AUDIT;
-    } else {
-        e.flags &= !CT_F_AUDIT;
-    }
 }
 
 #[inline(always)]
@@ -347,6 +395,21 @@ fn new_flow(
     } else {
         pkt.saddr
     };
+    if dir == DIR_EGRESS && !source_ok(ep, pkt.family, &pkt.saddr) {
+        // A spoofed source creates no conntrack entry (it must not fill the table).
+        count(counter_index(dir, DROP_INVALID_SOURCE_IP));
+        let e = CtEntry {
+            verdict: u32::from(VERDICT_DROPPED),
+            drop_reason: u32::from(DROP_INVALID_SOURCE_IP),
+            direction: u32::from(dir),
+            peer_identity: verdict::peer_identity(&peer, pkt.family),
+            ..CtEntry::default()
+        };
+        emit(
+            ctx, EVENT_DROP, dir, ifindex, ep, pkt, &e, EV_F_NEW, TRACE_NEW,
+        );
+        return DROP;
+    }
     let d = verdict::decide(
         ep,
         dir,
@@ -400,6 +463,9 @@ fn new_flow(
         EV_F_NEW,
         TRACE_NEW,
     );
+    if d.audit {
+        count(STAT_AUDIT);
+    }
     count(counter_index(dir, DROP_NONE));
     PASS
 }

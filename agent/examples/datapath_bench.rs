@@ -46,7 +46,7 @@ fn state(entries: u32) -> DesiredState {
                 endpoint_id: 7,
                 identity: 300,
                 flags: EP_F_INGRESS_ENFORCED | EP_F_EGRESS_ENFORCED,
-                pad: 0,
+                ..EndpointInfo::default()
             },
         )],
         event_interval_ns: 1_000_000_000,

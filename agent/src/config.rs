@@ -305,6 +305,12 @@ pub struct EndpointConfig {
     /// Audit mode for this endpoint. Default false.
     #[serde(default)]
     pub audit: bool,
+    /// Source-address check: packets the workload sends from an address other than its own
+    /// (`addresses`, at most one per family while the check is on) are dropped with reason 132
+    /// `INVALID_SOURCE_IP`. Set `false` for workloads that route or forward traffic of other
+    /// addresses. Default true.
+    #[serde(default = "default_true")]
+    pub source_check: bool,
     /// Named ports the workload declares (as Kubernetes `containers[].ports[]` with a name):
     /// policy `toPorts` entries whose `port` is a name resolve through them. Default none.
     #[serde(default)]

@@ -21,11 +21,12 @@ use catalyst_agent::{
 use catalyst_policy::{
     CompileInput, Endpoint, LabelSet, PolicySet, compile,
     datapath::{
-        DIR_EGRESS, DIR_INGRESS, DROP_CT_INVALID_HEADER, DROP_FRAG_NOT_SUPPORTED,
-        DROP_INVALID_IPV6_EXT, DROP_INVALID_PACKET, DROP_POLICY_DENIED, DROP_POLICY_DENY,
-        DROP_UNSUPPORTED_L3, DatapathConfig, EndpointInfo, IpcacheEntry, PROG_FROM_ENDPOINT,
-        PROG_TO_ENDPOINT, PolicyEntry, PolicyKey, STAT_NOT_POLICED, VERDICT_AUDIT, VERDICT_DROPPED,
-        counter_index,
+        ALL_MAPS, DATAPATH_SCHEMA, DIR_EGRESS, DIR_INGRESS, DROP_CT_INVALID_HEADER,
+        DROP_FRAG_NOT_SUPPORTED, DROP_INVALID_IPV6_EXT, DROP_INVALID_PACKET,
+        DROP_INVALID_SOURCE_IP, DROP_POLICY_DENIED, DROP_POLICY_DENY, DROP_UNSUPPORTED_L3,
+        DatapathConfig, EndpointInfo, IpcacheEntry, MAP_CONFIG, MAP_ENDPOINTS, PROG_FROM_ENDPOINT,
+        PROG_TO_ENDPOINT, PolicyEntry, PolicyKey, STAT_AUDIT, STAT_CT_CREATED, STAT_NOT_POLICED,
+        VERDICT_AUDIT, VERDICT_DROPPED, counter_index,
     },
     labels::SOURCE_K8S,
 };
@@ -943,4 +944,231 @@ fn revocation_interleaved_with_a_busy_flow_is_final() {
     // A new connection to the newly allowed port passes.
     let syn81 = ipv4(CLIENT, WEB, 6, &tcp(41_001, 81, 0x02), 0);
     assert_eq!(run(&f, PROG_TO_ENDPOINT, &syn81), PASS);
+}
+
+/// A workload sending from an address that is not its own is dropped with 132, counted, and
+/// creates no connection; its own addresses pass; an endpoint that opted out may send from any.
+#[test]
+fn spoofed_sources_are_dropped_unless_the_endpoint_opted_out() {
+    if !root_or_skip("spoofed_sources_are_dropped_unless_the_endpoint_opted_out") {
+        return;
+    }
+    let (mut f, _, _) = fixture("spoof", POLICY, false);
+    let from = PROG_FROM_ENDPOINT;
+    let world = [198, 51, 100, 10];
+    expect(
+        &f,
+        "own IPv4 source",
+        from,
+        &ipv4(WEB, world, 6, &tcp(42_000, 443, 0x02), 0),
+        PASS,
+        DIR_EGRESS,
+        Some(0),
+    );
+    // The neighbour's address (known to the ipcache) and an unknown one.
+    for (src, what) in [
+        (CLIENT, "another endpoint's address"),
+        ([10, 99, 0, 1], "unknown"),
+    ] {
+        let before = counters(&f)[STAT_CT_CREATED as usize];
+        expect(
+            &f,
+            what,
+            from,
+            &ipv4(src, world, 6, &tcp(42_001, 443, 0x02), 0),
+            DROP,
+            DIR_EGRESS,
+            Some(DROP_INVALID_SOURCE_IP),
+        );
+        assert_eq!(
+            counters(&f)[STAT_CT_CREATED as usize],
+            before,
+            "{what}: no conntrack entry for a spoofed source"
+        );
+    }
+    // A reply to the spoofed packet finds no connection: it is a new ingress flow from world,
+    // which this policy does not allow.
+    expect(
+        &f,
+        "reply towards the spoofed address",
+        PROG_TO_ENDPOINT,
+        &ipv4(world, CLIENT, 6, &tcp(443, 42_001, 0x12), 0),
+        DROP,
+        DIR_INGRESS,
+        Some(DROP_POLICY_DENIED),
+    );
+    let w6: IpAddr = "fd00::11".parse().unwrap();
+    let spoof6: IpAddr = "fd00::99".parse().unwrap();
+    let world6: IpAddr = "2001:db8::1".parse().unwrap();
+    expect(
+        &f,
+        "own IPv6 source",
+        from,
+        &ipv6(w6, world6, 17, &udp_hdr(42_002, 53)),
+        DROP,
+        DIR_EGRESS,
+        Some(DROP_POLICY_DENIED),
+    );
+    expect(
+        &f,
+        "spoofed IPv6 source",
+        from,
+        &ipv6(spoof6, world6, 17, &udp_hdr(42_002, 53)),
+        DROP,
+        DIR_EGRESS,
+        Some(DROP_INVALID_SOURCE_IP),
+    );
+
+    // Opt-out: the same spoofed packet is evaluated by policy (and allowed to the CIDR).
+    let mut inp = input(POLICY, false);
+    inp.endpoints[0].source_check = false;
+    let desired = lo_only(&compile(&inp).unwrap());
+    apply(&mut f.dp, &desired, false).unwrap();
+    expect(
+        &f,
+        "opted-out endpoint, foreign source",
+        from,
+        &ipv4([10, 99, 0, 1], world, 6, &tcp(42_003, 443, 0x02), 0),
+        PASS,
+        DIR_EGRESS,
+        Some(0),
+    );
+    // Back on: an established connection from a foreign source is dropped on re-evaluation.
+    let desired = lo_only(&compile(&input(POLICY, false)).unwrap());
+    apply(&mut f.dp, &desired, false).unwrap();
+    expect(
+        &f,
+        "established foreign-source connection after the check is back on",
+        from,
+        &ipv4([10, 99, 0, 1], world, 6, &tcp(42_003, 443, 0x10), 0),
+        DROP,
+        DIR_EGRESS,
+        Some(DROP_INVALID_SOURCE_IP),
+    );
+}
+
+/// The audit counter counts packets forwarded under audit that policy would have dropped.
+#[test]
+fn audit_counter_counts_would_be_drops() {
+    if !root_or_skip("audit_counter_counts_would_be_drops") {
+        return;
+    }
+    let (f, _, _) = fixture("auditcount", POLICY, true);
+    let before = counters(&f)[STAT_AUDIT as usize];
+    let syn = ipv4(CLIENT, WEB, 6, &tcp(43_000, 22, 0x02), 0);
+    let ack = ipv4(CLIENT, WEB, 6, &tcp(43_000, 22, 0x10), 0);
+    assert_eq!(run(&f, PROG_TO_ENDPOINT, &syn), PASS, "audit forwards");
+    assert_eq!(run(&f, PROG_TO_ENDPOINT, &ack), PASS, "audit forwards");
+    assert_eq!(counters(&f)[STAT_AUDIT as usize], before + 2);
+    // An allowed packet is not an audit.
+    assert_eq!(
+        run(
+            &f,
+            PROG_TO_ENDPOINT,
+            &ipv4(CLIENT, WEB, 6, &tcp(43_001, 80, 0x02), 0)
+        ),
+        PASS
+    );
+    assert_eq!(counters(&f)[STAT_AUDIT as usize], before + 2);
+}
+
+/// Creates a map with `BPF_MAP_CREATE` and pins it at `path`, the way an agent built with
+/// another layout left it.
+fn pin_raw_map(path: &std::path::Path, map_type: u32, key: u32, value: u32, max: u32) {
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&map_type.to_ne_bytes());
+    attr[4..8].copy_from_slice(&key.to_ne_bytes());
+    attr[8..12].copy_from_slice(&value.to_ne_bytes());
+    attr[12..16].copy_from_slice(&max.to_ne_bytes());
+    // SAFETY: BPF_MAP_CREATE (0) with a zero-padded attr of the size passed.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_ptr(), attr.len()) };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut attr = [0u8; 128];
+    attr[0..8].copy_from_slice(&(c.as_ptr() as u64).to_ne_bytes());
+    attr[8..12].copy_from_slice(&u32::try_from(fd).unwrap().to_ne_bytes());
+    // SAFETY: BPF_OBJ_PIN (6); `c` outlives the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, 6, attr.as_ptr(), attr.len()) };
+    assert!(rc == 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+    // SAFETY: fd from BPF_MAP_CREATE, closed once; the pin keeps the map.
+    unsafe { libc::close(fd as i32) };
+}
+
+/// Pinned maps of an older layout are recreated, not read as garbage; compatible ones are
+/// adopted with their contents; a config written under another schema recreates everything.
+#[test]
+fn pinned_maps_of_an_old_layout_are_recreated() {
+    if !root_or_skip("pinned_maps_of_an_old_layout_are_recreated") {
+        return;
+    }
+    let pin = PathBuf::from(format!(
+        "/sys/fs/bpf/catalyst-test-layout-{}",
+        std::process::id()
+    ));
+    let _ = uninstall(&pin);
+    let maps = pin.join("maps");
+    std::fs::create_dir_all(&maps).unwrap();
+    // The layout before versioning: 16-byte endpoint values and a 16-byte config.
+    pin_raw_map(&maps.join(MAP_ENDPOINTS), 1, 4, 16, 4096);
+    pin_raw_map(&maps.join(MAP_CONFIG), 2, 4, 16, 1);
+    let load = || {
+        Datapath::load(&LoadOptions {
+            pin_path: pin.clone(),
+            sizes: MapSizes::default(),
+            attach_mode: AttachMode::Auto,
+        })
+    };
+    let mut f = Fixture {
+        dp: load().expect("loads over an old-layout pin"),
+        pin: pin.clone(),
+    };
+    let mut recreated = f.dp.recreated_maps().to_vec();
+    recreated.sort_unstable();
+    assert_eq!(recreated, [MAP_CONFIG, MAP_ENDPOINTS]);
+    let info = aya::maps::MapInfo::from_pin(maps.join(MAP_ENDPOINTS)).unwrap();
+    assert_eq!(
+        info.value_size() as usize,
+        std::mem::size_of::<EndpointInfo>()
+    );
+    let desired = lo_only(&compile(&input(POLICY, false)).unwrap());
+    apply(&mut f.dp, &desired, true).unwrap();
+    let syn = ipv4(CLIENT, WEB, 6, &tcp(44_000, 80, 0x02), 0);
+    assert_eq!(run(&f, PROG_TO_ENDPOINT, &syn), PASS);
+    assert_eq!(
+        run(
+            &f,
+            PROG_TO_ENDPOINT,
+            &ipv4(CLIENT, WEB, 6, &tcp(44_001, 22, 0x02), 0)
+        ),
+        DROP,
+        "policy enforced through the recreated maps"
+    );
+    let forwarded = counters(&f)[counter_index(DIR_INGRESS, 0) as usize];
+    assert!(forwarded >= 1);
+
+    // Same layout: everything is adopted, counters included.
+    drop(std::mem::replace(&mut f.dp, load().unwrap()));
+    assert!(
+        f.dp.recreated_maps().is_empty(),
+        "{:?}",
+        f.dp.recreated_maps()
+    );
+    assert_eq!(
+        counters(&f)[counter_index(DIR_INGRESS, 0) as usize],
+        forwarded
+    );
+    assert_eq!(run(&f, PROG_TO_ENDPOINT, &syn), PASS, "adopted state");
+
+    // A config written under another schema: every pinned map is recreated.
+    let mut cfg = f.dp.config().unwrap();
+    cfg.schema = DATAPATH_SCHEMA + 1;
+    f.dp.set_config(cfg).unwrap();
+    drop(std::mem::replace(&mut f.dp, load().unwrap()));
+    assert_eq!(f.dp.recreated_maps().len(), ALL_MAPS.len());
+    assert_eq!(counters(&f)[counter_index(DIR_INGRESS, 0) as usize], 0);
 }

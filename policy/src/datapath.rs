@@ -171,6 +171,11 @@ pub const EP_F_INGRESS_ENFORCED: u32 = 1 << 0;
 pub const EP_F_EGRESS_ENFORCED: u32 = 1 << 1;
 /// Audit mode for this endpoint: would-be drops are forwarded and reported as AUDIT.
 pub const EP_F_AUDIT: u32 = 1 << 2;
+/// No source-address check for this endpoint: it may send from any address (workloads that
+/// route or forward traffic of other addresses). Without it, a packet the workload sends from an
+/// address other than [`EndpointInfo::ipv4`] / [`EndpointInfo::ipv6`] is dropped with
+/// [`DROP_INVALID_SOURCE_IP`].
+pub const EP_F_NO_SOURCE_CHECK: u32 = 1 << 3;
 
 /// Value of [`MAP_ENDPOINTS`], keyed by the host-side ifindex (`u32`).
 #[repr(C)]
@@ -182,8 +187,11 @@ pub struct EndpointInfo {
     pub identity: u32,
     /// `EP_F_*` bits.
     pub flags: u32,
-    /// Reserved, zero.
-    pub pad: u32,
+    /// The endpoint's IPv4 address (network byte order), 0 when it has none: the only IPv4
+    /// source it may send from (unless [`EP_F_NO_SOURCE_CHECK`]).
+    pub ipv4: u32,
+    /// The endpoint's IPv6 address (network byte order words), all zero when it has none.
+    pub ipv6: [u32; 4],
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -275,9 +283,7 @@ pub struct CtKey {
 
 /// Connection is being closed (FIN or RST seen).
 pub const CT_F_CLOSING: u32 = 1 << 0;
-/// The verdict came from audit mode (forwarded but would have been dropped).
-pub const CT_F_AUDIT: u32 = 1 << 1;
-/// A reply has been seen.
+/// A reply has been seen (the first one of a non-TCP flow is reported as a trace event).
 pub const CT_F_SEEN_REPLY: u32 = 1 << 2;
 
 /// Value of [`MAP_CONNTRACK`].
@@ -319,6 +325,15 @@ pub struct CtEntry {
 /// Global audit mode: every endpoint behaves as if [`EP_F_AUDIT`] were set.
 pub const CFG_F_AUDIT: u32 = 1 << 0;
 
+/// Layout schema of the pinned maps. Bump it whenever the meaning of a field of any pinned map
+/// changes (a change of key or value size is detected on its own). A restarted agent adopts
+/// pinned maps only when their schema (in [`DatapathConfig::schema`]) and sizes match, and
+/// recreates them otherwise.
+///
+/// 1: the layout before versioning (16-byte config). 2: endpoint addresses for the source check,
+/// schema in the config.
+pub const DATAPATH_SCHEMA: u32 = 2;
+
 /// Value of slot 0 of [`MAP_CONFIG`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -329,6 +344,10 @@ pub struct DatapathConfig {
     pub flags: u32,
     /// Minimum interval between two events for the same connection (drops, re-reports), ns.
     pub event_interval_ns: u64,
+    /// [`DATAPATH_SCHEMA`] of the agent that wrote the maps.
+    pub schema: u32,
+    /// Reserved, zero.
+    pub pad: u32,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -468,13 +487,13 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<EndpointInfo>(), 16);
+        assert_eq!(size_of::<EndpointInfo>(), 32);
         assert_eq!(size_of::<IpcacheEntry>(), 8);
         assert_eq!(size_of::<PolicyKey>(), 12);
         assert_eq!(size_of::<PolicyEntry>(), 16);
         assert_eq!(size_of::<CtKey>(), 4 + 16 + 16 + 2 + 2 + 1 + 1 + 2);
         assert_eq!(size_of::<CtEntry>(), 10 * 4 + 3 * 8);
-        assert_eq!(size_of::<DatapathConfig>(), 16);
+        assert_eq!(size_of::<DatapathConfig>(), 24);
         assert_eq!(FLOW_EVENT_SIZE, 8 + 12 + 6 * 4 + 32 + 2 + 2 + 8);
         assert_eq!(POLICY_PREFIX_FULL_BITS as usize, size_of::<PolicyKey>() * 8);
     }

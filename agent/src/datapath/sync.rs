@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use catalyst_policy::PolicyRow as Row;
 
-use catalyst_policy::datapath::{DatapathConfig, PolicyEntry, PolicyKey};
+use catalyst_policy::datapath::{DATAPATH_SCHEMA, DatapathConfig, PolicyEntry, PolicyKey};
 
 /// A policy map entry keyed by (prefix length, key).
 type PolicyRow = ((u32, PolicyKey), PolicyEntry);
@@ -192,6 +192,8 @@ pub fn apply_diff(
         policy_revision: revision,
         flags: desired.config_flags,
         event_interval_ns: desired.event_interval_ns,
+        schema: DATAPATH_SCHEMA,
+        pad: 0,
     };
     if cfg != old {
         store.set_config(cfg)?;
@@ -240,7 +242,7 @@ mod tests {
                     endpoint_id: 7,
                     identity: 300,
                     flags: 1,
-                    pad: 0,
+                    ..EndpointInfo::default()
                 },
             )],
             ipcache_v4: vec![(

@@ -123,6 +123,7 @@ fn run(pin: &std::path::Path) -> anyhow::Result<()> {
             verdict: u32::from(VERDICT_FORWARDED),
             direction: u32::from(DIR_INGRESS),
             revision: 1,
+            expires_ns: u64::MAX,
             ..CtEntry::default()
         };
         dp.conntrack_insert(key, entry)?;

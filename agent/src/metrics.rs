@@ -27,8 +27,9 @@ use prometheus_client::{
 use catalyst_policy::datapath::{
     COUNTER_REASONS, DIR_EGRESS, DIR_INGRESS, EV_F_REPLY, EVENT_DROP, EVENT_POLICY_VERDICT,
     FlowEvent, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, STAT_AUDIT,
-    STAT_CT_CREATED, STAT_CT_REEVALUATED, STAT_EVENTS_LOST, STAT_EVENTS_SENT, STAT_NO_ENDPOINT,
-    STAT_NOT_POLICED, VERDICT_AUDIT, VERDICT_DROPPED, VERDICT_FORWARDED, counter_index,
+    STAT_CT_CREATED, STAT_CT_ENDED, STAT_CT_REEVALUATED, STAT_EVENTS_LOST, STAT_EVENTS_SENT,
+    STAT_NO_ENDPOINT, STAT_NOT_POLICED, VERDICT_AUDIT, VERDICT_DROPPED, VERDICT_FORWARDED,
+    counter_index,
 };
 
 use crate::flow::{drop_reason_name, print};
@@ -431,6 +432,7 @@ impl DatapathMetrics {
             (STAT_EVENTS_LOST, "events_lost"),
             (STAT_CT_CREATED, "conntrack_created"),
             (STAT_CT_REEVALUATED, "conntrack_reevaluated"),
+            (STAT_CT_ENDED, "conntrack_ended"),
             (STAT_AUDIT, "audited"),
             (STAT_NO_ENDPOINT, "no_endpoint"),
             (STAT_NOT_POLICED, "not_policed"),

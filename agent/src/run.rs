@@ -10,8 +10,8 @@ use anyhow::Context as _;
 use aya::maps::{Map, MapData, PerCpuArray};
 use catalyst_policy::datapath::{
     COUNTER_REASONS, DIR_EGRESS, DIR_INGRESS, MAP_COUNTERS, STAT_AUDIT, STAT_CT_CREATED,
-    STAT_CT_REEVALUATED, STAT_EVENTS_LOST, STAT_EVENTS_SENT, STAT_NO_ENDPOINT, STAT_NOT_POLICED,
-    counter_index,
+    STAT_CT_ENDED, STAT_CT_REEVALUATED, STAT_EVENTS_LOST, STAT_EVENTS_SENT, STAT_NO_ENDPOINT,
+    STAT_NOT_POLICED, counter_index,
 };
 
 use crate::{
@@ -474,6 +474,7 @@ pub fn print_counters(pin_path: &Path, json: bool) -> anyhow::Result<()> {
     for (slot, name) in [
         (STAT_CT_CREATED, "conntrack entries created"),
         (STAT_CT_REEVALUATED, "conntrack re-evaluations"),
+        (STAT_CT_ENDED, "conntrack entries ended (timeout or reuse)"),
         (STAT_AUDIT, "audited (would drop)"),
         (STAT_EVENTS_SENT, "events sent"),
         (STAT_EVENTS_LOST, "events lost"),

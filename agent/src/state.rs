@@ -256,11 +256,12 @@ pub fn build(
         .engine
         .update(&input, labels_alloc, &mut alloc.cidrs)?;
     let compiled = &alloc.engine;
-    let desired = DesiredState::from_engine(
+    let mut desired = DesiredState::from_engine(
         compiled,
         if cfg.audit { CFG_F_AUDIT } else { 0 },
         cfg.event_interval_ms.saturating_mul(1_000_000),
     );
+    desired.ct_timeouts = cfg.conntrack_timeouts.datapath();
     let enrich = EnrichState {
         node: cfg.node.clone(),
         endpoints: meta,

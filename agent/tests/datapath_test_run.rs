@@ -21,12 +21,12 @@ use catalyst_agent::{
 use catalyst_policy::{
     CompileInput, Endpoint, LabelSet, PolicySet, compile,
     datapath::{
-        ALL_MAPS, DATAPATH_SCHEMA, DIR_EGRESS, DIR_INGRESS, DROP_CT_INVALID_HEADER,
+        ALL_MAPS, CtTimeouts, DATAPATH_SCHEMA, DIR_EGRESS, DIR_INGRESS, DROP_CT_INVALID_HEADER,
         DROP_FRAG_NOT_SUPPORTED, DROP_INVALID_IPV6_EXT, DROP_INVALID_PACKET,
         DROP_INVALID_SOURCE_IP, DROP_POLICY_DENIED, DROP_POLICY_DENY, DROP_UNSUPPORTED_L3,
         DatapathConfig, EndpointInfo, IpcacheEntry, MAP_CONFIG, MAP_ENDPOINTS, PROG_FROM_ENDPOINT,
-        PROG_TO_ENDPOINT, PolicyEntry, PolicyKey, STAT_AUDIT, STAT_CT_CREATED, STAT_NOT_POLICED,
-        VERDICT_AUDIT, VERDICT_DROPPED, counter_index,
+        PROG_TO_ENDPOINT, PolicyEntry, PolicyKey, STAT_AUDIT, STAT_CT_CREATED, STAT_CT_ENDED,
+        STAT_NOT_POLICED, VERDICT_AUDIT, VERDICT_DROPPED, counter_index,
     },
     labels::SOURCE_K8S,
 };
@@ -1171,4 +1171,98 @@ fn pinned_maps_of_an_old_layout_are_recreated() {
     drop(std::mem::replace(&mut f.dp, load().unwrap()));
     assert_eq!(f.dp.recreated_maps().len(), ALL_MAPS.len());
     assert_eq!(counters(&f)[counter_index(DIR_INGRESS, 0) as usize], 0);
+}
+
+/// Conntrack lifecycle: FIN/RST move a TCP connection to closing and a new SYN on its tuple
+/// starts a new, re-evaluated connection; a connection idle past the timeout of its state is
+/// over (its replies no longer pass as replies).
+#[test]
+fn conntrack_entries_end_by_state_timeout_and_tuple_reuse() {
+    if !root_or_skip("conntrack_entries_end_by_state_timeout_and_tuple_reuse") {
+        return;
+    }
+    let (mut f, compiled, _) = fixture("ctlife", POLICY, false);
+    let to = PROG_TO_ENDPOINT;
+    let stat = |f: &Fixture, slot: u32| counters(f)[slot as usize];
+
+    // Tuple reuse after FIN.
+    let syn = ipv4(CLIENT, WEB, 6, &tcp(45_000, 80, 0x02), 0);
+    assert_eq!(run(&f, to, &syn), PASS);
+    assert_eq!(
+        run(&f, to, &ipv4(CLIENT, WEB, 6, &tcp(45_000, 80, 0x10), 0)),
+        PASS
+    );
+    assert_eq!(
+        run(&f, to, &ipv4(CLIENT, WEB, 6, &tcp(45_000, 80, 0x11), 0)),
+        PASS,
+        "FIN"
+    );
+    let (created, ended) = (stat(&f, STAT_CT_CREATED), stat(&f, STAT_CT_ENDED));
+    // A retransmitted ACK of the closing connection is still that connection.
+    assert_eq!(
+        run(&f, to, &ipv4(CLIENT, WEB, 6, &tcp(45_000, 80, 0x10), 0)),
+        PASS
+    );
+    assert_eq!(stat(&f, STAT_CT_CREATED), created);
+    assert_eq!(run(&f, to, &syn), PASS, "new SYN on the tuple");
+    assert_eq!(
+        stat(&f, STAT_CT_ENDED),
+        ended + 1,
+        "closing connection ended"
+    );
+    assert_eq!(
+        stat(&f, STAT_CT_CREATED),
+        created + 1,
+        "new connection created"
+    );
+
+    // Timeouts of 1 s for every state.
+    let mut desired = lo_only(&compiled);
+    desired.ct_timeouts = CtTimeouts {
+        tcp_syn_s: 1,
+        tcp_established_s: 1,
+        tcp_closing_s: 1,
+        udp_s: 1,
+        other_s: 1,
+        pad: 0,
+    };
+    apply(&mut f.dp, &desired, false).unwrap();
+    let syn = ipv4(CLIENT, WEB, 6, &tcp(45_001, 80, 0x02), 0);
+    let synack = ipv4(WEB, CLIENT, 6, &tcp(80, 45_001, 0x12), 0);
+    let ack_reply = ipv4(WEB, CLIENT, 6, &tcp(80, 45_001, 0x10), 0);
+    assert_eq!(run(&f, to, &syn), PASS);
+    assert_eq!(run(&f, PROG_FROM_ENDPOINT, &synack), PASS, "reply passes");
+    assert_eq!(
+        run(&f, PROG_FROM_ENDPOINT, &ack_reply),
+        PASS,
+        "reply passes"
+    );
+    let ended = stat(&f, STAT_CT_ENDED);
+    std::thread::sleep(std::time::Duration::from_millis(1_300));
+    // The connection is over: web's packet to client:45001 is a new egress connection, which
+    // this policy does not allow (egress only to 198.51.100.0/24).
+    expect(
+        &f,
+        "reply of an expired connection",
+        PROG_FROM_ENDPOINT,
+        &ack_reply,
+        DROP,
+        DIR_EGRESS,
+        Some(DROP_POLICY_DENIED),
+    );
+    assert_eq!(stat(&f, STAT_CT_ENDED), ended + 1);
+
+    // Refreshing traffic keeps a connection alive past one timeout.
+    let udp = |sport| ipv4(WEB, [198, 51, 100, 10], 17, &udp_hdr(sport, 53), 0);
+    assert_eq!(run(&f, PROG_FROM_ENDPOINT, &udp(45_002)), PASS);
+    for _ in 0..3 {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let created = stat(&f, STAT_CT_CREATED);
+        assert_eq!(run(&f, PROG_FROM_ENDPOINT, &udp(45_002)), PASS);
+        assert_eq!(
+            stat(&f, STAT_CT_CREATED),
+            created,
+            "still the same connection"
+        );
+    }
 }

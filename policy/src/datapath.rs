@@ -316,6 +316,10 @@ pub struct CtEntry {
     pub packets: u64,
     /// Bytes seen, both directions.
     pub bytes: u64,
+    /// When the entry expires unless another packet comes (`bpf_ktime_get_coarse_ns` clock,
+    /// `CLOCK_MONOTONIC`): the last packet's time plus the timeout of the connection's state
+    /// ([`CtTimeouts`]). A packet that finds an expired entry starts a new connection.
+    pub expires_ns: u64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -331,8 +335,44 @@ pub const CFG_F_AUDIT: u32 = 1 << 0;
 /// recreates them otherwise.
 ///
 /// 1: the layout before versioning (16-byte config). 2: endpoint addresses for the source check,
-/// schema in the config.
+/// schema and conntrack timeouts in the config, conntrack expiry.
 pub const DATAPATH_SCHEMA: u32 = 2;
+
+/// Conntrack idle timeouts by protocol and state, seconds. A connection whose last packet is
+/// older than the timeout of its state is over: the next packet on its tuple is a new
+/// connection, evaluated against the policy in force.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtTimeouts {
+    /// TCP before the first reply (SYN sent, no answer yet). Cilium: 60 s.
+    pub tcp_syn_s: u32,
+    /// TCP once a reply was seen. Cilium: 21,600 s (6 h).
+    pub tcp_established_s: u32,
+    /// TCP after FIN or RST in either direction. Cilium: 10 s.
+    pub tcp_closing_s: u32,
+    /// UDP. Cilium (all non-TCP): 60 s.
+    pub udp_s: u32,
+    /// ICMP, ICMPv6, SCTP and every other protocol. Cilium (all non-TCP): 60 s.
+    pub other_s: u32,
+    /// Reserved, zero.
+    pub pad: u32,
+}
+
+/// Cilium's default timeouts.
+pub const DEFAULT_CT_TIMEOUTS: CtTimeouts = CtTimeouts {
+    tcp_syn_s: 60,
+    tcp_established_s: 21_600,
+    tcp_closing_s: 10,
+    udp_s: 60,
+    other_s: 60,
+    pad: 0,
+};
+
+impl Default for CtTimeouts {
+    fn default() -> Self {
+        DEFAULT_CT_TIMEOUTS
+    }
+}
 
 /// Value of slot 0 of [`MAP_CONFIG`].
 #[repr(C)]
@@ -348,6 +388,8 @@ pub struct DatapathConfig {
     pub schema: u32,
     /// Reserved, zero.
     pub pad: u32,
+    /// Conntrack timeouts.
+    pub ct_timeouts: CtTimeouts,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -372,6 +414,9 @@ pub const STAT_NO_ENDPOINT: u32 = STAT_BASE + 4;
 pub const STAT_NOT_POLICED: u32 = STAT_BASE + 5;
 /// Events emitted.
 pub const STAT_EVENTS_SENT: u32 = STAT_BASE + 6;
+/// Conntrack entries ended by a packet: idle past their timeout, or a new TCP SYN on the tuple
+/// of a closing connection (the packet then started a new, re-evaluated connection).
+pub const STAT_CT_ENDED: u32 = STAT_BASE + 7;
 /// Number of slots in [`MAP_COUNTERS`].
 pub const COUNTER_SLOTS: u32 = STAT_BASE + 8;
 
@@ -492,8 +537,8 @@ mod tests {
         assert_eq!(size_of::<PolicyKey>(), 12);
         assert_eq!(size_of::<PolicyEntry>(), 16);
         assert_eq!(size_of::<CtKey>(), 4 + 16 + 16 + 2 + 2 + 1 + 1 + 2);
-        assert_eq!(size_of::<CtEntry>(), 10 * 4 + 3 * 8);
-        assert_eq!(size_of::<DatapathConfig>(), 24);
+        assert_eq!(size_of::<CtEntry>(), 10 * 4 + 4 * 8);
+        assert_eq!(size_of::<DatapathConfig>(), 24 + 24);
         assert_eq!(FLOW_EVENT_SIZE, 8 + 12 + 6 * 4 + 32 + 2 + 2 + 8);
         assert_eq!(POLICY_PREFIX_FULL_BITS as usize, size_of::<PolicyKey>() * 8);
     }
@@ -501,6 +546,6 @@ mod tests {
     #[test]
     fn counter_slots_do_not_overlap_stats() {
         assert!(counter_index(DIR_EGRESS, 255) < STAT_BASE);
-        const { assert!(STAT_EVENTS_SENT < COUNTER_SLOTS) };
+        const { assert!(STAT_CT_ENDED < COUNTER_SLOTS) };
     }
 }

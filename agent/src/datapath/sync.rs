@@ -194,6 +194,7 @@ pub fn apply_diff(
         event_interval_ns: desired.event_interval_ns,
         schema: DATAPATH_SCHEMA,
         pad: 0,
+        ct_timeouts: desired.ct_timeouts,
     };
     if cfg != old {
         store.set_config(cfg)?;
@@ -209,7 +210,8 @@ pub fn apply_diff(
 #[cfg(test)]
 mod tests {
     use catalyst_policy::datapath::{
-        ACTION_ALLOW, DIR_INGRESS, EndpointInfo, IpcacheEntry, PROTO_TCP, PolicyEntry, PolicyKey,
+        ACTION_ALLOW, CtTimeouts, DIR_INGRESS, EndpointInfo, IpcacheEntry, PROTO_TCP, PolicyEntry,
+        PolicyKey,
     };
 
     use super::*;
@@ -256,6 +258,7 @@ mod tests {
             policy: by_endpoint(ports.iter().map(|p| entry(*p))),
             config_flags: 0,
             event_interval_ns: 1,
+            ct_timeouts: CtTimeouts::default(),
         }
     }
 

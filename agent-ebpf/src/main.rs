@@ -181,6 +181,12 @@ fn config() -> DatapathConfig {
 
 #[inline(always)]
 fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
+    if pkt.icmp_error && related(ifindex, pkt) {
+        // An ICMP error about a connection this endpoint has (path MTU discovery, unreachable,
+        // time exceeded) belongs to that connection: it passes as related, like its replies.
+        count(counter_index(dir, DROP_NONE));
+        return PASS;
+    }
     let cfg = config();
     let key = CtKey {
         ifindex,
@@ -349,6 +355,29 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
     }
     count(counter_index(dir, DROP_NONE));
     PASS
+}
+
+/// Whether the packet an ICMP error quotes belongs to a tracked connection of `ifindex` that
+/// is not dropped (looked up in both directions: the quoted packet may be the connection's
+/// original or reply direction).
+#[inline(always)]
+fn related(ifindex: u32, pkt: &Packet) -> bool {
+    let key = CtKey {
+        ifindex,
+        saddr: pkt.inner.saddr,
+        daddr: pkt.inner.daddr,
+        sport_be: pkt.inner.sport_be,
+        dport_be: pkt.inner.dport_be,
+        protocol: pkt.inner.protocol,
+        family: pkt.family,
+        pad: 0,
+    };
+    let found = match CONNTRACK.get_ptr(&key) {
+        Some(e) => Some(e),
+        None => CONNTRACK.get_ptr(&reverse(&key)),
+    };
+    // SAFETY: pointer from a successful lookup, read at once.
+    found.is_some_and(|e| unsafe { (*e).verdict } != u32::from(VERDICT_DROPPED))
 }
 
 /// The conntrack key of the other direction.

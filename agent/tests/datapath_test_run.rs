@@ -1266,3 +1266,89 @@ fn conntrack_entries_end_by_state_timeout_and_tuple_reuse() {
         );
     }
 }
+
+/// ICMP/ICMPv6 errors (fragmentation needed, packet too big) quoting a packet of a tracked
+/// connection pass as related under default deny; errors quoting anything else, or a dropped
+/// connection, are policed like any ICMP packet.
+#[test]
+fn icmp_errors_of_tracked_connections_pass_as_related() {
+    if !root_or_skip("icmp_errors_of_tracked_connections_pass_as_related") {
+        return;
+    }
+    let (f, _, _) = fixture("icmperr", POLICY, false);
+    let world = [198, 51, 100, 10];
+    let router = [203, 0, 113, 1];
+    // Fragmentation needed (type 3 code 4, MTU 1400) quoting `quoted`.
+    let frag_needed = |quoted: &[u8]| {
+        let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x05, 0x78];
+        icmp.extend_from_slice(&quoted[14..14 + 28]);
+        ipv4(router, WEB, 1, &icmp, 0)
+    };
+    let syn = ipv4(WEB, world, 6, &tcp(46_000, 443, 0x02), 0);
+    assert_eq!(run(&f, PROG_FROM_ENDPOINT, &syn), PASS, "egress allowed");
+    expect(
+        &f,
+        "fragmentation needed for a tracked connection",
+        PROG_TO_ENDPOINT,
+        &frag_needed(&syn),
+        PASS,
+        DIR_INGRESS,
+        Some(0),
+    );
+    expect(
+        &f,
+        "fragmentation needed quoting an untracked tuple",
+        PROG_TO_ENDPOINT,
+        &frag_needed(&ipv4(WEB, world, 6, &tcp(46_001, 443, 0x02), 0)),
+        DROP,
+        DIR_INGRESS,
+        Some(DROP_POLICY_DENIED),
+    );
+
+    // IPv6: packet too big about web's reply of an allowed ingress connection.
+    let c6: IpAddr = "fd00::10".parse().unwrap();
+    let w6: IpAddr = "fd00::11".parse().unwrap();
+    let r6: IpAddr = "2001:db8::1".parse().unwrap();
+    let too_big = |quoted: &[u8]| {
+        let mut icmp = vec![2, 0, 0, 0, 0, 0, 0x05, 0x00];
+        icmp.extend_from_slice(&quoted[14..14 + 48]);
+        ipv6(r6, w6, 58, &icmp)
+    };
+    assert_eq!(
+        run(
+            &f,
+            PROG_TO_ENDPOINT,
+            &ipv6(c6, w6, 6, &tcp(46_002, 80, 0x02))
+        ),
+        PASS
+    );
+    let reply = ipv6(w6, c6, 6, &tcp(80, 46_002, 0x12));
+    assert_eq!(run(&f, PROG_FROM_ENDPOINT, &reply), PASS);
+    expect(
+        &f,
+        "packet too big for a tracked connection's reply",
+        PROG_TO_ENDPOINT,
+        &too_big(&reply),
+        PASS,
+        DIR_INGRESS,
+        Some(0),
+    );
+    // A connection policy dropped (deny rule on 8080) gets no related errors.
+    assert_eq!(
+        run(
+            &f,
+            PROG_TO_ENDPOINT,
+            &ipv6(c6, w6, 6, &tcp(46_003, 8080, 0x02))
+        ),
+        DROP
+    );
+    expect(
+        &f,
+        "packet too big about a denied connection",
+        PROG_TO_ENDPOINT,
+        &too_big(&ipv6(w6, c6, 6, &tcp(8080, 46_003, 0x12))),
+        DROP,
+        DIR_INGRESS,
+        Some(DROP_POLICY_DENIED),
+    );
+}

@@ -181,9 +181,14 @@ fn config() -> DatapathConfig {
 
 #[inline(always)]
 fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
-    if pkt.icmp_error && related(ifindex, pkt) {
+    if pkt.icmp_error
+        && related(ifindex, pkt)
+        && (dir != DIR_EGRESS
+            || endpoint(ifindex).is_none_or(|ep| source_ok(&ep, pkt.family, &pkt.saddr)))
+    {
         // An ICMP error about a connection this endpoint has (path MTU discovery, unreachable,
         // time exceeded) belongs to that connection: it passes as related, like its replies.
+        // One the workload sends from a foreign source goes on to the source check below.
         count(counter_index(dir, DROP_NONE));
         return PASS;
     }

@@ -83,6 +83,10 @@ pub struct AgentConfig {
     /// Conntrack idle timeouts by protocol and state (Cilium's defaults).
     #[serde(default)]
     pub conntrack_timeouts: ConntrackTimeouts,
+    /// How often expired conntrack entries are removed and the table's occupancy is reported
+    /// (`catalyst_conntrack_entries`), milliseconds (at least 1000). Default 10000.
+    #[serde(default = "default_conntrack_gc_interval_ms")]
+    pub conntrack_gc_interval_ms: u64,
     /// How programs are attached: `auto` (TCX with pinned links where the kernel has TCX and
     /// allows pinning links, else tc clsact), `tcx` or `tc`. Default `auto`.
     #[serde(default = "default_attach_mode")]
@@ -394,6 +398,10 @@ pub struct ConntrackTimeouts {
     /// (Cilium `bpf-ct-timeout-regular-any`).
     #[serde(default = "default_ct_other")]
     pub other_s: u32,
+}
+
+fn default_conntrack_gc_interval_ms() -> u64 {
+    10_000
 }
 
 fn default_ct_tcp_syn() -> u32 {

@@ -328,6 +328,8 @@ pub struct DatapathMetrics {
     policy_delay: Histogram,
     policy_rejected: Counter,
     policy_entries: Gauge,
+    conntrack_entries: Gauge,
+    conntrack_gc_removed: Counter,
     last: Arc<Mutex<Vec<u64>>>,
 }
 
@@ -344,6 +346,8 @@ impl DatapathMetrics {
             policy_delay: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             policy_rejected: Counter::default(),
             policy_entries: Gauge::default(),
+            conntrack_entries: Gauge::default(),
+            conntrack_gc_removed: Counter::default(),
             last: Arc::default(),
         };
         registry.register(
@@ -380,6 +384,16 @@ impl DatapathMetrics {
             "policy_map_entries",
             "Entries in the policy map",
             me.policy_entries.clone(),
+        );
+        registry.register(
+            "conntrack_entries",
+            "Live entries in the conntrack table at the last garbage-collection sweep",
+            me.conntrack_entries.clone(),
+        );
+        registry.register(
+            "conntrack_gc_removed",
+            "Expired conntrack entries removed by the garbage collector",
+            me.conntrack_gc_removed.clone(),
         );
         registry.register(
             "flow_events_malformed",
@@ -459,6 +473,13 @@ impl DatapathMetrics {
     pub fn set_policy_entries(&self, entries: usize) {
         self.policy_entries
             .set(i64::try_from(entries).unwrap_or(i64::MAX));
+    }
+
+    /// Records a conntrack garbage-collection sweep.
+    pub fn conntrack_swept(&self, live: u64, removed: u64) {
+        self.conntrack_entries
+            .set(i64::try_from(live).unwrap_or(i64::MAX));
+        self.conntrack_gc_removed.inc_by(removed);
     }
 
     /// Counts a rejected configuration or policy change.

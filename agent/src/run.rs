@@ -118,6 +118,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     metrics
         .datapath
         .set_policy_entries(snap.desired.policy_len());
+    spawn_conntrack_gc(&cfg, &metrics)?;
     let ring = FlowRing::new(cfg.observer.ring_capacity);
     let enricher = Enricher::new(snap.enrich.clone());
     let events = dp
@@ -311,6 +312,32 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         flows = metrics.processed(),
         "stopping; programs and maps stay pinned, enforcement continues"
     );
+    Ok(())
+}
+
+/// Starts the conntrack garbage collector on a thread of its own (a sweep walks the whole table
+/// through syscalls; it must not hold up the runtime).
+fn spawn_conntrack_gc(cfg: &AgentConfig, metrics: &Metrics) -> anyhow::Result<()> {
+    let mut gc = datapath::ConntrackGc::open(&cfg.pin_path)?;
+    let every = Duration::from_millis(cfg.conntrack_gc_interval_ms.max(1_000));
+    let metrics = metrics.datapath.clone();
+    std::thread::Builder::new()
+        .name("conntrack-gc".into())
+        .spawn(move || {
+            loop {
+                match gc.sweep() {
+                    Ok(r) => {
+                        metrics.conntrack_swept(r.live, r.removed);
+                        tracing::debug!(live = r.live, removed = r.removed, "conntrack swept");
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = format!("{error:#}"), "conntrack sweep failed")
+                    }
+                }
+                std::thread::sleep(every);
+            }
+        })
+        .context("cannot start the conntrack garbage collector")?;
     Ok(())
 }
 

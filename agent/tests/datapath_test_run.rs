@@ -15,7 +15,8 @@ use std::{net::IpAddr, path::PathBuf};
 use catalyst_agent::{
     config::MapSizes,
     datapath::{
-        AttachMode, Datapath, DesiredState, LoadOptions, MapStore, StoreError, apply, uninstall,
+        AttachMode, ConntrackGc, Datapath, DesiredState, GcReport, LoadOptions, MapStore,
+        StoreError, apply, uninstall,
     },
 };
 use catalyst_policy::{
@@ -1350,5 +1351,74 @@ fn icmp_errors_of_tracked_connections_pass_as_related() {
         DROP,
         DIR_INGRESS,
         Some(DROP_POLICY_DENIED),
+    );
+    // Web sends an unreachable about the client's connection: related, from its own address;
+    // the same error from a foreign source is a spoof.
+    let client_pkt = ipv6(c6, w6, 6, &tcp(46_002, 80, 0x10));
+    let unreachable = |src: IpAddr| {
+        let mut icmp = vec![1, 4, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(&client_pkt[14..14 + 48]);
+        ipv6(src, c6, 58, &icmp)
+    };
+    expect(
+        &f,
+        "port unreachable from the endpoint's own address",
+        PROG_FROM_ENDPOINT,
+        &unreachable(w6),
+        PASS,
+        DIR_EGRESS,
+        Some(0),
+    );
+    expect(
+        &f,
+        "port unreachable from a foreign source",
+        PROG_FROM_ENDPOINT,
+        &unreachable("fd00::99".parse().unwrap()),
+        DROP,
+        DIR_EGRESS,
+        Some(DROP_INVALID_SOURCE_IP),
+    );
+}
+
+/// The garbage collector removes expired connections and counts the live ones.
+#[test]
+fn conntrack_gc_removes_expired_entries() {
+    if !root_or_skip("conntrack_gc_removes_expired_entries") {
+        return;
+    }
+    let (mut f, compiled, _) = fixture("ctgc", POLICY, false);
+    let mut desired = lo_only(&compiled);
+    desired.ct_timeouts.udp_s = 1;
+    apply(&mut f.dp, &desired, false).unwrap();
+    let mut gc = ConntrackGc::open(&f.pin).unwrap();
+    let udp = |sport| ipv4(WEB, [198, 51, 100, 10], 17, &udp_hdr(sport, 53), 0);
+    for sport in 47_000..47_010 {
+        assert_eq!(run(&f, PROG_FROM_ENDPOINT, &udp(sport)), PASS);
+    }
+    // A TCP connection (SYN timeout 60 s) stays.
+    assert_eq!(
+        run(
+            &f,
+            PROG_TO_ENDPOINT,
+            &ipv4(CLIENT, WEB, 6, &tcp(47_100, 80, 0x02), 0)
+        ),
+        PASS
+    );
+    let first = gc.sweep().unwrap();
+    assert_eq!(
+        first,
+        GcReport {
+            live: 11,
+            removed: 0
+        }
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1_300));
+    let second = gc.sweep().unwrap();
+    assert_eq!(
+        second,
+        GcReport {
+            live: 1,
+            removed: 10
+        }
     );
 }

@@ -325,14 +325,13 @@ fn spawn_conntrack_gc(cfg: &AgentConfig, metrics: &Metrics) -> anyhow::Result<()
         .name("conntrack-gc".into())
         .spawn(move || {
             loop {
-                match gc.sweep() {
-                    Ok(r) => {
-                        metrics.conntrack_swept(r.live, r.removed);
-                        tracing::debug!(live = r.live, removed = r.removed, "conntrack swept");
-                    }
-                    Err(error) => {
-                        tracing::warn!(error = format!("{error:#}"), "conntrack sweep failed")
-                    }
+                let swept = gc.sweep();
+                if let Ok(r) = &swept {
+                    metrics.conntrack_swept(r.live, r.removed);
+                    tracing::debug!(live = r.live, removed = r.removed, "conntrack swept");
+                }
+                if let Err(error) = &swept {
+                    tracing::warn!(error = format!("{error:#}"), "conntrack sweep failed");
                 }
                 std::thread::sleep(every);
             }

@@ -726,6 +726,22 @@ mod tests {
     }
 
     #[test]
+    fn conntrack_timeouts_default_to_cilium_and_reject_zero() {
+        let cfg = AgentConfig::parse(Path::new("agent.yaml"), "node: n1\n").unwrap();
+        assert_eq!(
+            cfg.conntrack_timeouts.datapath(),
+            catalyst_policy::datapath::DEFAULT_CT_TIMEOUTS
+        );
+        let err = AgentConfig::parse(
+            Path::new("agent.yaml"),
+            "node: n1\nconntrack_timeouts: {udp_s: 0}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("conntrack_timeouts.udp_s"), "{err}");
+    }
+
+    #[test]
     fn unknown_field_is_named_with_its_line() {
         let err = AgentConfig::parse(
             Path::new("agent.yaml"),

@@ -7,26 +7,30 @@
 //! drop (`TC_ACT_SHOT`), each counted.
 #![no_std]
 #![no_main]
+// Atomic adds to shared conntrack counters are one `lock +=` instruction (inline asm: the bpf
+// target has no core atomics).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 mod parse;
 mod verdict;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{classifier, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
 };
 use catalyst_policy::datapath::{
-    COUNTER_SLOTS, CT_F_AUDIT, CT_F_CLOSING, CT_F_SEEN_REPLY, CtEntry, CtKey,
-    DEFAULT_CONNTRACK_MAX, DEFAULT_ENDPOINTS_MAX, DEFAULT_EVENTS_BYTES, DEFAULT_IPCACHE_MAX,
-    DEFAULT_POLICY_MAX, DIR_EGRESS, DIR_INGRESS, DROP_CT_MAP_INSERTION_FAILED, DROP_NONE,
-    DatapathConfig, EV_F_END, EV_F_NEW, EV_F_REEVALUATED, EV_F_REPLY, EVENT_DROP,
-    EVENT_POLICY_VERDICT, EVENT_TRACE, EndpointInfo, FlowEvent, IpcacheEntry, PROTO_TCP,
-    PolicyEntry, PolicyKey, STAT_CT_CREATED, STAT_CT_REEVALUATED, STAT_EVENTS_LOST,
-    STAT_EVENTS_SENT, STAT_NO_ENDPOINT, STAT_NOT_POLICED, TRACE_ESTABLISHED, TRACE_NEW,
-    TRACE_REPLY, VERDICT_DROPPED, counter_index,
+    COUNTER_SLOTS, CT_F_CLOSING, CT_F_SEEN_REPLY, CtEntry, CtKey, CtTimeouts,
+    DEFAULT_CONNTRACK_MAX, DEFAULT_CT_TIMEOUTS, DEFAULT_ENDPOINTS_MAX, DEFAULT_EVENTS_BYTES,
+    DEFAULT_IPCACHE_MAX, DEFAULT_POLICY_MAX, DIR_EGRESS, DIR_INGRESS, DROP_CT_MAP_INSERTION_FAILED,
+    DROP_INVALID_SOURCE_IP, DROP_NONE, DatapathConfig, EP_F_NO_SOURCE_CHECK, EV_F_END, EV_F_NEW,
+    EV_F_REEVALUATED, EV_F_REPLY, EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, EndpointInfo,
+    FlowEvent, IpcacheEntry, PROTO_TCP, PROTO_UDP, PolicyEntry, PolicyKey, STAT_AUDIT,
+    STAT_CT_CREATED, STAT_CT_ENDED, STAT_CT_REEVALUATED, STAT_EVENTS_LOST, STAT_EVENTS_SENT,
+    STAT_NO_ENDPOINT, STAT_NOT_POLICED, TRACE_ESTABLISHED, TRACE_NEW, TRACE_REPLY, VERDICT_AUDIT,
+    VERDICT_DROPPED, counter_index,
 };
 
 use crate::{
@@ -37,6 +41,8 @@ use crate::{
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+const NS_PER_S: u64 = 1_000_000_000;
 
 #[map(name = "CATALYST_ENDPOINTS")]
 static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::pinned(DEFAULT_ENDPOINTS_MAX, 0);
@@ -85,6 +91,34 @@ fn count(slot: u32) {
 fn now_ns() -> u64 {
     // SAFETY: helper without arguments.
     unsafe { bpf_ktime_get_ns() }
+}
+
+/// CLOCK_MONOTONIC at tick resolution: the one clock read of a packet's conntrack work
+/// (expiry, event aggregation), much cheaper than [`now_ns`], which only events use.
+#[inline(always)]
+fn coarse_ns() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// Idle lifetime of a connection after a packet, by protocol and state (as Cilium: a TCP
+/// packet with SYN gets the SYN timeout, a closing connection the closing one).
+#[inline(always)]
+fn lifetime_ns(flags: u32, protocol: u8, tcp_flags: u8, t: &CtTimeouts) -> u64 {
+    let s = if protocol == PROTO_TCP {
+        if flags & CT_F_CLOSING != 0 {
+            t.tcp_closing_s
+        } else if tcp_flags & TCP_SYN != 0 {
+            t.tcp_syn_s
+        } else {
+            t.tcp_established_s
+        }
+    } else if protocol == PROTO_UDP {
+        t.udp_s
+    } else {
+        t.other_s
+    };
+    u64::from(s) * NS_PER_S
 }
 
 #[inline(always)]
@@ -138,12 +172,26 @@ fn config() -> DatapathConfig {
             policy_revision: 0,
             flags: 0,
             event_interval_ns: 0,
+            schema: 0,
+            pad: 0,
+            ct_timeouts: DEFAULT_CT_TIMEOUTS,
         },
     }
 }
 
 #[inline(always)]
 fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
+    if pkt.icmp_error
+        && related(ifindex, pkt)
+        && (dir != DIR_EGRESS
+            || endpoint(ifindex).is_none_or(|ep| source_ok(&ep, pkt.family, &pkt.saddr)))
+    {
+        // An ICMP error about a connection this endpoint has (path MTU discovery, unreachable,
+        // time exceeded) belongs to that connection: it passes as related, like its replies.
+        // One the workload sends from a foreign source goes on to the source check below.
+        count(counter_index(dir, DROP_NONE));
+        return PASS;
+    }
     let cfg = config();
     let key = CtKey {
         ifindex,
@@ -158,17 +206,7 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
     let mut reply = false;
     let mut entry = CONNTRACK.get_ptr_mut(&key);
     if entry.is_none() {
-        let rkey = CtKey {
-            ifindex,
-            saddr: pkt.daddr,
-            daddr: pkt.saddr,
-            sport_be: pkt.ct_dport_be,
-            dport_be: pkt.ct_sport_be,
-            protocol: pkt.protocol,
-            family: pkt.family,
-            pad: 0,
-        };
-        entry = CONNTRACK.get_ptr_mut(&rkey);
+        entry = CONNTRACK.get_ptr_mut(&reverse(&key));
         reply = entry.is_some();
     }
 
@@ -178,10 +216,27 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
             return PASS;
         };
         let ep = &ep;
-        return new_flow(ctx, dir, ifindex, ep, pkt, &key, &cfg, now_ns());
+        return new_flow(ctx, dir, ifindex, ep, pkt, &key, &cfg, coarse_ns());
     };
     // SAFETY: pointer from a successful lookup; LRU entries stay valid for this program run.
     let e = unsafe { &mut *e };
+    let now = coarse_ns();
+    let syn_only = pkt.protocol == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if now >= e.expires_ns || (syn_only && e.flags & CT_F_CLOSING != 0) {
+        // The connection is over (idle past its timeout, or a new SYN on the tuple of a closing
+        // one): this packet starts a new connection, evaluated against the policy in force.
+        let _ = if reply {
+            CONNTRACK.remove(&reverse(&key))
+        } else {
+            CONNTRACK.remove(&key)
+        };
+        count(STAT_CT_ENDED);
+        let Some(ep) = endpoint(ifindex) else {
+            count(STAT_NO_ENDPOINT);
+            return PASS;
+        };
+        return new_flow(ctx, dir, ifindex, &ep, pkt, &key, &cfg, now);
+    }
 
     let mut ev_flags = if reply { EV_F_REPLY } else { 0 };
     if e.revision != cfg.policy_revision {
@@ -193,7 +248,7 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
             return PASS;
         };
         let (peer, peer_family) = original_peer(e, pkt, reply);
-        let d = verdict::decide(
+        let mut d = verdict::decide(
             &ep,
             e.direction as u8,
             &peer,
@@ -202,6 +257,14 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
             e.policy_port as u16,
             &cfg,
         );
+        // The endpoint's address may have changed: its connections keep passing only from its
+        // current address.
+        let own = if reply { &pkt.daddr } else { &pkt.saddr };
+        if e.direction as u8 == DIR_EGRESS && !source_ok(&ep, pkt.family, own) {
+            d.verdict = VERDICT_DROPPED;
+            d.reason = DROP_INVALID_SOURCE_IP;
+            d.audit = false;
+        }
         let changed = e.verdict != u32::from(d.verdict);
         store_decision(e, &d, cfg.policy_revision);
         count(STAT_CT_REEVALUATED);
@@ -223,20 +286,21 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
                 ev_flags,
                 TRACE_ESTABLISHED,
             );
-            e.last_event_ns = now_ns();
+            e.last_event_ns = now;
         }
     }
-    e.packets += 1;
-    e.bytes += u64::from(ctx.len());
-    if reply {
+    // Several CPUs may carry packets of the same connection: atomic adds, no lost updates.
+    add(&raw mut e.packets, 1);
+    add(&raw mut e.bytes, u64::from(ctx.len()));
+    let first_reply = reply && e.flags & CT_F_SEEN_REPLY == 0;
+    if first_reply {
         e.flags |= CT_F_SEEN_REPLY;
     }
 
     let verdict = e.verdict as u8;
     if verdict == VERDICT_DROPPED {
         count(counter_index(dir, e.drop_reason as u8));
-        // The clock is read only on the (rare) drop path of an established entry.
-        let now = now_ns();
+        e.expires_ns = now + lifetime_ns(e.flags, pkt.protocol, pkt.tcp_flags, &cfg.ct_timeouts);
         if now.wrapping_sub(e.last_event_ns) >= cfg.event_interval_ns {
             e.last_event_ns = now;
             let trace = if reply {
@@ -274,7 +338,7 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
                 emit(ctx, EVENT_TRACE, dir, ifindex, &ep, pkt, e, ev_flags, trace);
             }
         }
-    } else if reply && e.packets == 2 {
+    } else if first_reply {
         // First reply of a non-TCP flow: one trace event so replies are visible.
         if let Some(ep) = endpoint(ifindex) {
             emit(
@@ -290,8 +354,85 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
             );
         }
     }
+    e.expires_ns = now + lifetime_ns(e.flags, pkt.protocol, pkt.tcp_flags, &cfg.ct_timeouts);
+    if verdict == VERDICT_AUDIT {
+        count(STAT_AUDIT);
+    }
     count(counter_index(dir, DROP_NONE));
     PASS
+}
+
+/// Whether the packet an ICMP error quotes belongs to a tracked connection of `ifindex` that
+/// is not dropped (looked up in both directions: the quoted packet may be the connection's
+/// original or reply direction).
+#[inline(always)]
+fn related(ifindex: u32, pkt: &Packet) -> bool {
+    let key = CtKey {
+        ifindex,
+        saddr: pkt.inner.saddr,
+        daddr: pkt.inner.daddr,
+        sport_be: pkt.inner.sport_be,
+        dport_be: pkt.inner.dport_be,
+        protocol: pkt.inner.protocol,
+        family: pkt.family,
+        pad: 0,
+    };
+    let found = match CONNTRACK.get_ptr(&key) {
+        Some(e) => Some(e),
+        None => CONNTRACK.get_ptr(&reverse(&key)),
+    };
+    // SAFETY: pointer from a successful lookup, read at once.
+    found.is_some_and(|e| unsafe { (*e).verdict } != u32::from(VERDICT_DROPPED))
+}
+
+/// The conntrack key of the other direction.
+#[inline(always)]
+fn reverse(key: &CtKey) -> CtKey {
+    CtKey {
+        ifindex: key.ifindex,
+        saddr: key.daddr,
+        daddr: key.saddr,
+        sport_be: key.dport_be,
+        dport_be: key.sport_be,
+        protocol: key.protocol,
+        family: key.family,
+        pad: 0,
+    }
+}
+
+/// Adds `v` to the counter at `p` with one atomic instruction.
+#[inline(always)]
+fn add(p: *mut u64, v: u64) {
+    // SAFETY: `p` points into a map value that stays valid for this program run and is 8-byte
+    // aligned (a u64 field of the value); the instruction only adds to it.
+    #[cfg(target_arch = "bpf")]
+    unsafe {
+        core::arch::asm!("lock *(u64 *)({p} + 0) += {v}", p = in(reg) p, v = in(reg) v);
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: as above; host builds (checks only) use a plain add.
+    unsafe {
+        *p += v;
+    }
+}
+
+/// Whether `saddr` is an address the endpoint may send from (its own, or any when it opted
+/// out of the source check).
+#[inline(always)]
+fn source_ok(ep: &EndpointInfo, family: u8, saddr: &[u32; 4]) -> bool {
+    if ep.flags & EP_F_NO_SOURCE_CHECK != 0 {
+        return true;
+    }
+    if family == 4 {
+        ep.ipv4 != 0 && saddr[0] == ep.ipv4
+    } else {
+        let own = &ep.ipv6;
+        (own[0] | own[1] | own[2] | own[3]) != 0
+            && saddr[0] == own[0]
+            && saddr[1] == own[1]
+            && saddr[2] == own[2]
+            && saddr[3] == own[3]
+    }
 }
 
 /// The peer of the connection's original packet, from the current packet.
@@ -320,11 +461,6 @@ fn store_decision(e: &mut CtEntry, d: &Decision, revision: u32) {
     e.rule_id = d.rule_id;
     e.match_type = u32::from(d.match_type);
     e.peer_identity = d.peer_identity;
-    if d.audit {
-        e.flags |= CT_F_AUDIT;
-    } else {
-        e.flags &= !CT_F_AUDIT;
-    }
 }
 
 #[inline(always)]
@@ -347,6 +483,21 @@ fn new_flow(
     } else {
         pkt.saddr
     };
+    if dir == DIR_EGRESS && !source_ok(ep, pkt.family, &pkt.saddr) {
+        // A spoofed source creates no conntrack entry (it must not fill the table).
+        count(counter_index(dir, DROP_INVALID_SOURCE_IP));
+        let e = CtEntry {
+            verdict: u32::from(VERDICT_DROPPED),
+            drop_reason: u32::from(DROP_INVALID_SOURCE_IP),
+            direction: u32::from(dir),
+            peer_identity: verdict::peer_identity(&peer, pkt.family),
+            ..CtEntry::default()
+        };
+        emit(
+            ctx, EVENT_DROP, dir, ifindex, ep, pkt, &e, EV_F_NEW, TRACE_NEW,
+        );
+        return DROP;
+    }
     let d = verdict::decide(
         ep,
         dir,
@@ -370,7 +521,12 @@ fn new_flow(
         last_event_ns: now,
         packets: 1,
         bytes: u64::from(ctx.len()),
+        expires_ns: 0,
     };
+    if pkt.protocol == PROTO_TCP && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        e.flags |= CT_F_CLOSING;
+    }
+    e.expires_ns = now + lifetime_ns(e.flags, pkt.protocol, pkt.tcp_flags, &cfg.ct_timeouts);
     store_decision(&mut e, &d, cfg.policy_revision);
     if CONNTRACK.insert(key, &e, 0).is_err() {
         count(counter_index(dir, DROP_CT_MAP_INSERTION_FAILED));
@@ -400,6 +556,9 @@ fn new_flow(
         EV_F_NEW,
         TRACE_NEW,
     );
+    if d.audit {
+        count(STAT_AUDIT);
+    }
     count(counter_index(dir, DROP_NONE));
     PASS
 }

@@ -40,6 +40,14 @@ const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO: u8 = 8;
 const ICMPV6_ECHO: u8 = 128;
 const ICMPV6_ECHO_REPLY: u8 = 129;
+/// ICMP errors that quote the packet they answer: destination unreachable (fragmentation
+/// needed among them), time exceeded; ICMPv6 destination unreachable, packet too big, time
+/// exceeded.
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMPV6_DEST_UNREACH: u8 = 1;
+const ICMPV6_PKT_TOOBIG: u8 = 2;
+const ICMPV6_TIME_EXCEED: u8 = 3;
 
 /// What the parser learnt about a packet.
 #[derive(Clone, Copy)]
@@ -60,6 +68,21 @@ pub struct Packet {
     pub tcp_flags: u8,
     pub icmp_type: u8,
     pub icmp_code: u8,
+    /// An ICMP error whose quoted header parsed: `inner` holds the quoted packet's tuple.
+    pub icmp_error: bool,
+    /// Tuple of the packet an ICMP error quotes (the original sender's addresses and ports, in
+    /// conntrack form), valid when `icmp_error`.
+    pub inner: Inner,
+}
+
+/// The quoted packet of an ICMP error.
+#[derive(Clone, Copy)]
+pub struct Inner {
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub protocol: u8,
 }
 
 /// Outcome of parsing.
@@ -143,6 +166,14 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, u8> {
         tcp_flags: 0,
         icmp_type: 0,
         icmp_code: 0,
+        icmp_error: false,
+        inner: Inner {
+            saddr: [0; 4],
+            daddr: [0; 4],
+            sport_be: 0,
+            dport_be: 0,
+            protocol: 0,
+        },
     };
     let l4_off: usize;
     let mut first_fragment = true;
@@ -263,6 +294,15 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, u8> {
                 pkt.ct_dport_be = id;
             } else {
                 pkt.ct_sport_be = (u16::from(ty) << 8 | u16::from(code)).to_be();
+                let error = if pkt.protocol == PROTO_ICMP {
+                    ty == ICMP_DEST_UNREACH || ty == ICMP_TIME_EXCEEDED
+                } else {
+                    ty == ICMPV6_DEST_UNREACH || ty == ICMPV6_PKT_TOOBIG || ty == ICMPV6_TIME_EXCEED
+                };
+                // A quote that does not parse leaves the error to policy like any ICMP packet.
+                if error && quoted(ctx, &mut pkt, l4_off + 8).is_ok() {
+                    pkt.icmp_error = true;
+                }
             }
         }
         _ => {
@@ -270,6 +310,56 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, u8> {
         }
     }
     Ok(Parsed::Ip(pkt))
+}
+
+/// Parses the packet an ICMP error quotes at `off`: its IP header (IPv4 with options, or IPv6
+/// without extension headers) and the first 8 bytes of its L4 header (ports; the echo id for
+/// ICMP echo).
+#[inline(always)]
+fn quoted(ctx: &TcContext, pkt: &mut Packet, off: usize) -> Result<(), u8> {
+    let l4: usize;
+    if pkt.family == 4 {
+        let ip = View::<20>::at(ctx, off, DROP_CT_INVALID_HEADER)?;
+        let vihl = ip.u8(0);
+        let ihl = ((vihl & 0x0f) as usize) * 4;
+        if vihl >> 4 != 4 || ihl < 20 || ip.be16(6) & 0x1fff != 0 {
+            return Err(DROP_CT_INVALID_HEADER);
+        }
+        pkt.inner.protocol = ip.u8(9);
+        pkt.inner.saddr[0] = ip.word(12);
+        pkt.inner.daddr[0] = ip.word(16);
+        l4 = off + ihl;
+    } else {
+        let ip = View::<IPV6_HLEN>::at(ctx, off, DROP_CT_INVALID_HEADER)?;
+        if ip.u8(0) >> 4 != 6 {
+            return Err(DROP_CT_INVALID_HEADER);
+        }
+        let mut i = 0;
+        while i < 4 {
+            pkt.inner.saddr[i] = ip.word(8 + i * 4);
+            pkt.inner.daddr[i] = ip.word(24 + i * 4);
+            i += 1;
+        }
+        pkt.inner.protocol = ip.u8(6);
+        l4 = off + IPV6_HLEN;
+    }
+    if l4 > MAX_L4_OFFSET + 128 {
+        return Err(DROP_CT_INVALID_HEADER);
+    }
+    let q = View::<8>::at(ctx, l4, DROP_CT_INVALID_HEADER)?;
+    match pkt.inner.protocol {
+        PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
+            pkt.inner.sport_be = q.raw16(0);
+            pkt.inner.dport_be = q.raw16(2);
+        }
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            let id = q.raw16(4);
+            pkt.inner.sport_be = id;
+            pkt.inner.dport_be = id;
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 #[inline(always)]

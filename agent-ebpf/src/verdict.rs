@@ -26,8 +26,9 @@ pub struct Decision {
     pub audit: bool,
 }
 
+/// Security identity of `peer` from the ipcache; world when it is not known.
 #[inline(always)]
-fn peer_identity(peer: &[u32; 4], family: u8) -> u32 {
+pub fn peer_identity(peer: &[u32; 4], family: u8) -> u32 {
     if family == 4 {
         let key = Key::new(32, peer[0].to_ne_bytes());
         if let Some(v) = IPCACHE4.get(&key) {

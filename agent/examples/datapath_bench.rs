@@ -46,7 +46,7 @@ fn state(entries: u32) -> DesiredState {
                 endpoint_id: 7,
                 identity: 300,
                 flags: EP_F_INGRESS_ENFORCED | EP_F_EGRESS_ENFORCED,
-                pad: 0,
+                ..EndpointInfo::default()
             },
         )],
         event_interval_ns: 1_000_000_000,
@@ -123,6 +123,7 @@ fn run(pin: &std::path::Path) -> anyhow::Result<()> {
             verdict: u32::from(VERDICT_FORWARDED),
             direction: u32::from(DIR_INGRESS),
             revision: 1,
+            expires_ns: u64::MAX,
             ..CtEntry::default()
         };
         dp.conntrack_insert(key, entry)?;

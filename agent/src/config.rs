@@ -80,6 +80,13 @@ pub struct AgentConfig {
     /// Map capacities.
     #[serde(default)]
     pub maps: MapSizes,
+    /// Conntrack idle timeouts by protocol and state (Cilium's defaults).
+    #[serde(default)]
+    pub conntrack_timeouts: ConntrackTimeouts,
+    /// How often expired conntrack entries are removed and the table's occupancy is reported
+    /// (`catalyst_conntrack_entries`), milliseconds (at least 1000). Default 10000.
+    #[serde(default = "default_conntrack_gc_interval_ms")]
+    pub conntrack_gc_interval_ms: u64,
     /// How programs are attached: `auto` (TCX with pinned links where the kernel has TCX and
     /// allows pinning links, else tc clsact), `tcx` or `tc`. Default `auto`.
     #[serde(default = "default_attach_mode")]
@@ -305,6 +312,12 @@ pub struct EndpointConfig {
     /// Audit mode for this endpoint. Default false.
     #[serde(default)]
     pub audit: bool,
+    /// Source-address check: packets the workload sends from an address other than its own
+    /// (`addresses`, at most one per family while the check is on) are dropped with reason 132
+    /// `INVALID_SOURCE_IP`. Set `false` for workloads that route or forward traffic of other
+    /// addresses. Default true.
+    #[serde(default = "default_true")]
+    pub source_check: bool,
     /// Named ports the workload declares (as Kubernetes `containers[].ports[]` with a name):
     /// policy `toPorts` entries whose `port` is a name resolve through them. Default none.
     #[serde(default)]
@@ -362,6 +375,75 @@ pub struct MapSizes {
     /// Event ring buffer bytes (power of two). Default 1 MiB.
     #[serde(default = "default_events_bytes")]
     pub events_bytes: u32,
+}
+
+/// Conntrack idle timeouts, seconds (each at least 1). A connection idle longer than the
+/// timeout of its state is over; its next packet is a new connection, evaluated again.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ConntrackTimeouts {
+    /// TCP before the first reply, s. Default 60 (Cilium `bpf-ct-timeout-regular-tcp-syn`).
+    #[serde(default = "default_ct_tcp_syn")]
+    pub tcp_syn_s: u32,
+    /// TCP once a reply was seen, s. Default 21600 (Cilium `bpf-ct-timeout-regular-tcp`).
+    #[serde(default = "default_ct_tcp_established")]
+    pub tcp_established_s: u32,
+    /// TCP after FIN or RST, s. Default 10 (Cilium `bpf-ct-timeout-regular-tcp-fin`).
+    #[serde(default = "default_ct_tcp_closing")]
+    pub tcp_closing_s: u32,
+    /// UDP, s. Default 60 (Cilium `bpf-ct-timeout-regular-any`).
+    #[serde(default = "default_ct_udp")]
+    pub udp_s: u32,
+    /// ICMP, `ICMPv6`, SCTP and other protocols, s. Default 60
+    /// (Cilium `bpf-ct-timeout-regular-any`).
+    #[serde(default = "default_ct_other")]
+    pub other_s: u32,
+}
+
+fn default_conntrack_gc_interval_ms() -> u64 {
+    10_000
+}
+
+fn default_ct_tcp_syn() -> u32 {
+    catalyst_policy::datapath::DEFAULT_CT_TIMEOUTS.tcp_syn_s
+}
+fn default_ct_tcp_established() -> u32 {
+    catalyst_policy::datapath::DEFAULT_CT_TIMEOUTS.tcp_established_s
+}
+fn default_ct_tcp_closing() -> u32 {
+    catalyst_policy::datapath::DEFAULT_CT_TIMEOUTS.tcp_closing_s
+}
+fn default_ct_udp() -> u32 {
+    catalyst_policy::datapath::DEFAULT_CT_TIMEOUTS.udp_s
+}
+fn default_ct_other() -> u32 {
+    catalyst_policy::datapath::DEFAULT_CT_TIMEOUTS.other_s
+}
+
+impl Default for ConntrackTimeouts {
+    fn default() -> Self {
+        Self {
+            tcp_syn_s: default_ct_tcp_syn(),
+            tcp_established_s: default_ct_tcp_established(),
+            tcp_closing_s: default_ct_tcp_closing(),
+            udp_s: default_ct_udp(),
+            other_s: default_ct_other(),
+        }
+    }
+}
+
+impl ConntrackTimeouts {
+    /// The datapath's form.
+    pub fn datapath(self) -> catalyst_policy::datapath::CtTimeouts {
+        catalyst_policy::datapath::CtTimeouts {
+            tcp_syn_s: self.tcp_syn_s,
+            tcp_established_s: self.tcp_established_s,
+            tcp_closing_s: self.tcp_closing_s,
+            udp_s: self.udp_s,
+            other_s: self.other_s,
+            pad: 0,
+        }
+    }
 }
 
 impl Default for MapSizes {
@@ -576,6 +658,21 @@ impl AgentConfig {
                 ));
             }
         }
+        let t = &self.conntrack_timeouts;
+        for (name, v) in [
+            ("tcp_syn_s", t.tcp_syn_s),
+            ("tcp_established_s", t.tcp_established_s),
+            ("tcp_closing_s", t.tcp_closing_s),
+            ("udp_s", t.udp_s),
+            ("other_s", t.other_s),
+        ] {
+            if v == 0 {
+                return Err(invalid(
+                    format!("conntrack_timeouts.{name}"),
+                    "0 is below the minimum of 1 second".to_owned(),
+                ));
+            }
+        }
         if self.signals.interval_ms < 100 {
             return Err(invalid(
                 "signals.interval_ms".to_owned(),
@@ -626,6 +723,22 @@ mod tests {
                 .iter()
                 .all(|p| p.is_absolute() || p.starts_with("..") || p.components().count() > 1)
         );
+    }
+
+    #[test]
+    fn conntrack_timeouts_default_to_cilium_and_reject_zero() {
+        let cfg = AgentConfig::parse(Path::new("agent.yaml"), "node: n1\n").unwrap();
+        assert_eq!(
+            cfg.conntrack_timeouts.datapath(),
+            catalyst_policy::datapath::DEFAULT_CT_TIMEOUTS
+        );
+        let err = AgentConfig::parse(
+            Path::new("agent.yaml"),
+            "node: n1\nconntrack_timeouts: {udp_s: 0}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("conntrack_timeouts.udp_s"), "{err}");
     }
 
     #[test]

@@ -27,8 +27,9 @@ use prometheus_client::{
 use catalyst_policy::datapath::{
     COUNTER_REASONS, DIR_EGRESS, DIR_INGRESS, EV_F_REPLY, EVENT_DROP, EVENT_POLICY_VERDICT,
     FlowEvent, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, STAT_AUDIT,
-    STAT_CT_CREATED, STAT_CT_REEVALUATED, STAT_EVENTS_LOST, STAT_EVENTS_SENT, STAT_NO_ENDPOINT,
-    STAT_NOT_POLICED, VERDICT_AUDIT, VERDICT_DROPPED, VERDICT_FORWARDED, counter_index,
+    STAT_CT_CREATED, STAT_CT_ENDED, STAT_CT_REEVALUATED, STAT_EVENTS_LOST, STAT_EVENTS_SENT,
+    STAT_NO_ENDPOINT, STAT_NOT_POLICED, VERDICT_AUDIT, VERDICT_DROPPED, VERDICT_FORWARDED,
+    counter_index,
 };
 
 use crate::flow::{drop_reason_name, print};
@@ -327,6 +328,8 @@ pub struct DatapathMetrics {
     policy_delay: Histogram,
     policy_rejected: Counter,
     policy_entries: Gauge,
+    conntrack_entries: Gauge,
+    conntrack_gc_removed: Counter,
     last: Arc<Mutex<Vec<u64>>>,
 }
 
@@ -343,6 +346,8 @@ impl DatapathMetrics {
             policy_delay: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             policy_rejected: Counter::default(),
             policy_entries: Gauge::default(),
+            conntrack_entries: Gauge::default(),
+            conntrack_gc_removed: Counter::default(),
             last: Arc::default(),
         };
         registry.register(
@@ -379,6 +384,16 @@ impl DatapathMetrics {
             "policy_map_entries",
             "Entries in the policy map",
             me.policy_entries.clone(),
+        );
+        registry.register(
+            "conntrack_entries",
+            "Live entries in the conntrack table at the last garbage-collection sweep",
+            me.conntrack_entries.clone(),
+        );
+        registry.register(
+            "conntrack_gc_removed",
+            "Expired conntrack entries removed by the garbage collector",
+            me.conntrack_gc_removed.clone(),
         );
         registry.register(
             "flow_events_malformed",
@@ -431,6 +446,7 @@ impl DatapathMetrics {
             (STAT_EVENTS_LOST, "events_lost"),
             (STAT_CT_CREATED, "conntrack_created"),
             (STAT_CT_REEVALUATED, "conntrack_reevaluated"),
+            (STAT_CT_ENDED, "conntrack_ended"),
             (STAT_AUDIT, "audited"),
             (STAT_NO_ENDPOINT, "no_endpoint"),
             (STAT_NOT_POLICED, "not_policed"),
@@ -457,6 +473,13 @@ impl DatapathMetrics {
     pub fn set_policy_entries(&self, entries: usize) {
         self.policy_entries
             .set(i64::try_from(entries).unwrap_or(i64::MAX));
+    }
+
+    /// Records a conntrack garbage-collection sweep.
+    pub fn conntrack_swept(&self, live: u64, removed: u64) {
+        self.conntrack_entries
+            .set(i64::try_from(live).unwrap_or(i64::MAX));
+        self.conntrack_gc_removed.inc_by(removed);
     }
 
     /// Counts a rejected configuration or policy change.

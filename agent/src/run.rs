@@ -10,8 +10,8 @@ use anyhow::Context as _;
 use aya::maps::{Map, MapData, PerCpuArray};
 use catalyst_policy::datapath::{
     COUNTER_REASONS, DIR_EGRESS, DIR_INGRESS, MAP_COUNTERS, STAT_AUDIT, STAT_CT_CREATED,
-    STAT_CT_REEVALUATED, STAT_EVENTS_LOST, STAT_EVENTS_SENT, STAT_NO_ENDPOINT, STAT_NOT_POLICED,
-    counter_index,
+    STAT_CT_ENDED, STAT_CT_REEVALUATED, STAT_EVENTS_LOST, STAT_EVENTS_SENT, STAT_NO_ENDPOINT,
+    STAT_NOT_POLICED, counter_index,
 };
 
 use crate::{
@@ -27,9 +27,9 @@ use crate::{
 
 fn sink_for(cfg: &AgentConfig) -> anyhow::Result<FlowSink> {
     Ok(match cfg.flow_log.as_str() {
-        "stdout" => FlowSink::Stdout,
+        "stdout" => FlowSink::stdout(),
         "none" => FlowSink::None,
-        path => FlowSink::JsonFile(
+        path => FlowSink::json_file(
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -94,7 +94,11 @@ fn dp_attached(dp: &Datapath, iface: &str) -> bool {
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let mut k8s = crate::k8s::Source::start_for(&AgentConfig::load(&config_path)?).await?;
     let mut alloc = Allocators::default();
-    let (mut cfg, mut policies, snap) = reload(&config_path, &mut alloc, k8s.as_ref())?;
+    let (mut cfg, mut policies, snap) = reload(
+        &config_path,
+        &mut alloc,
+        k8s.as_ref().map(crate::k8s::Source::current).as_deref(),
+    )?;
 
     let mut dp = Datapath::load(&LoadOptions {
         pin_path: cfg.pin_path.clone(),
@@ -114,6 +118,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     metrics
         .datapath
         .set_policy_entries(snap.desired.policy_len());
+    spawn_conntrack_gc(&cfg, &metrics)?;
     let ring = FlowRing::new(cfg.observer.ring_capacity);
     let enricher = Enricher::new(snap.enrich.clone());
     let events = dp
@@ -229,8 +234,39 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                     .as_ref()
                     .filter(|_| api_changed)
                     .map_or_else(std::time::Instant::now, |s| s.current().observed);
-                match reload(&config_path, &mut alloc, k8s.as_ref()) {
-                    Ok((new_cfg, new_policies, snap)) => {
+                // Compilation and map updates run on a blocking thread: flow reading, gRPC and
+                // signals keep being served on the runtime while a large change is applied.
+                let published = k8s.as_ref().map(crate::k8s::Source::current);
+                let job = {
+                    let config_path = config_path.clone();
+                    let mut alloc = std::mem::take(&mut alloc);
+                    let previous = applied.take();
+                    let mut dp_owned = dp;
+                    tokio::task::spawn_blocking(move || {
+                        let outcome = match reload(&config_path, &mut alloc, published.as_deref()) {
+                            Ok((new_cfg, new_policies, snap)) => {
+                                match apply_snapshot(&mut dp_owned, previous.as_ref(), &snap, false) {
+                                    Ok(revision) => Ok(Ok((new_cfg, new_policies, snap, revision))),
+                                    Err(e) => Ok(Err(e)),
+                                }
+                            }
+                            Err(e) => Err(e),
+                        };
+                        (dp_owned, alloc, previous, outcome)
+                    })
+                };
+                let (dp_back, alloc_back, previous, outcome) =
+                    job.await.context("policy update thread panicked")?;
+                dp = dp_back;
+                alloc = alloc_back;
+                applied = previous;
+                match outcome {
+                    Ok(Err(e)) => {
+                        tracing::error!(error = format!("{e:#}"), "applying the new state failed; will re-read the maps and retry");
+                        applied = None;
+                        fp.clear();
+                    }
+                    Ok(Ok((new_cfg, new_policies, snap, revision))) => {
                         if new_cfg.pin_path != cfg.pin_path || new_cfg.maps != cfg.maps {
                             tracing::warn!("pin_path and map sizes take effect after a restart");
                         }
@@ -238,15 +274,6 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                             || new_cfg.nats != cfg.nats || new_cfg.signals != cfg.signals {
                             tracing::warn!("observer, metrics, nats and signals settings take effect after a restart");
                         }
-                        let revision = match apply_snapshot(&mut dp, applied.as_ref(), &snap, false) {
-                            Ok(revision) => revision,
-                            Err(e) => {
-                                tracing::error!(error = format!("{e:#}"), "applying the new state failed; will re-read the maps and retry");
-                                applied = None;
-                                fp.clear();
-                                continue;
-                            }
-                        };
                         metrics.datapath.set_revision(revision);
                         metrics.datapath.policy_applied(observed.elapsed(), snap.desired.policy_len());
                         // After the maps are updated (and outside the delay measured above).
@@ -285,6 +312,31 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         flows = metrics.processed(),
         "stopping; programs and maps stay pinned, enforcement continues"
     );
+    Ok(())
+}
+
+/// Starts the conntrack garbage collector on a thread of its own (a sweep walks the whole table
+/// through syscalls; it must not hold up the runtime).
+fn spawn_conntrack_gc(cfg: &AgentConfig, metrics: &Metrics) -> anyhow::Result<()> {
+    let mut gc = datapath::ConntrackGc::open(&cfg.pin_path)?;
+    let every = Duration::from_millis(cfg.conntrack_gc_interval_ms.max(1_000));
+    let metrics = metrics.datapath.clone();
+    std::thread::Builder::new()
+        .name("conntrack-gc".into())
+        .spawn(move || {
+            loop {
+                let swept = gc.sweep();
+                if let Ok(r) = &swept {
+                    metrics.conntrack_swept(r.live, r.removed);
+                    tracing::debug!(live = r.live, removed = r.removed, "conntrack swept");
+                }
+                if let Err(error) = &swept {
+                    tracing::warn!(error = format!("{error:#}"), "conntrack sweep failed");
+                }
+                std::thread::sleep(every);
+            }
+        })
+        .context("cannot start the conntrack garbage collector")?;
     Ok(())
 }
 
@@ -380,15 +432,14 @@ async fn next_wake(tick: &mut tokio::time::Interval, k8s: Option<&mut crate::k8s
 fn reload(
     config_path: &Path,
     alloc: &mut Allocators,
-    k8s: Option<&crate::k8s::Source>,
+    k8s: Option<&crate::k8s::Published>,
 ) -> anyhow::Result<(AgentConfig, catalyst_policy::PolicySet, Snapshot)> {
     let cfg = AgentConfig::load(config_path)?;
     let policies = alloc.load_policies(&cfg)?;
     let (cfg, policies) = match k8s {
-        Some(source) => {
-            let published = source.current();
+        Some(published) => {
             alloc.set_cluster(published.identities.clone());
-            crate::k8s::overlay(&cfg, policies, &published)
+            crate::k8s::overlay(&cfg, policies, published)
         }
         None => (cfg, policies),
     };
@@ -449,6 +500,7 @@ pub fn print_counters(pin_path: &Path, json: bool) -> anyhow::Result<()> {
     for (slot, name) in [
         (STAT_CT_CREATED, "conntrack entries created"),
         (STAT_CT_REEVALUATED, "conntrack re-evaluations"),
+        (STAT_CT_ENDED, "conntrack entries ended (timeout or reuse)"),
         (STAT_AUDIT, "audited (would drop)"),
         (STAT_EVENTS_SENT, "events sent"),
         (STAT_EVENTS_LOST, "events lost"),

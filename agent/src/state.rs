@@ -3,6 +3,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     ffi::CString,
+    net::IpAddr,
     path::PathBuf,
     time::SystemTime,
 };
@@ -174,6 +175,22 @@ pub fn build(
             ep.addresses.clone(),
         );
         e.audit = ep.audit;
+        e.source_check = ep.source_check;
+        if ep.source_check {
+            for (family, is) in [
+                ("IPv4", IpAddr::is_ipv4 as fn(&IpAddr) -> bool),
+                ("IPv6", IpAddr::is_ipv6),
+            ] {
+                let n = ep.addresses.iter().filter(|a| is(a)).count();
+                anyhow::ensure!(
+                    n <= 1,
+                    "endpoints[{i}] ({}): {n} {family} addresses, but the source-address check \
+                     allows one per family; set `source_check: false` for a workload that sends \
+                     from several",
+                    ep.name
+                );
+            }
+        }
         for (j, p) in ep.ports.iter().enumerate() {
             let what = || format!("endpoints[{i}] ({}).ports[{j}]", ep.name);
             PortName::new(&p.name).with_context(what)?;
@@ -239,11 +256,12 @@ pub fn build(
         .engine
         .update(&input, labels_alloc, &mut alloc.cidrs)?;
     let compiled = &alloc.engine;
-    let desired = DesiredState::from_engine(
+    let mut desired = DesiredState::from_engine(
         compiled,
         if cfg.audit { CFG_F_AUDIT } else { 0 },
         cfg.event_interval_ms.saturating_mul(1_000_000),
     );
+    desired.ct_timeouts = cfg.conntrack_timeouts.datapath();
     let enrich = EnrichState {
         node: cfg.node.clone(),
         endpoints: meta,
@@ -306,4 +324,43 @@ pub fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<SystemTime>)>
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use catalyst_policy::datapath::EP_F_NO_SOURCE_CHECK;
+
+    use super::*;
+
+    fn config(endpoint: &str) -> AgentConfig {
+        let text = format!("node: n1\nendpoints:\n  - {endpoint}\n");
+        AgentConfig::parse(Path::new("agent.yaml"), &text).unwrap()
+    }
+
+    #[test]
+    fn source_check_allows_one_address_per_family() {
+        let cfg = config(
+            "{name: router, interface: lo, addresses: [10.0.0.1, 10.0.0.2, \"fd00::1\"], labels: {app: r}}",
+        );
+        let err = build(&cfg, &PolicySet::new(), &mut Allocators::default())
+            .err()
+            .expect("two IPv4 addresses with the source check are rejected");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("endpoints[0] (router)") && msg.contains("2 IPv4 addresses"),
+            "{msg}"
+        );
+
+        let cfg = config(
+            "{name: router, interface: lo, addresses: [10.0.0.1, 10.0.0.2], labels: {app: r}, source_check: false}",
+        );
+        let mut alloc = Allocators::default();
+        build(&cfg, &PolicySet::new(), &mut alloc).unwrap();
+        let compiled = alloc.compiled();
+        let (_, info) = compiled.endpoints()[0];
+        assert_ne!(info.flags & EP_F_NO_SOURCE_CHECK, 0);
+        assert_eq!(info.ipv4, u32::from_ne_bytes([10, 0, 0, 1]));
+    }
 }

@@ -14,18 +14,24 @@ use std::{net::IpAddr, path::PathBuf};
 
 use catalyst_agent::{
     config::MapSizes,
-    datapath::{AttachMode, Datapath, DesiredState, LoadOptions, apply, uninstall},
+    datapath::{
+        AttachMode, ConntrackGc, Datapath, DesiredState, GcReport, LoadOptions, MapStore,
+        StoreError, apply, uninstall,
+    },
 };
 use catalyst_policy::{
     CompileInput, Endpoint, LabelSet, PolicySet, compile,
     datapath::{
-        DIR_EGRESS, DIR_INGRESS, DROP_CT_INVALID_HEADER, DROP_FRAG_NOT_SUPPORTED,
-        DROP_INVALID_IPV6_EXT, DROP_INVALID_PACKET, DROP_POLICY_DENIED, DROP_POLICY_DENY,
-        DROP_UNSUPPORTED_L3, PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, STAT_NOT_POLICED, VERDICT_AUDIT,
-        VERDICT_DROPPED, counter_index,
+        ALL_MAPS, CtTimeouts, DATAPATH_SCHEMA, DIR_EGRESS, DIR_INGRESS, DROP_CT_INVALID_HEADER,
+        DROP_FRAG_NOT_SUPPORTED, DROP_INVALID_IPV6_EXT, DROP_INVALID_PACKET,
+        DROP_INVALID_SOURCE_IP, DROP_POLICY_DENIED, DROP_POLICY_DENY, DROP_UNSUPPORTED_L3,
+        DatapathConfig, EndpointInfo, IpcacheEntry, MAP_CONFIG, MAP_ENDPOINTS, PROG_FROM_ENDPOINT,
+        PROG_TO_ENDPOINT, PolicyEntry, PolicyKey, STAT_AUDIT, STAT_CT_CREATED, STAT_CT_ENDED,
+        STAT_NOT_POLICED, VERDICT_AUDIT, VERDICT_DROPPED, counter_index,
     },
     labels::SOURCE_K8S,
 };
+use ipnet::{Ipv4Net, Ipv6Net};
 
 const PASS: i32 = -1;
 const DROP: i32 = 2;
@@ -814,4 +820,605 @@ fn random_policies_and_packets_match_the_reference_evaluator() {
         "the random sets exercise forward, 133 and 181: {by_reason:?}"
     );
     assert_eq!(cases, 3200);
+}
+
+/// A [`MapStore`] over the real maps that runs one packet of an established connection through
+/// the program after every map operation, the way a busy flow interleaves with an update.
+struct Interleaved<'a> {
+    f: &'a mut Fixture,
+    prog: &'static str,
+    packet: Vec<u8>,
+    verdicts: Vec<(String, i32)>,
+}
+
+impl Interleaved<'_> {
+    fn tick(&mut self, op: &str) {
+        let r = run(self.f, self.prog, &self.packet);
+        self.verdicts.push((op.to_owned(), r));
+    }
+}
+
+impl MapStore for Interleaved<'_> {
+    fn endpoints(&self) -> Result<Vec<(u32, EndpointInfo)>, StoreError> {
+        self.f.dp.endpoints()
+    }
+    fn put_endpoint(&mut self, ifindex: u32, info: EndpointInfo) -> Result<(), StoreError> {
+        self.f.dp.put_endpoint(ifindex, info)?;
+        self.tick("put endpoint");
+        Ok(())
+    }
+    fn del_endpoint(&mut self, ifindex: u32) -> Result<(), StoreError> {
+        self.f.dp.del_endpoint(ifindex)?;
+        self.tick("del endpoint");
+        Ok(())
+    }
+    fn ipcache_v4(&self) -> Result<Vec<(Ipv4Net, IpcacheEntry)>, StoreError> {
+        self.f.dp.ipcache_v4()
+    }
+    fn put_ipcache_v4(&mut self, net: Ipv4Net, e: IpcacheEntry) -> Result<(), StoreError> {
+        self.f.dp.put_ipcache_v4(net, e)?;
+        self.tick("put ipcache4");
+        Ok(())
+    }
+    fn del_ipcache_v4(&mut self, net: Ipv4Net) -> Result<(), StoreError> {
+        self.f.dp.del_ipcache_v4(net)?;
+        self.tick("del ipcache4");
+        Ok(())
+    }
+    fn ipcache_v6(&self) -> Result<Vec<(Ipv6Net, IpcacheEntry)>, StoreError> {
+        self.f.dp.ipcache_v6()
+    }
+    fn put_ipcache_v6(&mut self, net: Ipv6Net, e: IpcacheEntry) -> Result<(), StoreError> {
+        self.f.dp.put_ipcache_v6(net, e)?;
+        self.tick("put ipcache6");
+        Ok(())
+    }
+    fn del_ipcache_v6(&mut self, net: Ipv6Net) -> Result<(), StoreError> {
+        self.f.dp.del_ipcache_v6(net)?;
+        self.tick("del ipcache6");
+        Ok(())
+    }
+    fn policy(&self) -> Result<Vec<(u32, PolicyKey, PolicyEntry)>, StoreError> {
+        self.f.dp.policy()
+    }
+    fn put_policy(&mut self, len: u32, key: PolicyKey, e: PolicyEntry) -> Result<(), StoreError> {
+        self.f.dp.put_policy(len, key, e)?;
+        self.tick("put policy");
+        Ok(())
+    }
+    fn del_policy(&mut self, len: u32, key: PolicyKey) -> Result<(), StoreError> {
+        self.f.dp.del_policy(len, key)?;
+        self.tick("del policy");
+        Ok(())
+    }
+    fn config(&self) -> Result<DatapathConfig, StoreError> {
+        self.f.dp.config()
+    }
+    fn set_config(&mut self, cfg: DatapathConfig) -> Result<(), StoreError> {
+        self.f.dp.set_config(cfg)?;
+        self.tick("config");
+        Ok(())
+    }
+}
+
+/// Revocation while the connection is busy: a packet of the established connection runs after
+/// every single map operation of the update. Once the update is applied, the connection is
+/// dropped: no packet could cache "allow" under the new revision from an entry being removed.
+#[test]
+fn revocation_interleaved_with_a_busy_flow_is_final() {
+    if !root_or_skip("revocation_interleaved_with_a_busy_flow_is_final") {
+        return;
+    }
+    let (mut f, _, _) = fixture("revoke", POLICY, false);
+    let syn = ipv4(CLIENT, WEB, 6, &tcp(41_000, 80, 0x02), 0);
+    let ack = ipv4(CLIENT, WEB, 6, &tcp(41_000, 80, 0x10), 0);
+    assert_eq!(run(&f, PROG_TO_ENDPOINT, &syn), PASS, "allowed before");
+    assert_eq!(run(&f, PROG_TO_ENDPOINT, &ack), PASS, "established");
+    // The new policy no longer allows client → web:80 (it allows 81 instead), so the update has
+    // both puts and deletes.
+    let revoked = POLICY.replace(
+        r#"{port: "80", protocol: TCP}"#,
+        r#"{port: "81", protocol: TCP}"#,
+    );
+    let compiled = compile(&input(&revoked, false)).unwrap();
+    let desired = lo_only(&compiled);
+    let mut store = Interleaved {
+        f: &mut f,
+        prog: PROG_TO_ENDPOINT,
+        packet: ack.clone(),
+        verdicts: Vec::new(),
+    };
+    let report = apply(&mut store, &desired, false).unwrap();
+    let verdicts = store.verdicts;
+    assert!(report.upserted > 0 && report.removed > 0, "{report:?}");
+    assert!(
+        verdicts.iter().any(|(op, _)| op == "del policy"),
+        "{verdicts:?}"
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            run(&f, PROG_TO_ENDPOINT, &ack),
+            DROP,
+            "the revoked connection stays open; packets during the update: {verdicts:?}"
+        );
+    }
+    // A new connection to the newly allowed port passes.
+    let syn81 = ipv4(CLIENT, WEB, 6, &tcp(41_001, 81, 0x02), 0);
+    assert_eq!(run(&f, PROG_TO_ENDPOINT, &syn81), PASS);
+}
+
+/// A workload sending from an address that is not its own is dropped with 132, counted, and
+/// creates no connection; its own addresses pass; an endpoint that opted out may send from any.
+#[test]
+fn spoofed_sources_are_dropped_unless_the_endpoint_opted_out() {
+    if !root_or_skip("spoofed_sources_are_dropped_unless_the_endpoint_opted_out") {
+        return;
+    }
+    let (mut f, _, _) = fixture("spoof", POLICY, false);
+    let from = PROG_FROM_ENDPOINT;
+    let world = [198, 51, 100, 10];
+    expect(
+        &f,
+        "own IPv4 source",
+        from,
+        &ipv4(WEB, world, 6, &tcp(42_000, 443, 0x02), 0),
+        PASS,
+        DIR_EGRESS,
+        Some(0),
+    );
+    // The neighbour's address (known to the ipcache) and an unknown one.
+    for (src, what) in [
+        (CLIENT, "another endpoint's address"),
+        ([10, 99, 0, 1], "unknown"),
+    ] {
+        let before = counters(&f)[STAT_CT_CREATED as usize];
+        expect(
+            &f,
+            what,
+            from,
+            &ipv4(src, world, 6, &tcp(42_001, 443, 0x02), 0),
+            DROP,
+            DIR_EGRESS,
+            Some(DROP_INVALID_SOURCE_IP),
+        );
+        assert_eq!(
+            counters(&f)[STAT_CT_CREATED as usize],
+            before,
+            "{what}: no conntrack entry for a spoofed source"
+        );
+    }
+    // A reply to the spoofed packet finds no connection: it is a new ingress flow from world,
+    // which this policy does not allow.
+    expect(
+        &f,
+        "reply towards the spoofed address",
+        PROG_TO_ENDPOINT,
+        &ipv4(world, CLIENT, 6, &tcp(443, 42_001, 0x12), 0),
+        DROP,
+        DIR_INGRESS,
+        Some(DROP_POLICY_DENIED),
+    );
+    let w6: IpAddr = "fd00::11".parse().unwrap();
+    let spoof6: IpAddr = "fd00::99".parse().unwrap();
+    let world6: IpAddr = "2001:db8::1".parse().unwrap();
+    expect(
+        &f,
+        "own IPv6 source",
+        from,
+        &ipv6(w6, world6, 17, &udp_hdr(42_002, 53)),
+        DROP,
+        DIR_EGRESS,
+        Some(DROP_POLICY_DENIED),
+    );
+    expect(
+        &f,
+        "spoofed IPv6 source",
+        from,
+        &ipv6(spoof6, world6, 17, &udp_hdr(42_002, 53)),
+        DROP,
+        DIR_EGRESS,
+        Some(DROP_INVALID_SOURCE_IP),
+    );
+
+    // Opt-out: the same spoofed packet is evaluated by policy (and allowed to the CIDR).
+    let mut inp = input(POLICY, false);
+    inp.endpoints[0].source_check = false;
+    let desired = lo_only(&compile(&inp).unwrap());
+    apply(&mut f.dp, &desired, false).unwrap();
+    expect(
+        &f,
+        "opted-out endpoint, foreign source",
+        from,
+        &ipv4([10, 99, 0, 1], world, 6, &tcp(42_003, 443, 0x02), 0),
+        PASS,
+        DIR_EGRESS,
+        Some(0),
+    );
+    // Back on: an established connection from a foreign source is dropped on re-evaluation.
+    let desired = lo_only(&compile(&input(POLICY, false)).unwrap());
+    apply(&mut f.dp, &desired, false).unwrap();
+    expect(
+        &f,
+        "established foreign-source connection after the check is back on",
+        from,
+        &ipv4([10, 99, 0, 1], world, 6, &tcp(42_003, 443, 0x10), 0),
+        DROP,
+        DIR_EGRESS,
+        Some(DROP_INVALID_SOURCE_IP),
+    );
+}
+
+/// The audit counter counts packets forwarded under audit that policy would have dropped.
+#[test]
+fn audit_counter_counts_would_be_drops() {
+    if !root_or_skip("audit_counter_counts_would_be_drops") {
+        return;
+    }
+    let (f, _, _) = fixture("auditcount", POLICY, true);
+    let before = counters(&f)[STAT_AUDIT as usize];
+    let syn = ipv4(CLIENT, WEB, 6, &tcp(43_000, 22, 0x02), 0);
+    let ack = ipv4(CLIENT, WEB, 6, &tcp(43_000, 22, 0x10), 0);
+    assert_eq!(run(&f, PROG_TO_ENDPOINT, &syn), PASS, "audit forwards");
+    assert_eq!(run(&f, PROG_TO_ENDPOINT, &ack), PASS, "audit forwards");
+    assert_eq!(counters(&f)[STAT_AUDIT as usize], before + 2);
+    // An allowed packet is not an audit.
+    assert_eq!(
+        run(
+            &f,
+            PROG_TO_ENDPOINT,
+            &ipv4(CLIENT, WEB, 6, &tcp(43_001, 80, 0x02), 0)
+        ),
+        PASS
+    );
+    assert_eq!(counters(&f)[STAT_AUDIT as usize], before + 2);
+}
+
+/// Creates a map with `BPF_MAP_CREATE` and pins it at `path`, the way an agent built with
+/// another layout left it.
+fn pin_raw_map(path: &std::path::Path, map_type: u32, key: u32, value: u32, max: u32) {
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&map_type.to_ne_bytes());
+    attr[4..8].copy_from_slice(&key.to_ne_bytes());
+    attr[8..12].copy_from_slice(&value.to_ne_bytes());
+    attr[12..16].copy_from_slice(&max.to_ne_bytes());
+    // SAFETY: BPF_MAP_CREATE (0) with a zero-padded attr of the size passed.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_ptr(), attr.len()) };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut attr = [0u8; 128];
+    attr[0..8].copy_from_slice(&(c.as_ptr() as u64).to_ne_bytes());
+    attr[8..12].copy_from_slice(&u32::try_from(fd).unwrap().to_ne_bytes());
+    // SAFETY: BPF_OBJ_PIN (6); `c` outlives the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, 6, attr.as_ptr(), attr.len()) };
+    assert!(rc == 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+    // SAFETY: fd from BPF_MAP_CREATE, closed once; the pin keeps the map.
+    unsafe { libc::close(fd as i32) };
+}
+
+/// Pinned maps of an older layout are recreated, not read as garbage; compatible ones are
+/// adopted with their contents; a config written under another schema recreates everything.
+#[test]
+fn pinned_maps_of_an_old_layout_are_recreated() {
+    if !root_or_skip("pinned_maps_of_an_old_layout_are_recreated") {
+        return;
+    }
+    let pin = PathBuf::from(format!(
+        "/sys/fs/bpf/catalyst-test-layout-{}",
+        std::process::id()
+    ));
+    let _ = uninstall(&pin);
+    let maps = pin.join("maps");
+    std::fs::create_dir_all(&maps).unwrap();
+    // The layout before versioning: 16-byte endpoint values and a 16-byte config.
+    pin_raw_map(&maps.join(MAP_ENDPOINTS), 1, 4, 16, 4096);
+    pin_raw_map(&maps.join(MAP_CONFIG), 2, 4, 16, 1);
+    let load = || {
+        Datapath::load(&LoadOptions {
+            pin_path: pin.clone(),
+            sizes: MapSizes::default(),
+            attach_mode: AttachMode::Auto,
+        })
+    };
+    let mut f = Fixture {
+        dp: load().expect("loads over an old-layout pin"),
+        pin: pin.clone(),
+    };
+    let mut recreated = f.dp.recreated_maps().to_vec();
+    recreated.sort_unstable();
+    assert_eq!(recreated, [MAP_CONFIG, MAP_ENDPOINTS]);
+    let info = aya::maps::MapInfo::from_pin(maps.join(MAP_ENDPOINTS)).unwrap();
+    assert_eq!(
+        info.value_size() as usize,
+        std::mem::size_of::<EndpointInfo>()
+    );
+    let desired = lo_only(&compile(&input(POLICY, false)).unwrap());
+    apply(&mut f.dp, &desired, true).unwrap();
+    let syn = ipv4(CLIENT, WEB, 6, &tcp(44_000, 80, 0x02), 0);
+    assert_eq!(run(&f, PROG_TO_ENDPOINT, &syn), PASS);
+    assert_eq!(
+        run(
+            &f,
+            PROG_TO_ENDPOINT,
+            &ipv4(CLIENT, WEB, 6, &tcp(44_001, 22, 0x02), 0)
+        ),
+        DROP,
+        "policy enforced through the recreated maps"
+    );
+    let forwarded = counters(&f)[counter_index(DIR_INGRESS, 0) as usize];
+    assert!(forwarded >= 1);
+
+    // Same layout: everything is adopted, counters included.
+    drop(std::mem::replace(&mut f.dp, load().unwrap()));
+    assert!(
+        f.dp.recreated_maps().is_empty(),
+        "{:?}",
+        f.dp.recreated_maps()
+    );
+    assert_eq!(
+        counters(&f)[counter_index(DIR_INGRESS, 0) as usize],
+        forwarded
+    );
+    assert_eq!(run(&f, PROG_TO_ENDPOINT, &syn), PASS, "adopted state");
+
+    // A config written under another schema: every pinned map is recreated.
+    let mut cfg = f.dp.config().unwrap();
+    cfg.schema = DATAPATH_SCHEMA + 1;
+    f.dp.set_config(cfg).unwrap();
+    drop(std::mem::replace(&mut f.dp, load().unwrap()));
+    assert_eq!(f.dp.recreated_maps().len(), ALL_MAPS.len());
+    assert_eq!(counters(&f)[counter_index(DIR_INGRESS, 0) as usize], 0);
+}
+
+/// Conntrack lifecycle: FIN/RST move a TCP connection to closing and a new SYN on its tuple
+/// starts a new, re-evaluated connection; a connection idle past the timeout of its state is
+/// over (its replies no longer pass as replies).
+#[test]
+fn conntrack_entries_end_by_state_timeout_and_tuple_reuse() {
+    if !root_or_skip("conntrack_entries_end_by_state_timeout_and_tuple_reuse") {
+        return;
+    }
+    let (mut f, compiled, _) = fixture("ctlife", POLICY, false);
+    let to = PROG_TO_ENDPOINT;
+    let stat = |f: &Fixture, slot: u32| counters(f)[slot as usize];
+
+    // Tuple reuse after FIN.
+    let syn = ipv4(CLIENT, WEB, 6, &tcp(45_000, 80, 0x02), 0);
+    assert_eq!(run(&f, to, &syn), PASS);
+    assert_eq!(
+        run(&f, to, &ipv4(CLIENT, WEB, 6, &tcp(45_000, 80, 0x10), 0)),
+        PASS
+    );
+    assert_eq!(
+        run(&f, to, &ipv4(CLIENT, WEB, 6, &tcp(45_000, 80, 0x11), 0)),
+        PASS,
+        "FIN"
+    );
+    let (created, ended) = (stat(&f, STAT_CT_CREATED), stat(&f, STAT_CT_ENDED));
+    // A retransmitted ACK of the closing connection is still that connection.
+    assert_eq!(
+        run(&f, to, &ipv4(CLIENT, WEB, 6, &tcp(45_000, 80, 0x10), 0)),
+        PASS
+    );
+    assert_eq!(stat(&f, STAT_CT_CREATED), created);
+    assert_eq!(run(&f, to, &syn), PASS, "new SYN on the tuple");
+    assert_eq!(
+        stat(&f, STAT_CT_ENDED),
+        ended + 1,
+        "closing connection ended"
+    );
+    assert_eq!(
+        stat(&f, STAT_CT_CREATED),
+        created + 1,
+        "new connection created"
+    );
+
+    // Timeouts of 1 s for every state.
+    let mut desired = lo_only(&compiled);
+    desired.ct_timeouts = CtTimeouts {
+        tcp_syn_s: 1,
+        tcp_established_s: 1,
+        tcp_closing_s: 1,
+        udp_s: 1,
+        other_s: 1,
+        pad: 0,
+    };
+    apply(&mut f.dp, &desired, false).unwrap();
+    let syn = ipv4(CLIENT, WEB, 6, &tcp(45_001, 80, 0x02), 0);
+    let synack = ipv4(WEB, CLIENT, 6, &tcp(80, 45_001, 0x12), 0);
+    let ack_reply = ipv4(WEB, CLIENT, 6, &tcp(80, 45_001, 0x10), 0);
+    assert_eq!(run(&f, to, &syn), PASS);
+    assert_eq!(run(&f, PROG_FROM_ENDPOINT, &synack), PASS, "reply passes");
+    assert_eq!(
+        run(&f, PROG_FROM_ENDPOINT, &ack_reply),
+        PASS,
+        "reply passes"
+    );
+    let ended = stat(&f, STAT_CT_ENDED);
+    std::thread::sleep(std::time::Duration::from_millis(1_300));
+    // The connection is over: web's packet to client:45001 is a new egress connection, which
+    // this policy does not allow (egress only to 198.51.100.0/24).
+    expect(
+        &f,
+        "reply of an expired connection",
+        PROG_FROM_ENDPOINT,
+        &ack_reply,
+        DROP,
+        DIR_EGRESS,
+        Some(DROP_POLICY_DENIED),
+    );
+    assert_eq!(stat(&f, STAT_CT_ENDED), ended + 1);
+
+    // Refreshing traffic keeps a connection alive past one timeout.
+    let udp = |sport| ipv4(WEB, [198, 51, 100, 10], 17, &udp_hdr(sport, 53), 0);
+    assert_eq!(run(&f, PROG_FROM_ENDPOINT, &udp(45_002)), PASS);
+    for _ in 0..3 {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let created = stat(&f, STAT_CT_CREATED);
+        assert_eq!(run(&f, PROG_FROM_ENDPOINT, &udp(45_002)), PASS);
+        assert_eq!(
+            stat(&f, STAT_CT_CREATED),
+            created,
+            "still the same connection"
+        );
+    }
+}
+
+/// ICMP/ICMPv6 errors (fragmentation needed, packet too big) quoting a packet of a tracked
+/// connection pass as related under default deny; errors quoting anything else, or a dropped
+/// connection, are policed like any ICMP packet.
+#[test]
+fn icmp_errors_of_tracked_connections_pass_as_related() {
+    if !root_or_skip("icmp_errors_of_tracked_connections_pass_as_related") {
+        return;
+    }
+    let (f, _, _) = fixture("icmperr", POLICY, false);
+    let world = [198, 51, 100, 10];
+    let router = [203, 0, 113, 1];
+    // Fragmentation needed (type 3 code 4, MTU 1400) quoting `quoted`.
+    let frag_needed = |quoted: &[u8]| {
+        let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x05, 0x78];
+        icmp.extend_from_slice(&quoted[14..14 + 28]);
+        ipv4(router, WEB, 1, &icmp, 0)
+    };
+    let syn = ipv4(WEB, world, 6, &tcp(46_000, 443, 0x02), 0);
+    assert_eq!(run(&f, PROG_FROM_ENDPOINT, &syn), PASS, "egress allowed");
+    expect(
+        &f,
+        "fragmentation needed for a tracked connection",
+        PROG_TO_ENDPOINT,
+        &frag_needed(&syn),
+        PASS,
+        DIR_INGRESS,
+        Some(0),
+    );
+    expect(
+        &f,
+        "fragmentation needed quoting an untracked tuple",
+        PROG_TO_ENDPOINT,
+        &frag_needed(&ipv4(WEB, world, 6, &tcp(46_001, 443, 0x02), 0)),
+        DROP,
+        DIR_INGRESS,
+        Some(DROP_POLICY_DENIED),
+    );
+
+    // IPv6: packet too big about web's reply of an allowed ingress connection.
+    let c6: IpAddr = "fd00::10".parse().unwrap();
+    let w6: IpAddr = "fd00::11".parse().unwrap();
+    let r6: IpAddr = "2001:db8::1".parse().unwrap();
+    let too_big = |quoted: &[u8]| {
+        let mut icmp = vec![2, 0, 0, 0, 0, 0, 0x05, 0x00];
+        icmp.extend_from_slice(&quoted[14..14 + 48]);
+        ipv6(r6, w6, 58, &icmp)
+    };
+    assert_eq!(
+        run(
+            &f,
+            PROG_TO_ENDPOINT,
+            &ipv6(c6, w6, 6, &tcp(46_002, 80, 0x02))
+        ),
+        PASS
+    );
+    let reply = ipv6(w6, c6, 6, &tcp(80, 46_002, 0x12));
+    assert_eq!(run(&f, PROG_FROM_ENDPOINT, &reply), PASS);
+    expect(
+        &f,
+        "packet too big for a tracked connection's reply",
+        PROG_TO_ENDPOINT,
+        &too_big(&reply),
+        PASS,
+        DIR_INGRESS,
+        Some(0),
+    );
+    // A connection policy dropped (deny rule on 8080) gets no related errors.
+    assert_eq!(
+        run(
+            &f,
+            PROG_TO_ENDPOINT,
+            &ipv6(c6, w6, 6, &tcp(46_003, 8080, 0x02))
+        ),
+        DROP
+    );
+    expect(
+        &f,
+        "packet too big about a denied connection",
+        PROG_TO_ENDPOINT,
+        &too_big(&ipv6(w6, c6, 6, &tcp(8080, 46_003, 0x12))),
+        DROP,
+        DIR_INGRESS,
+        Some(DROP_POLICY_DENIED),
+    );
+    // Web sends an unreachable about the client's connection: related, from its own address;
+    // the same error from a foreign source is a spoof.
+    let client_pkt = ipv6(c6, w6, 6, &tcp(46_002, 80, 0x10));
+    let unreachable = |src: IpAddr| {
+        let mut icmp = vec![1, 4, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(&client_pkt[14..14 + 48]);
+        ipv6(src, c6, 58, &icmp)
+    };
+    expect(
+        &f,
+        "port unreachable from the endpoint's own address",
+        PROG_FROM_ENDPOINT,
+        &unreachable(w6),
+        PASS,
+        DIR_EGRESS,
+        Some(0),
+    );
+    expect(
+        &f,
+        "port unreachable from a foreign source",
+        PROG_FROM_ENDPOINT,
+        &unreachable("fd00::99".parse().unwrap()),
+        DROP,
+        DIR_EGRESS,
+        Some(DROP_INVALID_SOURCE_IP),
+    );
+}
+
+/// The garbage collector removes expired connections and counts the live ones.
+#[test]
+fn conntrack_gc_removes_expired_entries() {
+    if !root_or_skip("conntrack_gc_removes_expired_entries") {
+        return;
+    }
+    let (mut f, compiled, _) = fixture("ctgc", POLICY, false);
+    let mut desired = lo_only(&compiled);
+    desired.ct_timeouts.udp_s = 1;
+    apply(&mut f.dp, &desired, false).unwrap();
+    let mut gc = ConntrackGc::open(&f.pin).unwrap();
+    let udp = |sport| ipv4(WEB, [198, 51, 100, 10], 17, &udp_hdr(sport, 53), 0);
+    for sport in 47_000..47_010 {
+        assert_eq!(run(&f, PROG_FROM_ENDPOINT, &udp(sport)), PASS);
+    }
+    // A TCP connection (SYN timeout 60 s) stays.
+    assert_eq!(
+        run(
+            &f,
+            PROG_TO_ENDPOINT,
+            &ipv4(CLIENT, WEB, 6, &tcp(47_100, 80, 0x02), 0)
+        ),
+        PASS
+    );
+    let first = gc.sweep().unwrap();
+    assert_eq!(
+        first,
+        GcReport {
+            live: 11,
+            removed: 0
+        }
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1_300));
+    let second = gc.sweep().unwrap();
+    assert_eq!(
+        second,
+        GcReport {
+            live: 1,
+            removed: 10
+        }
+    );
 }

@@ -171,6 +171,11 @@ pub const EP_F_INGRESS_ENFORCED: u32 = 1 << 0;
 pub const EP_F_EGRESS_ENFORCED: u32 = 1 << 1;
 /// Audit mode for this endpoint: would-be drops are forwarded and reported as AUDIT.
 pub const EP_F_AUDIT: u32 = 1 << 2;
+/// No source-address check for this endpoint: it may send from any address (workloads that
+/// route or forward traffic of other addresses). Without it, a packet the workload sends from an
+/// address other than [`EndpointInfo::ipv4`] / [`EndpointInfo::ipv6`] is dropped with
+/// [`DROP_INVALID_SOURCE_IP`].
+pub const EP_F_NO_SOURCE_CHECK: u32 = 1 << 3;
 
 /// Value of [`MAP_ENDPOINTS`], keyed by the host-side ifindex (`u32`).
 #[repr(C)]
@@ -182,8 +187,11 @@ pub struct EndpointInfo {
     pub identity: u32,
     /// `EP_F_*` bits.
     pub flags: u32,
-    /// Reserved, zero.
-    pub pad: u32,
+    /// The endpoint's IPv4 address (network byte order), 0 when it has none: the only IPv4
+    /// source it may send from (unless [`EP_F_NO_SOURCE_CHECK`]).
+    pub ipv4: u32,
+    /// The endpoint's IPv6 address (network byte order words), all zero when it has none.
+    pub ipv6: [u32; 4],
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -275,9 +283,7 @@ pub struct CtKey {
 
 /// Connection is being closed (FIN or RST seen).
 pub const CT_F_CLOSING: u32 = 1 << 0;
-/// The verdict came from audit mode (forwarded but would have been dropped).
-pub const CT_F_AUDIT: u32 = 1 << 1;
-/// A reply has been seen.
+/// A reply has been seen (the first one of a non-TCP flow is reported as a trace event).
 pub const CT_F_SEEN_REPLY: u32 = 1 << 2;
 
 /// Value of [`MAP_CONNTRACK`].
@@ -310,6 +316,10 @@ pub struct CtEntry {
     pub packets: u64,
     /// Bytes seen, both directions.
     pub bytes: u64,
+    /// When the entry expires unless another packet comes (`bpf_ktime_get_coarse_ns` clock,
+    /// `CLOCK_MONOTONIC`): the last packet's time plus the timeout of the connection's state
+    /// ([`CtTimeouts`]). A packet that finds an expired entry starts a new connection.
+    pub expires_ns: u64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -318,6 +328,51 @@ pub struct CtEntry {
 
 /// Global audit mode: every endpoint behaves as if [`EP_F_AUDIT`] were set.
 pub const CFG_F_AUDIT: u32 = 1 << 0;
+
+/// Layout schema of the pinned maps. Bump it whenever the meaning of a field of any pinned map
+/// changes (a change of key or value size is detected on its own). A restarted agent adopts
+/// pinned maps only when their schema (in [`DatapathConfig::schema`]) and sizes match, and
+/// recreates them otherwise.
+///
+/// 1: the layout before versioning (16-byte config). 2: endpoint addresses for the source check,
+/// schema and conntrack timeouts in the config, conntrack expiry.
+pub const DATAPATH_SCHEMA: u32 = 2;
+
+/// Conntrack idle timeouts by protocol and state, seconds. A connection whose last packet is
+/// older than the timeout of its state is over: the next packet on its tuple is a new
+/// connection, evaluated against the policy in force.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtTimeouts {
+    /// TCP before the first reply (SYN sent, no answer yet). Cilium: 60 s.
+    pub tcp_syn_s: u32,
+    /// TCP once a reply was seen. Cilium: 21,600 s (6 h).
+    pub tcp_established_s: u32,
+    /// TCP after FIN or RST in either direction. Cilium: 10 s.
+    pub tcp_closing_s: u32,
+    /// UDP. Cilium (all non-TCP): 60 s.
+    pub udp_s: u32,
+    /// ICMP, ICMPv6, SCTP and every other protocol. Cilium (all non-TCP): 60 s.
+    pub other_s: u32,
+    /// Reserved, zero.
+    pub pad: u32,
+}
+
+/// Cilium's default timeouts.
+pub const DEFAULT_CT_TIMEOUTS: CtTimeouts = CtTimeouts {
+    tcp_syn_s: 60,
+    tcp_established_s: 21_600,
+    tcp_closing_s: 10,
+    udp_s: 60,
+    other_s: 60,
+    pad: 0,
+};
+
+impl Default for CtTimeouts {
+    fn default() -> Self {
+        DEFAULT_CT_TIMEOUTS
+    }
+}
 
 /// Value of slot 0 of [`MAP_CONFIG`].
 #[repr(C)]
@@ -329,6 +384,12 @@ pub struct DatapathConfig {
     pub flags: u32,
     /// Minimum interval between two events for the same connection (drops, re-reports), ns.
     pub event_interval_ns: u64,
+    /// [`DATAPATH_SCHEMA`] of the agent that wrote the maps.
+    pub schema: u32,
+    /// Reserved, zero.
+    pub pad: u32,
+    /// Conntrack timeouts.
+    pub ct_timeouts: CtTimeouts,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -353,6 +414,9 @@ pub const STAT_NO_ENDPOINT: u32 = STAT_BASE + 4;
 pub const STAT_NOT_POLICED: u32 = STAT_BASE + 5;
 /// Events emitted.
 pub const STAT_EVENTS_SENT: u32 = STAT_BASE + 6;
+/// Conntrack entries ended by a packet: idle past their timeout, or a new TCP SYN on the tuple
+/// of a closing connection (the packet then started a new, re-evaluated connection).
+pub const STAT_CT_ENDED: u32 = STAT_BASE + 7;
 /// Number of slots in [`MAP_COUNTERS`].
 pub const COUNTER_SLOTS: u32 = STAT_BASE + 8;
 
@@ -468,13 +532,13 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<EndpointInfo>(), 16);
+        assert_eq!(size_of::<EndpointInfo>(), 32);
         assert_eq!(size_of::<IpcacheEntry>(), 8);
         assert_eq!(size_of::<PolicyKey>(), 12);
         assert_eq!(size_of::<PolicyEntry>(), 16);
         assert_eq!(size_of::<CtKey>(), 4 + 16 + 16 + 2 + 2 + 1 + 1 + 2);
-        assert_eq!(size_of::<CtEntry>(), 10 * 4 + 3 * 8);
-        assert_eq!(size_of::<DatapathConfig>(), 16);
+        assert_eq!(size_of::<CtEntry>(), 10 * 4 + 4 * 8);
+        assert_eq!(size_of::<DatapathConfig>(), 24 + 24);
         assert_eq!(FLOW_EVENT_SIZE, 8 + 12 + 6 * 4 + 32 + 2 + 2 + 8);
         assert_eq!(POLICY_PREFIX_FULL_BITS as usize, size_of::<PolicyKey>() * 8);
     }
@@ -482,6 +546,6 @@ mod tests {
     #[test]
     fn counter_slots_do_not_overlap_stats() {
         assert!(counter_index(DIR_EGRESS, 255) < STAT_BASE);
-        const { assert!(STAT_EVENTS_SENT < COUNTER_SLOTS) };
+        const { assert!(STAT_CT_ENDED < COUNTER_SLOTS) };
     }
 }

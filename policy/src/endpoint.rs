@@ -29,6 +29,10 @@ pub struct Endpoint {
     pub addresses: Vec<IpAddr>,
     /// Audit mode for this endpoint: would-be drops are forwarded and reported as AUDIT.
     pub audit: bool,
+    /// Source-address check: packets the workload sends from an address other than its own
+    /// (its first address of each family) are dropped as `DROP_INVALID_SOURCE_IP` (132).
+    /// `false` for workloads that route or forward traffic of other addresses.
+    pub source_check: bool,
     /// Ports the workload names (Kubernetes `containerPort` names): `toPorts` entries whose
     /// `port` is a name resolve through them.
     pub named_ports: Vec<NamedPort>,
@@ -46,7 +50,7 @@ pub struct NamedPort {
 }
 
 impl Endpoint {
-    /// An endpoint without audit mode.
+    /// An endpoint without audit mode, with the source-address check.
     pub fn new(
         id: u32,
         name: impl Into<String>,
@@ -61,6 +65,7 @@ impl Endpoint {
             labels,
             addresses,
             audit: false,
+            source_check: true,
             named_ports: Vec::new(),
         }
     }

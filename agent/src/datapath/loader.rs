@@ -21,9 +21,10 @@ use aya::{
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use catalyst_policy::datapath::{
-    COUNTER_SLOTS, CtEntry, CtKey, DatapathConfig, EndpointInfo, IpcacheEntry, MAP_CONFIG,
-    MAP_CONNTRACK, MAP_COUNTERS, MAP_ENDPOINTS, MAP_EVENTS, MAP_IPCACHE_V4, MAP_IPCACHE_V6,
-    MAP_POLICY, PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, PolicyEntry, PolicyKey,
+    ALL_MAPS, COUNTER_SLOTS, CtEntry, CtKey, DATAPATH_SCHEMA, DatapathConfig, EndpointInfo,
+    IpcacheEntry, MAP_CONFIG, MAP_CONNTRACK, MAP_COUNTERS, MAP_ENDPOINTS, MAP_EVENTS,
+    MAP_IPCACHE_V4, MAP_IPCACHE_V6, MAP_POLICY, PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, PolicyEntry,
+    PolicyKey,
 };
 
 use super::store::{MapStore, StoreError};
@@ -87,6 +88,147 @@ pub struct Datapath {
     events: Option<RingBuf<MapData>>,
     /// Interfaces attached by this process or adopted from pins.
     attached: BTreeSet<String>,
+    /// Pinned maps found with an incompatible layout and recreated empty at load.
+    recreated: Vec<&'static str>,
+}
+
+/// The layout a pinned map must have to be adopted: key and value size in bytes (LPM keys
+/// include their 4-byte prefix length), and the capacity when it is fixed by the layout.
+struct Layout {
+    name: &'static str,
+    key: u32,
+    value: u32,
+    max_entries: Option<u32>,
+}
+
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "map keys and values are a few dozen bytes"
+)]
+const fn size<T>() -> u32 {
+    std::mem::size_of::<T>() as u32
+}
+
+/// Layouts of every map this build defines.
+const LAYOUTS: [Layout; 8] = [
+    Layout {
+        name: MAP_ENDPOINTS,
+        key: 4,
+        value: size::<EndpointInfo>(),
+        max_entries: None,
+    },
+    Layout {
+        name: MAP_IPCACHE_V4,
+        key: 4 + 4,
+        value: size::<IpcacheEntry>(),
+        max_entries: None,
+    },
+    Layout {
+        name: MAP_IPCACHE_V6,
+        key: 4 + 16,
+        value: size::<IpcacheEntry>(),
+        max_entries: None,
+    },
+    Layout {
+        name: MAP_POLICY,
+        key: 4 + size::<PolicyKey>(),
+        value: size::<PolicyEntry>(),
+        max_entries: None,
+    },
+    Layout {
+        name: MAP_CONNTRACK,
+        key: size::<CtKey>(),
+        value: size::<CtEntry>(),
+        max_entries: None,
+    },
+    Layout {
+        name: MAP_CONFIG,
+        key: 4,
+        value: size::<DatapathConfig>(),
+        max_entries: Some(1),
+    },
+    Layout {
+        name: MAP_COUNTERS,
+        key: 4,
+        value: 8,
+        max_entries: Some(COUNTER_SLOTS),
+    },
+    Layout {
+        name: MAP_EVENTS,
+        key: 0,
+        value: 0,
+        max_entries: None,
+    },
+];
+
+/// Checks the maps pinned under `maps_dir` against this build's layout and removes the pins of
+/// incompatible ones, so the loader creates them afresh instead of handing the programs memory
+/// of another shape. A pinned config written under another [`DATAPATH_SCHEMA`] (or of another
+/// size) makes every pinned map incompatible: the meaning of their fields may have changed.
+/// Returns the maps removed.
+fn drop_incompatible_pins(maps_dir: &Path) -> anyhow::Result<Vec<&'static str>> {
+    const { assert!(LAYOUTS.len() == ALL_MAPS.len()) };
+    let mut found = Vec::new();
+    for layout in &LAYOUTS {
+        let path = maps_dir.join(layout.name);
+        if !path.exists() {
+            continue;
+        }
+        let info = aya::maps::MapInfo::from_pin(&path)
+            .with_context(|| format!("cannot read the pinned map {}", path.display()))?;
+        let fits = info.key_size() == layout.key
+            && info.value_size() == layout.value
+            && layout.max_entries.is_none_or(|m| m == info.max_entries());
+        let why = (!fits).then(|| {
+            format!(
+                "key {} value {} bytes, {} entries (expected key {} value {}{})",
+                info.key_size(),
+                info.value_size(),
+                info.max_entries(),
+                layout.key,
+                layout.value,
+                layout
+                    .max_entries
+                    .map(|m| format!(", {m} entries"))
+                    .unwrap_or_default()
+            )
+        });
+        found.push((layout.name, path, why));
+    }
+    let schema_mismatch = match found.iter().find(|(n, _, _)| *n == MAP_CONFIG) {
+        Some((_, _, Some(why))) => Some(format!("config map of another layout: {why}")),
+        Some((_, path, None)) => {
+            let map = MapData::from_pin(path)
+                .with_context(|| format!("cannot open the pinned map {}", path.display()))?;
+            let config: Array<MapData, DatapathConfig> =
+                Array::try_from(aya::maps::Map::Array(map))?;
+            let schema = config.get(&0, 0)?.schema;
+            // 0: created by a build of this schema that stopped before its first sync.
+            (schema != 0 && schema != DATAPATH_SCHEMA).then(|| {
+                format!("written under schema {schema}, this agent uses {DATAPATH_SCHEMA}")
+            })
+        }
+        None => None,
+    };
+    let mut removed = Vec::new();
+    for (name, path, why) in found {
+        let why = match (&schema_mismatch, why) {
+            (Some(schema), _) => schema.clone(),
+            (None, Some(why)) => why,
+            (None, None) => continue,
+        };
+        tracing::warn!(
+            map = name,
+            pin = %path.display(),
+            reason = %why,
+            "pinned map has an incompatible layout; recreating it empty (its entries are lost, \
+             the agent re-populates policy state; tracked connections are re-evaluated)"
+        );
+        std::fs::remove_file(&path)
+            .with_context(|| format!("cannot remove the incompatible pin {}", path.display()))?;
+        removed.push(name);
+    }
+    Ok(removed)
 }
 
 fn err(map: &'static str, op: &'static str, e: impl std::fmt::Display) -> StoreError {
@@ -122,6 +264,7 @@ impl Datapath {
         std::fs::create_dir_all(&maps_dir)
             .with_context(|| format!("cannot create {}", maps_dir.display()))?;
         std::fs::create_dir_all(opts.pin_path.join("links"))?;
+        let recreated = drop_incompatible_pins(&maps_dir)?;
         let mut loader = EbpfLoader::new();
         loader
             .default_map_pin_directory(&maps_dir)
@@ -152,12 +295,6 @@ impl Datapath {
         let policy = take(&mut ebpf, MAP_POLICY)?;
         let config = take(&mut ebpf, MAP_CONFIG)?;
         let counters: PerCpuArray<MapData, u64> = take(&mut ebpf, MAP_COUNTERS)?;
-        if counters.len() != COUNTER_SLOTS {
-            bail!(
-                "pinned counters map has {} slots, expected {COUNTER_SLOTS}",
-                counters.len()
-            );
-        }
         let events = Some(take(&mut ebpf, MAP_EVENTS)?);
         let conntrack = take(&mut ebpf, MAP_CONNTRACK)?;
         Ok(Self {
@@ -177,7 +314,13 @@ impl Datapath {
             conntrack,
             events,
             attached: BTreeSet::new(),
+            recreated,
         })
+    }
+
+    /// Pinned maps that had an incompatible layout at load and were recreated empty.
+    pub fn recreated_maps(&self) -> &[&'static str] {
+        &self.recreated
     }
 
     /// The attachment mode in use (`Auto` until the first attachment decided).

@@ -25,6 +25,8 @@ pub struct MemoryMaps {
     pub config: DatapathConfig,
     /// Mutations in order: `"put policy"`, `"del endpoint"`, `"config"`, …
     pub log: Vec<String>,
+    /// Policy mutations in order with their prefix length: `("put", 96)`, `("del", 80)`, …
+    pub policy_log: Vec<(&'static str, u32)>,
 }
 
 impl MapStore for MemoryMaps {
@@ -76,11 +78,13 @@ impl MapStore for MemoryMaps {
     }
     fn put_policy(&mut self, len: u32, key: PolicyKey, e: PolicyEntry) -> Result<(), StoreError> {
         self.log.push("put policy".into());
+        self.policy_log.push(("put", len));
         self.policy.insert((len, key), e);
         Ok(())
     }
     fn del_policy(&mut self, len: u32, key: PolicyKey) -> Result<(), StoreError> {
         self.log.push("del policy".into());
+        self.policy_log.push(("del", len));
         self.policy.remove(&(len, key));
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! the eBPF programs, and the diff-based synchronisation of compiled policy into the maps.
 
 mod bpffs;
+mod gc;
 mod loader;
 #[cfg(test)]
 mod memory;
@@ -13,6 +14,7 @@ mod sync;
 
 pub use self::{
     bpffs::ensure_bpffs,
+    gc::{ConntrackGc, GcReport},
     loader::{AttachMode, Datapath, LoadOptions, read_counters_of, uninstall},
     store::{DesiredState, MapStore, StoreError, by_endpoint},
     sync::{apply, apply_diff},

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, sync::Arc};
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use catalyst_policy::datapath::{
-    DatapathConfig, EndpointInfo, IpcacheEntry, PolicyEntry, PolicyKey,
+    CtTimeouts, DatapathConfig, EndpointInfo, IpcacheEntry, PolicyEntry, PolicyKey,
 };
 use catalyst_policy::{Engine, PolicyRow};
 
@@ -39,6 +39,8 @@ pub struct DesiredState {
     pub config_flags: u32,
     /// Event aggregation interval, ns.
     pub event_interval_ns: u64,
+    /// Conntrack timeouts (default: Cilium's).
+    pub ct_timeouts: CtTimeouts,
 }
 
 impl DesiredState {
@@ -56,6 +58,7 @@ impl DesiredState {
             policy: by_endpoint(compiled.policy().iter().copied()),
             config_flags,
             event_interval_ns,
+            ct_timeouts: CtTimeouts::default(),
         }
     }
 
@@ -68,6 +71,7 @@ impl DesiredState {
             policy: engine.policy_by_endpoint(),
             config_flags,
             event_interval_ns,
+            ct_timeouts: CtTimeouts::default(),
         }
     }
 

@@ -1,10 +1,20 @@
 //! Applies a [`DesiredState`] to the maps as a diff.
 //!
-//! Order matters for "churn without disruption": every insert and update happens first, then the
-//! policy revision is bumped (established connections re-evaluate on their next packet), then
-//! stale entries are removed. At every instant the maps hold old ∪ new entries, and because the
-//! compiler resolves deny-over-allow within each revision, a flow that both the old and the new
-//! policy allow is allowed by any longest-prefix lookup over the union.
+//! Order matters twice:
+//!
+//! - **Revocation is exact.** Every insert and update happens first, then stale entries are
+//!   removed, and only then is the policy revision bumped. A packet that re-evaluates its
+//!   connection and caches the verdict under the new revision therefore sees only the new state:
+//!   nothing it can read under the new revision is about to be removed. (Bumping before the
+//!   deletes let a busy flow re-evaluate against a stale allow entry and cache "allow" under the
+//!   new revision, so a revoked connection stayed open.) Verdicts cached while the update was in
+//!   flight carry the old revision and are re-evaluated on their next packet.
+//! - **Churn without disruption.** Policy puts go longest prefix first and deletes shortest
+//!   prefix first. A flow that both the old and the new policy allow is then allowed by the
+//!   longest-prefix lookup at every instant: while its deciding old entry is present, no shorter
+//!   old entry can win; once it is gone, every shorter old entry is gone too; and a new entry
+//!   never goes in before the longer new entries that shadow it. (The compiler resolves
+//!   deny-over-allow within each revision, so each state's own longest match is its verdict.)
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
@@ -12,7 +22,7 @@ use std::sync::Arc;
 
 use catalyst_policy::PolicyRow as Row;
 
-use catalyst_policy::datapath::{DatapathConfig, PolicyEntry, PolicyKey};
+use catalyst_policy::datapath::{DATAPATH_SCHEMA, DatapathConfig, PolicyEntry, PolicyKey};
 
 /// A policy map entry keyed by (prefix length, key).
 type PolicyRow = ((u32, PolicyKey), PolicyEntry);
@@ -132,7 +142,9 @@ pub fn apply_diff(
     };
     let v4 = plan(cur_v4, &desired.ipcache_v4);
     let v6 = plan(cur_v6, &desired.ipcache_v6);
-    let pol = plan_policy(&cur_policy, &desired.policy);
+    let mut pol = plan_policy(&cur_policy, &desired.policy);
+    pol.put.sort_by_key(|((len, _), _)| std::cmp::Reverse(*len));
+    pol.del.sort_by_key(|(len, _)| *len);
     let eps = plan(cur_eps, &desired.endpoints);
 
     for (net, e) in &v4.put {
@@ -146,6 +158,19 @@ pub fn apply_diff(
     }
     for (ifindex, info) in &eps.put {
         store.put_endpoint(*ifindex, *info)?;
+    }
+
+    for ifindex in &eps.del {
+        store.del_endpoint(*ifindex)?;
+    }
+    for (len, k) in &pol.del {
+        store.del_policy(*len, *k)?;
+    }
+    for net in &v4.del {
+        store.del_ipcache_v4(*net)?;
+    }
+    for net in &v6.del {
+        store.del_ipcache_v6(*net)?;
     }
 
     let old = store.config()?;
@@ -167,22 +192,12 @@ pub fn apply_diff(
         policy_revision: revision,
         flags: desired.config_flags,
         event_interval_ns: desired.event_interval_ns,
+        schema: DATAPATH_SCHEMA,
+        pad: 0,
+        ct_timeouts: desired.ct_timeouts,
     };
     if cfg != old {
         store.set_config(cfg)?;
-    }
-
-    for ifindex in &eps.del {
-        store.del_endpoint(*ifindex)?;
-    }
-    for (len, k) in &pol.del {
-        store.del_policy(*len, *k)?;
-    }
-    for net in &v4.del {
-        store.del_ipcache_v4(*net)?;
-    }
-    for net in &v6.del {
-        store.del_ipcache_v6(*net)?;
     }
 
     report.upserted = v4.put.len() + v6.put.len() + pol.put.len() + eps.put.len();
@@ -195,7 +210,8 @@ pub fn apply_diff(
 #[cfg(test)]
 mod tests {
     use catalyst_policy::datapath::{
-        ACTION_ALLOW, DIR_INGRESS, EndpointInfo, IpcacheEntry, PROTO_TCP, PolicyEntry, PolicyKey,
+        ACTION_ALLOW, CtTimeouts, DIR_INGRESS, EndpointInfo, IpcacheEntry, PROTO_TCP, PolicyEntry,
+        PolicyKey,
     };
 
     use super::*;
@@ -228,7 +244,7 @@ mod tests {
                     endpoint_id: 7,
                     identity: 300,
                     flags: 1,
-                    pad: 0,
+                    ..EndpointInfo::default()
                 },
             )],
             ipcache_v4: vec![(
@@ -242,16 +258,17 @@ mod tests {
             policy: by_endpoint(ports.iter().map(|p| entry(*p))),
             config_flags: 0,
             event_interval_ns: 1,
+            ct_timeouts: CtTimeouts::default(),
         }
     }
 
     #[test]
-    fn puts_happen_before_revision_bump_and_deletes_after() {
+    fn puts_then_deletes_then_the_revision_bump() {
         let mut maps = MemoryMaps::default();
         apply(&mut maps, &desired(&[80, 443]), true).unwrap();
         maps.log.clear();
         let r = apply(&mut maps, &desired(&[443, 8080]), false).unwrap();
-        assert_eq!(maps.log, ["put policy", "config", "del policy"]);
+        assert_eq!(maps.log, ["put policy", "del policy", "config"]);
         assert_eq!(r.upserted, 1);
         assert_eq!(r.removed, 1);
         assert_eq!(r.revision, 2);
@@ -263,6 +280,47 @@ mod tests {
             .collect();
         assert_eq!(ports.len(), 2);
         assert!(ports.contains(&443) && ports.contains(&8080));
+    }
+
+    #[test]
+    fn policy_puts_go_longest_prefix_first_and_deletes_shortest_first() {
+        let row = |len: u32, port: u16| {
+            let (_, mut k, e) = entry(port);
+            if len < 96 {
+                k.dport_be = 0;
+            }
+            (len, k, e)
+        };
+        let state = |rows: Vec<(u32, PolicyKey, PolicyEntry)>| {
+            let mut d = desired(&[]);
+            d.policy = by_endpoint(rows);
+            d
+        };
+        let mut maps = MemoryMaps::default();
+        apply(
+            &mut maps,
+            &state(vec![row(72, 0), row(80, 0), row(96, 80)]),
+            true,
+        )
+        .unwrap();
+        maps.policy_log.clear();
+        apply(
+            &mut maps,
+            &state(vec![row(88, 0), row(96, 443), row(76, 0)]),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            maps.policy_log,
+            [
+                ("put", 96),
+                ("put", 88),
+                ("put", 76),
+                ("del", 72),
+                ("del", 80),
+                ("del", 96)
+            ]
+        );
     }
 
     #[test]
@@ -287,7 +345,7 @@ mod tests {
         apply(&mut maps, &first, true).unwrap();
         maps.log.clear();
         let r = apply_diff(&mut maps, Some(&first), &desired(&[443, 8080]), false).unwrap();
-        assert_eq!(maps.log, ["put policy", "config", "del policy"]);
+        assert_eq!(maps.log, ["put policy", "del policy", "config"]);
         assert_eq!((r.upserted, r.removed), (1, 1));
         let mut from_kernel = maps.clone();
         from_kernel.log.clear();

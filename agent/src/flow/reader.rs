@@ -17,28 +17,46 @@ use crate::{
     signals::CountRecorder,
 };
 
-/// Where flow records go besides the ring.
+/// Where flow records go besides the ring. Writes are buffered and flushed once per batch of
+/// events read from the ring buffer, not once per flow.
 pub enum FlowSink {
     /// Compact Hubble-style lines on stdout.
-    Stdout,
+    Stdout(std::io::BufWriter<std::io::Stdout>),
     /// JSON lines appended to a file.
-    JsonFile(std::fs::File),
+    JsonFile(std::io::BufWriter<std::fs::File>),
     /// Nowhere (the ring and metrics only).
     None,
 }
 
 impl FlowSink {
+    /// Compact lines on stdout.
+    pub fn stdout() -> Self {
+        Self::Stdout(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stdout(),
+        ))
+    }
+
+    /// JSON lines appended to `file`.
+    pub fn json_file(file: std::fs::File) -> Self {
+        Self::JsonFile(std::io::BufWriter::with_capacity(64 * 1024, file))
+    }
+
     fn write(&mut self, flow: &Flow) -> std::io::Result<()> {
         match self {
-            Self::Stdout => {
-                let mut out = std::io::stdout().lock();
-                writeln!(out, "{}", flow.compact())?;
-                out.flush()
-            }
+            Self::Stdout(out) => writeln!(out, "{}", flow.compact()),
             Self::JsonFile(f) => {
                 let line = serde_json::to_string(flow).map_err(std::io::Error::other)?;
                 writeln!(f, "{line}")
             }
+            Self::None => Ok(()),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::Stdout(out) => out.flush(),
+            Self::JsonFile(f) => f.flush(),
             Self::None => Ok(()),
         }
     }
@@ -85,6 +103,13 @@ impl Pipeline {
         self
     }
 
+    /// Flushes the sink's buffered lines (after each batch of events).
+    pub fn flush(&mut self) {
+        if let Err(error) = self.sink.flush() {
+            tracing::warn!(%error, "flow sink flush failed");
+        }
+    }
+
     /// Processes one ring-buffer record.
     pub fn process(&mut self, bytes: &[u8]) {
         let Some(ev) = decode_event(bytes) else {
@@ -128,6 +153,7 @@ pub async fn run_reader(ring: RingBuf<MapData>, mut pipeline: Pipeline) -> anyho
         while let Some(item) = ring.next() {
             pipeline.process(&item);
         }
+        pipeline.flush();
         guard.clear_ready();
     }
 }

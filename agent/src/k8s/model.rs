@@ -30,6 +30,9 @@ use crate::{
 pub const SERVICE_ACCOUNT_LABEL: &str = "io.cilium.k8s.policy.serviceaccount";
 /// Pod annotation that puts one endpoint in audit mode (`"true"`).
 pub const AUDIT_ANNOTATION: &str = "policy.catalyst.openova.io/audit";
+/// Pod annotation that turns the source-address check off for a workload that routes traffic
+/// of other addresses (`"false"`).
+pub const SOURCE_CHECK_ANNOTATION: &str = "policy.catalyst.openova.io/source-check";
 
 /// One kind of policy object the agent watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -602,6 +605,12 @@ impl Model {
                 .as_ref()
                 .and_then(|a| a.get(AUDIT_ANNOTATION))
                 .is_some_and(|v| v == "true");
+            let source_check = pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(SOURCE_CHECK_ANNOTATION))
+                .is_none_or(|v| v != "false");
             inputs.endpoints.push(EndpointConfig {
                 labels: pod_labels(pod, ns_labels.get(namespace.as_str()).copied()),
                 name,
@@ -609,6 +618,7 @@ impl Model {
                 interface,
                 addresses,
                 audit,
+                source_check,
                 ports: named_ports(pod),
             });
         }

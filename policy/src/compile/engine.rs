@@ -24,7 +24,8 @@ use super::{
 };
 use crate::datapath::{
     ACTION_ALLOW, ACTION_DENY, EP_F_AUDIT, EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED,
-    EndpointInfo, IDENTITY_ANY, IpcacheEntry, POLICY_PREFIX_EXACT_BITS, PolicyEntry, PolicyKey,
+    EP_F_NO_SOURCE_CHECK, EndpointInfo, IDENTITY_ANY, IpcacheEntry, POLICY_PREFIX_EXACT_BITS,
+    PolicyEntry, PolicyKey,
 };
 use crate::endpoint::{Endpoint, all_named_ports};
 use crate::identity::{CidrAllocator, IdentityAllocator};
@@ -190,12 +191,7 @@ impl Engine {
             let entries = Arc::new(self.rows(ep.id, compiled.groups));
             let state = EndpointState {
                 input: (*ep).clone(),
-                info: EndpointInfo {
-                    endpoint_id: ep.id,
-                    identity: ids[labels],
-                    flags: compiled.flags,
-                    pad: 0,
-                },
+                info: endpoint_info(ep, ids[labels], compiled.flags),
                 entries,
                 selectors: compiled.selectors,
                 matched: compiled.matched,
@@ -479,6 +475,9 @@ fn compile_endpoint(
     let ingress_named = ep.named_port_map();
     let mut uses_egress_names = false;
     let mut flags = if ep.audit { EP_F_AUDIT } else { 0 };
+    if !ep.source_check {
+        flags |= EP_F_NO_SOURCE_CHECK;
+    }
     let mut groups: BTreeMap<(u32, u8), Group> = BTreeMap::new();
     let mut used: BTreeSet<u32> = BTreeSet::new();
     let mut matched = Vec::new();
@@ -776,4 +775,32 @@ impl Origins {
             self.free.push(id);
         }
     }
+}
+
+/// The endpoint map value of `ep`: its id, identity, flags and the addresses it may send from
+/// (its first address of each family, in network byte order; zero when it has none).
+fn endpoint_info(ep: &Endpoint, identity: u32, flags: u32) -> EndpointInfo {
+    let mut info = EndpointInfo {
+        endpoint_id: ep.id,
+        identity,
+        flags,
+        ipv4: 0,
+        ipv6: [0; 4],
+    };
+    if let Some(v4) = ep.addresses.iter().find_map(|a| match a {
+        std::net::IpAddr::V4(v4) => Some(*v4),
+        std::net::IpAddr::V6(_) => None,
+    }) {
+        info.ipv4 = u32::from_ne_bytes(v4.octets());
+    }
+    if let Some(v6) = ep.addresses.iter().find_map(|a| match a {
+        std::net::IpAddr::V6(v6) => Some(*v6),
+        std::net::IpAddr::V4(_) => None,
+    }) {
+        let o = v6.octets();
+        for (i, w) in info.ipv6.iter_mut().enumerate() {
+            *w = u32::from_ne_bytes([o[i * 4], o[i * 4 + 1], o[i * 4 + 2], o[i * 4 + 3]]);
+        }
+    }
+    info
 }

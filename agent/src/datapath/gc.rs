@@ -1,0 +1,74 @@
+//! Conntrack garbage collection: removes entries whose idle lifetime ran out (the datapath
+//! treats them as over already; removing them frees their slots before the LRU has to evict
+//! live connections) and reports how full the table is.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use aya::maps::{HashMap, Map, MapData};
+
+use catalyst_policy::datapath::{CtEntry, CtKey, MAP_CONNTRACK};
+
+/// What one sweep found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Entries left (live connections).
+    pub live: u64,
+    /// Expired entries removed.
+    pub removed: u64,
+}
+
+/// A handle on the pinned conntrack map, independent of the loaded [`super::Datapath`], so the
+/// sweep runs on its own thread.
+pub struct ConntrackGc {
+    map: HashMap<MapData, CtKey, CtEntry>,
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_coarse_ns` reads.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+impl ConntrackGc {
+    /// Opens the conntrack map pinned under `pin_path/maps`.
+    pub fn open(pin_path: &Path) -> anyhow::Result<Self> {
+        let path = pin_path.join("maps").join(MAP_CONNTRACK);
+        let data = MapData::from_pin(&path)
+            .with_context(|| format!("cannot open the pinned conntrack map {}", path.display()))?;
+        let map = HashMap::try_from(Map::LruHashMap(data))
+            .with_context(|| format!("{} is not the conntrack map", path.display()))?;
+        Ok(Self { map })
+    }
+
+    /// Removes every expired entry and counts the rest. An entry a packet renews between the
+    /// read and the removal is removed too: its next packet starts a new connection, evaluated
+    /// against the policy in force (as after any expiry).
+    pub fn sweep(&mut self) -> anyhow::Result<GcReport> {
+        let now = monotonic_ns();
+        let mut expired = Vec::new();
+        let mut live = 0u64;
+        for item in &self.map {
+            // An entry evicted or removed during the walk ends the iteration step with an
+            // error for that key only; skip it.
+            let Ok((key, entry)) = item else { continue };
+            if entry.expires_ns <= now {
+                expired.push(key);
+            } else {
+                live += 1;
+            }
+        }
+        let mut removed = 0u64;
+        for key in &expired {
+            if self.map.remove(key).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(GcReport { live, removed })
+    }
+}

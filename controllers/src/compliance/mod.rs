@@ -8,6 +8,7 @@
 mod aggregate;
 mod checks;
 mod config;
+pub mod inputs;
 mod row;
 pub mod score;
 

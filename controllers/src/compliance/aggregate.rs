@@ -219,6 +219,11 @@ impl Aggregator {
     /// Replaces the tenant information (every application is re-scored: policies may differ).
     pub fn set_tenants(&mut self, t: Tenants) {
         self.tenants = t;
+        let (tenants, default) = (&self.tenants, self.cfg.default_sovereign.as_str());
+        self.store.rekey(|k| AppKey {
+            sovereign: tenants.sovereign(&k.organization, default).to_owned(),
+            ..k.clone()
+        });
         self.all_dirty = true;
     }
 

@@ -8,15 +8,22 @@
 mod aggregate;
 mod checks;
 mod config;
+pub mod http;
 pub mod inputs;
+mod metrics;
+pub mod nats;
 mod row;
+mod run;
 pub mod score;
+mod status;
 
 pub use self::{
     aggregate::{Aggregator, EnvPolicy, Published, SCHEMA, ScoreDoc, Tenants},
     checks::{CATALYST_DEFAULTS, Catalog, CheckSetting, Mode},
     config::{AppWeighting, ComplianceConfig, EvaluatorSettings, HealthTarget, NatsSettings},
+    metrics::ComplianceMetrics,
     row::{AppKey, Outcome, Row, RowStore, Source, Workload, token},
+    run::{Files, run},
 };
 
 #[cfg(test)]

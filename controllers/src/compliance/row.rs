@@ -238,6 +238,21 @@ impl RowStore {
         self.len = self.apps.values().map(BTreeMap::len).sum();
     }
 
+    /// Moves every row to the application `f` gives for its key (e.g. a new Sovereign after
+    /// an Organization changed).
+    pub fn rekey(&mut self, f: impl Fn(&AppKey) -> AppKey) {
+        let old = std::mem::take(&mut self.apps);
+        for (app, rows) in old {
+            let new = f(&app);
+            let target = self.apps.entry(new.clone()).or_default();
+            for (k, (mut row, t)) in rows {
+                row.app = new.clone();
+                target.insert(k, (row, t));
+            }
+        }
+        self.recount();
+    }
+
     /// Rows of one application.
     pub fn rows_of<'a>(&'a self, app: &AppKey) -> impl Iterator<Item = &'a Row> + 'a {
         self.apps

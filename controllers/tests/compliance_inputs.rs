@@ -321,3 +321,43 @@ fn sample_scores_hand_computed() {
     );
     assert_eq!(docs["eu"].score, env.score);
 }
+
+/// Every document the sample produces (all four levels) is valid against the committed
+/// `catalyst.score/v1` JSON Schema, and the schema rejects a malformed one.
+#[test]
+fn documents_match_the_committed_schema() {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/schemas/catalyst.score.v1.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let v = jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .build(&schema)
+        .unwrap();
+    let t = tenants();
+    let cfg = ComplianceConfig::default();
+    let mut a = Aggregator::new(cfg.clone());
+    a.set_tenants(t.clone());
+    let (eval, reports, _) = file_rows(
+        Some(&example().join("reports")),
+        Some(&example().join("workloads")),
+        &cfg.evaluators,
+        &t,
+        "default",
+    );
+    a.replace_source(Source::Evaluator, eval, 0);
+    a.replace_source(Source::PolicyReport, reports, 0);
+    let docs = a.documents();
+    assert_eq!(docs.len(), 5);
+    for (k, d) in &docs {
+        let json = serde_json::to_value(d).unwrap();
+        let errors: Vec<String> = v.iter_errors(&json).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{k}: {errors:?}");
+    }
+    let mut bad = serde_json::to_value(&docs["eu.acme.prod"]).unwrap();
+    bad["score"] = serde_json::json!(101);
+    assert!(!v.is_valid(&bad));
+}

@@ -54,7 +54,7 @@ enum Command {
     },
     /// Benchmarks (figures to docs/benchmarks.md).
     Bench {
-        /// Which benchmark: datapath, policy, flows, dns, all.
+        /// Which benchmark: datapath, policy, flows, dns, compliance, all.
         which: String,
     },
 }
@@ -110,13 +110,15 @@ fn main() -> anyhow::Result<()> {
             "policy" => bench::policy(),
             "dns" => bench::dns(),
             "flows" => bench::flows(),
+            "compliance" => bench::compliance(),
             "all" => bench::datapath()
                 .and_then(|()| bench::policy())
                 .and_then(|()| bench::flows())
-                .and_then(|()| bench::dns()),
+                .and_then(|()| bench::dns())
+                .and_then(|()| bench::compliance()),
             other => {
                 anyhow::bail!(
-                    "unknown benchmark `{other}` (available: datapath, policy, flows, dns, all)"
+                    "unknown benchmark `{other}` (available: datapath, policy, flows, dns, compliance, all)"
                 )
             }
         },

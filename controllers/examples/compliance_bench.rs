@@ -150,7 +150,7 @@ async fn latency(url: &str) -> anyhow::Result<(Vec<f64>, Vec<f64>, f64)> {
         match async_nats::connect(url).await {
             Ok(c) => break c,
             Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => return Err(e.into()),
         }

@@ -361,3 +361,24 @@ fn documents_match_the_committed_schema() {
     bad["score"] = serde_json::json!(101);
     assert!(!v.is_valid(&bad));
 }
+
+/// The sample configuration loads, with its paths resolved against the file.
+#[test]
+fn sample_config_loads() {
+    let cfg =
+        catalyst_controllers::config::Config::load(&example().join("controllers.yaml")).unwrap();
+    assert!(cfg.compliance.enabled);
+    assert_eq!(cfg.compliance.workloads, Some(example().join("workloads")));
+    assert_eq!(cfg.compliance.health_targets.len(), 1);
+    assert!(cfg.compliance.nats.is_none());
+    let bad = std::env::temp_dir().join(format!("compliance-bad-{}.yaml", std::process::id()));
+    std::fs::write(&bad, "standalone: {input: a, output: b}\ncompliance:\n  enabled: true\n  checks:\n    probes: {weight: 5, mode: sometimes}\n").unwrap();
+    let e = catalyst_controllers::config::Config::load(&bad)
+        .unwrap_err()
+        .to_string();
+    let _ = std::fs::remove_file(&bad);
+    assert!(
+        e.contains("compliance.checks.probes.mode: unknown variant `sometimes`"),
+        "{e}"
+    );
+}

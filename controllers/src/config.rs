@@ -40,6 +40,9 @@ pub struct Config {
     /// Kubernetes mode.
     #[serde(default)]
     pub kubernetes: KubernetesConfig,
+    /// The compliance aggregator (docs/compliance.md). Default: off.
+    #[serde(default)]
+    pub compliance: crate::compliance::ComplianceConfig,
 }
 
 /// The HTTP listener for metrics and probes.
@@ -195,6 +198,12 @@ impl Config {
         if let Some(s) = &mut cfg.standalone {
             s.input = base.join(&s.input);
             s.output = base.join(&s.output);
+        }
+        for d in [&mut cfg.compliance.reports, &mut cfg.compliance.workloads]
+            .into_iter()
+            .flatten()
+        {
+            *d = base.join(&*d);
         }
         if let Some(k) = &mut cfg.kubernetes.kubeconfig {
             *k = base.join(&*k);

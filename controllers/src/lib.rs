@@ -5,6 +5,7 @@
 //! API server (Kubernetes mode) or on files (standalone mode).
 #![forbid(unsafe_code)]
 
+pub mod compliance;
 pub mod config;
 pub mod crd;
 pub mod kubernetes;

@@ -162,6 +162,18 @@ async fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
         metrics.clone(),
         stop_rx.clone(),
     ));
+    let compliance = cfg.compliance.enabled.then(|| {
+        let files = catalyst_controllers::compliance::Files {
+            resources: cfg.standalone.as_ref().map(|s| s.input.clone()),
+            output: cfg.standalone.as_ref().map(|s| s.output.clone()),
+        };
+        tokio::spawn(catalyst_controllers::compliance::run(
+            cfg.compliance.clone(),
+            files,
+            metrics.clone(),
+            stop_rx.clone(),
+        ))
+    });
     let result = match cfg.mode {
         Mode::Standalone => {
             let s = cfg.standalone.clone().context("standalone: missing")?;
@@ -181,6 +193,13 @@ async fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
         }
     };
     server.abort();
+    if let Some(c) = compliance {
+        if once {
+            c.abort();
+        } else {
+            c.await.context("compliance aggregator panicked")??;
+        }
+    }
     result
 }
 

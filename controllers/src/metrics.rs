@@ -47,6 +47,7 @@ pub struct Metrics {
     invalid: Family<ControllerLabel, Gauge>,
     leader: Gauge,
     ready: AtomicBool,
+    compliance: crate::compliance::ComplianceMetrics,
 }
 
 impl Default for Metrics {
@@ -111,6 +112,9 @@ impl Metrics {
             "1 while this instance holds the leader-election lease",
             leader.clone(),
         );
+        let compliance = crate::compliance::ComplianceMetrics::register(
+            registry.sub_registry_with_prefix("compliance"),
+        );
         Self {
             registry,
             reconciles,
@@ -122,6 +126,7 @@ impl Metrics {
             invalid,
             leader,
             ready: AtomicBool::new(false),
+            compliance,
         }
     }
 
@@ -197,6 +202,11 @@ impl Metrics {
     /// Whether `/readyz` answers 200.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// The compliance aggregator's metrics.
+    pub fn compliance(&self) -> &crate::compliance::ComplianceMetrics {
+        &self.compliance
     }
 
     /// The text exposition.

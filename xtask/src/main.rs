@@ -54,7 +54,7 @@ enum Command {
     },
     /// Benchmarks (figures to docs/benchmarks.md).
     Bench {
-        /// Which benchmark: datapath, policy, flows, dns, controllers, all.
+        /// Which benchmark: datapath, policy, flows, dns, controllers, compliance, all.
         which: String,
     },
 }
@@ -111,14 +111,16 @@ fn main() -> anyhow::Result<()> {
             "dns" => bench::dns(),
             "flows" => bench::flows(),
             "controllers" => bench::controllers(),
+            "compliance" => bench::compliance(),
             "all" => bench::datapath()
                 .and_then(|()| bench::policy())
                 .and_then(|()| bench::flows())
                 .and_then(|()| bench::dns())
-                .and_then(|()| bench::controllers()),
+                .and_then(|()| bench::controllers())
+                .and_then(|()| bench::compliance()),
             other => {
                 anyhow::bail!(
-                    "unknown benchmark `{other}` (available: datapath, policy, flows, dns, controllers, all)"
+                    "unknown benchmark `{other}` (available: datapath, policy, flows, dns, controllers, compliance, all)"
                 )
             }
         },

@@ -26,6 +26,8 @@ const APT_PACKAGES: &[&str] = &[
     "pdns-server",
     "pdns-backend-bind",
     "pdns-backend-geoip",
+    // The compliance dashboard's browser test (headless).
+    "chromium",
 ];
 
 fn run(cmd: &mut Command, what: &str, fix: &str) -> anyhow::Result<()> {

@@ -35,6 +35,7 @@ pub fn synthetic_state(n: u32) -> EnrichState {
                 name: format!("pod-{i}"),
                 namespace: format!("ns-{}", i % 16),
                 interface: format!("veth{i}"),
+                workloads: Vec::new(),
             },
         );
         st.identities.insert(

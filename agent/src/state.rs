@@ -200,6 +200,11 @@ pub fn build(
                 name: ep.name.clone(),
                 namespace: ep.namespace.clone(),
                 interface: ep.interface.clone(),
+                workloads: ep
+                    .workloads
+                    .iter()
+                    .map(|w| (w.name.clone(), w.kind.clone()))
+                    .collect(),
             },
         );
     }
@@ -267,6 +272,8 @@ pub fn build(
             .collect(),
         interfaces: ifnames,
         by_ip,
+        cluster: cfg.observer.cluster_name.clone(),
+        revision: 0,
     };
     Ok(Snapshot {
         desired,

@@ -2,6 +2,7 @@
 //! UNIX socket (specs/hubble-observer-api.md).
 
 mod fieldmask;
+mod peer;
 mod serve;
 
 use std::{collections::BTreeSet, pin::Pin, sync::Arc};
@@ -25,7 +26,8 @@ use crate::{
 
 pub use self::{
     fieldmask::FlowMask,
-    serve::{Listeners, ObserverServerError, serve, tls_config},
+    peer::{PeerInfo, PeerRegistry, PeerService, peer_name, tls_server_name},
+    serve::{Listeners, ObserverServerError, TransportLimits, serve, tls_config},
 };
 
 /// Name of the health-checked service (what `hubble status` asks for).
@@ -42,19 +44,54 @@ const STREAM_BUFFER: usize = 256;
 pub struct ObserverService {
     ring: FlowRing,
     node: Arc<str>,
+    cluster: Arc<str>,
     address: Arc<str>,
     version: Arc<str>,
+    peers: PeerRegistry,
+    limits: TransportLimits,
 }
 
 impl ObserverService {
-    /// A service answering for node `node`, reachable at `address` (reported by `GetNodes`).
+    /// A service answering for node `node` of cluster `default`, reachable at `address`
+    /// (reported by `GetNodes` and announced by `peer.Peer`).
     pub fn new(ring: FlowRing, node: &str, address: &str) -> Self {
         Self {
             ring,
             node: node.into(),
+            cluster: "default".into(),
             address: address.into(),
             version: format!("{}/{}", crate::flow::EMITTER, env!("CARGO_PKG_VERSION")).into(),
+            peers: PeerRegistry::new([PeerInfo::node(node, "default", address, false)]),
+            limits: TransportLimits::default(),
         }
+    }
+
+    /// Applies the cluster name, advertised address and transport limits of `cfg`.
+    #[must_use]
+    pub fn with_config(mut self, cfg: &crate::config::ObserverConfig) -> Self {
+        self.cluster = cfg.cluster_name.as_str().into();
+        if let Some(a) = &cfg.advertise_address {
+            self.address = a.as_str().into();
+        }
+        self.limits = TransportLimits::from_config(cfg);
+        self.peers = PeerRegistry::new([self.self_peer(false)]);
+        self
+    }
+
+    /// This node as `peer.Peer` announces it.
+    fn self_peer(&self, tls: bool) -> PeerInfo {
+        PeerInfo::node(&self.node, &self.cluster, &self.address, tls)
+    }
+
+    /// The peers this service announces (this node); changes reach `Notify` callers.
+    pub fn peers(&self) -> &PeerRegistry {
+        &self.peers
+    }
+
+    /// Sets the announced address of this node (`PEER_UPDATED` for `Notify` callers).
+    pub fn set_address(&mut self, address: &str, tls: bool) {
+        self.address = address.into();
+        self.peers.upsert(self.self_peer(tls));
     }
 }
 
@@ -122,7 +159,8 @@ fn query(req: &GetFlowsRequest) -> Result<Query, Status> {
     {
         return Err(Status::invalid_argument("since is after until"));
     }
-    let mask = FlowMask::new(req.field_mask.as_ref().map_or(&[][..], |m| &m.paths[..]));
+    let mask = FlowMask::new(req.field_mask.as_ref().map_or(&[][..], |m| &m.paths[..]))
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
     Ok(Query {
         filters,
         mask,
@@ -277,14 +315,21 @@ impl Observer for ObserverService {
         _request: Request<pb::GetNodesRequest>,
     ) -> Result<Response<pb::GetNodesResponse>, Status> {
         let node = pb::Node {
-            name: self.node.to_string(),
+            name: peer_name(&self.cluster, &self.node),
             version: self.version.to_string(),
             address: self.address.to_string(),
             state: NodeState::NodeConnected.into(),
-            tls: Some(pb::Tls {
-                enabled: false,
-                server_name: String::new(),
-            }),
+            tls: Some(
+                self.peers
+                    .peers()
+                    .into_iter()
+                    .find(|p| p.name == peer_name(&self.cluster, &self.node))
+                    .and_then(|p| p.tls_server_name)
+                    .map_or_else(pb::Tls::default, |server_name| pb::Tls {
+                        enabled: true,
+                        server_name,
+                    }),
+            ),
             uptime_ns: u64::try_from(self.ring.uptime().as_nanos()).unwrap_or(u64::MAX),
             num_flows: self.ring.len() as u64,
             max_flows: self.ring.capacity() as u64,
@@ -357,3 +402,6 @@ pub fn lost_event(source: LostEventSource, n: u64) -> LostEvent {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fidelity_tests;

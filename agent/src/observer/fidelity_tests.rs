@@ -175,7 +175,10 @@ async fn peer_notify_announces_the_node_then_its_changes() {
 }
 
 #[tokio::test]
-#[expect(clippy::too_many_lines, reason = "one scenario, asserted field by field")]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario, asserted field by field"
+)]
 async fn denied_connection_is_a_dropped_policy_verdict_and_a_drop() {
     let ring = FlowRing::new(64);
     let metrics = Metrics::new(16);

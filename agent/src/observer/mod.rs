@@ -143,6 +143,12 @@ fn now_ns() -> i128 {
         .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))
 }
 
+/// Refuses a request that [`ObserverService`] would refuse (`first` with `follow`, bad
+/// filters, bad field-mask paths, `since` after `until`); the relay checks before fanning out.
+pub fn validate_request(req: &GetFlowsRequest) -> Result<(), Status> {
+    query(req).map(|_| ())
+}
+
 /// Validates a request and compiles its filters.
 fn query(req: &GetFlowsRequest) -> Result<Query, Status> {
     if req.first && req.follow {

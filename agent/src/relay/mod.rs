@@ -1,0 +1,562 @@
+//! `catalyst-agent relay`: a cluster-wide Observer, as hubble-relay is.
+//!
+//! The relay learns the agents from `peer.Peer/Notify` on one or more agents (and from a static
+//! list in standalone mode), forwards each `GetFlows` request to every known agent and serves the
+//! merged, time-ordered stream on its own `observer.Observer` API (default port 4245). Agents
+//! that cannot be reached or fail are reported in the stream as `relay.NodeStatusEvent`
+//! (`NODE_UNAVAILABLE`, `NODE_ERROR`), never silently left out. Buffering is bounded: each
+//! agent's stream feeds one bounded channel, and the follow-mode sort buffer holds at most
+//! `sort_buffer` responses for at most `sort_window` before they go out in time order.
+
+mod merge;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use futures_util::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{
+    Request, Response, Status,
+    codec::CompressionEncoding,
+    transport::{Channel, Endpoint, Server},
+};
+
+use crate::{
+    api::{
+        observer::{
+            self as pb, GetFlowsRequest, GetFlowsResponse, get_flows_response::ResponseTypes,
+            observer_client::ObserverClient, observer_server::Observer,
+            observer_server::ObserverServer,
+        },
+        peer::{ChangeNotificationType, NotifyRequest, peer_client::PeerClient},
+        relay::{NodeState, NodeStatusEvent},
+    },
+    observer::{PeerInfo, PeerRegistry},
+};
+
+pub use self::merge::{SortBuffer, merge_history};
+
+/// `catalyst-agent relay` flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RelayArgs {
+    /// Address the relay's Observer API listens on.
+    #[arg(long, default_value = "127.0.0.1:4245")]
+    pub listen_address: SocketAddr,
+    /// Agents whose `peer.Peer` service lists the agents to relay (`host:port`, repeatable;
+    /// in Kubernetes: the `hubble-peer` Service).
+    #[arg(long = "peer-service")]
+    pub peer_services: Vec<String>,
+    /// A static agent (`name=host:port`, repeatable), for standalone set-ups without peer
+    /// discovery.
+    #[arg(long = "static-peer", value_parser = parse_static_peer)]
+    pub static_peers: Vec<(String, String)>,
+    /// Responses buffered per agent stream before the relay stops reading from that agent.
+    #[arg(long, default_value_t = 1024)]
+    pub node_buffer: usize,
+    /// Most responses held in the follow-mode sort buffer.
+    #[arg(long, default_value_t = 4096)]
+    pub sort_buffer: usize,
+    /// How long a followed response may wait in the sort buffer for older ones, milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub sort_window_ms: u64,
+    /// Timeout for connecting to an agent and for its unary calls, milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub dial_timeout_ms: u64,
+}
+
+impl Default for RelayArgs {
+    fn default() -> Self {
+        Self {
+            listen_address: SocketAddr::from(([127, 0, 0, 1], 4245)),
+            peer_services: Vec::new(),
+            static_peers: Vec::new(),
+            node_buffer: 1024,
+            sort_buffer: 4096,
+            sort_window_ms: 1000,
+            dial_timeout_ms: 5000,
+        }
+    }
+}
+
+fn parse_static_peer(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, addr)) if !name.is_empty() && !addr.is_empty() => {
+            Ok((name.to_owned(), addr.to_owned()))
+        }
+        _ => Err(format!("`{s}`: expected `name=host:port`")),
+    }
+}
+
+/// The relay's Observer service.
+#[derive(Clone)]
+pub struct RelayService {
+    peers: PeerRegistry,
+    channels: Arc<Mutex<HashMap<String, (String, Channel)>>>,
+    args: Arc<RelayArgs>,
+}
+
+impl RelayService {
+    /// A relay over the static peers of `args` (discovery is started by [`RelayService::discover`]).
+    pub fn new(args: RelayArgs) -> Self {
+        let peers = PeerRegistry::new(args.static_peers.iter().map(|(name, address)| PeerInfo {
+            name: name.clone(),
+            address: address.clone(),
+            tls_server_name: None,
+        }));
+        Self {
+            peers,
+            channels: Arc::default(),
+            args: Arc::new(args),
+        }
+    }
+
+    /// The peers the relay currently knows.
+    pub fn peers(&self) -> &PeerRegistry {
+        &self.peers
+    }
+
+    /// Follows `peer.Peer/Notify` on every `--peer-service` until the task is dropped,
+    /// reconnecting after errors.
+    pub fn discover(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        self.args
+            .peer_services
+            .iter()
+            .map(|addr| {
+                let (addr, peers, timeout) = (addr.clone(), self.peers.clone(), self.dial());
+                tokio::spawn(async move {
+                    loop {
+                        if let Err(error) = follow_peers(&addr, &peers, timeout).await {
+                            tracing::warn!(peer_service = %addr, error = format!("{error:#}"),
+                                "peer discovery interrupted; retrying");
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                })
+            })
+            .collect()
+    }
+
+    fn dial(&self) -> Duration {
+        Duration::from_millis(self.args.dial_timeout_ms)
+    }
+
+    /// A (lazily connecting, cached) channel to `peer`.
+    fn channel(&self, peer: &PeerInfo) -> Result<Channel, Status> {
+        let mut map = self
+            .channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((addr, ch)) = map.get(&peer.name)
+            && *addr == peer.address
+        {
+            return Ok(ch.clone());
+        }
+        let ch = Endpoint::from_shared(format!("http://{}", peer.address))
+            .map_err(|e| Status::internal(format!("bad peer address `{}`: {e}", peer.address)))?
+            .connect_timeout(self.dial())
+            .connect_lazy();
+        map.insert(peer.name.clone(), (peer.address.clone(), ch.clone()));
+        Ok(ch)
+    }
+
+    fn client(&self, peer: &PeerInfo) -> Result<ObserverClient<Channel>, Status> {
+        Ok(ObserverClient::new(self.channel(peer)?)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(64 << 20))
+    }
+}
+
+async fn follow_peers(addr: &str, peers: &PeerRegistry, timeout: Duration) -> anyhow::Result<()> {
+    let ch = crate::client::connect(addr, timeout).await?;
+    let mut s = PeerClient::new(ch)
+        .notify(NotifyRequest {})
+        .await
+        .with_context(|| format!("peer.Peer/Notify on {addr}"))?
+        .into_inner();
+    while let Some(n) = s.message().await? {
+        let info = PeerInfo {
+            name: n.name.clone(),
+            address: n.address.clone(),
+            tls_server_name: n.tls.as_ref().map(|t| t.server_name.clone()),
+        };
+        match n.r#type() {
+            ChangeNotificationType::PeerAdded | ChangeNotificationType::PeerUpdated => {
+                peers.upsert(info);
+            }
+            ChangeNotificationType::PeerDeleted => peers.remove(&n.name),
+            ChangeNotificationType::Unknown => {}
+        }
+    }
+    anyhow::bail!("peer.Peer/Notify stream on {addr} ended")
+}
+
+fn status_response(state: NodeState, names: Vec<String>, message: String) -> GetFlowsResponse {
+    GetFlowsResponse {
+        node_name: String::new(),
+        time: Some(crate::flow::timestamp(now_ns())),
+        response_types: Some(ResponseTypes::NodeStatus(NodeStatusEvent {
+            state_change: state.into(),
+            node_names: names,
+            message,
+        })),
+    }
+}
+
+fn now_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))
+}
+
+type FlowStream = Pin<Box<dyn Stream<Item = Result<GetFlowsResponse, Status>> + Send>>;
+
+/// One agent's part of a `GetFlows` call.
+enum NodeItem {
+    Response(Box<GetFlowsResponse>),
+    /// The agent's stream could not start or broke (`NODE_UNAVAILABLE` / `NODE_ERROR`).
+    Failed(String, NodeState, String),
+    /// The agent's stream started.
+    Connected(String),
+    /// The agent's stream ended.
+    Done,
+}
+
+impl RelayService {
+    /// Starts `GetFlows` on every known agent; their items arrive on the returned channel.
+    fn fan_out(&self, req: &GetFlowsRequest) -> (mpsc::Receiver<NodeItem>, usize) {
+        let peers = self.peers.peers();
+        let (tx, rx) = mpsc::channel(self.args.node_buffer.max(1));
+        for peer in &peers {
+            let (tx, req, name) = (tx.clone(), req.clone(), peer.name.clone());
+            let client = self.client(peer);
+            tokio::spawn(async move {
+                let failed = |state, msg: String| NodeItem::Failed(name.clone(), state, msg);
+                let mut client = match client {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = tx
+                            .send(failed(NodeState::NodeUnavailable, e.message().to_owned()))
+                            .await;
+                        return;
+                    }
+                };
+                let mut s = match client.get_flows(req).await {
+                    Ok(s) => s.into_inner(),
+                    Err(e) => {
+                        let state = if e.code() == tonic::Code::Unavailable {
+                            NodeState::NodeUnavailable
+                        } else {
+                            NodeState::NodeError
+                        };
+                        let _ = tx.send(failed(state, e.message().to_owned())).await;
+                        return;
+                    }
+                };
+                if tx.send(NodeItem::Connected(name.clone())).await.is_err() {
+                    return;
+                }
+                loop {
+                    match s.message().await {
+                        Ok(Some(r)) => {
+                            if tx.send(NodeItem::Response(Box::new(r))).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => {
+                            let _ = tx.send(NodeItem::Done).await;
+                            return;
+                        }
+                        Err(e) => {
+                            let _ = tx
+                                .send(failed(NodeState::NodeError, e.message().to_owned()))
+                                .await;
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        (rx, peers.len())
+    }
+}
+
+#[tonic::async_trait]
+impl Observer for RelayService {
+    type GetFlowsStream = FlowStream;
+    type GetAgentEventsStream =
+        Pin<Box<dyn Stream<Item = Result<pb::GetAgentEventsResponse, Status>> + Send>>;
+    type GetDebugEventsStream =
+        Pin<Box<dyn Stream<Item = Result<pb::GetDebugEventsResponse, Status>> + Send>>;
+
+    async fn get_flows(
+        &self,
+        request: Request<GetFlowsRequest>,
+    ) -> Result<Response<FlowStream>, Status> {
+        let req = request.into_inner();
+        // Refuse what every agent would refuse, before fanning out.
+        crate::observer::validate_request(&req)?;
+        let (mut rx, n) = self.fan_out(&req);
+        let (tx, out) = mpsc::channel(self.args.node_buffer.max(1));
+        let window = Duration::from_millis(self.args.sort_window_ms);
+        let cap = self.args.sort_buffer.max(1);
+        tokio::spawn(async move {
+            let mut pending = n;
+            let (mut connected, mut history) = (Vec::new(), Vec::new());
+            // Status first: which agents answered and which did not.
+            let mut failures = Vec::new();
+            let mut sorter = SortBuffer::new(cap, window);
+            let mut tick = tokio::time::interval(window.max(Duration::from_millis(10)) / 4);
+            loop {
+                let item = if pending == 0 {
+                    None
+                } else if req.follow {
+                    tokio::select! {
+                        item = rx.recv() => item,
+                        _ = tick.tick() => {
+                            for r in sorter.drain_due(Instant::now()) {
+                                if tx.send(Ok(r)).await.is_err() { return; }
+                            }
+                            continue;
+                        }
+                        () = tx.closed() => return,
+                    }
+                } else {
+                    rx.recv().await
+                };
+                let Some(item) = item else {
+                    break;
+                };
+                match item {
+                    NodeItem::Connected(name) => {
+                        connected.push(name.clone());
+                        if req.follow
+                            && tx
+                                .send(Ok(status_response(
+                                    NodeState::NodeConnected,
+                                    vec![name],
+                                    String::new(),
+                                )))
+                                .await
+                                .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    NodeItem::Failed(name, state, msg) => {
+                        pending -= 1;
+                        let ev = status_response(state, vec![name], msg);
+                        if req.follow {
+                            if tx.send(Ok(ev)).await.is_err() {
+                                return;
+                            }
+                        } else {
+                            failures.push(ev);
+                        }
+                    }
+                    NodeItem::Done => pending -= 1,
+                    NodeItem::Response(r) => {
+                        if req.follow {
+                            for r in sorter.push(*r, Instant::now()) {
+                                if tx.send(Ok(r)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        } else {
+                            history.push(*r);
+                        }
+                    }
+                }
+            }
+            if !req.follow {
+                let mut out = Vec::new();
+                if !connected.is_empty() {
+                    out.push(status_response(
+                        NodeState::NodeConnected,
+                        connected,
+                        String::new(),
+                    ));
+                }
+                out.extend(failures);
+                out.extend(merge_history(history, &req));
+                for r in out {
+                    if tx.send(Ok(r)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            for r in sorter.drain_all() {
+                if tx.send(Ok(r)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
+
+    async fn get_agent_events(
+        &self,
+        _request: Request<pb::GetAgentEventsRequest>,
+    ) -> Result<Response<Self::GetAgentEventsStream>, Status> {
+        Err(Status::unimplemented("agent events are not relayed"))
+    }
+
+    async fn get_debug_events(
+        &self,
+        _request: Request<pb::GetDebugEventsRequest>,
+    ) -> Result<Response<Self::GetDebugEventsStream>, Status> {
+        Err(Status::unimplemented("debug events are not relayed"))
+    }
+
+    async fn get_nodes(
+        &self,
+        _request: Request<pb::GetNodesRequest>,
+    ) -> Result<Response<pb::GetNodesResponse>, Status> {
+        let mut nodes = Vec::new();
+        for peer in self.peers.peers() {
+            let mut node = pb::Node {
+                name: peer.name.clone(),
+                address: peer.address.clone(),
+                state: NodeState::NodeUnavailable.into(),
+                tls: Some(
+                    peer.tls_server_name
+                        .clone()
+                        .map_or_else(pb::Tls::default, |s| pb::Tls {
+                            enabled: true,
+                            server_name: s,
+                        }),
+                ),
+                ..pb::Node::default()
+            };
+            if let Ok(mut c) = self.client(&peer)
+                && let Ok(Ok(st)) =
+                    tokio::time::timeout(self.dial(), c.server_status(pb::ServerStatusRequest {}))
+                        .await
+            {
+                let st = st.into_inner();
+                node.state = NodeState::NodeConnected.into();
+                node.version = st.version;
+                node.uptime_ns = st.uptime_ns;
+                node.num_flows = st.num_flows;
+                node.max_flows = st.max_flows;
+                node.seen_flows = st.seen_flows;
+            }
+            nodes.push(node);
+        }
+        Ok(Response::new(pb::GetNodesResponse { nodes }))
+    }
+
+    async fn get_namespaces(
+        &self,
+        _request: Request<pb::GetNamespacesRequest>,
+    ) -> Result<Response<pb::GetNamespacesResponse>, Status> {
+        let mut seen = BTreeSet::new();
+        for peer in self.peers.peers() {
+            if let Ok(mut c) = self.client(&peer)
+                && let Ok(Ok(r)) =
+                    tokio::time::timeout(self.dial(), c.get_namespaces(pb::GetNamespacesRequest {}))
+                        .await
+            {
+                for ns in r.into_inner().namespaces {
+                    seen.insert((ns.cluster, ns.namespace));
+                }
+            }
+        }
+        let namespaces = seen
+            .into_iter()
+            .map(|(cluster, namespace)| pb::Namespace { cluster, namespace })
+            .collect();
+        Ok(Response::new(pb::GetNamespacesResponse { namespaces }))
+    }
+
+    async fn server_status(
+        &self,
+        _request: Request<pb::ServerStatusRequest>,
+    ) -> Result<Response<pb::ServerStatusResponse>, Status> {
+        let mut total = pb::ServerStatusResponse {
+            version: format!("catalyst-relay/{}", env!("CARGO_PKG_VERSION")),
+            ..pb::ServerStatusResponse::default()
+        };
+        let (mut connected, mut unavailable) = (0u32, BTreeMap::new());
+        for peer in self.peers.peers() {
+            let answer = match self.client(&peer) {
+                Ok(mut c) => {
+                    tokio::time::timeout(self.dial(), c.server_status(pb::ServerStatusRequest {}))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                }
+                Err(_) => None,
+            };
+            match answer {
+                Some(st) => {
+                    let st = st.into_inner();
+                    connected += 1;
+                    total.num_flows += st.num_flows;
+                    total.max_flows += st.max_flows;
+                    total.seen_flows += st.seen_flows;
+                    total.uptime_ns = total.uptime_ns.max(st.uptime_ns);
+                    total.flows_rate += st.flows_rate;
+                }
+                None => {
+                    unavailable.insert(peer.name.clone(), ());
+                }
+            }
+        }
+        total.num_connected_nodes = Some(connected);
+        total.num_unavailable_nodes = Some(u32::try_from(unavailable.len()).unwrap_or(u32::MAX));
+        total.unavailable_nodes = unavailable.into_keys().collect();
+        Ok(Response::new(total))
+    }
+}
+
+/// Serves the relay on `listener` (with the health service for `hubble status`) until it fails.
+pub async fn serve(service: RelayService, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(
+            crate::observer::HEALTH_SERVICE,
+            tonic_health::ServingStatus::Serving,
+        )
+        .await;
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    Server::builder()
+        .add_service(health)
+        .add_service(
+            ObserverServer::new(service)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip),
+        )
+        .serve_with_incoming(TcpListenerStream::new(listener))
+        .await
+        .context("relay server failed")
+}
+
+/// `catalyst-agent relay`: discovers agents and serves the merged Observer API until stopped.
+pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
+    if args.peer_services.is_empty() && args.static_peers.is_empty() {
+        anyhow::bail!("no agents to relay: give --peer-service and/or --static-peer");
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen_address)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen_address))?;
+    tracing::info!(listen = %args.listen_address, peer_services = ?args.peer_services,
+        static_peers = args.static_peers.len(), "relay listening");
+    let service = RelayService::new(args);
+    let _discovery = service.discover();
+    tokio::select! {
+        r = serve(service, listener) => r,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -33,6 +33,10 @@ pub use self::{
 /// Name of the health-checked service (what `hubble status` asks for).
 pub const HEALTH_SERVICE: &str = "hubble.server.Observer";
 
+/// Environment variable that overrides `observer.advertise_address` (the Helm chart sets it to
+/// the node IP and port).
+pub const ADVERTISE_ENV: &str = "CATALYST_OBSERVER_ADVERTISE_ADDRESS";
+
 /// Entries read from the ring per follow step.
 const FOLLOW_BATCH: usize = 1024;
 
@@ -70,7 +74,8 @@ impl ObserverService {
     #[must_use]
     pub fn with_config(mut self, cfg: &crate::config::ObserverConfig) -> Self {
         self.cluster = cfg.cluster_name.as_str().into();
-        if let Some(a) = &cfg.advertise_address {
+        let from_env = std::env::var(ADVERTISE_ENV).ok().filter(|a| !a.is_empty());
+        if let Some(a) = from_env.as_ref().or(cfg.advertise_address.as_ref()) {
             self.address = a.as_str().into();
         }
         self.limits = TransportLimits::from_config(cfg);

@@ -94,7 +94,8 @@ fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    // `observe --not FLAG VALUE` negates one filter flag, as `hubble observe --not` does.
+    let cli = Cli::parse_from(client::split_not(std::env::args().collect())?);
     init_tracing();
     match cli.command {
         Command::Run { config } => {

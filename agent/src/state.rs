@@ -250,7 +250,8 @@ pub fn build(
         cfg.event_interval_ms.saturating_mul(1_000_000),
     );
     let enrich = EnrichState {
-        node: cfg.node.clone(),
+        // As peer.Peer names the node: `<cluster>/<node>` unless the cluster is `default`.
+        node: crate::observer::peer_name(&cfg.observer.cluster_name, &cfg.node),
         endpoints: meta,
         identities: compiled
             .identities()

@@ -229,12 +229,15 @@ enum NodeItem {
 }
 
 impl RelayService {
-    /// Starts `GetFlows` on every known agent; their items arrive on the returned channel.
-    fn fan_out(&self, req: &GetFlowsRequest) -> (mpsc::Receiver<NodeItem>, usize) {
+    /// Starts `GetFlows` on every known agent; each agent's items arrive on its own bounded
+    /// channel (a slow agent never holds up the reading of the others).
+    fn fan_out(&self, req: &GetFlowsRequest) -> Vec<mpsc::Receiver<NodeItem>> {
         let peers = self.peers.peers();
-        let (tx, rx) = mpsc::channel(self.args.node_buffer.max(1));
+        let mut receivers = Vec::with_capacity(peers.len());
         for peer in &peers {
-            let (tx, req, name) = (tx.clone(), req.clone(), peer.name.clone());
+            let (tx, rx) = mpsc::channel(self.args.node_buffer.max(1));
+            receivers.push(rx);
+            let (req, name) = (req.clone(), peer.name.clone());
             let client = self.client(peer);
             tokio::spawn(async move {
                 let failed = |state, msg: String| NodeItem::Failed(name.clone(), state, msg);
@@ -283,7 +286,154 @@ impl RelayService {
                 }
             });
         }
-        (rx, peers.len())
+        receivers
+    }
+}
+
+type Tx = mpsc::Sender<Result<GetFlowsResponse, Status>>;
+
+/// The next response of an agent (a failure mid-stream becomes a status event).
+async fn next(rx: &mut mpsc::Receiver<NodeItem>, tx: &Tx) -> Option<GetFlowsResponse> {
+    loop {
+        match rx.recv().await? {
+            NodeItem::Response(r) => return Some(*r),
+            NodeItem::Failed(name, state, msg) => {
+                let _ = tx.send(Ok(status_response(state, vec![name], msg))).await;
+                return None;
+            }
+            NodeItem::Done => return None,
+            NodeItem::Connected(_) => {}
+        }
+    }
+}
+
+/// The historic answer: a status event naming the agents that answered and one per agent that
+/// did not, then the agents' flows merged in time order. Each agent's stream is already in time
+/// order, so with `first` or without a `number` the merge streams (one response held per
+/// agent); the newest `number` of the union needs the agents' last `number` each first.
+async fn history_merged(mut nodes: Vec<mpsc::Receiver<NodeItem>>, tx: Tx, req: &GetFlowsRequest) {
+    let mut heads: Vec<Option<GetFlowsResponse>> = Vec::with_capacity(nodes.len());
+    let (mut connected, mut failures) = (Vec::new(), Vec::new());
+    for rx in &mut nodes {
+        match rx.recv().await {
+            Some(NodeItem::Connected(name)) => connected.push(name),
+            Some(NodeItem::Failed(name, state, msg)) => {
+                failures.push(status_response(state, vec![name], msg));
+            }
+            _ => {}
+        }
+    }
+    let mut status = Vec::new();
+    if !connected.is_empty() {
+        status.push(status_response(
+            NodeState::NodeConnected,
+            connected,
+            String::new(),
+        ));
+    }
+    status.extend(failures);
+    for r in status {
+        if tx.send(Ok(r)).await.is_err() {
+            return;
+        }
+    }
+    let streaming = req.first || req.number == 0;
+    for rx in &mut nodes {
+        heads.push(next(rx, &tx).await);
+    }
+    let mut buffered = Vec::new();
+    let mut sent_flows = 0u64;
+    while let Some(i) = heads
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| {
+            h.as_ref()
+                .map(|r| (i, r.time.as_ref().map_or(0, crate::flow::timestamp_ns)))
+        })
+        .min_by_key(|(_, t)| *t)
+        .map(|(i, _)| i)
+    {
+        let r = heads[i].take().expect("chosen head is present");
+        heads[i] = next(&mut nodes[i], &tx).await;
+        if streaming {
+            let flow = matches!(r.response_types, Some(ResponseTypes::Flow(_)));
+            if flow && req.number != 0 && sent_flows >= req.number {
+                continue;
+            }
+            sent_flows += u64::from(flow);
+            if tx.send(Ok(r)).await.is_err() {
+                return;
+            }
+        } else {
+            buffered.push(r);
+        }
+    }
+    for r in merge_history(buffered, req) {
+        if tx.send(Ok(r)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The follow answer: status events as agents connect or fail, flows through the sort buffer.
+async fn follow_merged(
+    nodes: Vec<mpsc::Receiver<NodeItem>>,
+    tx: Tx,
+    mut sorter: SortBuffer,
+    window: Duration,
+) {
+    let (all_tx, mut rx) = mpsc::channel(nodes.len().max(1) * 64);
+    let mut pending = nodes.len();
+    for mut node in nodes {
+        let all_tx = all_tx.clone();
+        tokio::spawn(async move {
+            while let Some(item) = node.recv().await {
+                if all_tx.send(item).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(all_tx);
+    let mut tick = tokio::time::interval(window.max(Duration::from_millis(10)) / 4);
+    while pending > 0 {
+        let item = tokio::select! {
+            item = rx.recv() => item,
+            _ = tick.tick() => {
+                for r in sorter.drain_due(Instant::now()) {
+                    if tx.send(Ok(r)).await.is_err() { return; }
+                }
+                continue;
+            }
+            () = tx.closed() => return,
+        };
+        let Some(item) = item else { break };
+        let out = match item {
+            NodeItem::Connected(name) => vec![status_response(
+                NodeState::NodeConnected,
+                vec![name],
+                String::new(),
+            )],
+            NodeItem::Failed(name, state, msg) => {
+                pending -= 1;
+                vec![status_response(state, vec![name], msg)]
+            }
+            NodeItem::Done => {
+                pending -= 1;
+                Vec::new()
+            }
+            NodeItem::Response(r) => sorter.push(*r, Instant::now()),
+        };
+        for r in out {
+            if tx.send(Ok(r)).await.is_err() {
+                return;
+            }
+        }
+    }
+    for r in sorter.drain_all() {
+        if tx.send(Ok(r)).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -302,99 +452,15 @@ impl Observer for RelayService {
         let req = request.into_inner();
         // Refuse what every agent would refuse, before fanning out.
         crate::observer::validate_request(&req)?;
-        let (mut rx, n) = self.fan_out(&req);
+        let nodes = self.fan_out(&req);
         let (tx, out) = mpsc::channel(self.args.node_buffer.max(1));
         let window = Duration::from_millis(self.args.sort_window_ms);
         let cap = self.args.sort_buffer.max(1);
         tokio::spawn(async move {
-            let mut pending = n;
-            let (mut connected, mut history) = (Vec::new(), Vec::new());
-            // Status first: which agents answered and which did not.
-            let mut failures = Vec::new();
-            let mut sorter = SortBuffer::new(cap, window);
-            let mut tick = tokio::time::interval(window.max(Duration::from_millis(10)) / 4);
-            loop {
-                let item = if pending == 0 {
-                    None
-                } else if req.follow {
-                    tokio::select! {
-                        item = rx.recv() => item,
-                        _ = tick.tick() => {
-                            for r in sorter.drain_due(Instant::now()) {
-                                if tx.send(Ok(r)).await.is_err() { return; }
-                            }
-                            continue;
-                        }
-                        () = tx.closed() => return,
-                    }
-                } else {
-                    rx.recv().await
-                };
-                let Some(item) = item else {
-                    break;
-                };
-                match item {
-                    NodeItem::Connected(name) => {
-                        connected.push(name.clone());
-                        if req.follow
-                            && tx
-                                .send(Ok(status_response(
-                                    NodeState::NodeConnected,
-                                    vec![name],
-                                    String::new(),
-                                )))
-                                .await
-                                .is_err()
-                        {
-                            return;
-                        }
-                    }
-                    NodeItem::Failed(name, state, msg) => {
-                        pending -= 1;
-                        let ev = status_response(state, vec![name], msg);
-                        if req.follow {
-                            if tx.send(Ok(ev)).await.is_err() {
-                                return;
-                            }
-                        } else {
-                            failures.push(ev);
-                        }
-                    }
-                    NodeItem::Done => pending -= 1,
-                    NodeItem::Response(r) => {
-                        if req.follow {
-                            for r in sorter.push(*r, Instant::now()) {
-                                if tx.send(Ok(r)).await.is_err() {
-                                    return;
-                                }
-                            }
-                        } else {
-                            history.push(*r);
-                        }
-                    }
-                }
-            }
-            if !req.follow {
-                let mut out = Vec::new();
-                if !connected.is_empty() {
-                    out.push(status_response(
-                        NodeState::NodeConnected,
-                        connected,
-                        String::new(),
-                    ));
-                }
-                out.extend(failures);
-                out.extend(merge_history(history, &req));
-                for r in out {
-                    if tx.send(Ok(r)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            for r in sorter.drain_all() {
-                if tx.send(Ok(r)).await.is_err() {
-                    return;
-                }
+            if req.follow {
+                follow_merged(nodes, tx, SortBuffer::new(cap, window), window).await;
+            } else {
+                history_merged(nodes, tx, &req).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(out))))

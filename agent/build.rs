@@ -14,12 +14,13 @@ fn main() -> anyhow::Result<()> {
     compile_protos()
 }
 
-/// The Observer API protos: `flow`, `relay` and `observer` packages (specs/hubble-observer-api.md).
+/// The Observer API protos: `flow`, `relay`, `observer` and `peer` packages (specs/hubble-observer-api.md).
 fn compile_protos() -> anyhow::Result<()> {
-    const PROTOS: [&str; 3] = [
+    const PROTOS: [&str; 4] = [
         "flow/flow.proto",
         "relay/relay.proto",
         "observer/observer.proto",
+        "peer/peer.proto",
     ];
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let include = manifest_dir.join("proto");

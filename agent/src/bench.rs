@@ -35,6 +35,7 @@ pub fn synthetic_state(n: u32) -> EnrichState {
                 name: format!("pod-{i}"),
                 namespace: format!("ns-{}", i % 16),
                 interface: format!("veth{i}"),
+                workloads: Vec::new(),
             },
         );
         st.identities.insert(
@@ -194,6 +195,82 @@ fn follow(
     })
 }
 
+/// Historic `GetFlows` of a full ring (`flows` flows) straight from one agent and through a
+/// relay in front of it, alternating, three rounds each, same process and run: the best
+/// flows/s of each. What the relay adds is the second gRPC hop and its merge.
+fn relay_vs_direct(
+    flows: usize,
+    input: &[[u8; FLOW_EVENT_SIZE]],
+    enricher: Enricher,
+) -> anyhow::Result<(f64, f64)> {
+    use crate::{
+        api::observer::{
+            GetFlowsRequest, get_flows_response::ResponseTypes, observer_client::ObserverClient,
+        },
+        observer::{Listeners, ObserverService, serve},
+        relay::{self, RelayArgs, RelayService},
+    };
+    let flow_ring = FlowRing::new(flows);
+    let mut p = Pipeline::new(
+        enricher,
+        FlowSink::None,
+        flow_ring.clone(),
+        Metrics::new(256),
+    );
+    for i in 0..flows {
+        p.process(&input[i % input.len()]);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listeners =
+            Listeners::bind(Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))), None).await?;
+        let agent = listeners.tcp_addr().context("bound")?.to_string();
+        tokio::spawn(serve(
+            ObserverService::new(flow_ring, "bench-node", &agent),
+            listeners,
+            None,
+        ));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let relay_addr = l.local_addr()?.to_string();
+        tokio::spawn(relay::serve(
+            RelayService::new(RelayArgs {
+                static_peers: vec![("bench-node".into(), agent.clone())],
+                ..RelayArgs::default()
+            }),
+            l,
+        ));
+        let fetch = |addr: String| async move {
+            let ch = crate::client::connect(&addr, std::time::Duration::from_secs(5)).await?;
+            let start = Instant::now();
+            let mut s = ObserverClient::new(ch)
+                .max_decoding_message_size(64 << 20)
+                .get_flows(GetFlowsRequest {
+                    number: flows as u64,
+                    ..GetFlowsRequest::default()
+                })
+                .await?
+                .into_inner();
+            let mut got = 0usize;
+            while let Some(r) = s.message().await? {
+                got += usize::from(matches!(r.response_types, Some(ResponseTypes::Flow(_))));
+            }
+            anyhow::ensure!(got == flows, "{addr}: {got} of {flows} flows");
+            #[expect(clippy::cast_precision_loss, reason = "a rate for display")]
+            let rate = got as f64 / start.elapsed().as_secs_f64();
+            anyhow::Ok(rate)
+        };
+        let (mut direct, mut relayed) = (0f64, 0f64);
+        for _ in 0..3 {
+            direct = direct.max(fetch(agent.clone()).await?);
+            relayed = relayed.max(fetch(relay_addr.clone()).await?);
+        }
+        anyhow::Ok((direct, relayed))
+    })
+}
+
 /// Runs the benchmark and prints events/s for three paths: the reader's ingest (what bounds the
 /// kernel ring's drain rate), decode + enrich into the flow record, and decode + enrich + the
 /// `flow.Flow` message (what a `GetFlows` reader pays per flow).
@@ -250,6 +327,8 @@ pub fn flows(events: u64, ring: usize, json: bool) -> anyhow::Result<()> {
         }
     });
     std::hint::black_box(sink);
+    let (direct_rate, relay_rate) = relay_vs_direct(ring, &input, enricher.clone())?;
+    let relay_cost = 100.0 * (1.0 - relay_rate / direct_rate);
     let (follow_rate, follow_got, follow_lost) = follow(n, ring, Arc::new(input), enricher)?;
     if json {
         println!(
@@ -266,6 +345,9 @@ pub fn flows(events: u64, ring: usize, json: bool) -> anyhow::Result<()> {
                 "follow_flows_per_s": follow_rate.round(),
                 "follow_delivered": follow_got,
                 "follow_lost": follow_lost,
+                "history_direct_flows_per_s": direct_rate.round(),
+                "history_relay_flows_per_s": relay_rate.round(),
+                "relay_cost_percent": (relay_cost * 10.0).round() / 10.0,
                 "bar_events_per_s": 500_000,
             })
         );
@@ -279,6 +361,10 @@ pub fn flows(events: u64, ring: usize, json: bool) -> anyhow::Result<()> {
         println!("  GetFlows follow to a client (TCP):      {follow_rate:>12.0} flows/s");
         println!(
             "    ({follow_got} delivered, {follow_lost} reported lost: ingest ran at full speed)"
+        );
+        println!("  GetFlows history, one agent direct:     {direct_rate:>12.0} flows/s");
+        println!(
+            "  GetFlows history through the relay:     {relay_rate:>12.0} flows/s ({relay_cost:.1} % cost, bar 20 %)"
         );
         println!(
             "  bar (decoded and enriched):             {:>12} events/s",

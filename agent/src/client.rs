@@ -120,8 +120,10 @@ impl ServerArgs {
 /// Output formats of `observe`.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
-    /// `TIME [NODE]: SRC -> DST TYPE VERDICT (SUMMARY)`.
+    /// `TIME [NODE]: SRC -> DST TYPE VERDICT (SUMMARY)` (the node with --print-node-name).
     Compact,
+    /// Aligned columns `TIMESTAMP [NODE] SOURCE DESTINATION TYPE VERDICT SUMMARY`.
+    Table,
     /// One protobuf-JSON `GetFlows` response per line.
     Json,
     /// Alias of `json`.
@@ -219,12 +221,185 @@ pub struct ObserveArgs {
     /// Traffic direction: ingress or egress.
     #[arg(long)]
     pub traffic_direction: Vec<String>,
-    /// Node name (`*` patterns).
+    /// Node name patterns (`node`, `cluster/node`, `cluster/`, `*` wildcards).
     #[arg(long)]
     pub node_name: Vec<String>,
+    /// Node label selector.
+    #[arg(long)]
+    pub node_label: Vec<String>,
+    /// Flows from a fully qualified domain name (`*.example.com` patterns).
+    #[arg(long)]
+    pub from_fqdn: Vec<String>,
+    /// Flows to a fully qualified domain name.
+    #[arg(long)]
+    pub to_fqdn: Vec<String>,
+    /// Flows from or to a fully qualified domain name.
+    #[arg(long)]
+    pub fqdn: Vec<String>,
+    /// Flows from a workload (`name` or `kind/name`).
+    #[arg(long)]
+    pub from_workload: Vec<String>,
+    /// Flows to a workload.
+    #[arg(long)]
+    pub to_workload: Vec<String>,
+    /// Flows from or to a workload.
+    #[arg(long)]
+    pub workload: Vec<String>,
+    /// Flows from a cluster.
+    #[arg(long)]
+    pub from_cluster: Vec<String>,
+    /// Flows to a cluster.
+    #[arg(long)]
+    pub to_cluster: Vec<String>,
+    /// Flows from or to a cluster.
+    #[arg(long)]
+    pub cluster: Vec<String>,
+    /// HTTP status code (`404`) or class (`4+`, `40+`) of L7 flows.
+    #[arg(long)]
+    pub http_status: Vec<String>,
+    /// HTTP method of L7 flows.
+    #[arg(long)]
+    pub http_method: Vec<String>,
+    /// HTTP path of L7 flows (regular expression).
+    #[arg(long)]
+    pub http_path: Vec<String>,
+    /// HTTP URL of L7 flows (regular expression).
+    #[arg(long)]
+    pub http_url: Vec<String>,
+    /// Flow uuid.
+    #[arg(long)]
+    pub uuid: Vec<String>,
+    /// TCP flags that must all be set (`SYN`, `SYN,ACK`, …).
+    #[arg(long)]
+    pub tcp_flags: Vec<String>,
+    /// IP version: `v4` or `v6`.
+    #[arg(long)]
+    pub ip_version: Vec<String>,
+    /// Negate the next filter flag (`--not --pod web`): matching flows are left out. Filled
+    /// by [`split_not`] from `--not FLAG [VALUE]`.
+    #[arg(long = "not-filter", hide = true)]
+    pub not_filters: Vec<String>,
+    /// Print the node name of each flow (compact and table output).
+    #[arg(long)]
+    pub print_node_name: bool,
+    /// Field mask paths (comma-separated) sent with the request instead of the output's
+    /// default (`time,source.pod_name,verdict`).
+    #[arg(long, value_delimiter = ',')]
+    pub field_mask: Vec<String>,
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = Output::Compact)]
     pub output: Output,
+}
+
+/// Filter flags that take a value (what `--not` may precede).
+const VALUE_FLAGS: &[&str] = &[
+    "--from-pod",
+    "--to-pod",
+    "--pod",
+    "--namespace",
+    "-n",
+    "--from-label",
+    "--to-label",
+    "--label",
+    "-l",
+    "--from-ip",
+    "--to-ip",
+    "--ip",
+    "--from-port",
+    "--to-port",
+    "--port",
+    "--from-identity",
+    "--to-identity",
+    "--identity",
+    "--protocol",
+    "--verdict",
+    "--type",
+    "-t",
+    "--drop-reason",
+    "--traffic-direction",
+    "--node-name",
+    "--node-label",
+    "--from-fqdn",
+    "--to-fqdn",
+    "--fqdn",
+    "--from-workload",
+    "--to-workload",
+    "--workload",
+    "--from-cluster",
+    "--to-cluster",
+    "--cluster",
+    "--http-status",
+    "--http-method",
+    "--http-path",
+    "--http-url",
+    "--uuid",
+    "--tcp-flags",
+    "--ip-version",
+];
+
+/// Rewrites `--not FLAG VALUE` (and `--not FLAG=VALUE`, `--not --reply`) into the hidden
+/// `--not-filter=FLAG=VALUE` form, so that `observe` can put that filter in the blacklist as
+/// `hubble observe --not` does.
+///
+/// # Errors
+///
+/// `--not` at the end, or before something that is not a filter flag.
+pub fn split_not(args: Vec<String>) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        if a != "--not" {
+            out.push(a);
+            continue;
+        }
+        let flag = it
+            .next()
+            .context("--not must be followed by a filter flag")?;
+        let name = flag.split_once('=').map_or(flag.as_str(), |(n, _)| n);
+        if flag.contains('=') || name == "--reply" || name == "--is-reply" {
+            out.push(format!("--not-filter={flag}"));
+        } else if VALUE_FLAGS.contains(&name) {
+            let value = it
+                .next()
+                .with_context(|| format!("--not {flag} needs a value"))?;
+            out.push(format!("--not-filter={flag}={value}"));
+        } else {
+            bail!("--not must be followed by a filter flag, not `{flag}`");
+        }
+    }
+    Ok(out)
+}
+
+fn workload(s: &str) -> pb::Workload {
+    match s.split_once('/') {
+        Some((kind, name)) => pb::Workload {
+            name: name.to_owned(),
+            kind: kind.to_owned(),
+        },
+        None => pb::Workload {
+            name: s.to_owned(),
+            kind: String::new(),
+        },
+    }
+}
+
+fn tcp_flags(s: &str) -> anyhow::Result<pb::TcpFlags> {
+    let mut f = pb::TcpFlags::default();
+    for name in s.split(',').map(str::trim) {
+        match name.to_ascii_uppercase().as_str() {
+            "FIN" => f.fin = true,
+            "SYN" => f.syn = true,
+            "RST" => f.rst = true,
+            "PSH" => f.psh = true,
+            "ACK" => f.ack = true,
+            "URG" => f.urg = true,
+            "ECE" => f.ece = true,
+            "CWR" => f.cwr = true,
+            "NS" => f.ns = true,
+            other => bail!("unknown TCP flag `{other}` in --tcp-flags"),
+        }
+    }
+    Ok(f)
 }
 
 fn pod_name(s: &str) -> String {
@@ -279,6 +454,23 @@ fn event_type(s: &str) -> anyhow::Result<EventTypeFilter> {
 /// one filter with them as source and one with them as destination (OR), like `hubble observe`.
 pub fn filters(a: &ObserveArgs) -> anyhow::Result<Vec<FlowFilter>> {
     let mut base = FlowFilter {
+        node_labels: a.node_label.clone(),
+        source_fqdn: a.from_fqdn.clone(),
+        destination_fqdn: a.to_fqdn.clone(),
+        source_workload: a.from_workload.iter().map(|w| workload(w)).collect(),
+        destination_workload: a.to_workload.iter().map(|w| workload(w)).collect(),
+        source_cluster_name: a.from_cluster.clone(),
+        destination_cluster_name: a.to_cluster.clone(),
+        http_status_code: a.http_status.clone(),
+        http_method: a.http_method.clone(),
+        http_path: a.http_path.clone(),
+        http_url: a.http_url.clone(),
+        uuid: a.uuid.clone(),
+        tcp_flags: a
+            .tcp_flags
+            .iter()
+            .map(|t| tcp_flags(t))
+            .collect::<anyhow::Result<_>>()?,
         protocol: a.protocol.clone(),
         reply: a.reply.into_iter().collect(),
         node_name: a.node_name.clone(),
@@ -314,6 +506,13 @@ pub fn filters(a: &ObserveArgs) -> anyhow::Result<Vec<FlowFilter>> {
     for t in &a.event_type {
         base.event_type.push(event_type(t)?);
     }
+    for v in &a.ip_version {
+        base.ip_version.push(match v.to_ascii_lowercase().as_str() {
+            "v4" | "4" | "ipv4" => pb::IpVersion::IPv4.into(),
+            "v6" | "6" | "ipv6" => pb::IpVersion::IPv6.into(),
+            other => bail!("unknown IP version `{other}` (expected v4 or v6)"),
+        });
+    }
     let either_pods: Vec<String> = a
         .pod
         .iter()
@@ -321,6 +520,9 @@ pub fn filters(a: &ObserveArgs) -> anyhow::Result<Vec<FlowFilter>> {
         .chain(a.namespace.iter().map(|n| format!("{n}/")))
         .collect();
     let either = !(either_pods.is_empty()
+        && a.fqdn.is_empty()
+        && a.workload.is_empty()
+        && a.cluster.is_empty()
         && a.label.is_empty()
         && a.ip.is_empty()
         && a.port.is_empty()
@@ -334,12 +536,21 @@ pub fn filters(a: &ObserveArgs) -> anyhow::Result<Vec<FlowFilter>> {
     src.source_ip.extend(a.ip.iter().cloned());
     src.source_port.extend(a.port.iter().cloned());
     src.source_identity.extend(a.identity.iter().copied());
+    src.source_fqdn.extend(a.fqdn.iter().cloned());
+    src.source_workload
+        .extend(a.workload.iter().map(|w| workload(w)));
+    src.source_cluster_name.extend(a.cluster.iter().cloned());
     let mut dst = base;
     dst.destination_pod.extend(either_pods);
     dst.destination_label.extend(a.label.iter().cloned());
     dst.destination_ip.extend(a.ip.iter().cloned());
     dst.destination_port.extend(a.port.iter().cloned());
     dst.destination_identity.extend(a.identity.iter().copied());
+    dst.destination_fqdn.extend(a.fqdn.iter().cloned());
+    dst.destination_workload
+        .extend(a.workload.iter().map(|w| workload(w)));
+    dst.destination_cluster_name
+        .extend(a.cluster.iter().cloned());
     Ok(vec![src, dst])
 }
 
@@ -454,7 +665,47 @@ pub fn request(a: &ObserveArgs) -> anyhow::Result<GetFlowsRequest> {
         (None, None, false) if a.follow || since.is_some() => (0, false),
         (None, None, false) => (20, false),
     };
-    let mask = (a.output == Output::Compact).then(|| prost_types::FieldMask {
+    let compact_mask = matches!(a.output, Output::Compact | Output::Table);
+    let mask = if a.field_mask.is_empty() {
+        compact_mask.then(default_mask)
+    } else {
+        Some(prost_types::FieldMask {
+            paths: a.field_mask.clone(),
+        })
+    };
+    let mut blacklist = Vec::new();
+    if !a.not_filters.is_empty() {
+        let mut argv = vec!["observe".to_owned()];
+        for f in &a.not_filters {
+            // `--flag=value` as one token keeps values that start with `-`.
+            argv.push(f.clone());
+        }
+        let neg = <NotArgs as clap::Parser>::try_parse_from(&argv)
+            .map_err(|e| anyhow::anyhow!("--not: {e}"))?;
+        blacklist = filters(&neg.args)?;
+    }
+    Ok(GetFlowsRequest {
+        number,
+        first,
+        follow: a.follow,
+        blacklist,
+        whitelist: filters(a)?,
+        since: since.map(timestamp),
+        until: until.map(timestamp),
+        field_mask: mask,
+    })
+}
+
+/// Parser of the negated filter flags.
+#[derive(clap::Parser)]
+struct NotArgs {
+    #[command(flatten)]
+    args: ObserveArgs,
+}
+
+/// The field mask of compact and table output (what `hubble observe` sends).
+fn default_mask() -> prost_types::FieldMask {
+    prost_types::FieldMask {
         paths: [
             "time",
             "source.identity",
@@ -482,17 +733,7 @@ pub fn request(a: &ObserveArgs) -> anyhow::Result<GetFlowsRequest> {
         ]
         .map(str::to_owned)
         .to_vec(),
-    });
-    Ok(GetFlowsRequest {
-        number,
-        first,
-        follow: a.follow,
-        blacklist: Vec::new(),
-        whitelist: filters(a)?,
-        since: since.map(timestamp),
-        until: until.map(timestamp),
-        field_mask: mask,
-    })
+    }
 }
 
 /// Connects to `server` (`unix:///path`, `host:port`, `http://host:port`).
@@ -538,6 +779,7 @@ pub async fn observe(a: ObserveArgs) -> anyhow::Result<()> {
         .into_inner();
     let mut out = std::io::stdout().lock();
     let mut n = 0u64;
+    let mut table = print::Table::new(a.print_node_name);
     while let Some(resp) = stream
         .message()
         .await
@@ -545,7 +787,17 @@ pub async fn observe(a: ObserveArgs) -> anyhow::Result<()> {
     {
         let line = match (&resp.response_types, a.output) {
             (_, Output::Json | Output::Jsonpb) => print::response_json(&resp).to_string(),
-            (Some(ResponseTypes::Flow(f)), Output::Compact) => print::compact(f),
+            (Some(ResponseTypes::Flow(f)), Output::Compact) => {
+                print::compact_with(f, a.print_node_name)
+            }
+            (Some(ResponseTypes::Flow(f)), Output::Table) => {
+                table.push(f);
+                // Following: one aligned line at a time; otherwise aligned at the end.
+                if !a.follow {
+                    continue;
+                }
+                table.take_lines().join("\n")
+            }
             (Some(ResponseTypes::Flow(f)), Output::Dict) => {
                 let sep = if n == 0 { "" } else { "------------\n" };
                 format!("{sep}{}", print::dict(f))
@@ -564,6 +816,11 @@ pub async fn observe(a: ObserveArgs) -> anyhow::Result<()> {
         n += 1;
         if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
             // The reader went away (a closed pipe): stop quietly like hubble does.
+            return Ok(());
+        }
+    }
+    for line in table.take_lines() {
+        if writeln!(out, "{line}").is_err() {
             return Ok(());
         }
     }
@@ -667,6 +924,103 @@ mod tests {
             10_000_000_000
         );
         assert!(parse_time("yesterday", 0).is_err());
+    }
+
+    fn with_not(a: &[&str]) -> ObserveArgs {
+        let mut argv: Vec<String> = vec!["observe".into()];
+        argv.extend(a.iter().map(|s| (*s).to_owned()));
+        let argv = split_not(argv).expect("split");
+        args(&argv[1..].iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn not_puts_the_next_filter_in_the_blacklist() {
+        let r = request(&with_not(&[
+            "--verdict",
+            "DROPPED",
+            "--not",
+            "--pod",
+            "shop/web",
+            "--not",
+            "--reply",
+            "--not",
+            "--to-port=22",
+        ]))
+        .expect("ok");
+        assert_eq!(r.whitelist.len(), 1);
+        assert_eq!(r.whitelist[0].verdict, [pb::Verdict::Dropped as i32]);
+        // --pod is either side: two blacklist filters, each with every negated flag.
+        assert_eq!(r.blacklist.len(), 2);
+        assert_eq!(r.blacklist[0].source_pod, ["shop/web"]);
+        assert_eq!(r.blacklist[1].destination_pod, ["shop/web"]);
+        assert_eq!(r.blacklist[0].reply, [true]);
+        assert_eq!(r.blacklist[0].destination_port, ["22"]);
+        assert!(split_not(vec!["observe".into(), "--not".into()]).is_err());
+        assert!(split_not(vec!["observe".into(), "--not".into(), "--follow".into()]).is_err());
+    }
+
+    #[test]
+    fn l7_fqdn_workload_cluster_and_mask_flags() {
+        let r = request(&args(&[
+            "--to-fqdn",
+            "*.example.com",
+            "--http-status",
+            "5+",
+            "--http-method",
+            "GET",
+            "--from-workload",
+            "Deployment/web",
+            "--cluster",
+            "eu1",
+            "--tcp-flags",
+            "SYN,ACK",
+            "--ip-version",
+            "v6",
+            "--field-mask",
+            "time,verdict",
+        ]))
+        .expect("ok");
+        assert_eq!(r.whitelist.len(), 2);
+        let f = &r.whitelist[0];
+        assert_eq!(f.destination_fqdn, ["*.example.com"]);
+        assert_eq!(f.http_status_code, ["5+"]);
+        assert_eq!(f.http_method, ["GET"]);
+        assert_eq!(f.source_workload[0].kind, "Deployment");
+        assert_eq!(f.source_cluster_name, ["eu1"]);
+        assert_eq!(r.whitelist[1].destination_cluster_name, ["eu1"]);
+        assert!(f.tcp_flags[0].syn && f.tcp_flags[0].ack && !f.tcp_flags[0].fin);
+        assert_eq!(f.ip_version, [pb::IpVersion::IPv6 as i32]);
+        assert_eq!(r.field_mask.expect("mask").paths, ["time", "verdict"]);
+        assert!(request(&args(&["--tcp-flags", "XYZ"])).is_err());
+    }
+
+    #[test]
+    fn table_output_aligns_columns_like_hubble() {
+        let f = pb::Flow {
+            time: Some(timestamp(1_795_651_200_000_000_000)),
+            node_name: "n1".into(),
+            verdict: pb::Verdict::Forwarded.into(),
+            summary: "TCP Flags: SYN".into(),
+            is_reply: Some(false),
+            ip: Some(pb::Ip {
+                source: "10.0.0.1".into(),
+                destination: "10.0.0.22".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut t = print::Table::new(true);
+        t.push(&f);
+        t.push(&f);
+        let lines = t.take_lines();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("TIMESTAMP"), "{lines:?}");
+        assert!(lines[0].contains("NODE") && lines[0].ends_with("SUMMARY"));
+        let col = |l: &str, w: &str| l.find(w).expect(w);
+        assert_eq!(col(&lines[0], "DESTINATION"), col(&lines[1], "10.0.0.22"));
+        assert!(lines[1].contains("FORWARDED"));
+        assert!(!print::compact_with(&f, false).contains("[n1]"));
+        assert!(print::compact_with(&f, true).contains("[n1]"));
     }
 
     #[test]

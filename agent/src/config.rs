@@ -235,6 +235,40 @@ pub struct ObserverConfig {
     /// permissions); `null` (the default) serves plaintext.
     #[serde(default)]
     pub tls: Option<ObserverTlsConfig>,
+    /// Cluster name flows, `GetNamespaces` and `peer.Peer` report (Cilium's `cluster-name`);
+    /// peers of a cluster other than `default` are named `<cluster>/<node>`. Default `default`.
+    #[serde(default = "default_cluster")]
+    pub cluster_name: String,
+    /// `host:port` that `peer.Peer` announces for this node (what hubble-relay dials); `null`
+    /// (the default) announces the bound TCP address (an unspecified bind address such as
+    /// `0.0.0.0` cannot be dialled: set this, e.g. to the node IP, when relays run elsewhere).
+    #[serde(default)]
+    pub advertise_address: Option<String>,
+    /// Largest gRPC message the server decodes or encodes, bytes. Default 4194304 (4 MiB,
+    /// gRPC's default).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Concurrent HTTP/2 streams (RPCs) per client connection. Default 256.
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 keepalive ping interval on idle connections, milliseconds (0: no pings).
+    /// Default 30000.
+    #[serde(default = "default_keepalive_interval_ms")]
+    pub keepalive_interval_ms: u64,
+    /// How long a keepalive ping may go unanswered before the connection is closed,
+    /// milliseconds. Default 20000.
+    #[serde(default = "default_keepalive_timeout_ms")]
+    pub keepalive_timeout_ms: u64,
+}
+
+/// A workload (controller) an endpoint belongs to.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadConfig {
+    /// Workload name (`web`). Required.
+    pub name: String,
+    /// Workload kind (`Deployment`, `StatefulSet`, `DaemonSet`, …). Required.
+    pub kind: String,
 }
 
 /// TLS of the Observer API's TCP listener.
@@ -260,6 +294,12 @@ impl Default for ObserverConfig {
             ring_capacity: default_ring_capacity(),
             lost_events_interval_ms: default_lost_check_ms(),
             tls: None,
+            cluster_name: default_cluster(),
+            advertise_address: None,
+            max_message_bytes: default_max_message_bytes(),
+            max_concurrent_streams: default_max_concurrent_streams(),
+            keepalive_interval_ms: default_keepalive_interval_ms(),
+            keepalive_timeout_ms: default_keepalive_timeout_ms(),
         }
     }
 }
@@ -322,6 +362,11 @@ pub struct EndpointConfig {
     /// policy `toPorts` entries whose `port` is a name resolve through them. Default none.
     #[serde(default)]
     pub ports: Vec<NamedPortConfig>,
+    /// Workloads (controllers) the endpoint belongs to, as flows show them in
+    /// `Endpoint.workloads` (`[{name: web, kind: Deployment}]`). Kubernetes mode fills them from
+    /// the pod's owner references. Default none.
+    #[serde(default)]
+    pub workloads: Vec<WorkloadConfig>,
 }
 
 /// A named port of a workload.
@@ -499,6 +544,18 @@ fn default_ring_capacity() -> usize {
 }
 fn default_lost_check_ms() -> u64 {
     1000
+}
+fn default_max_message_bytes() -> usize {
+    4 << 20
+}
+fn default_max_concurrent_streams() -> u32 {
+    256
+}
+fn default_keepalive_interval_ms() -> u64 {
+    30_000
+}
+fn default_keepalive_timeout_ms() -> u64 {
+    20_000
 }
 #[expect(
     clippy::unnecessary_wraps,

@@ -12,6 +12,7 @@ pub mod k8s;
 pub mod metrics;
 pub mod nats;
 pub mod observer;
+pub mod relay;
 pub mod run;
 pub mod signals;
 pub mod state;

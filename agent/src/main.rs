@@ -6,7 +6,7 @@
 
 use std::{io::IsTerminal as _, path::PathBuf};
 
-use catalyst_agent::{bench, client, datapath, run};
+use catalyst_agent::{bench, client, datapath, relay, run};
 
 use clap::{Parser, Subcommand};
 
@@ -51,6 +51,8 @@ enum Command {
     Observe(Box<client::ObserveArgs>),
     /// Show the Observer API's health and flow ring, like `hubble status`.
     Status(client::ServerArgs),
+    /// Serve a cluster-wide Observer API over several agents, like hubble-relay.
+    Relay(Box<relay::RelayArgs>),
     /// Measure the flow pipeline: events decoded, enriched and stored per second on one core.
     #[command(hide = true)]
     BenchFlows {
@@ -92,7 +94,8 @@ fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    // `observe --not FLAG VALUE` negates one filter flag, as `hubble observe --not` does.
+    let cli = Cli::parse_from(client::split_not(std::env::args().collect())?);
     init_tracing();
     match cli.command {
         Command::Run { config } => {
@@ -104,6 +107,11 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Observe(args) => current_thread()?.block_on(client::observe(*args)),
         Command::Status(args) => current_thread()?.block_on(client::status(args)),
+        Command::Relay(args) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(relay::run(*args)),
         Command::BenchFlows { events, ring, json } => bench::flows(events, ring, json),
         Command::Check { config, policies } => run::check(config.as_deref(), &policies),
         Command::Counters { pin_path, json } => run::print_counters(&pin_path, json),

@@ -230,7 +230,8 @@ impl FlowRecorder {
             m.flows.get_or_create(&labels).clone()
         })
         .inc();
-        if verdict == VERDICT_DROPPED {
+        // A denied connection is one drop plus its policy-verdict event: count the drop once.
+        if verdict == VERDICT_DROPPED && kind != EVENT_POLICY_VERDICT {
             let reason = ev.drop_reason;
             self.counter(raw(2, reason, proto, 0, 0), |m| {
                 let labels = DropLabels {

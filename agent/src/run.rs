@@ -380,7 +380,8 @@ async fn start_servers(
                 .unwrap_or_default();
             tracing::info!(tcp = %address, tls = tls.is_some(), unix = ?cfg.observer.unix_socket,
                 ring = cfg.observer.ring_capacity, "observer API listening");
-            let service = ObserverService::new(ring.clone(), &cfg.node, &address);
+            let service =
+                ObserverService::new(ring.clone(), &cfg.node, &address).with_config(&cfg.observer);
             tasks.push(tokio::spawn(async move {
                 if let Err(error) = observer::serve(service, listeners, tls).await {
                     tracing::error!(

@@ -217,6 +217,11 @@ pub fn build(
                 name: ep.name.clone(),
                 namespace: ep.namespace.clone(),
                 interface: ep.interface.clone(),
+                workloads: ep
+                    .workloads
+                    .iter()
+                    .map(|w| (w.name.clone(), w.kind.clone()))
+                    .collect(),
             },
         );
     }
@@ -263,7 +268,8 @@ pub fn build(
     );
     desired.ct_timeouts = cfg.conntrack_timeouts.datapath();
     let enrich = EnrichState {
-        node: cfg.node.clone(),
+        // As peer.Peer names the node: `<cluster>/<node>` unless the cluster is `default`.
+        node: crate::observer::peer_name(&cfg.observer.cluster_name, &cfg.node),
         endpoints: meta,
         identities: compiled
             .identities()
@@ -285,6 +291,8 @@ pub fn build(
             .collect(),
         interfaces: ifnames,
         by_ip,
+        cluster: cfg.observer.cluster_name.clone(),
+        revision: 0,
     };
     Ok(Snapshot {
         desired,

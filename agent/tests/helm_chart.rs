@@ -38,6 +38,7 @@ fn chart_renders_the_agent_daemonset_rbac_and_config() {
             "ClusterRoleBinding",
             "ConfigMap",
             "DaemonSet",
+            "Service",
             "ServiceAccount"
         ]
     );
@@ -137,6 +138,41 @@ fn chart_values_reach_the_agent() {
         ["BPF", "NET_ADMIN", "PERFMON", "SYS_RESOURCE"]
     );
     assert_eq!(c["image"], "ghcr.io/openova/catalyst-agent:v9");
+}
+
+#[test]
+fn chart_exposes_the_hubble_peer_service_as_cilium_does() {
+    let docs = render(&[]);
+    let svc = find(&docs, "Service");
+    assert_eq!(svc["metadata"]["name"], "hubble-peer");
+    assert_eq!(svc["spec"]["internalTrafficPolicy"], "Local");
+    let port = &svc["spec"]["ports"][0];
+    assert_eq!(port["name"], "peer-service");
+    assert_eq!(port["port"].as_u64(), Some(80));
+    assert_eq!(port["targetPort"].as_u64(), Some(4244));
+    // The Service selects the agent pods.
+    let ds = find(&docs, "DaemonSet");
+    let pod_labels = &ds["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in svc["spec"]["selector"].as_mapping().unwrap() {
+        assert_eq!(&pod_labels[k.as_str().unwrap()], v);
+    }
+    // Each agent announces its node IP.
+    let env = &ds["spec"]["template"]["spec"]["containers"][0]["env"];
+    let advertise = env
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "CATALYST_OBSERVER_ADVERTISE_ADDRESS")
+        .expect("advertise env");
+    assert_eq!(advertise["value"], "$(NODE_IP):4244");
+    // TLS set-ups use port 443; the Service can be left out.
+    let tls = render(&[("hubble.peerService.servicePort", Value::from(443))]);
+    assert_eq!(
+        find(&tls, "Service")["spec"]["ports"][0]["port"].as_u64(),
+        Some(443)
+    );
+    let off = render(&[("hubble.peerService.enabled", Value::Bool(false))]);
+    assert!(off.iter().all(|d| d["kind"] != "Service"));
 }
 
 #[test]

@@ -198,6 +198,27 @@ fn observe_shows_verdicts_drop_reasons_and_policies_needs_root() -> anyhow::Resu
             "{f}"
         );
 
+        // Denials are policy-verdict events too (type 5, DROPPED), as Hubble reports them.
+        let verdicts = flows_json(
+            &socket,
+            &["--type", "policy-verdict", "--verdict", "DROPPED"],
+        )?;
+        ensure!(
+            verdicts
+                .iter()
+                .any(|f| f["drop_reason_desc"] == "POLICY_DENY"
+                    && f["traffic_direction"] == "EGRESS"
+                    && policy_names(f, "egress_denied_by") == ["client-egress"]),
+            "no DROPPED policy verdict for client -> db in {verdicts:?}"
+        );
+        ensure!(
+            verdicts
+                .iter()
+                .any(|f| f["drop_reason_desc"] == "POLICY_DENIED"
+                    && f["traffic_direction"] == "INGRESS"),
+            "no DROPPED policy verdict for web:22 in {verdicts:?}"
+        );
+
         eprintln!(
             "observe --last 30:\n{}",
             observe(&socket, &["--last", "30"])?
@@ -234,6 +255,13 @@ fn observe_shows_verdicts_drop_reasons_and_policies_needs_root() -> anyhow::Resu
         );
         ensure!(
             metrics.contains("hubble_policy_verdicts_total{direction=\"ingress\""),
+            "{metrics}"
+        );
+        ensure!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("hubble_policy_verdicts_total{")
+                    && l.contains("action=\"dropped\"")),
             "{metrics}"
         );
         ensure!(metrics.contains("catalyst_datapath_packets_total{direction=\"egress\",outcome=\"dropped\",reason=\"POLICY_DENY\"}"), "{metrics}");

@@ -301,9 +301,8 @@ fn tenancy_demo_in(
     std::fs::write(&tenant_config, serde_yaml::to_string(&cfg)?)?;
     println!("== agent restarted with the generated policies (pinned state adopted)");
     let mut agent = AgentProcess::start(&tenant_config, pin)?;
+    // The echo servers of the first phase (web 80/8080, world 443) are still running.
     let web = pod("web");
-    let _s1 = EchoServer::start(&web.netns(), web.ipv4, &[80, 8080])?;
-    let _s3 = EchoServer::start(WORLD_NS, WORLD_ADDRS[0], &[443])?;
     let cases = [
         (
             "client -> web:80 (within Organization acme)",

@@ -17,7 +17,7 @@ pub mod relay {
     tonic::include_proto!("relay");
 }
 
-/// The encoded `FileDescriptorSet` of the `flow`, `relay` and `observer` packages (for gRPC
+/// The encoded `FileDescriptorSet` of the `flow`, `relay`, `observer` and `peer` packages (for gRPC
 /// server reflection).
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/observer_descriptor.bin"));
@@ -25,4 +25,9 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 /// Package `observer`: the Observer service.
 pub mod observer {
     tonic::include_proto!("observer");
+}
+
+/// Package `peer`: the peer discovery service hubble-relay calls.
+pub mod peer {
+    tonic::include_proto!("peer");
 }

@@ -32,22 +32,83 @@ fn endpoint(r: EndpointRef) -> pb::Endpoint {
         namespace: r.namespace,
         labels: r.labels,
         pod_name: r.pod_name,
-        workloads: Vec::new(),
-        cluster_name: String::new(),
+        workloads: r
+            .workloads
+            .into_iter()
+            .map(|(name, kind)| pb::Workload { name, kind })
+            .collect(),
+        cluster_name: r.cluster_name,
     }
 }
 
-fn policies(refs: Vec<PolicyRefOut>) -> Vec<pb::Policy> {
+/// Cilium's policy labels: where the rule came from (`derived-from`), its name and namespace.
+fn policy_labels(p: &PolicyRefOut) -> Vec<String> {
+    let mut labels = vec![
+        format!("k8s:io.cilium.k8s.policy.derived-from={}", p.kind),
+        format!("k8s:io.cilium.k8s.policy.name={}", p.name),
+    ];
+    if !p.namespace.is_empty() {
+        labels.push(format!(
+            "k8s:io.cilium.k8s.policy.namespace={}",
+            p.namespace
+        ));
+    }
+    labels
+}
+
+fn policies(refs: Vec<PolicyRefOut>, revision: u64) -> Vec<pb::Policy> {
     refs.into_iter()
         .map(|p| pb::Policy {
+            labels: policy_labels(&p),
             name: p.name,
             namespace: p.namespace,
-            labels: Vec::new(),
-            revision: 0,
+            revision,
             kind: p.kind,
         })
         .collect()
 }
+
+/// A stable, unique flow id in UUID form (version 8, RFC 9562 custom layout): a hash of the
+/// node, the wall-clock time and the raw event, so every read of a ring entry gives the same
+/// id and distinct events get distinct ids.
+pub fn flow_uuid(node: &str, wall_ns: i128, ev: &catalyst_policy::datapath::FlowEvent) -> String {
+    use sha2::{Digest as _, Sha256};
+    let mut h = Sha256::new();
+    h.update(node.as_bytes());
+    h.update(wall_ns.to_le_bytes());
+    // SAFETY: FlowEvent is repr(C) plain old data with no padding (layout-tested in the
+    // policy crate), so viewing it as bytes reads only initialised memory.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            std::ptr::from_ref(ev).cast::<u8>(),
+            std::mem::size_of::<catalyst_policy::datapath::FlowEvent>(),
+        )
+    };
+    h.update(bytes);
+    let d = h.finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    b[6] = (b[6] & 0x0f) | 0x80;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex = b.iter().fold(String::with_capacity(32), |mut acc, x| {
+        use std::fmt::Write as _;
+        let _ = write!(acc, "{x:02x}");
+        acc
+    });
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// Cilium's trace sub-types (`pkg/monitor/api`): `to-endpoint` 0, `from-endpoint` 5.
+pub const TRACE_TO_ENDPOINT: i32 = 0;
+/// Trace sub-type of packets leaving the workload.
+pub const TRACE_FROM_ENDPOINT: i32 = 5;
 
 /// Hubble's TCP flag message from the wire bits (FIN=1, SYN=2, RST=4, PSH=8, ACK=16, URG=32,
 /// ECE=64, CWR=128).
@@ -125,7 +186,11 @@ pub fn to_proto(flow: Flow) -> pb::Flow {
         },
         _ => pb::CiliumEventType {
             r#type: i32::from(EVENT_TRACE),
-            sub_type: 0,
+            sub_type: if ev.direction == DIR_EGRESS {
+                TRACE_FROM_ENDPOINT
+            } else {
+                TRACE_TO_ENDPOINT
+            },
         },
     };
     let observation = match (ev.kind, ev.direction) {
@@ -148,7 +213,10 @@ pub fn to_proto(flow: Flow) -> pb::Flow {
         }),
         _ => None,
     };
-    let (allowed, denied) = (policies(flow.allowed_by), policies(flow.denied_by));
+    let (allowed, denied) = (
+        policies(flow.allowed_by, flow.policy_revision),
+        policies(flow.denied_by, flow.policy_revision),
+    );
     let (
         mut egress_allowed_by,
         mut ingress_allowed_by,
@@ -164,7 +232,7 @@ pub fn to_proto(flow: Flow) -> pb::Flow {
     }
     pb::Flow {
         time: Some(timestamp(flow.time_ns)),
-        uuid: String::new(),
+        uuid: flow_uuid(&flow.node_name, flow.time_ns, &ev),
         emitter: Some(pb::Emitter {
             name: EMITTER.to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -185,7 +253,7 @@ pub fn to_proto(flow: Flow) -> pb::Flow {
         source_service: None,
         destination_service: None,
         traffic_direction: direction.into(),
-        policy_match_type: u32::from(ev.match_type),
+        policy_match_type: u32::from(flow.policy_match_type),
         trace_observation_point: observation.into(),
         trace_reason: i32::from(ev.trace_reason),
         is_reply: Some(flow.is_reply),

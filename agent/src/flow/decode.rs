@@ -25,6 +25,8 @@ pub struct EndpointMeta {
     pub namespace: String,
     /// Host-side interface.
     pub interface: String,
+    /// Workloads (controllers) the endpoint belongs to: `(name, kind)`.
+    pub workloads: Vec<(String, String)>,
 }
 
 /// What enrichment needs; replaced as a whole on every policy or endpoint change.
@@ -42,6 +44,11 @@ pub struct EnrichState {
     pub interfaces: BTreeMap<u32, String>,
     /// Local endpoint ids by address (to name the remote side of pod-to-pod flows).
     pub by_ip: BTreeMap<IpAddr, u32>,
+    /// Cluster name (`Endpoint.cluster_name` of endpoints and identities of this cluster).
+    pub cluster: String,
+    /// Revision of the policy state (bumped by every [`Enricher::replace`]), reported in
+    /// `Policy.revision`.
+    pub revision: u64,
 }
 
 /// Shared, swappable enrichment state.
@@ -61,12 +68,14 @@ impl Enricher {
         }
     }
 
-    /// Replaces the state.
-    pub fn replace(&self, state: EnrichState) {
-        *self
+    /// Replaces the state; its `revision` becomes one more than the previous state's.
+    pub fn replace(&self, mut state: EnrichState) {
+        let mut cur = self
             .state
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(state);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.revision = cur.revision.max(state.revision) + 1;
+        *cur = Arc::new(state);
     }
 
     /// Current state.
@@ -196,9 +205,17 @@ fn endpoint_ref(
     ip: Option<IpAddr>,
 ) -> EndpointRef {
     let local_id = local_id.or_else(|| ip.and_then(|a| st.by_ip.get(&a).copied()));
+    let labels = st.identities.get(&identity).cloned().unwrap_or_default();
+    // Reserved identities (world, host, …) below 256 belong to no cluster, as in Cilium.
+    let cluster_name = if identity >= 256 || local_id.is_some() {
+        st.cluster.clone()
+    } else {
+        String::new()
+    };
     let mut r = EndpointRef {
         identity,
-        labels: st.identities.get(&identity).cloned().unwrap_or_default(),
+        labels,
+        cluster_name,
         ..EndpointRef::default()
     };
     if let Some(id) = local_id
@@ -207,6 +224,7 @@ fn endpoint_ref(
         r.id = id;
         r.namespace.clone_from(&ep.namespace);
         r.pod_name.clone_from(&ep.name);
+        r.workloads.clone_from(&ep.workloads);
     } else if let Some(ns) = r
         .labels
         .iter()
@@ -262,6 +280,36 @@ pub fn rfc3339_nanos(ns: i128) -> String {
     )
 }
 
+/// The policies that allowed or denied `ev`. As Hubble: the allowing policies go on
+/// policy-verdict events of new connections only, the denying ones on policy-verdict and drop
+/// events; trace events and replies carry none.
+fn deciding_policies(
+    st: &EnrichState,
+    ev: &FlowEvent,
+    reply: bool,
+) -> (Vec<PolicyRefOut>, Vec<PolicyRefOut>) {
+    if ev.rule_id == 0 || reply {
+        return (Vec::new(), Vec::new());
+    }
+    let origins = || {
+        st.origins
+            .get(ev.rule_id as usize)
+            .cloned()
+            .unwrap_or_default()
+    };
+    if ev.drop_reason == 181 && ev.verdict != VERDICT_FORWARDED {
+        if matches!(ev.kind, EVENT_DROP | EVENT_POLICY_VERDICT) {
+            (Vec::new(), origins())
+        } else {
+            (Vec::new(), Vec::new())
+        }
+    } else if ev.kind == EVENT_POLICY_VERDICT {
+        (origins(), Vec::new())
+    } else {
+        (Vec::new(), Vec::new())
+    }
+}
+
 /// Builds the flow record of `ev` from enrichment state `st`.
 pub fn enrich_with(st: &EnrichState, ev: &FlowEvent, wall_ns: i128) -> Flow {
     let reply = ev.flags & EV_F_REPLY != 0;
@@ -275,18 +323,7 @@ pub fn enrich_with(st: &EnrichState, ev: &FlowEvent, wall_ns: i128) -> Flow {
     let daddr = addr(ev.family, ev.daddr);
     let source = endpoint_ref(st, ev.src_identity, src_local, saddr);
     let destination = endpoint_ref(st, ev.dst_identity, dst_local, daddr);
-    let origins = st
-        .origins
-        .get(ev.rule_id as usize)
-        .cloned()
-        .unwrap_or_default();
-    let (allowed_by, denied_by) = if ev.rule_id == 0 {
-        (Vec::new(), Vec::new())
-    } else if ev.drop_reason == 181 {
-        (Vec::new(), origins)
-    } else {
-        (origins, Vec::new())
-    };
+    let (allowed_by, denied_by) = deciding_policies(st, ev, reply);
     let tcp_flags = if ev.protocol == PROTO_TCP {
         tcp_flag_names(ev.tcp_flags)
     } else {
@@ -344,9 +381,15 @@ pub fn enrich_with(st: &EnrichState, ev: &FlowEvent, wall_ns: i128) -> Flow {
         icmp,
         source,
         destination,
-        policy_match_type: ev.match_type,
+        // Only policy-verdict events carry a match type (Hubble leaves it 0 elsewhere).
+        policy_match_type: if ev.kind == EVENT_POLICY_VERDICT {
+            ev.match_type
+        } else {
+            0
+        },
         allowed_by,
         denied_by,
+        policy_revision: st.revision,
         interface: st
             .interfaces
             .get(&ev.ifindex)
@@ -389,6 +432,7 @@ mod tests {
                     name: "web".into(),
                     namespace: "shop".into(),
                     interface: "v7".into(),
+                    workloads: vec![("web".into(), "Deployment".into())],
                 },
             )]
             .into(),
@@ -407,6 +451,7 @@ mod tests {
             ],
             interfaces: BTreeMap::new(),
             by_ip: BTreeMap::new(),
+            ..EnrichState::default()
         };
         let ev = FlowEvent {
             kind: EVENT_DROP,

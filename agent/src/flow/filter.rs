@@ -32,7 +32,10 @@ pub enum FilterError {
         value: String,
     },
     /// Unknown protocol name.
-    #[error("unknown protocol `{0}` (expected tcp, udp, sctp, icmp, icmpv4 or icmpv6)")]
+    #[error(
+        "unknown protocol `{0}` in `protocol` (expected tcp, udp, sctp, icmp, icmpv4, icmpv6, \
+         http, dns or kafka)"
+    )]
     Protocol(String),
     /// A pod or service filter that is empty.
     #[error("invalid empty `{0}` filter, expected `[namespace/]name-prefix` or `namespace/`")]
@@ -45,6 +48,20 @@ pub enum FilterError {
         /// Why.
         reason: String,
     },
+    /// A value of a field that does not fit the field's syntax.
+    #[error("invalid value `{value}` in `{field}`: {reason}")]
+    Value {
+        /// Filter field.
+        field: &'static str,
+        /// Offending value.
+        value: String,
+        /// Expected syntax.
+        reason: String,
+    },
+    /// A filter field this server cannot evaluate (refused rather than ignored, so a filter
+    /// never matches more than the client asked for).
+    #[error("filter field `{0}` is not supported by this server")]
+    Unsupported(&'static str),
 }
 
 /// Compiled whitelist and blacklist of one request.
@@ -83,6 +100,9 @@ enum Proto {
     Sctp,
     Icmp4,
     Icmp6,
+    /// An L7 protocol: matches flows whose L7 record is of that kind. This agent emits no L7
+    /// flows (no L7 proxy), so these match no flow, as on a Cilium node without L7 visibility.
+    L7,
 }
 
 /// `[namespace/]prefix`: namespace exact, name a prefix (empty prefix: the whole namespace).
@@ -115,8 +135,8 @@ struct Compiled {
     destination_ip: Vec<IpNet>,
     source_pod: Vec<NameFilter>,
     destination_pod: Vec<NameFilter>,
-    source_fqdn: Vec<String>,
-    destination_fqdn: Vec<String>,
+    source_fqdn: Option<regex::Regex>,
+    destination_fqdn: Option<regex::Regex>,
     source_label: Vec<Vec<Requirement>>,
     destination_label: Vec<Vec<Requirement>>,
     source_service: Vec<NameFilter>,
@@ -134,9 +154,206 @@ struct Compiled {
     source_identity: Vec<u32>,
     destination_identity: Vec<u32>,
     tcp_flags: Vec<pb::TcpFlags>,
-    node_name: Vec<String>,
+    node_name: Option<regex::Regex>,
     ip_version: Vec<i32>,
     interface: Vec<pb::NetworkInterface>,
+    source_ip_xlated: Vec<IpNet>,
+    source_cluster_name: Vec<String>,
+    destination_cluster_name: Vec<String>,
+    node_labels: Vec<Vec<Requirement>>,
+    encrypted: Vec<bool>,
+    /// Set when any field that only L7 flows or traced flows can satisfy is present
+    /// (`http_*`, `dns_query`, `trace_id`, `ip_trace_id`): flows of this agent carry neither
+    /// an L7 record nor a trace context, so such a filter matches no flow.
+    needs_l7_or_trace: bool,
+}
+
+/// Hubble's `http_status_code` syntax: a full code (`404`) or a prefix followed by `+` (`4+`,
+/// `40+`), first digit 1–5.
+fn http_status(v: &str) -> Result<(), FilterError> {
+    let digits = v.strip_suffix('+').unwrap_or(v);
+    let ok = !digits.is_empty()
+        && digits.len() <= 3
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (b'1'..=b'5').contains(&digits.as_bytes()[0])
+        && (v.ends_with('+') || digits.len() == 3);
+    if ok {
+        Ok(())
+    } else {
+        Err(FilterError::Value {
+            field: "http_status_code",
+            value: v.to_owned(),
+            reason: "expected a status code (`404`) or a prefix with `+` (`4+`, `40+`)".into(),
+        })
+    }
+}
+
+fn regexes(field: &'static str, values: &[String]) -> Result<(), FilterError> {
+    for v in values {
+        regex::Regex::new(v).map_err(|e| FilterError::Value {
+            field,
+            value: v.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+fn non_empty(field: &'static str, values: &[String]) -> Result<(), FilterError> {
+    match values.iter().find(|v| v.trim().is_empty()) {
+        Some(v) => Err(FilterError::Value {
+            field,
+            value: v.clone(),
+            reason: "must not be empty".into(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Validates the fields only L7 or traced flows satisfy; true when any is set.
+fn l7_or_trace_fields(f: &FlowFilter) -> Result<bool, FilterError> {
+    const METHODS: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    for v in &f.http_status_code {
+        http_status(v)?;
+    }
+    for m in &f.http_method {
+        if !METHODS.iter().any(|x| x.eq_ignore_ascii_case(m)) {
+            return Err(FilterError::Value {
+                field: "http_method",
+                value: m.clone(),
+                reason: format!("expected one of {}", METHODS.join(", ")),
+            });
+        }
+    }
+    regexes("http_path", &f.http_path)?;
+    regexes("http_url", &f.http_url)?;
+    regexes("dns_query", &f.dns_query)?;
+    non_empty("trace_id", &f.trace_id)?;
+    if let Some(h) = f.http_header.iter().find(|h| h.key.trim().is_empty()) {
+        return Err(FilterError::Value {
+            field: "http_header",
+            value: format!("{}:{}", h.key, h.value),
+            reason: "the header key must not be empty".into(),
+        });
+    }
+    Ok(!(f.http_status_code.is_empty()
+        && f.http_method.is_empty()
+        && f.http_path.is_empty()
+        && f.http_url.is_empty()
+        && f.http_header.is_empty()
+        && f.dns_query.is_empty()
+        && f.trace_id.is_empty()
+        && f.ip_trace_id.is_empty()))
+}
+
+/// Any FQDN-like name (what an empty cluster or node pattern stands for).
+const ANY_NAME: &str = "(?:[-0-9_a-z]+(?:\\.[-0-9_a-z]+)*)";
+
+/// One FQDN pattern as a regular expression: trimmed, one trailing dot dropped, lower-cased;
+/// `*` stands for any run of `[-.0-9a-z]` (it may cross dots), everything else is literal and
+/// limited to `[-0-9_a-z.]`.
+fn fqdn_pattern(field: &'static str, whole: &str, pattern: &str) -> Result<String, FilterError> {
+    let bad = |reason: String| FilterError::Value {
+        field,
+        value: whole.to_owned(),
+        reason,
+    };
+    let p = pattern.trim();
+    let p = p.strip_suffix('.').unwrap_or(p).to_ascii_lowercase();
+    if p.is_empty() {
+        return Err(bad("empty pattern".into()));
+    }
+    if p.ends_with('.') {
+        return Err(bad("multiple trailing dots".into()));
+    }
+    let mut re = String::new();
+    for c in p.chars() {
+        match c {
+            '.' => re.push_str("\\."),
+            '*' => re.push_str("[-.0-9a-z]*"),
+            '-' | '_' | '0'..='9' | 'a'..='z' => re.push(c),
+            other => return Err(bad(format!("invalid character `{other}`"))),
+        }
+    }
+    Ok(re)
+}
+
+/// Compiles `node_name` patterns as Hubble does: `node`, `cluster/node`, `cluster/` (every node
+/// of a cluster) or `/node`; either side empty matches any name. Flow node names without a
+/// cluster prefix are taken to be in cluster `default`.
+fn node_patterns(values: &[String]) -> Result<Option<regex::Regex>, FilterError> {
+    if values.is_empty() {
+        return Ok(None);
+    }
+    let mut alts = Vec::new();
+    for v in values {
+        if v.is_empty() {
+            return Err(FilterError::Value {
+                field: "node_name",
+                value: v.clone(),
+                reason: "empty pattern".into(),
+            });
+        }
+        let (cluster, node) = match v.split('/').collect::<Vec<_>>()[..] {
+            [node] => ("", node),
+            [cluster, node] => (cluster, node),
+            _ => {
+                return Err(FilterError::Value {
+                    field: "node_name",
+                    value: v.clone(),
+                    reason: "too many slashes".into(),
+                });
+            }
+        };
+        let side = |p: &str| {
+            if p.is_empty() {
+                Ok(ANY_NAME.to_owned())
+            } else {
+                fqdn_pattern("node_name", v, p)
+            }
+        };
+        alts.push(format!("{}/{}", side(cluster)?, side(node)?));
+    }
+    let re = format!("\\A(?:{})\\z", alts.join("|"));
+    regex::Regex::new(&re)
+        .map(Some)
+        .map_err(|e| FilterError::Value {
+            field: "node_name",
+            value: values.join(","),
+            reason: e.to_string(),
+        })
+}
+
+/// Compiles FQDN patterns (`*.example.com`) into one expression matched against the names
+/// of the flow's side.
+fn fqdns(field: &'static str, values: &[String]) -> Result<Option<regex::Regex>, FilterError> {
+    if values.is_empty() {
+        return Ok(None);
+    }
+    let alts = values
+        .iter()
+        .map(|v| fqdn_pattern(field, v, v))
+        .collect::<Result<Vec<_>, _>>()?;
+    regex::Regex::new(&format!("\\A(?:{})\\z", alts.join("|")))
+        .map(Some)
+        .map_err(|e| FilterError::Value {
+            field,
+            value: values.join(","),
+            reason: e.to_string(),
+        })
+}
+
+fn node_match(re: &regex::Regex, node_name: &str) -> bool {
+    if node_name.is_empty() {
+        return false;
+    }
+    if node_name.contains('/') {
+        re.is_match(node_name)
+    } else {
+        re.is_match(&format!("default/{node_name}"))
+    }
 }
 
 fn nets(field: &'static str, values: &[String]) -> Result<Vec<IpNet>, FilterError> {
@@ -194,6 +411,7 @@ fn protocol(name: &str) -> Result<Vec<Proto>, FilterError> {
         "icmp" => vec![Proto::Icmp4, Proto::Icmp6],
         "icmpv4" => vec![Proto::Icmp4],
         "icmpv6" => vec![Proto::Icmp6],
+        "http" | "dns" | "kafka" => vec![Proto::L7],
         _ => return Err(FilterError::Protocol(name.to_owned())),
     })
 }
@@ -276,14 +494,27 @@ fn selectors(values: &[String]) -> Result<Vec<Vec<Requirement>>, FilterError> {
 
 impl Compiled {
     fn new(f: &FlowFilter) -> Result<Self, FilterError> {
+        if f.experimental
+            .as_ref()
+            .is_some_and(|e| !e.cel_expression.is_empty())
+        {
+            return Err(FilterError::Unsupported("experimental.cel_expression"));
+        }
+        let needs_l7_or_trace = l7_or_trace_fields(f)?;
         Ok(Self {
+            needs_l7_or_trace,
+            source_ip_xlated: nets("source_ip_xlated", &f.source_ip_xlated)?,
+            source_cluster_name: f.source_cluster_name.clone(),
+            destination_cluster_name: f.destination_cluster_name.clone(),
+            node_labels: selectors(&f.node_labels)?,
+            encrypted: f.encrypted.clone(),
             uuid: f.uuid.clone(),
             source_ip: nets("source_ip", &f.source_ip)?,
             destination_ip: nets("destination_ip", &f.destination_ip)?,
             source_pod: names("source_pod", &f.source_pod)?,
             destination_pod: names("destination_pod", &f.destination_pod)?,
-            source_fqdn: f.source_fqdn.clone(),
-            destination_fqdn: f.destination_fqdn.clone(),
+            source_fqdn: fqdns("source_fqdn", &f.source_fqdn)?,
+            destination_fqdn: fqdns("destination_fqdn", &f.destination_fqdn)?,
             source_label: selectors(&f.source_label)?,
             destination_label: selectors(&f.destination_label)?,
             source_service: names("source_service", &f.source_service)?,
@@ -306,7 +537,7 @@ impl Compiled {
             source_identity: f.source_identity.clone(),
             destination_identity: f.destination_identity.clone(),
             tcp_flags: f.tcp_flags.clone(),
-            node_name: f.node_name.clone(),
+            node_name: node_patterns(&f.node_name)?,
             ip_version: f.ip_version.clone(),
             interface: f.interface.clone(),
         })
@@ -317,7 +548,19 @@ impl Compiled {
         let dst = f.destination.as_ref();
         let ip = f.ip.as_ref();
         let l4 = f.l4.as_ref().and_then(|l| l.protocol.as_ref());
-        any(&self.uuid, |u| *u == f.uuid)
+        !self.needs_l7_or_trace
+            && any(&self.uuid, |u| *u == f.uuid)
+            && any(&self.source_ip_xlated, |n| {
+                ip_in(n, ip.map(|i| i.source_xlated.as_str()))
+            })
+            && any(&self.source_cluster_name, |c| {
+                src.is_some_and(|e| e.cluster_name == *c)
+            })
+            && any(&self.destination_cluster_name, |c| {
+                dst.is_some_and(|e| e.cluster_name == *c)
+            })
+            && any(&self.node_labels, |s| labels_match(s, &f.node_labels))
+            && any(&self.encrypted, |e| ip.is_some_and(|i| i.encrypted == *e))
             && any(&self.source_ip, |n| ip_in(n, ip.map(|i| i.source.as_str())))
             && any(&self.destination_ip, |n| {
                 ip_in(n, ip.map(|i| i.destination.as_str()))
@@ -328,10 +571,14 @@ impl Compiled {
             && any(&self.destination_pod, |n| {
                 name_match(n, dst.map(|e| (&*e.namespace, &*e.pod_name)))
             })
-            && any(&self.source_fqdn, |q| f.source_names.iter().any(|n| n == q))
-            && any(&self.destination_fqdn, |q| {
-                f.destination_names.iter().any(|n| n == q)
-            })
+            && self
+                .source_fqdn
+                .as_ref()
+                .is_none_or(|re| f.source_names.iter().any(|n| re.is_match(n)))
+            && self
+                .destination_fqdn
+                .as_ref()
+                .is_none_or(|re| f.destination_names.iter().any(|n| re.is_match(n)))
             && any(&self.source_label, |s| {
                 labels_match(s, src.map_or(&[], |e| &e.labels))
             })
@@ -375,7 +622,10 @@ impl Compiled {
                 Some(*i) == dst.map(|e| e.identity)
             })
             && any(&self.tcp_flags, |t| tcp_flags_match(t, l4))
-            && any(&self.node_name, |p| glob(p, &f.node_name))
+            && self
+                .node_name
+                .as_ref()
+                .is_none_or(|re| node_match(re, &f.node_name))
             && any(&self.ip_version, |v| Some(*v) == ip.map(|i| i.ip_version))
             && any(&self.interface, |i| {
                 interface_match(i, f.interface.as_ref())
@@ -494,26 +744,6 @@ fn labels_match(reqs: &[Requirement], labels: &[String]) -> bool {
             Op::NotIn(set) => values.all(|v| !set.iter().any(|s| s == v)),
         }
     })
-}
-
-/// `*` matches any run of characters; everything else is literal.
-fn glob(pattern: &str, s: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == s;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !s.starts_with(first) || s.len() < first.len() + last.len() || !s.ends_with(last) {
-        return false;
-    }
-    let mut rest = &s[first.len()..s.len() - last.len()];
-    for mid in &parts[1..parts.len() - 1] {
-        match rest.find(mid) {
-            Some(i) => rest = &rest[i + mid.len()..],
-            None => return false,
-        }
-    }
-    true
 }
 
 #[cfg(test)]
@@ -1192,19 +1422,160 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn glob_patterns() {
-        for (p, s, want) in [
-            ("a*", "abc", true),
-            ("*c", "abc", true),
-            ("a*c", "ac", true),
-            ("a*b*c", "axxbyyc", true),
-            ("a*b*c", "acb", false),
-            ("abc", "abc", true),
-            ("abc", "abcd", false),
-            ("*", "", true),
-        ] {
-            assert_eq!(glob(p, s), want, "{p} vs {s}");
+    fn node_filter(patterns: &[&str]) -> Result<FlowFilters, FilterError> {
+        FlowFilters::new(
+            &[FlowFilter {
+                node_name: patterns.iter().map(|p| (*p).to_owned()).collect(),
+                ..FlowFilter::default()
+            }],
+            &[],
+        )
+    }
+
+    fn on_node(name: &str) -> Flow {
+        Flow {
+            node_name: name.to_owned(),
+            ..Flow::default()
         }
+    }
+
+    #[test]
+    fn node_name_patterns_follow_hubble() {
+        for (pattern, node, want) in [
+            ("k8s*", "k8s-worker", true),
+            ("k8s*", "eu1/k8s-worker", true),
+            ("k8s*", "other", false),
+            ("eu1/", "eu1/k8s-worker", true),
+            ("eu1/", "k8s-worker", false),
+            ("default/", "k8s-worker", true),
+            ("eu1/*.example.com", "eu1/n1.example.com", true),
+            ("eu1/*.example.com", "eu2/n1.example.com", false),
+            ("*/n1", "us/n1", true),
+            ("/n1", "us/n1", true),
+            ("N1.", "n1", true),
+            ("n*", "", false),
+        ] {
+            let f = node_filter(&[pattern]).expect(pattern);
+            assert_eq!(f.matches(&on_node(node)), want, "{pattern} vs {node}");
+        }
+        for bad in ["", "a/b/c", "no spaces", "x/y!"] {
+            let e = node_filter(&[bad]).expect_err(bad);
+            assert!(e.to_string().contains("node_name"), "{e}");
+        }
+    }
+
+    #[test]
+    fn l7_and_trace_fields_are_validated_and_match_no_l3_l4_flow() {
+        let flow = sample();
+        let only = |f: FlowFilter| FlowFilters::new(&[f], &[]);
+        let cases = [
+            FlowFilter {
+                http_status_code: vec!["4+".into(), "404".into()],
+                ..FlowFilter::default()
+            },
+            FlowFilter {
+                http_method: vec!["get".into()],
+                ..FlowFilter::default()
+            },
+            FlowFilter {
+                dns_query: vec![".*\\.example\\.com".into()],
+                ..FlowFilter::default()
+            },
+            FlowFilter {
+                protocol: vec!["HTTP".into()],
+                ..FlowFilter::default()
+            },
+            FlowFilter {
+                protocol: vec!["dns".into()],
+                ..FlowFilter::default()
+            },
+            FlowFilter {
+                trace_id: vec!["abc".into()],
+                ..FlowFilter::default()
+            },
+        ];
+        for f in cases {
+            let compiled = only(f.clone()).expect("valid");
+            assert!(!compiled.matches(&flow), "{f:?} matched an L3/L4 flow");
+            // As a blacklist it removes nothing.
+            assert!(FlowFilters::new(&[], &[f]).expect("valid").matches(&flow));
+        }
+        // `protocol: [tcp, http]` still matches TCP flows (values are OR-ed).
+        assert!(
+            only(FlowFilter {
+                protocol: vec!["tcp".into(), "http".into()],
+                ..FlowFilter::default()
+            })
+            .expect("valid")
+            .matches(&flow)
+        );
+        for (f, field) in [
+            (
+                FlowFilter {
+                    http_status_code: vec!["4x".into()],
+                    ..FlowFilter::default()
+                },
+                "http_status_code",
+            ),
+            (
+                FlowFilter {
+                    http_method: vec!["FETCH".into()],
+                    ..FlowFilter::default()
+                },
+                "http_method",
+            ),
+            (
+                FlowFilter {
+                    http_path: vec!["(".into()],
+                    ..FlowFilter::default()
+                },
+                "http_path",
+            ),
+            (
+                FlowFilter {
+                    experimental: Some(pb::flow_filter::Experimental {
+                        cel_expression: vec!["true".into()],
+                    }),
+                    ..FlowFilter::default()
+                },
+                "experimental.cel_expression",
+            ),
+        ] {
+            let e = only(f).expect_err(field);
+            assert!(e.to_string().contains(field), "{e}");
+        }
+    }
+
+    #[test]
+    fn cluster_names_node_labels_and_encryption_are_matched() {
+        let mut flow = sample();
+        if let Some(s) = flow.source.as_mut() {
+            s.cluster_name = "eu1".into();
+        }
+        flow.node_labels = vec!["k8s:zone=a".into()];
+        let only = |f: FlowFilter| FlowFilters::new(&[f], &[]).expect("valid");
+        assert!(
+            only(FlowFilter {
+                source_cluster_name: vec!["eu1".into()],
+                node_labels: vec!["zone in (a,b)".into()],
+                encrypted: vec![false],
+                ..FlowFilter::default()
+            })
+            .matches(&flow)
+        );
+        assert!(
+            !only(FlowFilter {
+                destination_cluster_name: vec!["eu1".into()],
+                ..FlowFilter::default()
+            })
+            .matches(&flow)
+        );
+        assert!(
+            !only(FlowFilter {
+                encrypted: vec![true],
+                ..FlowFilter::default()
+            })
+            .matches(&flow)
+        );
     }
 }

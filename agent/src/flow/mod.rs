@@ -8,6 +8,7 @@ pub mod print;
 mod reader;
 mod record;
 mod ring;
+mod verdict;
 
 pub use self::{
     convert::{EMITTER, timestamp, timestamp_ns, to_proto},

@@ -130,11 +130,33 @@ pub fn compact_time(ts: Option<&prost_types::Timestamp>) -> String {
 }
 
 /// `TIME [NODE]: SRC -> DST TYPE VERDICT (SUMMARY)`.
-#[expect(
-    clippy::many_single_char_names,
-    reason = "a and b are the two sides of the line"
-)]
 pub fn compact(f: &Flow) -> String {
+    compact_with(f, true)
+}
+
+/// The compact line, with `[NODE]` only when `node` is set (`hubble observe
+/// --print-node-name`).
+pub fn compact_with(f: &Flow, node: bool) -> String {
+    let (a, arrow, b) = sides(f);
+    let kind = compact_kind(f);
+    if node {
+        format!(
+            "{} [{}]: {a} {arrow} {b} {kind} ({})",
+            compact_time(f.time.as_ref()),
+            f.node_name,
+            f.summary
+        )
+    } else {
+        format!(
+            "{}: {a} {arrow} {b} {kind} ({})",
+            compact_time(f.time.as_ref()),
+            f.summary
+        )
+    }
+}
+
+/// Source, arrow and destination as the compact form shows them (swapped for replies).
+fn sides(f: &Flow) -> (String, &'static str, String) {
     let ip = f.ip.as_ref();
     let p = ports(f);
     let mut a = side(
@@ -155,11 +177,16 @@ pub fn compact(f: &Flow) -> String {
         }
         Some(false) => "->",
     };
+    (a, arrow, b)
+}
+
+/// `policy-verdict:L3-L4 INGRESS ALLOWED`, `Policy denied DROPPED`, `to-endpoint FORWARDED`.
+fn compact_kind(f: &Flow) -> String {
     let verdict = pb::Verdict::try_from(f.verdict).unwrap_or(pb::Verdict::Unknown);
     let direction = pb::TrafficDirection::try_from(f.traffic_direction)
         .unwrap_or(pb::TrafficDirection::Unknown)
         .as_str_name();
-    let kind = match f.event_type.as_ref().map_or(0, |e| e.r#type) {
+    match f.event_type.as_ref().map_or(0, |e| e.r#type) {
         5 => {
             let v = match verdict {
                 pb::Verdict::Forwarded => "ALLOWED".to_owned(),
@@ -178,13 +205,78 @@ pub fn compact(f: &Flow) -> String {
             observation_point(f.trace_observation_point),
             verdict.as_str_name()
         ),
-    };
-    format!(
-        "{} [{}]: {a} {arrow} {b} {kind} ({})",
-        compact_time(f.time.as_ref()),
-        f.node_name,
-        f.summary
-    )
+    }
+}
+
+/// `-o table`: rows aligned in columns, as `hubble observe -o table` prints them.
+#[derive(Debug)]
+pub struct Table {
+    node: bool,
+    header: bool,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table, with a NODE column when `node` is set.
+    pub fn new(node: bool) -> Self {
+        Self {
+            node,
+            header: false,
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a flow.
+    pub fn push(&mut self, f: &Flow) {
+        let (a, arrow, b) = sides(f);
+        let (src, dst) = if arrow == "<-" { (b, a) } else { (a, b) };
+        let verdict = pb::Verdict::try_from(f.verdict)
+            .unwrap_or(pb::Verdict::Unknown)
+            .as_str_name()
+            .to_owned();
+        let mut row = vec![compact_time(f.time.as_ref())];
+        if self.node {
+            row.push(f.node_name.clone());
+        }
+        row.extend([src, dst, compact_type(f), verdict, f.summary.clone()]);
+        self.rows.push(row);
+    }
+
+    /// The lines of the rows added since the last call (the header before the first), padded
+    /// to the widest cell of each column among them (two spaces apart).
+    pub fn take_lines(&mut self) -> Vec<String> {
+        use std::fmt::Write as _;
+        let mut rows = std::mem::take(&mut self.rows);
+        if rows.is_empty() {
+            return Vec::new();
+        }
+        if !self.header {
+            self.header = true;
+            let mut h = vec!["TIMESTAMP"];
+            if self.node {
+                h.push("NODE");
+            }
+            h.extend(["SOURCE", "DESTINATION", "TYPE", "VERDICT", "SUMMARY"]);
+            rows.insert(0, h.into_iter().map(str::to_owned).collect());
+        }
+        let cols = rows[0].len();
+        let widths: Vec<usize> = (0..cols)
+            .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+            .collect();
+        rows.iter()
+            .map(|r| {
+                let mut line = String::new();
+                for (c, cell) in r.iter().enumerate() {
+                    if c + 1 == cols {
+                        line.push_str(cell);
+                    } else {
+                        let _ = write!(line, "{cell:<w$}  ", w = widths[c]);
+                    }
+                }
+                line
+            })
+            .collect()
+    }
 }
 
 fn ts_json(ts: Option<&prost_types::Timestamp>) -> Value {

@@ -10,6 +10,7 @@ use super::{
     decode::{Enricher, decode_event, enrich_with},
     record::Flow,
     ring::{FlowRing, StoredFlow},
+    verdict::VerdictEvents,
 };
 use crate::{
     metrics::{FlowRecorder, Metrics},
@@ -72,6 +73,7 @@ pub struct Pipeline {
     recorder: FlowRecorder,
     export: Option<FlowExport>,
     counts: Option<CountRecorder>,
+    verdicts: VerdictEvents,
 }
 
 impl Pipeline {
@@ -86,6 +88,7 @@ impl Pipeline {
             recorder,
             export: None,
             counts: None,
+            verdicts: VerdictEvents::default(),
         }
     }
 
@@ -110,12 +113,22 @@ impl Pipeline {
         }
     }
 
-    /// Processes one ring-buffer record.
+    /// Processes one ring-buffer record (one or two Hubble events, see [`VerdictEvents`]).
     pub fn process(&mut self, bytes: &[u8]) {
         let Some(ev) = decode_event(bytes) else {
             self.metrics.datapath.malformed();
             return;
         };
+        let (verdict, ev) = self.verdicts.expand(ev);
+        if let Some(v) = verdict {
+            self.record(v, false);
+        }
+        self.record(ev, true);
+    }
+
+    /// Sink, metrics, export and ring for one event; `datapath` is false for derived events
+    /// (they are not counted again for compliance signals).
+    fn record(&mut self, ev: catalyst_policy::datapath::FlowEvent, datapath: bool) {
         let state = self.enricher.current();
         let wall_ns = self.enricher.wall_ns(&ev);
         if !matches!(self.sink, FlowSink::None) {
@@ -125,7 +138,7 @@ impl Pipeline {
             }
         }
         self.recorder.observe(&ev);
-        if let Some(counts) = &mut self.counts {
+        if datapath && let Some(counts) = &mut self.counts {
             counts.observe(&ev);
         }
         self.metrics.processed.fetch_add(1, Ordering::Relaxed);

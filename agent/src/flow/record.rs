@@ -20,6 +20,32 @@ pub struct EndpointRef {
     /// Pod (endpoint) name.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub pod_name: String,
+    /// Workloads `(name, kind)` of a local endpoint.
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "serialize_workloads"
+    )]
+    pub workloads: Vec<(String, String)>,
+    /// Cluster of the endpoint (empty for reserved identities such as world).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub cluster_name: String,
+}
+
+fn serialize_workloads<S: serde::Serializer>(
+    w: &[(String, String)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq as _;
+    #[derive(Serialize)]
+    struct Workload<'a> {
+        name: &'a str,
+        kind: &'a str,
+    }
+    let mut seq = s.serialize_seq(Some(w.len()))?;
+    for (name, kind) in w {
+        seq.serialize_element(&Workload { name, kind })?;
+    }
+    seq.end()
 }
 
 fn serialize_time<S: serde::Serializer>(ns: &i128, s: S) -> Result<S::Ok, S::Error> {
@@ -110,6 +136,9 @@ pub struct Flow {
     /// Policies that denied the flow.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub denied_by: Vec<PolicyRefOut>,
+    /// Revision of the policy state the flow was decided under (`Policy.revision`).
+    #[serde(skip)]
+    pub policy_revision: u64,
     /// Host-side interface.
     pub interface: String,
     /// Hubble-style summary (`TCP Flags: SYN`, `ICMPv4 EchoRequest`, …).
@@ -162,7 +191,11 @@ impl Flow {
                 self.traffic_direction
             ),
             "drop" => format!("{} DROPPED", self.drop_reason_text()),
-            _ => format!("to-endpoint {}", self.traffic_direction),
+            _ => format!(
+                "{} {}",
+                trace_point_name(self.traffic_direction),
+                self.traffic_direction
+            ),
         };
         let verdict = match (self.event_type, self.verdict) {
             ("drop", _) => String::new(),
@@ -191,6 +224,15 @@ impl Flow {
             157 => "IP fragmentation not supported",
             _ => "Unknown drop reason",
         }
+    }
+}
+
+/// The trace observation point of this agent's trace events as `hubble observe` names it:
+/// packets towards the workload (ingress) are seen `to-endpoint`, packets from it `from-endpoint`.
+pub fn trace_point_name(direction: &str) -> &'static str {
+    match direction {
+        "EGRESS" => "from-endpoint",
+        _ => "to-endpoint",
     }
 }
 

@@ -620,6 +620,7 @@ impl Model {
                 audit,
                 source_check,
                 ports: named_ports(pod),
+                workloads: owner_workloads(pod),
             });
         }
         self.interfaces.retain(&live);
@@ -636,3 +637,34 @@ impl Model {
 
 #[cfg(test)]
 mod tests;
+
+/// The workloads of a pod from its controller owner reference, as Cilium derives them: a
+/// `ReplicaSet` named `<deployment>-<pod-template-hash>` stands for its `Deployment`.
+pub(crate) fn owner_workloads(
+    pod: &k8s_openapi::api::core::v1::Pod,
+) -> Vec<crate::config::WorkloadConfig> {
+    let Some(owners) = pod.metadata.owner_references.as_ref() else {
+        return Vec::new();
+    };
+    let Some(owner) = owners
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .or_else(|| owners.first())
+    else {
+        return Vec::new();
+    };
+    let hash = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("pod-template-hash"));
+    let deployment = (owner.kind == "ReplicaSet")
+        .then(|| hash.and_then(|h| owner.name.strip_suffix(h.as_str())?.strip_suffix('-')))
+        .flatten()
+        .filter(|d| !d.is_empty());
+    let (name, kind) = match deployment {
+        Some(d) => (d.to_owned(), "Deployment".to_owned()),
+        None => (owner.name.clone(), owner.kind.clone()),
+    };
+    vec![crate::config::WorkloadConfig { name, kind }]
+}

@@ -1,9 +1,10 @@
 //! `GetFlowsRequest.field_mask`: keep only the named fields of each flow.
 //!
-//! Paths use proto field names (`source.pod_name`, `IP`, `l4`). A path naming a field this
-//! agent's protos do not have (the CLI's default mask asks for `l7`, for instance) selects
-//! nothing: such fields are always empty here. Sub-paths are honoured for endpoints and `IP`;
-//! other messages are kept whole when any sub-path of theirs is named.
+//! Paths use proto field names (`source.pod_name`, `IP`, `l4`) and are validated against
+//! Hubble's `flow.Flow` message (Cilium 1.19): a path that names no field of it is refused, as
+//! Hubble refuses it. A valid path naming a field this agent never fills (the CLI's default
+//! mask asks for `l7`, for instance) selects nothing. Sub-paths are honoured for endpoints and
+//! `IP`; other messages are kept whole when any sub-path of theirs is named.
 
 use std::collections::BTreeMap;
 
@@ -16,9 +17,111 @@ pub struct FlowMask {
     fields: BTreeMap<String, Option<Vec<String>>>,
 }
 
+/// A field-mask path that names no field of `flow.Flow`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid field_mask path `{path}`: {reason}")]
+pub struct FieldMaskError {
+    /// The path.
+    pub path: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// Fields of upstream `flow.Flow` and, for message fields, their sub-fields (`None`: a scalar,
+/// no sub-path allowed; `Some(&[])`: a message whose sub-paths are not checked further).
+const FLOW_FIELDS: &[(&str, Option<&[&str]>)] = &[
+    ("time", Some(&["seconds", "nanos"])),
+    ("uuid", None),
+    ("emitter", Some(&["name", "version"])),
+    ("verdict", None),
+    ("drop_reason", None),
+    ("auth_type", None),
+    ("ethernet", Some(&["source", "destination"])),
+    ("IP", Some(IP_FIELDS)),
+    ("tunnel", Some(&[])),
+    (
+        "l4",
+        Some(&["TCP", "UDP", "ICMPv4", "ICMPv6", "SCTP", "VRRP", "IGMP"]),
+    ),
+    ("source", Some(ENDPOINT_FIELDS)),
+    ("destination", Some(ENDPOINT_FIELDS)),
+    ("Type", None),
+    ("node_name", None),
+    ("node_labels", None),
+    ("source_names", None),
+    ("destination_names", None),
+    ("l7", Some(&["type", "latency_ns", "dns", "http", "kafka"])),
+    ("reply", None),
+    ("event_type", Some(&["type", "sub_type"])),
+    ("source_service", Some(&["name", "namespace"])),
+    ("destination_service", Some(&["name", "namespace"])),
+    ("traffic_direction", None),
+    ("policy_match_type", None),
+    ("trace_observation_point", None),
+    ("trace_reason", None),
+    ("ip_trace_id", Some(&[])),
+    ("drop_reason_desc", None),
+    ("is_reply", Some(&["value"])),
+    ("debug_capture_point", None),
+    ("interface", Some(&["index", "name"])),
+    ("proxy_port", None),
+    ("trace_context", Some(&[])),
+    ("sock_xlate_point", None),
+    ("socket_cookie", None),
+    ("cgroup_id", None),
+    ("Summary", None),
+    ("extensions", Some(&[])),
+    ("egress_allowed_by", Some(POLICY_FIELDS)),
+    ("ingress_allowed_by", Some(POLICY_FIELDS)),
+    ("egress_denied_by", Some(POLICY_FIELDS)),
+    ("ingress_denied_by", Some(POLICY_FIELDS)),
+    ("policy_log", None),
+    ("aggregate", Some(&[])),
+];
+const ENDPOINT_FIELDS: &[&str] = &[
+    "ID",
+    "identity",
+    "cluster_name",
+    "namespace",
+    "labels",
+    "pod_name",
+    "workloads",
+];
+const IP_FIELDS: &[&str] = &[
+    "source",
+    "source_xlated",
+    "destination",
+    "ipVersion",
+    "encrypted",
+];
+const POLICY_FIELDS: &[&str] = &["name", "namespace", "labels", "revision", "kind"];
+
+fn validate(path: &str) -> Result<(), FieldMaskError> {
+    let err = |reason: String| FieldMaskError {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut parts = path.split('.');
+    let head = parts.next().unwrap_or_default();
+    let Some((_, subs)) = FLOW_FIELDS.iter().find(|(name, _)| *name == head) else {
+        return Err(err(format!("`{head}` is not a field of flow.Flow")));
+    };
+    match (parts.next(), subs) {
+        (Some(""), _) => Err(err("empty path element".to_owned())),
+        (Some(sub), None) => Err(err(format!("`{head}` has no field `{sub}`"))),
+        (Some(sub), Some(known)) if !known.is_empty() && !known.contains(&sub) => {
+            Err(err(format!("`{head}` has no field `{sub}`")))
+        }
+        _ => Ok(()),
+    }
+}
+
 impl FlowMask {
-    /// Compiles the paths of a field mask.
-    pub fn new(paths: &[String]) -> Self {
+    /// Compiles the paths of a field mask, refusing paths that name no field of `flow.Flow`.
+    pub fn new(paths: &[String]) -> Result<Self, FieldMaskError> {
+        for p in paths {
+            validate(p)?;
+        }
         let mut fields: BTreeMap<String, Option<Vec<String>>> = BTreeMap::new();
         for p in paths {
             let (head, rest) = match p.split_once('.') {
@@ -34,7 +137,7 @@ impl FlowMask {
                 (None, Some(_)) => {}
             }
         }
-        Self { fields }
+        Ok(Self { fields })
     }
 
     /// Whether the mask keeps everything.
@@ -161,7 +264,8 @@ mod tests {
             "source.pod_name".into(),
             "source.identity".into(),
             "l7".into(),
-        ]);
+        ])
+        .expect("valid paths");
         let out = m.apply(&f);
         assert_eq!(out.summary, "TCP Flags: SYN");
         assert!(out.uuid.is_empty() && out.node_name.is_empty());
@@ -169,8 +273,8 @@ mod tests {
         assert_eq!((src.identity, src.pod_name.as_str()), (5, "p"));
         assert!(src.labels.is_empty());
         // The whole field wins over a sub-path.
-        let m = FlowMask::new(&["source.pod_name".into(), "source".into()]);
+        let m = FlowMask::new(&["source.pod_name".into(), "source".into()]).expect("valid");
         assert_eq!(m.apply(&f).source.expect("kept").labels.len(), 1);
-        assert_eq!(FlowMask::new(&[]).apply(&f), f);
+        assert_eq!(FlowMask::new(&[]).expect("valid").apply(&f), f);
     }
 }

@@ -2,6 +2,7 @@
 //! UNIX socket (specs/hubble-observer-api.md).
 
 mod fieldmask;
+mod peer;
 mod serve;
 
 use std::{collections::BTreeSet, pin::Pin, sync::Arc};
@@ -25,11 +26,16 @@ use crate::{
 
 pub use self::{
     fieldmask::FlowMask,
-    serve::{Listeners, ObserverServerError, serve, tls_config},
+    peer::{PeerInfo, PeerRegistry, PeerService, peer_name, tls_server_name},
+    serve::{Listeners, ObserverServerError, TransportLimits, serve, tls_config},
 };
 
 /// Name of the health-checked service (what `hubble status` asks for).
 pub const HEALTH_SERVICE: &str = "hubble.server.Observer";
+
+/// Environment variable that overrides `observer.advertise_address` (the Helm chart sets it to
+/// the node IP and port).
+pub const ADVERTISE_ENV: &str = "CATALYST_OBSERVER_ADVERTISE_ADDRESS";
 
 /// Entries read from the ring per follow step.
 const FOLLOW_BATCH: usize = 1024;
@@ -42,19 +48,55 @@ const STREAM_BUFFER: usize = 256;
 pub struct ObserverService {
     ring: FlowRing,
     node: Arc<str>,
+    cluster: Arc<str>,
     address: Arc<str>,
     version: Arc<str>,
+    peers: PeerRegistry,
+    limits: TransportLimits,
 }
 
 impl ObserverService {
-    /// A service answering for node `node`, reachable at `address` (reported by `GetNodes`).
+    /// A service answering for node `node` of cluster `default`, reachable at `address`
+    /// (reported by `GetNodes` and announced by `peer.Peer`).
     pub fn new(ring: FlowRing, node: &str, address: &str) -> Self {
         Self {
             ring,
             node: node.into(),
+            cluster: "default".into(),
             address: address.into(),
             version: format!("{}/{}", crate::flow::EMITTER, env!("CARGO_PKG_VERSION")).into(),
+            peers: PeerRegistry::new([PeerInfo::node(node, "default", address, false)]),
+            limits: TransportLimits::default(),
         }
+    }
+
+    /// Applies the cluster name, advertised address and transport limits of `cfg`.
+    #[must_use]
+    pub fn with_config(mut self, cfg: &crate::config::ObserverConfig) -> Self {
+        self.cluster = cfg.cluster_name.as_str().into();
+        let from_env = std::env::var(ADVERTISE_ENV).ok().filter(|a| !a.is_empty());
+        if let Some(a) = from_env.as_ref().or(cfg.advertise_address.as_ref()) {
+            self.address = a.as_str().into();
+        }
+        self.limits = TransportLimits::from_config(cfg);
+        self.peers = PeerRegistry::new([self.self_peer(false)]);
+        self
+    }
+
+    /// This node as `peer.Peer` announces it.
+    fn self_peer(&self, tls: bool) -> PeerInfo {
+        PeerInfo::node(&self.node, &self.cluster, &self.address, tls)
+    }
+
+    /// The peers this service announces (this node); changes reach `Notify` callers.
+    pub fn peers(&self) -> &PeerRegistry {
+        &self.peers
+    }
+
+    /// Sets the announced address of this node (`PEER_UPDATED` for `Notify` callers).
+    pub fn set_address(&mut self, address: &str, tls: bool) {
+        self.address = address.into();
+        self.peers.upsert(self.self_peer(tls));
     }
 }
 
@@ -106,6 +148,12 @@ fn now_ns() -> i128 {
         .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))
 }
 
+/// Refuses a request that [`ObserverService`] would refuse (`first` with `follow`, bad
+/// filters, bad field-mask paths, `since` after `until`); the relay checks before fanning out.
+pub fn validate_request(req: &GetFlowsRequest) -> Result<(), Status> {
+    query(req).map(|_| ())
+}
+
 /// Validates a request and compiles its filters.
 fn query(req: &GetFlowsRequest) -> Result<Query, Status> {
     if req.first && req.follow {
@@ -122,7 +170,8 @@ fn query(req: &GetFlowsRequest) -> Result<Query, Status> {
     {
         return Err(Status::invalid_argument("since is after until"));
     }
-    let mask = FlowMask::new(req.field_mask.as_ref().map_or(&[][..], |m| &m.paths[..]));
+    let mask = FlowMask::new(req.field_mask.as_ref().map_or(&[][..], |m| &m.paths[..]))
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
     Ok(Query {
         filters,
         mask,
@@ -277,14 +326,21 @@ impl Observer for ObserverService {
         _request: Request<pb::GetNodesRequest>,
     ) -> Result<Response<pb::GetNodesResponse>, Status> {
         let node = pb::Node {
-            name: self.node.to_string(),
+            name: peer_name(&self.cluster, &self.node),
             version: self.version.to_string(),
             address: self.address.to_string(),
             state: NodeState::NodeConnected.into(),
-            tls: Some(pb::Tls {
-                enabled: false,
-                server_name: String::new(),
-            }),
+            tls: Some(
+                self.peers
+                    .peers()
+                    .into_iter()
+                    .find(|p| p.name == peer_name(&self.cluster, &self.node))
+                    .and_then(|p| p.tls_server_name)
+                    .map_or_else(pb::Tls::default, |server_name| pb::Tls {
+                        enabled: true,
+                        server_name,
+                    }),
+            ),
             uptime_ns: u64::try_from(self.ring.uptime().as_nanos()).unwrap_or(u64::MAX),
             num_flows: self.ring.len() as u64,
             max_flows: self.ring.capacity() as u64,
@@ -357,3 +413,6 @@ pub fn lost_event(source: LostEventSource, n: u64) -> LostEvent {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fidelity_tests;

@@ -3,15 +3,22 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::{
+    codec::CompressionEncoding,
+    transport::{Certificate, Identity, Server, ServerTlsConfig},
+};
 use tonic_health::ServingStatus;
 
-use super::{HEALTH_SERVICE, ObserverService};
-use crate::{api::observer::observer_server::ObserverServer, config::ObserverTlsConfig};
+use super::{HEALTH_SERVICE, ObserverService, PeerService};
+use crate::{
+    api::{observer::observer_server::ObserverServer, peer::peer_server::PeerServer},
+    config::ObserverTlsConfig,
+};
 
 /// Errors setting up the Observer listeners.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +108,46 @@ pub fn tls_config(cfg: &ObserverTlsConfig) -> Result<ServerTlsConfig, ObserverSe
     Ok(tls)
 }
 
+/// gRPC transport limits of the Observer listeners (`observer.*` in the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransportLimits {
+    /// Largest message decoded or encoded, bytes.
+    pub max_message_bytes: usize,
+    /// Concurrent streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Keepalive ping interval (`None`: no pings).
+    pub keepalive_interval: Option<Duration>,
+    /// How long a ping may go unanswered.
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for TransportLimits {
+    fn default() -> Self {
+        Self::from_config(&crate::config::ObserverConfig::default())
+    }
+}
+
+impl TransportLimits {
+    /// The limits configured in `cfg`.
+    pub fn from_config(cfg: &crate::config::ObserverConfig) -> Self {
+        Self {
+            max_message_bytes: cfg.max_message_bytes,
+            max_concurrent_streams: cfg.max_concurrent_streams,
+            keepalive_interval: (cfg.keepalive_interval_ms > 0)
+                .then(|| Duration::from_millis(cfg.keepalive_interval_ms)),
+            keepalive_timeout: Duration::from_millis(cfg.keepalive_timeout_ms),
+        }
+    }
+
+    /// A server builder with these limits.
+    pub fn builder(&self) -> Server {
+        Server::builder()
+            .max_concurrent_streams(self.max_concurrent_streams)
+            .http2_keepalive_interval(self.keepalive_interval)
+            .http2_keepalive_timeout(Some(self.keepalive_timeout))
+    }
+}
+
 /// Bound listeners (bound first, so configuration errors surface before the agent reports ready).
 #[derive(Debug, Default)]
 pub struct Listeners {
@@ -149,8 +196,10 @@ impl Listeners {
     }
 }
 
-/// Serves the Observer and health services on every listener until one of them fails; with
-/// `tls`, the TCP listener speaks TLS only (the UNIX socket stays plaintext).
+/// Serves the Observer, peer and health services on every listener until one of them fails;
+/// with `tls`, the TCP listener speaks TLS only (the UNIX socket stays plaintext) and this node
+/// is announced with its TLS server name. Responses are gzip-compressed for clients that
+/// accept it, and gzip-compressed requests are accepted.
 pub async fn serve(
     service: ObserverService,
     listeners: Listeners,
@@ -164,19 +213,36 @@ pub async fn serve(
         .set_service_status("", ServingStatus::Serving)
         .await;
     let (reflect_v1, reflect_v1alpha) = reflection()?;
+    let limits = service.limits;
+    if tls.is_some() {
+        service.peers.upsert(service.self_peer(true));
+    }
+    let peer = PeerService::new(service.peers.clone());
+    let observer = ObserverServer::new(service)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(limits.max_message_bytes)
+        .max_encoding_message_size(limits.max_message_bytes);
+    let peer = PeerServer::new(peer)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(limits.max_message_bytes)
+        .max_encoding_message_size(limits.max_message_bytes);
     let router = |builder: Server| {
         let mut builder = builder;
         builder
             .add_service(health.clone())
-            .add_service(ObserverServer::new(service.clone()))
+            .add_service(observer.clone())
+            .add_service(peer.clone())
             .add_service(reflect_v1.clone())
             .add_service(reflect_v1alpha.clone())
     };
     let tcp_builder = match tls {
-        Some(tls) => Server::builder()
+        Some(tls) => limits
+            .builder()
             .tls_config(tls)
             .map_err(ObserverServerError::Tls)?,
-        None => Server::builder(),
+        None => limits.builder(),
     };
     let tcp = async {
         match listeners.tcp {
@@ -190,7 +256,7 @@ pub async fn serve(
     let unix_path = listeners.unix.as_ref().map(|(_, p)| p.clone());
     let unix = async {
         match listeners.unix {
-            Some((l, _)) => router(Server::builder())
+            Some((l, _)) => router(limits.builder())
                 .serve_with_incoming(UnixListenerStream::new(l))
                 .await
                 .map_err(ObserverServerError::Serve),

@@ -1,5 +1,7 @@
 //! `cargo xtask bench flows`: the flow pipeline (`catalyst-agent bench-flows`: events/s decoded
-//! and enriched on one core, `GetFlows` follow throughput) and the agent's footprint: the real
+//! and enriched on one core, `GetFlows` follow throughput, a full ring's history straight from
+//! one agent and through `catalyst-agent relay`, alternating in one run) and the agent's
+//! footprint: the real
 //! release agent with 1,000 endpoints (veth pairs in a namespace of its own, programs attached
 //! to the endpoint side of each; the kernels here have no `dummy` driver) and its 65,536-flow
 //! ring filled by real traffic through the datapath, measured from `/proc/<pid>/status`.
@@ -86,6 +88,17 @@ pub fn flows() -> anyhow::Result<()> {
         rate("follow_flows_per_s"),
         p["follow_delivered"],
         p["follow_lost"]
+    )?;
+    writeln!(
+        md,
+        "| `GetFlows` history of a full ring, one agent direct (flows/s) | {:.2} M | |",
+        rate("history_direct_flows_per_s")
+    )?;
+    writeln!(
+        md,
+        "| the same through `catalyst-agent relay` (flows/s; cost vs direct, same run) | {:.2} M ({:.1} %) | cost ≤ 20 % |",
+        rate("history_relay_flows_per_s"),
+        p["relay_cost_percent"].as_f64().unwrap_or_default()
     )?;
     writeln!(
         md,

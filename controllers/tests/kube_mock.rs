@@ -177,9 +177,10 @@ fn context(
     for ar in generated_kinds() {
         let mut w = Writer::<DynamicObject>::new(ar.clone());
         for v in live.iter().filter(|v| v["kind"] == ar.kind.as_str()) {
-            w.apply_watcher_event(&watcher::Event::Apply(
-                serde_json::from_value(v.clone()).unwrap(),
-            ));
+            // Stored as the controller stores them (compacted).
+            let mut o: DynamicObject = serde_json::from_value(v.clone()).unwrap();
+            compact(&mut o);
+            w.apply_watcher_event(&watcher::Event::Apply(o));
         }
         observed.push((ar, w.as_reader()));
         std::mem::forget(w); // keep the store's writer side alive for the test's duration

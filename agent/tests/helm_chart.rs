@@ -15,11 +15,15 @@ use catalyst_tests::helm::{chart_dir, find, render, strings};
 use serde::Deserialize as _;
 use serde_yaml::Value;
 
-/// The agent's documents of the rendered chart (the controllers have their own test).
+/// The agent's documents of the rendered chart, with its `hubble-peer` Service (the controllers
+/// have their own test).
 fn agent_docs(overrides: &[(&str, Value)]) -> Vec<Value> {
     render(overrides)
         .into_iter()
-        .filter(|d| d["metadata"]["labels"]["app.kubernetes.io/name"] == "catalyst-agent")
+        .filter(|d| {
+            let name = &d["metadata"]["labels"]["app.kubernetes.io/name"];
+            name == "catalyst-agent" || name == "hubble-peer"
+        })
         .collect()
 }
 
@@ -142,7 +146,7 @@ fn chart_values_reach_the_agent() {
 
 #[test]
 fn chart_exposes_the_hubble_peer_service_as_cilium_does() {
-    let docs = render(&[]);
+    let docs = agent_docs(&[]);
     let svc = find(&docs, "Service");
     assert_eq!(svc["metadata"]["name"], "hubble-peer");
     assert_eq!(svc["spec"]["internalTrafficPolicy"], "Local");
@@ -166,12 +170,12 @@ fn chart_exposes_the_hubble_peer_service_as_cilium_does() {
         .expect("advertise env");
     assert_eq!(advertise["value"], "$(NODE_IP):4244");
     // TLS set-ups use port 443; the Service can be left out.
-    let tls = render(&[("hubble.peerService.servicePort", Value::from(443))]);
+    let tls = agent_docs(&[("hubble.peerService.servicePort", Value::from(443))]);
     assert_eq!(
         find(&tls, "Service")["spec"]["ports"][0]["port"].as_u64(),
         Some(443)
     );
-    let off = render(&[("hubble.peerService.enabled", Value::Bool(false))]);
+    let off = agent_docs(&[("hubble.peerService.enabled", Value::Bool(false))]);
     assert!(off.iter().all(|d| d["kind"] != "Service"));
 }
 

@@ -43,7 +43,7 @@ pub struct Metrics {
     duration: Family<ControllerLabel, Histogram>,
     writes: Family<ActionLabel, Counter>,
     drift: Family<ControllerLabel, Counter>,
-    queue_depth: Family<ControllerLabel, Gauge>,
+    in_flight: Family<ControllerLabel, Gauge>,
     invalid: Family<ControllerLabel, Gauge>,
     leader: Gauge,
     ready: AtomicBool,
@@ -94,11 +94,11 @@ impl Metrics {
             "Generated objects changed by someone else and put back",
             drift.clone(),
         );
-        let queue_depth = Family::<ControllerLabel, Gauge>::default();
+        let in_flight = Family::<ControllerLabel, Gauge>::default();
         registry.register(
-            "queue_depth",
-            "Objects waiting for a reconcile, per controller",
-            queue_depth.clone(),
+            "reconciles_in_flight",
+            "Reconciles running now, per controller (kube-runtime's scheduler does not expose its queue length)",
+            in_flight.clone(),
         );
         let invalid = Family::<ControllerLabel, Gauge>::default();
         registry.register(
@@ -122,7 +122,7 @@ impl Metrics {
             duration,
             writes,
             drift,
-            queue_depth,
+            in_flight,
             invalid,
             leader,
             ready: AtomicBool::new(false),
@@ -175,11 +175,14 @@ impl Metrics {
         self.drift.get_or_create(&Self::label(controller)).inc();
     }
 
-    /// Sets the queue depth.
-    pub fn set_queue_depth(&self, controller: &str, depth: usize) {
-        self.queue_depth
-            .get_or_create(&Self::label(controller))
-            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    /// Counts a reconcile as running.
+    pub fn reconcile_started(&self, controller: &str) {
+        self.in_flight.get_or_create(&Self::label(controller)).inc();
+    }
+
+    /// Counts a reconcile as finished.
+    pub fn reconcile_finished(&self, controller: &str) {
+        self.in_flight.get_or_create(&Self::label(controller)).dec();
     }
 
     /// Sets the number of refused resources.

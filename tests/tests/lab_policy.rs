@@ -40,12 +40,20 @@ fn root_no_policy_allows_everything() {
     assert!(s.tcp("other", db(), 5432));
     assert!(s.tcp("client", WORLD_ADDRS[0], 443));
     assert!(s.tcp("client", pod("web").ipv6, 80));
+    // No policy enforces either direction: flows are traces, and as in Hubble no policy-verdict
+    // event is emitted for a direction no policy enforces.
     let f = s
-        .wait_flow("policy verdict client->web:80", |f| {
-            f["event_type"] == "policy-verdict" && f["destination_port"] == 80
+        .wait_flow("trace client->web:80", |f| {
+            f["event_type"] == "trace" && f["destination_port"] == 80
         })
         .unwrap();
     assert_eq!(f["verdict"], "FORWARDED");
+    assert!(
+        s.flows()
+            .iter()
+            .all(|f| f["event_type"] != "policy-verdict"),
+        "no policy-verdict events without a policy"
+    );
 }
 
 #[test]

@@ -342,6 +342,7 @@ fn tokio_stream_interval(every: Duration) -> impl futures_util::Stream<Item = ()
 pub async fn reconcile(org: Arc<Organization>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api = Api::<Organization>::all(ctx.client.clone());
     let started = Instant::now();
+    ctx.metrics.reconcile_started("tenancy");
     let result = finalizer(&api, FINALIZER, org, |event| async {
         match event {
             Finalizer::Apply(o) => apply(&o, &ctx).await,
@@ -350,9 +351,7 @@ pub async fn reconcile(org: Arc<Organization>, ctx: Arc<Context>) -> Result<Acti
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
-    if result.is_ok() {
-        ctx.metrics.set_queue_depth("tenancy", 0);
-    }
+    ctx.metrics.reconcile_finished("tenancy");
     tracing::debug!(took_ms = started.elapsed().as_millis() as u64, "reconcile");
     result
 }

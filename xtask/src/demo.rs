@@ -347,29 +347,41 @@ fn tenancy_demo_in(
             if ok { "connected" } else { "blocked" }
         );
     }
-    std::thread::sleep(Duration::from_millis(300));
     println!("== tenancy drops (flows naming the generated policy)");
-    let flows = std::fs::read_to_string(&flow_log).unwrap_or_default();
-    for f in flows
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-    {
-        let by = &f["denied_by"][0]["name"];
-        if f["verdict"] == "DROPPED"
-            && by
-                .as_str()
-                .is_some_and(|n| n.starts_with("catalyst-tenancy"))
-        {
+    // Flow records are written in batches: poll the log for a few seconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let flows = std::fs::read_to_string(&flow_log).unwrap_or_default();
+        let found = flows
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|f| {
+                f["verdict"] == "DROPPED"
+                    && f["denied_by"][0]["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("catalyst-tenancy"))
+            });
+        if found.is_some() || std::time::Instant::now() > deadline {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    match line {
+        Some(f) => println!(
+            "  {}:{} -> {}:{} DROPPED ({}) denied by {}",
+            f["source_ip"].as_str().unwrap_or(""),
+            f["source_port"],
+            f["destination_ip"].as_str().unwrap_or(""),
+            f["destination_port"],
+            f["drop_reason_desc"].as_str().unwrap_or(""),
+            f["denied_by"][0]["name"].as_str().unwrap_or("")
+        ),
+        None => {
+            failures += 1;
             println!(
-                "  {}:{} -> {}:{} DROPPED ({}) denied by {}",
-                f["source_ip"].as_str().unwrap_or(""),
-                f["source_port"],
-                f["destination_ip"].as_str().unwrap_or(""),
-                f["destination_port"],
-                f["drop_reason_desc"].as_str().unwrap_or(""),
-                by.as_str().unwrap_or("")
+                "  [BAD] no drop naming a catalyst-tenancy policy in {}",
+                flow_log.display()
             );
-            break;
         }
     }
     agent.stop()?;

@@ -365,8 +365,8 @@ fn tenancy_demo_in(
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    match found {
-        Some(f) => println!(
+    if let Some(f) = found {
+        println!(
             "  {}:{} -> {}:{} DROPPED ({} {}){}",
             f["source_ip"].as_str().unwrap_or(""),
             f["source_port"],
@@ -378,14 +378,13 @@ fn tenancy_demo_in(
                 .as_str()
                 .map(|n| format!(" denied by {n}"))
                 .unwrap_or_default()
-        ),
-        None => {
-            failures += 1;
-            println!(
-                "  [BAD] no drop of other -> web:80 in {}",
-                flow_log.display()
-            );
-        }
+        );
+    } else {
+        failures += 1;
+        println!(
+            "  [BAD] no drop of other -> web:80 in {}",
+            flow_log.display()
+        );
     }
     agent.stop()?;
     Ok(failures)

@@ -223,6 +223,10 @@ pub fn compact(o: &mut DynamicObject) {
 
 /// The JSON form of a stored (compacted) object, with apiVersion and kind (listed items carry
 /// neither; the store's kind is known).
+///
+/// # Panics
+///
+/// Never: object metadata always serialises to JSON.
 pub fn expand(ar: &ApiResource, o: &DynamicObject) -> Value {
     let mut v = match o.data.get(COMPACT).and_then(Value::as_str) {
         Some(text) => serde_json::from_str(text).unwrap_or(Value::Null),

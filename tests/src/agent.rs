@@ -12,9 +12,10 @@ use anyhow::{Context as _, bail};
 
 use crate::lab::NODE_NS;
 
-/// The agent binary: `$CATALYST_AGENT_BIN`, else `target/debug/catalyst-agent` of the workspace.
-pub fn agent_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("CATALYST_AGENT_BIN") {
+/// A workspace binary: `$env` when set, else `target/debug/<name>` of the workspace (or of
+/// `$CARGO_TARGET_DIR`).
+pub fn workspace_bin(env: &str, name: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -23,7 +24,12 @@ pub fn agent_bin() -> PathBuf {
         .to_owned();
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    target.join("debug/catalyst-agent")
+    target.join("debug").join(name)
+}
+
+/// The agent binary: `$CATALYST_AGENT_BIN`, else `target/debug/catalyst-agent` of the workspace.
+pub fn agent_bin() -> PathBuf {
+    workspace_bin("CATALYST_AGENT_BIN", "catalyst-agent")
 }
 
 /// A running agent; stopped (SIGTERM, by PID) on drop. Its pinned state stays unless

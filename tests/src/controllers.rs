@@ -13,16 +13,7 @@ use anyhow::{Context as _, bail};
 
 /// The controllers binary: `$CATALYST_CONTROLLERS_BIN`, else `target/debug/catalyst-controllers`.
 pub fn controllers_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("CATALYST_CONTROLLERS_BIN") {
-        return PathBuf::from(p);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_owned();
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    target.join("debug/catalyst-controllers")
+    crate::agent::workspace_bin("CATALYST_CONTROLLERS_BIN", "catalyst-controllers")
 }
 
 /// A running `catalyst-controllers run --config …`; stopped (SIGTERM, by PID) on drop.

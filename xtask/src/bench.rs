@@ -205,23 +205,7 @@ pub fn policy() -> anyhow::Result<()> {
     eprintln!(
         "bench: policy engine (1,000 endpoints × 5,500 rules, 200 policy changes, 100 pod events)"
     );
-    let mut c = setup::cargo();
-    c.args([
-        "run",
-        "-q",
-        "--release",
-        "-p",
-        "catalyst-agent",
-        "--example",
-        "policy_bench",
-    ]);
-    let out = sh(&mut c)?;
-    let line = out
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .context("policy_bench printed no figures")?;
-    let v: serde_json::Value = serde_json::from_str(line)?;
+    let v = example_figures("catalyst-agent", "policy_bench", &[])?;
     let mut md = String::new();
     writeln!(md, "{}", measured_on(", release build"))?;
     writeln!(md, "| measure | value |")?;
@@ -280,23 +264,7 @@ pub fn policy() -> anyhow::Result<()> {
 pub fn compliance() -> anyhow::Result<()> {
     setup::setup(false, true)?;
     eprintln!("bench: compliance aggregator (10,000 workloads × 20 checks, 200 signal changes)");
-    let mut c = setup::cargo();
-    c.args([
-        "run",
-        "-q",
-        "--release",
-        "-p",
-        "catalyst-controllers",
-        "--example",
-        "compliance_bench",
-    ]);
-    let out = sh(&mut c)?;
-    let line = out
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .context("compliance_bench printed no figures")?;
-    let v: serde_json::Value = serde_json::from_str(line)?;
+    let v = example_figures("catalyst-controllers", "compliance_bench", &[])?;
     let mut md = String::new();
     writeln!(md, "{}", measured_on(", release build"))?;
     writeln!(
@@ -354,6 +322,34 @@ pub fn compliance() -> anyhow::Result<()> {
     }
     println!("{md}");
     splice_section("compliance", &md)
+}
+
+/// Runs `cargo run --release -p <package> --example <example> -- <args>` and returns the JSON
+/// object of its last line starting with `{` (every benchmark driver prints its figures so).
+fn example_figures(
+    package: &str,
+    example: &str,
+    args: &[&str],
+) -> anyhow::Result<serde_json::Value> {
+    let mut c = setup::cargo();
+    c.args([
+        "run",
+        "-q",
+        "--release",
+        "-p",
+        package,
+        "--example",
+        example,
+        "--",
+    ]);
+    c.args(args);
+    let out = sh(&mut c)?;
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .with_context(|| format!("{example} printed no figures"))?;
+    Ok(serde_json::from_str(line)?)
 }
 
 /// `cargo xtask bench dns`: catalyst-dns against `PowerDNS` with dnsperf, side by side.

@@ -2,10 +2,7 @@
 
 use std::fmt::Write as _;
 
-use anyhow::Context as _;
-
-use super::{measured_on, sh, splice_section};
-use crate::setup;
+use super::{example_figures, measured_on, splice_section};
 
 /// Runs the tenancy benchmark (1,000 Organizations × 3 namespaces present, 200 created) and
 /// writes the figures to docs/benchmarks.md.
@@ -13,30 +10,18 @@ pub fn controllers() -> anyhow::Result<()> {
     eprintln!(
         "bench: tenancy controller (1,000 Organizations × 3 namespaces present, 200 created, mock API)"
     );
-    let mut c = setup::cargo();
-    c.args([
-        "run",
-        "-q",
-        "--release",
-        "-p",
+    let v = example_figures(
         "catalyst-controllers",
-        "--example",
         "tenancy_bench",
-        "--",
-        "--organizations",
-        "1000",
-        "--namespaces",
-        "3",
-        "--samples",
-        "200",
-    ]);
-    let out = sh(&mut c)?;
-    let line = out
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .context("tenancy_bench printed no figures")?;
-    let v: serde_json::Value = serde_json::from_str(line)?;
+        &[
+            "--organizations",
+            "1000",
+            "--namespaces",
+            "3",
+            "--samples",
+            "200",
+        ],
+    )?;
     let mut md = String::new();
     writeln!(md, "{}", measured_on(", release build"))?;
     writeln!(md, "| measure | value | bar |")?;

@@ -3,10 +3,13 @@
 //! protobuf compiler, so no system `protoc` is needed) and tonic-prost-build.
 //!
 //! The project-local bpf-linker installed by `cargo xtask setup` (`.tools/bpf-linker/bin`) is put
-//! on `PATH` for the nested nightly build. `CATALYST_SKIP_EBPF=1` (or aya-build's own
-//! `AYA_BUILD_SKIP=1`) skips the eBPF build so machines without the eBPF toolchain can still
-//! check, lint and unit-test the userspace crates; the agent then refuses to load with a clear
-//! error instead of enforcing nothing.
+//! on `PATH` for the nested nightly build. Without the eBPF toolchain (no nightly with
+//! `rust-src`, no bpf-linker) the agent is built without its eBPF object, with a warning, so
+//! machines without it can still check, lint and `cargo test` the userspace crates; the agent
+//! then refuses to load with a clear error instead of enforcing nothing, `--version` says
+//! `eBPF datapath: not built in`, and tests that need the object skip (plain `cargo test`) or
+//! fail (`cargo xtask test`, which sets the toolchain up first). `CATALYST_SKIP_EBPF=1` (or
+//! aya-build's own `AYA_BUILD_SKIP=1`) skips the eBPF build even when the toolchain is there.
 use std::{env, fs, path::PathBuf};
 
 fn main() -> anyhow::Result<()> {
@@ -48,16 +51,16 @@ fn build_ebpf() -> anyhow::Result<()> {
     let skip = |v: Option<std::ffi::OsString>| {
         v.is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
     };
-    if skip(env::var_os("CATALYST_SKIP_EBPF")) || skip(env::var_os("AYA_BUILD_SKIP")) {
-        println!(
-            "cargo:warning=CATALYST_SKIP_EBPF set: building the agent without its eBPF object"
-        );
+    println!("cargo:rustc-check-cfg=cfg(catalyst_no_ebpf)");
+    let without_object = |why: &str| -> anyhow::Result<()> {
+        println!("cargo:warning={why}: building the agent without its eBPF object");
         fs::write(&object, b"")?;
         println!("cargo:rustc-cfg=catalyst_no_ebpf");
-        println!("cargo:rustc-check-cfg=cfg(catalyst_no_ebpf)");
-        return Ok(());
+        Ok(())
+    };
+    if skip(env::var_os("CATALYST_SKIP_EBPF")) || skip(env::var_os("AYA_BUILD_SKIP")) {
+        return without_object("CATALYST_SKIP_EBPF set");
     }
-    println!("cargo:rustc-check-cfg=cfg(catalyst_no_ebpf)");
 
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = manifest_dir
@@ -65,6 +68,12 @@ fn build_ebpf() -> anyhow::Result<()> {
         .expect("agent/ lives in the workspace root")
         .to_owned();
     let linker_dir = root.join(".tools/bpf-linker/bin");
+    // Built without the object because the toolchain was missing: `cargo xtask setup` installing
+    // it must bring the object in on the next build.
+    println!(
+        "cargo:rerun-if-changed={}",
+        linker_dir.join("bpf-linker").display()
+    );
     if linker_dir.join("bpf-linker").exists() {
         let path = env::var_os("PATH").unwrap_or_default();
         let mut paths = vec![linker_dir];
@@ -72,10 +81,14 @@ fn build_ebpf() -> anyhow::Result<()> {
         // SAFETY: build scripts are single-threaded at this point; the nested cargo inherits it.
         unsafe { env::set_var("PATH", env::join_paths(paths)?) };
     } else if which_bpf_linker().is_none() {
-        anyhow::bail!(
-            "bpf-linker not found (looked in {} and PATH): run `cargo xtask setup`, or set \
-             CATALYST_SKIP_EBPF=1 to build userspace only",
+        return without_object(&format!(
+            "eBPF toolchain missing (no bpf-linker in {} or on PATH; `cargo xtask setup` installs it)",
             root.join(".tools/bpf-linker/bin").display()
+        ));
+    }
+    if !nightly_has_rust_src() {
+        return without_object(
+            "eBPF toolchain missing (no nightly Rust with rust-src; `cargo xtask setup` installs it)",
         );
     }
     let ebpf_dir = root.join("agent-ebpf");
@@ -89,6 +102,20 @@ fn build_ebpf() -> anyhow::Result<()> {
         }],
         aya_build::Toolchain::default(),
     )
+}
+
+/// Whether `rustc +nightly` exists and has `rust-src` (aya-build builds `core` for the bpf target).
+fn nightly_has_rust_src() -> bool {
+    std::process::Command::new("rustc")
+        .args(["+nightly", "--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .is_some_and(|o| {
+            PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
+                .join("lib/rustlib/src/rust/library/core")
+                .exists()
+        })
 }
 
 fn which_bpf_linker() -> Option<PathBuf> {

@@ -10,10 +10,22 @@ use catalyst_agent::{bench, client, datapath, relay, run};
 
 use clap::{Parser, Subcommand};
 
+/// `--version`: also says whether the eBPF object is in this binary (tests and operators check).
+const LONG_VERSION: &str = if cfg!(catalyst_no_ebpf) {
+    concat!(
+        env!("CARGO_PKG_VERSION"),
+        "\neBPF datapath: not built in (the eBPF toolchain was missing at build time; \
+         `cargo xtask setup`, then rebuild)"
+    )
+} else {
+    concat!(env!("CARGO_PKG_VERSION"), "\neBPF datapath: embedded")
+};
+
 #[derive(Parser)]
 #[command(
     name = "catalyst-agent",
     version,
+    long_version = LONG_VERSION,
     about = "Catalyst node agent: eBPF flow policy and flow observability"
 )]
 struct Cli {

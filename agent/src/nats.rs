@@ -394,6 +394,7 @@ mod tests {
     use std::sync::Arc;
 
     use catalyst_policy::datapath::FlowEvent;
+    use catalyst_tests::require::{Need, require};
     use futures_util::StreamExt as _;
 
     use super::{test_server::NatsServer, *};
@@ -404,10 +405,10 @@ mod tests {
     /// stored in the `CATALYST_FLOWS` stream.
     #[tokio::test]
     async fn exports_flows_to_jetstream_needs_nats_server() {
-        if std::env::var_os("CATALYST_UNIT_ONLY").is_some() {
-            eprintln!(
-                "skipped exports_flows_to_jetstream_needs_nats_server: CATALYST_UNIT_ONLY is set"
-            );
+        if !require(
+            "exports_flows_to_jetstream_needs_nats_server",
+            &[Need::NatsServer],
+        ) {
             return;
         }
         let server = NatsServer::start("flows");

@@ -2,8 +2,8 @@
 //! malformed packets never fault the program and end in a counted drop reason or a verdict;
 //! verdicts for well-formed packets match the reference evaluator.
 //!
-//! Run by `cargo xtask test` as root. Without root these tests fail (nothing is skipped
-//! silently) unless `CATALYST_UNIT_ONLY=1` is set, in which case they print why they skipped.
+//! Need root and the eBPF object ([`catalyst_tests::require`]): plain `cargo test` skips them
+//! with one line when either is missing, `cargo xtask test` (`CATALYST_TEST_MODE=full`) fails.
 #![allow(
     clippy::too_many_lines,
     clippy::format_push_string,
@@ -11,6 +11,8 @@
 )]
 
 use std::{net::IpAddr, path::PathBuf};
+
+use catalyst_tests::require::{Need, require};
 
 use catalyst_agent::{
     config::MapSizes,
@@ -39,16 +41,7 @@ const DROP: i32 = 2;
 const LO: u32 = 1;
 
 fn root_or_skip(name: &str) -> bool {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CATALYST_UNIT_ONLY").is_some(),
-        "{name} needs root (BPF_PROG_TEST_RUN); run `cargo xtask test` as root, or set CATALYST_UNIT_ONLY=1 to skip"
-    );
-    eprintln!("SKIPPED {name}: needs root (CATALYST_UNIT_ONLY=1)");
-    false
+    require(name, &[Need::Root, Need::Ebpf])
 }
 
 struct Fixture {

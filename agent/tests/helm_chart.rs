@@ -13,7 +13,7 @@ use std::path::Path;
 use catalyst_agent::config::{AgentConfig, Mode};
 use catalyst_tests::helm::{chart_dir, find, render, strings};
 use serde::Deserialize as _;
-use serde_yaml::Value;
+use serde_norway::Value;
 
 /// The agent's documents of the rendered chart, with its `hubble-peer` Service (the controllers
 /// have their own test).
@@ -183,7 +183,7 @@ fn chart_exposes_the_hubble_peer_service_as_cilium_does() {
 fn chart_crds_are_valid_yaml_of_the_catalyst_group() {
     let text = std::fs::read_to_string(chart_dir().join("crds/catalyst-policies.yaml")).unwrap();
     let mut names = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
+    for doc in serde_norway::Deserializer::from_str(&text) {
         let v = Value::deserialize(doc).unwrap();
         if v.is_null() {
             continue;

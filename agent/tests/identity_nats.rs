@@ -14,6 +14,7 @@ mod nats_server;
 
 use catalyst_agent::identity::NatsAllocator;
 use catalyst_policy::{LabelSet, labels::SOURCE_K8S};
+use catalyst_tests::require::{Need, require};
 use nats_server::NatsServer;
 
 fn labels(app: &str, ns: &str) -> LabelSet {
@@ -29,6 +30,12 @@ fn labels(app: &str, ns: &str) -> LabelSet {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_allocators_agree_and_never_share_a_number() {
+    if !require(
+        "concurrent_allocators_agree_and_never_share_a_number",
+        &[Need::NatsServer],
+    ) {
+        return;
+    }
     let server = NatsServer::start();
     let url = format!("nats://127.0.0.1:{}", server.port);
     // 40 label sets, 6 allocators (separate connections), each allocating all of them in its own
@@ -86,6 +93,12 @@ async fn concurrent_allocators_agree_and_never_share_a_number() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unused_identities_are_released_after_the_grace_period() {
+    if !require(
+        "unused_identities_are_released_after_the_grace_period",
+        &[Need::NatsServer],
+    ) {
+        return;
+    }
     let server = NatsServer::start();
     let client = async_nats::connect(format!("nats://127.0.0.1:{}", server.port))
         .await

@@ -7,14 +7,11 @@
 #[path = "support/fake_api.rs"]
 mod fake_api;
 
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use catalyst_tests::{
     agent::{AgentProcess, uninstall},
-    lab::{self, NODE_NS, PODS, pod},
+    lab::{self, PODS, node_ns, pod},
     probe::{EchoServer, tcp_echo},
     scenario::root_or_skip,
 };
@@ -28,7 +25,7 @@ const METRICS_PORT: u16 = 19965;
 /// `GET /metrics` from inside the node namespace.
 fn metrics() -> String {
     use std::io::{Read as _, Write as _};
-    lab::in_netns(NODE_NS, || {
+    lab::in_netns(node_ns(), || {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", METRICS_PORT)).unwrap();
         s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
             .unwrap();
@@ -96,11 +93,11 @@ fn root_kubernetes_mode_enforces_policies_from_the_api_on_discovered_interfaces(
     let dir = std::env::temp_dir().join(format!("catalyst-k8s-lab-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let pin = PathBuf::from("/sys/fs/bpf/catalyst-e2e-k8s");
+    let pin = lab::pin_path("e2e-k8s");
     let _ = uninstall(&pin);
 
     // The API server listens inside the node namespace, where the agent runs.
-    let listener = lab::in_netns(NODE_NS, || std::net::TcpListener::bind("127.0.0.1:0"))
+    let listener = lab::in_netns(node_ns(), || std::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap()
         .unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -27,6 +27,7 @@ use catalyst_policy::{
     PolicySet,
     datapath::{DIR_INGRESS, VERDICT_FORWARDED},
 };
+use catalyst_tests::require::{Need, require};
 use fake_api::{CATALYST_NPS, CCNPS, CNPS, FakeApi, NAMESPACES, NETWORK_POLICIES, NODES, PODS};
 use nats_server::NatsServer;
 use serde_json::{Value, json};
@@ -380,6 +381,12 @@ async fn a_pod_whose_interface_appears_later_becomes_an_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_get_the_same_identities_from_nats() {
+    if !require(
+        "two_nodes_get_the_same_identities_from_nats",
+        &[Need::NatsServer],
+    ) {
+        return;
+    }
     let server = NatsServer::start();
     let url = format!("nats://127.0.0.1:{}", server.port);
     // Two agents (nodes n1 and n2), each with its own API connection, one NATS bucket.

@@ -5,7 +5,7 @@
 use std::{net::IpAddr, os::fd::AsRawFd as _, process::Command};
 
 use catalyst_agent::k8s::netlink::{Netlink, Resolution, resolve};
-use catalyst_tests::scenario::root_or_skip;
+use catalyst_tests::require::{Need, require};
 
 fn sh(args: &[&str]) {
     let out = Command::new(args[0])
@@ -133,7 +133,10 @@ fn topology() -> (Namespaces, String, String) {
 
 #[test]
 fn root_discovers_veth_routes_and_bridge_ports_in_a_real_netns() {
-    if !root_or_skip("root_discovers_veth_routes_and_bridge_ports_in_a_real_netns") {
+    if !require(
+        "root_discovers_veth_routes_and_bridge_ports_in_a_real_netns",
+        &[Need::Root],
+    ) {
         return;
     }
     let (_guard, node, p2) = topology();

@@ -82,9 +82,9 @@ fn main() -> anyhow::Result<()> {
     }
     let ingest_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    let docs = agg.documents();
+    let publication = agg.publication();
     let mut published = Published::default();
-    let changes = published.diff(&docs);
+    let changes = published.diff(&publication.entries);
     let score_all_ms = started.elapsed().as_secs_f64() * 1000.0;
     // One row changes: re-score one application + the roll-ups.
     payload(&mut buf, 42, 3, false);
@@ -93,7 +93,7 @@ fn main() -> anyhow::Result<()> {
         compliance::inputs::signal_row("s", buf.as_bytes(), &t, "default")?,
         1,
     );
-    let changed = published.diff(&agg.documents()).len();
+    let changed = published.diff(&agg.publication().entries).len();
     let rescore_one_ms = started.elapsed().as_secs_f64() * 1000.0;
     let rss_after = rss_kib();
     eprintln!(
@@ -189,7 +189,7 @@ async fn latency(url: &str) -> anyhow::Result<(Vec<f64>, Vec<f64>, f64)> {
     let cfg = ComplianceConfig {
         enabled: true,
         listen_address: None,
-        nats: Some(serde_yaml::from_str::<NatsSettings>(&format!(
+        nats: Some(serde_norway::from_str::<NatsSettings>(&format!(
             "url: \"{url}\""
         ))?),
         ..ComplianceConfig::default()

@@ -185,7 +185,7 @@ impl Config {
             path: path.to_owned(),
             message,
         };
-        let de = serde_yaml::Deserializer::from_str(&text);
+        let de = serde_norway::Deserializer::from_str(&text);
         let mut cfg: Self = serde_path_to_error::deserialize(de).map_err(|e| {
             let loc = e
                 .inner()

@@ -7,6 +7,7 @@ use kube::{Client, runtime::events::Reporter};
 use tracing::{error, info};
 
 use crate::{
+    compliance,
     config::Config,
     leader::{Elector, Held},
     metrics::Metrics,
@@ -74,6 +75,18 @@ pub async fn run(
         controller: "catalyst-controllers".into(),
         instance: Some(identity),
     };
+    // The compliance aggregator runs on the leader only: one writer of the KV and the status.
+    let compliance = cfg.compliance.enabled.then(|| {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(compliance::run_kubernetes(
+            cfg.compliance.clone(),
+            client.clone(),
+            cfg.kubernetes.field_manager.clone(),
+            metrics.clone(),
+            stop_rx,
+        ));
+        (stop_tx, task)
+    });
     let mut controllers = tokio::spawn({
         let client = client.clone();
         let tenancy_cfg = cfg.tenancy.clone();
@@ -109,6 +122,14 @@ pub async fn run(
     };
     let _ = ctl_stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(20), controllers).await;
+    if let Some((stop_tx, task)) = compliance {
+        let _ = stop_tx.send(true);
+        match tokio::time::timeout(Duration::from_secs(20), task).await {
+            Ok(Ok(Err(e))) => error!(error = %format!("{e:#}"), "compliance aggregator failed"),
+            Ok(Err(e)) => error!(error = %e, "compliance aggregator panicked"),
+            _ => {}
+        }
+    }
     metrics.set_leader(false);
     if let Some(why) = lost {
         error!(%why, "leader election lost; exiting");

@@ -7,6 +7,7 @@
 
 pub mod compliance;
 pub mod config;
+pub mod continuum;
 pub mod crd;
 pub mod kubernetes;
 pub mod leader;

@@ -27,6 +27,10 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; boxing buys nothing"
+)]
 enum Command {
     /// Run the controllers (mode from the config: standalone or kubernetes).
     Run {
@@ -42,6 +46,83 @@ enum Command {
     /// Validate custom-resource manifests as the API server would (schema and CEL rules).
     Validate {
         /// Manifest files (multi-document YAML).
+        files: Vec<PathBuf>,
+    },
+    /// Continuum: the lease-fenced multi-region switchover controller (standalone mode).
+    Continuum {
+        #[command(subcommand)]
+        command: ContinuumCommand,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct ContinuumCommon {
+    /// The Continuum manifest (dr.openova.io/v1 YAML).
+    #[arg(long)]
+    continuum: PathBuf,
+    /// NATS server URL(s), comma-separated (JetStream with KV).
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// Replicas of the KV buckets when this controller creates them (3 on a 3-node cluster).
+    #[arg(long, default_value_t = 1)]
+    kv_replicas: usize,
+}
+
+#[derive(Subcommand)]
+enum ContinuumCommand {
+    /// Run one region's controller (one per region; the lease decides which acts).
+    Run {
+        #[command(flatten)]
+        common: ContinuumCommon,
+        /// This instance's identity (unique).
+        #[arg(long)]
+        identity: String,
+        /// This instance's region (one of spec.regions).
+        #[arg(long)]
+        region: String,
+        /// Append the epoch history (JSON lines) here.
+        #[arg(long)]
+        history: Option<PathBuf>,
+        /// Rewrite this status file (JSON) on every change.
+        #[arg(long)]
+        status_file: Option<PathBuf>,
+        /// PostgreSQL role.
+        #[arg(long, default_value = "postgres")]
+        pg_user: String,
+        /// This region's PostgreSQL data directory (enables rejoining it as standby).
+        #[arg(long)]
+        pg_data: Option<PathBuf>,
+        /// Folder of `pg_ctl` / `pg_rewind` (default: PATH).
+        #[arg(long)]
+        pg_bin: Option<PathBuf>,
+        /// OS user owning --pg-data (tools run as it via runuser).
+        #[arg(long)]
+        pg_os_user: Option<String>,
+        /// Database probe interval, milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        probe_ms: u64,
+        /// Failed probes in a row before a region is down.
+        #[arg(long, default_value_t = 2)]
+        down_after: u32,
+        /// The holder stops acting this many milliseconds before its lease TTL ends.
+        #[arg(long, default_value_t = 2000)]
+        margin_ms: u64,
+        /// Use the Kubernetes API (in-cluster config or `KUBECONFIG`): `CloudNativePG` databases,
+        /// `HTTPRoute` weights, and the Continuum's status.
+        #[arg(long)]
+        kube: bool,
+    },
+    /// Request a manual switchover to a region (the lease holder runs it).
+    Switchover {
+        #[command(flatten)]
+        common: ContinuumCommon,
+        /// Target region.
+        #[arg(long)]
+        to: String,
+    },
+    /// Check an epoch history file: overlapping holders, stale side effects, DNS regressions.
+    Check {
+        /// History files (JSON lines), merged.
         files: Vec<PathBuf>,
     },
 }
@@ -71,6 +152,7 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Validate { files } => validate(&files),
+        Command::Continuum { command } => continuum(command),
         Command::Run { config, once } => {
             let cfg = Config::load(&config)?;
             tokio::runtime::Builder::new_multi_thread()
@@ -79,6 +161,90 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
                 .context("cannot start the async runtime")?
                 .block_on(run(cfg, once))?;
             Ok(std::process::ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn continuum(cmd: ContinuumCommand) -> anyhow::Result<std::process::ExitCode> {
+    use catalyst_controllers::continuum::{history, postgres, run, store::Names};
+    let rt = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")
+    };
+    let names = |c: &ContinuumCommon| Names {
+        replicas: c.kv_replicas,
+        ..Names::default()
+    };
+    match cmd {
+        ContinuumCommand::Run {
+            common,
+            identity,
+            region,
+            history,
+            status_file,
+            pg_user,
+            pg_data,
+            pg_bin,
+            pg_os_user,
+            probe_ms,
+            down_after,
+            margin_ms,
+            kube,
+        } => {
+            let rt = rt()?;
+            let kube = if kube {
+                Some(rt.block_on(catalyst_controllers::continuum::kube::Kube::infer())?)
+            } else {
+                None
+            };
+            let opts = run::Options {
+                continuum: common.continuum.clone(),
+                nats: common.nats.clone(),
+                names: names(&common),
+                identity,
+                region,
+                history,
+                status_file,
+                pg: postgres::PgAuth {
+                    user: pg_user,
+                    ..postgres::PgAuth::default()
+                },
+                local: pg_data.map(|data| postgres::LocalServer {
+                    data,
+                    bin: pg_bin,
+                    os_user: pg_os_user,
+                }),
+                probe_every: std::time::Duration::from_millis(probe_ms.max(50)),
+                down_after: down_after.max(1),
+                margin: std::time::Duration::from_millis(margin_ms),
+                kube,
+            };
+            rt.block_on(run::run(opts))?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        ContinuumCommand::Switchover { common, to } => {
+            rt()?.block_on(run::request_switchover(
+                &common.continuum,
+                &common.nats,
+                &to,
+                names(&common),
+            ))?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        ContinuumCommand::Check { files } => {
+            let mut events = Vec::new();
+            for f in &files {
+                events.extend(history::read(f)?);
+            }
+            let v = history::check(&events);
+            println!("{}", serde_json::to_string(&v)?);
+            Ok(if v.ok() {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            })
         }
     }
 }
@@ -162,7 +328,8 @@ async fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
         metrics.clone(),
         stop_rx.clone(),
     ));
-    let compliance = cfg.compliance.enabled.then(|| {
+    // Kubernetes mode runs the aggregator under the leader lease (kubernetes.rs).
+    let compliance = (cfg.compliance.enabled && cfg.mode == Mode::Standalone).then(|| {
         let files = catalyst_controllers::compliance::Files {
             resources: cfg.standalone.as_ref().map(|s| s.input.clone()),
             output: cfg.standalone.as_ref().map(|s| s.output.clone()),

@@ -121,7 +121,7 @@ pub fn load(dir: &Path, validator: &Validator, previous: &Inputs) -> (Inputs, Ve
                 continue;
             }
         };
-        for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+        for (i, doc) in serde_norway::Deserializer::from_str(&text).enumerate() {
             let document = i + 1;
             let err = |message: String| InputError {
                 file: file.clone(),
@@ -231,7 +231,7 @@ fn observed(out: &Path) -> Vec<(PathBuf, Value)> {
         for f in yaml_files(&out.join(sub)).unwrap_or_default() {
             if let Some(val) = std::fs::read_to_string(&f)
                 .ok()
-                .and_then(|t| serde_yaml::from_str::<Value>(&t).ok())
+                .and_then(|t| serde_norway::from_str::<Value>(&t).ok())
             {
                 v.push((f, val));
             }
@@ -320,7 +320,7 @@ pub fn reconcile(
                 },
                 PruneAction::Release => {
                     let bare = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": key.name}});
-                    write_atomic(&path, &serde_yaml::to_string(&bare)?)?;
+                    write_atomic(&path, &serde_norway::to_string(&bare)?)?;
                 }
             }
             info!(organization = %owner, object = %key, ?action, "pruned");
@@ -343,7 +343,7 @@ pub fn reconcile(
 
 fn write_object(out: &Path, g: &Generated) -> anyhow::Result<()> {
     let path = dir_of(out, &g.key).join(file_name(&g.key));
-    write_atomic(&path, &serde_yaml::to_string(&g.manifest())?)?;
+    write_atomic(&path, &serde_norway::to_string(&g.manifest())?)?;
     Ok(())
 }
 
@@ -359,7 +359,8 @@ fn write_status(
         environments: envs.len() as u32,
         namespaces: envs.iter().map(|e| e.spec.namespaces.len() as u32).sum(),
         generated_objects: objects as u32,
-        conditions: Vec::new(),
+        // The compliance part is the aggregator's file (`organization-<name>.compliance.yaml`).
+        ..Default::default()
     };
     let doc = serde_json::json!({
         "apiVersion": "orgs.openova.io/v1",
@@ -370,7 +371,7 @@ fn write_status(
     write_atomic(
         &out.join("status")
             .join(format!("organization-{}.yaml", org.name_any())),
-        &serde_yaml::to_string(&doc)?,
+        &serde_norway::to_string(&doc)?,
     )?;
     Ok(())
 }

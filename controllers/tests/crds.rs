@@ -114,7 +114,7 @@ fn malformed_resources_are_refused_naming_the_field() {
             .strip_prefix("# expect: ")
             .unwrap();
         let (field, fragment) = expect.split_once(" | ").unwrap();
-        let value: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+        let value: serde_json::Value = serde_norway::from_str(&text).unwrap();
         let errors = validator
             .validate(&value)
             .expect_err(&format!("{} must be refused", f.display()));

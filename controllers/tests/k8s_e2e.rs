@@ -1,6 +1,7 @@
-//! Tenancy end to end on a real cluster (not run in CI: there is no API server on the build
-//! machines). The same scenario as `tests/tests/tenancy_lab_root.rs`, with the agent in
-//! Kubernetes mode and the controllers as the chart's Deployment.
+//! Tenancy and compliance end to end on a real cluster (not run in CI: there is no API server on
+//! the build machines). The same tenancy scenario as `tests/tests/tenancy_lab_root.rs`, with the
+//! agent in Kubernetes mode and the controllers as the chart's Deployment; the compliance
+//! scenario is the one `compliance_kube_mock.rs` plays against the mock API server.
 //!
 //! Preconditions: a cluster with a veth-based CNI, the catalyst chart installed with the
 //! controllers enabled (`helm install catalyst deploy/helm/catalyst -n catalyst-system
@@ -17,6 +18,17 @@
 //! globex's does not, that a grant opens exactly its port, and that deleting the Organizations
 //! removes their policies. Everything created is deleted at the end. Image:
 //! `CATALYST_E2E_AGNHOST` (default `registry.k8s.io/e2e-test-images/agnhost:2.53`).
+//!
+//! Compliance (`e2e_compliance_status_follows_workloads_and_reports`) also needs Kyverno's
+//! `wgpolicyk8s.io/v1alpha2` `PolicyReport` CRD (installed with Kyverno, or alone from the
+//! wg-policy-prototypes repository) and the chart's default `controllers.config.compliance.enabled:
+//! true`. Steps: an Organization and Environment with one namespace; a one-replica Deployment
+//! without probes → the Environment's `status.score` appears with `Compliant=False`
+//! (`EnforcingCheckFailed`, `probes` among `failingEnforcingChecks`); the Deployment gets probes
+//! and requests → `probes` leaves the list and the score rises; a `PolicyReport` with a failing
+//! result on the Deployment → the score falls; the report deleted → the score is back. With
+//! k3d: `k3d cluster create catalyst-e2e --k3s-arg '--flannel-backend=none@server:*'`, install
+//! Cilium's CRDs (or Cilium), the `PolicyReport` CRD, then the chart as above.
 
 #![allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 
@@ -243,4 +255,175 @@ async fn scenario(client: Client, acme: String, globex: String) {
         "acme's baseline removed",
         matches!(ccnps.get_opt(&name).await, Ok(None))
     );
+}
+
+/// The Environment's status as the compliance aggregator wrote it.
+async fn env_status(envs: &Api<DynamicObject>, name: &str) -> serde_json::Value {
+    envs.get_status(name)
+        .await
+        .map(|o| o.data["status"].clone())
+        .unwrap_or_default()
+}
+
+fn failing_checks(status: &serde_json::Value) -> Vec<String> {
+    status["failingEnforcingChecks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+#[ignore = "needs a real cluster: set CATALYST_E2E_KUBECONFIG and run with --ignored (docs/testing.md)"]
+async fn e2e_compliance_status_follows_workloads_and_reports() {
+    let Some(client) = client().await else {
+        panic!("set CATALYST_E2E_KUBECONFIG to a cluster with the catalyst chart installed");
+    };
+    let org = format!("e2e-compl-{}", std::process::id());
+    let result = tokio::spawn(compliance_scenario(client.clone(), org.clone())).await;
+    let envs = api(
+        &client,
+        "catalyst.openova.io",
+        "v1",
+        "Environment",
+        "environments",
+    );
+    let orgs = api(
+        &client,
+        "orgs.openova.io",
+        "v1",
+        "Organization",
+        "organizations",
+    );
+    let _ = envs
+        .delete(&format!("{org}-prod"), &DeleteParams::default())
+        .await;
+    let _ = orgs.delete(&org, &DeleteParams::default()).await;
+    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .delete(&org, &DeleteParams::default())
+        .await;
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn compliance_scenario(client: Client, org: String) {
+    let orgs = api(
+        &client,
+        "orgs.openova.io",
+        "v1",
+        "Organization",
+        "organizations",
+    );
+    let envs = api(
+        &client,
+        "catalyst.openova.io",
+        "v1",
+        "Environment",
+        "environments",
+    );
+    let env_name = format!("{org}-prod");
+    let o: DynamicObject = serde_json::from_value(json!({"apiVersion": "orgs.openova.io/v1",
+        "kind": "Organization", "metadata": {"name": org}, "spec": {"sovereign": "e2e"}}))
+    .unwrap();
+    orgs.create(&PostParams::default(), &o)
+        .await
+        .expect("create Organization");
+    let e: DynamicObject = serde_json::from_value(json!({"apiVersion": "catalyst.openova.io/v1",
+        "kind": "Environment", "metadata": {"name": env_name},
+        "spec": {"organization": org, "name": "prod", "deletionPolicy": "Delete",
+            "namespaces": [{"name": org, "application": "shop"}]}}))
+    .unwrap();
+    envs.create(&PostParams::default(), &e)
+        .await
+        .expect("create Environment");
+    let ns_api = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone());
+    wait!(
+        "the Environment's namespace",
+        ns_api.get_opt(&org).await.is_ok_and(|n| n.is_some())
+    );
+    let deployments =
+        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &org);
+    let web = |probes: bool| {
+        let mut c = json!({"name": "web", "image": agnhost(), "args": ["pause"]});
+        if probes {
+            c["readinessProbe"] = json!({"tcpSocket": {"port": 8080}});
+            c["livenessProbe"] = json!({"tcpSocket": {"port": 8080}});
+            c["resources"] =
+                json!({"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "32Mi"}});
+        }
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [c]}}}})
+    };
+    deployments
+        .patch("web", &PatchParams::apply("e2e"), &Patch::Apply(web(false)))
+        .await
+        .expect("apply Deployment");
+    let mut status = serde_json::Value::Null;
+    wait!("a score with probes failing", {
+        status = env_status(&envs, &env_name).await;
+        status["score"].is_number()
+            && failing_checks(&status).contains(&"prod/shop: probes".to_owned())
+    });
+    let compliant = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Compliant")
+        .expect("Compliant condition")
+        .clone();
+    assert_eq!(compliant["status"], "False");
+    assert_eq!(compliant["reason"], "EnforcingCheckFailed");
+    let before = status["score"].as_f64().unwrap();
+
+    deployments
+        .patch(
+            "web",
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(web(true)),
+        )
+        .await
+        .expect("add probes");
+    let mut fixed = 0.0;
+    wait!("probes fixed", {
+        status = env_status(&envs, &env_name).await;
+        fixed = status["score"].as_f64().unwrap_or(0.0);
+        !failing_checks(&status).contains(&"prod/shop: probes".to_owned()) && fixed > before
+    });
+
+    let reports = Api::<DynamicObject>::namespaced_with(
+        client.clone(),
+        &org,
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("wgpolicyk8s.io", "v1alpha2", "PolicyReport"),
+            "policyreports",
+        ),
+    );
+    let report: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "wgpolicyk8s.io/v1alpha2", "kind": "PolicyReport",
+        "metadata": {"name": "e2e-web"},
+        "scope": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "namespace": org},
+        "results": [{"policy": "require-labels", "rule": "check-team", "result": "fail",
+            "message": "label 'team' is required", "source": "kyverno"}]}))
+    .unwrap();
+    reports
+        .create(&PostParams::default(), &report)
+        .await
+        .expect("create PolicyReport (is the wgpolicyk8s.io CRD installed?)");
+    wait!("the failing report lowers the score", {
+        status = env_status(&envs, &env_name).await;
+        status["score"].as_f64().is_some_and(|s| s < fixed)
+    });
+    reports
+        .delete("e2e-web", &DeleteParams::default())
+        .await
+        .expect("delete PolicyReport");
+    wait!("the report's rows gone", {
+        status = env_status(&envs, &env_name).await;
+        status["score"]
+            .as_f64()
+            .is_some_and(|s| (s - fixed).abs() < 0.005)
+    });
 }

@@ -3,7 +3,10 @@
 //! read health or failover state remember the version they were computed under and are stale
 //! once it moves; a reload clears everything. One cache per worker thread, so no locks.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{
+    hash::{Hash, Hasher},
+    net::IpAddr,
+};
 
 use hickory_proto::{op::ResponseCode, rr::Name};
 
@@ -35,28 +38,51 @@ pub struct Entry {
     pub rcode: ResponseCode,
 }
 
-#[derive(Debug)]
-enum Slot {
-    Shared(Entry),
-    PerClient(HashMap<IpAddr, Entry>),
+/// Cache key: the question shape, plus the client address class for answers that depend on it.
+type Key = (QKey, Option<IpAddr>);
+
+/// A borrowed [`Key`] for lookups (no clone of the name on the hot path); hashes like the tuple.
+struct Lookup<'a>(&'a QKey, Option<IpAddr>);
+
+impl Hash for Lookup<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+        self.1.hash(state);
+    }
 }
 
-/// Per-worker cache.
-#[derive(Debug)]
+impl quick_cache::Equivalent<Key> for Lookup<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        *self.0 == key.0 && self.1 == key.1
+    }
+}
+
+/// Per-worker cache, bounded by entry count. Eviction is `quick_cache`'s S3-FIFO-like policy:
+/// a new name enters a small probationary queue and is promoted only when asked again, so a
+/// flood of one-off names (random labels) cycles through probation while the names clients
+/// really repeat stay cached. (It replaced a map that was cleared whole when full.)
 pub struct AnswerCache {
     generation: u64,
-    map: HashMap<QKey, Slot>,
-    entries: usize,
+    map: Option<quick_cache::unsync::Cache<Key, Entry>>,
     max: usize,
 }
 
+impl std::fmt::Debug for AnswerCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnswerCache")
+            .field("generation", &self.generation)
+            .field("entries", &self.len())
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
 impl AnswerCache {
-    /// Empty cache holding at most `max` entries.
+    /// Empty cache holding at most `max` entries (0: no cache).
     pub fn new(max: usize) -> Self {
         Self {
             generation: 0,
-            map: HashMap::new(),
-            entries: 0,
+            map: (max > 0).then(|| quick_cache::unsync::Cache::new(max)),
             max,
         }
     }
@@ -64,18 +90,19 @@ impl AnswerCache {
     /// Drop everything if the zone generation moved.
     pub fn sync_generation(&mut self, generation: u64) {
         if generation != self.generation {
-            self.map.clear();
-            self.entries = 0;
+            if let Some(m) = &mut self.map {
+                m.clear();
+            }
             self.generation = generation;
         }
     }
 
     /// A fresh entry for this key and client.
     pub fn get(&self, key: &QKey, bestwho: IpAddr, version: u64) -> Option<&Entry> {
-        let e = match self.map.get(key)? {
-            Slot::Shared(e) => e,
-            Slot::PerClient(m) => m.get(&bestwho)?,
-        };
+        let m = self.map.as_ref()?;
+        let e = m
+            .get(&Lookup(key, None))
+            .or_else(|| m.get(&Lookup(key, Some(bestwho))))?;
         match e.version {
             Some(v) if v != version => None,
             _ => Some(e),
@@ -92,13 +119,9 @@ impl AnswerCache {
         bytes: &[u8],
         rcode: ResponseCode,
     ) {
-        if self.max == 0 {
+        let Some(m) = &mut self.map else {
             return;
-        }
-        if self.entries >= self.max {
-            self.map.clear();
-            self.entries = 0;
-        }
+        };
         let entry = |versioned: bool| Entry {
             bytes: bytes.into(),
             version: versioned.then_some(version),
@@ -106,38 +129,21 @@ impl AnswerCache {
         };
         match policy {
             CachePolicy::None => {}
-            CachePolicy::Shared { versioned } => {
-                self.entries += 1;
-                self.map.insert(key, Slot::Shared(entry(versioned)));
-            }
+            CachePolicy::Shared { versioned } => m.insert((key, None), entry(versioned)),
             CachePolicy::PerClient { versioned } => {
-                self.entries += 1;
-                match self
-                    .map
-                    .entry(key)
-                    .or_insert_with(|| Slot::PerClient(HashMap::new()))
-                {
-                    Slot::PerClient(m) => {
-                        m.insert(bestwho, entry(versioned));
-                    }
-                    slot @ Slot::Shared(_) => {
-                        let mut m = HashMap::new();
-                        m.insert(bestwho, entry(versioned));
-                        *slot = Slot::PerClient(m);
-                    }
-                }
+                m.insert((key, Some(bestwho)), entry(versioned));
             }
         }
     }
 
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.entries
+        self.map.as_ref().map_or(0, quick_cache::unsync::Cache::len)
     }
 
     /// True when empty.
     pub fn is_empty(&self) -> bool {
-        self.entries == 0
+        self.len() == 0
     }
 }
 
@@ -202,5 +208,55 @@ mod tests {
         assert!(c.get(&key("x."), b, 0).is_none());
         c.sync_generation(5);
         assert!(c.get(&key("x."), a, 0).is_none());
+    }
+
+    #[test]
+    fn a_flood_of_one_off_names_does_not_evict_the_names_clients_repeat() {
+        // 100 hot names asked over and over, 10 one-off random names between two hot asks,
+        // 1,000 entries. A cache that is cleared when full loses the hot names every ~100 hot
+        // asks (hit rate ~10 %); the eviction policy must keep them.
+        let mut c = AnswerCache::new(1_000);
+        let who: IpAddr = "192.0.2.1".parse().unwrap();
+        let (mut hits, mut asks) = (0u32, 0u32);
+        let mut flood = 0u64;
+        for round in 0..200 {
+            for h in 0..100 {
+                let k = key(&format!("hot{h}.example."));
+                if round >= 20 {
+                    asks += 1;
+                }
+                if c.get(&k, who, 0).is_some() {
+                    if round >= 20 {
+                        hits += 1;
+                    }
+                } else {
+                    c.insert(
+                        k,
+                        who,
+                        CachePolicy::Shared { versioned: false },
+                        0,
+                        b"h",
+                        ResponseCode::NoError,
+                    );
+                }
+                for _ in 0..10 {
+                    flood += 1;
+                    let f = key(&format!("r{flood}.example."));
+                    if c.get(&f, who, 0).is_none() {
+                        c.insert(
+                            f,
+                            who,
+                            CachePolicy::Shared { versioned: false },
+                            0,
+                            b"f",
+                            ResponseCode::NoError,
+                        );
+                    }
+                }
+            }
+        }
+        assert!(c.len() <= 1_000, "bounded: {}", c.len());
+        let rate = f64::from(hits) / f64::from(asks);
+        assert!(rate > 0.8, "hot hit rate under the flood: {rate:.3}");
     }
 }

@@ -12,10 +12,11 @@ use std::{
 use arc_swap::ArcSwap;
 use hickory_proto::{
     op::ResponseCode,
-    rr::{Record, RecordType},
+    rr::{Name, RData, Record, RecordType, rdata::TXT},
 };
 
 use crate::{
+    failover::FailoverState,
     lua::Deps,
     metrics::DnsMetrics,
     server::message::{ParsedQuery, ResponseParts, ecs_net, encode},
@@ -81,7 +82,11 @@ pub struct Catalog {
     /// Metrics.
     pub metrics: Arc<DnsMetrics>,
     ecs: bool,
+    witness: Option<Arc<FailoverState>>,
 }
+
+/// Label that starts a Continuum witness name: `_continuum.<group>.<zone>`.
+const WITNESS_LABEL: &[u8] = b"_continuum";
 
 impl Catalog {
     /// A catalog serving `zones`; `version` is bumped by health and failover changes.
@@ -97,7 +102,51 @@ impl Catalog {
             version,
             metrics,
             ecs,
+            witness: None,
         }
+    }
+
+    /// Serve the failover state of every group as TXT `_continuum.<group>.<zone>` in each zone
+    /// (Continuum's witness record: `active=<region> epoch=<n> holder=<id>`). Names of groups
+    /// this instance holds no record for resolve from the zone as usual.
+    #[must_use]
+    pub fn with_witness(mut self, failover: Arc<FailoverState>) -> Self {
+        self.witness = Some(failover);
+        self
+    }
+
+    /// For a witness name `_continuum.<group>.<origin>`: `Some(answer)`, where the answer is
+    /// `None` while the group is unknown (the zone answers, uncached, so the record appears as
+    /// soon as the state arrives). `None` for every other name.
+    #[expect(
+        clippy::option_option,
+        reason = "outer: whether the name is a witness name; inner: its record or NXDOMAIN"
+    )]
+    fn witness_answer(
+        &self,
+        name: &Name,
+        origin: &Name,
+        qtype: RecordType,
+    ) -> Option<Option<Record>> {
+        let failover = self.witness.as_ref()?;
+        if name.num_labels() != origin.num_labels() + 2 {
+            return None;
+        }
+        let mut labels = name.iter();
+        if !labels.next()?.eq_ignore_ascii_case(WITNESS_LABEL) {
+            return None;
+        }
+        if !matches!(qtype, RecordType::TXT | RecordType::ANY) {
+            return Some(None);
+        }
+        let group = std::str::from_utf8(labels.next()?)
+            .ok()?
+            .to_ascii_lowercase();
+        Some(
+            failover
+                .witness_txt(&group)
+                .map(|txt| Record::from_rdata(name.clone(), 0, RData::TXT(TXT::new(vec![txt])))),
+        )
     }
 
     /// Swap in a new zone set atomically; caches notice through [`Catalog::generation`].
@@ -154,6 +203,19 @@ impl Catalog {
                 cache: CachePolicy::Shared { versioned: false },
             };
         };
+        let witness = self.witness_answer(name, &zone.origin, q.query.query_type());
+        if let Some(Some(rec)) = witness {
+            // Never cached: a witness must report what it holds now.
+            return Resolved {
+                rcode: ResponseCode::NoError,
+                authoritative: true,
+                answers: vec![rec],
+                authority: Vec::new(),
+                additional: Vec::new(),
+                ecs_scope: self.ecs.then_some(0),
+                cache: CachePolicy::None,
+            };
+        }
         let ans = zone.answer(name, q.query.query_type(), client);
         if ans.dynamic {
             self.metrics.lua_evaluations.inc();
@@ -161,6 +223,7 @@ impl Catalog {
         let d = ans.deps;
         let versioned = d.has(Deps::HEALTH) || d.has(Deps::FAILOVER);
         let cache = if ans.outcome == Outcome::ServFail
+            || witness.is_some()
             || d.has(Deps::RANDOM)
             || d.has(Deps::TRANSPORT)
             || d.has(Deps::IMPURE)

@@ -25,7 +25,7 @@ pub enum ConfigError {
     Parse {
         path: String,
         #[source]
-        source: serde_yaml::Error,
+        source: serde_norway::Error,
     },
     /// Semantically wrong.
     #[error("invalid config `{path}`: {reason}")]
@@ -288,10 +288,11 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        let mut cfg: Config = serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let mut cfg: Config =
+            serde_norway::from_str(&text).map_err(|source| ConfigError::Parse {
+                path: path.display().to_string(),
+                source,
+            })?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.resolve_paths(base);
         if cfg.zones.is_empty() {

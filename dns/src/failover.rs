@@ -3,6 +3,13 @@
 //! group, JSON `{"active_region": …, "epoch": …, "lease_holder": …}`), or from a file in
 //! standalone mode. A change bumps the answer version so cached answers are recomputed without
 //! a reload.
+//!
+//! Epochs are fencing tokens (the Continuum lease revision under which the value was written):
+//! a value whose epoch is older than the one already served for its group is refused, logged
+//! and counted (`catalyst_dns_failover_stale_refused_total`), so DNS never goes back to an
+//! older epoch — not after a delete either (the highest epoch seen per group is remembered).
+//! Each instance serves what it holds as a TXT record `_continuum.<group>.<zone>` for
+//! Continuum's witness quorum (see [`FailoverState::witness_txt`]).
 
 use std::{
     collections::HashMap,
@@ -14,6 +21,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 use tracing::{info, warn};
 
@@ -32,7 +40,7 @@ pub enum FailoverError {
     Parse {
         what: String,
         #[source]
-        source: serde_yaml::Error,
+        source: serde_norway::Error,
     },
 }
 
@@ -50,13 +58,19 @@ pub struct FailoverRecord {
     pub lease_holder: Option<String>,
 }
 
-/// Parse a KV value: a JSON record or a bare region name.
+/// Parse a KV value: a JSON record (docs/schemas/dns-failover.v1.json) or a bare region name
+/// (letters, digits, `-`, `_`, `.`). Anything else — a record without a region, a negative
+/// epoch, other JSON — is refused rather than read as a region name.
 pub fn parse_record(value: &[u8]) -> Option<FailoverRecord> {
-    if let Ok(r) = serde_json::from_slice::<FailoverRecord>(value) {
-        return Some(r);
+    // Only an object is a record (serde would also read a JSON array positionally).
+    if value.trim_ascii_start().starts_with(b"{") {
+        let r = serde_json::from_slice::<FailoverRecord>(value).ok()?;
+        let ok = !r.active_region.is_empty() && !r.active_region.contains(char::is_whitespace);
+        return ok.then_some(r);
     }
     let s = std::str::from_utf8(value).ok()?.trim().trim_matches('"');
-    (!s.is_empty() && !s.contains(char::is_whitespace)).then(|| FailoverRecord {
+    let token = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    (!s.is_empty() && s.chars().all(token)).then(|| FailoverRecord {
         active_region: s.to_string(),
         epoch: 0,
         lease_holder: None,
@@ -66,26 +80,85 @@ pub fn parse_record(value: &[u8]) -> Option<FailoverRecord> {
 /// Active regions by group.
 #[derive(Debug)]
 pub struct FailoverState {
-    groups: RwLock<HashMap<String, FailoverRecord>>,
+    groups: RwLock<Groups>,
     version: Arc<AtomicU64>,
+    /// Values refused because their epoch is older than the one served.
+    pub stale_refused: Counter,
+}
+
+#[derive(Debug, Default)]
+struct Groups {
+    records: HashMap<String, FailoverRecord>,
+    /// Highest epoch seen per group (survives deletes).
+    floor: HashMap<String, u64>,
+}
+
+impl Groups {
+    /// Whether `r` may replace what `group` holds (its epoch is not older).
+    fn admits(&self, group: &str, r: &FailoverRecord) -> bool {
+        self.floor.get(group).is_none_or(|&f| r.epoch >= f)
+    }
+
+    fn insert(&mut self, group: &str, r: FailoverRecord) -> bool {
+        let f = self.floor.entry(group.to_string()).or_insert(0);
+        *f = (*f).max(r.epoch);
+        let changed = self.records.get(group) != Some(&r);
+        self.records.insert(group.to_string(), r);
+        changed
+    }
 }
 
 impl FailoverState {
     /// Empty state; `version` is bumped on every change.
     pub fn new(version: Arc<AtomicU64>) -> Self {
         Self {
-            groups: RwLock::new(HashMap::new()),
+            groups: RwLock::new(Groups::default()),
             version,
+            stale_refused: Counter::default(),
         }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Groups> {
+        self.groups
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Active region of a group, if known.
     pub fn active(&self, group: &str) -> Option<String> {
-        self.groups
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.read()
+            .records
             .get(group)
             .map(|r| r.active_region.clone())
+    }
+
+    /// A group's whole record, if known.
+    pub fn record(&self, group: &str) -> Option<FailoverRecord> {
+        self.read().records.get(group).cloned()
+    }
+
+    /// The witness TXT string of a group: `active=<region> epoch=<n> holder=<id>` (holder `-`
+    /// when unknown), or `None` for a group this instance has no record of.
+    pub fn witness_txt(&self, group: &str) -> Option<String> {
+        self.record(group).map(|r| {
+            format!(
+                "active={} epoch={} holder={}",
+                r.active_region,
+                r.epoch,
+                r.lease_holder.as_deref().unwrap_or("-")
+            )
+        })
+    }
+
+    fn refuse(&self, group: &str, r: &FailoverRecord, floor: Option<u64>) {
+        self.stale_refused.inc();
+        warn!(
+            group,
+            epoch = r.epoch,
+            served_epoch = floor,
+            active = r.active_region,
+            "refusing failover value with an older epoch than the one served"
+        );
     }
 
     /// Set (or with `None`, forget) a group's record.
@@ -99,8 +172,14 @@ impl FailoverState {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let changed = match &record {
-            Some(r) => g.insert(group.to_string(), r.clone()).as_ref() != Some(r),
-            None => g.remove(group).is_some(),
+            Some(r) if !g.admits(group, r) => {
+                let floor = g.floor.get(group).copied();
+                drop(g);
+                self.refuse(group, r, floor);
+                return;
+            }
+            Some(r) => g.insert(group, r.clone()),
+            None => g.records.remove(group).is_some(),
         };
         drop(g);
         if changed {
@@ -113,19 +192,38 @@ impl FailoverState {
         }
     }
 
-    /// Replace all groups (file source).
-    #[expect(
-        clippy::needless_pass_by_value,
-        reason = "the new state is moved in when it differs"
-    )]
+    /// Replace all groups (file source). A group whose new epoch is older than the one served
+    /// keeps its record (refused and counted like a KV value).
     pub fn replace_all(&self, all: HashMap<String, FailoverRecord>) {
         let mut g = self
             .groups
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *g != all {
-            g.clone_from(&all);
-            drop(g);
+        let mut refused = Vec::new();
+        let mut next = HashMap::with_capacity(all.len());
+        for (group, r) in all {
+            if g.admits(&group, &r) {
+                next.insert(group, r);
+            } else if let Some(old) = g.records.get(&group) {
+                refused.push((group.clone(), r, g.floor.get(&group).copied()));
+                next.insert(group, old.clone());
+            } else {
+                refused.push((group, r, None));
+            }
+        }
+        let changed = g.records != next;
+        if changed {
+            for (group, r) in &next {
+                let f = g.floor.entry(group.clone()).or_insert(0);
+                *f = (*f).max(r.epoch);
+            }
+            g.records = next;
+        }
+        drop(g);
+        for (group, r, floor) in &refused {
+            self.refuse(group, r, *floor);
+        }
+        if changed {
             self.version.fetch_add(1, Ordering::AcqRel);
             info!("failover state reloaded from file");
         }
@@ -146,7 +244,7 @@ pub fn read_file(path: &Path) -> Result<HashMap<String, FailoverRecord>, Failove
         source,
     })?;
     let raw: HashMap<String, Entry> =
-        serde_yaml::from_str(&text).map_err(|source| FailoverError::Parse {
+        serde_norway::from_str(&text).map_err(|source| FailoverError::Parse {
             what: path.display().to_string(),
             source,
         })?;
@@ -247,7 +345,68 @@ mod tests {
             parse_record(br#"{"active_region":"eu","epoch":2,"lease_holder":"x"}"#),
         );
         assert_eq!(v.load(Ordering::Relaxed), 1);
+        // A bare region name has epoch 0: older than the served epoch 2, refused.
         s.set("g", parse_record(b"us"));
+        assert_eq!(s.active("g").as_deref(), Some("eu"));
+        assert_eq!(s.stale_refused.get(), 1);
+        s.set(
+            "g",
+            parse_record(br#"{"active_region":"us","epoch":3,"lease_holder":"y"}"#),
+        );
         assert_eq!(s.active("g").as_deref(), Some("us"));
+        assert_eq!(
+            s.witness_txt("g").as_deref(),
+            Some("active=us epoch=3 holder=y")
+        );
+        assert_eq!(s.witness_txt("other"), None);
+    }
+
+    #[test]
+    fn never_back_to_an_older_epoch_after_delete_or_file_reload() {
+        let s = FailoverState::new(Arc::default());
+        s.set("g", parse_record(br#"{"active_region":"eu","epoch":7}"#));
+        s.set("g", None);
+        assert_eq!(s.active("g"), None);
+        s.set("g", parse_record(br#"{"active_region":"us","epoch":6}"#));
+        assert_eq!(s.active("g"), None, "older epoch after a delete");
+        s.replace_all(HashMap::from([(
+            "g".to_string(),
+            FailoverRecord {
+                active_region: "us".into(),
+                epoch: 5,
+                lease_holder: None,
+            },
+        )]));
+        assert_eq!(s.active("g"), None, "older epoch from the file");
+        s.replace_all(HashMap::from([(
+            "g".to_string(),
+            FailoverRecord {
+                active_region: "ap".into(),
+                epoch: 8,
+                lease_holder: None,
+            },
+        )]));
+        assert_eq!(s.active("g").as_deref(), Some("ap"));
+        assert_eq!(s.stale_refused.get(), 2);
+    }
+
+    /// What is neither a record with a region nor a bare region name is refused, not read as
+    /// a region called `{"epoch":3}`.
+    #[test]
+    fn malformed_records_are_refused() {
+        for bad in [
+            &br#"{"epoch":3}"#[..],
+            br#"{"active_region":"eu","epoch":-1}"#,
+            br#"{"active_region":"","epoch":1}"#,
+            br#"["eu"]"#,
+            b"eu west",
+            b"",
+        ] {
+            assert_eq!(parse_record(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(
+            parse_record(b" \"eu-west.1\" ").map(|r| r.active_region),
+            Some("eu-west.1".into())
+        );
     }
 }

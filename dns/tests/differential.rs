@@ -234,7 +234,7 @@ fn answer_key(m: &Message) -> (String, bool, BTreeSet<String>) {
 
 #[test]
 fn generated_lua_records_match_powerdns() {
-    if !require_tool("differential", "pdns_server") {
+    if !require("generated_lua_records_match_powerdns", &[Need::Pdns]) {
         return;
     }
     let dir = scratch("differential");
@@ -370,7 +370,7 @@ fn generated_lua_records_match_powerdns() {
 /// the chunks are concatenated.
 #[test]
 fn chunk_joining_matches_powerdns_both_ways() {
-    if !require_tool("chunks", "pdns_server") {
+    if !require("chunk_joining_matches_powerdns_both_ways", &[Need::Pdns]) {
         return;
     }
     let dir = scratch("chunks");

@@ -58,7 +58,7 @@ fn example_config_loads() {
 
 #[test]
 fn dig_answers_example_zone() {
-    if !require_tool("dig_answers_example_zone", "dig") {
+    if !require("dig_answers_example_zone", &[Need::Dig]) {
         return;
     }
     let (_srv, port, _) = example_server("dig");
@@ -250,9 +250,9 @@ fn large_answers_truncate_over_udp_and_succeed_over_tcp() {
     let _srv = start_catalyst(&dir, &config(port, &[("big.test", &zf)], ""), port);
     let m = query_raw(port, "many.big.test.", RecordType::A, None).unwrap();
     assert!(m.metadata.truncation, "1232-byte limit forces TC");
-    if require_tool(
-        "large_answers_truncate_over_udp_and_succeed_over_tcp",
-        "dig",
+    if require(
+        "large_answers_truncate_over_udp_and_succeed_over_tcp (dig part)",
+        &[Need::Dig],
     ) {
         let out = dig(&[
             "@127.0.0.1",
@@ -588,7 +588,10 @@ fn serves_ipv6_and_several_listen_addresses() {
     assert_eq!(r.metadata.id, 77);
     assert_eq!(r.answers[0].data.to_string(), "192.0.2.10");
     // IPv6 client address is `who`: the netmask view answers from the v6 rule.
-    if require_tool("serves_ipv6_and_several_listen_addresses", "dig") {
+    if require(
+        "serves_ipv6_and_several_listen_addresses (dig part)",
+        &[Need::Dig],
+    ) {
         let out = dig(&[
             "@::1",
             "-p",

@@ -154,17 +154,10 @@ fn geo_answers_follow_the_client_subnet() {
 
 #[test]
 fn geo_functions_match_powerdns_geoip_backend() {
-    if !require_tool("geo_functions_match_powerdns_geoip_backend", "pdns_server") {
-        return;
-    }
-    if !std::path::Path::new("/usr/lib/x86_64-linux-gnu/pdns/libgeoipbackend.so").exists() {
-        assert!(
-            skip_external(),
-            "PowerDNS's GeoIP backend is missing: apt-get install pdns-backend-geoip (or CATALYST_SKIP_EXTERNAL=1)"
-        );
-        eprintln!(
-            "SKIPPED geo_functions_match_powerdns_geoip_backend: pdns-backend-geoip not installed"
-        );
+    if !require(
+        "geo_functions_match_powerdns_geoip_backend",
+        &[Need::Pdns, Need::PdnsGeoip],
+    ) {
         return;
     }
     let dir = scratch("geo-pdns");

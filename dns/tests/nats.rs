@@ -37,7 +37,7 @@ fn start_nats(dir: &std::path::Path, port: u16) -> Proc {
 
 #[test]
 fn failover_kv_and_health_events() {
-    if !require_tool("failover_kv_and_health_events", "nats-server") {
+    if !require("failover_kv_and_health_events", &[Need::NatsServer]) {
         return;
     }
     let dir = scratch("nats");

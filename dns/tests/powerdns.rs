@@ -83,7 +83,7 @@ fn servers(
     origin: &str,
     extra_cfg: &str,
 ) -> Option<(Proc, Proc, u16, u16)> {
-    if !require_tool(name, "pdns_server") {
+    if !require(name, &[Need::Pdns]) {
         return None;
     }
     let dir = scratch(name);

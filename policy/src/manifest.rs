@@ -204,12 +204,12 @@ pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
 pub fn parse_manifests(source_name: &str, text: &str) -> Result<Vec<Policy>, ManifestError> {
     // First pass: the header of every document decides the schema of the second pass.
     let mut headers = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
         let h: Option<Header> = deserialize_doc(doc, source_name, i + 1)?;
         headers.push(h);
     }
     let mut out = Vec::new();
-    for (i, (doc, header)) in serde_yaml::Deserializer::from_str(text)
+    for (i, (doc, header)) in serde_norway::Deserializer::from_str(text)
         .zip(headers)
         .enumerate()
     {
@@ -257,7 +257,7 @@ fn cilium_schema_kind(api_version: Option<&str>, kind: Option<&str>) -> Option<P
 }
 
 fn deserialize_doc<'de, T: Deserialize<'de>>(
-    doc: serde_yaml::Deserializer<'de>,
+    doc: serde_norway::Deserializer<'de>,
     source_name: &str,
     document: usize,
 ) -> Result<T, ManifestError> {
@@ -272,7 +272,7 @@ fn deserialize_doc<'de, T: Deserialize<'de>>(
                 message.truncate(message.len() - suffix.len());
             }
         }
-        // serde_yaml prefixes its own copy of the path (of the enclosing node).
+        // serde_norway prefixes its own copy of the path (of the enclosing node).
         if let Some((head, _)) = message.split_once(": ")
             && !head.contains(' ')
             && path.starts_with(head)
@@ -284,8 +284,8 @@ fn deserialize_doc<'de, T: Deserialize<'de>>(
             document,
             path,
             message,
-            line: loc.as_ref().map(serde_yaml::Location::line),
-            column: loc.as_ref().map(serde_yaml::Location::column),
+            line: loc.as_ref().map(serde_norway::Location::line),
+            column: loc.as_ref().map(serde_norway::Location::column),
         }
     })
 }

@@ -327,7 +327,7 @@ mod tests {
     use crate::labels::Label;
 
     fn sel(yaml: &str) -> EndpointSelector {
-        serde_yaml::from_str(yaml).unwrap()
+        serde_norway::from_str(yaml).unwrap()
     }
 
     fn labels(l: &[&str]) -> LabelSet {
@@ -386,7 +386,7 @@ mod tests {
         assert!(s.mentions_namespace());
         assert!(s.matches(&labels(&["app=web", "io.kubernetes.pod.namespace=prod"])));
         assert!(!s.matches(&labels(&["app=web", "io.kubernetes.pod.namespace=dev"])));
-        let spec: LabelSelectorSpec = serde_yaml::from_str("matchLabels: {team: a}").unwrap();
+        let spec: LabelSelectorSpec = serde_norway::from_str("matchLabels: {team: a}").unwrap();
         let ns = EndpointSelector::namespace_selector(&spec).unwrap();
         assert!(ns.matches(&labels(&[
             "io.kubernetes.pod.namespace=x",
@@ -397,18 +397,19 @@ mod tests {
 
     #[test]
     fn invalid_expressions_are_rejected() {
-        let e =
-            serde_yaml::from_str::<EndpointSelector>("matchExpressions: [{key: a, operator: In}]")
-                .unwrap_err();
+        let e = serde_norway::from_str::<EndpointSelector>(
+            "matchExpressions: [{key: a, operator: In}]",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("needs at least one value"), "{e}");
-        let e = serde_yaml::from_str::<EndpointSelector>(
+        let e = serde_norway::from_str::<EndpointSelector>(
             "matchExpressions: [{key: a, operator: Exists, values: [x]}]",
         )
         .unwrap_err();
         assert!(e.to_string().contains("takes no values"), "{e}");
-        let e = serde_yaml::from_str::<EndpointSelector>("matchLabel: {a: b}").unwrap_err();
+        let e = serde_norway::from_str::<EndpointSelector>("matchLabel: {a: b}").unwrap_err();
         assert!(e.to_string().contains("unknown field `matchLabel`"), "{e}");
-        let e = serde_yaml::from_str::<EndpointSelector>(
+        let e = serde_norway::from_str::<EndpointSelector>(
             "matchExpressions: [{key: a, operator: Maybe}]",
         )
         .unwrap_err();

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::lab::NODE_NS;
+use crate::lab::node_ns;
 
 /// A workspace binary: `$env` when set, else `target/debug/<name>` of the workspace (or of
 /// `$CARGO_TARGET_DIR`).
@@ -46,7 +46,7 @@ impl AgentProcess {
     /// Starts `catalyst-agent run --config <config>` in the node namespace (network namespace
     /// only, so bpffs pins stay shared with the host) and waits until the datapath is in sync.
     pub fn start(config: &Path, pin_path: &Path) -> anyhow::Result<Self> {
-        Self::start_in(NODE_NS, &agent_bin(), config, pin_path, &[])
+        Self::start_in(node_ns(), &agent_bin(), config, pin_path, &[])
     }
 
     /// Starts `bin run --config <config>` in network namespace `netns` with extra environment
@@ -192,7 +192,7 @@ impl AgentProcess {
 /// `GET /metrics` from `addr` inside the node namespace (where the agent runs).
 pub fn scrape_metrics(addr: &'static str) -> anyhow::Result<String> {
     use std::io::{Read as _, Write as _};
-    let body = crate::lab::in_netns(NODE_NS, move || -> std::io::Result<String> {
+    let body = crate::lab::in_netns(node_ns(), move || -> std::io::Result<String> {
         let mut s = std::net::TcpStream::connect(addr)?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
@@ -218,7 +218,7 @@ pub fn metric_value(text: &str, name: &str) -> f64 {
 pub fn uninstall(pin_path: &Path) -> anyhow::Result<()> {
     let mut cmd = if crate::lab::is_up() {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{NODE_NS}"))
+        c.arg(format!("--net=/run/netns/{}", node_ns()))
             .arg(agent_bin());
         c
     } else {

@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_yaml::Value;
+use serde_norway::Value;
 
 /// The chart directory.
 pub fn chart_dir() -> PathBuf {
@@ -78,7 +78,7 @@ impl Context {
         let (mut value, mut text) = match first.split_once(' ') {
             Some(("toYaml", arg)) => {
                 let v = self.operand(arg.trim());
-                let y = serde_yaml::to_string(&v).unwrap();
+                let y = serde_norway::to_string(&v).unwrap();
                 (None, Some(y.trim_end().to_owned()))
             }
             Some((f, _)) => panic!("unsupported function `{f}`"),
@@ -156,7 +156,7 @@ impl Context {
 pub fn render(overrides: &[(&str, Value)]) -> Vec<Value> {
     let dir = chart_dir();
     let mut values: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(dir.join("values.yaml")).unwrap()).unwrap();
+        serde_norway::from_str(&std::fs::read_to_string(dir.join("values.yaml")).unwrap()).unwrap();
     for (path, v) in overrides {
         let mut cur = &mut values;
         let parts: Vec<&str> = path.split('.').collect();
@@ -166,8 +166,8 @@ pub fn render(overrides: &[(&str, Value)]) -> Vec<Value> {
         cur[parts[parts.len() - 1]] = v.clone();
     }
     let chart: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(dir.join("Chart.yaml")).unwrap()).unwrap();
-    let chart = serde_yaml::from_str(&format!(
+        serde_norway::from_str(&std::fs::read_to_string(dir.join("Chart.yaml")).unwrap()).unwrap();
+    let chart = serde_norway::from_str(&format!(
         "{{Name: {}, AppVersion: '{}'}}",
         scalar(&chart["name"]),
         scalar(&chart["appVersion"])
@@ -175,7 +175,7 @@ pub fn render(overrides: &[(&str, Value)]) -> Vec<Value> {
     .unwrap();
     let ctx = Context {
         values,
-        release: serde_yaml::from_str("{Name: cat, Namespace: catalyst-system}").unwrap(),
+        release: serde_norway::from_str("{Name: cat, Namespace: catalyst-system}").unwrap(),
         chart,
     };
     let mut docs = Vec::new();
@@ -186,7 +186,7 @@ pub fn render(overrides: &[(&str, Value)]) -> Vec<Value> {
     files.sort();
     for f in files {
         let text = ctx.render(&std::fs::read_to_string(&f).unwrap());
-        for doc in serde_yaml::Deserializer::from_str(&text) {
+        for doc in serde_norway::Deserializer::from_str(&text) {
             let v = Value::deserialize(doc)
                 .unwrap_or_else(|e| panic!("{}: rendered YAML invalid: {e}\n{text}", f.display()));
             if !v.is_null() {

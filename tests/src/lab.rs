@@ -3,21 +3,53 @@
 //! internet. Every address lives inside these namespaces; nothing leaves the machine.
 //!
 //! ```text
-//!   cat-pod-client  eth0 10.244.0.10 ─┐
-//!   cat-pod-web     eth0 10.244.0.11 ─┤ veth   cat-node (host 10.244.255.1)
-//!   cat-pod-db      eth0 10.244.0.12 ─┤ ─────  routes 10.244.0.x/32 → host-side veth
-//!   cat-pod-other   eth0 10.244.0.13 ─┤
-//!   cat-world       eth0 198.51.100.10, .20 ─┘
+//!   cat<run>-pod-client  eth0 10.244.0.10 ─┐
+//!   cat<run>-pod-web     eth0 10.244.0.11 ─┤ veth   cat<run>-node (host 10.244.255.1)
+//!   cat<run>-pod-db      eth0 10.244.0.12 ─┤ ─────  routes 10.244.0.x/32 → host-side veth
+//!   cat<run>-pod-other   eth0 10.244.0.13 ─┤
+//!   cat<run>-world       eth0 198.51.100.10, .20 ─┘
 //! ```
+//!
+//! Namespace names (and the bpffs pin paths of [`pin_path`]) carry a per-run id, so two suites
+//! on one machine never touch each other's lab: `<run>` is the test process's PID, or what
+//! [`set_run_id`] chose (`cargo xtask lab|demo|bench` use an empty id: `cat-node`, …). Interface
+//! names live inside the lab's own namespaces and need no id. A lab left behind by a run that
+//! died is removed by the next [`up`].
 
 use std::{os::fd::AsRawFd as _, process::Command};
 
 use anyhow::{Context as _, bail};
 
+static RUN_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets this process's run id (before any lab name is used); fails if one was already fixed.
+pub fn set_run_id(id: &str) -> anyhow::Result<()> {
+    RUN_ID
+        .set(id.to_owned())
+        .map_err(|old| anyhow::anyhow!("lab run id already set to `{old}`"))
+}
+
+/// This process's run id: set by [`set_run_id`], else the PID.
+pub fn run_id() -> &'static str {
+    RUN_ID.get_or_init(|| std::process::id().to_string())
+}
+
 /// Name of the node namespace.
-pub const NODE_NS: &str = "cat-node";
+pub fn node_ns() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| format!("cat{}-node", run_id()))
+}
+
 /// Name of the world namespace.
-pub const WORLD_NS: &str = "cat-world";
+pub fn world_ns() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| format!("cat{}-world", run_id()))
+}
+
+/// A bpffs pin directory for an agent of this run: `/sys/fs/bpf/catalyst<run>-<name>`.
+pub fn pin_path(name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/sys/fs/bpf/catalyst{}-{name}", run_id()))
+}
 /// Host-side interface of the world namespace.
 pub const WORLD_IFACE: &str = "cat-world";
 /// The node's own address (the `host` identity).
@@ -45,7 +77,7 @@ pub struct Pod {
 impl Pod {
     /// Network namespace name.
     pub fn netns(&self) -> String {
-        format!("cat-pod-{}", self.name)
+        format!("cat{}-pod-{}", run_id(), self.name)
     }
     /// Host-side interface (in the node namespace).
     pub fn host_iface(&self) -> String {
@@ -114,8 +146,10 @@ fn ns(netns: &str, args: &[&str]) -> anyhow::Result<()> {
     sh(&v)
 }
 
-/// Path of the lock file that serialises lab users (tests, demo, benchmarks) across processes:
-/// the lab's namespace names are fixed, so two runs at once would tear down each other's lab.
+/// Path of the lock file that serialises lab users (tests, demo, benchmarks): the scenarios of
+/// one process share its lab's names, and timing-sensitive suites and benchmarks should not
+/// share two cores with another lab's traffic. Names are per run, so correctness across
+/// processes does not depend on it.
 pub const LOCK_PATH: &str = "/run/catalyst-lab.lock";
 
 /// Exclusive use of the lab; released when dropped (or when the process exits).
@@ -149,25 +183,54 @@ pub fn lock() -> anyhow::Result<LabLock> {
 
 /// Whether the lab's node namespace exists.
 pub fn is_up() -> bool {
-    std::path::Path::new("/run/netns").join(NODE_NS).exists()
+    std::path::Path::new("/run/netns").join(node_ns()).exists()
+}
+
+/// The PID in a lab namespace name of a test run (`cat<pid>-…`), if it has one.
+fn run_pid(netns: &str) -> Option<u32> {
+    let rest = netns.strip_prefix("cat")?;
+    let (digits, tail) = rest.split_once('-')?;
+    (["node", "world"].contains(&tail) || tail.starts_with("pod-"))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// Removes the namespaces of labs whose test process is gone (a run that was killed).
+fn remove_stale_labs() -> anyhow::Result<()> {
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return Ok(());
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = run_pid(&name)
+            && pid != std::process::id()
+            && !std::path::Path::new("/proc").join(pid.to_string()).exists()
+        {
+            sh(&["ip", "netns", "del", &name])?;
+        }
+    }
+    Ok(())
 }
 
 /// Creates the lab (idempotent: an existing lab is torn down first).
 #[expect(clippy::too_many_lines, reason = "the topology, built step by step")]
 pub fn up() -> anyhow::Result<()> {
+    remove_stale_labs()?;
     if is_up() {
         down()?;
     }
-    sh(&["ip", "netns", "add", NODE_NS])?;
-    ns(NODE_NS, &["ip", "link", "set", "lo", "up"])?;
+    let node_ns = node_ns();
+    let world_ns = world_ns();
+    sh(&["ip", "netns", "add", node_ns])?;
+    ns(node_ns, &["ip", "link", "set", "lo", "up"])?;
     ns(
-        NODE_NS,
+        node_ns,
         &["ip", "addr", "add", &format!("{HOST_ADDR}/32"), "dev", "lo"],
     )?;
     // The pods' gateway is a local address of the node, so every host-side veth answers ARP
     // for it (Calico-style routing without addresses on the veths).
     ns(
-        NODE_NS,
+        node_ns,
         &[
             "ip",
             "addr",
@@ -177,9 +240,9 @@ pub fn up() -> anyhow::Result<()> {
             "lo",
         ],
     )?;
-    ns(NODE_NS, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    ns(node_ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
     ns(
-        NODE_NS,
+        node_ns,
         &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
     )?;
     for p in PODS {
@@ -187,7 +250,7 @@ pub fn up() -> anyhow::Result<()> {
         let host = p.host_iface();
         sh(&["ip", "netns", "add", &netns])?;
         sh(&[
-            "ip", "link", "add", &host, "netns", NODE_NS, "type", "veth", "peer", "name", "eth0",
+            "ip", "link", "add", &host, "netns", node_ns, "type", "veth", "peer", "name", "eth0",
             "netns", &netns,
         ])?;
         ns(&netns, &["ip", "link", "set", "lo", "up"])?;
@@ -240,16 +303,16 @@ pub fn up() -> anyhow::Result<()> {
             ],
         )?;
         ns(
-            NODE_NS,
+            node_ns,
             &[
                 "sysctl",
                 "-qw",
                 &format!("net.ipv6.conf.{host}.accept_dad=0"),
             ],
         )?;
-        ns(NODE_NS, &["ip", "link", "set", &host, "up"])?;
+        ns(node_ns, &["ip", "link", "set", &host, "up"])?;
         ns(
-            NODE_NS,
+            node_ns,
             &[
                 "ip",
                 "-6",
@@ -262,7 +325,7 @@ pub fn up() -> anyhow::Result<()> {
             ],
         )?;
         ns(
-            NODE_NS,
+            node_ns,
             &[
                 "sysctl",
                 "-qw",
@@ -270,7 +333,7 @@ pub fn up() -> anyhow::Result<()> {
             ],
         )?;
         ns(
-            NODE_NS,
+            node_ns,
             &[
                 "ip",
                 "route",
@@ -281,7 +344,7 @@ pub fn up() -> anyhow::Result<()> {
             ],
         )?;
         ns(
-            NODE_NS,
+            node_ns,
             &[
                 "ip",
                 "-6",
@@ -293,45 +356,45 @@ pub fn up() -> anyhow::Result<()> {
             ],
         )?;
     }
-    sh(&["ip", "netns", "add", WORLD_NS])?;
+    sh(&["ip", "netns", "add", world_ns])?;
     sh(&[
         "ip",
         "link",
         "add",
         WORLD_IFACE,
         "netns",
-        NODE_NS,
+        node_ns,
         "type",
         "veth",
         "peer",
         "name",
         "eth0",
         "netns",
-        WORLD_NS,
+        world_ns,
     ])?;
-    ns(WORLD_NS, &["ip", "link", "set", "lo", "up"])?;
+    ns(world_ns, &["ip", "link", "set", "lo", "up"])?;
     for a in WORLD_ADDRS {
         ns(
-            WORLD_NS,
+            world_ns,
             &["ip", "addr", "add", &format!("{a}/32"), "dev", "eth0"],
         )?;
     }
-    ns(WORLD_NS, &["ip", "link", "set", "eth0", "up"])?;
+    ns(world_ns, &["ip", "link", "set", "eth0", "up"])?;
     ns(
-        WORLD_NS,
+        world_ns,
         &[
             "ip", "route", "add", GATEWAY_V4, "dev", "eth0", "scope", "link",
         ],
     )?;
     ns(
-        WORLD_NS,
+        world_ns,
         &[
             "ip", "route", "add", "default", "via", GATEWAY_V4, "dev", "eth0",
         ],
     )?;
-    ns(NODE_NS, &["ip", "link", "set", WORLD_IFACE, "up"])?;
+    ns(node_ns, &["ip", "link", "set", WORLD_IFACE, "up"])?;
     ns(
-        NODE_NS,
+        node_ns,
         &[
             "sysctl",
             "-qw",
@@ -340,7 +403,7 @@ pub fn up() -> anyhow::Result<()> {
     )?;
     for a in WORLD_ADDRS {
         ns(
-            NODE_NS,
+            node_ns,
             &["ip", "route", "add", &format!("{a}/32"), "dev", WORLD_IFACE],
         )?;
     }
@@ -350,8 +413,8 @@ pub fn up() -> anyhow::Result<()> {
 /// Removes every lab namespace (and with them the veth pairs). Missing ones are ignored.
 pub fn down() -> anyhow::Result<()> {
     let mut names: Vec<String> = PODS.iter().map(Pod::netns).collect();
-    names.push(WORLD_NS.to_owned());
-    names.push(NODE_NS.to_owned());
+    names.push(world_ns().to_owned());
+    names.push(node_ns().to_owned());
     for n in names {
         if std::path::Path::new("/run/netns").join(&n).exists() {
             sh(&["ip", "netns", "del", &n])?;
@@ -384,4 +447,28 @@ pub fn enter(path: &str) -> anyhow::Result<()> {
         bail!("setns({path}) failed: {}", std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_the_run_id_and_stale_ones_are_recognised() {
+        let id = run_id();
+        assert_eq!(node_ns(), format!("cat{id}-node"));
+        assert_eq!(world_ns(), format!("cat{id}-world"));
+        assert_eq!(pod("web").netns(), format!("cat{id}-pod-web"));
+        assert_eq!(
+            pin_path("x"),
+            std::path::PathBuf::from(format!("/sys/fs/bpf/catalyst{id}-x"))
+        );
+        assert_eq!(run_pid("cat123-node"), Some(123));
+        assert_eq!(run_pid("cat123-pod-web"), Some(123));
+        assert_eq!(run_pid("cat123-world"), Some(123));
+        // The xtask lab (empty id) and anything else are never taken for a stale test run.
+        assert_eq!(run_pid("cat-node"), None);
+        assert_eq!(run_pid("cat123-other"), None);
+        assert_eq!(run_pid("catx-node"), None);
+    }
 }

@@ -6,9 +6,11 @@
 )]
 
 pub mod agent;
+pub mod continuum;
 pub mod controllers;
 pub mod helm;
 pub mod lab;
 pub mod nats;
 pub mod probe;
+pub mod require;
 pub mod scenario;

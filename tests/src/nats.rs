@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::lab::{NODE_NS, in_netns};
+use crate::lab::{in_netns, node_ns};
 
 /// `nats-server` with `JetStream`, listening on 127.0.0.1 of the node namespace; killed by
 /// its PID on drop (its store directory is left to the caller).
@@ -53,7 +53,7 @@ impl NatsServer {
         self.kill();
         // nsenter execs nats-server, so the child's PID is the server's.
         let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{NODE_NS}"))
+            .arg(format!("--net=/run/netns/{}", node_ns()))
             .args(["nats-server", "-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
             .args(["-js", "-sd"])
@@ -65,7 +65,7 @@ impl NatsServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         let port = self.port;
-        while in_netns(NODE_NS, move || {
+        while in_netns(node_ns(), move || {
             TcpStream::connect(("127.0.0.1", port)).is_err()
         })? {
             if Instant::now() > deadline {
@@ -103,7 +103,7 @@ pub struct Subscriber {
 impl Subscriber {
     /// Connects to `127.0.0.1:<port>` in the node namespace and subscribes to `subject`.
     pub fn connect(port: u16, subject: &str) -> anyhow::Result<Self> {
-        let stream = in_netns(NODE_NS, move || TcpStream::connect(("127.0.0.1", port)))??;
+        let stream = in_netns(node_ns(), move || TcpStream::connect(("127.0.0.1", port)))??;
         let mut w = stream.try_clone()?;
         let mut r = BufReader::new(stream.try_clone()?);
         let mut info = String::new();

@@ -12,7 +12,7 @@ use anyhow::Context as _;
 
 use crate::{
     agent::{AgentProcess, uninstall},
-    lab::{self, PODS, WORLD_ADDRS, WORLD_NS, pod},
+    lab::{self, PODS, WORLD_ADDRS, pod, world_ns},
     probe::{EchoServer, tcp_echo, udp_echo},
 };
 
@@ -31,19 +31,13 @@ pub struct Scenario {
     _lock: lab::LabLock,
 }
 
-/// Whether this process may run lab tests; panics with instructions when not root, unless
-/// `CATALYST_UNIT_ONLY=1` (then prints that the test was skipped and returns false).
+/// Whether this process may run lab tests (root and the agent's eBPF object): the one test
+/// convention of [`crate::require`].
 pub fn root_or_skip(name: &str) -> bool {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CATALYST_UNIT_ONLY").is_some(),
-        "{name} needs root (network namespaces, eBPF); run `cargo xtask test` as root, or set CATALYST_UNIT_ONLY=1 to skip"
-    );
-    eprintln!("SKIPPED {name}: needs root (CATALYST_UNIT_ONLY=1)");
-    false
+    crate::require::require(
+        name,
+        &[crate::require::Need::Root, crate::require::Need::Ebpf],
+    )
 }
 
 /// The labels of a lab pod in the agent config (the inside of a YAML flow map).
@@ -118,7 +112,7 @@ impl Scenario {
         let dir = std::env::temp_dir().join(format!("catalyst-e2e-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("policies"))?;
-        let pin = PathBuf::from(format!("/sys/fs/bpf/catalyst-e2e-{name}"));
+        let pin = lab::pin_path(&format!("e2e-{name}"));
         let lock = lab::lock()?;
         lab::up()?;
         let _ = uninstall(&pin);
@@ -135,8 +129,8 @@ impl Scenario {
             EchoServer::start(&web.netns(), web.ipv4, &[80, 8080, 9000, 22])?,
             EchoServer::start(&web.netns(), web.ipv6, &[80, 22])?,
             EchoServer::start(&db.netns(), db.ipv4, &[5432])?,
-            EchoServer::start(WORLD_NS, WORLD_ADDRS[0], &[443])?,
-            EchoServer::start(WORLD_NS, WORLD_ADDRS[1], &[443])?,
+            EchoServer::start(world_ns(), WORLD_ADDRS[0], &[443])?,
+            EchoServer::start(world_ns(), WORLD_ADDRS[1], &[443])?,
         ];
         let mut s = Self {
             dir,
@@ -271,7 +265,7 @@ fn retried(proto: &str, from: &str, addr: &str, port: u16, ok: bool) -> bool {
 
 fn ns_of(from: &str) -> String {
     if from == "world" {
-        WORLD_NS.to_owned()
+        world_ns().to_owned()
     } else {
         pod(from).netns()
     }

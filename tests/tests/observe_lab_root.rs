@@ -3,7 +3,7 @@
 //! the right verdict, drop reason, direction, `is_reply` and policy names, that `status` answers,
 //! and that `/metrics` counts the drops.
 //!
-//! Run by `cargo xtask test` (as root). With `CATALYST_UNIT_ONLY=1` it says it was skipped.
+//! Needs root and the eBPF object ([`catalyst_tests::require`]).
 
 use std::{
     fmt::Write as _,
@@ -17,18 +17,14 @@ use catalyst_tests::{
     agent::{AgentProcess, agent_bin, uninstall},
     lab::{self, pod},
     probe::{EchoServer, tcp_echo},
+    require::{Need, require},
 };
 use serde_json::Value;
 
-const PIN: &str = "/sys/fs/bpf/catalyst-observe-test";
-const METRICS: &str = "127.0.0.1:19965";
-
-fn skip_reason() -> Option<&'static str> {
-    if std::env::var_os("CATALYST_UNIT_ONLY").is_some() {
-        return Some("CATALYST_UNIT_ONLY is set");
-    }
-    None
+fn pin() -> PathBuf {
+    lab::pin_path("observe-test")
 }
+const METRICS: &str = "127.0.0.1:19965";
 
 fn write_config(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -50,7 +46,7 @@ fn write_config(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
             continue;
         }
         let line = match line {
-            l if l.starts_with("pin_path:") => format!("pin_path: {PIN}"),
+            l if l.starts_with("pin_path:") => format!("pin_path: {}", pin().display()),
             l if l.starts_with("flow_log:") => "flow_log: none".to_owned(),
             l if l.trim() == "- policies" => format!("  - {}", policies.display()),
             l => l.to_owned(),
@@ -107,23 +103,20 @@ fn scrape_metrics() -> anyhow::Result<String> {
 #[test]
 #[expect(clippy::too_many_lines, reason = "one scenario, checked step by step")]
 fn observe_shows_verdicts_drop_reasons_and_policies_needs_root() -> anyhow::Result<()> {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped observe_shows_verdicts_drop_reasons_and_policies_needs_root: {why}");
+    if !require(
+        "observe_shows_verdicts_drop_reasons_and_policies_needs_root",
+        &[Need::Root, Need::Ebpf],
+    ) {
         return Ok(());
     }
-    // SAFETY: geteuid has no preconditions.
-    ensure!(
-        unsafe { libc::geteuid() } == 0,
-        "this test needs root (netns lab, eBPF): run it as root or set CATALYST_UNIT_ONLY=1"
-    );
     let dir = std::env::temp_dir().join(format!("catalyst-observe-lab-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let (config, socket) = write_config(&dir)?;
     let _lock = lab::lock()?;
     lab::up()?;
-    let _ = uninstall(Path::new(PIN));
+    let _ = uninstall(&pin());
     let result = (|| -> anyhow::Result<()> {
-        let mut agent = AgentProcess::start(&config, Path::new(PIN))?;
+        let mut agent = AgentProcess::start(&config, &pin())?;
         agent.wait_log("observer API listening", Duration::from_secs(10))?;
         let (client, web, db) = (pod("client"), pod("web"), pod("db"));
         let _w = EchoServer::start(&web.netns(), web.ipv4, &[80, 22])?;
@@ -268,7 +261,7 @@ fn observe_shows_verdicts_drop_reasons_and_policies_needs_root() -> anyhow::Resu
         agent.stop()?;
         Ok(())
     })();
-    let _ = uninstall(Path::new(PIN));
+    let _ = uninstall(&pin());
     let down = lab::down();
     let _ = std::fs::remove_dir_all(&dir);
     result.and(down)

@@ -4,7 +4,7 @@
 //! makes `policy-drops` fail; nats-server killed and restarted mid-run: signals are dropped and
 //! counted meanwhile, and resume.
 //!
-//! Run by `cargo xtask test` (as root). With `CATALYST_UNIT_ONLY=1` it says it was skipped.
+//! Needs root, the eBPF object and nats-server ([`catalyst_tests::require`]).
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,8 @@ use catalyst_tests::{
     agent::{metric_value, scrape_metrics},
     lab::pod,
     nats::{NatsServer, Received, Subscriber},
-    scenario::{Scenario, root_or_skip},
+    require::{Need, require},
+    scenario::Scenario,
 };
 use serde_json::Value;
 
@@ -43,7 +44,10 @@ fn is(m: &Received, pod: &str, check: &str, result: &str) -> bool {
 #[test]
 #[expect(clippy::too_many_lines, reason = "one scenario, checked step by step")]
 fn signals_follow_policy_changes_and_survive_a_nats_outage_needs_root() -> anyhow::Result<()> {
-    if !root_or_skip("signals_follow_policy_changes_and_survive_a_nats_outage_needs_root") {
+    if !require(
+        "signals_follow_policy_changes_and_survive_a_nats_outage_needs_root",
+        &[Need::Root, Need::Ebpf, Need::NatsServer],
+    ) {
         return Ok(());
     }
     let extra = format!(

@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use catalyst_tests::{
     controllers::ControllersProcess,
-    lab::{Pod, WORLD_ADDRS, WORLD_NS, pod},
+    lab::{Pod, WORLD_ADDRS, pod, world_ns},
     probe::EchoServer,
     scenario::{Scenario, root_or_skip},
 };
@@ -89,7 +89,7 @@ fn root_tenancy_isolates_organizations_and_grants_open_exactly_their_port() {
         return;
     }
     let mut s = Scenario::start_labelled("tenancy", &[], false, DNS_PEER, tenant_labels).unwrap();
-    let _dns = EchoServer::start(WORLD_NS, WORLD_ADDRS[1], &[53]).unwrap();
+    let _dns = EchoServer::start(world_ns(), WORLD_ADDRS[1], &[53]).unwrap();
     let web = pod("web").ipv4;
     // No policy yet: everything passes.
     assert!(s.tcp("other", web, 80));

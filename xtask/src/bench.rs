@@ -19,7 +19,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use catalyst_tests::{
     agent::{AgentProcess, uninstall},
-    lab::{self, NODE_NS, PODS, in_netns, pod},
+    lab::{self, PODS, in_netns, node_ns, pod},
 };
 
 use crate::{root, setup};
@@ -326,6 +326,192 @@ pub fn compliance() -> anyhow::Result<()> {
 
 /// Runs `cargo run --release -p <package> --example <example> -- <args>` and returns the JSON
 /// object of its last line starting with `{` (every benchmark driver prints its figures so).
+/// `cargo xtask bench failover`: the Continuum lab (`tests/tests/continuum_lab_root.rs`) with the
+/// design's 30 s lease TTL, `CATALYST_BENCH_RUNS` times (default 3); its figures line per run.
+pub fn failover() -> anyhow::Result<()> {
+    setup::setup(false, true)?;
+    let runs: usize = std::env::var("CATALYST_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    eprintln!("bench: Continuum switchover and region loss, lease TTL 30 s, {runs} runs");
+    setup::cargo_build(false)?;
+    let mut rows = Vec::new();
+    for i in 0..runs {
+        let mut c = setup::lab_suite(
+            "continuum_lab_root",
+            Some("continuum_switchover_and_failover_with_postgres_nats_cluster_and_dns"),
+        );
+        c.env("CATALYST_FAILOVER_TTL", "30");
+        let out = sh(&mut c).with_context(|| format!("failover lab run {}", i + 1))?;
+        let line = out
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("switchover_ms="))
+            .context("the failover lab printed no figures")?;
+        let kv: std::collections::BTreeMap<String, String> = line
+            .split_whitespace()
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        eprintln!("run {}: {line}", i + 1);
+        rows.push(kv);
+    }
+    let mut md = String::new();
+    writeln!(
+        md,
+        "{}",
+        measured_on(", debug build of the test harness and binaries")
+    )?;
+    writeln!(
+        md,
+        "Method: `tests/tests/continuum_lab_root.rs` on loopback: a 3-node NATS JetStream cluster \
+         (KV replicas 3), three catalyst-dns, a PostgreSQL 15 primary with a synchronous standby \
+         (`remote_apply`), three Continuum controllers (lease renew 10 s, TTL 30 s, probes every \
+         500 ms, down after 2). A writer resolves the record through catalyst-dns and inserts \
+         numbered rows, 10 ms apart, recording every acknowledgement. Manual switchover: from \
+         `continuum switchover` to the first acknowledged write on the new primary; write gap: \
+         longest pause between acknowledgements in that span. Region loss: SIGKILL of the active \
+         region's controller and postmaster at once, to the first acknowledged write after DNS \
+         answered the survivor (the lease must expire first: TTL 30 s). Lost rows: acknowledged \
+         ids missing on the final primary. Overlaps: the epoch-history checker over every \
+         controller's history and what DNS served.\n"
+    )?;
+    writeln!(
+        md,
+        "| run | switchover (ms) | DNS flip (ms) | write gap (ms) | region loss → writes (ms) | lost rows | overlapping holders | acknowledged rows |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|")?;
+    let get = |kv: &std::collections::BTreeMap<String, String>, k: &str| {
+        kv.get(k).cloned().unwrap_or_else(|| "?".into())
+    };
+    for (i, kv) in rows.iter().enumerate() {
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            i + 1,
+            get(kv, "switchover_ms"),
+            get(kv, "dns_flip_ms"),
+            get(kv, "write_gap_ms"),
+            get(kv, "failover_ms"),
+            get(kv, "lost_rows"),
+            get(kv, "overlaps"),
+            get(kv, "acked_rows")
+        )?;
+    }
+    writeln!(
+        md,
+        "| **bar** | **< 10,000** | | **< 5,000** | **< 40,000** | **0** | **0** | |"
+    )?;
+    // Lease safety under a nemesis (tests/tests/continuum_nemesis.rs), 20 seeded runs.
+    let nemesis_runs = std::env::var("CATALYST_NEMESIS_RUNS").unwrap_or_else(|_| "20".into());
+    let mut c = setup::lab_suite("continuum_nemesis", None);
+    c.env("CATALYST_NEMESIS_RUNS", &nemesis_runs);
+    let out = sh(&mut c).context("nemesis runs")?;
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("nemesis_runs="))
+        .context("the nemesis test printed no figures")?;
+    eprintln!("{line}");
+    writeln!(
+        md,
+        "\nNemesis (`tests/tests/continuum_nemesis.rs`): 3-node NATS cluster, 3 catalyst-dns, 3 \
+         controllers with a 3 s lease; per run 20 s of seeded random faults (SIGSTOP of the holder \
+         for 0.5–2 TTL, SIGKILL + restart of controllers, SIGKILL or SIGSTOP of one NATS node, \
+         switchover requests), then the epoch-history checker over every controller and every \
+         DNS instance's served epochs. Bar: no two lease holders in ≥ 20 runs.\n\n`{line}`\n"
+    )?;
+    // Partitions (tests/tests/continuum_partition_root.rs), the design's 30 s TTL.
+    let mut c = setup::lab_suite("continuum_partition_root", None);
+    c.env("CATALYST_FAILOVER_TTL", "30");
+    let out = sh(&mut c).context("partition run")?;
+    let part = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("partition_failover_ms="))
+        .context("the partition test printed no figures")?
+        .to_owned();
+    eprintln!("{part}");
+    let part_kv: std::collections::BTreeMap<String, String> = part
+        .split_whitespace()
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    writeln!(
+        md,
+        "Partitions (`tests/tests/continuum_partition_root.rs`): regions in network namespaces \
+         behind a router namespace, links cut with nftables, lease TTL 30 s. The active region \
+         cut off both ways, then (healed, old primary rejoined) the new active region cut one \
+         way (it receives, cannot send). Time: the cut to the first acknowledged write on the \
+         other region. Bar: failover < 40,000 ms with the 30 s TTL, no lost row, no overlap.\n\n\
+         | measure | value | bar |\n|---|---|---|\n\
+         | both-way partition → writes on the survivor (ms) | {} | < 40,000 |\n\
+         | one-way partition → writes on the survivor (ms) | {} | < 40,000 |\n\
+         | lost rows | {} | 0 |\n| overlapping holders | {} | 0 |\n",
+        part_kv
+            .get("partition_failover_ms")
+            .map_or("?", String::as_str),
+        part_kv
+            .get("one_way_failover_ms")
+            .map_or("?", String::as_str),
+        part_kv.get("lost_rows").map_or("?", String::as_str),
+        part_kv.get("overlaps").map_or("?", String::as_str),
+    )?;
+    let part_worst = ["partition_failover_ms", "one_way_failover_ms"]
+        .iter()
+        .filter_map(|k| part_kv.get(*k).and_then(|v| v.parse::<u64>().ok()))
+        .max()
+        .unwrap_or(0);
+    let part_lost: u64 = part_kv
+        .get("lost_rows")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let part_overlaps: u64 = part_kv
+        .get("overlaps")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    // The summary line: the worst run for times, sums for losses and overlaps (nemesis
+    // failures count as overlaps: a failed nemesis run is an overlap, stale effect or DNS
+    // regression, or a run that proved nothing).
+    let worst = |k: &str| {
+        rows.iter()
+            .filter_map(|kv| kv.get(k).and_then(|v| v.parse::<u64>().ok()))
+            .max()
+            .unwrap_or(0)
+    };
+    let sum = |k: &str| {
+        rows.iter()
+            .filter_map(|kv| kv.get(k).and_then(|v| v.parse::<u64>().ok()))
+            .sum::<u64>()
+    };
+    let nemesis_failed: u64 = line
+        .split_whitespace()
+        .find_map(|p| p.strip_prefix("failed_runs="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let summary = format!(
+        "switchover_ms={} failover_ms={} dns_flip_ms={} write_gap_ms={} lost_rows={} overlaps={}",
+        worst("switchover_ms"),
+        worst("failover_ms").max(part_worst),
+        worst("dns_flip_ms"),
+        worst("write_gap_ms"),
+        sum("lost_rows") + part_lost,
+        sum("overlaps") + nemesis_failed + part_overlaps
+    );
+    writeln!(
+        md,
+        "Primary loss (postmaster SIGKILLed, controller alive) → DNS flipped, worst run: {} ms \
+         (probe 500 ms × 2 failures + 1 s = 2,000 ms bar, detection included).\n\n\
+         Summary (worst run, region loss and partitions; sums for lost rows and overlaps, nemesis and partitions included): `{summary}`\n",
+        worst("primary_loss_flip_ms")
+    )?;
+    println!("{md}");
+    splice_section("failover", &md)?;
+    println!("{summary}");
+    Ok(())
+}
+
 fn example_figures(
     package: &str,
     example: &str,
@@ -377,7 +563,42 @@ pub fn dns() -> anyhow::Result<()> {
         .context("cannot run the DNS benchmark driver")?;
     anyhow::ensure!(status.success(), "DNS benchmark failed ({status})");
     eprintln!("bench: DNS figures written to {}", out.display());
-    Ok(())
+    dns_cache_flood()
+}
+
+/// `cargo xtask bench dns`, second part: the answer cache under a cache-busting flood.
+pub fn dns_cache_flood() -> anyhow::Result<()> {
+    eprintln!("bench: catalyst-dns answer cache under a 500,000-name flood");
+    let v = example_figures("catalyst-dns", "cache_flood", &[])?;
+    let mut md = String::new();
+    writeln!(md, "{}", measured_on(", release build"))?;
+    writeln!(
+        md,
+        "Method: `dns/examples/cache_flood.rs`. catalyst-dns (2 UDP workers, 100,000 cached \
+         answers each) serves wildcard records; dnsperf (`-c 4 -q 200`, each line once) first \
+         asks 20,000 hot names 25 times each, then the same hot names interleaved 1:1 with \
+         500,000 never-seen random labels (every one a miss that enters the cache). Hit rates from \
+         the server's `catalyst_dns_cache_hits_total` / `_misses_total`; the hot names' own hit \
+         rate in the mixed run is hits / hot queries (flood queries can only miss). The cache it \
+         replaced was cleared whole when full, so the flood emptied it every 100,000 misses per \
+         worker and every hot name had to be computed again after each clear.\n"
+    )?;
+    writeln!(md, "| measure | value |")?;
+    writeln!(md, "|---|---|")?;
+    for (k, label) in [
+        ("hot_qps", "hot names only: QPS"),
+        ("hot_hit_rate", "hot names only: hit rate"),
+        ("mixed_qps", "hot + flood: QPS"),
+        (
+            "mixed_hit_rate",
+            "hot + flood: overall hit rate (ideal 0.5)",
+        ),
+        ("mixed_hot_hit_rate", "**hot + flood: hot names' hit rate**"),
+    ] {
+        writeln!(md, "| {label} | {} |", v[k])?;
+    }
+    println!("{md}");
+    splice_section("dns-cache", &md)
 }
 
 /// Replaces the text between the datapath markers in docs/benchmarks.md.
@@ -470,7 +691,7 @@ fn end_to_end() -> anyhow::Result<Vec<(Filter, Figures)>> {
                 a.stop()?;
                 uninstall(&pin)?;
             }
-            let _ = sh(&mut in_ns(NODE_NS, &["nft", "flush", "ruleset"]));
+            let _ = sh(&mut in_ns(node_ns(), &["nft", "flush", "ruleset"]));
         }
         Ok(())
     })();
@@ -551,7 +772,7 @@ fn nft_load(f: Filter, rules: u32, work: &Path) -> anyhow::Result<()> {
     let file = work.join("rules.nft");
     std::fs::write(&file, s)?;
     sh(&mut in_ns(
-        NODE_NS,
+        node_ns(),
         &["nft", "-f", file.to_str().expect("utf-8")],
     ))?;
     Ok(())

@@ -1,11 +1,13 @@
 //! `cargo xtask demo`: the README's first command.
 
+mod compliance;
+
 use std::{path::Path, process::Command, time::Duration};
 
 use anyhow::Context as _;
 use catalyst_tests::{
     agent::{AgentProcess, agent_bin},
-    lab::{self, WORLD_ADDRS, WORLD_NS, pod},
+    lab::{self, WORLD_ADDRS, pod, world_ns},
     probe::{EchoServer, tcp_echo, udp_echo},
 };
 
@@ -59,8 +61,8 @@ fn run_demo(config: &Path, pin: &Path) -> anyhow::Result<()> {
     let db = pod("db");
     let _s1 = EchoServer::start(&web.netns(), web.ipv4, &[80, 8080, 22])?;
     let _s2 = EchoServer::start(&db.netns(), db.ipv4, &[5432])?;
-    let _s3 = EchoServer::start(WORLD_NS, WORLD_ADDRS[0], &[443])?;
-    let _s4 = EchoServer::start(WORLD_NS, WORLD_ADDRS[1], &[443])?;
+    let _s3 = EchoServer::start(world_ns(), WORLD_ADDRS[0], &[443])?;
+    let _s4 = EchoServer::start(world_ns(), WORLD_ADDRS[1], &[443])?;
     let cases = [
         Case {
             what: "client -> web:80 (web-ingress allows app=client)",
@@ -197,12 +199,15 @@ fn run_demo(config: &Path, pin: &Path) -> anyhow::Result<()> {
     }
     agent.stop()?;
     failures += tenancy_demo(config, pin)?;
+    failures += compliance::demo(config, pin)?;
     dns_demo()?;
     anyhow::ensure!(
         failures == 0,
-        "{failures} traffic cases did not behave as the policies say"
+        "{failures} traffic cases or score changes did not behave as the policies say"
     );
-    println!("== demo ok: every allowed flow connected, every denied flow was dropped");
+    println!(
+        "== demo ok: every allowed flow connected, every denied flow was dropped, the score followed the policy and the drops"
+    );
     Ok(())
 }
 
@@ -259,9 +264,10 @@ fn tenancy_demo_in(
     }
     // The agent in standalone mode learns namespace labels from its config: take them from the
     // generated Namespace objects, as Kubernetes mode takes them from the API.
-    let mut cfg: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(agent_config)?)?;
+    let mut cfg: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(agent_config)?)?;
     let base = agent_config.parent().unwrap_or(Path::new("."));
-    let policies: Vec<serde_yaml::Value> = cfg["policy_paths"]
+    let policies: Vec<serde_norway::Value> = cfg["policy_paths"]
         .as_sequence()
         .into_iter()
         .flatten()
@@ -271,7 +277,7 @@ fn tenancy_demo_in(
         })
         .chain([work.join("out/policies").display().to_string().into()])
         .collect();
-    cfg["policy_paths"] = serde_yaml::Value::Sequence(policies);
+    cfg["policy_paths"] = serde_norway::Value::Sequence(policies);
     let flow_log = work.join("flows.jsonl");
     cfg["flow_log"] = flow_log.display().to_string().into();
     for ep in cfg["endpoints"].as_sequence_mut().into_iter().flatten() {
@@ -282,7 +288,7 @@ fn tenancy_demo_in(
         let Ok(text) = std::fs::read_to_string(&file) else {
             continue;
         };
-        let nsobj: serde_yaml::Value = serde_yaml::from_str(&text)?;
+        let nsobj: serde_norway::Value = serde_norway::from_str(&text)?;
         if let (Some(labels), Some(map)) = (
             nsobj["metadata"]["labels"].as_mapping(),
             ep["labels"].as_mapping_mut(),
@@ -298,7 +304,7 @@ fn tenancy_demo_in(
         }
     }
     let tenant_config = work.join("agent.yaml");
-    std::fs::write(&tenant_config, serde_yaml::to_string(&cfg)?)?;
+    std::fs::write(&tenant_config, serde_norway::to_string(&cfg)?)?;
     println!("== agent restarted with the generated policies (pinned state adopted)");
     let mut agent = AgentProcess::start(&tenant_config, pin)?;
     // The echo servers of the first phase (web 80/8080, world 443) are still running.
@@ -453,4 +459,19 @@ fn dns_demo() -> anyhow::Result<()> {
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let _ = child.wait();
     result
+}
+
+/// `cargo xtask demo-failover`: the Continuum lab (`tests/tests/continuum_lab_root.rs`) with its
+/// narration on the terminal; the controllers' and servers' logs stay in the lab folder when a
+/// step fails.
+pub fn demo_failover() -> anyhow::Result<()> {
+    crate::setup::setup(false, true)?;
+    crate::setup::cargo_build(false)?;
+    let mut c = crate::setup::lab_suite(
+        "continuum_lab_root",
+        Some("continuum_switchover_and_failover_with_postgres_nats_cluster_and_dns"),
+    );
+    let status = c.status().context("cannot run the Continuum lab")?;
+    anyhow::ensure!(status.success(), "the Continuum lab failed ({status})");
+    Ok(())
 }

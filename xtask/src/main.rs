@@ -24,7 +24,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what builds and tests need (idempotent): rust-src, bpf-linker, Debian and `PyPI` packages.
+    /// Install what builds and tests need (idempotent): rust-src, bpf-linker, cargo-deny, Debian and `PyPI` packages.
     Setup {
         /// Skip the eBPF toolchain (userspace-only machines).
         #[arg(long)]
@@ -46,6 +46,10 @@ enum Command {
     },
     /// Build, bring up the lab, run the agent with example policies, drive traffic, print flows.
     Demo,
+    /// Continuum live: a 3-node NATS cluster, three catalyst-dns, a PostgreSQL sync pair and three
+    /// controllers on loopback; a manual switchover, a primary loss, a region loss and a crash in
+    /// the middle of a switchover, with a writer counting acknowledged rows throughout.
+    DemoFailover,
     /// Run every test suite: unit, integration, and (as root) the lab end-to-end suites.
     Test {
         /// Only userspace tests that need neither root nor the eBPF toolchain.
@@ -54,7 +58,7 @@ enum Command {
     },
     /// Benchmarks (figures to docs/benchmarks.md).
     Bench {
-        /// Which benchmark: datapath, policy, flows, dns, controllers, compliance, all.
+        /// Which benchmark: datapath, policy, flows, dns, dns-cache, controllers, compliance, failover, all.
         which: String,
     },
 }
@@ -77,6 +81,9 @@ pub fn root() -> PathBuf {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The developer's lab (`lab up|down`, demo, benchmarks) has fixed names (`cat-node`, …) so
+    // `lab down` in another process finds what `lab up` made; test runs use their PID instead.
+    catalyst_tests::lab::set_run_id("")?;
     match cli.command {
         Command::Setup {
             no_ebpf,
@@ -92,7 +99,7 @@ fn main() -> anyhow::Result<()> {
             catalyst_tests::lab::up()?;
             println!(
                 "lab up: node namespace {}, pods {:?}",
-                catalyst_tests::lab::NODE_NS,
+                catalyst_tests::lab::node_ns(),
                 catalyst_tests::lab::PODS
                     .iter()
                     .map(catalyst_tests::lab::Pod::netns)
@@ -104,23 +111,27 @@ fn main() -> anyhow::Result<()> {
             action: LabAction::Down,
         } => catalyst_tests::lab::down(),
         Command::Demo => demo::demo(),
+        Command::DemoFailover => demo::demo_failover(),
         Command::Test { unit_only } => test::test(unit_only),
         Command::Bench { which } => match which.as_str() {
             "datapath" => bench::datapath(),
             "policy" => bench::policy(),
             "dns" => bench::dns(),
+            "dns-cache" => bench::dns_cache_flood(),
             "flows" => bench::flows(),
             "controllers" => bench::controllers(),
             "compliance" => bench::compliance(),
+            "failover" => bench::failover(),
             "all" => bench::datapath()
                 .and_then(|()| bench::policy())
                 .and_then(|()| bench::flows())
                 .and_then(|()| bench::dns())
                 .and_then(|()| bench::controllers())
-                .and_then(|()| bench::compliance()),
+                .and_then(|()| bench::compliance())
+                .and_then(|()| bench::failover()),
             other => {
                 anyhow::bail!(
-                    "unknown benchmark `{other}` (available: datapath, policy, flows, dns, controllers, compliance, all)"
+                    "unknown benchmark `{other}` (available: datapath, policy, flows, dns, dns-cache, controllers, compliance, failover, all)"
                 )
             }
         },

@@ -10,6 +10,8 @@ use anyhow::{Context as _, bail};
 
 use crate::root;
 
+/// cargo-deny version for `cargo deny check bans licenses sources` (deny.toml).
+const CARGO_DENY_VERSION: &str = "0.20.2";
 /// bpf-linker version built against the nightly toolchain's LLVM (DESIGN.md §6).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests and benchmarks use.
@@ -28,6 +30,8 @@ const APT_PACKAGES: &[&str] = &[
     "pdns-backend-geoip",
     // The compliance dashboard's browser test (headless).
     "chromium",
+    // The Continuum lab's PostgreSQL pair (synchronous replication, pg_rewind).
+    "postgresql-15",
 ];
 
 fn run(cmd: &mut Command, what: &str, fix: &str) -> anyhow::Result<()> {
@@ -196,6 +200,46 @@ pub fn ensure_nats_server() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Path of the project-local cargo-deny.
+pub fn cargo_deny() -> PathBuf {
+    tools().join("cargo-deny/bin/cargo-deny")
+}
+
+/// Builds cargo-deny into `.tools/cargo-deny` when it is missing or another version.
+pub fn ensure_cargo_deny() -> anyhow::Result<()> {
+    let have = output(Command::new(cargo_deny()).arg("--version")).unwrap_or_default();
+    if have == format!("cargo-deny {CARGO_DENY_VERSION}") {
+        return Ok(());
+    }
+    eprintln!("setup: building cargo-deny {CARGO_DENY_VERSION} (takes a few minutes)");
+    run(
+        Command::new("cargo")
+            .args([
+                "install",
+                "cargo-deny",
+                "--version",
+                CARGO_DENY_VERSION,
+                "--locked",
+                "--root",
+            ])
+            .arg(tools().join("cargo-deny")),
+        "building cargo-deny",
+        "see the cargo output above; it needs crates.io",
+    )
+}
+
+/// `cargo deny check bans licenses sources` against deny.toml.
+pub fn deny_check() -> anyhow::Result<()> {
+    ensure_cargo_deny()?;
+    run(
+        Command::new(cargo_deny())
+            .args(["check", "bans", "licenses", "sources"])
+            .current_dir(root()),
+        "cargo deny check bans licenses sources",
+        "a banned crate, licence or source (see above and deny.toml)",
+    )
+}
+
 /// `cargo xtask setup`.
 pub fn setup(ebpf: bool, packages: bool) -> anyhow::Result<()> {
     if packages {
@@ -205,6 +249,7 @@ pub fn setup(ebpf: bool, packages: bool) -> anyhow::Result<()> {
     if ebpf {
         ensure_ebpf_toolchain()?;
     }
+    ensure_cargo_deny()?;
     eprintln!("setup: done");
     Ok(())
 }
@@ -239,4 +284,16 @@ pub fn cargo_build(release: bool) -> anyhow::Result<PathBuf> {
     Ok(root()
         .join("target")
         .join(if release { "release" } else { "debug" }))
+}
+
+/// `cargo test -q -p catalyst-tests --test <suite> -- [--exact <test>] --nocapture` with every
+/// need required (`CATALYST_TEST_MODE=full`): how benchmarks and demos run a lab suite.
+pub fn lab_suite(suite: &str, exact: Option<&str>) -> Command {
+    let mut c = cargo();
+    c.args(["test", "-q", "-p", "catalyst-tests", "--test", suite, "--"]);
+    if let Some(t) = exact {
+        c.args(["--exact", t]);
+    }
+    c.arg("--nocapture").env("CATALYST_TEST_MODE", "full");
+    c
 }

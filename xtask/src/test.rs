@@ -1,4 +1,11 @@
 //! `cargo xtask test`.
+//!
+//! Both forms run `cargo test --workspace` under the workspace's one test convention
+//! (`catalyst_tests::require`, switched by `CATALYST_TEST_MODE`): `--unit-only` runs exactly the
+//! tests that need nothing from the machine (every other test prints one `SKIPPED` line); the
+//! full run sets the toolchain and packages up first and fails any test whose needs (root, the
+//! eBPF object, nats-server, `PowerDNS`, Chromium, …) are not met. The full run first checks the
+//! dependency graph with `cargo deny check bans licenses sources` (deny.toml).
 
 use anyhow::bail;
 
@@ -9,26 +16,25 @@ pub fn test(unit_only: bool) -> anyhow::Result<()> {
     if unit_only {
         let mut c = setup::cargo();
         c.args(["test", "--workspace"])
-            .env("CATALYST_SKIP_EBPF", "1")
-            .env("CATALYST_UNIT_ONLY", "1");
+            .env("CATALYST_TEST_MODE", "unit");
         if !c.status()?.success() {
             bail!("unit tests failed");
         }
         return Ok(());
     }
     setup::setup(true, true)?;
+    setup::deny_check()?;
     setup::cargo_build(false)?;
     let mut c = setup::cargo();
-    // The eBPF crate only builds for bpfel-unknown-none (agent/build.rs does that).
+    // One test thread: the lab suites take the lab one at a time (`catalyst_tests::lab::lock`).
     c.args([
         "test",
         "--workspace",
         "--no-fail-fast",
-        "--exclude",
-        "catalyst-agent-ebpf",
         "--",
         "--test-threads=1",
-    ]);
+    ])
+    .env("CATALYST_TEST_MODE", "full");
     if !c.status()?.success() {
         bail!("tests failed");
     }

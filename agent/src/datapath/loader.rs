@@ -255,8 +255,8 @@ impl Datapath {
     pub fn load(opts: &LoadOptions) -> anyhow::Result<Self> {
         if OBJECT.is_empty() {
             bail!(
-                "this catalyst-agent was built without its eBPF object (CATALYST_SKIP_EBPF); \
-                 rebuild after `cargo xtask setup`"
+                "this catalyst-agent was built without its eBPF object (the eBPF toolchain was \
+                 missing, or CATALYST_SKIP_EBPF was set); rebuild after `cargo xtask setup`"
             );
         }
         super::ensure_bpffs(&opts.pin_path)?;

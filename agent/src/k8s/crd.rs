@@ -79,7 +79,7 @@ pub fn definitions_yaml() -> String {
             .expect("Catalyst kinds are policy sources");
         out.push_str("---\n");
         out.push_str(
-            &serde_yaml::to_string(&definition(kind, source.plural, source.namespaced, short))
+            &serde_norway::to_string(&definition(kind, source.plural, source.namespaced, short))
                 .expect("CRD serialises"),
         );
     }

@@ -560,10 +560,10 @@ async fn signals_reach_nats_and_survive_an_outage_needs_nats_server() {
 
     use crate::nats::test_server::NatsServer;
 
-    if std::env::var_os("CATALYST_UNIT_ONLY").is_some() {
-        eprintln!(
-            "skipped signals_reach_nats_and_survive_an_outage_needs_nats_server: CATALYST_UNIT_ONLY is set"
-        );
+    if !catalyst_tests::require::require(
+        "signals_reach_nats_and_survive_an_outage_needs_nats_server",
+        &[catalyst_tests::require::Need::NatsServer],
+    ) {
         return;
     }
     let mut server = NatsServer::start("signals");

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use bytes::Bytes;
 use kube::ResourceExt as _;
 use serde::Serialize;
 
@@ -19,7 +20,7 @@ pub const SCHEMA: &str = "catalyst.score/v1";
 
 /// Who owns what, from the Catalyst custom resources: Organization → Sovereign, namespace →
 /// (Organization, Environment, Application), Environment → its policy.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tenants {
     sovereign_of: BTreeMap<String, String>,
     namespace: BTreeMap<String, (String, String, Option<String>)>,
@@ -92,6 +93,32 @@ impl Tenants {
             };
             t.policy_of
                 .insert((e.spec.organization.clone(), e.spec.name.clone()), ep);
+        }
+        t
+    }
+
+    /// These tenants plus namespaces placed by their `openova.io/organization`,
+    /// `openova.io/environment` and `openova.io/application` labels (the tenancy controller sets
+    /// them; a namespace labelled by hand counts too). A namespace an Environment lists keeps the
+    /// Environment's placement (the declaration wins over labels); a namespace without both the
+    /// organization and environment labels is not placed.
+    #[must_use]
+    pub fn with_namespace_labels(&self, namespaces: &[(String, BTreeMap<String, String>)]) -> Self {
+        let mut t = self.clone();
+        for (name, labels) in namespaces {
+            let (Some(org), Some(env)) = (
+                labels.get("openova.io/organization"),
+                labels.get("openova.io/environment"),
+            ) else {
+                continue;
+            };
+            t.namespace.entry(name.clone()).or_insert_with(|| {
+                (
+                    org.clone(),
+                    env.clone(),
+                    labels.get("openova.io/application").cloned(),
+                )
+            });
         }
         t
     }
@@ -179,6 +206,41 @@ pub struct ScoreDoc {
 /// Children of a roll-up: (weight, score) pairs, applications, workloads, enforcing failures.
 type Acc = (Vec<(f64, Option<f64>)>, u32, u32, Vec<EnforcingFailure>);
 
+/// A scored application: what the roll-ups need, and its document, kept serialised so that a
+/// publication re-serialises only the applications whose rows changed.
+#[derive(Debug)]
+struct AppEntry {
+    key: String,
+    score: Option<f64>,
+    workloads: u32,
+    failing_enforcing: Vec<String>,
+    weight: f64,
+    bytes: Bytes,
+}
+
+/// One document ready to publish: its level, score and gate (for metrics) and its bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// `application`, `environment`, `organization`, `sovereign`.
+    pub level: &'static str,
+    /// Published score.
+    pub score: Option<f64>,
+    /// Gate state (Environment level).
+    pub gate: Option<GateState>,
+    /// The `catalyst.score/v1` JSON.
+    pub bytes: Bytes,
+}
+
+/// Everything to publish: every document's bytes by KV key, and the roll-up documents (for
+/// the Environment / Organization status).
+#[derive(Debug, Default)]
+pub struct Publication {
+    /// Every document by KV key.
+    pub entries: BTreeMap<String, Entry>,
+    /// Environment, Organization and Sovereign documents by KV key.
+    pub rollups: BTreeMap<String, ScoreDoc>,
+}
+
 /// Aggregator state.
 #[derive(Debug)]
 pub struct Aggregator {
@@ -186,7 +248,7 @@ pub struct Aggregator {
     catalog: Catalog,
     tenants: Tenants,
     store: RowStore,
-    apps: BTreeMap<AppKey, (AppScore, f64)>,
+    apps: BTreeMap<AppKey, AppEntry>,
     dirty: BTreeSet<AppKey>,
     all_dirty: bool,
 }
@@ -234,8 +296,10 @@ impl Aggregator {
 
     /// Ingests one row received at `at_ms`.
     pub fn ingest(&mut self, row: Row, at_ms: i64) {
-        let app = row.app.clone();
-        if self.store.upsert(row, at_ms) {
+        let app = (!self.dirty.contains(&row.app)).then(|| row.app.clone());
+        if self.store.upsert(row, at_ms)
+            && let Some(app) = app
+        {
             self.dirty.insert(app);
         }
     }
@@ -254,7 +318,7 @@ impl Aggregator {
         }
     }
 
-    /// Whether something changed since the last [`Self::documents`].
+    /// Whether something changed since the last [`Self::publication`].
     pub fn is_dirty(&self) -> bool {
         self.all_dirty || !self.dirty.is_empty()
     }
@@ -263,33 +327,47 @@ impl Aggregator {
         self.tenants.policy(&app.organization, &app.environment)
     }
 
+    fn score(&self, app: &AppKey) -> AppScore {
+        let policy = self.policy(app).map(|p| &p.compliance);
+        let target = policy.map_or(self.cfg.target, |p| p.target);
+        score::score_app(
+            self.store.rows_of(app),
+            &self.catalog,
+            policy,
+            target,
+            self.cfg.max_evidence,
+        )
+    }
+
     fn rescore(&mut self) {
         let keys: Vec<AppKey> = if self.all_dirty {
+            self.apps.clear();
             self.store.apps().cloned().collect()
         } else {
             std::mem::take(&mut self.dirty).into_iter().collect()
         };
-        if self.all_dirty {
-            self.apps.clear();
-        }
         self.all_dirty = false;
         self.dirty.clear();
         for app in keys {
-            if self.store.rows_of(&app).next().is_none() {
+            if !self.store.has(&app) {
                 self.apps.remove(&app);
                 continue;
             }
-            let policy = self.policy(&app).map(|p| &p.compliance);
-            let target = policy.map_or(self.cfg.target, |p| p.target);
-            let s = score::score_app(
-                self.store.rows_of(&app),
-                &self.catalog,
-                policy,
-                target,
-                self.cfg.max_evidence,
-            );
+            let s = self.score(&app);
             let weight = self.app_weight(&app, &s);
-            self.apps.insert(app, (s, weight));
+            let doc = app_doc(&app, &s, weight);
+            let bytes = Bytes::from(serde_json::to_vec(&doc).unwrap_or_default());
+            self.apps.insert(
+                app,
+                AppEntry {
+                    key: doc.key,
+                    score: s.score,
+                    workloads: s.workloads,
+                    failing_enforcing: s.failing_enforcing,
+                    weight,
+                    bytes,
+                },
+            );
         }
     }
 
@@ -307,188 +385,217 @@ impl Aggregator {
         }
     }
 
-    /// Every score document by KV key, after re-scoring what changed.
-    #[expect(
-        clippy::too_many_lines,
-        reason = "one pass per level, each a few lines; splitting hides the roll-up chain"
-    )]
-    pub fn documents(&mut self) -> BTreeMap<String, ScoreDoc> {
+    /// Every document to publish, after re-scoring the applications whose rows changed: the
+    /// other applications' documents are reused as serialised before.
+    ///
+    /// # Panics
+    /// Never: score documents are plain data and always serialise.
+    pub fn publication(&mut self) -> Publication {
         self.rescore();
-        let mut out = BTreeMap::new();
-        // Environments: (sov, org, env) → children.
-        let mut envs: BTreeMap<(String, String, String), Acc> = BTreeMap::new();
-        for (app, (s, w)) in &self.apps {
-            let failing: Vec<EnforcingFailure> = s
-                .failing_enforcing
-                .iter()
-                .map(|c| EnforcingFailure {
-                    environment: app.environment.clone(),
-                    application: app.application.clone(),
-                    check: c.clone(),
-                })
-                .collect();
-            let key = app.kv_key();
-            out.insert(
-                key.clone(),
-                ScoreDoc {
-                    schema: SCHEMA,
+        let rollups = self.rollups();
+        let mut entries = BTreeMap::new();
+        for e in self.apps.values() {
+            entries.insert(
+                e.key.clone(),
+                Entry {
                     level: "application",
-                    key,
-                    sovereign: app.sovereign.clone(),
-                    organization: Some(app.organization.clone()),
-                    environment: Some(app.environment.clone()),
-                    application: Some(app.application.clone()),
-                    score: s.score.map(score::publish_round),
-                    weight: *w,
-                    applications: u32::from(s.score.is_some()),
-                    workloads: s.workloads,
-                    failing_enforcing: failing.clone(),
+                    score: e.score.map(score::publish_round),
                     gate: None,
-                    checks: Some(s.checks.clone()),
-                    fix: Some(s.fix.clone()),
+                    bytes: e.bytes.clone(),
                 },
             );
-            let e = envs
-                .entry((
-                    app.sovereign.clone(),
-                    app.organization.clone(),
-                    app.environment.clone(),
-                ))
-                .or_default();
-            e.0.push((*w, s.score));
-            e.1 += u32::from(s.score.is_some());
-            e.2 += s.workloads;
-            e.3.extend(failing);
         }
-        let mut orgs: BTreeMap<(String, String), Acc> = BTreeMap::new();
+        for (k, d) in &rollups {
+            entries.insert(
+                k.clone(),
+                Entry {
+                    level: d.level,
+                    score: d.score,
+                    gate: d.gate.as_ref().map(|g| g.state),
+                    bytes: Bytes::from(serde_json::to_vec(d).expect("a score document serialises")),
+                },
+            );
+        }
+        Publication { entries, rollups }
+    }
+
+    /// Every score document by KV key, in full (the application documents are re-scored from
+    /// the rows: for inspection and tests; the shell publishes [`Self::publication`]).
+    pub fn documents(&mut self) -> BTreeMap<String, ScoreDoc> {
+        self.rescore();
+        let mut out = self.rollups();
+        for (app, e) in &self.apps {
+            out.insert(e.key.clone(), app_doc(app, &self.score(app), e.weight));
+        }
+        out
+    }
+
+    /// The Environment, Organization and Sovereign documents from the scored applications.
+    fn rollups(&self) -> BTreeMap<String, ScoreDoc> {
+        let mut out = BTreeMap::new();
+        // Environments: (sov, org, env) → children.
+        let mut envs: BTreeMap<(&str, &str, &str), Acc> = BTreeMap::new();
+        for (app, a) in &self.apps {
+            let e = envs
+                .entry((&app.sovereign, &app.organization, &app.environment))
+                .or_default();
+            e.0.push((a.weight, a.score));
+            e.1 += u32::from(a.score.is_some());
+            e.2 += a.workloads;
+            e.3.extend(a.failing_enforcing.iter().map(|c| EnforcingFailure {
+                environment: app.environment.clone(),
+                application: app.application.clone(),
+                check: c.clone(),
+            }));
+        }
+        let mut orgs: BTreeMap<(&str, &str), Acc> = BTreeMap::new();
         for ((sov, org, env), (children, apps, workloads, failing)) in envs {
             let (sc, w) = score::roll_up(children);
             let p = self
                 .tenants
-                .policy(&org, &env)
+                .policy(org, env)
                 .cloned()
                 .unwrap_or_else(EnvPolicy::catalyst);
             let state = score::gate(p.gate_enabled, p.gate_minimum, sc, failing.len());
-            let key = format!("{}.{}.{}", token(&sov), token(&org), token(&env));
-            let o = orgs.entry((sov.clone(), org.clone())).or_default();
+            let o = orgs.entry((sov, org)).or_default();
             o.0.push((w, sc));
             o.1 += apps;
             o.2 += workloads;
             o.3.extend(failing.iter().cloned());
-            out.insert(
-                key.clone(),
-                ScoreDoc {
-                    schema: SCHEMA,
-                    level: "environment",
-                    key,
-                    sovereign: sov,
-                    organization: Some(org),
-                    environment: Some(env),
-                    application: None,
-                    score: sc.map(score::publish_round),
-                    weight: w,
-                    applications: apps,
-                    workloads,
-                    failing_enforcing: failing,
-                    gate: Some(Gate {
-                        state,
-                        minimum_score: p.gate_minimum,
-                        policy: p.name,
-                    }),
-                    checks: None,
-                    fix: None,
-                },
+            let mut d = rollup_doc(
+                "environment",
+                format!("{}.{}.{}", token(sov), token(org), token(env)),
+                (sov, Some(org), Some(env)),
+                sc,
+                w,
+                (apps, workloads, failing),
             );
+            d.gate = Some(Gate {
+                state,
+                minimum_score: p.gate_minimum,
+                policy: p.name,
+            });
+            out.insert(d.key.clone(), d);
         }
-        let mut sovs: BTreeMap<String, Acc> = BTreeMap::new();
+        let mut sovs: BTreeMap<&str, Acc> = BTreeMap::new();
         for ((sov, org), (children, apps, workloads, failing)) in orgs {
             let (sc, w) = score::roll_up(children);
-            let s = sovs.entry(sov.clone()).or_default();
+            let s = sovs.entry(sov).or_default();
             s.0.push((w, sc));
             s.1 += apps;
             s.2 += workloads;
             s.3.extend(failing.iter().cloned());
-            let key = format!("{}.{}", token(&sov), token(&org));
-            out.insert(
-                key.clone(),
-                ScoreDoc {
-                    schema: SCHEMA,
-                    level: "organization",
-                    key,
-                    sovereign: sov,
-                    organization: Some(org),
-                    environment: None,
-                    application: None,
-                    score: sc.map(score::publish_round),
-                    weight: w,
-                    applications: apps,
-                    workloads,
-                    failing_enforcing: failing,
-                    gate: None,
-                    checks: None,
-                    fix: None,
-                },
+            let d = rollup_doc(
+                "organization",
+                format!("{}.{}", token(sov), token(org)),
+                (sov, Some(org), None),
+                sc,
+                w,
+                (apps, workloads, failing),
             );
+            out.insert(d.key.clone(), d);
         }
         for (sov, (children, apps, workloads, failing)) in sovs {
             let (sc, w) = score::roll_up(children);
-            let key = token(&sov);
-            out.insert(
-                key.clone(),
-                ScoreDoc {
-                    schema: SCHEMA,
-                    level: "sovereign",
-                    key,
-                    sovereign: sov,
-                    organization: None,
-                    environment: None,
-                    application: None,
-                    score: sc.map(score::publish_round),
-                    weight: w,
-                    applications: apps,
-                    workloads,
-                    failing_enforcing: failing,
-                    gate: None,
-                    checks: None,
-                    fix: None,
-                },
+            let d = rollup_doc(
+                "sovereign",
+                token(sov),
+                (sov, None, None),
+                sc,
+                w,
+                (apps, workloads, failing),
             );
+            out.insert(d.key.clone(), d);
         }
         out
+    }
+}
+
+/// The document of an application.
+fn app_doc(app: &AppKey, s: &AppScore, weight: f64) -> ScoreDoc {
+    ScoreDoc {
+        schema: SCHEMA,
+        level: "application",
+        key: app.kv_key(),
+        sovereign: app.sovereign.clone(),
+        organization: Some(app.organization.clone()),
+        environment: Some(app.environment.clone()),
+        application: Some(app.application.clone()),
+        score: s.score.map(score::publish_round),
+        weight,
+        applications: u32::from(s.score.is_some()),
+        workloads: s.workloads,
+        failing_enforcing: s
+            .failing_enforcing
+            .iter()
+            .map(|c| EnforcingFailure {
+                environment: app.environment.clone(),
+                application: app.application.clone(),
+                check: c.clone(),
+            })
+            .collect(),
+        gate: None,
+        checks: Some(s.checks.clone()),
+        fix: Some(s.fix.clone()),
+    }
+}
+
+/// The document of a roll-up of (sovereign, organization, environment), the levels below the
+/// roll-up's `None`.
+fn rollup_doc(
+    level: &'static str,
+    key: String,
+    (sov, org, env): (&str, Option<&str>, Option<&str>),
+    score: Option<f64>,
+    weight: f64,
+    (applications, workloads, failing_enforcing): (u32, u32, Vec<EnforcingFailure>),
+) -> ScoreDoc {
+    ScoreDoc {
+        schema: SCHEMA,
+        level,
+        key,
+        sovereign: sov.to_owned(),
+        organization: org.map(str::to_owned),
+        environment: env.map(str::to_owned),
+        application: None,
+        score: score.map(score::publish_round),
+        weight,
+        applications,
+        workloads,
+        failing_enforcing,
+        gate: None,
+        checks: None,
+        fix: None,
     }
 }
 
 /// What changed between two publications: keys with their new bytes (`None`: deleted).
 #[derive(Debug, Default)]
 pub struct Published {
-    last: BTreeMap<String, Vec<u8>>,
+    last: BTreeMap<String, Bytes>,
 }
 
 impl Published {
     /// Starts from what the store already holds (e.g. the KV's values at start), so a restarted
     /// aggregator that computes the same values writes nothing.
-    pub fn with(last: BTreeMap<String, Vec<u8>>) -> Self {
+    pub fn with(last: BTreeMap<String, Bytes>) -> Self {
         Self { last }
     }
 
     /// The values last published.
-    pub fn values(&self) -> &BTreeMap<String, Vec<u8>> {
+    pub fn values(&self) -> &BTreeMap<String, Bytes> {
         &self.last
     }
 
-    /// Changes from the last publication to `docs`, recorded as published.
-    ///
-    /// # Panics
-    /// Never: score documents are plain data and always serialise.
-    pub fn diff(&mut self, docs: &BTreeMap<String, ScoreDoc>) -> Vec<(String, Option<Vec<u8>>)> {
+    /// Changes from the last publication to `entries`, recorded as published.
+    pub fn diff(&mut self, entries: &BTreeMap<String, Entry>) -> Vec<(String, Option<Bytes>)> {
         let mut changes = Vec::new();
         let mut next = BTreeMap::new();
-        for (k, d) in docs {
-            let bytes = serde_json::to_vec(d).expect("a score document serialises");
-            if self.last.get(k) != Some(&bytes) {
-                changes.push((k.clone(), Some(bytes.clone())));
+        for (k, e) in entries {
+            if self.last.get(k) != Some(&e.bytes) {
+                changes.push((k.clone(), Some(e.bytes.clone())));
             }
-            next.insert(k.clone(), bytes);
+            next.insert(k.clone(), e.bytes.clone());
         }
         for k in self.last.keys() {
             if !next.contains_key(k) {

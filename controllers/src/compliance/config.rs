@@ -77,7 +77,7 @@ pub struct ComplianceConfig {
 
 impl Default for ComplianceConfig {
     fn default() -> Self {
-        serde_yaml::from_str("{}").expect("defaults deserialise")
+        serde_norway::from_str("{}").expect("defaults deserialise")
     }
 }
 

@@ -13,26 +13,42 @@ use axum::{
     },
     routing::get,
 };
+use bytes::Bytes;
 use futures_util::stream::{self, Stream};
-use serde_json::Value;
+use serde::de::IgnoredAny;
 use tokio::sync::{RwLock, broadcast};
 
 /// The page, embedded in the binary (plain HTML + JS, no build step).
 pub const DASHBOARD: &str = include_str!("dashboard.html");
 
-/// One change of a score document (`doc` null: deleted).
-#[derive(Debug, Clone, serde::Serialize)]
+/// One change of a score document (`doc` `None`: deleted).
+#[derive(Debug, Clone)]
 pub struct Change {
     /// KV key.
     pub key: String,
-    /// The new document, or null.
-    pub doc: Option<Value>,
+    /// The new document's JSON, or `None`.
+    pub doc: Option<Bytes>,
 }
 
-/// The current documents and the change feed.
+impl Change {
+    /// `{"key": …, "doc": …}` (`doc` null when deleted), the data of an SSE `score` event.
+    pub fn to_json(&self) -> String {
+        let doc = self.doc.as_deref().unwrap_or(b"null");
+        let mut out = String::with_capacity(doc.len() + self.key.len() + 20);
+        out.push_str("{\"key\":");
+        out.push_str(&serde_json::to_string(&self.key).unwrap_or_default());
+        out.push_str(",\"doc\":");
+        out.push_str(&String::from_utf8_lossy(doc));
+        out.push('}');
+        out
+    }
+}
+
+/// The current documents (as published: JSON bytes shared with the publisher, no second copy)
+/// and the change feed.
 #[derive(Debug)]
 pub struct Hub {
-    docs: RwLock<BTreeMap<String, Value>>,
+    docs: RwLock<BTreeMap<String, Bytes>>,
     feed: broadcast::Sender<Change>,
 }
 
@@ -51,10 +67,17 @@ impl Hub {
         }
     }
 
-    /// Applies changes and tells subscribers.
+    /// Applies changes and tells subscribers. A document that is not JSON (e.g. a foreign
+    /// value found in the KV at start) is left out, so the page and the API stay JSON.
     pub async fn apply(&self, changes: Vec<Change>) {
         let mut docs = self.docs.write().await;
-        for c in changes {
+        for mut c in changes {
+            if c.doc
+                .as_ref()
+                .is_some_and(|d| serde_json::from_slice::<IgnoredAny>(d).is_err())
+            {
+                c.doc = None;
+            }
             match &c.doc {
                 Some(d) => {
                     docs.insert(c.key.clone(), d.clone());
@@ -67,9 +90,26 @@ impl Hub {
         }
     }
 
-    /// The current documents.
-    pub async fn snapshot(&self) -> BTreeMap<String, Value> {
-        self.docs.read().await.clone()
+    /// Every current document as one JSON object by key.
+    pub async fn snapshot_json(&self) -> String {
+        let docs = self.docs.read().await;
+        let mut out = String::with_capacity(docs.values().map(|d| d.len() + 64).sum::<usize>() + 2);
+        out.push('{');
+        for (i, (k, d)) in docs.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&serde_json::to_string(k).unwrap_or_default());
+            out.push(':');
+            out.push_str(&String::from_utf8_lossy(d));
+        }
+        out.push('}');
+        out
+    }
+
+    /// The current document of `key`.
+    pub async fn get(&self, key: &str) -> Option<Bytes> {
+        self.docs.read().await.get(key).cloned()
     }
 }
 
@@ -85,9 +125,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
 
 /// The page with the current documents embedded (so the first paint needs no request).
 async fn page(State(hub): State<Arc<Hub>>) -> impl IntoResponse {
-    let json = serde_json::to_string(&hub.snapshot().await)
-        .unwrap_or_else(|_| "{}".into())
-        .replace('<', "\\u003c");
+    let json = hub.snapshot_json().await.replace('<', "\\u003c");
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
         DASHBOARD.replacen("/*SNAPSHOT*/{}", &json, 1),
@@ -99,12 +137,12 @@ fn json(body: String) -> impl IntoResponse {
 }
 
 async fn all(State(hub): State<Arc<Hub>>) -> impl IntoResponse {
-    json(serde_json::to_string(&hub.snapshot().await).unwrap_or_default())
+    json(hub.snapshot_json().await)
 }
 
 async fn one(State(hub): State<Arc<Hub>>, Path(key): Path<String>) -> impl IntoResponse {
-    match hub.docs.read().await.get(&key) {
-        Some(d) => json(d.to_string()).into_response(),
+    match hub.get(&key).await {
+        Some(d) => ([(header::CONTENT_TYPE, "application/json")], d).into_response(),
         None => (StatusCode::NOT_FOUND, format!("no score `{key}`\n")).into_response(),
     }
 }
@@ -119,9 +157,7 @@ async fn events(State(hub): State<Arc<Hub>>) -> Sse<impl Stream<Item = Result<Ev
             return Some((Ok(e), (hub, rx, None)));
         }
         let e = match rx.recv().await {
-            Ok(c) => Event::default()
-                .event("score")
-                .data(serde_json::to_string(&c).unwrap_or_default()),
+            Ok(c) => Event::default().event("score").data(c.to_json()),
             Err(broadcast::error::RecvError::Lagged(_)) => snapshot_event(&hub).await,
             Err(broadcast::error::RecvError::Closed) => return None,
         };
@@ -133,7 +169,7 @@ async fn events(State(hub): State<Arc<Hub>>) -> Sse<impl Stream<Item = Result<Ev
 async fn snapshot_event(hub: &Hub) -> Event {
     Event::default()
         .event("snapshot")
-        .data(serde_json::to_string(&hub.snapshot().await).unwrap_or_default())
+        .data(hub.snapshot_json().await)
 }
 
 /// Serves the routes on `listener` until `shutdown` changes.

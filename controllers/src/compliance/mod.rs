@@ -10,6 +10,7 @@ mod checks;
 mod config;
 pub mod http;
 pub mod inputs;
+pub mod kube;
 mod metrics;
 pub mod nats;
 mod row;
@@ -18,12 +19,12 @@ pub mod score;
 mod status;
 
 pub use self::{
-    aggregate::{Aggregator, EnvPolicy, Published, SCHEMA, ScoreDoc, Tenants},
+    aggregate::{Aggregator, Entry, EnvPolicy, Publication, Published, SCHEMA, ScoreDoc, Tenants},
     checks::{CATALYST_DEFAULTS, Catalog, CheckSetting, Mode},
     config::{AppWeighting, ComplianceConfig, EvaluatorSettings, HealthTarget, NatsSettings},
     metrics::ComplianceMetrics,
-    row::{AppKey, Outcome, Row, RowStore, Source, Workload, token},
-    run::{Files, run},
+    row::{AppKey, Evidence, Outcome, Row, RowRef, RowStore, Source, Workload, token},
+    run::{Files, run, run_kubernetes},
 };
 
 #[cfg(test)]

@@ -90,13 +90,13 @@ impl Outputs {
     ///
     /// # Errors
     /// The bucket cannot be listed.
-    pub async fn existing(&self) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
+    pub async fn existing(&self) -> anyhow::Result<BTreeMap<String, bytes::Bytes>> {
         let mut out = BTreeMap::new();
         let mut keys = self.kv.keys().await.context("cannot list the KV keys")?;
         while let Some(k) = keys.next().await {
             let k = k.context("cannot list the KV keys")?;
             if let Some(v) = self.kv.get(&k).await.context("cannot read a KV value")? {
-                out.insert(k, v.to_vec());
+                out.insert(k, v);
             }
         }
         Ok(out)
@@ -104,10 +104,9 @@ impl Outputs {
 
     /// Writes one change to the KV (put or delete) and, for a put, to the scores stream.
     /// Returns (KV ok, stream ok).
-    pub async fn write(&self, key: &str, value: Option<&[u8]>) -> (bool, bool) {
+    pub async fn write(&self, key: &str, value: Option<&bytes::Bytes>) -> (bool, bool) {
         match value {
-            Some(v) => {
-                let bytes = bytes::Bytes::copy_from_slice(v);
+            Some(bytes) => {
                 let kv_ok = match self.kv.put(key, bytes.clone()).await {
                     Ok(_) => true,
                     Err(e) => {
@@ -116,7 +115,7 @@ impl Outputs {
                     }
                 };
                 let subject = format!("{SCORES_PREFIX}.{key}");
-                let stream_ok = match self.js.publish(subject, bytes).await {
+                let stream_ok = match self.js.publish(subject, bytes.clone()).await {
                     Ok(ack) => ack.await.is_ok(),
                     Err(e) => {
                         warn!(key, error = %e, "score stream publish failed");

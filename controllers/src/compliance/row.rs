@@ -1,6 +1,9 @@
 //! The uniform row model: one result of one check for one workload, whatever produced it.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -137,29 +140,110 @@ pub struct Row {
     pub source: Source,
 }
 
-/// Identity of a row in the store: a newer row with the same identity replaces the older one.
-pub type RowId = (Source, String, AppKey, Workload);
+/// The evidence of a row as the scoring reads it: the producer's JSON (a fresh row) or its
+/// compact text (a stored failing row).
+#[derive(Debug, Clone, Copy)]
+pub enum Evidence<'a> {
+    /// As received.
+    Value(&'a serde_json::Value),
+    /// Compact JSON text (the store keeps evidence of failing rows only, as text).
+    Text(&'a str),
+    /// Not kept (passing and n-a rows: evidence is shown for failures only).
+    None,
+}
 
-impl Row {
-    /// The row's identity.
-    pub fn id(&self) -> RowId {
-        (
-            self.source,
-            self.check.clone(),
-            self.app.clone(),
-            self.workload.clone(),
-        )
+impl Evidence<'_> {
+    /// The evidence as JSON.
+    pub fn to_value(self) -> serde_json::Value {
+        match self {
+            Self::Value(v) => v.clone(),
+            Self::Text(t) => serde_json::from_str(t).unwrap_or(serde_json::Value::Null),
+            Self::None => serde_json::Value::Null,
+        }
     }
 }
 
-/// Rows of one application by (source, check, workload), with their receive time.
-type AppRows = BTreeMap<(Source, String, Workload), (Row, i64)>;
+/// A row as the scoring reads it, borrowed from a [`Row`] or from the [`RowStore`].
+#[derive(Debug, Clone, Copy)]
+pub struct RowRef<'a> {
+    /// Check id.
+    pub check: &'a str,
+    /// The workload.
+    pub workload: &'a Workload,
+    /// Pass, fail or n-a.
+    pub outcome: Outcome,
+    /// Producer.
+    pub source: Source,
+    /// Why.
+    pub evidence: Evidence<'a>,
+}
 
-/// The latest row per identity, grouped by application. Each row carries the time it was
-/// received (stream time for NATS inputs), used to expire rows of vanished workloads.
+impl<'a> From<&'a Row> for RowRef<'a> {
+    fn from(r: &'a Row) -> Self {
+        Self {
+            check: &r.check,
+            workload: &r.workload,
+            outcome: r.outcome,
+            source: r.source,
+            evidence: Evidence::Value(&r.evidence),
+        }
+    }
+}
+
+/// One stored row of a workload: 32 bytes, the check interned, evidence kept as compact JSON
+/// text and only while the row fails (documents show evidence of failures only), the producer's
+/// `observed_at` not kept (informative, never published: a value changes only when a score or
+/// its explanation does).
+#[derive(Debug, Clone)]
+struct Slot {
+    check: u32,
+    source: Source,
+    outcome: Outcome,
+    /// Receive time (stream time for NATS inputs), Unix ms, to expire vanished workloads.
+    at_ms: i64,
+    evidence: Option<Box<str>>,
+}
+
+/// Rows of one application: per workload (stored once), its slots.
+type AppRows = BTreeMap<Workload, Vec<Slot>>;
+
+/// Check ids, interned: a catalogue of a few dozen names shared by every row (names are never
+/// dropped: the set is the checks the producers know, small and stable).
+#[derive(Debug, Clone, Default)]
+struct Checks {
+    ids: HashMap<Arc<str>, u32>,
+    names: Vec<Arc<str>>,
+}
+
+impl Checks {
+    fn intern(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        let id = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+        let name: Arc<str> = name.into();
+        self.names.push(name.clone());
+        self.ids.insert(name, id);
+        id
+    }
+
+    fn name(&self, id: u32) -> &str {
+        &self.names[id as usize]
+    }
+}
+
+/// Compact JSON of the evidence of a failing row; `None` otherwise.
+fn kept_evidence(outcome: Outcome, evidence: &serde_json::Value) -> Option<Box<str>> {
+    (outcome == Outcome::Fail).then(|| evidence.to_string().into_boxed_str())
+}
+
+/// The latest row per (source, check, workload), grouped by application and workload. Each row
+/// carries the time it was received (stream time for NATS inputs), used to expire rows of
+/// vanished workloads.
 #[derive(Debug, Clone, Default)]
 pub struct RowStore {
     apps: BTreeMap<AppKey, AppRows>,
+    checks: Checks,
     len: usize,
 }
 
@@ -170,46 +254,69 @@ impl RowStore {
     }
 
     /// Inserts or replaces a row received at `at_ms` (Unix milliseconds). Returns whether the
-    /// application's inputs changed (outcome or evidence), so unchanged heartbeats cost no
-    /// re-scoring.
+    /// application's inputs changed (the outcome, or the evidence of a failing row), so
+    /// unchanged heartbeats cost no re-scoring.
     pub fn upsert(&mut self, row: Row, at_ms: i64) -> bool {
-        let app = self.apps.entry(row.app.clone()).or_default();
-        let key = (row.source, row.check.clone(), row.workload.clone());
-        if let Some((old, t)) = app.get_mut(&key) {
-            *t = at_ms;
-            if old.outcome == row.outcome && old.evidence == row.evidence {
-                old.observed_at = row.observed_at;
-                false
-            } else {
-                *old = row;
-                true
+        let check = self.checks.intern(&row.check);
+        // The row owns its keys: moved in when new, dropped otherwise.
+        let slots = self
+            .apps
+            .entry(row.app)
+            .or_default()
+            .entry(row.workload)
+            .or_default();
+        if let Some(old) = slots
+            .iter_mut()
+            .find(|s| s.check == check && s.source == row.source)
+        {
+            old.at_ms = at_ms;
+            let evidence = kept_evidence(row.outcome, &row.evidence);
+            if old.outcome == row.outcome && old.evidence == evidence {
+                return false;
             }
-        } else {
-            app.insert(key, (row, at_ms));
-            self.len += 1;
-            true
+            old.outcome = row.outcome;
+            old.evidence = evidence;
+            return true;
         }
+        slots.push(Slot {
+            check,
+            source: row.source,
+            outcome: row.outcome,
+            at_ms,
+            evidence: kept_evidence(row.outcome, &row.evidence),
+        });
+        self.len += 1;
+        true
     }
 
     /// Replaces every row of `source` with `rows` (file inputs: the files are the whole truth).
     /// Returns the applications whose rows changed.
     pub fn replace_source(&mut self, source: Source, rows: Vec<Row>, at_ms: i64) -> Vec<AppKey> {
-        let mut incoming: BTreeMap<RowId, Row> = BTreeMap::new();
-        for r in rows {
-            incoming.insert(r.id(), r);
+        let mut incoming: BTreeMap<AppKey, BTreeMap<Workload, BTreeSet<String>>> = BTreeMap::new();
+        for r in &rows {
+            incoming
+                .entry(r.app.clone())
+                .or_default()
+                .entry(r.workload.clone())
+                .or_default()
+                .insert(r.check.clone());
         }
-        let mut changed = std::collections::BTreeSet::new();
-        for (app, rows) in &mut self.apps {
-            rows.retain(|(s, c, w), _| {
-                let keep =
-                    *s != source || incoming.contains_key(&(*s, c.clone(), app.clone(), w.clone()));
-                if !keep {
+        let mut changed = BTreeSet::new();
+        let checks = &self.checks;
+        for (app, workloads) in &mut self.apps {
+            let wanted = incoming.get(app);
+            for (w, slots) in workloads.iter_mut() {
+                let wanted = wanted.and_then(|i| i.get(w));
+                let n = slots.len();
+                slots.retain(|s| {
+                    s.source != source || wanted.is_some_and(|c| c.contains(checks.name(s.check)))
+                });
+                if slots.len() != n {
                     changed.insert(app.clone());
                 }
-                keep
-            });
+            }
         }
-        for (_, r) in incoming {
+        for r in rows {
             let app = r.app.clone();
             if self.upsert(r, at_ms) {
                 changed.insert(app);
@@ -222,20 +329,34 @@ impl RowStore {
     /// Drops rows of `source` received before `before_ms`. Returns the applications affected.
     pub fn expire(&mut self, source: Source, before_ms: i64) -> Vec<AppKey> {
         let mut changed = Vec::new();
-        for (app, rows) in &mut self.apps {
-            let n = rows.len();
-            rows.retain(|(s, _, _), (_, t)| *s != source || *t >= before_ms);
-            if rows.len() != n {
+        for (app, workloads) in &mut self.apps {
+            let mut dropped = false;
+            for slots in workloads.values_mut() {
+                let n = slots.len();
+                slots.retain(|s| s.source != source || s.at_ms >= before_ms);
+                dropped |= slots.len() != n;
+            }
+            if dropped {
                 changed.push(app.clone());
             }
         }
-        self.recount();
+        if !changed.is_empty() {
+            self.recount();
+        }
         changed
     }
 
     fn recount(&mut self) {
-        self.apps.retain(|_, r| !r.is_empty());
-        self.len = self.apps.values().map(BTreeMap::len).sum();
+        for workloads in self.apps.values_mut() {
+            workloads.retain(|_, s| !s.is_empty());
+        }
+        self.apps.retain(|_, w| !w.is_empty());
+        self.len = self
+            .apps
+            .values()
+            .flat_map(BTreeMap::values)
+            .map(Vec::len)
+            .sum();
     }
 
     /// Moves every row to the application `f` gives for its key (e.g. a new Sovereign after
@@ -243,27 +364,51 @@ impl RowStore {
     pub fn rekey(&mut self, f: impl Fn(&AppKey) -> AppKey) {
         let old = std::mem::take(&mut self.apps);
         for (app, rows) in old {
-            let new = f(&app);
-            let target = self.apps.entry(new.clone()).or_default();
-            for (k, (mut row, t)) in rows {
-                row.app = new.clone();
-                target.insert(k, (row, t));
+            let target = self.apps.entry(f(&app)).or_default();
+            if target.is_empty() {
+                *target = rows;
+                continue;
+            }
+            for (w, slots) in rows {
+                let t = target.entry(w).or_default();
+                for s in slots {
+                    match t
+                        .iter_mut()
+                        .find(|x| x.check == s.check && x.source == s.source)
+                    {
+                        Some(x) => *x = s,
+                        None => t.push(s),
+                    }
+                }
             }
         }
         self.recount();
     }
 
     /// Rows of one application.
-    pub fn rows_of<'a>(&'a self, app: &AppKey) -> impl Iterator<Item = &'a Row> + 'a {
-        self.apps
-            .get(app)
-            .into_iter()
-            .flat_map(|r| r.values().map(|(row, _)| row))
+    pub fn rows_of<'a>(&'a self, app: &AppKey) -> impl Iterator<Item = RowRef<'a>> + 'a {
+        let checks = &self.checks;
+        self.apps.get(app).into_iter().flat_map(move |workloads| {
+            workloads.iter().flat_map(move |(w, slots)| {
+                slots.iter().map(move |s| RowRef {
+                    check: checks.name(s.check),
+                    workload: w,
+                    outcome: s.outcome,
+                    source: s.source,
+                    evidence: s.evidence.as_deref().map_or(Evidence::None, Evidence::Text),
+                })
+            })
+        })
     }
 
     /// Applications with at least one row.
     pub fn apps(&self) -> impl Iterator<Item = &AppKey> {
         self.apps.keys()
+    }
+
+    /// Whether `app` has rows.
+    pub fn has(&self, app: &AppKey) -> bool {
+        self.apps.contains_key(app)
     }
 
     /// Number of rows.

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     checks::{Catalog, Mode},
-    row::{Outcome, Row, Source},
+    row::{Evidence, Outcome, RowRef, Source},
 };
 use crate::crd::CompliancePolicy;
 
@@ -158,19 +158,23 @@ pub struct AppScore {
     pub fix: FixList,
 }
 
+/// A failing workload before its evidence becomes JSON: (workload, source, evidence).
+type FailureRef<'a> = (String, Source, Evidence<'a>);
+
 /// Scores one application from its rows under the catalogue and its Environment's policy.
-pub fn score_app<'a>(
-    rows: impl IntoIterator<Item = &'a Row>,
+pub fn score_app<'a, R: Into<RowRef<'a>>>(
+    rows: impl IntoIterator<Item = R>,
     catalog: &Catalog,
     env: Option<&CompliancePolicy>,
     target: f64,
     max_evidence: usize,
 ) -> AppScore {
-    let mut per_check: BTreeMap<&str, (u32, u32, Vec<Failure>)> = BTreeMap::new();
+    let mut per_check: BTreeMap<&str, (u32, u32, Vec<FailureRef<'a>>)> = BTreeMap::new();
     let mut workloads = std::collections::BTreeSet::new();
     for r in rows {
-        workloads.insert(&r.workload);
-        let e = per_check.entry(r.check.as_str()).or_default();
+        let r: RowRef<'a> = r.into();
+        workloads.insert(r.workload);
+        let e = per_check.entry(r.check).or_default();
         match r.outcome {
             Outcome::Pass => {
                 e.0 += 1;
@@ -178,11 +182,7 @@ pub fn score_app<'a>(
             }
             Outcome::Fail => {
                 e.1 += 1;
-                e.2.push(Failure {
-                    workload: r.workload.to_string(),
-                    source: r.source,
-                    evidence: r.evidence.clone(),
-                });
+                e.2.push((r.workload.to_string(), r.source, r.evidence));
             }
             Outcome::NotApplicable => {}
         }
@@ -190,8 +190,17 @@ pub fn score_app<'a>(
     let mut checks = Vec::with_capacity(per_check.len());
     for (check, (passing, applicable, mut failures)) in per_check {
         let s = catalog.setting(check, env);
-        failures.sort_by(|a, b| a.workload.cmp(&b.workload).then(a.source.cmp(&b.source)));
+        failures.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
         failures.truncate(max_evidence);
+        // Evidence becomes JSON for the kept failures only.
+        let failures = failures
+            .into_iter()
+            .map(|(workload, source, evidence)| Failure {
+                workload,
+                source,
+                evidence: evidence.to_value(),
+            })
+            .collect();
         let result = if applicable == 0 {
             Outcome::NotApplicable
         } else if passing == applicable {
@@ -257,6 +266,18 @@ pub enum GateState {
     Disabled,
     /// Nothing scored yet.
     Pending,
+}
+
+impl GateState {
+    /// The wire name (`pass`, `fail`, `disabled`, `pending`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pass => "pass",
+            Self::Fail => "fail",
+            Self::Disabled => "disabled",
+            Self::Pending => "pending",
+        }
+    }
 }
 
 /// The gate: an enforcing check that fails fails the gate regardless of the score.

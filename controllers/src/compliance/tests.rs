@@ -230,18 +230,22 @@ fn published_diff_writes_only_changes() {
     let mut a = Aggregator::new(ComplianceConfig::default());
     a.ingest(row("probes", "web", Outcome::Pass), 0);
     let mut p = Published::default();
-    let first = p.diff(&a.documents());
+    let first = p.diff(&a.publication().entries);
     assert_eq!(first.len(), 4, "app, env, org, sovereign");
     // A heartbeat (same outcome and evidence) changes nothing.
     a.ingest(row("probes", "web", Outcome::Pass), 10);
     assert!(!a.is_dirty());
-    assert!(p.diff(&a.documents()).is_empty());
+    assert!(p.diff(&a.publication().entries).is_empty());
     a.ingest(row("probes", "web", Outcome::Fail), 20);
-    let changed: Vec<String> = p.diff(&a.documents()).into_iter().map(|c| c.0).collect();
+    let changed: Vec<String> = p
+        .diff(&a.publication().entries)
+        .into_iter()
+        .map(|c| c.0)
+        .collect();
     assert_eq!(changed.len(), 4);
     // The application disappears: its keys are deleted.
     a.replace_source(Source::Evaluator, Vec::new(), 30);
-    let gone = p.diff(&a.documents());
+    let gone = p.diff(&a.publication().entries);
     assert!(gone.iter().all(|c| c.1.is_none()) && gone.len() == 4);
 }
 
@@ -339,4 +343,68 @@ proptest! {
             last = s.gain;
         }
     }
+}
+
+/// The shell publishes cached application bytes: they equal the full documents, serialised.
+#[test]
+fn publication_equals_the_full_documents() {
+    let mut a = Aggregator::new(ComplianceConfig::default());
+    for r in sample(
+        "web",
+        &["harbor-proxy", "pdb-present"],
+        &["resource-limits"],
+    ) {
+        a.ingest(r, 0);
+    }
+    a.ingest(
+        row_in(app("globex", "dev", "x"), "probes", "x", Outcome::Fail),
+        0,
+    );
+    let p = a.publication();
+    // A second pass after one change re-serialises that application only; still equal.
+    a.ingest(row("probes", "web", Outcome::Fail), 1);
+    let p2 = a.publication();
+    let docs = a.documents();
+    assert_eq!(p.entries.len(), docs.len());
+    for (k, d) in &docs {
+        assert_eq!(
+            p2.entries[k].bytes,
+            serde_json::to_vec(d).unwrap(),
+            "{k} differs from its full document"
+        );
+    }
+    assert_ne!(
+        p.entries["eu.acme.prod.shop"].bytes,
+        p2.entries["eu.acme.prod.shop"].bytes
+    );
+    assert_eq!(
+        p.entries["eu.globex.dev.x"].bytes,
+        p2.entries["eu.globex.dev.x"].bytes
+    );
+}
+
+/// The store keeps evidence of failing rows (shown in documents) and drops it for passing rows:
+/// a passing row whose evidence changes re-scores nothing, a failing one does.
+#[test]
+fn evidence_kept_for_failures_only() {
+    let mut a = Aggregator::new(ComplianceConfig::default());
+    let mut r = row("probes", "web", Outcome::Pass);
+    a.ingest(r.clone(), 0);
+    let _ = a.publication();
+    r.evidence = json!({"reason": "other"});
+    a.ingest(r.clone(), 1);
+    assert!(!a.is_dirty(), "evidence of a passing row is not kept");
+    r.outcome = Outcome::Fail;
+    a.ingest(r.clone(), 2);
+    assert!(a.is_dirty());
+    let _ = a.publication();
+    r.evidence = json!({"reason": "third"});
+    a.ingest(r, 3);
+    assert!(
+        a.is_dirty(),
+        "evidence of a failing row is shown, so it counts"
+    );
+    let doc = &a.documents()["eu.acme.prod.shop"];
+    let probes = &doc.checks.as_ref().unwrap()[0];
+    assert_eq!(probes.failures[0].evidence, json!({"reason": "third"}));
 }

@@ -134,6 +134,20 @@ pub struct EnvironmentStatus {
     /// Compliance score 0–100 (set by the compliance aggregator).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score: Option<f64>,
+    /// Applications with a compliance score under this resource (set by the compliance
+    /// aggregator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applications: Option<u32>,
+    /// Workloads in those applications (set by the compliance aggregator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workloads: Option<u32>,
+    /// Failing enforcing checks, `<environment>/<application>: <check>` (set by the compliance
+    /// aggregator).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failing_enforcing_checks: Vec<String>,
+    /// The re-score gate (set by the compliance aggregator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<super::ComplianceGate>,
     /// `Ready` (tenancy applied), `Compliant` (re-score gate).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

@@ -9,6 +9,7 @@
 //! | [`EnvironmentPolicy`] | `catalyst.openova.io/v1` | cluster |
 //! | [`Continuum`] | `dr.openova.io/v1` | namespaced |
 
+mod compliance;
 mod condition;
 mod continuum;
 mod environment;
@@ -19,6 +20,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 pub use self::{
+    compliance::ComplianceGate,
     condition::{Condition, ConditionStatus, set_condition},
     continuum::{
         Continuum, ContinuumDns, ContinuumSpec, ContinuumStatus, DatabaseEndpoint, DatabaseKind,
@@ -61,7 +63,7 @@ pub fn yaml() -> String {
     );
     for crd in all() {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&crd).expect("a CRD serialises to YAML"));
+        out.push_str(&serde_norway::to_string(&crd).expect("a CRD serialises to YAML"));
     }
     out
 }

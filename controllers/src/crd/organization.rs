@@ -22,6 +22,7 @@ use super::Condition;
     printcolumn(name = "Sovereign", type_ = "string", json_path = ".spec.sovereign"),
     printcolumn(name = "Environments", type_ = "integer", json_path = ".status.environments"),
     printcolumn(name = "Namespaces", type_ = "integer", json_path = ".status.namespaces"),
+    printcolumn(name = "Score", type_ = "number", json_path = ".status.score"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("!has(self.spec.grants) || self.spec.grants.all(g, g.from.organization != self.metadata.name)").message("spec.grants[].from.organization must name another Organization (traffic within an Organization is always allowed)").field_path(".spec.grants"),
@@ -203,7 +204,23 @@ pub struct OrganizationStatus {
     /// Objects generated (namespaces, policies, role bindings).
     #[serde(default)]
     pub generated_objects: u32,
-    /// `Ready`: every generated object is applied.
+    /// Compliance score 0–100, the workload-weighted mean of the Organization's applications
+    /// (set by the compliance aggregator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+    /// Applications with a compliance score under this resource (set by the compliance
+    /// aggregator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applications: Option<u32>,
+    /// Workloads in those applications (set by the compliance aggregator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workloads: Option<u32>,
+    /// Failing enforcing checks, `<environment>/<application>: <check>` (set by the compliance
+    /// aggregator).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failing_enforcing_checks: Vec<String>,
+    /// `Ready`: every generated object is applied; `Compliant`: no enforcing check fails
+    /// (compliance aggregator).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

@@ -422,7 +422,7 @@ async fn apply(org: &Organization, ctx: &Context) -> Result<Action, Error> {
         api.patch_status(
             &name,
             &PatchParams::default(),
-            &Patch::Merge(json!({"status": new_status})),
+            &Patch::Merge(json!({"status": tenancy_fields(&new_status)})),
         )
         .await
         .map_err(|source| Error::Api {
@@ -451,6 +451,19 @@ async fn apply(org: &Organization, ctx: &Context) -> Result<Action, Error> {
     }
     ctx.failures.lock().expect("failure map").remove(&name);
     Ok(Action::requeue(ctx.resync))
+}
+
+/// The status fields the tenancy controller owns (and the conditions list, which a merge patch
+/// replaces whole). The compliance fields are left out, so a stale copy of them from this
+/// controller's store never overwrites what the compliance aggregator wrote.
+fn tenancy_fields(s: &OrganizationStatus) -> Value {
+    json!({
+        "observedGeneration": s.observed_generation,
+        "environments": s.environments,
+        "namespaces": s.namespaces,
+        "generatedObjects": s.generated_objects,
+        "conditions": s.conditions,
+    })
 }
 
 /// Status equality ignoring condition transition times (which `set_condition` keeps anyway).

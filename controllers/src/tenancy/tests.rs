@@ -166,7 +166,7 @@ fn generated_policies_parse_as_cilium_policies() {
             if g.key.api_version != "cilium.io/v2" {
                 continue;
             }
-            let yaml = serde_yaml::to_string(&g.manifest()).unwrap();
+            let yaml = serde_norway::to_string(&g.manifest()).unwrap();
             catalyst_policy::manifest::parse_manifests(&g.key.to_string(), &yaml)
                 .unwrap_or_else(|e| panic!("{}: {e}\n{yaml}", g.key));
         }

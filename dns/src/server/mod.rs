@@ -252,6 +252,11 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     let mut registry = MetricsRegistry::default();
     let metrics = DnsMetrics::register(registry.sub_registry_with_prefix("catalyst_dns"));
     svc.health.set_metrics(metrics.health.clone());
+    registry.sub_registry_with_prefix("catalyst_dns").register(
+        "failover_stale_refused",
+        "dns-failover values refused because their epoch is older than the one served",
+        svc.failover.stale_refused.clone(),
+    );
 
     // Failover state first, so zones compiled below answer from it immediately.
     if let Some(f) = &cfg.failover.file {
@@ -305,12 +310,10 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
         nats,
     ));
 
-    let catalog = Arc::new(Catalog::new(
-        set,
-        svc.version.clone(),
-        metrics.clone(),
-        cfg.lua.ecs,
-    ));
+    let catalog = Arc::new(
+        Catalog::new(set, svc.version.clone(), metrics.clone(), cfg.lua.ecs)
+            .with_witness(svc.failover.clone()),
+    );
 
     let workers = if cfg.udp_workers == 0 {
         std::thread::available_parallelism().map_or(1, std::num::NonZero::get)

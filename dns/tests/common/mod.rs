@@ -1,8 +1,9 @@
 //! Shared helpers of the integration tests: start catalyst-dns (and PowerDNS) as child
 //! processes on loopback ports, stop them by PID, and query with dig or hickory-proto.
 //!
-//! Tests that need external tools fail loudly when a tool is missing, unless
-//! `CATALYST_SKIP_EXTERNAL=1` is set, in which case they print what was skipped and pass.
+//! Tests that need external tools say so with [`require`] (the workspace's one test convention,
+//! `catalyst_tests::require`): skipped with one line by plain `cargo test` when a tool is
+//! missing, failed by `cargo xtask test`.
 
 #![allow(
     dead_code,
@@ -28,31 +29,7 @@ use hickory_proto::{
     rr::{Name, RecordType, rdata::opt::EdnsOption},
 };
 
-/// True if external tools may be skipped.
-pub fn skip_external() -> bool {
-    std::env::var("CATALYST_SKIP_EXTERNAL").is_ok_and(|v| v == "1")
-}
-
-/// Check for a tool; panics when missing unless skipping is allowed (then returns false).
-pub fn require_tool(test: &str, tool: &str) -> bool {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if found {
-        return true;
-    }
-    if skip_external() {
-        eprintln!("SKIPPED {test}: `{tool}` not installed (CATALYST_SKIP_EXTERNAL=1)");
-        return false;
-    }
-    panic!(
-        "{test} needs `{tool}` (apt-get install bind9-dnsutils dnsperf pdns-server pdns-backend-bind \
-         pdns-backend-geoip); set CATALYST_SKIP_EXTERNAL=1 to skip tests that need external tools"
-    );
-}
+pub use catalyst_tests::require::{Need, require};
 
 /// A free loopback port for both UDP and TCP.
 pub fn free_port() -> u16 {

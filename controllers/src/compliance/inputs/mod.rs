@@ -77,7 +77,7 @@ pub fn read_documents(dir: &Path) -> (Vec<(String, Value)>, Vec<InputError>) {
                 continue;
             }
         };
-        for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+        for (i, doc) in serde_norway::Deserializer::from_str(&text).enumerate() {
             let label = format!("{} document {}", f.display(), i + 1);
             match Value::deserialize(doc) {
                 Ok(Value::Null) => {}
@@ -125,25 +125,65 @@ pub fn file_rows(
     Vec<InputError>,
 ) {
     let mut errors = Vec::new();
-    let mut report_out = Vec::new();
+    let mut report_docs = Vec::new();
     if let Some(dir) = reports {
         let (docs, mut e) = read_documents(dir);
         errors.append(&mut e);
-        for (label, doc) in docs {
-            match report_rows(&label, &doc, tenants, default_sovereign) {
-                Ok(mut rows) => report_out.append(&mut rows),
-                Err(e) => errors.push(e),
-            }
-        }
+        report_docs = docs;
     }
-    let mut objects = Objects::default();
+    let mut workload_docs = Vec::new();
     if let Some(dir) = workloads {
         let (docs, mut e) = read_documents(dir);
         errors.append(&mut e);
-        for (label, doc) in docs {
-            if let Err(e) = objects.add(&label, &doc) {
-                errors.push(e);
-            }
+        workload_docs = docs;
+    }
+    let (eval, report_out, mut e) = object_rows(
+        &report_docs,
+        &workload_docs,
+        settings,
+        tenants,
+        default_sovereign,
+    );
+    errors.append(&mut e);
+    (eval, report_out, errors)
+}
+
+/// The rows of report documents and workload objects, each with a label naming it in errors:
+/// the one path of both modes (files in standalone mode, the watchers' stores in Kubernetes
+/// mode). `Namespace` objects among `workloads` place namespaces that no Environment lists in
+/// the application of their `openova.io/*` labels. Returns the evaluators' rows, the reports'
+/// rows and every problem found (bad documents are skipped; the rest counts).
+pub fn object_rows(
+    reports: &[(String, Value)],
+    workloads: &[(String, Value)],
+    settings: &crate::compliance::config::EvaluatorSettings,
+    tenants: &crate::compliance::aggregate::Tenants,
+    default_sovereign: &str,
+) -> (
+    Vec<crate::compliance::row::Row>,
+    Vec<crate::compliance::row::Row>,
+    Vec<InputError>,
+) {
+    let mut errors = Vec::new();
+    let mut objects = Objects::default();
+    for (label, doc) in workloads {
+        if let Err(e) = objects.add(label, doc) {
+            errors.push(e);
+        }
+    }
+    let labelled = objects.namespaces();
+    let with_ns;
+    let tenants = if labelled.is_empty() {
+        tenants
+    } else {
+        with_ns = tenants.with_namespace_labels(labelled);
+        &with_ns
+    };
+    let mut report_out = Vec::new();
+    for (label, doc) in reports {
+        match report_rows(label, doc, tenants, default_sovereign) {
+            Ok(mut rows) => report_out.append(&mut rows),
+            Err(e) => errors.push(e),
         }
     }
     let eval = evaluate(&objects, settings, tenants, default_sovereign);

@@ -44,6 +44,7 @@ pub struct Objects {
     service_monitors: Vec<Value>,
     network_policies: Vec<NetworkPolicy>,
     cilium_policies: Vec<Value>,
+    namespaces: Vec<(String, BTreeMap<String, String>)>,
 }
 
 fn typed<T: serde::de::DeserializeOwned>(input: &str, v: &Value) -> Result<T, InputError> {
@@ -108,6 +109,13 @@ impl Objects {
                 self.network_policies.push(typed(input, v)?);
             }
             ("cilium.io/v2", "CiliumNetworkPolicy") => self.cilium_policies.push(v.clone()),
+            ("v1", "Namespace") => {
+                let n: k8s_openapi::api::core::v1::Namespace = typed(input, v)?;
+                self.namespaces.push((
+                    n.metadata.name.unwrap_or_default(),
+                    n.metadata.labels.unwrap_or_default(),
+                ));
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -116,6 +124,11 @@ impl Objects {
     /// Number of workloads.
     pub fn workloads(&self) -> usize {
         self.workloads.len()
+    }
+
+    /// The `Namespace` objects read: name and labels.
+    pub fn namespaces(&self) -> &[(String, BTreeMap<String, String>)] {
+        &self.namespaces
     }
 }
 

@@ -24,17 +24,18 @@ use aya_ebpf::{
 use catalyst_policy::datapath::{
     COUNTER_SLOTS, CT_F_CLOSING, CT_F_SEEN_REPLY, CtEntry, CtKey, CtTimeouts,
     DEFAULT_CONNTRACK_MAX, DEFAULT_CT_TIMEOUTS, DEFAULT_ENDPOINTS_MAX, DEFAULT_EVENTS_BYTES,
-    DEFAULT_IPCACHE_MAX, DEFAULT_POLICY_MAX, DIR_EGRESS, DIR_INGRESS, DROP_CT_MAP_INSERTION_FAILED,
-    DROP_INVALID_SOURCE_IP, DROP_NONE, DatapathConfig, EP_F_NO_SOURCE_CHECK, EV_F_END, EV_F_NEW,
-    EV_F_REEVALUATED, EV_F_REPLY, EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, EndpointInfo,
-    FlowEvent, IpcacheEntry, PROTO_TCP, PROTO_UDP, PolicyEntry, PolicyKey, STAT_AUDIT,
+    DEFAULT_FRAGMENTS_MAX, DEFAULT_IPCACHE_MAX, DEFAULT_POLICY_MAX, DIR_EGRESS, DIR_INGRESS,
+    DROP_CT_MAP_INSERTION_FAILED, DROP_FRAG_NOT_FOUND, DROP_INVALID_SOURCE_IP, DROP_NONE,
+    DatapathConfig, EP_F_NO_SOURCE_CHECK, EV_F_END, EV_F_NEW, EV_F_REEVALUATED, EV_F_REPLY,
+    EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, EndpointInfo, FlowEvent, FragKey, FragPorts,
+    IpcacheEntry, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyEntry, PolicyKey, STAT_AUDIT,
     STAT_CT_CREATED, STAT_CT_ENDED, STAT_CT_REEVALUATED, STAT_EVENTS_LOST, STAT_EVENTS_SENT,
     STAT_NO_ENDPOINT, STAT_NOT_POLICED, TRACE_ESTABLISHED, TRACE_NEW, TRACE_REPLY, VERDICT_AUDIT,
     VERDICT_DROPPED, counter_index,
 };
 
 use crate::{
-    parse::{PULL_LEN, Packet, Parsed},
+    parse::{FRAG_FIRST, FRAG_LATER, FRAG_NONE, PULL_LEN, Packet, Parsed},
     verdict::Decision,
 };
 
@@ -63,6 +64,8 @@ static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
 #[map(name = "CATALYST_EVENTS")]
 static EVENTS: RingBuf = RingBuf::pinned(DEFAULT_EVENTS_BYTES, 0);
+#[map(name = "CATALYST_FRAGS")]
+static FRAGMENTS: LruHashMap<FragKey, FragPorts> = LruHashMap::pinned(DEFAULT_FRAGMENTS_MAX, 0);
 
 /// Packets leaving the workload (the host-side interface's ingress hook).
 #[classifier]
@@ -141,7 +144,20 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
             count(STAT_NOT_POLICED);
             PASS
         }
-        Ok(Parsed::Ip(pkt)) => handle_ip(ctx, dir, ifindex, &pkt),
+        Ok(Parsed::Ip(mut pkt)) => {
+            if pkt.frag != FRAG_NONE && !fragment(&mut pkt) {
+                // A later fragment of a datagram whose first fragment was not seen: nothing to
+                // attribute it to.
+                let Some(ep) = endpoint(ifindex) else {
+                    count(STAT_NO_ENDPOINT);
+                    return PASS;
+                };
+                count(counter_index(dir, DROP_FRAG_NOT_FOUND));
+                emit_unattributed(ctx, dir, ifindex, &ep, DROP_FRAG_NOT_FOUND, Some(&pkt));
+                return DROP;
+            }
+            handle_ip(ctx, dir, ifindex, &pkt)
+        }
         Err(reason) => {
             let Some(ep) = endpoint(ifindex) else {
                 count(STAT_NO_ENDPOINT);
@@ -149,7 +165,7 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
             };
             count(counter_index(dir, reason));
             // Malformed packets are reported like other drops, without a flow to aggregate on.
-            emit_malformed(ctx, dir, ifindex, &ep, reason);
+            emit_unattributed(ctx, dir, ifindex, &ep, reason, None);
             DROP
         }
     }
@@ -360,6 +376,53 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
     }
     count(counter_index(dir, DROP_NONE));
     PASS
+}
+
+/// Fragment tracking (as Cilium's): a first fragment records its L4 ports under the datagram's
+/// identity; a later fragment, which has no L4 header, takes them from there and is then handled
+/// like any packet of its flow (conntrack, policy), so the fragments of an allowed datagram pass
+/// and those of a denied one are dropped. Returns false for a later fragment whose first
+/// fragment is unknown.
+#[inline(always)]
+fn fragment(pkt: &mut Packet) -> bool {
+    let key = FragKey {
+        saddr: pkt.saddr,
+        daddr: pkt.daddr,
+        id: pkt.frag_id,
+        protocol: pkt.protocol,
+        family: pkt.family,
+        pad: 0,
+    };
+    if pkt.frag == FRAG_FIRST {
+        let ports = FragPorts {
+            sport_be: pkt.ct_sport_be,
+            dport_be: pkt.ct_dport_be,
+            policy_port: pkt.policy_port,
+            icmp_type: pkt.icmp_type,
+            icmp_code: pkt.icmp_code,
+        };
+        // A full table evicts the least recently used datagram (LRU map).
+        let _ = FRAGMENTS.insert(&key, &ports, 0);
+        return true;
+    }
+    if pkt.frag != FRAG_LATER {
+        return true;
+    }
+    // SAFETY: pointer from a successful lookup, copied out at once.
+    let Some(ports) = FRAGMENTS.get_ptr(&key).map(|p| unsafe { *p }) else {
+        return false;
+    };
+    pkt.ct_sport_be = ports.sport_be;
+    pkt.ct_dport_be = ports.dport_be;
+    pkt.policy_port = ports.policy_port;
+    pkt.icmp_type = ports.icmp_type;
+    pkt.icmp_code = ports.icmp_code;
+    let ported = matches!(pkt.protocol, PROTO_TCP | PROTO_UDP | PROTO_SCTP);
+    if ported {
+        pkt.sport = u16::from_be(ports.sport_be);
+        pkt.dport = u16::from_be(ports.dport_be);
+    }
+    true
 }
 
 /// Whether the packet an ICMP error quotes belongs to a tracked connection of `ifindex` that
@@ -620,8 +683,17 @@ fn emit(
     count(STAT_EVENTS_SENT);
 }
 
+/// A drop event for a packet that belongs to no flow: malformed (no `pkt`), or a fragment
+/// that cannot be attributed (addresses known, ports not).
 #[inline(always)]
-fn emit_malformed(ctx: &TcContext, dir: u8, ifindex: u32, ep: &EndpointInfo, reason: u8) {
+fn emit_unattributed(
+    ctx: &TcContext,
+    dir: u8,
+    ifindex: u32,
+    ep: &EndpointInfo,
+    reason: u8,
+    pkt: Option<&Packet>,
+) {
     let Some(mut slot) = EVENTS.reserve::<FlowEvent>(0) else {
         count(STAT_EVENTS_LOST);
         return;
@@ -641,6 +713,12 @@ fn emit_malformed(ctx: &TcContext, dir: u8, ifindex: u32, ep: &EndpointInfo, rea
         ev.dst_identity = ep.identity;
     } else {
         ev.src_identity = ep.identity;
+    }
+    if let Some(pkt) = pkt {
+        ev.family = pkt.family;
+        ev.protocol = pkt.protocol;
+        ev.saddr = pkt.saddr;
+        ev.daddr = pkt.daddr;
     }
     slot.write(ev);
     slot.submit(0);

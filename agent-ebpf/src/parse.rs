@@ -7,8 +7,8 @@ use core::mem::size_of;
 
 use aya_ebpf::programs::TcContext;
 use catalyst_policy::datapath::{
-    DROP_CT_INVALID_HEADER, DROP_FRAG_NOT_SUPPORTED, DROP_INVALID_IPV6_EXT, DROP_INVALID_PACKET,
-    DROP_UNSUPPORTED_L3, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    DROP_CT_INVALID_HEADER, DROP_INVALID_IPV6_EXT, DROP_INVALID_PACKET, DROP_UNSUPPORTED_L3,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
 };
 
 const ETH_HLEN: usize = 14;
@@ -73,7 +73,19 @@ pub struct Packet {
     /// Tuple of the packet an ICMP error quotes (the original sender's addresses and ports, in
     /// conntrack form), valid when `icmp_error`.
     pub inner: Inner,
+    /// `FRAG_*`: whether the packet is a fragment of a larger datagram, and which.
+    pub frag: u8,
+    /// Identification of the datagram a fragment belongs to (valid when `frag` is not
+    /// [`FRAG_NONE`]).
+    pub frag_id: u32,
 }
+
+/// Not a fragment (or an atomic one: offset 0, no more fragments).
+pub const FRAG_NONE: u8 = 0;
+/// The first fragment: offset 0, more to come; it carries the L4 header.
+pub const FRAG_FIRST: u8 = 1;
+/// A later fragment: no L4 header; its ports come from the first one ([`Packet::frag_id`]).
+pub const FRAG_LATER: u8 = 2;
 
 /// The quoted packet of an ICMP error.
 #[derive(Clone, Copy)]
@@ -174,9 +186,10 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, u8> {
             dport_be: 0,
             protocol: 0,
         },
+        frag: FRAG_NONE,
+        frag_id: 0,
     };
     let l4_off: usize;
-    let mut first_fragment = true;
     match ethertype {
         ETH_P_IP => {
             let ip = View::<20>::at(ctx, ETH_HLEN, DROP_INVALID_PACKET)?;
@@ -188,9 +201,13 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, u8> {
             if ihl < 20 {
                 return Err(DROP_INVALID_PACKET);
             }
-            if ip.be16(6) & 0x1fff != 0 {
-                first_fragment = false;
+            let frag = ip.be16(6);
+            if frag & 0x1fff != 0 {
+                pkt.frag = FRAG_LATER;
+            } else if frag & 0x2000 != 0 {
+                pkt.frag = FRAG_FIRST;
             }
+            pkt.frag_id = u32::from(ip.be16(4));
             pkt.family = 4;
             pkt.protocol = ip.u8(9);
             pkt.saddr[0] = ip.word(12);
@@ -221,9 +238,13 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, u8> {
                         }
                         let ext = View::<8>::at(ctx, off, DROP_INVALID_IPV6_EXT)?;
                         if next == NEXTHDR_FRAGMENT {
-                            if ext.be16(2) & 0xfff8 != 0 {
-                                first_fragment = false;
+                            let frag = ext.be16(2);
+                            if frag & 0xfff8 != 0 {
+                                pkt.frag = FRAG_LATER;
+                            } else if frag & 1 != 0 {
+                                pkt.frag = FRAG_FIRST;
                             }
+                            pkt.frag_id = ext.word(4);
                             off += 8;
                         } else if next == NEXTHDR_AUTH {
                             off += (ext.u8(1) as usize + 2) * 4;
@@ -231,6 +252,10 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, u8> {
                             off += (ext.u8(1) as usize + 1) * 8;
                         }
                         next = ext.u8(0);
+                        if pkt.frag == FRAG_LATER {
+                            // What follows is the middle of the datagram, not headers.
+                            break;
+                        }
                     }
                     NEXTHDR_NONE => return Err(DROP_INVALID_IPV6_EXT),
                     _ => break,
@@ -247,9 +272,9 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, u8> {
         _ => return Err(DROP_UNSUPPORTED_L3),
     }
 
-    if !first_fragment {
-        // Non-first fragments carry no L4 header to attribute them to a flow.
-        return Err(DROP_FRAG_NOT_SUPPORTED);
+    if pkt.frag == FRAG_LATER {
+        // No L4 header: the caller attributes it through the first fragment's ports.
+        return Ok(Parsed::Ip(pkt));
     }
     if l4_off > MAX_L4_OFFSET {
         return Err(DROP_INVALID_PACKET);

@@ -420,6 +420,10 @@ pub struct MapSizes {
     /// Event ring buffer bytes (power of two). Default 1 MiB.
     #[serde(default = "default_events_bytes")]
     pub events_bytes: u32,
+    /// Datagrams in flight as IP fragments tracked at once (LRU). Default 8192 (Cilium's
+    /// `bpf-fragments-map-max`).
+    #[serde(default = "default_fragments_max")]
+    pub fragments: u32,
 }
 
 /// Conntrack idle timeouts, seconds (each at least 1). A connection idle longer than the
@@ -499,6 +503,7 @@ impl Default for MapSizes {
             policy: default_policy_max(),
             conntrack: default_conntrack_max(),
             events_bytes: default_events_bytes(),
+            fragments: default_fragments_max(),
         }
     }
 }
@@ -611,6 +616,9 @@ fn default_policy_max() -> u32 {
 }
 fn default_conntrack_max() -> u32 {
     DEFAULT_CONNTRACK_MAX
+}
+fn default_fragments_max() -> u32 {
+    catalyst_policy::datapath::DEFAULT_FRAGMENTS_MAX
 }
 fn default_events_bytes() -> u32 {
     DEFAULT_EVENTS_BYTES
@@ -756,6 +764,7 @@ impl AgentConfig {
             ("maps.ipcache", self.maps.ipcache),
             ("maps.policy", self.maps.policy),
             ("maps.conntrack", self.maps.conntrack),
+            ("maps.fragments", self.maps.fragments),
         ] {
             if v == 0 {
                 return Err(invalid(field.to_owned(), "must be at least 1".to_owned()));

@@ -25,11 +25,11 @@ use catalyst_policy::{
     CompileInput, Endpoint, LabelSet, PolicySet, compile,
     datapath::{
         ALL_MAPS, CtTimeouts, DATAPATH_SCHEMA, DIR_EGRESS, DIR_INGRESS, DROP_CT_INVALID_HEADER,
-        DROP_FRAG_NOT_SUPPORTED, DROP_INVALID_IPV6_EXT, DROP_INVALID_PACKET,
-        DROP_INVALID_SOURCE_IP, DROP_POLICY_DENIED, DROP_POLICY_DENY, DROP_UNSUPPORTED_L3,
-        DatapathConfig, EndpointInfo, IpcacheEntry, MAP_CONFIG, MAP_ENDPOINTS, PROG_FROM_ENDPOINT,
-        PROG_TO_ENDPOINT, PolicyEntry, PolicyKey, STAT_AUDIT, STAT_CT_CREATED, STAT_CT_ENDED,
-        STAT_NOT_POLICED, VERDICT_AUDIT, VERDICT_DROPPED, counter_index,
+        DROP_FRAG_NOT_FOUND, DROP_INVALID_IPV6_EXT, DROP_INVALID_PACKET, DROP_INVALID_SOURCE_IP,
+        DROP_POLICY_DENIED, DROP_POLICY_DENY, DROP_UNSUPPORTED_L3, DatapathConfig, EndpointInfo,
+        IpcacheEntry, MAP_CONFIG, MAP_ENDPOINTS, PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, PolicyEntry,
+        PolicyKey, STAT_AUDIT, STAT_CT_CREATED, STAT_CT_ENDED, STAT_NOT_POLICED, VERDICT_AUDIT,
+        VERDICT_DROPPED, counter_index,
     },
     labels::SOURCE_K8S,
 };
@@ -296,7 +296,7 @@ fn malformed_packets_end_in_counted_drop_reasons() {
         DIR_INGRESS,
         Some(DROP_CT_INVALID_HEADER),
     );
-    // Non-first fragment.
+    // Non-first fragment of a datagram whose first fragment was never seen.
     expect(
         &f,
         "IPv4 non-first fragment",
@@ -304,7 +304,7 @@ fn malformed_packets_end_in_counted_drop_reasons() {
         &ipv4(CLIENT, WEB, 6, &[0; 16], 0x0010),
         DROP,
         DIR_INGRESS,
-        Some(DROP_FRAG_NOT_SUPPORTED),
+        Some(DROP_FRAG_NOT_FOUND),
     );
     // First fragment (MF set, offset 0) is evaluated by policy: allowed port.
     expect(
@@ -419,7 +419,7 @@ fn malformed_packets_end_in_counted_drop_reasons() {
         &ipv6(c6, w6, 44, &payload),
         DROP,
         DIR_INGRESS,
-        Some(DROP_FRAG_NOT_SUPPORTED),
+        Some(DROP_FRAG_NOT_FOUND),
     );
     // Neighbour solicitation passes without policy.
     let before = counters(&f)[STAT_NOT_POLICED as usize];
@@ -580,6 +580,113 @@ fn verdicts_match_the_reference_evaluator() {
             );
         }
     }
+}
+
+/// An IPv4 packet with identification `id`.
+fn ipv4_id(src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8], frag: u16, id: u16) -> Vec<u8> {
+    let mut p = ipv4(src, dst, proto, l4, frag);
+    p[18..20].copy_from_slice(&id.to_be_bytes());
+    p
+}
+
+/// An IPv6 fragment header (next header TCP) followed by `rest`: `offset` in 8-byte units.
+fn frag6(offset: u16, more: bool, id: u32, rest: &[u8]) -> Vec<u8> {
+    let mut p = vec![6, 0];
+    p.extend_from_slice(&((offset << 3) | u16::from(more)).to_be_bytes());
+    p.extend_from_slice(&id.to_be_bytes());
+    p.extend_from_slice(rest);
+    p
+}
+
+#[test]
+fn fragments_follow_the_verdict_of_their_first_fragment() {
+    if !root_or_skip("fragments_follow_the_verdict_of_their_first_fragment") {
+        return;
+    }
+    let (f, _, _) = fixture("fragments", POLICY, false);
+    let to = PROG_TO_ENDPOINT;
+    let middle = [0u8; 16];
+    // Allowed datagram (client → web:80): first, middle and last fragments all pass.
+    let steps: [(&str, Vec<u8>, i32, u8); 8] = [
+        (
+            "first fragment to an allowed port",
+            ipv4_id(CLIENT, WEB, 6, &tcp(2000, 80, 0x02), 0x2000, 7),
+            PASS,
+            0,
+        ),
+        (
+            "middle fragment of the allowed datagram",
+            ipv4_id(CLIENT, WEB, 6, &middle, 0x2000 | 3, 7),
+            PASS,
+            0,
+        ),
+        (
+            "last fragment of the allowed datagram",
+            ipv4_id(CLIENT, WEB, 6, &middle, 5, 7),
+            PASS,
+            0,
+        ),
+        // Denied datagram (client → web:22): its later fragments are dropped as its flow is.
+        (
+            "first fragment to a denied port",
+            ipv4_id(CLIENT, WEB, 6, &tcp(2001, 22, 0x02), 0x2000, 8),
+            DROP,
+            DROP_POLICY_DENIED,
+        ),
+        (
+            "later fragment of the denied datagram",
+            ipv4_id(CLIENT, WEB, 6, &middle, 3, 8),
+            DROP,
+            DROP_POLICY_DENIED,
+        ),
+        // Same addresses, an identification never seen: nothing to attribute it to.
+        (
+            "later fragment of an unknown datagram",
+            ipv4_id(CLIENT, WEB, 6, &middle, 3, 9),
+            DROP,
+            DROP_FRAG_NOT_FOUND,
+        ),
+        // The identification is per source/destination pair: web → client's id 7 is unknown.
+        (
+            "same identification, other addresses",
+            ipv4_id([10, 244, 0, 99], WEB, 6, &middle, 3, 7),
+            DROP,
+            DROP_FRAG_NOT_FOUND,
+        ),
+        (
+            "IPv6 first fragment to an allowed port",
+            ipv6(
+                "fd00::10".parse().unwrap(),
+                "fd00::11".parse().unwrap(),
+                44,
+                &frag6(0, true, 0xdead_beef, &tcp(2002, 80, 0x02)),
+            ),
+            PASS,
+            0,
+        ),
+    ];
+    for (what, pkt, ret, reason) in &steps {
+        expect(&f, what, to, pkt, *ret, DIR_INGRESS, Some(*reason));
+    }
+    let (c6, w6): (IpAddr, IpAddr) = ("fd00::10".parse().unwrap(), "fd00::11".parse().unwrap());
+    expect(
+        &f,
+        "IPv6 later fragment of the allowed datagram",
+        to,
+        &ipv6(c6, w6, 44, &frag6(3, false, 0xdead_beef, &middle)),
+        PASS,
+        DIR_INGRESS,
+        Some(0),
+    );
+    expect(
+        &f,
+        "IPv6 later fragment of an unknown datagram",
+        to,
+        &ipv6(c6, w6, 44, &frag6(3, false, 0x0bad_cafe, &middle)),
+        DROP,
+        DIR_INGRESS,
+        Some(DROP_FRAG_NOT_FOUND),
+    );
 }
 
 fn udp_hdr(sport: u16, dport: u16) -> Vec<u8> {

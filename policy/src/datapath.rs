@@ -27,9 +27,13 @@ pub const MAP_CONFIG: &str = "CATALYST_CONFIG";
 pub const MAP_COUNTERS: &str = "CATALYST_COUNTERS";
 /// Ring buffer of [`FlowEvent`]s.
 pub const MAP_EVENTS: &str = "CATALYST_EVENTS";
+/// LRU table of datagrams in flight as IP fragments: [`FragKey`] → [`FragPorts`], written by a
+/// first fragment, read by the later ones (which carry no L4 header), as Cilium's
+/// `cilium_ipv4_frag_datagrams`.
+pub const MAP_FRAGMENTS: &str = "CATALYST_FRAGS";
 
 /// Names of every map, in the order the agent pins them.
-pub const ALL_MAPS: [&str; 8] = [
+pub const ALL_MAPS: [&str; 9] = [
     MAP_ENDPOINTS,
     MAP_IPCACHE_V4,
     MAP_IPCACHE_V6,
@@ -38,6 +42,7 @@ pub const ALL_MAPS: [&str; 8] = [
     MAP_CONFIG,
     MAP_COUNTERS,
     MAP_EVENTS,
+    MAP_FRAGMENTS,
 ];
 
 /// Program names in the eBPF object.
@@ -57,6 +62,9 @@ pub const DEFAULT_IPCACHE_MAX: u32 = 65_536;
 pub const DEFAULT_POLICY_MAX: u32 = 262_144;
 /// Default capacity of [`MAP_CONNTRACK`].
 pub const DEFAULT_CONNTRACK_MAX: u32 = 262_144;
+/// Default capacity of [`MAP_FRAGMENTS`]: datagrams in flight as fragments at once (Cilium's
+/// `bpf-fragments-map-max` default).
+pub const DEFAULT_FRAGMENTS_MAX: u32 = 8192;
 /// Default size of [`MAP_EVENTS`] in bytes (power of two, multiple of the page size).
 pub const DEFAULT_EVENTS_BYTES: u32 = 1 << 20;
 
@@ -136,8 +144,12 @@ pub const DROP_UNSUPPORTED_L3: u8 = 139;
 pub const DROP_CT_MAP_INSERTION_FAILED: u8 = 155;
 /// An IPv6 extension-header chain that cannot be walked.
 pub const DROP_INVALID_IPV6_EXT: u8 = 156;
-/// A non-first fragment with no flow to attribute it to.
+/// IP fragmentation not supported (kept for decoding; this datapath tracks fragments and
+/// reports [`DROP_FRAG_NOT_FOUND`] instead).
 pub const DROP_FRAG_NOT_SUPPORTED: u8 = 157;
+/// A non-first fragment whose first fragment was never seen (or was forgotten): nothing to
+/// attribute it to (Cilium's `FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND`).
+pub const DROP_FRAG_NOT_FOUND: u8 = 175;
 /// An explicit deny rule matched.
 pub const DROP_POLICY_DENY: u8 = 181;
 
@@ -320,6 +332,43 @@ pub struct CtEntry {
     /// `CLOCK_MONOTONIC`): the last packet's time plus the timeout of the connection's state
     /// ([`CtTimeouts`]). A packet that finds an expired entry starts a new connection.
     pub expires_ns: u64,
+}
+
+/// Key of [`MAP_FRAGMENTS`]: one datagram in flight as fragments (the fields IP reassembly
+/// keys on). Addresses as in [`CtKey`]; `id` is the IPv4 identification (host order, widened)
+/// or the IPv6 fragment header's identification (as on the wire).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragKey {
+    /// Source address (network byte order words).
+    pub saddr: [u32; 4],
+    /// Destination address (network byte order words).
+    pub daddr: [u32; 4],
+    /// Datagram identification.
+    pub id: u32,
+    /// Upper-layer protocol.
+    pub protocol: u8,
+    /// 4 or 6.
+    pub family: u8,
+    /// Reserved, zero.
+    pub pad: u16,
+}
+
+/// Value of [`MAP_FRAGMENTS`]: what the first fragment's L4 header said, so later fragments
+/// are attributed to the same flow and policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragPorts {
+    /// Conntrack source port (ICMP echo: identifier; other ICMP: type/code), network order.
+    pub sport_be: u16,
+    /// Conntrack destination port, network order.
+    pub dport_be: u16,
+    /// Port (ICMP: type) the policy is evaluated on, host order.
+    pub policy_port: u16,
+    /// ICMP type and code of the first fragment (zero for other protocols).
+    pub icmp_type: u8,
+    /// ICMP code.
+    pub icmp_code: u8,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -520,6 +569,8 @@ mod pod {
     unsafe impl aya::Pod for super::PolicyEntry {}
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtEntry {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::FragPorts {}
     unsafe impl aya::Pod for super::DatapathConfig {}
     unsafe impl aya::Pod for super::FlowEvent {}
 }
@@ -538,6 +589,8 @@ mod tests {
         assert_eq!(size_of::<PolicyEntry>(), 16);
         assert_eq!(size_of::<CtKey>(), 4 + 16 + 16 + 2 + 2 + 1 + 1 + 2);
         assert_eq!(size_of::<CtEntry>(), 10 * 4 + 4 * 8);
+        assert_eq!(size_of::<FragKey>(), 16 + 16 + 4 + 1 + 1 + 2);
+        assert_eq!(size_of::<FragPorts>(), 2 + 2 + 2 + 1 + 1);
         assert_eq!(size_of::<DatapathConfig>(), 24 + 24);
         assert_eq!(FLOW_EVENT_SIZE, 8 + 12 + 6 * 4 + 32 + 2 + 2 + 8);
         assert_eq!(POLICY_PREFIX_FULL_BITS as usize, size_of::<PolicyKey>() * 8);

@@ -410,6 +410,24 @@ pub fn up() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Narrows the node's link towards the world to `mtu` bytes (the world's own side keeps 1500):
+/// packets the pods send towards the world that are larger and carry DF are answered by the node
+/// with ICMP "fragmentation needed", the path-MTU discovery case. The link goes with the lab.
+pub fn set_world_link_mtu(mtu: u32) -> anyhow::Result<()> {
+    ns(
+        node_ns(),
+        &[
+            "ip",
+            "link",
+            "set",
+            "dev",
+            WORLD_IFACE,
+            "mtu",
+            &mtu.to_string(),
+        ],
+    )
+}
+
 /// Removes every lab namespace (and with them the veth pairs). Missing ones are ignored.
 pub fn down() -> anyhow::Result<()> {
     let mut names: Vec<String> = PODS.iter().map(Pod::netns).collect();

@@ -102,7 +102,8 @@ fn tcp_loop(l: &TcpListener, stop: &AtomicBool) {
 }
 
 fn udp_loop(u: &UdpSocket, stop: &AtomicBool) {
-    let mut buf = [0u8; 2048];
+    // Room for the largest datagram (fragmented ones included).
+    let mut buf = vec![0u8; 65_536];
     while !stop.load(Ordering::Relaxed) {
         if let Ok((n, from)) = u.recv_from(&mut buf) {
             let _ = u.send_to(&buf[..n], from);
@@ -129,6 +130,57 @@ pub fn udp_echo(netns: &str, addr: &str, port: u16, timeout: Duration) -> anyhow
     sock.send_to(b"catalyst-udp-probe", to)?;
     let mut buf = [0u8; 64];
     Ok(matches!(sock.recv_from(&mut buf), Ok((n, _)) if &buf[..n] == b"catalyst-udp-probe"))
+}
+
+/// Sends one UDP datagram of `size` bytes (larger than the path MTU: it leaves fragmented) from
+/// `netns` and waits for its echo, byte for byte.
+pub fn udp_echo_sized(
+    netns: &str,
+    addr: &str,
+    port: u16,
+    size: usize,
+    timeout: Duration,
+) -> anyhow::Result<bool> {
+    let bind: SocketAddr = if addr.contains(':') {
+        "[::]:0".parse()?
+    } else {
+        "0.0.0.0:0".parse()?
+    };
+    let sock = in_netns(netns, move || UdpSocket::bind(bind))??;
+    sock.set_read_timeout(Some(timeout))?;
+    let to: SocketAddr = format!("{}:{port}", bracket(addr)).parse()?;
+    let msg: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    sock.send_to(&msg, to)?;
+    let mut buf = vec![0u8; size + 1];
+    Ok(matches!(sock.recv_from(&mut buf), Ok((n, _)) if buf[..n] == msg[..]))
+}
+
+/// Opens a TCP connection from `netns` to `addr:port`, writes `size` bytes in full-sized
+/// segments and reads the echo back, all within `timeout`. `Ok(false)` when the connection or
+/// the transfer failed or stalled (a path-MTU black hole stalls it).
+pub fn tcp_echo_bulk(
+    netns: &str,
+    addr: &str,
+    port: u16,
+    size: usize,
+    timeout: Duration,
+) -> anyhow::Result<bool> {
+    let Some(session) = TcpSession::open(netns, addr, port, timeout)? else {
+        return Ok(false);
+    };
+    let mut stream = session.stream;
+    let _ = stream.set_nodelay(false);
+    let msg: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let mut reader = stream.try_clone()?;
+    let want = msg.len();
+    // Read on a thread while writing, so neither side's buffers fill up.
+    let read = std::thread::spawn(move || {
+        let mut got = vec![0u8; want];
+        reader.read_exact(&mut got).map(|()| got)
+    });
+    let wrote = stream.write_all(&msg).is_ok();
+    let echoed = read.join().ok().and_then(Result::ok);
+    Ok(wrote && echoed.is_some_and(|g| g == msg))
 }
 
 /// A long-lived TCP connection created inside a namespace.

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use crate::{
     agent::{AgentProcess, uninstall},
     lab::{self, PODS, WORLD_ADDRS, pod, world_ns},
-    probe::{EchoServer, tcp_echo, udp_echo},
+    probe::{EchoServer, tcp_echo, udp_echo, udp_echo_sized},
 };
 
 /// Probe timeout for traffic expected to fail (and the bound for traffic expected to work).
@@ -214,6 +214,20 @@ impl Scenario {
                 addr,
                 port,
                 udp_echo(&ns, addr, port, RETRY_TIMEOUT).expect("probe"),
+            )
+    }
+
+    /// A `size`-byte UDP datagram (fragmented on the way) from pod `from` to `addr:port` and its
+    /// echo (retried like [`Scenario::tcp`]).
+    pub fn udp_sized(&self, from: &str, addr: &str, port: u16, size: usize) -> bool {
+        let ns = ns_of(from);
+        udp_echo_sized(&ns, addr, port, size, PROBE_TIMEOUT).expect("probe")
+            || retried(
+                "udp",
+                from,
+                addr,
+                port,
+                udp_echo_sized(&ns, addr, port, size, RETRY_TIMEOUT).expect("probe"),
             )
     }
 

@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use catalyst_tests::{
-    lab::{WORLD_ADDRS, pod},
-    probe::{Pinger, TcpSession},
+    lab::{self, WORLD_ADDRS, pod},
+    probe::{Pinger, TcpSession, tcp_echo_bulk},
     scenario::{PROBE_TIMEOUT, Scenario, root_or_skip},
 };
 
@@ -499,4 +499,93 @@ fn root_policy_churn_never_drops_flows_both_policies_allow() {
         .filter(|l| l.contains("datapath in sync"))
         .count();
     assert!(counters >= 17, "each change was applied ({counters} syncs)");
+}
+
+#[test]
+fn root_fragments_of_an_allowed_datagram_pass_and_of_a_denied_one_drop() {
+    if !root_or_skip("root_fragments_of_an_allowed_datagram_pass_and_of_a_denied_one_drop") {
+        return;
+    }
+    let body = "  ingress:\n    - fromEndpoints: [{matchLabels: {app: client}}]\n      toPorts: [{ports: [{port: \"9000\", protocol: UDP}, {port: \"80\", protocol: UDP}]}]\n";
+    let s = Scenario::start(
+        "fragments",
+        &[("web.yaml", &cnp("web-udp", "web", body))],
+        false,
+    )
+    .unwrap();
+    // 4,000 bytes leave the pod's 1,500-byte link as three fragments; only the first carries
+    // the UDP header. All three (and the three of the echo) must pass for the echo to arrive.
+    assert!(s.udp("client", web(), 9000), "small datagram, allowed port");
+    assert!(
+        s.udp_sized("client", web(), 9000, 4000),
+        "fragmented datagram of an allowed flow"
+    );
+    assert!(
+        s.udp_sized("client", pod("web").ipv6, 80, 4000),
+        "IPv6: fragmented datagram of an allowed flow (fragment header)"
+    );
+    assert!(
+        !s.udp_sized("client", web(), 8080, 4000),
+        "fragmented datagram to a denied port"
+    );
+    let f = s
+        .wait_flow("drop of the denied datagram", |f| {
+            f["verdict"] == "DROPPED" && f["destination_port"] == 8080
+        })
+        .unwrap();
+    assert_eq!(f["drop_reason"], 133);
+    assert!(
+        s.flows()
+            .iter()
+            .all(|f| f["drop_reason"] != 175 && f["drop_reason"] != 157),
+        "no fragment was left unattributed"
+    );
+}
+
+#[test]
+fn root_path_mtu_discovery_works_under_default_deny() {
+    if !root_or_skip("root_path_mtu_discovery_works_under_default_deny") {
+        return;
+    }
+    // client: egress only to the world on 443, ingress only from web: the node's ICMP
+    // "fragmentation needed" has no allow rule of its own and must pass as related.
+    let body = "  egress:\n    - toCIDR: [198.51.100.0/24]\n      toPorts: [{ports: [{port: \"443\", protocol: TCP}]}]\n  ingress:\n    - fromEndpoints: [{matchLabels: {app: web}}]\n";
+    let s = Scenario::start(
+        "pmtu",
+        &[("client.yaml", &cnp("client-pmtu", "client", body))],
+        false,
+    )
+    .unwrap();
+    lab::set_world_link_mtu(1280).unwrap();
+    let client = pod("client").netns();
+    // 64 KiB echoed: the client's first full-sized segments (1,500 bytes, DF) do not fit the
+    // 1,280-byte link; without the ICMP error the transfer stalls (a PMTU black hole).
+    assert!(
+        tcp_echo_bulk(
+            &client,
+            WORLD_ADDRS[0],
+            443,
+            64 * 1024,
+            Duration::from_secs(10)
+        )
+        .unwrap(),
+        "bulk transfer across the smaller-MTU link"
+    );
+    // The ICMP error reached the client: its route to the world learnt the smaller path MTU.
+    let route = std::process::Command::new("ip")
+        .args(["-n", &client, "route", "get", WORLD_ADDRS[0]])
+        .output()
+        .unwrap();
+    let route = String::from_utf8_lossy(&route.stdout);
+    assert!(
+        route.contains("mtu 1280"),
+        "path MTU learnt from the node's ICMP error: {route}"
+    );
+    // The datapath saw the ICMP error and let it through (no drop of an ICMP packet).
+    assert!(
+        s.flows()
+            .iter()
+            .all(|f| !(f["verdict"] == "DROPPED" && f["protocol"] == "ICMPv4")),
+        "no ICMP error dropped"
+    );
 }

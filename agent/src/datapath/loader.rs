@@ -22,9 +22,9 @@ use ipnet::{Ipv4Net, Ipv6Net};
 
 use catalyst_policy::datapath::{
     ALL_MAPS, COUNTER_SLOTS, CtEntry, CtKey, DATAPATH_SCHEMA, DatapathConfig, EndpointInfo,
-    IpcacheEntry, MAP_CONFIG, MAP_CONNTRACK, MAP_COUNTERS, MAP_ENDPOINTS, MAP_EVENTS,
-    MAP_IPCACHE_V4, MAP_IPCACHE_V6, MAP_POLICY, PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, PolicyEntry,
-    PolicyKey,
+    FragKey, FragPorts, IpcacheEntry, MAP_CONFIG, MAP_CONNTRACK, MAP_COUNTERS, MAP_ENDPOINTS,
+    MAP_EVENTS, MAP_FRAGMENTS, MAP_IPCACHE_V4, MAP_IPCACHE_V6, MAP_POLICY, PROG_FROM_ENDPOINT,
+    PROG_TO_ENDPOINT, PolicyEntry, PolicyKey,
 };
 
 use super::store::{MapStore, StoreError};
@@ -110,7 +110,7 @@ const fn size<T>() -> u32 {
 }
 
 /// Layouts of every map this build defines.
-const LAYOUTS: [Layout; 8] = [
+const LAYOUTS: [Layout; 9] = [
     Layout {
         name: MAP_ENDPOINTS,
         key: 4,
@@ -157,6 +157,12 @@ const LAYOUTS: [Layout; 8] = [
         name: MAP_EVENTS,
         key: 0,
         value: 0,
+        max_entries: None,
+    },
+    Layout {
+        name: MAP_FRAGMENTS,
+        key: size::<FragKey>(),
+        value: size::<FragPorts>(),
         max_entries: None,
     },
 ];
@@ -273,7 +279,8 @@ impl Datapath {
             .map_max_entries(MAP_IPCACHE_V6, opts.sizes.ipcache)
             .map_max_entries(MAP_POLICY, opts.sizes.policy)
             .map_max_entries(MAP_CONNTRACK, opts.sizes.conntrack)
-            .map_max_entries(MAP_EVENTS, opts.sizes.events_bytes);
+            .map_max_entries(MAP_EVENTS, opts.sizes.events_bytes)
+            .map_max_entries(MAP_FRAGMENTS, opts.sizes.fragments);
         let mut ebpf = loader.load(OBJECT).with_context(|| {
             format!(
                 "failed to load the eBPF object (maps pinned under {} with other sizes are \

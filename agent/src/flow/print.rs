@@ -70,6 +70,7 @@ pub fn drop_reason_text(code: i32) -> &'static str {
         155 => "CT: Map insertion failed",
         156 => "Invalid IPv6 extension header",
         157 => "IP fragmentation not supported",
+        175 => "First logical datagram fragment not found",
         165 => "No configuration available to perform policy decision",
         171 => "Invalid identity",
         181 => "Policy denied by denylist",

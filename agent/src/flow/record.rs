@@ -222,6 +222,7 @@ impl Flow {
             155 => "CT: Map insertion failed",
             156 => "Invalid IPv6 extension header",
             157 => "IP fragmentation not supported",
+            175 => "First logical datagram fragment not found",
             _ => "Unknown drop reason",
         }
     }

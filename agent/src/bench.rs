@@ -129,6 +129,54 @@ fn rate(n: usize, f: impl FnOnce()) -> f64 {
     r
 }
 
+/// Ingest rate (events/s) of the pipeline while `readers` threads each take `--last <capacity>`
+/// snapshots of the ring in a loop, as concurrent `GetFlows --last 65536` clients do. Same ring
+/// capacity, same input, so the figures for 0, 1 and 16 readers compare directly.
+fn ingest_with_readers(
+    n: usize,
+    ring: usize,
+    input: &[[u8; FLOW_EVENT_SIZE]],
+    enricher: &Enricher,
+    readers: usize,
+) -> (f64, u64) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let flow_ring = FlowRing::new(ring);
+    let mut pipeline = Pipeline::new(
+        enricher.clone(),
+        FlowSink::None,
+        flow_ring.clone(),
+        Metrics::new(256),
+    );
+    // Fill the ring first, so every reader copies a full one.
+    for i in 0..ring {
+        pipeline.process(&input[i % input.len()]);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..readers)
+        .map(|_| {
+            let (r, stop, reads) = (flow_ring.clone(), stop.clone(), reads.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let (held, _) = r.snapshot();
+                    std::hint::black_box(held.len());
+                    reads.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let ingest = rate(n, || {
+        for i in 0..n {
+            pipeline.process(&input[i % input.len()]);
+        }
+    });
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    (ingest, reads.load(Ordering::Relaxed))
+}
+
 /// `GetFlows` with `follow` to a gRPC client over TCP loopback while the pipeline ingests `n`
 /// events on another thread as fast as it can: flows delivered per second, and how many the
 /// client missed (reported to it as `HUBBLE_RING_BUFFER` lost events).
@@ -327,6 +375,13 @@ pub fn flows(events: u64, ring: usize, json: bool) -> anyhow::Result<()> {
         }
     });
     std::hint::black_box(sink);
+    let contended: Vec<(usize, f64, u64)> = [0, 1, 16]
+        .into_iter()
+        .map(|readers| {
+            let (r, reads) = ingest_with_readers(n, ring, &input, &enricher, readers);
+            (readers, r, reads)
+        })
+        .collect();
     let (direct_rate, relay_rate) = relay_vs_direct(ring, &input, enricher.clone())?;
     let relay_cost = 100.0 * (1.0 - relay_rate / direct_rate);
     let (follow_rate, follow_got, follow_lost) = follow(n, ring, Arc::new(input), enricher)?;
@@ -349,6 +404,13 @@ pub fn flows(events: u64, ring: usize, json: bool) -> anyhow::Result<()> {
                 "history_relay_flows_per_s": relay_rate.round(),
                 "relay_cost_percent": (relay_cost * 10.0).round() / 10.0,
                 "bar_events_per_s": 500_000,
+                "ingest_with_last_readers": contended.iter().map(|(readers, r, reads)| {
+                    serde_json::json!({
+                        "readers": readers,
+                        "ingest_events_per_s": r.round(),
+                        "snapshots_taken": reads,
+                    })
+                }).collect::<Vec<_>>(),
             })
         );
     } else {
@@ -358,6 +420,11 @@ pub fn flows(events: u64, ring: usize, json: bool) -> anyhow::Result<()> {
         println!("  decode + enrich + flow.Flow message:    {message:>12.0} events/s");
         println!("  ring read (flow.Flow from held flows):  {read:>12.0} flows/s");
         println!("  RSS added by the full ring:             {ring_kib:>12} KiB");
+        for (readers, r, reads) in &contended {
+            println!(
+                "  ingest with {readers:>2} `--last {ring}` readers:  {r:>12.0} events/s ({reads} snapshots)"
+            );
+        }
         println!("  GetFlows follow to a client (TCP):      {follow_rate:>12.0} flows/s");
         println!(
             "    ({follow_got} delivered, {follow_lost} reported lost: ingest ran at full speed)"

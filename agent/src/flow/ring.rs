@@ -7,7 +7,12 @@
 //!
 //! Entries carry a sequence number; a follower remembers the next number it wants, so a reader
 //! that falls behind by more than the capacity learns exactly how many entries it missed (reported
-//! as a `HUBBLE_RING_BUFFER` lost event). Writers never wait for readers.
+//! as a `HUBBLE_RING_BUFFER` lost event). Writers never wait for readers long: a reader copies
+//! at most [`COPY_CHUNK`] entries per hold of the lock and releases it between chunks, so a
+//! `GetFlows --last 65536` (or sixteen of them at once) delays an insert by one chunk's copy,
+//! not by the copy of the whole ring. What a reader gets is the entries with sequence numbers
+//! from where it started to the end it saw first; entries overwritten while it copied are
+//! skipped (counted as missed by a follower).
 
 use std::{
     borrow::Cow,
@@ -74,6 +79,9 @@ impl RingEvent {
         !matches!(self, Self::Lost(_))
     }
 }
+
+/// Entries a reader copies per hold of the ring's lock.
+pub const COPY_CHUNK: usize = 1024;
 
 #[derive(Debug)]
 struct Inner {
@@ -199,27 +207,75 @@ impl FlowRing {
     }
 
     /// Every entry currently held, oldest first, and the sequence number after the newest.
+    /// Copied in chunks of [`COPY_CHUNK`] with the lock released between them; entries
+    /// overwritten meanwhile are left out, entries written meanwhile are not included.
     pub fn snapshot(&self) -> (Vec<RingEvent>, u64) {
-        let g = self.lock();
-        (
-            g.entries.iter().cloned().collect(),
-            g.first_seq + g.entries.len() as u64,
-        )
+        let (from, end) = {
+            let g = self.lock();
+            (g.first_seq, g.first_seq + g.entries.len() as u64)
+        };
+        let (events, _, _) = self.copy_range(from, end, usize::MAX, || {});
+        (events, end)
     }
 
-    /// Entries from sequence number `from` on (at most `max`).
+    /// Entries from sequence number `from` on (at most `max`), copied as [`Self::snapshot`]
+    /// does.
     pub fn read_from(&self, from: u64, max: usize) -> ReadBatch {
-        let g = self.lock();
-        let start = from.max(g.first_seq);
-        let missed = start - from.min(start);
-        let skip = usize::try_from(start - g.first_seq).unwrap_or(usize::MAX);
-        let events: Vec<RingEvent> = g.entries.iter().skip(skip).take(max).cloned().collect();
-        let next = start + events.len() as u64;
+        let end = {
+            let g = self.lock();
+            g.first_seq + g.entries.len() as u64
+        };
+        let (events, missed, next) = self.copy_range(from, end, max, || {});
         ReadBatch {
             events,
             missed,
             next,
         }
+    }
+
+    /// Copies entries with sequence numbers in `from..end` (at most `max`), [`COPY_CHUNK`] per
+    /// lock hold, calling `between` with the lock released after each chunk. Returns the
+    /// entries, how many of the range were overwritten before they were copied, and the
+    /// sequence number after the last one returned (or the first one not yet written).
+    fn copy_range(
+        &self,
+        from: u64,
+        end: u64,
+        max: usize,
+        mut between: impl FnMut(),
+    ) -> (Vec<RingEvent>, u64, u64) {
+        let mut events = Vec::with_capacity(
+            usize::try_from(end.saturating_sub(from))
+                .unwrap_or(usize::MAX)
+                .min(max)
+                .min(self.capacity),
+        );
+        let mut missed = 0;
+        let mut next = from;
+        while next < end && events.len() < max {
+            {
+                let g = self.lock();
+                if next < g.first_seq {
+                    // Overwritten before this reader got to them.
+                    let gone = g.first_seq.min(end) - next;
+                    missed += gone;
+                    next += gone;
+                }
+                let skip = usize::try_from(next - g.first_seq).unwrap_or(usize::MAX);
+                let want = usize::try_from(end - next)
+                    .unwrap_or(usize::MAX)
+                    .min(max - events.len())
+                    .min(COPY_CHUNK);
+                let before = events.len();
+                events.extend(g.entries.iter().skip(skip).take(want).cloned());
+                next += (events.len() - before) as u64;
+                if events.len() == before {
+                    break;
+                }
+            }
+            between();
+        }
+        (events, missed, next)
     }
 
     /// A receiver that changes whenever an entry is written.
@@ -264,6 +320,33 @@ mod tests {
             2,
             "a lost-events marker evicted a flow and is not one"
         );
+    }
+
+    #[test]
+    fn a_full_ring_reader_lets_writers_in_between_chunks() {
+        let ring = FlowRing::new(4 * COPY_CHUNK);
+        for i in 0..4 * COPY_CHUNK {
+            ring.push_flow(flow(i64::try_from(i).expect("small")));
+        }
+        let (from, end) = (0, (4 * COPY_CHUNK) as u64);
+        // Each time the reader releases the lock, a writer pushes one entry (a writer that
+        // had to wait for the whole copy would deadlock here: the mutex is not reentrant).
+        let mut pushed = 0;
+        let (events, missed, next) = ring.copy_range(from, end, usize::MAX, || {
+            ring.push_flow(flow(-1));
+            pushed += 1;
+        });
+        assert!(
+            pushed >= 3,
+            "the lock was released between chunks ({pushed})"
+        );
+        // What the writers overwrote is reported, never returned; nothing newer than `end`.
+        assert_eq!(events.len() as u64 + missed, end - from);
+        assert_eq!(next, end);
+        assert!(events.iter().all(|e| e.time_ns() >= 0));
+        let (snap, after) = ring.snapshot();
+        assert_eq!(snap.len(), 4 * COPY_CHUNK);
+        assert_eq!(after, end + pushed);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! `cargo xtask bench flows`: the flow pipeline (`catalyst-agent bench-flows`: events/s decoded
-//! and enriched on one core, `GetFlows` follow throughput, a full ring's history straight from
+//! and enriched on one core, ingest with 0, 1 and 16 concurrent `--last 65536` readers, `GetFlows` follow throughput, a full ring's history straight from
 //! one agent and through `catalyst-agent relay`, alternating in one run) and the agent's
 //! footprint: the real
 //! release agent with 1,000 endpoints (veth pairs in a namespace of its own, programs attached
@@ -82,6 +82,20 @@ pub fn flows() -> anyhow::Result<()> {
         "| decode + enrich + `flow.Flow` message (events/s) | {:.2} M | |",
         rate("decode_enrich_message_events_per_s")
     )?;
+    // Ingest while 0, 1 and 16 readers take `--last 65536` snapshots in a loop (same run).
+    for r in p["ingest_with_last_readers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        writeln!(
+            md,
+            "| ingest with {} concurrent `--last {RING}` readers (events/s; snapshots taken) | {:.2} M ({}) | |",
+            r["readers"],
+            r["ingest_events_per_s"].as_f64().unwrap_or_default() / 1e6,
+            r["snapshots_taken"]
+        )?;
+    }
     writeln!(
         md,
         "| `GetFlows` follow to a client over TCP (flows/s; delivered / reported lost) | {:.2} M ({} / {}) | |",

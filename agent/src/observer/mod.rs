@@ -1,6 +1,7 @@
 //! The Hubble Observer gRPC API (`observer.Observer`) and `grpc.health.v1`, served on TCP and a
 //! UNIX socket (specs/hubble-observer-api.md).
 
+mod authority;
 mod fieldmask;
 mod peer;
 mod serve;

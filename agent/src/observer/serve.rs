@@ -7,7 +7,10 @@ use std::{
 };
 
 use tokio::net::{TcpListener, UnixListener};
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::{
+    StreamExt as _,
+    wrappers::{TcpListenerStream, UnixListenerStream},
+};
 use tonic::{
     codec::CompressionEncoding,
     transport::{Certificate, Identity, Server, ServerTlsConfig},
@@ -257,7 +260,9 @@ pub async fn serve(
     let unix = async {
         match listeners.unix {
             Some((l, _)) => router(limits.builder())
-                .serve_with_incoming(UnixListenerStream::new(l))
+                .serve_with_incoming(
+                    UnixListenerStream::new(l).map(|c| c.map(super::authority::accept)),
+                )
                 .await
                 .map_err(ObserverServerError::Serve),
             None => std::future::pending().await,

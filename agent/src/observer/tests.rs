@@ -566,3 +566,103 @@ async fn reflection_lists_the_observer_and_health_services() {
     };
     assert!(!fd.file_descriptor_proto.is_empty());
 }
+
+/// An HTTP/2 frame: 9-byte header and payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("small frame");
+    let mut f = len.to_be_bytes()[1..].to_vec();
+    f.extend([kind, flags]);
+    f.extend(stream.to_be_bytes());
+    f.extend(payload);
+    f
+}
+
+/// An HPACK literal (without indexing) whose name is static-table entry `index`, or a new
+/// name when `index` is 0; no Huffman coding.
+fn hpack_literal(index: u8, name: &str, value: &str) -> Vec<u8> {
+    let mut b = vec![index];
+    if index == 0 {
+        b.push(u8::try_from(name.len()).expect("short"));
+        b.extend(name.as_bytes());
+    }
+    b.push(u8::try_from(value.len()).expect("short"));
+    b.extend(value.as_bytes());
+    b
+}
+
+/// What a gRPC C-core client (grpcio) sends on `unix:///…/hubble.sock`: the socket path,
+/// percent-encoded, as `:authority`. h2 alone resets such a stream (PROTOCOL_ERROR) before
+/// tonic sees it; the agent answers it as any other request.
+#[tokio::test]
+async fn percent_encoded_authority_over_the_unix_socket() {
+    use futures_util::StreamExt as _;
+    use h2::frame::Frame;
+    use tokio::io::AsyncWriteExt as _;
+
+    let dir = std::env::temp_dir().join(format!(
+        "catalyst-observer-authority-{}",
+        std::process::id()
+    ));
+    let path = dir.join("hubble.sock");
+    let listeners = Listeners::bind(None, Some(&path)).await.expect("bind");
+    tokio::spawn(serve(
+        ObserverService::new(ring_with(1), "n", ""),
+        listeners,
+        None,
+    ));
+    let authority = path.display().to_string().replace('/', "%2F");
+    let mut block = vec![0x83, 0x86]; // :method POST, :scheme http (static table)
+    block.extend(hpack_literal(1, "", &authority));
+    block.extend(hpack_literal(4, "", "/grpc.health.v1.Health/Check"));
+    block.extend(hpack_literal(0, "content-type", "application/grpc"));
+    block.extend(hpack_literal(0, "te", "trailers"));
+    let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    wire.extend(h2_frame(4, 0, 0, &[])); // SETTINGS
+    wire.extend(h2_frame(1, 0x4, 1, &block)); // HEADERS, END_HEADERS
+    wire.extend(h2_frame(0, 0x1, 1, &[0, 0, 0, 0, 0])); // DATA: empty HealthCheckRequest
+    let mut sock = tokio::net::UnixStream::connect(&path)
+        .await
+        .expect("connect");
+    sock.write_all(&wire).await.expect("write");
+    // h2's codec decodes the answer (HPACK included).
+    let mut codec = h2::Codec::from(sock);
+    let (mut status, mut body, mut grpc_status) = (None, Vec::new(), None);
+    let answer = async {
+        while let Some(frame) = codec.next().await {
+            match frame.expect("frame") {
+                Frame::Settings(s) if !s.is_ack() => {
+                    codec
+                        .buffer(Frame::Settings(h2::frame::Settings::ack()))
+                        .expect("ack");
+                    std::future::poll_fn(|cx| codec.flush(cx))
+                        .await
+                        .expect("flush");
+                }
+                Frame::Headers(h) => {
+                    let end = h.is_end_stream();
+                    let (pseudo, fields) = h.into_parts();
+                    status = status.or(pseudo.status);
+                    if let Some(s) = fields.get("grpc-status") {
+                        grpc_status = Some(s.to_str().expect("ascii").to_owned());
+                    }
+                    if end {
+                        return;
+                    }
+                }
+                Frame::Data(d) => body.extend_from_slice(d.payload()),
+                Frame::Reset(r) => panic!("stream reset: {:?}", r.reason()),
+                Frame::GoAway(g) => panic!("connection closed: {:?}", g.reason()),
+                _ => {}
+            }
+        }
+        panic!("connection ended before the answer");
+    };
+    tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .expect("an answer within 10 s");
+    assert_eq!(status.map(|s| s.as_u16()), Some(200));
+    assert_eq!(grpc_status.as_deref(), Some("0"));
+    // HealthCheckResponse { status: SERVING }
+    assert_eq!(body, [0, 0, 0, 0, 2, 0x08, 0x01]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -430,12 +430,39 @@ async fn next_wake(tick: &mut tokio::time::Interval, k8s: Option<&mut crate::k8s
     }
 }
 
+/// Environment variable naming the IP address the Observer gRPC and metrics listeners bind to,
+/// in place of the configured one (ports stay as configured). The Helm chart sets it to the
+/// pod's own address (`status.podIP`) so neither listener binds every address of the node.
+pub const BIND_ADDRESS_ENV: &str = "CATALYST_BIND_ADDRESS";
+
+/// Rebinds the TCP listeners of `cfg` to `ip` (the value of [`BIND_ADDRESS_ENV`]); unset or
+/// empty leaves the configuration as it is.
+pub fn bind_to(cfg: &mut AgentConfig, ip: Option<&str>) -> anyhow::Result<()> {
+    let Some(ip) = ip.map(str::trim).filter(|s| !s.is_empty()) else {
+        return Ok(());
+    };
+    let ip: std::net::IpAddr = ip
+        .parse()
+        .with_context(|| format!("{BIND_ADDRESS_ENV}=`{ip}` is not an IP address"))?;
+    for addr in [
+        cfg.observer.listen_address.as_mut(),
+        cfg.metrics.listen_address.as_mut(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        addr.set_ip(ip);
+    }
+    Ok(())
+}
+
 fn reload(
     config_path: &Path,
     alloc: &mut Allocators,
     k8s: Option<&crate::k8s::Published>,
 ) -> anyhow::Result<(AgentConfig, catalyst_policy::PolicySet, Snapshot)> {
-    let cfg = AgentConfig::load(config_path)?;
+    let mut cfg = AgentConfig::load(config_path)?;
+    bind_to(&mut cfg, std::env::var(BIND_ADDRESS_ENV).ok().as_deref())?;
     let policies = alloc.load_policies(&cfg)?;
     let (cfg, policies) = match k8s {
         Some(published) => {
@@ -522,4 +549,39 @@ pub fn print_counters(pin_path: &Path, json: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod bind_tests {
+    use std::path::Path;
+
+    use super::{AgentConfig, bind_to};
+
+    fn cfg() -> AgentConfig {
+        AgentConfig::parse(
+            Path::new("agent.yaml"),
+            "observer: {listen_address: 0.0.0.0:4244}\nmetrics: {listen_address: 0.0.0.0:9965}\n",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn bind_address_replaces_the_ip_of_both_listeners() {
+        let mut c = cfg();
+        bind_to(&mut c, Some("10.1.2.3")).unwrap();
+        assert_eq!(c.observer.listen_address.unwrap().to_string(), "10.1.2.3:4244");
+        assert_eq!(c.metrics.listen_address.unwrap().to_string(), "10.1.2.3:9965");
+        let mut c = cfg();
+        bind_to(&mut c, Some("fd00::7")).unwrap();
+        assert_eq!(c.metrics.listen_address.unwrap().to_string(), "[fd00::7]:9965");
+    }
+
+    #[test]
+    fn bind_address_unset_keeps_the_config_and_garbage_is_an_error() {
+        let mut c = cfg();
+        bind_to(&mut c, None).unwrap();
+        bind_to(&mut c, Some("")).unwrap();
+        assert_eq!(c.observer.listen_address.unwrap().to_string(), "0.0.0.0:4244");
+        assert!(bind_to(&mut c, Some("node-1")).is_err());
+    }
 }

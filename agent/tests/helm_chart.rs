@@ -152,7 +152,6 @@ fn chart_exposes_the_hubble_peer_service_as_cilium_does() {
     assert_eq!(svc["spec"]["internalTrafficPolicy"], "Local");
     let port = &svc["spec"]["ports"][0];
     assert_eq!(port["name"], "peer-service");
-    assert_eq!(port["port"].as_u64(), Some(80));
     assert_eq!(port["targetPort"].as_u64(), Some(4244));
     // The Service selects the agent pods.
     let ds = find(&docs, "DaemonSet");
@@ -168,12 +167,13 @@ fn chart_exposes_the_hubble_peer_service_as_cilium_does() {
         .iter()
         .find(|e| e["name"] == "CATALYST_OBSERVER_ADVERTISE_ADDRESS")
         .expect("advertise env");
-    assert_eq!(advertise["value"], "$(NODE_IP):4244");
-    // TLS set-ups use port 443; the Service can be left out.
-    let tls = agent_docs(&[("hubble.peerService.servicePort", Value::from(443))]);
+    assert_eq!(advertise["value"], "$(POD_IP):4244");
+    // TLS (the default) uses port 443, plaintext set-ups 80; the Service can be left out.
+    assert_eq!(port["port"].as_u64(), Some(443));
+    let plain = agent_docs(&[("hubble.peerService.servicePort", Value::from(80))]);
     assert_eq!(
-        find(&tls, "Service")["spec"]["ports"][0]["port"].as_u64(),
-        Some(443)
+        find(&plain, "Service")["spec"]["ports"][0]["port"].as_u64(),
+        Some(80)
     );
     let off = agent_docs(&[("hubble.peerService.enabled", Value::Bool(false))]);
     assert!(off.iter().all(|d| d["kind"] != "Service"));
@@ -195,5 +195,104 @@ fn chart_crds_are_valid_yaml_of_the_catalyst_group() {
     assert_eq!(
         names,
         ["CatalystNetworkPolicy", "CatalystClusterwideNetworkPolicy"]
+    );
+}
+
+fn agent_config(docs: &[Value]) -> AgentConfig {
+    AgentConfig::parse(
+        Path::new("/etc/catalyst/agent.yaml"),
+        find(docs, "ConfigMap")["data"]["agent.yaml"].as_str().unwrap(),
+    )
+    .expect("the agent accepts the chart's configuration")
+}
+
+fn env_value<'a>(container: &'a Value, name: &str) -> &'a Value {
+    container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no env {name}"))
+}
+
+/// Issue 16 item 1: TLS on the gRPC listener by default, from a Secret mounted where the
+/// rendered configuration points; both listeners bound to the pod's own address.
+#[test]
+fn chart_serves_hubble_over_tls_on_the_pod_address_by_default() {
+    let docs = agent_docs(&[]);
+    let cfg = agent_config(&docs);
+    let tls = cfg.observer.tls.as_ref().expect("TLS by default");
+    assert_eq!(tls.cert, Path::new("/etc/catalyst/tls/tls.crt"));
+    assert_eq!(tls.key, Path::new("/etc/catalyst/tls/tls.key"));
+    assert_eq!(tls.client_ca, None);
+    let pod = &find(&docs, "DaemonSet")["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let mount = c["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "hubble-tls")
+        .expect("TLS mount");
+    assert_eq!(mount["mountPath"], "/etc/catalyst/tls");
+    assert_eq!(mount["readOnly"], Value::Bool(true));
+    let vol = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "hubble-tls")
+        .expect("TLS volume");
+    assert_eq!(vol["secret"]["secretName"], "hubble-server-certs");
+    assert!(docs.iter().all(|d| d["kind"] != "Certificate"));
+
+    // The listeners bind to status.podIP, through the agent's bind-address override.
+    let pod_ip = env_value(c, "POD_IP");
+    assert_eq!(pod_ip["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP");
+    let bind = env_value(c, catalyst_agent::run::BIND_ADDRESS_ENV);
+    assert_eq!(bind["value"], "$(POD_IP)");
+    let mut bound = cfg.clone();
+    catalyst_agent::run::bind_to(&mut bound, Some("10.0.0.7")).unwrap();
+    assert_eq!(
+        bound.observer.listen_address.unwrap().to_string(),
+        "10.0.0.7:4244"
+    );
+    assert_eq!(
+        bound.metrics.listen_address.unwrap().to_string(),
+        "10.0.0.7:9965"
+    );
+
+    // Least privilege beyond the capabilities.
+    let sc = &c["securityContext"];
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(sc["readOnlyRootFilesystem"], Value::Bool(true));
+}
+
+#[test]
+fn chart_hubble_tls_options() {
+    // Mutual TLS: the client CA of the same Secret.
+    let docs = agent_docs(&[("hubble.tls.clientCA", Value::Bool(true))]);
+    assert_eq!(
+        agent_config(&docs).observer.tls.unwrap().client_ca.as_deref(),
+        Some(Path::new("/etc/catalyst/tls/ca.crt"))
+    );
+    // cert-manager issues the Secret the agents mount.
+    let issuer: Value = serde_norway::from_str("{name: ca, kind: ClusterIssuer, group: cert-manager.io}").unwrap();
+    let docs = agent_docs(&[
+        ("hubble.tls.certManager.enabled", Value::Bool(true)),
+        ("hubble.tls.certManager.issuerRef", issuer),
+    ]);
+    let cert = find(&docs, "Certificate");
+    assert_eq!(cert["apiVersion"], "cert-manager.io/v1");
+    assert_eq!(cert["spec"]["secretName"], "hubble-server-certs");
+    assert_eq!(cert["spec"]["issuerRef"]["name"], "ca");
+    // Plaintext only when chosen: no TLS in the config, no Secret mounted.
+    let docs = agent_docs(&[("hubble.tls.enabled", Value::Bool(false))]);
+    assert_eq!(agent_config(&docs).observer.tls, None);
+    let pod = &find(&docs, "DaemonSet")["spec"]["template"]["spec"];
+    assert!(
+        pod["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .all(|v| v["name"] != "hubble-tls")
     );
 }

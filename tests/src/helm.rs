@@ -1,6 +1,7 @@
 //! A renderer for the Helm chart (deploy/helm/catalyst) without helm: `helm` is not installable
 //! on the build machines, so this handles the subset of Go templates the chart uses
-//! (`.Values`/`.Release`/`.Chart` paths, `quote`, `default`, `toYaml`, `nindent`, `if`/`end`)
+//! (`.Values`/`.Release`/`.Chart` paths, `quote`, `default`, `toYaml`, `nindent`,
+//! `if`/`else`/`end`)
 //! and fails on anything else. Go template semantics beyond that subset, `helm lint` and
 //! `helm install` are not verified here.
 #![allow(
@@ -120,6 +121,8 @@ impl Context {
     fn render(&self, template: &str) -> String {
         let mut out = String::new();
         let mut active = vec![true];
+        // For each open `if`: whether its enclosing block is active.
+        let mut parents: Vec<bool> = Vec::new();
         let mut rest = template;
         while let Some(start) = rest.find("{{") {
             if *active.last().unwrap() {
@@ -136,10 +139,17 @@ impl Context {
             }
             let action = action.trim();
             if let Some(cond) = action.strip_prefix("if ") {
-                let on = *active.last().unwrap() && truthy(&self.operand(cond.trim()));
+                let parent = *active.last().unwrap();
+                let on = parent && truthy(&self.operand(cond.trim()));
+                parents.push(parent);
                 active.push(on);
+            } else if action == "else" {
+                let parent = *parents.last().expect("else without if");
+                let taken = active.pop().unwrap();
+                active.push(parent && !taken);
             } else if action == "end" {
                 active.pop();
+                parents.pop();
                 assert!(!active.is_empty(), "unbalanced end");
             } else if *active.last().unwrap() {
                 out.push_str(&self.eval(action));

@@ -84,6 +84,8 @@ pub enum Need {
     Dnsperf,
     /// Headless `chromium`.
     Chromium,
+    /// `kubernetes-validate` (PyPI) on `PATH`: Kubernetes `OpenAPI` schemas, offline.
+    KubernetesValidate,
     /// PostgreSQL 15 server binaries (`initdb`, `pg_ctl`, `pg_basebackup`, `pg_rewind`) and the
     /// `postgres` OS user.
     Postgres,
@@ -113,6 +115,9 @@ impl Need {
             Self::Dig => "dig (`apt-get install bind9-dnsutils`)",
             Self::Dnsperf => "dnsperf (`apt-get install dnsperf`)",
             Self::Chromium => "chromium (`apt-get install chromium`)",
+            Self::KubernetesValidate => {
+                "kubernetes-validate on PATH (`pip install kubernetes-validate`)"
+            }
             Self::Postgres => "PostgreSQL 15 server (`apt-get install postgresql-15`)",
         }
     }
@@ -128,6 +133,7 @@ impl Need {
             Self::Dig => "dig",
             Self::Dnsperf => "dnsperf",
             Self::Chromium => "chromium",
+            Self::KubernetesValidate => "kubernetes-validate",
             Self::Postgres => "postgresql-15",
         }
     }
@@ -163,6 +169,7 @@ impl Need {
             Self::Dig => on_path("dig"),
             Self::Dnsperf => on_path("dnsperf"),
             Self::Chromium => on_path("chromium"),
+            Self::KubernetesValidate => on_path("kubernetes-validate"),
             Self::Postgres => {
                 ["initdb", "pg_ctl", "pg_basebackup", "pg_rewind"]
                     .iter()

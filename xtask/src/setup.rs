@@ -200,6 +200,25 @@ pub fn ensure_nats_server() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Installs `kubernetes-validate` (Kubernetes `OpenAPI` schemas, offline) from `PyPI` when it is
+/// missing: the Helm chart's objects are validated with it (tests/tests/helm_dns.rs).
+pub fn ensure_kubernetes_validate() -> anyhow::Result<()> {
+    if have("kubernetes-validate") {
+        return Ok(());
+    }
+    eprintln!("setup: pip install kubernetes-validate (Kubernetes schemas for the Helm chart test)");
+    run(
+        Command::new("python3").args(["-m", "pip", "install", "-q", "kubernetes-validate"]),
+        "installing kubernetes-validate",
+        "needs python3 with pip and access to PyPI",
+    )?;
+    anyhow::ensure!(
+        have("kubernetes-validate"),
+        "kubernetes-validate installed but not on PATH: add pip's script directory to PATH"
+    );
+    Ok(())
+}
+
 /// Path of the project-local cargo-deny.
 pub fn cargo_deny() -> PathBuf {
     tools().join("cargo-deny/bin/cargo-deny")
@@ -245,6 +264,7 @@ pub fn setup(ebpf: bool, packages: bool) -> anyhow::Result<()> {
     if packages {
         ensure_packages()?;
         ensure_nats_server()?;
+        ensure_kubernetes_validate()?;
     }
     if ebpf {
         ensure_ebpf_toolchain()?;

@@ -326,6 +326,10 @@ fn relay_vs_direct(
 /// # Panics
 ///
 /// If a synthetic event does not decode (a bug in the benchmark itself).
+#[expect(
+    clippy::too_many_lines,
+    reason = "one benchmark run, phase after phase, printed as one report"
+)]
 pub fn flows(events: u64, ring: usize, json: bool) -> anyhow::Result<()> {
     const ENDPOINTS: u32 = 1000;
     let n = usize::try_from(events)?;

@@ -569,11 +569,20 @@ mod bind_tests {
     fn bind_address_replaces_the_ip_of_both_listeners() {
         let mut c = cfg();
         bind_to(&mut c, Some("10.1.2.3")).unwrap();
-        assert_eq!(c.observer.listen_address.unwrap().to_string(), "10.1.2.3:4244");
-        assert_eq!(c.metrics.listen_address.unwrap().to_string(), "10.1.2.3:9965");
+        assert_eq!(
+            c.observer.listen_address.unwrap().to_string(),
+            "10.1.2.3:4244"
+        );
+        assert_eq!(
+            c.metrics.listen_address.unwrap().to_string(),
+            "10.1.2.3:9965"
+        );
         let mut c = cfg();
         bind_to(&mut c, Some("fd00::7")).unwrap();
-        assert_eq!(c.metrics.listen_address.unwrap().to_string(), "[fd00::7]:9965");
+        assert_eq!(
+            c.metrics.listen_address.unwrap().to_string(),
+            "[fd00::7]:9965"
+        );
     }
 
     #[test]
@@ -581,7 +590,10 @@ mod bind_tests {
         let mut c = cfg();
         bind_to(&mut c, None).unwrap();
         bind_to(&mut c, Some("")).unwrap();
-        assert_eq!(c.observer.listen_address.unwrap().to_string(), "0.0.0.0:4244");
+        assert_eq!(
+            c.observer.listen_address.unwrap().to_string(),
+            "0.0.0.0:4244"
+        );
         assert!(bind_to(&mut c, Some("node-1")).is_err());
     }
 }

@@ -201,7 +201,9 @@ fn chart_crds_are_valid_yaml_of_the_catalyst_group() {
 fn agent_config(docs: &[Value]) -> AgentConfig {
     AgentConfig::parse(
         Path::new("/etc/catalyst/agent.yaml"),
-        find(docs, "ConfigMap")["data"]["agent.yaml"].as_str().unwrap(),
+        find(docs, "ConfigMap")["data"]["agent.yaml"]
+            .as_str()
+            .unwrap(),
     )
     .expect("the agent accepts the chart's configuration")
 }
@@ -271,11 +273,17 @@ fn chart_hubble_tls_options() {
     // Mutual TLS: the client CA of the same Secret.
     let docs = agent_docs(&[("hubble.tls.clientCA", Value::Bool(true))]);
     assert_eq!(
-        agent_config(&docs).observer.tls.unwrap().client_ca.as_deref(),
+        agent_config(&docs)
+            .observer
+            .tls
+            .unwrap()
+            .client_ca
+            .as_deref(),
         Some(Path::new("/etc/catalyst/tls/ca.crt"))
     );
     // cert-manager issues the Secret the agents mount.
-    let issuer: Value = serde_norway::from_str("{name: ca, kind: ClusterIssuer, group: cert-manager.io}").unwrap();
+    let issuer: Value =
+        serde_norway::from_str("{name: ca, kind: ClusterIssuer, group: cert-manager.io}").unwrap();
     let docs = agent_docs(&[
         ("hubble.tls.certManager.enabled", Value::Bool(true)),
         ("hubble.tls.certManager.issuerRef", issuer),

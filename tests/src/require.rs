@@ -84,7 +84,7 @@ pub enum Need {
     Dnsperf,
     /// Headless `chromium`.
     Chromium,
-    /// `kubernetes-validate` (PyPI) on `PATH`: Kubernetes `OpenAPI` schemas, offline.
+    /// `kubernetes-validate` (`PyPI`) on `PATH`: Kubernetes `OpenAPI` schemas, offline.
     KubernetesValidate,
     /// PostgreSQL 15 server binaries (`initdb`, `pg_ctl`, `pg_basebackup`, `pg_rewind`) and the
     /// `postgres` OS user.

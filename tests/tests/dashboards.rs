@@ -183,10 +183,13 @@ fn program_metrics() -> BTreeSet<String> {
         });
     }
     agent.flows.lost("perf_event_ring_buffer", 1);
-    agent.datapath.update_counters(&vec![1; COUNTER_SLOTS as usize]);
+    agent
+        .datapath
+        .update_counters(&vec![1; COUNTER_SLOTS as usize]);
     let mut names = exported_names(&agent.encode());
     let mut dns = prometheus_client::registry::Registry::default();
-    let m = catalyst_dns::metrics::DnsMetrics::register(dns.sub_registry_with_prefix("catalyst_dns"));
+    let m =
+        catalyst_dns::metrics::DnsMetrics::register(dns.sub_registry_with_prefix("catalyst_dns"));
     m.reload(true);
     m.health.observe(
         &catalyst_dns::health::Target::Tcp("192.0.2.1:80".parse().unwrap()),
@@ -209,7 +212,10 @@ fn dashboards_dir() -> std::path::PathBuf {
 #[test]
 fn dashboards_reference_only_exported_metrics() {
     let exported = program_metrics();
-    assert!(exported.contains("hubble_flows_processed_total"), "{exported:?}");
+    assert!(
+        exported.contains("hubble_flows_processed_total"),
+        "{exported:?}"
+    );
     let mut files: Vec<_> = std::fs::read_dir(dashboards_dir())
         .expect("deploy/grafana holds the dashboards")
         .map(|e| e.unwrap().path())
@@ -222,7 +228,11 @@ fn dashboards_reference_only_exported_metrics() {
         .collect();
     assert_eq!(
         titles,
-        ["catalyst-datapath.json", "catalyst-dns.json", "catalyst-flows.json"]
+        [
+            "catalyst-datapath.json",
+            "catalyst-dns.json",
+            "catalyst-flows.json"
+        ]
     );
     let mut missing = Vec::new();
     let mut used = BTreeSet::new();
@@ -235,7 +245,11 @@ fn dashboards_reference_only_exported_metrics() {
         assert!(!exprs.is_empty(), "{}: no expressions", f.display());
         for e in exprs {
             let names = metric_names(&e);
-            assert!(!names.is_empty(), "{}: `{e}` selects no metric", f.display());
+            assert!(
+                !names.is_empty(),
+                "{}: `{e}` selects no metric",
+                f.display()
+            );
             for n in names {
                 if !exported.contains(&n) {
                     missing.push(format!("{}: {n} in `{e}`", f.display()));

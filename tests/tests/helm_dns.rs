@@ -40,6 +40,10 @@ fn selects(selector: &Value, labels: &Value) -> bool {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one rendering checked top to bottom: config, zones, security context, services, PDB"
+)]
 fn chart_renders_catalyst_dns_and_dns_accepts_its_config_and_zones() {
     let docs = dns_docs(&[]);
     let mut kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
@@ -99,7 +103,10 @@ fn chart_renders_catalyst_dns_and_dns_accepts_its_config_and_zones() {
         c["securityContext"]["readOnlyRootFilesystem"],
         Value::Bool(true)
     );
-    assert_eq!(strings(&c["securityContext"]["capabilities"]["drop"]), ["ALL"]);
+    assert_eq!(
+        strings(&c["securityContext"]["capabilities"]["drop"]),
+        ["ALL"]
+    );
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/health");
     assert_eq!(c["livenessProbe"]["httpGet"]["port"], "metrics");
     let args = strings(&c["args"]);
@@ -161,7 +168,10 @@ fn chart_renders_catalyst_dns_and_dns_accepts_its_config_and_zones() {
 fn chart_dns_options() {
     // Zones from an existing ConfigMap: the chart makes none and mounts that one.
     let docs = dns_docs(&[("dns.zones.configMap", Value::from("my-zones"))]);
-    assert!(docs.iter().all(|d| d["metadata"]["name"] != "cat-dns-zones"));
+    assert!(
+        docs.iter()
+            .all(|d| d["metadata"]["name"] != "cat-dns-zones")
+    );
     let pod = &find(&docs, "Deployment")["spec"]["template"]["spec"];
     let vol = pod["volumes"]
         .as_sequence()
@@ -188,12 +198,18 @@ fn option_sets() -> Vec<(&'static str, Vec<(&'static str, Value)>)> {
                 ("image.tag", v("v9")),
             ],
         ),
-        ("hubble mTLS", vec![("hubble.tls.clientCA", Value::Bool(true))]),
+        (
+            "hubble mTLS",
+            vec![("hubble.tls.clientCA", Value::Bool(true))],
+        ),
         (
             "hubble cert-manager",
             vec![
                 ("hubble.tls.certManager.enabled", Value::Bool(true)),
-                ("hubble.tls.certManager.issuerRef", v("{name: ca, kind: Issuer, group: cert-manager.io}")),
+                (
+                    "hubble.tls.certManager.issuerRef",
+                    v("{name: ca, kind: Issuer, group: cert-manager.io}"),
+                ),
             ],
         ),
         (
@@ -203,8 +219,14 @@ fn option_sets() -> Vec<(&'static str, Vec<(&'static str, Value)>)> {
                 ("hubble.peerService.servicePort", v("80")),
             ],
         ),
-        ("no hubble-peer", vec![("hubble.peerService.enabled", Value::Bool(false))]),
-        ("controllers off", vec![("controllers.enabled", Value::Bool(false))]),
+        (
+            "no hubble-peer",
+            vec![("hubble.peerService.enabled", Value::Bool(false))],
+        ),
+        (
+            "controllers off",
+            vec![("controllers.enabled", Value::Bool(false))],
+        ),
         (
             "dns zones from a ConfigMap, no PDB, LoadBalancer",
             vec![
@@ -299,5 +321,8 @@ fn validation_would_catch_a_bad_object() {
         .output()
         .unwrap();
     std::fs::remove_file(&f).unwrap();
-    assert!(!out.status.success(), "a port protocol of 7 must be rejected");
+    assert!(
+        !out.status.success(),
+        "a port protocol of 7 must be rejected"
+    );
 }

@@ -201,12 +201,14 @@ pub fn ensure_nats_server() -> anyhow::Result<()> {
 }
 
 /// Installs `kubernetes-validate` (Kubernetes `OpenAPI` schemas, offline) from `PyPI` when it is
-/// missing: the Helm chart's objects are validated with it (tests/tests/helm_dns.rs).
+/// missing: the Helm chart's objects are validated with it (`tests/tests/helm_dns.rs`).
 pub fn ensure_kubernetes_validate() -> anyhow::Result<()> {
     if have("kubernetes-validate") {
         return Ok(());
     }
-    eprintln!("setup: pip install kubernetes-validate (Kubernetes schemas for the Helm chart test)");
+    eprintln!(
+        "setup: pip install kubernetes-validate (Kubernetes schemas for the Helm chart test)"
+    );
     run(
         Command::new("python3").args(["-m", "pip", "install", "-q", "kubernetes-validate"]),
         "installing kubernetes-validate",

@@ -44,8 +44,7 @@ pub(super) fn accept(client: UnixStream) -> DuplexStream {
 
 /// Replaces an `:authority` h2 would reject by `localhost`.
 pub(super) fn fix_authority(p: &mut Pseudo) {
-    if p
-        .authority
+    if p.authority
         .as_ref()
         .is_some_and(|a| a.parse::<tonic::codegen::http::uri::Authority>().is_err())
     {

@@ -591,7 +591,7 @@ fn hpack_literal(index: u8, name: &str, value: &str) -> Vec<u8> {
 }
 
 /// What a gRPC C-core client (grpcio) sends on `unix:///…/hubble.sock`: the socket path,
-/// percent-encoded, as `:authority`. h2 alone resets such a stream (PROTOCOL_ERROR) before
+/// percent-encoded, as `:authority`. h2 alone resets such a stream (`PROTOCOL_ERROR`) before
 /// tonic sees it; the agent answers it as any other request.
 #[tokio::test]
 async fn percent_encoded_authority_over_the_unix_socket() {

@@ -183,10 +183,13 @@ impl CheckState {
     /// Status for answering a query: the first read starts the check when checks start on
     /// first query.
     pub fn status_for_query(self: &Arc<Self>) -> Status {
+        // Read before starting the check: the query that starts it answers from the state before
+        // the first result (as PowerDNS), even when a fast loopback check would finish first.
+        let status = self.status();
         if !self.queried.load(Ordering::Relaxed) && !self.queried.swap(true, Ordering::AcqRel) {
             self.shared.spawn(self);
         }
-        self.status()
+        status
     }
 
     /// Current status.

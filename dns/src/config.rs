@@ -236,14 +236,34 @@ pub struct MetricsConfig {
     /// Address of the `/metrics` HTTP endpoint; none disables. Default `127.0.0.1:9153`.
     #[serde(default = "default_metrics")]
     pub listen: Option<SocketAddr>,
+    /// Longest a request may take from accept to the last byte of the answer, milliseconds
+    /// (a client that sends its request slowly or not at all is disconnected). Default 5000.
+    #[serde(default = "default_metrics_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Largest request head (request line and headers) accepted, bytes; larger ones are refused
+    /// with `431`. At least 8192 (the HTTP library's smallest buffer). Default 16384.
+    #[serde(default = "default_metrics_request_bytes")]
+    pub max_request_bytes: usize,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
             listen: default_metrics(),
+            request_timeout_ms: default_metrics_timeout_ms(),
+            max_request_bytes: default_metrics_request_bytes(),
         }
     }
+}
+
+/// Smallest `metrics.max_request_bytes` (hyper's minimum read buffer).
+pub const MIN_METRICS_REQUEST_BYTES: usize = 8192;
+
+fn default_metrics_timeout_ms() -> u64 {
+    5000
+}
+fn default_metrics_request_bytes() -> usize {
+    16_384
 }
 
 fn default_listen() -> Vec<SocketAddr> {
@@ -305,6 +325,21 @@ impl Config {
             return Err(ConfigError::Invalid {
                 path: path.display().to_string(),
                 reason: "no listen addresses".into(),
+            });
+        }
+        if cfg.metrics.max_request_bytes < MIN_METRICS_REQUEST_BYTES {
+            return Err(ConfigError::Invalid {
+                path: path.display().to_string(),
+                reason: format!(
+                    "metrics.max_request_bytes: {} is below the minimum of {MIN_METRICS_REQUEST_BYTES}",
+                    cfg.metrics.max_request_bytes
+                ),
+            });
+        }
+        if cfg.metrics.request_timeout_ms == 0 {
+            return Err(ConfigError::Invalid {
+                path: path.display().to_string(),
+                reason: "metrics.request_timeout_ms: must be at least 1".into(),
             });
         }
         Ok(cfg)

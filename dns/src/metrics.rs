@@ -226,45 +226,154 @@ impl DnsMetrics {
     }
 }
 
-/// Serve `GET /metrics` (and `/health`) on `listener` until the process exits.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    registry: Arc<Registry>,
-) -> std::io::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    loop {
-        let (mut stream, _) = listener.accept().await?;
-        let registry = registry.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let Ok(Ok(n)) =
-                tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))
-                    .await
-            else {
-                return;
-            };
-            let req = String::from_utf8_lossy(&buf[..n]);
-            let path = req.split_whitespace().nth(1).unwrap_or("/");
-            let (status, ctype, body) = match path {
-                "/metrics" => {
+/// Limits of the metrics endpoint (`metrics.request_timeout_ms`, `metrics.max_request_bytes`).
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    /// Longest a connection may take from accept to the end of its one answer.
+    pub request_timeout: std::time::Duration,
+    /// Largest request head; larger ones get `431`.
+    pub max_request_bytes: usize,
+}
+
+impl From<&crate::config::MetricsConfig> for HttpLimits {
+    fn from(c: &crate::config::MetricsConfig) -> Self {
+        Self {
+            request_timeout: std::time::Duration::from_millis(c.request_timeout_ms),
+            max_request_bytes: c.max_request_bytes,
+        }
+    }
+}
+
+/// The routes: `GET /metrics` (OpenMetrics text) and `GET /health`.
+fn router(registry: Arc<Registry>, limits: HttpLimits) -> axum::Router {
+    use axum::{extract::DefaultBodyLimit, http::header, routing::get};
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
                     let mut body = String::new();
                     if prometheus_client::encoding::text::encode(&mut body, &registry).is_err() {
                         body.clear();
                     }
                     (
-                        "200 OK",
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
                         body,
                     )
                 }
-                "/health" => ("200 OK", "text/plain", "ok\n".to_string()),
-                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(resp.as_bytes()).await;
+            }),
+        )
+        .route("/health", get(|| async { "ok\n" }))
+        .layer(DefaultBodyLimit::max(limits.max_request_bytes))
+}
+
+/// Serves the metrics endpoint on `listener` (axum on hyper's HTTP/1): one request per
+/// connection, its head at most `limits.max_request_bytes`, the whole exchange within
+/// `limits.request_timeout` (a slow or silent client is disconnected).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    limits: HttpLimits,
+) -> std::io::Result<()> {
+    use hyper_util::{
+        rt::{TokioIo, TokioTimer},
+        service::TowerToHyperService,
+    };
+    let app = router(registry, limits);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(limits.request_timeout)
+                .max_buf_size(limits.max_request_bytes.max(crate::config::MIN_METRICS_REQUEST_BYTES))
+                .keep_alive(false);
+            let conn = http.serve_connection(TokioIo::new(stream), service);
+            // Dropping the connection closes the socket.
+            let _ = tokio::time::timeout(limits.request_timeout, conn).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    async fn endpoint(limits: HttpLimits) -> std::net::SocketAddr {
+        let mut registry = Registry::with_prefix("catalyst_dns");
+        let m = DnsMetrics::register(&mut registry);
+        m.query(ResponseCode::NoError, RecordType::A);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, Arc::new(registry), limits));
+        addr
+    }
+
+    /// Sends `request` and reads until the server closes (bounded by 10 s).
+    async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // The server may answer (and close) before reading all of an oversized request.
+        let _ = s.write_all(request).await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    const LIMITS: HttpLimits = HttpLimits {
+        request_timeout: Duration::from_millis(300),
+        max_request_bytes: 8192,
+    };
+
+    #[tokio::test]
+    async fn serves_metrics_and_health() {
+        let addr = endpoint(LIMITS).await;
+        let m = exchange(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(m.starts_with("HTTP/1.1 200"), "{m}");
+        assert!(m.contains("application/openmetrics-text"), "{m}");
+        assert!(
+            m.contains("catalyst_dns_queries_total{rcode=\"NOERROR\",qtype=\"A\"} 1"),
+            "{m}"
+        );
+        let h = exchange(addr, b"GET /health HTTP/1.0\r\n\r\n").await;
+        assert!(h.starts_with("HTTP/1.0 200") && h.ends_with("ok\n"), "{h}");
+        let n = exchange(addr, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(n.starts_with("HTTP/1.1 404"), "{n}");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_request_head_is_refused() {
+        // Issue 16 items 3/8: the hand-written server read 2 KiB, ignored the rest and answered.
+        let addr = endpoint(LIMITS).await;
+        let big = format!(
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(64 * 1024)
+        );
+        let r = exchange(addr, big.as_bytes()).await;
+        assert!(!r.contains(" 200 "), "answered an oversized request: {r:.80}");
+        assert!(r.is_empty() || r.starts_with("HTTP/1.1 431"), "{r:.80}");
+    }
+
+    #[tokio::test]
+    async fn a_silent_or_slow_client_is_disconnected_within_the_request_timeout() {
+        let addr = endpoint(LIMITS).await;
+        for partial in [&b""[..], b"GET /metrics HTTP/1.1\r\nHost"] {
+            let start = Instant::now();
+            let r = exchange(addr, partial).await;
+            let took = start.elapsed();
+            assert!(!r.contains(" 200 "), "answered an incomplete request: {r}");
+            assert!(
+                took < Duration::from_secs(5),
+                "connection held {took:?} with a 300 ms limit"
+            );
+        }
     }
 }

@@ -41,7 +41,7 @@ use catalyst_tests::{
     lab,
     require::{Need, require},
 };
-use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
+use rand::{RngExt as _, SeedableRng as _, rngs::StdRng};
 
 const REGIONS: [&str; 3] = ["a", "b", "c"];
 const NATS: NatsPorts = NatsPorts {

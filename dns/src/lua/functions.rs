@@ -9,7 +9,7 @@ use std::{
 };
 
 use ipnet::IpNet;
-use rand::{Rng, seq::SliceRandom};
+use rand::{RngExt as _, seq::SliceRandom};
 
 use super::{
     CompileEnv, CompileError, Deps, EvalContext, EvalError,

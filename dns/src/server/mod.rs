@@ -367,6 +367,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
 
     if let Some(addr) = cfg.metrics.listen {
         let registry = Arc::new(registry);
+        let limits = crate::metrics::HttpLimits::from(&cfg.metrics);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::MetricsBind {
@@ -375,7 +376,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
             })?;
         info!(%addr, "metrics endpoint listening");
         tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(listener, registry).await {
+            if let Err(e) = crate::metrics::serve(listener, registry, limits).await {
                 error!(error = %e, %addr, "metrics endpoint failed");
             }
         });

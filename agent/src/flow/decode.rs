@@ -259,26 +259,18 @@ fn ip_string(a: IpAddr) -> String {
 
 /// Formats nanoseconds since the Unix epoch as RFC 3339 UTC with nanoseconds.
 pub fn rfc3339_nanos(ns: i128) -> String {
-    let secs = ns.div_euclid(1_000_000_000);
-    let nanos = ns.rem_euclid(1_000_000_000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i128::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z"
+    );
+    // Outside years -9999..=9999 (no flow has such a time) the nearest representable instant.
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ns).unwrap_or_else(|_| {
+        if ns < 0 {
+            time::PrimitiveDateTime::MIN.assume_utc()
+        } else {
+            time::PrimitiveDateTime::MAX.assume_utc()
+        }
+    });
+    t.format(FORMAT).unwrap_or_default()
 }
 
 /// The policies that allowed or denied `ev`. As Hubble: the allowing policies go on
@@ -412,6 +404,13 @@ mod tests {
             assert_eq!(ip_string(ip), a);
         }
         assert_eq!(ip_string("fd00::1".parse().expect("v6")), "fd00::1");
+    }
+
+    #[test]
+    fn rfc3339_clamps_instants_beyond_year_9999() {
+        // The hand-written arithmetic printed a five-digit year, which is not RFC 3339.
+        assert_eq!(rfc3339_nanos(i128::MAX), "9999-12-31T23:59:59.999999999Z");
+        assert_eq!(rfc3339_nanos(-1), "1969-12-31T23:59:59.999999999Z");
     }
 
     #[test]

@@ -273,9 +273,10 @@ impl FlowExport {
     }
 }
 
-/// Subject of a node's flows.
+/// Subject of a node's flows, `catalyst.flows.<cluster>.<node>`, each value one sanitised token
+/// (a `.` in a node name must not add a subject level).
 pub fn subject(cluster: &str, node: &str) -> String {
-    format!("catalyst.flows.{cluster}.{node}")
+    catalyst_policy::nats::subject("catalyst.flows", &[cluster, node])
 }
 
 /// Starts the flow export on `client` (see [`connect`]): the pipeline's queue and the
@@ -386,6 +387,20 @@ pub(crate) mod test_server {
             self.kill();
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod subject_tests {
+    #[test]
+    fn a_dot_in_a_node_or_cluster_name_does_not_add_a_subject_level() {
+        assert_eq!(super::subject("default", "node-1"), "catalyst.flows.default.node-1");
+        assert_eq!(
+            super::subject("eu.west", "ip-10-0-0-1.ec2.internal"),
+            "catalyst.flows.eu_west.ip-10-0-0-1_ec2_internal"
+        );
+        assert_eq!(super::subject("c", "n*>"), "catalyst.flows.c.n__");
+        assert_eq!(super::subject("", "n"), "catalyst.flows._.n");
     }
 }
 

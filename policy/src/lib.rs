@@ -31,6 +31,9 @@ pub mod identity;
 pub mod labels;
 #[cfg(feature = "std")]
 pub mod manifest;
+/// The suite's one NATS module: subject tokens, and behind the `nats` feature the connection.
+#[cfg(feature = "std")]
+pub mod nats;
 #[cfg(feature = "std")]
 pub mod ports;
 #[cfg(feature = "std")]

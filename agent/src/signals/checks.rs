@@ -314,28 +314,14 @@ pub fn evaluate(w: &Workload, window: Option<Window>, global_audit: bool) -> Vec
 /// A NATS subject token from a label value: characters other than ASCII letters, digits, `-`
 /// and `_` become `_` (NATS tokens may not hold `.`, `*`, `>` or whitespace); empty is `_`.
 pub fn token(value: &str) -> String {
-    if value.is_empty() {
-        return "_".to_owned();
-    }
-    value
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    catalyst_policy::nats::subject_token(value)
 }
 
 /// Subject of a workload's signals: `catalyst.signals.<org>.<env>.<app>`.
 pub fn subject_of(s: &Subject) -> String {
-    format!(
-        "catalyst.signals.{}.{}.{}",
-        token(&s.organization),
-        token(&s.environment),
-        token(&s.application)
+    catalyst_policy::nats::subject(
+        "catalyst.signals",
+        &[&s.organization, &s.environment, &s.application],
     )
 }
 

@@ -110,6 +110,30 @@ pub struct NatsAllocator {
 
 impl NatsAllocator {
     /// Opens (creating when missing) the identity bucket.
+    /// [`open`](Self::open) on a client that may not be connected yet (see
+    /// [`crate::nats::connect`]), retrying until it works: in Kubernetes mode NATS may come up
+    /// after the agent, and the agent keeps trying instead of exiting. Waits `first` after the
+    /// first failure, doubling up to 30 s.
+    pub async fn open_retrying(
+        client: async_nats::Client,
+        bucket: &str,
+        first: std::time::Duration,
+    ) -> Self {
+        let mut wait = first;
+        loop {
+            match Self::open(client.clone(), bucket).await {
+                Ok(me) => return me,
+                Err(error) => {
+                    tracing::warn!(%error, bucket, retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                        "identity bucket not reachable yet; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Opens (or creates) the identity bucket.
     pub async fn open(
         client: async_nats::Client,
         bucket: &str,
@@ -322,5 +346,41 @@ impl IdentityAllocator for Resolved {
             .ok_or(IdentityError::Exhausted {
                 scope: "cluster (label set not resolved in advance)",
             })
+    }
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use std::time::Duration;
+
+    use catalyst_tests::require::{Need, require};
+
+    use super::NatsAllocator;
+    use crate::nats::test_server::NatsServer;
+
+    /// Issue 16 item 2: in Kubernetes mode NATS absent at start must not stop the agent; it keeps
+    /// retrying and opens the identity bucket once the server is up.
+    #[tokio::test]
+    async fn identities_open_once_nats_comes_up_needs_nats_server() {
+        if !require(
+            "identities_open_once_nats_comes_up_needs_nats_server",
+            &[Need::NatsServer],
+        ) {
+            return;
+        }
+        let mut server = NatsServer::start("late");
+        server.kill();
+        let client = crate::nats::connect(&server.url()).await.expect("client");
+        let opening = tokio::spawn(async move {
+            NatsAllocator::open_retrying(client, "catalyst-identities", Duration::from_millis(200))
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!opening.is_finished(), "opened without a server");
+        server.restart();
+        tokio::time::timeout(Duration::from_secs(30), opening)
+            .await
+            .expect("opened within 30 s of the server starting")
+            .expect("task");
     }
 }

@@ -175,12 +175,16 @@ impl Source {
         }
         let client = client(&cfg.kubernetes).await?;
         let identities = if let Some(url) = &cfg.nats.url {
-            let nats = async_nats::connect(url.as_str())
+            // Connects in the background and keeps retrying: NATS may start after the agent.
+            let nats = crate::nats::connect(url.as_str())
                 .await
                 .with_context(|| format!("cannot connect to NATS at {url} for identities"))?;
-            let alloc = NatsAllocator::open(nats, &cfg.kubernetes.identity_bucket)
-                .await
-                .context("cannot open the identity bucket")?;
+            let alloc = NatsAllocator::open_retrying(
+                nats,
+                &cfg.kubernetes.identity_bucket,
+                std::time::Duration::from_secs(1),
+            )
+            .await;
             tracing::info!(bucket = %cfg.kubernetes.identity_bucket, "cluster-wide identities from NATS KV");
             Some(alloc)
         } else {

@@ -198,6 +198,47 @@ pub struct NatsConfig {
     /// Export one flow in `sample` (1 exports every flow). Default 1.
     #[serde(default = "default_sample")]
     pub sample: u32,
+    /// Credentials file (`.creds`: user JWT and `NKey` seed, as `nsc` writes it). Default none.
+    #[serde(default)]
+    pub credentials: Option<PathBuf>,
+    /// File holding a bare `NKey` user seed (`SU…`); not with `credentials`. Default none.
+    #[serde(default)]
+    pub nkey_seed_file: Option<PathBuf>,
+    /// TLS to the server: `ca_file`, and `cert_file` + `key_file` for mutual TLS. Default none
+    /// (a `tls://` URL still negotiates TLS with the system's roots).
+    #[serde(default)]
+    pub tls: Option<catalyst_policy::nats::NatsTls>,
+}
+
+impl NatsConfig {
+    /// How to authenticate, for the suite's one connection module
+    /// ([`catalyst_policy::nats::connect`]).
+    pub fn auth(&self) -> catalyst_policy::nats::NatsAuth {
+        catalyst_policy::nats::NatsAuth {
+            credentials: self.credentials.clone(),
+            nkey_seed_file: self.nkey_seed_file.clone(),
+            tls: self.tls.clone(),
+        }
+    }
+
+    /// The authentication files, checked when NATS is enabled: `(field, message)` on error.
+    fn validate_auth(&self) -> Result<(), (String, String)> {
+        use catalyst_policy::nats::{NatsAuth, NatsConnectError};
+        if self.url.is_none() {
+            return Ok(());
+        }
+        self.auth().validate().map(drop).map_err(|e| {
+            let field = NatsAuth::error_field(&e).to_owned();
+            let message = match e {
+                NatsConnectError::Read { path, source, .. } => {
+                    format!("cannot read `{}`: {source}", path.display())
+                }
+                NatsConnectError::Invalid { reason, .. } => reason,
+                other @ NatsConnectError::Connect { .. } => other.to_string(),
+            };
+            (field, message)
+        })
+    }
 }
 
 impl Default for NatsConfig {
@@ -208,6 +249,9 @@ impl Default for NatsConfig {
             stream: default_stream(),
             buffer: default_nats_buffer(),
             sample: default_sample(),
+            credentials: None,
+            nkey_seed_file: None,
+            tls: None,
         }
     }
 }
@@ -669,6 +713,11 @@ impl AgentConfig {
                 }
             }
         }
+        let mut auth = cfg.nats.auth();
+        auth.rebase(base);
+        cfg.nats.credentials = auth.credentials;
+        cfg.nats.nkey_seed_file = auth.nkey_seed_file;
+        cfg.nats.tls = auth.tls;
         if let Some(k) = &mut cfg.kubernetes.kubeconfig
             && k.is_relative()
         {
@@ -690,6 +739,9 @@ impl AgentConfig {
             field,
             message,
         };
+        if let Err((field, message)) = self.nats.validate_auth() {
+            return Err(invalid(field, message));
+        }
         let mut seen_if = BTreeMap::new();
         let mut seen_name = BTreeMap::new();
         for (i, ep) in self.endpoints.iter().enumerate() {

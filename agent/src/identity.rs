@@ -370,7 +370,10 @@ mod retry_tests {
         }
         let mut server = NatsServer::start("late");
         server.kill();
-        let client = crate::nats::connect(&server.url()).await.expect("client");
+        let client =
+            crate::nats::connect(&server.url(), &catalyst_policy::nats::NatsAuth::default())
+                .await
+                .expect("client");
         let opening = tokio::spawn(async move {
             NatsAllocator::open_retrying(client, "catalyst-identities", Duration::from_millis(200))
                 .await

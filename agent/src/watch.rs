@@ -35,11 +35,9 @@ struct Shared {
 /// rename or a removal.
 fn worth_a_reload(kind: EventKind) -> bool {
     match kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) | EventKind::Other => false,
-        EventKind::Any | EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => {
-            true
-        }
+        EventKind::Access(access) => access == AccessKind::Close(AccessMode::Write),
+        EventKind::Other => false,
+        EventKind::Any | EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
     }
 }
 
@@ -56,8 +54,8 @@ impl FileWatch {
     pub fn new(paths: &[PathBuf]) -> std::io::Result<Self> {
         let shared = Arc::new(Shared::default());
         let on_event = shared.clone();
-        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            match res {
+        let watcher =
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
                 Ok(ev) if worth_a_reload(ev.kind) => on_event.changed.notify_one(),
                 Ok(_) => {}
                 Err(e) => {
@@ -67,9 +65,8 @@ impl FileWatch {
                         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
                     on_event.changed.notify_one();
                 }
-            }
-        })
-        .map_err(io_error)?;
+            })
+            .map_err(io_error)?;
         let mut me = Self {
             watcher,
             shared,

@@ -208,6 +208,15 @@ impl Config {
         if let Some(k) = &mut cfg.kubernetes.kubeconfig {
             *k = base.join(&*k);
         }
+        if let Some(n) = &mut cfg.compliance.nats {
+            let mut auth = n.auth();
+            auth.rebase(base);
+            auth.validate()
+                .map_err(|e| invalid(format!("compliance.{e}")))?;
+            n.credentials = auth.credentials;
+            n.nkey_seed_file = auth.nkey_seed_file;
+            n.tls = auth.tls;
+        }
         if cfg.mode == Mode::Standalone && cfg.standalone.is_none() {
             return Err(invalid(
                 "standalone: required when mode is standalone (input and output directories)"

@@ -63,6 +63,21 @@ struct ContinuumCommon {
     /// NATS server URL(s), comma-separated (JetStream with KV).
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     nats: String,
+    /// NATS credentials file (`.creds`: user JWT and `NKey` seed).
+    #[arg(long)]
+    nats_credentials: Option<PathBuf>,
+    /// File holding a bare `NKey` user seed (`SU…`); not with --nats-credentials.
+    #[arg(long)]
+    nats_nkey_seed_file: Option<PathBuf>,
+    /// PEM CA bundle for TLS to NATS (requires TLS).
+    #[arg(long)]
+    nats_tls_ca: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS to NATS (with --nats-tls-key).
+    #[arg(long)]
+    nats_tls_cert: Option<PathBuf>,
+    /// PEM key of --nats-tls-cert.
+    #[arg(long)]
+    nats_tls_key: Option<PathBuf>,
     /// Replicas of the KV buckets when this controller creates them (3 on a 3-node cluster).
     #[arg(long, default_value_t = 1)]
     kv_replicas: usize,
@@ -165,6 +180,20 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
     }
 }
 
+fn nats_auth(c: &ContinuumCommon) -> catalyst_policy::nats::NatsAuth {
+    let tls = (c.nats_tls_ca.is_some() || c.nats_tls_cert.is_some() || c.nats_tls_key.is_some())
+        .then(|| catalyst_policy::nats::NatsTls {
+            ca_file: c.nats_tls_ca.clone(),
+            cert_file: c.nats_tls_cert.clone(),
+            key_file: c.nats_tls_key.clone(),
+        });
+    catalyst_policy::nats::NatsAuth {
+        credentials: c.nats_credentials.clone(),
+        nkey_seed_file: c.nats_nkey_seed_file.clone(),
+        tls,
+    }
+}
+
 fn continuum(cmd: ContinuumCommand) -> anyhow::Result<std::process::ExitCode> {
     use catalyst_controllers::continuum::{history, postgres, run, store::Names};
     let rt = || {
@@ -202,6 +231,7 @@ fn continuum(cmd: ContinuumCommand) -> anyhow::Result<std::process::ExitCode> {
             let opts = run::Options {
                 continuum: common.continuum.clone(),
                 nats: common.nats.clone(),
+                nats_auth: nats_auth(&common),
                 names: names(&common),
                 identity,
                 region,
@@ -228,6 +258,7 @@ fn continuum(cmd: ContinuumCommand) -> anyhow::Result<std::process::ExitCode> {
             rt()?.block_on(run::request_switchover(
                 &common.continuum,
                 &common.nats,
+                &nats_auth(&common),
                 &to,
                 names(&common),
             ))?;

@@ -221,9 +221,15 @@ impl Default for FailoverConfig {
 pub struct NatsConfig {
     /// Server URL, e.g. `nats://127.0.0.1:4222`.
     pub url: String,
-    /// Credentials file. Default none.
+    /// Credentials file (`.creds`: user JWT and `NKey` seed). Default none.
     #[serde(default)]
     pub credentials: Option<PathBuf>,
+    /// File holding a bare `NKey` user seed (`SU…`); not with `credentials`. Default none.
+    #[serde(default)]
+    pub nkey_seed_file: Option<PathBuf>,
+    /// TLS to the server: `ca_file`, and `cert_file` + `key_file` for mutual TLS. Default none.
+    #[serde(default)]
+    pub tls: Option<catalyst_policy::nats::NatsTls>,
     /// Subject prefix of health events. Default `catalyst.health`.
     #[serde(default = "default_health_subject")]
     pub health_subject: String,
@@ -290,6 +296,18 @@ fn default_bucket() -> String {
 fn default_one() -> u64 {
     1
 }
+impl NatsConfig {
+    /// How to authenticate, for the suite's one connection module
+    /// ([`catalyst_policy::nats::connect`]).
+    pub fn auth(&self) -> catalyst_policy::nats::NatsAuth {
+        catalyst_policy::nats::NatsAuth {
+            credentials: self.credentials.clone(),
+            nkey_seed_file: self.nkey_seed_file.clone(),
+            tls: self.tls.clone(),
+        }
+    }
+}
+
 fn default_health_subject() -> String {
     "catalyst.health".into()
 }
@@ -336,6 +354,14 @@ impl Config {
                 ),
             });
         }
+        if let Some(n) = &cfg.nats
+            && let Err(e) = n.auth().validate()
+        {
+            return Err(ConfigError::Invalid {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            });
+        }
         if cfg.metrics.request_timeout_ms == 0 {
             return Err(ConfigError::Invalid {
                 path: path.display().to_string(),
@@ -363,10 +389,12 @@ impl Config {
         if let Some(p) = &mut self.failover.file {
             fix(p);
         }
-        if let Some(n) = &mut self.nats
-            && let Some(p) = &mut n.credentials
-        {
-            fix(p);
+        if let Some(n) = &mut self.nats {
+            let mut auth = n.auth();
+            auth.rebase(base);
+            n.credentials = auth.credentials;
+            n.nkey_seed_file = auth.nkey_seed_file;
+            n.tls = auth.tls;
         }
     }
 }

@@ -291,7 +291,11 @@ pub async fn serve(
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
                 .header_read_timeout(limits.request_timeout)
-                .max_buf_size(limits.max_request_bytes.max(crate::config::MIN_METRICS_REQUEST_BYTES))
+                .max_buf_size(
+                    limits
+                        .max_request_bytes
+                        .max(crate::config::MIN_METRICS_REQUEST_BYTES),
+                )
                 .keep_alive(false);
             let conn = http.serve_connection(TokioIo::new(stream), service);
             // Dropping the connection closes the socket.
@@ -358,7 +362,10 @@ mod tests {
             "a".repeat(64 * 1024)
         );
         let r = exchange(addr, big.as_bytes()).await;
-        assert!(!r.contains(" 200 "), "answered an oversized request: {r:.80}");
+        assert!(
+            !r.contains(" 200 "),
+            "answered an oversized request: {r:.80}"
+        );
         assert!(r.is_empty() || r.starts_with("HTTP/1.1 431"), "{r:.80}");
     }
 

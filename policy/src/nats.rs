@@ -6,7 +6,7 @@
 //! `nats` feature, so agent-ebpf and programs without NATS do not compile `async-nats`. Subject
 //! tokens ([`subject_token`], [`subject`]) need no feature.
 //!
-//! Authentication: a credentials file (JWT + NKey seed, `nsc` output) or a bare NKey seed file,
+//! Authentication: a credentials file (JWT + `NKey` seed, `nsc` output) or a bare `NKey` seed file,
 //! not both; TLS with an optional CA bundle and an optional client certificate (mutual TLS).
 
 use std::path::PathBuf;
@@ -63,9 +63,9 @@ pub struct NatsTls {
 /// How to reach and authenticate to NATS: built by each program from its own `nats:` section.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NatsAuth {
-    /// Credentials file (`.creds`: user JWT and NKey seed).
+    /// Credentials file (`.creds`: user JWT and `NKey` seed).
     pub credentials: Option<PathBuf>,
-    /// File holding a bare NKey user seed (`SU…`).
+    /// File holding a bare `NKey` user seed (`SU…`).
     pub nkey_seed_file: Option<PathBuf>,
     /// TLS; `None` connects as the URL says (`tls://` still negotiates TLS).
     pub tls: Option<NatsTls>,
@@ -84,7 +84,7 @@ pub enum NatsConnectError {
         reason: String,
     },
     /// A file named by a setting cannot be read.
-    #[error("{field}: cannot read `{}`", path.display())]
+    #[error("{field}: cannot read `{}`: {source}", path.display())]
     Read {
         /// Configuration field.
         field: &'static str,
@@ -107,6 +107,35 @@ pub enum NatsConnectError {
 }
 
 impl NatsAuth {
+    /// Resolves relative file names against `base` (the directory of the configuration file
+    /// that named them).
+    pub fn rebase(&mut self, base: &std::path::Path) {
+        let tls = self.tls.as_mut();
+        let files = [self.credentials.as_mut(), self.nkey_seed_file.as_mut()]
+            .into_iter()
+            .chain(tls.into_iter().flat_map(|t| {
+                [
+                    t.ca_file.as_mut(),
+                    t.cert_file.as_mut(),
+                    t.key_file.as_mut(),
+                ]
+            }));
+        for p in files.flatten() {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    /// The configuration field a validation error names (`nats.credentials`, …).
+    pub fn error_field(e: &NatsConnectError) -> &'static str {
+        match e {
+            NatsConnectError::Invalid { field, .. } | NatsConnectError::Read { field, .. } => field,
+            #[cfg(feature = "nats")]
+            NatsConnectError::Connect { .. } => "nats.url",
+        }
+    }
+
     /// Checks what can be checked without a server: one authentication method, a client
     /// certificate with its key, readable files, a well-formed seed. Returns the seed when a
     /// seed file is set.
@@ -172,23 +201,24 @@ impl NatsAuth {
         {
             return Err(NatsConnectError::Invalid {
                 field: "nats.nkey_seed_file",
-                reason: format!("`{}` does not hold an NKey user seed (`SU…`)", path.display()),
+                reason: format!(
+                    "`{}` does not hold an NKey user seed (`SU…`)",
+                    path.display()
+                ),
             });
         }
         Ok(Some(seed.to_owned()))
     }
 }
 
-/// Connects to `url` with `auth`. With `retry_first` the call returns a client at once that
-/// keeps trying to connect in the background (and reconnects later on its own); without it a
-/// failed first connection is an error. Connection events are logged at info with `name`.
+/// Connection options carrying `auth` (credentials file or `NKey` seed, TLS) and `name`, with
+/// connection events logged at info; callers add what their connection needs (server order,
+/// ping interval, …) and connect.
 #[cfg(feature = "nats")]
-pub async fn connect(
-    url: &str,
+pub async fn options(
     auth: &NatsAuth,
     name: &str,
-    retry_first: bool,
-) -> Result<async_nats::Client, NatsConnectError> {
+) -> Result<async_nats::ConnectOptions, NatsConnectError> {
     let seed = auth.validate()?;
     let mut opts = async_nats::ConnectOptions::new().name(name);
     if let Some(path) = &auth.credentials {
@@ -213,14 +243,27 @@ pub async fn connect(
             opts = opts.add_client_certificate(cert.clone(), key.clone());
         }
     }
+    let program = name.to_owned();
+    Ok(opts.event_callback(move |event| {
+        let program = program.clone();
+        async move { tracing::info!(%event, client = %program, "NATS connection event") }
+    }))
+}
+
+/// Connects to `url` with `auth`. With `retry_first` the call returns a client at once that
+/// keeps trying to connect in the background (and reconnects later on its own); without it a
+/// failed first connection is an error. Connection events are logged at info with `name`.
+#[cfg(feature = "nats")]
+pub async fn connect(
+    url: &str,
+    auth: &NatsAuth,
+    name: &str,
+    retry_first: bool,
+) -> Result<async_nats::Client, NatsConnectError> {
+    let mut opts = options(auth, name).await?;
     if retry_first {
         opts = opts.retry_on_initial_connect();
     }
-    let program = name.to_owned();
-    opts = opts.event_callback(move |event| {
-        let program = program.clone();
-        async move { tracing::info!(%event, client = %program, "NATS connection event") }
-    });
     opts.connect(url)
         .await
         .map_err(|source| NatsConnectError::Connect {
@@ -248,7 +291,8 @@ mod tests {
     }
 
     fn scratch(name: &str, body: &str) -> PathBuf {
-        let p = std::env::temp_dir().join(format!("catalyst-nats-auth-{name}-{}", std::process::id()));
+        let p =
+            std::env::temp_dir().join(format!("catalyst-nats-auth-{name}-{}", std::process::id()));
         std::fs::write(&p, body).unwrap();
         p
     }
@@ -268,7 +312,10 @@ mod tests {
             nkey_seed_file: Some(seed.clone()),
             ..NatsAuth::default()
         });
-        assert!(e.starts_with("nats.nkey_seed_file:") && e.contains("NKey"), "{e}");
+        assert!(
+            e.starts_with("nats.nkey_seed_file:") && e.contains("NKey"),
+            "{e}"
+        );
         let e = err(NatsAuth {
             tls: Some(NatsTls {
                 cert_file: Some(creds.clone()),

@@ -176,7 +176,7 @@ impl Source {
         let client = client(&cfg.kubernetes).await?;
         let identities = if let Some(url) = &cfg.nats.url {
             // Connects in the background and keeps retrying: NATS may start after the agent.
-            let nats = crate::nats::connect(url.as_str())
+            let nats = crate::nats::connect(url.as_str(), &cfg.nats.auth())
                 .await
                 .with_context(|| format!("cannot connect to NATS at {url} for identities"))?;
             let alloc = NatsAllocator::open_retrying(

@@ -573,13 +573,17 @@ async fn signals_reach_nats_and_survive_an_outage_needs_nats_server() {
         &format!("node: n1\nnats: {{url: \"{url}\", cluster: c1}}\nsignals: {{interval_ms: 200, heartbeat_ms: 400}}\n"),
     )
     .expect("config");
-    let watcher = crate::nats::connect(&url).await.expect("client");
+    let watcher = crate::nats::connect(&url, &catalyst_policy::nats::NatsAuth::default())
+        .await
+        .expect("client");
     let mut sub = watcher
         .subscribe("catalyst.signals.>")
         .await
         .expect("subscribe");
     let metrics = crate::nats::ExportMetrics::default();
-    let client = crate::nats::connect(&url).await.expect("client");
+    let client = crate::nats::connect(&url, &catalyst_policy::nats::NatsAuth::default())
+        .await
+        .expect("client");
     let handle = start(
         &cfg,
         Arc::unwrap_or_clone(inputs(BOTH)),

@@ -115,6 +115,26 @@ pub struct NatsSettings {
     /// Max age of the scores stream when created, seconds (0: none). Default 2592000 (30 days).
     #[serde(default = "scores_age")]
     pub scores_max_age_s: u64,
+    /// Credentials file (`.creds`: user JWT and `NKey` seed). Default none.
+    #[serde(default)]
+    pub credentials: Option<std::path::PathBuf>,
+    /// File holding a bare `NKey` user seed (`SU…`); not with `credentials`. Default none.
+    #[serde(default)]
+    pub nkey_seed_file: Option<std::path::PathBuf>,
+    /// TLS to the server: `ca_file`, and `cert_file` + `key_file` for mutual TLS. Default none.
+    #[serde(default)]
+    pub tls: Option<catalyst_policy::nats::NatsTls>,
+}
+
+impl NatsSettings {
+    /// How to authenticate, for the suite's one connection module.
+    pub fn auth(&self) -> catalyst_policy::nats::NatsAuth {
+        catalyst_policy::nats::NatsAuth {
+            credentials: self.credentials.clone(),
+            nkey_seed_file: self.nkey_seed_file.clone(),
+            tls: self.tls.clone(),
+        }
+    }
 }
 
 /// A catalyst-dns health target serving an application.

@@ -55,12 +55,10 @@ pub struct Outputs {
 /// # Errors
 /// The server is unreachable or refuses to create them.
 pub async fn connect(s: &NatsSettings) -> anyhow::Result<(jetstream::Context, Outputs)> {
-    let client = async_nats::ConnectOptions::new()
-        .name("catalyst-controllers compliance")
-        .retry_on_initial_connect()
-        .connect(&s.url)
-        .await
-        .with_context(|| format!("compliance.nats.url {}: cannot connect", s.url))?;
+    let client =
+        catalyst_policy::nats::connect(&s.url, &s.auth(), "catalyst-controllers compliance", true)
+            .await
+            .with_context(|| format!("compliance.nats: cannot connect to {}", s.url))?;
     let js = jetstream::new(client);
     let kv = match js.get_key_value(&s.bucket).await {
         Ok(kv) => kv,

@@ -34,6 +34,8 @@ pub struct Options {
     pub continuum: PathBuf,
     /// NATS URL(s), comma-separated.
     pub nats: String,
+    /// How to authenticate to NATS.
+    pub nats_auth: catalyst_policy::nats::NatsAuth,
     /// This controller's identity (unique per instance).
     pub identity: String,
     /// This controller's region.
@@ -185,6 +187,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .unwrap_or_default();
     let store = Store::connect(
         &opts.nats,
+        &opts.nats_auth,
         &format!("catalyst-controllers continuum {}", opts.identity),
         opts.names.clone(),
     )
@@ -895,6 +898,7 @@ impl Controller {
 pub async fn request_switchover(
     continuum: &std::path::Path,
     nats: &str,
+    nats_auth: &catalyst_policy::nats::NatsAuth,
     to: &str,
     names: Names,
 ) -> anyhow::Result<()> {
@@ -913,7 +917,13 @@ pub async fn request_switchover(
         .clone()
         .context("the Continuum has no metadata.name")?;
     let key = store::key(&ns, &name);
-    let store = Store::connect(nats, "catalyst-controllers continuum switchover", names).await?;
+    let store = Store::connect(
+        nats,
+        nats_auth,
+        "catalyst-controllers continuum switchover",
+        names,
+    )
+    .await?;
     for _ in 0..10 {
         let v = Store::read::<State>(&store.state, &key).await?;
         let mut s = v.value.unwrap_or_else(|| State::initial(&c.spec));

@@ -83,7 +83,12 @@ async fn bucket(
 
 impl Store {
     /// Connect (retrying the first connection) and open or create the buckets.
-    pub async fn connect(url: &str, name: &str, names: Names) -> anyhow::Result<Self> {
+    pub async fn connect(
+        url: &str,
+        auth: &catalyst_policy::nats::NatsAuth,
+        name: &str,
+        names: Names,
+    ) -> anyhow::Result<Self> {
         let servers = url
             .split(',')
             .map(|u| {
@@ -95,8 +100,8 @@ impl Store {
         // Servers in the order given (the region's own node first), and a dead or cut-off
         // server noticed within seconds (pings every 2 s; two missed end the connection), so a
         // controller on the majority side of a partition reaches a quorum quickly.
-        let client = async_nats::ConnectOptions::new()
-            .name(name)
+        let client = catalyst_policy::nats::options(auth, name)
+            .await?
             .retain_servers_order()
             .ping_interval(Duration::from_secs(2))
             .retry_on_initial_connect()

@@ -192,33 +192,18 @@ pub fn reload(cfg: &Config, svc: &Services, catalog: &Catalog) -> bool {
 
 #[cfg(feature = "nats")]
 async fn connect_nats(n: &crate::config::NatsConfig) -> Result<async_nats::Client, ServerError> {
-    let mut opts = async_nats::ConnectOptions::new().retry_on_initial_connect();
-    if let Some(c) = &n.credentials {
-        opts = opts
-            .credentials_file(c)
-            .await
-            .map_err(|e| ServerError::Nats {
-                url: n.url.clone(),
-                reason: e.to_string(),
-            })?;
-    }
-    opts.connect(&n.url).await.map_err(|e| ServerError::Nats {
-        url: n.url.clone(),
-        reason: e.to_string(),
-    })
+    catalyst_policy::nats::connect(&n.url, &n.auth(), "catalyst-dns", true)
+        .await
+        .map_err(|e| ServerError::Nats {
+            url: n.url.clone(),
+            reason: e.to_string(),
+        })
 }
 
-fn subject_token(s: &str) -> String {
-    s.trim_end_matches('.')
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+/// Subject token of a zone: without the root dot, sanitised like every subject token of the
+/// suite (a dot in the zone name cannot add a subject level).
+fn subject_token(zone: &str) -> String {
+    catalyst_policy::nats::subject_token(zone.trim_end_matches('.'))
 }
 
 /// Publish health events to NATS (or log them when NATS is not configured).

@@ -742,6 +742,11 @@ impl AgentConfig {
         if let Err((field, message)) = self.nats.validate_auth() {
             return Err(invalid(field, message));
         }
+        if self.mode == Mode::Kubernetes
+            && let Err((field, message)) = self.kubernetes.validate(self.nats.url.is_some())
+        {
+            return Err(invalid(field, message));
+        }
         let mut seen_if = BTreeMap::new();
         let mut seen_name = BTreeMap::new();
         for (i, ep) in self.endpoints.iter().enumerate() {

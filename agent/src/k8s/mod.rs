@@ -10,6 +10,7 @@ pub mod crd;
 pub mod metrics;
 pub mod model;
 pub mod netlink;
+pub mod shared;
 pub mod watch;
 
 use std::{
@@ -47,10 +48,16 @@ pub struct KubernetesConfig {
     /// `spec.nodeName`); when unset or empty, the top-level `node` is used. Default `NODE_NAME`.
     #[serde(default = "default_node_name_env")]
     pub node_name_env: String,
-    /// Watch pods of every node, so remote pods get their identity in the ipcache (else only
-    /// this node's pods and the configured `peers` are known). Default true.
-    #[serde(default = "default_true")]
-    pub remote_pods: bool,
+    /// How pods of other nodes get their identity in the ipcache: `shared` (each agent publishes
+    /// its own node's pods to the NATS KV bucket `ipcache.bucket` and learns the others' from it),
+    /// `watch` (watch every pod of the cluster on the API server), `none` (only this node's pods
+    /// and the configured `peers` are known), or `auto` (the default: `shared` when `nats.url`
+    /// is set, else `watch`). The former `true` means `auto`, `false` means `none`.
+    #[serde(default)]
+    pub remote_pods: RemotePods,
+    /// The shared ipcache (`remote_pods: shared`).
+    #[serde(default)]
+    pub ipcache: shared::IpcacheConfig,
     /// Watch nodes: this node's addresses get the `host` identity, other nodes' addresses
     /// `remote-node`. Default true.
     #[serde(default = "default_true")]
@@ -84,7 +91,8 @@ impl Default for KubernetesConfig {
         Self {
             kubeconfig: None,
             node_name_env: default_node_name_env(),
-            remote_pods: true,
+            remote_pods: RemotePods::Auto,
+            ipcache: shared::IpcacheConfig::default(),
             nodes: true,
             debounce_ms: default_debounce_ms(),
             interface_retry_ms: default_interface_retry_ms(),
@@ -93,6 +101,88 @@ impl Default for KubernetesConfig {
             identity_touch_s: default_identity_touch_s(),
             identity_grace_s: default_identity_grace_s(),
         }
+    }
+}
+
+/// How remote pods' identities are learnt (`kubernetes.remote_pods`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RemotePods {
+    /// `shared` with NATS, `watch` without.
+    #[default]
+    Auto,
+    /// A watch of every pod of other nodes on the API server.
+    Watch,
+    /// The NATS KV ipcache ([`shared`]).
+    Shared,
+    /// Not learnt.
+    None,
+}
+
+impl RemotePods {
+    /// The mode in force: `auto` resolved by whether NATS is configured.
+    #[must_use]
+    pub fn resolve(self, nats_configured: bool) -> Self {
+        match self {
+            Self::Auto if nats_configured => Self::Shared,
+            Self::Auto => Self::Watch,
+            other => other,
+        }
+    }
+
+    /// The configuration spelling.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Watch => "watch",
+            Self::Shared => "shared",
+            Self::None => "none",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RemotePods {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Name(String),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "expected one of `auto`, `watch`, `shared`, `none` (or true / false)",
+            )
+        })? {
+            Raw::Bool(true) => Ok(Self::Auto),
+            Raw::Bool(false) => Ok(Self::None),
+            Raw::Name(n) => match n.as_str() {
+                "auto" => Ok(Self::Auto),
+                "watch" => Ok(Self::Watch),
+                "shared" => Ok(Self::Shared),
+                "none" => Ok(Self::None),
+                other => Err(serde::de::Error::custom(format!(
+                    "unknown mode `{other}`: expected one of `auto`, `watch`, `shared`, `none` \
+                     (or true / false)"
+                ))),
+            },
+        }
+    }
+}
+
+impl KubernetesConfig {
+    /// Checks what serde cannot: `shared` needs NATS, the shared ipcache's timings are ordered.
+    /// Returns the field and the reason.
+    pub fn validate(&self, nats_configured: bool) -> Result<(), (String, String)> {
+        if self.remote_pods == RemotePods::Shared && !nats_configured {
+            return Err((
+                "kubernetes.remote_pods".to_owned(),
+                "`shared` needs a NATS server (`nats.url`); use `watch` without NATS".to_owned(),
+            ));
+        }
+        self.ipcache
+            .validate()
+            .map_err(|(f, m)| (format!("kubernetes.ipcache.{f}"), m))
     }
 }
 
@@ -174,11 +264,21 @@ impl Source {
             return Ok(None);
         }
         let client = client(&cfg.kubernetes).await?;
-        let identities = if let Some(url) = &cfg.nats.url {
+        let (identities, shared) = if let Some(url) = &cfg.nats.url {
             // Connects in the background and keeps retrying: NATS may start after the agent.
             let nats = crate::nats::connect(url.as_str(), &cfg.nats.auth())
                 .await
                 .with_context(|| format!("cannot connect to NATS at {url} for identities"))?;
+            let shared = (cfg.kubernetes.remote_pods.resolve(true) == RemotePods::Shared)
+                .then(|| {
+                    tracing::info!(bucket = %cfg.kubernetes.ipcache.bucket,
+                        "remote pods from the shared ipcache (NATS KV)");
+                    shared::SharedIpcache::start(
+                        nats.clone(),
+                        &cfg.kubernetes.ipcache,
+                        &node_name(cfg),
+                    )
+                });
             let alloc = NatsAllocator::open_retrying(
                 nats,
                 &cfg.kubernetes.identity_bucket,
@@ -186,28 +286,59 @@ impl Source {
             )
             .await;
             tracing::info!(bucket = %cfg.kubernetes.identity_bucket, "cluster-wide identities from NATS KV");
-            Some(alloc)
+            (Some(alloc), shared)
         } else {
             tracing::info!("no NATS configured: identities are allocated locally");
-            None
+            (None, None)
         };
-        let source = Self::start(client, cfg, Arc::new(netlink::Netlink), identities).await?;
+        let source =
+            Self::start_with(client, cfg, Arc::new(netlink::Netlink), identities, shared).await?;
         Ok(Some(source))
     }
 
-    /// Starts on a given client and route table (tests use a mock API and a fake table).
+    /// Starts on a given client and route table (tests use a mock API and a fake table), with
+    /// remote pods learnt by watching the API server (or not at all); see
+    /// [`start_with`](Self::start_with) for the shared ipcache.
     pub async fn start(
         client: kube::Client,
         cfg: &AgentConfig,
         table: Arc<dyn RouteTable + Send + Sync>,
         identities: Option<NatsAllocator>,
     ) -> anyhow::Result<Self> {
+        Self::start_with(client, cfg, table, identities, None).await
+    }
+
+    /// [`start`](Self::start) with the shared ipcache, which `kubernetes.remote_pods` (resolved)
+    /// `shared` needs.
+    pub async fn start_with(
+        client: kube::Client,
+        cfg: &AgentConfig,
+        table: Arc<dyn RouteTable + Send + Sync>,
+        identities: Option<NatsAllocator>,
+        shared: Option<shared::SharedIpcache>,
+    ) -> anyhow::Result<Self> {
         let node = node_name(cfg);
+        let mode = cfg.kubernetes.remote_pods.resolve(cfg.nats.url.is_some());
+        if mode == RemotePods::Shared && shared.is_none() {
+            anyhow::bail!(
+                "kubernetes.remote_pods: `shared` needs the shared ipcache (a NATS server, `nats.url`)"
+            );
+        }
         let changed = Arc::new(Notify::new());
-        let watchers =
-            watch::Watchers::start(client, &cfg.kubernetes, &node, changed.clone()).await;
-        tracing::info!(node = %node, "waiting for the first complete view of the cluster");
+        let watchers = watch::Watchers::start(
+            client,
+            &cfg.kubernetes,
+            mode == RemotePods::Watch,
+            &node,
+            changed.clone(),
+        )
+        .await;
+        tracing::info!(node = %node, remote_pods = mode.as_str(),
+            "waiting for the first complete view of the cluster");
         watchers.ready().await;
+        if let Some(s) = &shared {
+            s.ready().await;
+        }
         let static_labels = static_label_sets(cfg);
         let mut builder = Builder {
             model: Model::default(),
@@ -215,6 +346,7 @@ impl Source {
             table,
             node,
             identities,
+            shared,
             static_labels,
             unresolved: HashSet::new(),
             known: KnownIdentities::default(),
@@ -292,6 +424,8 @@ struct Builder {
     table: Arc<dyn RouteTable + Send + Sync>,
     node: String,
     identities: Option<NatsAllocator>,
+    /// Remote pods from NATS KV (`remote_pods: shared`); this node's pods are published there.
+    shared: Option<shared::SharedIpcache>,
     static_labels: Vec<LabelSet>,
     /// Local pods reported as without interface (each is logged once until found).
     unresolved: HashSet<String>,
@@ -332,7 +466,11 @@ impl KnownIdentities {
 impl Builder {
     async fn build(&mut self, observed: std::time::Instant) -> Published {
         let view = self.watchers.view();
-        let inputs = self.model.build(&view, &self.node, self.table.as_ref());
+        let mut inputs = self.model.build(&view, &self.node, self.table.as_ref());
+        if let Some(shared) = &self.shared {
+            shared.publish(model::shared_entries(&view, &self.node));
+            inputs.peers.extend(shared.peers());
+        }
         let unresolved: HashSet<String> = inputs.unresolved.iter().map(|u| u.pod.clone()).collect();
         for u in &inputs.unresolved {
             if !self.unresolved.contains(&u.pod) {
@@ -375,9 +513,15 @@ impl Builder {
             tokio::time::interval(Duration::from_secs(cfg.discovery_interval_s.max(1)));
         rediscover.tick().await;
         let mut unresolved = !tx.borrow().inputs.unresolved.is_empty();
+        // Without the shared ipcache, a Notify nobody pokes.
+        let shared_changed = self
+            .shared
+            .as_ref()
+            .map_or_else(|| Arc::new(Notify::new()), shared::SharedIpcache::changed);
         loop {
             tokio::select! {
                 () = changed.notified() => {}
+                () = shared_changed.notified() => {}
                 _ = retry.tick(), if unresolved => {}
                 _ = rediscover.tick() => {
                     if self.watchers.discover_policy_kinds().await == 0 {

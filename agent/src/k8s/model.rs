@@ -23,7 +23,10 @@ use serde_json::Value;
 
 use crate::{
     config::{EndpointConfig, NamedPortConfig, PeerConfig},
-    k8s::netlink::{self, Resolution, RouteTable},
+    k8s::{
+        netlink::{self, Resolution, RouteTable},
+        shared::{self, PodEntry},
+    },
 };
 
 /// Label carrying a pod's service account (Cilium's name for it).
@@ -451,20 +454,9 @@ pub struct PeerCache {
 /// The peers of one remote pod: its addresses with the identity labels a local endpoint with
 /// the same labels would have.
 fn remote_pod_peer(pod: &Pod, ns_labels: Option<&BTreeMap<String, String>>) -> Vec<PeerConfig> {
-    let namespace = pod
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".to_owned());
-    let labels = pod_labels(pod, ns_labels);
-    let Ok(set) = crate::state::label_set(&labels, "remote pod") else {
+    let Some(labels) = peer_labels(pod, ns_labels) else {
         return Vec::new();
     };
-    let identity = Endpoint::new(0, "", namespace, set, Vec::new()).identity_labels();
-    let labels: BTreeMap<String, String> = identity
-        .iter()
-        .map(|l| (format!("{}:{}", l.source, l.key), l.value))
-        .collect();
     pod_addresses(pod)
         .into_iter()
         .map(|ip| PeerConfig {
@@ -473,6 +465,63 @@ fn remote_pod_peer(pod: &Pod, ns_labels: Option<&BTreeMap<String, String>>) -> V
             labels: labels.clone(),
         })
         .collect()
+}
+
+/// The labels a pod has as a peer of other nodes (`source:key` → value): its identity labels,
+/// namespace labels and service account included. `None` when they do not make a label set.
+fn peer_labels(
+    pod: &Pod,
+    ns_labels: Option<&BTreeMap<String, String>>,
+) -> Option<BTreeMap<String, String>> {
+    let namespace = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_owned());
+    let labels = pod_labels(pod, ns_labels);
+    let set = crate::state::label_set(&labels, "remote pod").ok()?;
+    let identity = Endpoint::new(0, "", namespace, set, Vec::new()).identity_labels();
+    Some(
+        identity
+            .iter()
+            .map(|l| (format!("{}:{}", l.source, l.key), l.value))
+            .collect(),
+    )
+}
+
+/// This node's pods as the shared ipcache carries them (key → entry): every pod with an address
+/// of its own, whether or not its interface was found (other nodes need it either way).
+#[must_use]
+pub fn shared_entries(view: &ClusterView, node: &str) -> BTreeMap<String, PodEntry> {
+    let ns_labels: HashMap<&str, &BTreeMap<String, String>> = view
+        .namespaces
+        .iter()
+        .filter_map(|n| Some((n.metadata.name.as_deref()?, n.metadata.labels.as_ref()?)))
+        .collect();
+    let mut out = BTreeMap::new();
+    for pod in &view.local_pods {
+        let ips = pod_addresses(pod);
+        let Some(name) = pod.metadata.name.as_deref() else {
+            continue;
+        };
+        if ips.is_empty() {
+            continue;
+        }
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let Some(labels) = peer_labels(pod, ns_labels.get(namespace).copied()) else {
+            continue;
+        };
+        out.insert(
+            shared::pod_key(node, namespace, name),
+            PodEntry {
+                node: node.to_owned(),
+                pod: format!("{namespace}/{name}"),
+                ips,
+                labels,
+            },
+        );
+    }
+    out
 }
 
 impl PeerCache {

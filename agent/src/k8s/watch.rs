@@ -2,7 +2,7 @@
 //! every event so the model is rebuilt.
 //!
 //! Watched: this node's pods (`fieldSelector spec.nodeName=<node>`), other nodes' pods
-//! (`spec.nodeName!=<node>`, for the ipcache), namespaces, nodes, `NetworkPolicy`, and the custom
+//! (`spec.nodeName!=<node>`, for the ipcache, only with `remote_pods: watch`), namespaces, nodes, `NetworkPolicy`, and the custom
 //! policy kinds the API server has: `CiliumNetworkPolicy` / `CiliumClusterwideNetworkPolicy`
 //! (cilium.io/v2) and Catalyst's own (policy.catalyst.openova.io/v1), found by discovery. A kind
 //! whose CRD is not installed is skipped with a log line and looked for again later.
@@ -104,6 +104,7 @@ impl Watchers {
     pub async fn start(
         client: Client,
         cfg: &KubernetesConfig,
+        watch_remote_pods: bool,
         node: &str,
         changed: Arc<Notify>,
     ) -> Self {
@@ -116,7 +117,7 @@ impl Watchers {
             changed.clone(),
         );
         tasks.push(t);
-        let remote_pods = cfg.remote_pods.then(|| {
+        let remote_pods = watch_remote_pods.then(|| {
             let (s, t) = spawn_watch(
                 Api::<Pod>::all(client.clone()),
                 watcher::Config::default().fields(&format!("spec.nodeName!={node}")),

@@ -455,3 +455,75 @@ async fn two_nodes_get_the_same_identities_from_nats() {
     assert_eq!(ids[0], ids[1]);
     assert!(ids[0][0] != ids[0][1] && ids[0][1] != ids[0][2], "{ids:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_mode_learns_remote_pods_from_nats_without_watching_them() {
+    if !require(
+        "shared_mode_learns_remote_pods_from_nats_without_watching_them",
+        &[Need::NatsServer],
+    ) {
+        return;
+    }
+    let server = NatsServer::start();
+    let url = format!("nats://127.0.0.1:{}", server.port);
+    // Agents of n3 (where the fe pods run) and n1 (web), each with its own API connection;
+    // `remote_pods` left at `auto`, which is `shared` with NATS configured.
+    let mut compiled = Vec::new();
+    let mut sources = Vec::new();
+    for node in ["n3", "n1"] {
+        let (client, api) = mock();
+        cluster(&api);
+        let cfg = AgentConfig::parse(
+            Path::new("agent.yaml"),
+            &format!(
+                "node: {node}\nmode: kubernetes\nnats:\n  url: {url}\nkubernetes:\n  \
+                 node_name_env: CATALYST_TEST_NO_SUCH_VAR\n  debounce_ms: 5\n  \
+                 ipcache:\n    heartbeat_s: 1\n    node_ttl_s: 5\n"
+            ),
+        )
+        .unwrap();
+        let nats = async_nats::connect(url.as_str()).await.unwrap();
+        let alloc = NatsAllocator::open(nats.clone(), "catalyst-identities")
+            .await
+            .unwrap();
+        let shared = k8s::shared::SharedIpcache::start(nats, &cfg.kubernetes.ipcache, node);
+        let mut source = Source::start_with(client, &cfg, table(), Some(alloc), Some(shared))
+            .await
+            .unwrap();
+        if node == "n1" {
+            until(&mut source, "fe pods of n3 from the shared ipcache", |s| {
+                s.current().inputs.peers.iter().any(|p| {
+                    p.prefix.addr().to_string() == "10.0.2.8"
+                        && p.labels.get("k8s:io.cilium.k8s.namespace.labels.team")
+                            == Some(&"b".to_owned())
+                })
+            })
+            .await;
+        }
+        let log = api.requests();
+        assert!(
+            !log.iter().any(|r| r.contains("nodeName%21%3D") || r.contains("nodeName!=")),
+            "no watch of other nodes' pods in shared mode: {log:#?}"
+        );
+        let published = source.current();
+        let (cfg, policies) = k8s::overlay(&cfg, PolicySet::new(), &published);
+        let mut alloc = Allocators::default();
+        alloc.set_cluster(published.identities.clone());
+        state::build(&cfg, &policies, &mut alloc).unwrap();
+        compiled.push(alloc.compiled());
+        sources.push(source);
+    }
+    // n1 gives each fe pod the identity n3 gives it as a local endpoint.
+    for ip in ["10.0.2.7", "10.0.2.8"] {
+        let ip: IpAddr = ip.parse().unwrap();
+        assert_eq!(
+            compiled[1].ipcache_lookup(ip),
+            compiled[0].ipcache_lookup(ip),
+            "{ip}"
+        );
+    }
+    assert_ne!(
+        compiled[1].ipcache_lookup("10.0.2.7".parse().unwrap()),
+        compiled[1].ipcache_lookup("10.0.2.8".parse().unwrap())
+    );
+}

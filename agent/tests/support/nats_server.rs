@@ -19,11 +19,11 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server on a free port and waits until it accepts connections.
     pub fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        Self::start_on(free_port())
+    }
+
+    /// Starts a server on `port` (a test that starts its clients before the server).
+    pub fn start_on(port: u16) -> Self {
         let dir = std::env::temp_dir().join(format!("catalyst-nats-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let child = Command::new("nats-server")
@@ -40,6 +40,15 @@ impl NatsServer {
         }
         Self { child, port, dir }
     }
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Drop for NatsServer {

@@ -513,17 +513,26 @@ async fn shared_mode_learns_remote_pods_from_nats_without_watching_them() {
         compiled.push(alloc.compiled());
         sources.push(source);
     }
-    // n1 gives each fe pod the identity n3 gives it as a local endpoint.
-    for ip in ["10.0.2.7", "10.0.2.8"] {
-        let ip: IpAddr = ip.parse().unwrap();
-        assert_eq!(
-            compiled[1].ipcache_lookup(ip),
-            compiled[0].ipcache_lookup(ip),
-            "{ip}"
-        );
-    }
-    assert_ne!(
-        compiled[1].ipcache_lookup("10.0.2.7".parse().unwrap()),
-        compiled[1].ipcache_lookup("10.0.2.8".parse().unwrap())
-    );
+    // n1's peers for the fe pods are exactly what watching every pod gives (same labels, namespace
+    // labels included), and they compile to cluster-wide identities that differ.
+    let (client, api) = mock();
+    cluster(&api);
+    let watching = Source::start(client, &config(), table(), None).await.unwrap();
+    let fe = |s: &Source| -> Vec<catalyst_agent::config::PeerConfig> {
+        let mut p: Vec<_> = s
+            .current()
+            .inputs
+            .peers
+            .iter()
+            .filter(|p| p.entity.is_none())
+            .cloned()
+            .collect();
+        p.sort_by_key(|p| p.prefix);
+        p
+    };
+    assert_eq!(fe(&sources[1]), fe(&watching));
+    assert_eq!(fe(&watching).len(), 2);
+    let a = compiled[1].ipcache_lookup("10.0.2.7".parse().unwrap());
+    let b = compiled[1].ipcache_lookup("10.0.2.8".parse().unwrap());
+    assert!(a >= 256 && b >= 256 && a != b, "{a} {b}");
 }

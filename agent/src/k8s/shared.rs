@@ -725,4 +725,34 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.0, "max_age_s");
     }
+
+    #[test]
+    fn remote_pods_modes_parse_and_shared_needs_nats() {
+        use crate::{config::AgentConfig, k8s::RemotePods};
+        let parse = |k8s: &str, nats: bool| {
+            let nats = if nats { "nats:\n  url: nats://127.0.0.1:4222\n" } else { "" };
+            AgentConfig::parse(
+                std::path::Path::new("agent.yaml"),
+                &format!("node: n1\nmode: kubernetes\n{nats}kubernetes:\n  {k8s}\n"),
+            )
+        };
+        for (text, mode) in [
+            ("remote_pods: true", RemotePods::Auto),
+            ("remote_pods: false", RemotePods::None),
+            ("remote_pods: watch", RemotePods::Watch),
+            ("remote_pods: none", RemotePods::None),
+            ("nodes: true", RemotePods::Auto),
+        ] {
+            assert_eq!(parse(text, false).unwrap().kubernetes.remote_pods, mode, "{text}");
+        }
+        assert_eq!(RemotePods::Auto.resolve(true), RemotePods::Shared);
+        assert_eq!(RemotePods::Auto.resolve(false), RemotePods::Watch);
+        assert!(parse("remote_pods: shared", true).is_ok());
+        let e = parse("remote_pods: shared", false).unwrap_err().to_string();
+        assert!(e.contains("kubernetes.remote_pods") && e.contains("nats.url"), "{e}");
+        let e = parse("remote_pods: everything", false).unwrap_err().to_string();
+        assert!(e.contains("remote_pods") && e.contains("`everything`"), "{e}");
+        let e = parse("ipcache:\n    heartbeat_s: 0", true).unwrap_err().to_string();
+        assert!(e.contains("kubernetes.ipcache.heartbeat_s"), "{e}");
+    }
 }

@@ -111,7 +111,11 @@ async fn agents_learn_each_others_pods_and_forget_deleted_ones() {
         app_of(&a.peers(), "10.0.2.9").as_deref() == Some("db")
     })
     .await;
-    assert_eq!(app_of(&a.peers(), "10.0.1.7"), None, "own pods are not peers");
+    assert_eq!(
+        app_of(&a.peers(), "10.0.1.7"),
+        None,
+        "own pods are not peers"
+    );
     assert_eq!(b.peers().len(), 2);
     // A relabel and a deletion reach the other agent.
     a.publish(pods("n1.zone-a", &[("fe", "10.0.1.7", "fe2")]));
@@ -139,7 +143,10 @@ async fn restarted_agent_reconciles_and_dead_node_ages_out() {
     ready(&b).await;
     let a = agent(&url, "n1").await;
     ready(&a).await;
-    a.publish(pods("n1", &[("fe", "10.0.1.7", "fe"), ("web", "10.0.1.8", "web")]));
+    a.publish(pods(
+        "n1",
+        &[("fe", "10.0.1.7", "fe"), ("web", "10.0.1.8", "web")],
+    ));
     until("n2 to learn both pods", t, || b.peers().len() == 2).await;
     // The agent restarts; `fe` went while it was down. The new agent reads the bucket and
     // deletes fe's entry; web stays.
@@ -157,14 +164,25 @@ async fn restarted_agent_reconciles_and_dead_node_ages_out() {
     // n2's ipcache within node_ttl_s + heartbeat_s (3 + 1 s), and not at once.
     drop(a);
     let gone = Instant::now();
-    assert_eq!(b.peers().len(), 1, "entries stay while the heartbeat is fresh");
-    until("the dead node's pods to age out", t, || b.peers().is_empty()).await;
+    assert_eq!(
+        b.peers().len(),
+        1,
+        "entries stay while the heartbeat is fresh"
+    );
+    until("the dead node's pods to age out", t, || {
+        b.peers().is_empty()
+    })
+    .await;
     let took = gone.elapsed();
     assert!(
         took <= Duration::from_secs(5),
         "aged out after {took:?}, more than node_ttl_s + heartbeat_s + 1 s"
     );
-    assert_eq!(b.held(), 1, "the entry stays in the bucket (max_age removes it)");
+    assert_eq!(
+        b.held(),
+        1,
+        "the entry stays in the bucket (max_age removes it)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,7 +204,9 @@ async fn nats_absent_at_start_is_retried() {
     let _server = NatsServer::start_on(port);
     // The client retries its connection, then the bucket open backs off (1 s doubling).
     let t = Duration::from_secs(20);
-    tokio::time::timeout(t, b.ready()).await.expect("ready once NATS is up");
+    tokio::time::timeout(t, b.ready())
+        .await
+        .expect("ready once NATS is up");
     until("n2 to learn n1's pod once NATS is up", t, || {
         app_of(&b.peers(), "10.0.1.7").as_deref() == Some("fe")
     })

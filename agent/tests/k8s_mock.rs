@@ -502,7 +502,8 @@ async fn shared_mode_learns_remote_pods_from_nats_without_watching_them() {
         }
         let log = api.requests();
         assert!(
-            !log.iter().any(|r| r.contains("nodeName%21%3D") || r.contains("nodeName!=")),
+            !log.iter()
+                .any(|r| r.contains("nodeName%21%3D") || r.contains("nodeName!=")),
             "no watch of other nodes' pods in shared mode: {log:#?}"
         );
         let published = source.current();
@@ -517,7 +518,9 @@ async fn shared_mode_learns_remote_pods_from_nats_without_watching_them() {
     // labels included), and they compile to cluster-wide identities that differ.
     let (client, api) = mock();
     cluster(&api);
-    let watching = Source::start(client, &config(), table(), None).await.unwrap();
+    let watching = Source::start(client, &config(), table(), None)
+        .await
+        .unwrap();
     let fe = |s: &Source| -> Vec<catalyst_agent::config::PeerConfig> {
         let mut p: Vec<_> = s
             .current()

@@ -538,6 +538,70 @@ fn example_figures(
     Ok(serde_json::from_str(line)?)
 }
 
+/// `cargo xtask bench ipcache`: 100,000 remote pods learnt by watching the API server against
+/// the shared ipcache (NATS KV), same run: bytes received, memory held, time to learn them.
+pub fn ipcache() -> anyhow::Result<()> {
+    setup::setup(false, true)?;
+    eprintln!("bench: remote pods, API watch vs shared ipcache (100,000 pods on 1,000 nodes)");
+    let v = example_figures("catalyst-agent", "ipcache_bench", &["100000"])?;
+    let md = ipcache_table(&v, &measured_on(", release build"))?;
+    println!("{md}");
+    splice_section("ipcache", &md)
+}
+
+/// The figures of `ipcache_bench` as the docs' table.
+fn ipcache_table(v: &serde_json::Value, measured: &str) -> anyhow::Result<String> {
+    let (w, s) = (&v["watch"], &v["shared"]);
+    let mut md = String::new();
+    writeln!(md, "{measured}")?;
+    writeln!(
+        md,
+        "{} remote pods on {} nodes; one agent learns them all.\n",
+        v["pods"], v["nodes"]
+    )?;
+    writeln!(
+        md,
+        "| measure | API watch (`remote_pods: watch`) | shared ipcache (`remote_pods: shared`) |"
+    )?;
+    writeln!(md, "|---|---|---|")?;
+    writeln!(
+        md,
+        "| bytes received by the agent (MiB) | {} | **{}** |",
+        w["mib"], s["mib"]
+    )?;
+    writeln!(
+        md,
+        "| bytes per pod | {} | {} (value: {}) |",
+        w["bytes_per_pod"], s["bytes_per_pod"], s["value_bytes_per_pod"]
+    )?;
+    writeln!(
+        md,
+        "| memory held: store / bucket state (MiB) | {} | {} |",
+        w["store_mib"], s["state_mib"]
+    )?;
+    writeln!(
+        md,
+        "| memory held with the peers built (MiB) | {} | **{}** |",
+        w["held_mib"], s["held_mib"]
+    )?;
+    writeln!(
+        md,
+        "| time to learn every pod (ms) | {} | **{}** |",
+        w["learn_ms"], s["learn_ms"]
+    )?;
+    writeln!(
+        md,
+        "| rebuild of the peers, nothing changed (ms) | {} | {} |",
+        w["rebuild_ms"], s["rebuild_ms"]
+    )?;
+    writeln!(
+        md,
+        "| publishing all entries, 256 puts in flight (ms) | — | {} |",
+        s["publish_ms"]
+    )?;
+    Ok(md)
+}
+
 /// `cargo xtask bench dns`: catalyst-dns against `PowerDNS` with dnsperf, side by side.
 pub fn dns() -> anyhow::Result<()> {
     setup::setup(false, true)?;

@@ -58,7 +58,7 @@ enum Command {
     },
     /// Benchmarks (figures to docs/benchmarks.md).
     Bench {
-        /// Which benchmark: datapath, policy, flows, dns, dns-cache, controllers, compliance, failover, all.
+        /// Which benchmark: datapath, policy, flows, dns, dns-cache, controllers, compliance, failover, ipcache, all.
         which: String,
     },
 }
@@ -122,16 +122,18 @@ fn main() -> anyhow::Result<()> {
             "controllers" => bench::controllers(),
             "compliance" => bench::compliance(),
             "failover" => bench::failover(),
+            "ipcache" => bench::ipcache(),
             "all" => bench::datapath()
                 .and_then(|()| bench::policy())
                 .and_then(|()| bench::flows())
                 .and_then(|()| bench::dns())
                 .and_then(|()| bench::controllers())
                 .and_then(|()| bench::compliance())
-                .and_then(|()| bench::failover()),
+                .and_then(|()| bench::failover())
+                .and_then(|()| bench::ipcache()),
             other => {
                 anyhow::bail!(
-                    "unknown benchmark `{other}` (available: datapath, policy, flows, dns, dns-cache, controllers, compliance, failover, all)"
+                    "unknown benchmark `{other}` (available: datapath, policy, flows, dns, dns-cache, controllers, compliance, failover, ipcache, all)"
                 )
             }
         },

@@ -269,8 +269,8 @@ impl Source {
             let nats = crate::nats::connect(url.as_str(), &cfg.nats.auth())
                 .await
                 .with_context(|| format!("cannot connect to NATS at {url} for identities"))?;
-            let shared = (cfg.kubernetes.remote_pods.resolve(true) == RemotePods::Shared)
-                .then(|| {
+            let shared =
+                (cfg.kubernetes.remote_pods.resolve(true) == RemotePods::Shared).then(|| {
                     tracing::info!(bucket = %cfg.kubernetes.ipcache.bucket,
                         "remote pods from the shared ipcache (NATS KV)");
                     shared::SharedIpcache::start(

@@ -10,9 +10,10 @@
 //!   Put when the pod appears or changes, deleted when it goes. Every token goes through
 //!   [`subject_token`]; Kubernetes names never contain `_`, so the mapping is one-to-one.
 //! - `node.<node>`: the node's heartbeat, put every `heartbeat_s`. A pod entry counts only while
-//!   its node's heartbeat is younger than `node_ttl_s`: the entries of a node whose agent is gone
-//!   leave every other ipcache within `node_ttl_s + heartbeat_s` (the check runs every
-//!   `heartbeat_s`), without any other agent writing to the bucket.
+//!   its node's heartbeat is younger than `node_ttl_s`, measured against the newest heartbeat in
+//!   the bucket (the server's clock; while NATS is unreachable nothing ages out): the entries of a
+//!   node whose agent is gone leave every other ipcache within `node_ttl_s + heartbeat_s` (the
+//!   check runs every `heartbeat_s`), without any other agent writing to the bucket.
 //!
 //! The bucket's `max_age` (`max_age_s`, one day by default) bounds its storage: entries of nodes
 //! that never come back are removed by the server; each agent puts its entries again every
@@ -194,13 +195,21 @@ pub struct BucketState {
 
 impl BucketState {
     /// Applies one watched entry; whether anything changed.
-    pub fn apply(&mut self, key: &str, delete: bool, value: &[u8], revision: u64, created: i64) -> bool {
+    pub fn apply(
+        &mut self,
+        key: &str,
+        delete: bool,
+        value: &[u8],
+        revision: u64,
+        created: i64,
+    ) -> bool {
         if let Some(node) = key.strip_prefix("node.") {
             if delete {
                 return self.heartbeats.remove(node).is_some();
             }
             let before = self.heartbeats.insert(node.to_owned(), created);
-            // A heartbeat changes the peers only when it revives a node.
+            // A heartbeat changes the peers when it revives a node (the periodic check notices
+            // the nodes it ages out).
             return before.is_none();
         }
         let Some(rest) = key.strip_prefix("pod.") else {
@@ -231,8 +240,17 @@ impl BucketState {
         }
     }
 
-    /// Node tokens whose heartbeat is younger than `ttl` at `now` (Unix seconds).
-    fn live_nodes(&self, now: i64, ttl: Duration) -> Vec<&str> {
+    /// The bucket's clock: the newest heartbeat (Unix seconds, the NATS server's clock). Ages
+    /// are measured against it, not against this host's clock: while NATS is unreachable no
+    /// heartbeat arrives and nothing ages out (the remote peers freeze instead of emptying), and
+    /// clock skew between hosts does not matter. This node's own heartbeat keeps it moving.
+    fn clock(&self) -> i64 {
+        self.heartbeats.values().copied().max().unwrap_or(0)
+    }
+
+    /// Node tokens whose heartbeat is younger than `ttl` by the bucket's clock.
+    fn live_nodes(&self, ttl: Duration) -> Vec<&str> {
+        let now = self.clock();
         let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
         let mut live: Vec<&str> = self
             .heartbeats
@@ -246,8 +264,8 @@ impl BucketState {
 
     /// Peers of the pods of live nodes other than `me` (a node token). An address claimed by
     /// two entries (a pod on a node that died, its address reused elsewhere) goes to the newer.
-    pub fn peers(&self, me: &str, now: i64, ttl: Duration) -> Vec<PeerConfig> {
-        let live = self.live_nodes(now, ttl);
+    pub fn peers(&self, me: &str, ttl: Duration) -> Vec<PeerConfig> {
+        let live = self.live_nodes(ttl);
         let mut by_ip: HashMap<IpAddr, (u64, &PodEntry)> = HashMap::new();
         let mut order: Vec<IpAddr> = Vec::new();
         for h in self.pods.values() {
@@ -395,7 +413,7 @@ impl SharedIpcache {
         self.state
             .lock()
             .expect("shared ipcache state poisoned")
-            .peers(&self.me, unix_now(), self.node_ttl)
+            .peers(&self.me, self.node_ttl)
     }
 
     /// Pod entries held (every node, live or not).
@@ -404,7 +422,10 @@ impl SharedIpcache {
     /// When a thread panicked while holding the state (a bug).
     #[must_use]
     pub fn held(&self) -> usize {
-        self.state.lock().expect("shared ipcache state poisoned").len()
+        self.state
+            .lock()
+            .expect("shared ipcache state poisoned")
+            .len()
     }
 
     /// This node's pods as they should be in the bucket (key → entry, see [`pod_key`]).
@@ -466,8 +487,12 @@ async fn watch_bucket(
         let kv = open(&client, &cfg).await;
         let _ = kv_tx.send(Some(kv.clone()));
         match follow(&kv, &state, &changed, &ready, &mut wait).await {
-            Ok(()) => tracing::warn!(bucket = %cfg.bucket, "shared ipcache watch ended; watching again"),
-            Err(error) => tracing::warn!(%error, bucket = %cfg.bucket, "shared ipcache watch failed; watching again"),
+            Ok(()) => {
+                tracing::warn!(bucket = %cfg.bucket, "shared ipcache watch ended; watching again")
+            }
+            Err(error) => {
+                tracing::warn!(%error, bucket = %cfg.bucket, "shared ipcache watch failed; watching again")
+            }
         }
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_secs(30));
@@ -482,7 +507,10 @@ async fn follow(
     wait: &mut Duration,
 ) -> Result<(), String> {
     let status = kv.status().await.map_err(|e| e.to_string())?;
-    let mut watch = kv.watch_with_history(">").await.map_err(|e| e.to_string())?;
+    let mut watch = kv
+        .watch_with_history(">")
+        .await
+        .map_err(|e| e.to_string())?;
     // Caught up: the bucket was empty, or an entry with nothing pending after it arrived.
     let mut fresh = Some(BucketState::default());
     let caught_up = |fresh: &mut Option<BucketState>| {
@@ -543,7 +571,7 @@ async fn expire(
         let live: Vec<String> = state
             .lock()
             .expect("shared ipcache state poisoned")
-            .live_nodes(unix_now(), ttl)
+            .live_nodes(ttl)
             .into_iter()
             .filter(|n| *n != me)
             .map(str::to_owned)
@@ -656,8 +684,14 @@ mod tests {
 
     #[test]
     fn keys_are_valid_tokens_and_one_to_one() {
-        assert_eq!(pod_key("node.a", "shop", "web-1.x"), "pod.node_a.shop.web-1_x");
-        assert_eq!(node_key("ip-10-0-0-1.ec2.internal"), "node.ip-10-0-0-1_ec2_internal");
+        assert_eq!(
+            pod_key("node.a", "shop", "web-1.x"),
+            "pod.node_a.shop.web-1_x"
+        );
+        assert_eq!(
+            node_key("ip-10-0-0-1.ec2.internal"),
+            "node.ip-10-0-0-1_ec2_internal"
+        );
     }
 
     #[test]
@@ -666,19 +700,43 @@ mod tests {
         let mut s = BucketState::default();
         assert!(s.apply("node.n1", false, b"", 1, 1000));
         assert!(s.apply("node.n2", false, b"", 2, 1000));
-        s.apply("pod.n1.shop.web", false, &entry("n1", "shop/web", "10.0.1.5", "web"), 3, 1000);
-        s.apply("pod.n2.shop.fe", false, &entry("n2", "shop/fe", "10.0.2.7", "fe"), 4, 1000);
-        s.apply("pod.n3.shop.db", false, &entry("n3", "shop/db", "10.0.3.9", "db"), 5, 1000);
-        let p = s.peers("n1", 1010, ttl);
+        s.apply(
+            "pod.n1.shop.web",
+            false,
+            &entry("n1", "shop/web", "10.0.1.5", "web"),
+            3,
+            1000,
+        );
+        s.apply(
+            "pod.n2.shop.fe",
+            false,
+            &entry("n2", "shop/fe", "10.0.2.7", "fe"),
+            4,
+            1000,
+        );
+        s.apply(
+            "pod.n3.shop.db",
+            false,
+            &entry("n3", "shop/db", "10.0.3.9", "db"),
+            5,
+            1000,
+        );
+        let p = s.peers("n1", ttl);
         // n1 is this node, n3 has no heartbeat.
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].prefix.to_string(), "10.0.2.7/32");
         assert_eq!(p[0].labels["k8s:app"], "fe");
-        // n2's heartbeat ages out.
-        assert!(s.peers("n1", 1000 + 120, ttl).is_empty());
+        // n2's heartbeat ages out by the bucket's clock (n1's newer heartbeat), not by this
+        // host's.
+        s.apply("node.n1", false, b"", 6, 1000 + 119);
+        assert_eq!(s.peers("n1", ttl).len(), 1);
+        s.apply("node.n1", false, b"", 7, 1000 + 120);
+        assert!(s.peers("n1", ttl).is_empty());
+        s.apply("node.n2", false, b"", 8, 1000 + 120);
+        assert_eq!(s.peers("n1", ttl).len(), 1);
         // Deleted → gone.
-        assert!(s.apply("pod.n2.shop.fe", true, b"", 6, 1000));
-        assert!(s.peers("n1", 1010, ttl).is_empty());
+        assert!(s.apply("pod.n2.shop.fe", true, b"", 9, 1000));
+        assert!(s.peers("n1", ttl).is_empty());
     }
 
     #[test]
@@ -687,16 +745,28 @@ mod tests {
         let mut s = BucketState::default();
         s.apply("node.n2", false, b"", 1, 1000);
         s.apply("node.n3", false, b"", 2, 1000);
-        s.apply("pod.n3.a.new", false, &entry("n3", "a/new", "10.0.0.1", "new"), 9, 1000);
-        s.apply("pod.n2.a.old", false, &entry("n2", "a/old", "10.0.0.1", "old"), 3, 1000);
-        let p = s.peers("n1", 1000, ttl);
+        s.apply(
+            "pod.n3.a.new",
+            false,
+            &entry("n3", "a/new", "10.0.0.1", "new"),
+            9,
+            1000,
+        );
+        s.apply(
+            "pod.n2.a.old",
+            false,
+            &entry("n2", "a/old", "10.0.0.1", "old"),
+            3,
+            1000,
+        );
+        let p = s.peers("n1", ttl);
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].labels["k8s:app"], "new");
         assert!(!s.apply("pod.n2.a.bad", false, b"{not json", 10, 1000));
         let bad_labels = br#"{"node":"n2","pod":"a/x","ips":["10.0.0.2"],"labels":{"k8s:":"x"}}"#;
         assert!(!s.apply("pod.n2.a.x", false, bad_labels, 11, 1000));
         assert_eq!(s.rejected, 2);
-        assert_eq!(s.peers("n1", 1000, ttl).len(), 1);
+        assert_eq!(s.peers("n1", ttl).len(), 1);
     }
 
     #[test]
@@ -730,7 +800,11 @@ mod tests {
     fn remote_pods_modes_parse_and_shared_needs_nats() {
         use crate::{config::AgentConfig, k8s::RemotePods};
         let parse = |k8s: &str, nats: bool| {
-            let nats = if nats { "nats:\n  url: nats://127.0.0.1:4222\n" } else { "" };
+            let nats = if nats {
+                "nats:\n  url: nats://127.0.0.1:4222\n"
+            } else {
+                ""
+            };
             AgentConfig::parse(
                 std::path::Path::new("agent.yaml"),
                 &format!("node: n1\nmode: kubernetes\n{nats}kubernetes:\n  {k8s}\n"),
@@ -743,16 +817,30 @@ mod tests {
             ("remote_pods: none", RemotePods::None),
             ("nodes: true", RemotePods::Auto),
         ] {
-            assert_eq!(parse(text, false).unwrap().kubernetes.remote_pods, mode, "{text}");
+            assert_eq!(
+                parse(text, false).unwrap().kubernetes.remote_pods,
+                mode,
+                "{text}"
+            );
         }
         assert_eq!(RemotePods::Auto.resolve(true), RemotePods::Shared);
         assert_eq!(RemotePods::Auto.resolve(false), RemotePods::Watch);
         assert!(parse("remote_pods: shared", true).is_ok());
         let e = parse("remote_pods: shared", false).unwrap_err().to_string();
-        assert!(e.contains("kubernetes.remote_pods") && e.contains("nats.url"), "{e}");
-        let e = parse("remote_pods: everything", false).unwrap_err().to_string();
-        assert!(e.contains("remote_pods") && e.contains("`everything`"), "{e}");
-        let e = parse("ipcache:\n    heartbeat_s: 0", true).unwrap_err().to_string();
+        assert!(
+            e.contains("kubernetes.remote_pods") && e.contains("nats.url"),
+            "{e}"
+        );
+        let e = parse("remote_pods: everything", false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("remote_pods") && e.contains("`everything`"),
+            "{e}"
+        );
+        let e = parse("ipcache:\n    heartbeat_s: 0", true)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("kubernetes.ipcache.heartbeat_s"), "{e}");
     }
 }

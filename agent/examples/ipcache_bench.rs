@@ -318,7 +318,7 @@ async fn shared(pods: usize, namespaces: &[Arc<Namespace>]) -> anyhow::Result<Va
     let client = async_nats::connect(&url).await?;
     let t = Instant::now();
     let agent = SharedIpcache::start(client.clone(), &cfg, "bench-node");
-    tokio::time::timeout(Duration::from_secs(120), agent.ready())
+    tokio::time::timeout(Duration::from_mins(2), agent.ready())
         .await
         .context("the bucket was not read within 120 s")?;
     let peers = agent.peers();

@@ -69,7 +69,7 @@ async fn until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 }
 
 async fn agent(url: &str, node: &str) -> SharedIpcache {
-    let client = catalyst_agent::nats::connect(url, &Default::default())
+    let client = catalyst_agent::nats::connect(url, &catalyst_policy::nats::NatsAuth::default())
         .await
         .unwrap();
     SharedIpcache::start(client, &cfg(), node)

@@ -488,10 +488,10 @@ async fn watch_bucket(
         let _ = kv_tx.send(Some(kv.clone()));
         match follow(&kv, &state, &changed, &ready, &mut wait).await {
             Ok(()) => {
-                tracing::warn!(bucket = %cfg.bucket, "shared ipcache watch ended; watching again")
+                tracing::warn!(bucket = %cfg.bucket, "shared ipcache watch ended; watching again");
             }
             Err(error) => {
-                tracing::warn!(%error, bucket = %cfg.bucket, "shared ipcache watch failed; watching again")
+                tracing::warn!(%error, bucket = %cfg.bucket, "shared ipcache watch failed; watching again");
             }
         }
         tokio::time::sleep(wait).await;
@@ -531,25 +531,19 @@ async fn follow(
         *wait = Duration::from_secs(1);
         let delete = !matches!(entry.operation, kv::Operation::Put);
         let created = entry.created.unix_timestamp();
-        match &mut fresh {
-            Some(new) => {
-                new.apply(&entry.key, delete, &entry.value, entry.revision, created);
-                if entry.delta == 0 {
-                    caught_up(&mut fresh);
-                }
+        if let Some(new) = &mut fresh {
+            new.apply(&entry.key, delete, &entry.value, entry.revision, created);
+            if entry.delta == 0 {
+                caught_up(&mut fresh);
             }
-            None => {
-                let c = state.lock().expect("shared ipcache state poisoned").apply(
-                    &entry.key,
-                    delete,
-                    &entry.value,
-                    entry.revision,
-                    created,
-                );
-                if c {
-                    changed.notify_one();
-                }
-            }
+        } else if state.lock().expect("shared ipcache state poisoned").apply(
+            &entry.key,
+            delete,
+            &entry.value,
+            entry.revision,
+            created,
+        ) {
+            changed.notify_one();
         }
     }
     Ok(())
@@ -696,7 +690,7 @@ mod tests {
 
     #[test]
     fn peers_are_the_live_remote_nodes_pods() {
-        let ttl = Duration::from_secs(120);
+        let ttl = Duration::from_mins(2);
         let mut s = BucketState::default();
         assert!(s.apply("node.n1", false, b"", 1, 1000));
         assert!(s.apply("node.n2", false, b"", 2, 1000));
@@ -741,7 +735,7 @@ mod tests {
 
     #[test]
     fn reused_address_goes_to_the_newer_entry_and_bad_entries_are_ignored() {
-        let ttl = Duration::from_secs(120);
+        let ttl = Duration::from_mins(2);
         let mut s = BucketState::default();
         s.apply("node.n2", false, b"", 1, 1000);
         s.apply("node.n3", false, b"", 2, 1000);

@@ -162,13 +162,31 @@ fn reload_storm_under_query_load_never_fails_a_query() {
     assert!(took < Duration::from_secs(60), "bounded: took {took:?}");
 }
 
-/// The `health transition` log lines of `target` so far.
+/// The `health transition` log lines of `target` so far, without terminal colours.
 fn transitions(srv: &Proc, target: &str) -> Vec<String> {
     srv.log_text()
         .lines()
+        .map(strip_ansi)
         .filter(|l| l.contains("health transition") && l.contains(target))
-        .map(str::to_owned)
         .collect()
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[test]
@@ -231,9 +249,9 @@ fn health_target_flapping_logs_each_transition_once_and_respects_minimum_failure
         })
     };
     for _ in 0..5 {
-        target = None;
+        drop(target.take());
         std::thread::sleep(Duration::from_millis(250));
-        target = Some(TcpTarget::start(primary, tport));
+        drop(target.replace(TcpTarget::start(primary, tport)));
         std::thread::sleep(Duration::from_millis(500));
     }
     watching.store(false, Ordering::Relaxed);
@@ -254,14 +272,14 @@ fn health_target_flapping_logs_each_transition_once_and_respects_minimum_failure
     // Real flaps: down and up for well over minimumFailures checks, four times.
     let cycles = 4;
     for c in 0..cycles {
-        target = None;
+        drop(target.take());
         let took = wait_answer(backup, Duration::from_secs(3));
         assert!(
             took < Duration::from_millis(1500),
             "cycle {c}: down after {took:?} (3 checks of 200 ms)"
         );
         std::thread::sleep(Duration::from_millis(300));
-        target = Some(TcpTarget::start(primary, tport));
+        drop(target.replace(TcpTarget::start(primary, tport)));
         let took = wait_answer(primary, Duration::from_secs(3));
         assert!(
             took < Duration::from_millis(1000),
@@ -272,8 +290,8 @@ fn health_target_flapping_logs_each_transition_once_and_respects_minimum_failure
     drop(target);
     // Each transition once: pending -> up, then down and up per cycle.
     let lines = transitions(&srv, primary);
-    let downs = lines.iter().filter(|l| l.contains("to=down")).count();
-    let ups = lines.iter().filter(|l| l.contains("to=up")).count();
+    let downs = lines.iter().filter(|l| l.contains("to=\"down\"")).count();
+    let ups = lines.iter().filter(|l| l.contains("to=\"up\"")).count();
     assert_eq!(
         (downs, ups),
         (cycles, cycles + 1),
@@ -391,24 +409,34 @@ fn nats_absent_at_start_and_restarted_under_publishing() {
             std::thread::sleep(Duration::from_millis(25));
         }
     };
-    let next_event = |events: &mut async_nats::Subscriber, what: &str| -> serde_json::Value {
-        let msg = rt
-            .block_on(async { tokio::time::timeout(Duration::from_secs(10), events.next()).await })
-            .unwrap_or_else(|_| panic!("no health event ({what}) within 10 s"))
-            .expect("subscription open");
-        serde_json::from_slice(&msg.payload).unwrap()
+    // The next event with `status`; earlier ones (the pending -> up of the first check, made
+    // while NATS was absent, arrives once catalyst-dns connects) are skipped.
+    let next_event = |events: &mut async_nats::Subscriber, status: &str| -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let msg = rt
+                .block_on(async { tokio::time::timeout(left, events.next()).await })
+                .unwrap_or_else(|_| panic!("no health event `{status}` within 10 s"))
+                .expect("subscription open");
+            let ev: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+            if ev["status"] == status {
+                return ev;
+            }
+            eprintln!("health event before `{status}`: {ev}");
+        }
     };
     // Connected late: the KV watch opens (the bucket appeared after start) and events flow.
     rt.block_on(kv.put("app", r#"{"active_region":"us","epoch":1}"#.into()))
         .unwrap();
     let late = wait_for("198.51.100.1", Duration::from_secs(15));
     eprintln!("NATS absent at start: KV followed {late:?} after the bucket was written");
-    target = None;
-    let down = next_event(&mut events, "down after a late connection");
-    assert_eq!(down["status"], "down", "{down}");
-    target = Some(TcpTarget::start("127.0.0.81", tport));
-    let up = next_event(&mut events, "up after a late connection");
-    assert_eq!(up["status"], "up", "{up}");
+    drop(target.take());
+    let down = next_event(&mut events, "down");
+    assert_eq!(down["previous"], "up", "{down}");
+    drop(target.replace(TcpTarget::start("127.0.0.81", tport)));
+    let up = next_event(&mut events, "up");
+    assert_eq!(up["previous"], "down", "{up}");
 
     // Outage: nats-server killed by PID, restarted on the same port and store.
     drop(events);
@@ -437,8 +465,8 @@ fn nats_absent_at_start_and_restarted_under_publishing() {
         "NATS restarted: KV change followed {took:?} after the put ({:?} after the restart)",
         restarted.elapsed()
     );
-    target = None;
-    let down = next_event(&mut events, "down after the restart");
+    drop(target.take());
+    let down = next_event(&mut events, "down");
     assert_eq!(
         (down["status"].as_str(), down["previous"].as_str()),
         (Some("down"), Some("up")),

@@ -358,7 +358,7 @@ pub fn soak(minutes: u64) -> anyhow::Result<()> {
     );
 
     let extra = format!(
-        "metrics: {{listen_address: \"{AGENT_METRICS}\"}}\nobserver: {{listen_address: null, unix_socket: null}}\nflow_log: none\n"
+        "metrics: {{listen_address: \"{AGENT_METRICS}\"}}\nobserver: {{listen_address: null, unix_socket: null}}\n"
     );
     let mut s = Scenario::start_with(
         "soak",

@@ -48,6 +48,7 @@ fn storm_zone(version: u8) -> String {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, checked step by step")]
 fn reload_storm_under_query_load_never_fails_a_query() {
     let dir = scratch("storm");
     let port = free_port();
@@ -159,7 +160,7 @@ fn reload_storm_under_query_load_never_fails_a_query() {
         reloads >= usize::from(STORM_REWRITES / 2),
         "only {reloads} reloads"
     );
-    assert!(took < Duration::from_secs(60), "bounded: took {took:?}");
+    assert!(took < Duration::from_mins(1), "bounded: took {took:?}");
 }
 
 /// The `health transition` log lines of `target` so far, without terminal colours.
@@ -282,7 +283,7 @@ fn health_target_flapping_logs_each_transition_once_and_respects_minimum_failure
         drop(target.replace(TcpTarget::start(primary, tport)));
         let took = wait_answer(primary, Duration::from_secs(3));
         assert!(
-            took < Duration::from_millis(1000),
+            took < Duration::from_secs(1),
             "cycle {c}: up after {took:?} (1 check of 200 ms)"
         );
         std::thread::sleep(Duration::from_millis(300));
@@ -305,7 +306,7 @@ fn health_target_flapping_logs_each_transition_once_and_respects_minimum_failure
     );
     let took = started.elapsed();
     eprintln!("flapping: {cycles} down/up cycles and 5 blips in {took:?}");
-    assert!(took < Duration::from_secs(60), "bounded: took {took:?}");
+    assert!(took < Duration::from_mins(1), "bounded: took {took:?}");
 }
 
 fn start_nats(dir: &std::path::Path, port: u16) -> Proc {
@@ -477,6 +478,9 @@ fn nats_absent_at_start_and_restarted_under_publishing() {
     assert!(!log.contains("panicked"), "catalyst-dns panicked:\n{log}");
     let took = started.elapsed();
     eprintln!("NATS fault test took {took:?}");
-    assert!(took < Duration::from_secs(90), "bounded: took {took:?}");
+    assert!(
+        took < Duration::from_mins(1) + Duration::from_secs(30),
+        "bounded: took {took:?}"
+    );
     drop(nats);
 }

@@ -1,7 +1,7 @@
 //! `cargo xtask soak [--minutes N]` (issue 16 item 7): the agent in the netns lab and
 //! catalyst-dns on loopback run for N minutes (default 10) under real traffic (TCP and UDP
 //! echoes, allowed and denied, plus one long-lived connection), policy churn (policy files
-//! rewritten, added and removed every few seconds) and DNS queries (dnsperf at a fixed rate over
+//! rewritten every few seconds) and DNS queries (dnsperf at a fixed rate over
 //! static, LUA and never-seen names; a zone reload every 30 s). After a warm-up (a fifth of the
 //! run, at most 60 s) it samples each program's resident memory, open file descriptors and map
 //! sizes (the agent's pinned BPF maps, counted with bpftool; catalyst-dns's record gauges — its
@@ -93,11 +93,21 @@ fn fds(pid: u32) -> anyhow::Result<f64> {
 /// construction and are left out.
 fn bpf_map_entries(pin: &Path) -> anyhow::Result<Vec<(String, f64)>> {
     let mut out = Vec::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(pin)
-        .with_context(|| format!("reading pins in {}", pin.display()))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .collect();
+    // Pins may sit in subdirectories of the pin path.
+    let mut files = Vec::new();
+    let mut dirs = vec![pin.to_owned()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d)
+            .with_context(|| format!("reading pins in {}", d.display()))?
+            .filter_map(Result::ok)
+        {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(e.path());
+            } else {
+                files.push(e.path());
+            }
+        }
+    }
     files.sort();
     for f in files {
         let show = Command::new("bpftool")
@@ -352,7 +362,7 @@ pub fn soak(minutes: u64) -> anyhow::Result<()> {
     setup::ensure_ebpf_toolchain()?;
     setup::cargo_build(false)?;
     let total = Duration::from_secs(minutes * 60);
-    let warmup = (total / 5).min(Duration::from_secs(60));
+    let warmup = (total / 5).min(Duration::from_mins(1));
     eprintln!(
         "soak: {minutes} min ({warmup:?} warm-up), agent in the lab, catalyst-dns on loopback"
     );
@@ -412,7 +422,7 @@ pub fn soak(minutes: u64) -> anyhow::Result<()> {
     let mut reloads = 0u32;
     let mut next_churn = started + CHURN_EVERY;
     let mut next_reload = started + RELOAD_EVERY;
-    let mut next_report = started + Duration::from_secs(60);
+    let mut next_report = started + Duration::from_mins(1);
     let mut first: Option<(Sample, Sample)> = None;
     let res = (|| -> anyhow::Result<()> {
         while started.elapsed() < total {
@@ -426,11 +436,11 @@ pub fn soak(minutes: u64) -> anyhow::Result<()> {
             if now >= next_churn {
                 churns += 1;
                 s.set_policy("web.yaml", &web_policy(churns))?;
-                // db's policy comes and goes every other churn.
-                if churns % 2 == 0 {
+                // db's policy changes every other churn (both forms deny other -> db:5432).
+                if churns.is_multiple_of(2) {
                     s.set_policy("db.yaml", DB_POLICY)?;
                 } else {
-                    s.remove_policy("db.yaml")?;
+                    s.set_policy("db.yaml", &DB_POLICY.replace("app: web", "app: client"))?;
                 }
                 next_churn = now + CHURN_EVERY;
             }
@@ -457,7 +467,7 @@ pub fn soak(minutes: u64) -> anyhow::Result<()> {
                     traffic.denied_ok.load(Ordering::Relaxed)
                         + traffic.denied_passed.load(Ordering::Relaxed),
                 );
-                next_report = now + Duration::from_secs(60);
+                next_report = now + Duration::from_mins(1);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -493,7 +503,7 @@ pub fn soak(minutes: u64) -> anyhow::Result<()> {
         "Method: `cargo xtask soak --minutes {minutes}` (xtask/src/soak.rs). The agent in the netns \
          lab with two policies; a thread probes client → web:80 over TCP and UDP (allowed) and \
          client → web:22, other → db:5432 (denied) without pause; one connection pings every \
-         50 ms throughout; web's policy is rewritten (three variants) and db's added or removed \
+         50 ms throughout; web's policy is rewritten (three variants) and db's switched between two forms \
          every {} s. catalyst-dns on loopback (one zone: 100 static names, an `ifportup` and a \
          `pickrandom` LUA record) answers dnsperf at {DNS_QPS} queries/s, a quarter of them \
          never-seen names, and reloads its zone (SIGHUP) every {} s. Samples after a {} s \

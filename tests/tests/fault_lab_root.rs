@@ -53,7 +53,6 @@ fn is_drop_to_22(f: &Value) -> bool {
 }
 
 #[test]
-#[expect(clippy::too_many_lines, reason = "one scenario, checked step by step")]
 fn agent_kill_9_during_traffic_keeps_enforcing_and_flows_resume_needs_root() -> anyhow::Result<()> {
     let name = "agent_kill_9_during_traffic_keeps_enforcing_and_flows_resume_needs_root";
     if !root_or_skip(name) {
@@ -142,7 +141,7 @@ fn agent_kill_9_during_traffic_keeps_enforcing_and_flows_resume_needs_root() -> 
     }
     let took = started.elapsed();
     eprintln!("kill -9 fault test took {took:?}");
-    ensure!(took < Duration::from_secs(60), "bounded: took {took:?}");
+    ensure!(took < Duration::from_mins(1), "bounded: took {took:?}");
     drop(s);
     let _ = std::fs::remove_file(&socket);
     Ok(())

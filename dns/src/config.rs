@@ -179,14 +179,23 @@ pub struct ReloadConfig {
     /// Poll zone files for changes every this many seconds; 0 disables. Default 2.
     #[serde(default = "default_watch")]
     pub watch_interval_secs: u64,
+    /// A changed zone file is reloaded by the poller only once it has stayed unchanged for this
+    /// many milliseconds, so a file still being written is not loaded half-written. Default 500.
+    #[serde(default = "default_settle")]
+    pub settle_ms: u64,
 }
 
 impl Default for ReloadConfig {
     fn default() -> Self {
         Self {
             watch_interval_secs: default_watch(),
+            settle_ms: default_settle(),
         }
     }
+}
+
+fn default_settle() -> u64 {
+    500
 }
 
 /// Failover state sources.

@@ -183,6 +183,20 @@ impl AgentProcess {
         Ok(())
     }
 
+    /// Kills the agent with SIGKILL (its PID) and reaps it: a crash, no shutdown code runs.
+    /// Its pinned state stays.
+    pub fn kill_9(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let pid = i32::try_from(child.id()).context("pid")?;
+            // SAFETY: signalling our own child by PID.
+            if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
+                bail!("kill -9 {pid}: {}", std::io::Error::last_os_error());
+            }
+            child.wait().context("reaping the killed agent")?;
+        }
+        Ok(())
+    }
+
     /// Removes the agent's pinned programs and maps (stops enforcement).
     pub fn uninstall(&self) -> anyhow::Result<()> {
         uninstall(&self.pin_path)

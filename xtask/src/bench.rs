@@ -170,7 +170,7 @@ fn pct(v: f64, base: f64) -> f64 {
 }
 
 /// The first line of a figures section: when, where, on what.
-fn measured_on(build: &str) -> String {
+pub(crate) fn measured_on(build: &str) -> String {
     format!(
         "Measured {} on {} (kernel {}), {} CPUs{build}.\n",
         now(),
@@ -672,7 +672,7 @@ fn splice_docs(md: &str) -> anyhow::Result<()> {
 
 /// Replaces the text between `<!-- {name}:begin -->` and `<!-- {name}:end -->` in
 /// docs/benchmarks.md (appending the section when the markers are missing).
-fn splice_section(name: &str, md: &str) -> anyhow::Result<()> {
+pub(crate) fn splice_section(name: &str, md: &str) -> anyhow::Result<()> {
     let path = root().join("docs/benchmarks.md");
     let doc = std::fs::read_to_string(&path).unwrap_or_default();
     let (start, end) = (

@@ -9,6 +9,7 @@
 mod bench;
 mod demo;
 mod setup;
+mod soak;
 mod test;
 
 use std::path::PathBuf;
@@ -55,6 +56,13 @@ enum Command {
         /// Only userspace tests that need neither root nor the eBPF toolchain.
         #[arg(long)]
         unit_only: bool,
+    },
+    /// Soak: traffic, policy churn and DNS queries for N minutes; RSS, open descriptors and map
+    /// sizes of the agent and catalyst-dns must stay flat (figures to docs/benchmarks.md).
+    Soak {
+        /// Length of the run in minutes (the first fifth, at most 60 s, is warm-up).
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
     },
     /// Benchmarks (figures to docs/benchmarks.md).
     Bench {
@@ -113,6 +121,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo => demo::demo(),
         Command::DemoFailover => demo::demo_failover(),
         Command::Test { unit_only } => test::test(unit_only),
+        Command::Soak { minutes } => soak::soak(minutes),
         Command::Bench { which } => match which.as_str() {
             "datapath" => bench::datapath(),
             "policy" => bench::policy(),

@@ -381,6 +381,11 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     let watch = cfg.reload.watch_interval_secs;
     let mut ticker = tokio::time::interval(Duration::from_secs(watch.max(1)));
     let mut mtimes = file_mtimes(&cfg);
+    // A change the poller saw, waiting to stay unchanged for `settle` before it is loaded.
+    let settle = Duration::from_millis(cfg.reload.settle_ms);
+    let mut pending: Option<HashMap<PathBuf, Option<SystemTime>>> = None;
+    let settle_timer = tokio::time::sleep(settle);
+    tokio::pin!(settle_timer);
     let mut cfg = cfg;
     loop {
         tokio::select! {
@@ -395,13 +400,26 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
                 }
                 reload(&cfg, &svc, &catalog);
                 mtimes = file_mtimes(&cfg);
+                pending = None;
             }
-            _ = ticker.tick(), if watch > 0 => {
+            _ = ticker.tick(), if watch > 0 && pending.is_none() => {
                 let now = file_mtimes(&cfg);
                 if now != mtimes {
+                    pending = Some(now);
+                    settle_timer.as_mut().reset(tokio::time::Instant::now() + settle);
+                }
+            }
+            () = &mut settle_timer, if pending.is_some() => {
+                let now = file_mtimes(&cfg);
+                if pending.as_ref() == Some(&now) {
                     info!("zone file changed: reloading");
                     mtimes = now;
+                    pending = None;
                     reload(&cfg, &svc, &catalog);
+                } else {
+                    // Still being written: wait for it to settle.
+                    pending = Some(now);
+                    settle_timer.as_mut().reset(tokio::time::Instant::now() + settle);
                 }
             }
             _ = term.recv() => break,

@@ -320,6 +320,21 @@ pub fn parse_lua_content(t: RecordType, s: &str) -> Result<RData, String> {
     if t == loc::loc_type() {
         return loc::loc_rdata(s);
     }
+    // The common case (every pick function returns addresses) without the text lexer; what the
+    // standard parser refuses takes the general path below, with its error message.
+    match t {
+        RecordType::A => {
+            if let Ok(a) = s.trim().parse::<std::net::Ipv4Addr>() {
+                return Ok(RData::A(a.into()));
+            }
+        }
+        RecordType::AAAA => {
+            if let Ok(a) = s.trim().parse::<std::net::Ipv6Addr>() {
+                return Ok(RData::AAAA(a.into()));
+            }
+        }
+        _ => {}
+    }
     match t {
         RecordType::TXT => Ok(RData::TXT(TXT::new(vec![s.to_string()]))),
         RecordType::CNAME => Ok(RData::CNAME(CNAME(fqdn(s)?))),

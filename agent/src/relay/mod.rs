@@ -307,7 +307,8 @@ async fn agent_flows(
     let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(64 << 20);
     grpc.ready()
         .await
-        .map_err(|e| Status::unknown(format!("Service was not ready: {e}")))?;
+        // The channel not becoming ready is a connection failure: `NODE_UNAVAILABLE`.
+        .map_err(|e| Status::unavailable(format!("cannot reach the agent: {e}")))?;
     let mut req = Request::new(req);
     req.extensions_mut()
         .insert(GrpcMethod::new("observer.Observer", "GetFlows"));

@@ -243,14 +243,26 @@ fn follow(
     })
 }
 
-/// Historic `GetFlows` of a full ring (`flows` flows) straight from one agent and through a
-/// relay in front of it, alternating, three rounds each, same process and run: the best
-/// flows/s of each. What the relay adds is the second gRPC hop and its merge.
+/// What [`relay_vs_direct`] measured, flows/s, best of three rounds each.
+struct RelayRates {
+    /// One agent's full ring straight from the agent.
+    direct: f64,
+    /// The same through a relay in front of that agent.
+    relay: f64,
+    /// Two agents holding half the flows each (interleaved in time), merged by a relay: the
+    /// newest `flows` of both, the answer `hubble observe --last N` gets from a cluster.
+    relay_two: f64,
+}
+
+/// Historic `GetFlows` of a full ring (`flows` flows) straight from one agent, through a relay
+/// in front of it, and merged by a relay from two agents holding half of them each;
+/// alternating, three rounds each, same process and run. What the relay adds is the second
+/// gRPC hop and its merge.
 fn relay_vs_direct(
     flows: usize,
     input: &[[u8; FLOW_EVENT_SIZE]],
-    enricher: Enricher,
-) -> anyhow::Result<(f64, f64)> {
+    enricher: &Enricher,
+) -> anyhow::Result<RelayRates> {
     use crate::{
         api::observer::{
             GetFlowsRequest, get_flows_response::ResponseTypes, observer_client::ObserverClient,
@@ -258,38 +270,57 @@ fn relay_vs_direct(
         observer::{Listeners, ObserverService, serve},
         relay::{self, RelayArgs, RelayService},
     };
-    let flow_ring = FlowRing::new(flows);
-    let mut p = Pipeline::new(
-        enricher,
-        FlowSink::None,
-        flow_ring.clone(),
-        Metrics::new(256),
+    let filled = |pick: &dyn Fn(usize) -> bool| {
+        let ring = FlowRing::new(flows);
+        let mut p = Pipeline::new(
+            enricher.clone(),
+            FlowSink::None,
+            ring.clone(),
+            Metrics::new(256),
+        );
+        for i in (0..flows).filter(|i| pick(*i)) {
+            p.process(&input[i % input.len()]);
+        }
+        ring
+    };
+    let (full, even, odd) = (
+        filled(&|_| true),
+        filled(&|i| i % 2 == 0),
+        filled(&|i| i % 2 == 1),
     );
-    for i in 0..flows {
-        p.process(&input[i % input.len()]);
-    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let listeners =
-            Listeners::bind(Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))), None).await?;
-        let agent = listeners.tcp_addr().context("bound")?.to_string();
-        tokio::spawn(serve(
-            ObserverService::new(flow_ring, "bench-node", &agent),
-            listeners,
-            None,
-        ));
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let relay_addr = l.local_addr()?.to_string();
-        tokio::spawn(relay::serve(
-            RelayService::new(RelayArgs {
-                static_peers: vec![("bench-node".into(), agent.clone())],
-                ..RelayArgs::default()
-            }),
-            l,
-        ));
+        let agent = |ring: FlowRing, node: &'static str| async move {
+            let listeners =
+                Listeners::bind(Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))), None)
+                    .await?;
+            let addr = listeners.tcp_addr().context("bound")?.to_string();
+            tokio::spawn(serve(
+                ObserverService::new(ring, node, &addr),
+                listeners,
+                None,
+            ));
+            anyhow::Ok(addr)
+        };
+        let relay = |peers: Vec<(String, String)>| async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = l.local_addr()?.to_string();
+            tokio::spawn(relay::serve(
+                RelayService::new(RelayArgs {
+                    static_peers: peers,
+                    ..RelayArgs::default()
+                }),
+                l,
+            ));
+            anyhow::Ok(addr)
+        };
+        let direct_addr = agent(full, "bench-node").await?;
+        let relay_addr = relay(vec![("bench-node".into(), direct_addr.clone())]).await?;
+        let (a, b) = (agent(even, "bench-a").await?, agent(odd, "bench-b").await?);
+        let relay_two_addr = relay(vec![("bench-a".into(), a), ("bench-b".into(), b)]).await?;
         let fetch = |addr: String| async move {
             let ch = crate::client::connect(&addr, std::time::Duration::from_secs(5)).await?;
             let start = Instant::now();
@@ -301,21 +332,31 @@ fn relay_vs_direct(
                 })
                 .await?
                 .into_inner();
-            let mut got = 0usize;
+            let (mut got, mut last) = (0usize, None);
             while let Some(r) = s.message().await? {
-                got += usize::from(matches!(r.response_types, Some(ResponseTypes::Flow(_))));
+                if matches!(r.response_types, Some(ResponseTypes::Flow(_))) {
+                    got += 1;
+                    let t = r.time.as_ref().map(crate::flow::timestamp_ns);
+                    anyhow::ensure!(last <= t, "{addr}: flows out of time order");
+                    last = t;
+                }
             }
             anyhow::ensure!(got == flows, "{addr}: {got} of {flows} flows");
             #[expect(clippy::cast_precision_loss, reason = "a rate for display")]
             let rate = got as f64 / start.elapsed().as_secs_f64();
             anyhow::Ok(rate)
         };
-        let (mut direct, mut relayed) = (0f64, 0f64);
+        let (mut direct, mut relayed, mut relay_two) = (0f64, 0f64, 0f64);
         for _ in 0..3 {
-            direct = direct.max(fetch(agent.clone()).await?);
+            direct = direct.max(fetch(direct_addr.clone()).await?);
             relayed = relayed.max(fetch(relay_addr.clone()).await?);
+            relay_two = relay_two.max(fetch(relay_two_addr.clone()).await?);
         }
-        anyhow::Ok((direct, relayed))
+        anyhow::Ok(RelayRates {
+            direct,
+            relay: relayed,
+            relay_two,
+        })
     })
 }
 
@@ -386,8 +427,10 @@ pub fn flows(events: u64, ring: usize, json: bool) -> anyhow::Result<()> {
             (readers, r, reads)
         })
         .collect();
-    let (direct_rate, relay_rate) = relay_vs_direct(ring, &input, enricher.clone())?;
+    let rates = relay_vs_direct(ring, &input, &enricher)?;
+    let (direct_rate, relay_rate, relay_two_rate) = (rates.direct, rates.relay, rates.relay_two);
     let relay_cost = 100.0 * (1.0 - relay_rate / direct_rate);
+    let relay_two_cost = 100.0 * (1.0 - relay_two_rate / direct_rate);
     let (follow_rate, follow_got, follow_lost) = follow(n, ring, Arc::new(input), enricher)?;
     if json {
         println!(
@@ -407,6 +450,8 @@ pub fn flows(events: u64, ring: usize, json: bool) -> anyhow::Result<()> {
                 "history_direct_flows_per_s": direct_rate.round(),
                 "history_relay_flows_per_s": relay_rate.round(),
                 "relay_cost_percent": (relay_cost * 10.0).round() / 10.0,
+                "history_relay_two_agents_flows_per_s": relay_two_rate.round(),
+                "relay_two_agents_cost_percent": (relay_two_cost * 10.0).round() / 10.0,
                 "bar_events_per_s": 500_000,
                 "ingest_with_last_readers": contended.iter().map(|(readers, r, reads)| {
                     serde_json::json!({
@@ -436,6 +481,9 @@ pub fn flows(events: u64, ring: usize, json: bool) -> anyhow::Result<()> {
         println!("  GetFlows history, one agent direct:     {direct_rate:>12.0} flows/s");
         println!(
             "  GetFlows history through the relay:     {relay_rate:>12.0} flows/s ({relay_cost:.1} % cost, bar 20 %)"
+        );
+        println!(
+            "  the same, two agents merged by the relay: {relay_two_rate:>10.0} flows/s ({relay_two_cost:.1} % cost, bar 20 %)"
         );
         println!(
             "  bar (decoded and enriched):             {:>12} events/s",

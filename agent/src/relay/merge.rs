@@ -2,69 +2,120 @@
 
 use std::{
     cmp::{Ordering, Reverse},
-    collections::BinaryHeap,
+    collections::{BinaryHeap, VecDeque},
     time::{Duration, Instant},
 };
 
+use super::wire::{Kind, WireResponse};
 use crate::{
-    api::observer::{GetFlowsRequest, GetFlowsResponse, get_flows_response::ResponseTypes},
+    api::observer::{GetFlowsResponse, get_flows_response::ResponseTypes},
     flow::timestamp_ns,
 };
 
-fn time_of(r: &GetFlowsResponse) -> i128 {
-    r.time.as_ref().map_or(0, timestamp_ns)
+/// What the merge reads of a response: its time and whether it is a flow.
+pub trait Timed {
+    /// `time`, nanoseconds since the epoch (0 when absent).
+    fn time_ns(&self) -> i128;
+    /// Whether it holds a flow (flows count towards `number`, other responses do not).
+    fn is_flow(&self) -> bool;
 }
 
-fn is_flow(r: &GetFlowsResponse) -> bool {
-    matches!(r.response_types, Some(ResponseTypes::Flow(_)))
+impl Timed for GetFlowsResponse {
+    fn time_ns(&self) -> i128 {
+        self.time.as_ref().map_or(0, timestamp_ns)
+    }
+    fn is_flow(&self) -> bool {
+        matches!(self.response_types, Some(ResponseTypes::Flow(_)))
+    }
 }
 
-/// The historic answer of several agents as one: every response in time order, limited to
-/// `number` flows (the oldest with `first`, else the newest) as one agent would limit them.
-/// Lost events and node status go along and do not count.
-pub fn merge_history(
-    mut all: Vec<GetFlowsResponse>,
-    req: &GetFlowsRequest,
-) -> Vec<GetFlowsResponse> {
-    // Stable: responses of one agent with equal times keep their order.
-    all.sort_by_key(time_of);
-    let flows = all.iter().filter(|r| is_flow(r)).count();
-    let limit = match req.number {
-        0 => flows,
-        n => usize::try_from(n).unwrap_or(usize::MAX).min(flows),
-    };
-    let skip_flows = if req.first { 0 } else { flows - limit };
-    let mut seen = 0usize;
-    all.into_iter()
-        .filter(|r| {
-            if !is_flow(r) {
-                return true;
+impl Timed for WireResponse {
+    fn time_ns(&self) -> i128 {
+        WireResponse::time_ns(self)
+    }
+    fn is_flow(&self) -> bool {
+        self.kind() == Kind::Flow
+    }
+}
+
+fn time_of<T: Timed>(r: &T) -> i128 {
+    r.time_ns()
+}
+
+/// The newest `limit` flows of a time-ordered sequence, with the other responses (lost
+/// events) that lie within their span, as one agent answers a `number` request: at most
+/// `limit` flows are held however many agents' answers pass through.
+pub struct Newest<T> {
+    held: VecDeque<T>,
+    flows: usize,
+    limit: usize,
+}
+
+impl<T: Timed> Newest<T> {
+    /// Keeps the newest `limit` flows (`limit` > 0).
+    pub fn new(limit: usize) -> Self {
+        Self {
+            held: VecDeque::new(),
+            flows: 0,
+            limit: limit.max(1),
+        }
+    }
+
+    /// Adds the next response in time order; the oldest flow (and what precedes the flow after
+    /// it) goes when more than `limit` flows are held.
+    pub fn push(&mut self, r: T) {
+        self.flows += usize::from(r.is_flow());
+        self.held.push_back(r);
+        if self.flows <= self.limit {
+            return;
+        }
+        while let Some(old) = self.held.pop_front() {
+            if old.is_flow() {
+                self.flows -= 1;
+                break;
             }
-            seen += 1;
-            seen > skip_flows && seen <= skip_flows + limit
-        })
-        .collect()
+        }
+        // A lost event older than every flow kept is outside the answer's span.
+        while self.held.front().is_some_and(|r| !r.is_flow()) {
+            self.held.pop_front();
+        }
+    }
+
+    /// Responses held.
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// What is held, oldest first.
+    pub fn into_responses(self) -> impl Iterator<Item = T> {
+        self.held.into_iter()
+    }
 }
 
-struct Entry {
+struct Entry<T> {
     time: i128,
     seq: u64,
     arrived: Instant,
-    response: GetFlowsResponse,
+    response: T,
 }
 
-impl PartialEq for Entry {
+impl<T> PartialEq for Entry<T> {
     fn eq(&self, other: &Self) -> bool {
         (self.time, self.seq) == (other.time, other.seq)
     }
 }
-impl Eq for Entry {}
-impl PartialOrd for Entry {
+impl<T> Eq for Entry<T> {}
+impl<T> PartialOrd for Entry<T> {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for Entry {
+impl<T> Ord for Entry<T> {
     fn cmp(&self, other: &Self) -> Ordering {
         (self.time, self.seq).cmp(&(other.time, other.seq))
     }
@@ -72,14 +123,14 @@ impl Ord for Entry {
 
 /// The follow-mode sort buffer: responses wait up to `window` for older ones from slower
 /// agents, and at most `capacity` wait at once (the oldest goes out when it is full).
-pub struct SortBuffer {
-    heap: BinaryHeap<Reverse<Entry>>,
+pub struct SortBuffer<T = GetFlowsResponse> {
+    heap: BinaryHeap<Reverse<Entry<T>>>,
     capacity: usize,
     window: Duration,
     seq: u64,
 }
 
-impl SortBuffer {
+impl<T: Timed> SortBuffer<T> {
     /// An empty buffer.
     pub fn new(capacity: usize, window: Duration) -> Self {
         Self {
@@ -92,7 +143,7 @@ impl SortBuffer {
 
     /// Adds a response that arrived at `now`; returns what must go out to stay within capacity
     /// and what has waited long enough.
-    pub fn push(&mut self, response: GetFlowsResponse, now: Instant) -> Vec<GetFlowsResponse> {
+    pub fn push(&mut self, response: T, now: Instant) -> Vec<T> {
         self.seq += 1;
         self.heap.push(Reverse(Entry {
             time: time_of(&response),
@@ -111,7 +162,7 @@ impl SortBuffer {
     }
 
     /// The oldest responses that have waited `window`, in time order.
-    pub fn drain_due(&mut self, now: Instant) -> Vec<GetFlowsResponse> {
+    pub fn drain_due(&mut self, now: Instant) -> Vec<T> {
         let mut out = Vec::new();
         while let Some(Reverse(e)) = self.heap.peek() {
             if now.duration_since(e.arrived) < self.window {
@@ -125,7 +176,7 @@ impl SortBuffer {
     }
 
     /// Everything still held, in time order.
-    pub fn drain_all(&mut self) -> Vec<GetFlowsResponse> {
+    pub fn drain_all(&mut self) -> Vec<T> {
         let mut out = Vec::with_capacity(self.heap.len());
         while let Some(Reverse(e)) = self.heap.pop() {
             out.push(e.response);

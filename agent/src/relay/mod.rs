@@ -9,22 +9,28 @@
 //! `sort_buffer` responses for at most `sort_window` before they go out in time order.
 
 mod merge;
+mod wire;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    convert::Infallible,
+    future::Future,
     net::SocketAddr,
     pin::Pin,
     sync::{Arc, Mutex},
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt as _};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{
     Request, Response, Status,
-    codec::CompressionEncoding,
+    codec::{CompressionEncoding, EnabledCompressionEncodings},
+    codegen::{GrpcMethod, Service, http},
+    server::NamedService,
     transport::{Channel, Endpoint, Server},
 };
 
@@ -41,7 +47,11 @@ use crate::{
     observer::{PeerInfo, PeerRegistry},
 };
 
-pub use self::merge::{SortBuffer, merge_history};
+use self::wire::{AgentCodec, ClientCodec};
+pub use self::{
+    merge::{Newest, SortBuffer, Timed},
+    wire::{Kind, WireResponse},
+};
 
 /// `catalyst-agent relay` flags.
 #[derive(clap::Args, Debug, Clone)]
@@ -196,8 +206,8 @@ async fn follow_peers(addr: &str, peers: &PeerRegistry, timeout: Duration) -> an
     anyhow::bail!("peer.Peer/Notify stream on {addr} ended")
 }
 
-fn status_response(state: NodeState, names: Vec<String>, message: String) -> GetFlowsResponse {
-    GetFlowsResponse {
+fn status_response(state: NodeState, names: Vec<String>, message: String) -> WireResponse {
+    WireResponse::encode(&GetFlowsResponse {
         node_name: String::new(),
         time: Some(crate::flow::timestamp(now_ns())),
         response_types: Some(ResponseTypes::NodeStatus(NodeStatusEvent {
@@ -205,7 +215,7 @@ fn status_response(state: NodeState, names: Vec<String>, message: String) -> Get
             node_names: names,
             message,
         })),
-    }
+    })
 }
 
 fn now_ns() -> i128 {
@@ -218,7 +228,7 @@ type FlowStream = Pin<Box<dyn Stream<Item = Result<GetFlowsResponse, Status>> + 
 
 /// One agent's part of a `GetFlows` call.
 enum NodeItem {
-    Response(Box<GetFlowsResponse>),
+    Response(WireResponse),
     /// The agent's stream could not start or broke (`NODE_UNAVAILABLE` / `NODE_ERROR`).
     Failed(String, NodeState, String),
     /// The agent's stream started.
@@ -237,10 +247,10 @@ impl RelayService {
             let (tx, rx) = mpsc::channel(self.args.node_buffer.max(1));
             receivers.push(rx);
             let (req, name) = (req.clone(), peer.name.clone());
-            let client = self.client(peer);
+            let channel = self.channel(peer);
             tokio::spawn(async move {
                 let failed = |state, msg: String| NodeItem::Failed(name.clone(), state, msg);
-                let mut client = match client {
+                let channel = match channel {
                     Ok(c) => c,
                     Err(e) => {
                         let _ = tx
@@ -249,8 +259,8 @@ impl RelayService {
                         return;
                     }
                 };
-                let mut s = match client.get_flows(req).await {
-                    Ok(s) => s.into_inner(),
+                let mut s = match agent_flows(channel, req).await {
+                    Ok(s) => s,
                     Err(e) => {
                         let state = if e.code() == tonic::Code::Unavailable {
                             NodeState::NodeUnavailable
@@ -267,7 +277,7 @@ impl RelayService {
                 loop {
                     match s.message().await {
                         Ok(Some(r)) => {
-                            if tx.send(NodeItem::Response(Box::new(r))).await.is_err() {
+                            if tx.send(NodeItem::Response(r)).await.is_err() {
                                 return;
                             }
                         }
@@ -289,13 +299,33 @@ impl RelayService {
     }
 }
 
-type Tx = mpsc::Sender<Result<GetFlowsResponse, Status>>;
+/// `GetFlows` on one agent, its responses left encoded.
+async fn agent_flows(
+    channel: Channel,
+    req: GetFlowsRequest,
+) -> Result<tonic::codec::Streaming<WireResponse>, Status> {
+    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(64 << 20);
+    grpc.ready()
+        .await
+        // The channel not becoming ready is a connection failure: `NODE_UNAVAILABLE`.
+        .map_err(|e| Status::unavailable(format!("cannot reach the agent: {e}")))?;
+    let mut req = Request::new(req);
+    req.extensions_mut()
+        .insert(GrpcMethod::new("observer.Observer", "GetFlows"));
+    let path = http::uri::PathAndQuery::from_static("/observer.Observer/GetFlows");
+    Ok(grpc
+        .server_streaming(req, path, AgentCodec)
+        .await?
+        .into_inner())
+}
+
+type Tx = mpsc::Sender<Result<WireResponse, Status>>;
 
 /// The next response of an agent (a failure mid-stream becomes a status event).
-async fn next(rx: &mut mpsc::Receiver<NodeItem>, tx: &Tx) -> Option<GetFlowsResponse> {
+async fn next(rx: &mut mpsc::Receiver<NodeItem>, tx: &Tx) -> Option<WireResponse> {
     loop {
         match rx.recv().await? {
-            NodeItem::Response(r) => return Some(*r),
+            NodeItem::Response(r) => return Some(r),
             NodeItem::Failed(name, state, msg) => {
                 let _ = tx.send(Ok(status_response(state, vec![name], msg))).await;
                 return None;
@@ -307,11 +337,13 @@ async fn next(rx: &mut mpsc::Receiver<NodeItem>, tx: &Tx) -> Option<GetFlowsResp
 }
 
 /// The historic answer: a status event naming the agents that answered and one per agent that
-/// did not, then the agents' flows merged in time order. Each agent's stream is already in time
-/// order, so with `first` or without a `number` the merge streams (one response held per
-/// agent); the newest `number` of the union needs the agents' last `number` each first.
+/// did not, then the agents' responses merged in time order. Each agent's stream is already in
+/// time order, so the merge holds one response per agent and sends the oldest of them before
+/// it waits for that agent's next. With `first`, without a `number` or when a single agent
+/// answers (its stream is already the answer) the merge streams; the newest `number` of
+/// several agents is known only when every agent has finished, so it is gathered in a window
+/// of at most `number` flows and sent then.
 async fn history_merged(mut nodes: Vec<mpsc::Receiver<NodeItem>>, tx: Tx, req: &GetFlowsRequest) {
-    let mut heads: Vec<Option<GetFlowsResponse>> = Vec::with_capacity(nodes.len());
     let (mut connected, mut failures) = (Vec::new(), Vec::new());
     for rx in &mut nodes {
         match rx.recv().await {
@@ -322,6 +354,14 @@ async fn history_merged(mut nodes: Vec<mpsc::Receiver<NodeItem>>, tx: Tx, req: &
             _ => {}
         }
     }
+    let limit = match req.number {
+        0 => None,
+        n => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+    };
+    let mut newest = match limit {
+        Some(n) if !req.first && connected.len() > 1 => Some(Newest::new(n)),
+        _ => None,
+    };
     let mut status = Vec::new();
     if !connected.is_empty() {
         status.push(status_response(
@@ -336,38 +376,38 @@ async fn history_merged(mut nodes: Vec<mpsc::Receiver<NodeItem>>, tx: Tx, req: &
             return;
         }
     }
-    let streaming = req.first || req.number == 0;
+    let mut heads: Vec<Option<WireResponse>> = Vec::with_capacity(nodes.len());
     for rx in &mut nodes {
         heads.push(next(rx, &tx).await);
     }
-    let mut buffered = Vec::new();
-    let mut sent_flows = 0u64;
+    let mut sent_flows = 0usize;
     while let Some(i) = heads
         .iter()
         .enumerate()
-        .filter_map(|(i, h)| {
-            h.as_ref()
-                .map(|r| (i, r.time.as_ref().map_or(0, crate::flow::timestamp_ns)))
-        })
+        .filter_map(|(i, h)| h.as_ref().map(|r| (i, r.time_ns())))
         .min_by_key(|(_, t)| *t)
         .map(|(i, _)| i)
     {
         let r = heads[i].take().expect("chosen head is present");
-        heads[i] = next(&mut nodes[i], &tx).await;
-        if streaming {
-            let flow = matches!(r.response_types, Some(ResponseTypes::Flow(_)));
-            if flow && req.number != 0 && sent_flows >= req.number {
-                continue;
-            }
-            sent_flows += u64::from(flow);
+        if let Some(window) = &mut newest {
+            window.push(r);
+        } else {
+            // Out before the agent's next is awaited: a slow agent must not hold back what is
+            // already known to be next.
+            let flow = r.kind() == Kind::Flow;
             if tx.send(Ok(r)).await.is_err() {
                 return;
             }
-        } else {
-            buffered.push(r);
+            sent_flows += usize::from(flow);
+            if req.first && limit.is_some_and(|n| sent_flows >= n) {
+                // The oldest `number` are out (what follows them is not part of the answer, as
+                // for one agent); dropping the receivers ends the agents' streams.
+                return;
+            }
         }
+        heads[i] = next(&mut nodes[i], &tx).await;
     }
-    for r in merge_history(buffered, req) {
+    for r in newest.into_iter().flat_map(Newest::into_responses) {
         if tx.send(Ok(r)).await.is_err() {
             return;
         }
@@ -378,7 +418,7 @@ async fn history_merged(mut nodes: Vec<mpsc::Receiver<NodeItem>>, tx: Tx, req: &
 async fn follow_merged(
     nodes: Vec<mpsc::Receiver<NodeItem>>,
     tx: Tx,
-    mut sorter: SortBuffer,
+    mut sorter: SortBuffer<WireResponse>,
     window: Duration,
 ) {
     let (all_tx, mut rx) = mpsc::channel(nodes.len().max(1) * 64);
@@ -421,7 +461,7 @@ async fn follow_merged(
                 pending -= 1;
                 Vec::new()
             }
-            NodeItem::Response(r) => sorter.push(*r, Instant::now()),
+            NodeItem::Response(r) => sorter.push(r, Instant::now()),
         };
         for r in out {
             if tx.send(Ok(r)).await.is_err() {
@@ -433,6 +473,92 @@ async fn follow_merged(
         if tx.send(Ok(r)).await.is_err() {
             return;
         }
+    }
+}
+
+impl RelayService {
+    /// The merged `GetFlows` answer, responses as the agents encoded them.
+    fn flows(&self, req: GetFlowsRequest) -> Result<WireRx, Status> {
+        // Refuse what every agent would refuse, before fanning out.
+        crate::observer::validate_request(&req)?;
+        let nodes = self.fan_out(&req);
+        let (tx, out) = mpsc::channel(self.args.node_buffer.max(1));
+        let window = Duration::from_millis(self.args.sort_window_ms);
+        let cap = self.args.sort_buffer.max(1);
+        tokio::spawn(async move {
+            if req.follow {
+                follow_merged(nodes, tx, SortBuffer::new(cap, window), window).await;
+            } else {
+                history_merged(nodes, tx, &req).await;
+            }
+        });
+        Ok(out)
+    }
+}
+
+type WireRx = mpsc::Receiver<Result<WireResponse, Status>>;
+
+/// The relay's `observer.Observer` as served: `GetFlows` passes the agents' encoded responses
+/// on (see `wire`), the other methods are [`RelayService`]'s generated server.
+#[derive(Clone)]
+pub struct RelayServer {
+    service: RelayService,
+    generated: ObserverServer<RelayService>,
+}
+
+impl RelayServer {
+    /// The service with gzip accepted and sent to clients that accept it.
+    pub fn new(service: RelayService) -> Self {
+        let generated = ObserverServer::new(service.clone())
+            .accept_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Gzip);
+        Self { service, generated }
+    }
+}
+
+impl NamedService for RelayServer {
+    const NAME: &'static str = "observer.Observer";
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+struct GetFlowsWire(RelayService);
+
+impl tonic::server::ServerStreamingService<GetFlowsRequest> for GetFlowsWire {
+    type Response = WireResponse;
+    type ResponseStream = ReceiverStream<Result<WireResponse, Status>>;
+    type Future = BoxFuture<Result<Response<Self::ResponseStream>, Status>>;
+
+    fn call(&mut self, request: Request<GetFlowsRequest>) -> Self::Future {
+        let out = self
+            .0
+            .flows(request.into_inner())
+            .map(|rx| Response::new(ReceiverStream::new(rx)));
+        Box::pin(std::future::ready(out))
+    }
+}
+
+impl Service<http::Request<tonic::body::Body>> for RelayServer {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        if req.uri().path() != "/observer.Observer/GetFlows" {
+            return self.generated.call(req);
+        }
+        let method = GetFlowsWire(self.service.clone());
+        Box::pin(async move {
+            let mut gzip = EnabledCompressionEncodings::default();
+            gzip.enable(CompressionEncoding::Gzip);
+            let mut grpc =
+                tonic::server::Grpc::new(ClientCodec).apply_compression_config(gzip, gzip);
+            Ok(grpc.server_streaming(method, req).await)
+        })
     }
 }
 
@@ -448,21 +574,14 @@ impl Observer for RelayService {
         &self,
         request: Request<GetFlowsRequest>,
     ) -> Result<Response<FlowStream>, Status> {
-        let req = request.into_inner();
-        // Refuse what every agent would refuse, before fanning out.
-        crate::observer::validate_request(&req)?;
-        let nodes = self.fan_out(&req);
-        let (tx, out) = mpsc::channel(self.args.node_buffer.max(1));
-        let window = Duration::from_millis(self.args.sort_window_ms);
-        let cap = self.args.sort_buffer.max(1);
-        tokio::spawn(async move {
-            if req.follow {
-                follow_merged(nodes, tx, SortBuffer::new(cap, window), window).await;
-            } else {
-                history_merged(nodes, tx, &req).await;
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+        // Served by `RelayServer` without decoding; this is for callers of the trait.
+        let out = self.flows(request.into_inner())?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(out).map(|r| {
+            r.and_then(|w| {
+                w.decode()
+                    .map_err(|e| Status::internal(format!("malformed agent response: {e}")))
+            })
+        }))))
     }
 
     async fn get_agent_events(
@@ -595,11 +714,7 @@ pub async fn serve(service: RelayService, listener: tokio::net::TcpListener) -> 
         .await;
     Server::builder()
         .add_service(health)
-        .add_service(
-            ObserverServer::new(service)
-                .accept_compressed(CompressionEncoding::Gzip)
-                .send_compressed(CompressionEncoding::Gzip),
-        )
+        .add_service(RelayServer::new(service))
         .serve_with_incoming(TcpListenerStream::new(listener))
         .await
         .context("relay server failed")

@@ -283,3 +283,329 @@ fn sort_buffer_is_bounded_and_time_ordered() {
     assert_eq!(rest, [20, 30, 40]);
     assert!(b.is_empty());
 }
+
+#[test]
+fn wire_responses_keep_the_agents_bytes_and_read_time_and_kind() {
+    use prost::Message as _;
+
+    use super::{Kind, WireResponse};
+    let r = GetFlowsResponse {
+        node_name: "node-a".into(),
+        time: Some(timestamp(T0 + 42)),
+        response_types: Some(ResponseTypes::Flow(fpb::Flow {
+            uuid: "u-1".into(),
+            time: Some(timestamp(T0 + 42)),
+            ..fpb::Flow::default()
+        })),
+    };
+    let mut bytes = r.encode_to_vec();
+    // A field this build does not know (as a newer agent may send) is passed on untouched.
+    bytes.extend_from_slice(&[0xf8, 0x3e, 0x07]); // field 1007, varint 7
+    let w = WireResponse::parse(bytes.clone().into()).expect("parses");
+    assert_eq!(w.time_ns(), T0 + 42);
+    assert_eq!(w.kind(), Kind::Flow);
+    assert_eq!(&w.bytes()[..], &bytes[..]);
+    assert_eq!(w.decode().expect("decodes"), r);
+    assert!(WireResponse::parse(vec![0x0a, 0x05, 0x01].into()).is_err());
+}
+
+/// How a [`ScriptedAgent`]'s `GetFlows` stream ends after its flows.
+#[derive(Clone)]
+enum End {
+    /// It stays open (an agent still sending a large ring, or a stuck one).
+    Open,
+    /// It fails with this message.
+    Error(&'static str),
+}
+
+/// An agent that answers every `GetFlows` with flows at T0 + `offsets_ms`, then ends as told.
+#[derive(Clone)]
+struct ScriptedAgent {
+    node: &'static str,
+    offsets_ms: Vec<i128>,
+    end: End,
+}
+
+type Boxed<T> =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<T, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl crate::api::observer::observer_server::Observer for ScriptedAgent {
+    type GetFlowsStream = Boxed<GetFlowsResponse>;
+    type GetAgentEventsStream = Boxed<crate::api::observer::GetAgentEventsResponse>;
+    type GetDebugEventsStream = Boxed<crate::api::observer::GetDebugEventsResponse>;
+
+    async fn get_flows(
+        &self,
+        _: tonic::Request<GetFlowsRequest>,
+    ) -> Result<tonic::Response<Self::GetFlowsStream>, tonic::Status> {
+        use futures_util::StreamExt as _;
+        let node = self.node;
+        let flows: Vec<_> = self
+            .offsets_ms
+            .iter()
+            .map(|off| {
+                let t = T0 + off * 1_000_000;
+                Ok(GetFlowsResponse {
+                    node_name: node.into(),
+                    time: Some(timestamp(t)),
+                    response_types: Some(ResponseTypes::Flow(fpb::Flow {
+                        time: Some(timestamp(t)),
+                        node_name: node.into(),
+                        ..fpb::Flow::default()
+                    })),
+                })
+            })
+            .collect();
+        let head = futures_util::stream::iter(flows);
+        let s: Self::GetFlowsStream = match self.end {
+            End::Open => Box::pin(head.chain(futures_util::stream::pending())),
+            End::Error(msg) => Box::pin(head.chain(futures_util::stream::iter([Err(
+                tonic::Status::internal(msg),
+            )]))),
+        };
+        Ok(tonic::Response::new(s))
+    }
+    async fn get_agent_events(
+        &self,
+        _: tonic::Request<crate::api::observer::GetAgentEventsRequest>,
+    ) -> Result<tonic::Response<Self::GetAgentEventsStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("test"))
+    }
+    async fn get_debug_events(
+        &self,
+        _: tonic::Request<crate::api::observer::GetDebugEventsRequest>,
+    ) -> Result<tonic::Response<Self::GetDebugEventsStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("test"))
+    }
+    async fn get_nodes(
+        &self,
+        _: tonic::Request<GetNodesRequest>,
+    ) -> Result<tonic::Response<crate::api::observer::GetNodesResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("test"))
+    }
+    async fn get_namespaces(
+        &self,
+        _: tonic::Request<crate::api::observer::GetNamespacesRequest>,
+    ) -> Result<tonic::Response<crate::api::observer::GetNamespacesResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("test"))
+    }
+    async fn server_status(
+        &self,
+        _: tonic::Request<ServerStatusRequest>,
+    ) -> Result<tonic::Response<crate::api::observer::ServerStatusResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("test"))
+    }
+}
+
+/// Serves `agent` on a loopback port.
+async fn scripted(agent: ScriptedAgent) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(crate::api::observer::observer_server::ObserverServer::new(
+                agent,
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+    );
+    addr
+}
+
+/// The flows of a `GetFlows` answer read until `want` flows arrived, within 5 s (the stream
+/// may stay open after them).
+async fn first_flows(addr: &str, req: GetFlowsRequest, want: usize) -> Vec<(String, i128)> {
+    let ch = client::connect(addr, Duration::from_secs(5))
+        .await
+        .expect("connect");
+    let mut s = ObserverClient::new(ch)
+        .get_flows(req)
+        .await
+        .expect("GetFlows")
+        .into_inner();
+    let mut got = Vec::new();
+    let read = async {
+        while got.len() < want {
+            match s.message().await.expect("stream") {
+                Some(r) => got.extend(flows(&[r])),
+                None => break,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("the relay held flows back until an agent's stream ended");
+    got.into_iter()
+        .map(|(n, t)| (n, (t - T0) / 1_000_000))
+        .collect()
+}
+
+/// With one agent answering, its last `number` flows go out as they arrive: the relay does not
+/// hold the answer back until the agent's stream ends.
+#[tokio::test]
+async fn single_agent_history_streams_before_the_agent_finishes() {
+    let slow = scripted(ScriptedAgent {
+        node: "node-slow",
+        offsets_ms: vec![0, 10],
+        end: End::Open,
+    })
+    .await;
+    let (addr, _) = relay(RelayArgs {
+        static_peers: vec![("node-slow".into(), slow)],
+        ..RelayArgs::default()
+    })
+    .await;
+    let req = GetFlowsRequest {
+        number: 100,
+        ..GetFlowsRequest::default()
+    };
+    let got = first_flows(&addr, req, 2).await;
+    assert_eq!(got, [("node-slow".into(), 0), ("node-slow".into(), 10)]);
+}
+
+/// With several agents and `first`, the merge sends the oldest response it holds before it
+/// waits for that agent's next one, and ends the answer after `number` flows even though an
+/// agent's stream is still open.
+#[tokio::test]
+async fn merged_first_streams_in_time_order_past_a_stuck_agent() {
+    let stuck = scripted(ScriptedAgent {
+        node: "node-stuck",
+        offsets_ms: vec![5, 25],
+        end: End::Open,
+    })
+    .await;
+    let (a, _) = agent("node-a", &[0, 10, 20, 30]).await;
+    let (addr, _) = relay(RelayArgs {
+        static_peers: vec![("node-a".into(), a), ("node-stuck".into(), stuck)],
+        ..RelayArgs::default()
+    })
+    .await;
+    let req = GetFlowsRequest {
+        number: 5,
+        first: true,
+        ..GetFlowsRequest::default()
+    };
+    let got = first_flows(&addr, req.clone(), 5).await;
+    let want: Vec<(String, i128)> = [
+        ("node-a", 0),
+        ("node-stuck", 5),
+        ("node-a", 10),
+        ("node-a", 20),
+        ("node-stuck", 25),
+    ]
+    .into_iter()
+    .map(|(n, t)| (n.to_owned(), t))
+    .collect();
+    assert_eq!(got, want);
+    // And the answer ends there: `number` reached, nothing else is awaited.
+    let all = tokio::time::timeout(Duration::from_secs(5), get(&addr, req))
+        .await
+        .expect("the answer ended after `number` flows");
+    assert_eq!(flows(&all).len(), 5);
+}
+
+/// An agent whose stream fails midway is reported as hubble-relay reports it (`NODE_ERROR`
+/// naming it, with the error), its flows up to there stay in the answer and the other agents'
+/// flows all arrive, in time order.
+#[tokio::test]
+async fn an_agent_failing_midway_is_a_node_error_and_the_rest_is_merged() {
+    let bad = scripted(ScriptedAgent {
+        node: "node-bad",
+        offsets_ms: vec![15],
+        end: End::Error("ring read failed"),
+    })
+    .await;
+    let (a, _) = agent("node-a", &[0, 10, 20, 30]).await;
+    let (b, _) = agent("node-b", &[5, 25]).await;
+    let (addr, _) = relay(RelayArgs {
+        static_peers: vec![
+            ("node-a".into(), a),
+            ("node-b".into(), b),
+            ("node-bad".into(), bad),
+        ],
+        ..RelayArgs::default()
+    })
+    .await;
+    for number in [0, 100] {
+        let rs = get(
+            &addr,
+            GetFlowsRequest {
+                number,
+                ..GetFlowsRequest::default()
+            },
+        )
+        .await;
+        let times: Vec<i128> = flows(&rs)
+            .iter()
+            .map(|(_, t)| (t - T0) / 1_000_000)
+            .collect();
+        assert_eq!(times, [0, 5, 10, 15, 20, 25, 30], "number {number}");
+        let error = rs
+            .iter()
+            .find_map(|r| match &r.response_types {
+                Some(ResponseTypes::NodeStatus(s))
+                    if s.state_change == NodeState::NodeError as i32 =>
+                {
+                    Some(s.clone())
+                }
+                _ => None,
+            })
+            .expect("a NODE_ERROR event");
+        assert_eq!(error.node_names, ["node-bad"]);
+        assert!(
+            error.message.contains("ring read failed"),
+            "{}",
+            error.message
+        );
+        // Every response carries a time; flows carry their agent's node name.
+        assert!(rs.iter().all(|r| r.time.is_some()));
+        for r in &rs {
+            if let Some(ResponseTypes::Flow(f)) = &r.response_types {
+                assert_eq!(r.node_name, f.node_name);
+                assert!(!r.node_name.is_empty());
+            }
+        }
+    }
+}
+
+#[test]
+fn newest_window_holds_at_most_number_flows_and_the_lost_events_in_their_span() {
+    use super::Newest;
+    let flow = |t: i128| GetFlowsResponse {
+        time: Some(timestamp(t)),
+        response_types: Some(ResponseTypes::Flow(fpb::Flow::default())),
+        ..GetFlowsResponse::default()
+    };
+    let lost = |t: i128| GetFlowsResponse {
+        time: Some(timestamp(t)),
+        response_types: Some(ResponseTypes::LostEvents(fpb::LostEvent::default())),
+        ..GetFlowsResponse::default()
+    };
+    let mut w = Newest::new(3);
+    for r in [lost(1), flow(2), flow(3)] {
+        w.push(r);
+    }
+    // Fewer than `number` flows: everything stays, the leading lost event too.
+    assert_eq!(w.len(), 3);
+    for r in [lost(4), flow(5), flow(6), lost(7), flow(8)] {
+        w.push(r);
+        assert!(
+            w.len() <= 5,
+            "bounded by the flows kept and the lost events between them"
+        );
+    }
+    let kept: Vec<(bool, i128)> = w
+        .into_responses()
+        .map(|r| {
+            (
+                matches!(r.response_types, Some(ResponseTypes::Flow(_))),
+                r.time.as_ref().map_or(0, timestamp_ns),
+            )
+        })
+        .collect();
+    // The newest three flows and the lost event between them; the lost events before the
+    // oldest kept flow are outside the answer's span.
+    assert_eq!(kept, [(true, 5), (true, 6), (false, 7), (true, 8)]);
+}

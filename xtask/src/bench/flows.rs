@@ -116,6 +116,14 @@ pub fn flows() -> anyhow::Result<()> {
     )?;
     writeln!(
         md,
+        "| two agents (half the flows each, interleaved) merged by the relay, newest {RING} of both (flows/s; cost vs one agent direct, same run) | {:.2} M ({:.1} %) | cost ≤ 20 % |",
+        rate("history_relay_two_agents_flows_per_s"),
+        p["relay_two_agents_cost_percent"]
+            .as_f64()
+            .unwrap_or_default()
+    )?;
+    writeln!(
+        md,
         "| RSS the full 65,536-flow ring adds (in-process, KiB) | {} | |",
         p["ring_rss_kib"]
     )?;

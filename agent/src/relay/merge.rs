@@ -2,30 +2,22 @@
 
 use std::{
     cmp::{Ordering, Reverse},
-    collections::{BinaryHeap, VecDeque},
+    collections::BinaryHeap,
     time::{Duration, Instant},
 };
 
-use super::wire::{Kind, WireResponse};
-use crate::{
-    api::observer::{GetFlowsResponse, get_flows_response::ResponseTypes},
-    flow::timestamp_ns,
-};
+use super::wire::WireResponse;
+use crate::{api::observer::GetFlowsResponse, flow::timestamp_ns};
 
-/// What the merge reads of a response: its time and whether it is a flow.
+/// What the merge reads of a response: its time.
 pub trait Timed {
     /// `time`, nanoseconds since the epoch (0 when absent).
     fn time_ns(&self) -> i128;
-    /// Whether it holds a flow (flows count towards `number`, other responses do not).
-    fn is_flow(&self) -> bool;
 }
 
 impl Timed for GetFlowsResponse {
     fn time_ns(&self) -> i128 {
         self.time.as_ref().map_or(0, timestamp_ns)
-    }
-    fn is_flow(&self) -> bool {
-        matches!(self.response_types, Some(ResponseTypes::Flow(_)))
     }
 }
 
@@ -33,68 +25,10 @@ impl Timed for WireResponse {
     fn time_ns(&self) -> i128 {
         WireResponse::time_ns(self)
     }
-    fn is_flow(&self) -> bool {
-        self.kind() == Kind::Flow
-    }
 }
 
 fn time_of<T: Timed>(r: &T) -> i128 {
     r.time_ns()
-}
-
-/// The newest `limit` flows of a time-ordered sequence, with the other responses (lost
-/// events) that lie within their span, as one agent answers a `number` request: at most
-/// `limit` flows are held however many agents' answers pass through.
-pub struct Newest<T> {
-    held: VecDeque<T>,
-    flows: usize,
-    limit: usize,
-}
-
-impl<T: Timed> Newest<T> {
-    /// Keeps the newest `limit` flows (`limit` > 0).
-    pub fn new(limit: usize) -> Self {
-        Self {
-            held: VecDeque::new(),
-            flows: 0,
-            limit: limit.max(1),
-        }
-    }
-
-    /// Adds the next response in time order; the oldest flow (and what precedes the flow after
-    /// it) goes when more than `limit` flows are held.
-    pub fn push(&mut self, r: T) {
-        self.flows += usize::from(r.is_flow());
-        self.held.push_back(r);
-        if self.flows <= self.limit {
-            return;
-        }
-        while let Some(old) = self.held.pop_front() {
-            if old.is_flow() {
-                self.flows -= 1;
-                break;
-            }
-        }
-        // A lost event older than every flow kept is outside the answer's span.
-        while self.held.front().is_some_and(|r| !r.is_flow()) {
-            self.held.pop_front();
-        }
-    }
-
-    /// Responses held.
-    pub fn len(&self) -> usize {
-        self.held.len()
-    }
-
-    /// Whether nothing is held.
-    pub fn is_empty(&self) -> bool {
-        self.held.is_empty()
-    }
-
-    /// What is held, oldest first.
-    pub fn into_responses(self) -> impl Iterator<Item = T> {
-        self.held.into_iter()
-    }
 }
 
 struct Entry<T> {

@@ -49,7 +49,7 @@ use crate::{
 
 use self::wire::{AgentCodec, ClientCodec};
 pub use self::{
-    merge::{Newest, SortBuffer, Timed},
+    merge::{SortBuffer, Timed},
     wire::{Kind, WireResponse},
 };
 
@@ -337,13 +337,12 @@ async fn next(rx: &mut mpsc::Receiver<NodeItem>, tx: &Tx) -> Option<WireResponse
 }
 
 /// The historic answer: a status event naming the agents that answered and one per agent that
-/// did not, then the agents' responses merged in time order. Each agent's stream is already in
-/// time order, so the merge holds one response per agent and sends the oldest of them before
-/// it waits for that agent's next. With `first`, without a `number` or when a single agent
-/// answers (its stream is already the answer) the merge streams; the newest `number` of
-/// several agents is known only when every agent has finished, so it is gathered in a window
-/// of at most `number` flows and sent then.
-async fn history_merged(mut nodes: Vec<mpsc::Receiver<NodeItem>>, tx: Tx, req: &GetFlowsRequest) {
+/// did not, then the agents' responses merged in time order. As hubble-relay, the request goes
+/// to every agent unchanged, so `number` (with or without `first`) is per agent: N agents answer
+/// up to N × `number` flows. Each agent's stream is already in time order, so the merge holds one
+/// response per agent and sends the oldest of them before it waits for that agent's next: the
+/// answer streams, and memory is one response per agent.
+async fn history_merged(mut nodes: Vec<mpsc::Receiver<NodeItem>>, tx: Tx) {
     let (mut connected, mut failures) = (Vec::new(), Vec::new());
     for rx in &mut nodes {
         match rx.recv().await {
@@ -354,14 +353,6 @@ async fn history_merged(mut nodes: Vec<mpsc::Receiver<NodeItem>>, tx: Tx, req: &
             _ => {}
         }
     }
-    let limit = match req.number {
-        0 => None,
-        n => Some(usize::try_from(n).unwrap_or(usize::MAX)),
-    };
-    let mut newest = match limit {
-        Some(n) if !req.first && connected.len() > 1 => Some(Newest::new(n)),
-        _ => None,
-    };
     let mut status = Vec::new();
     if !connected.is_empty() {
         status.push(status_response(
@@ -380,7 +371,6 @@ async fn history_merged(mut nodes: Vec<mpsc::Receiver<NodeItem>>, tx: Tx, req: &
     for rx in &mut nodes {
         heads.push(next(rx, &tx).await);
     }
-    let mut sent_flows = 0usize;
     while let Some(i) = heads
         .iter()
         .enumerate()
@@ -389,28 +379,12 @@ async fn history_merged(mut nodes: Vec<mpsc::Receiver<NodeItem>>, tx: Tx, req: &
         .map(|(i, _)| i)
     {
         let r = heads[i].take().expect("chosen head is present");
-        if let Some(window) = &mut newest {
-            window.push(r);
-        } else {
-            // Out before the agent's next is awaited: a slow agent must not hold back what is
-            // already known to be next.
-            let flow = r.kind() == Kind::Flow;
-            if tx.send(Ok(r)).await.is_err() {
-                return;
-            }
-            sent_flows += usize::from(flow);
-            if req.first && limit.is_some_and(|n| sent_flows >= n) {
-                // The oldest `number` are out (what follows them is not part of the answer, as
-                // for one agent); dropping the receivers ends the agents' streams.
-                return;
-            }
-        }
-        heads[i] = next(&mut nodes[i], &tx).await;
-    }
-    for r in newest.into_iter().flat_map(Newest::into_responses) {
+        // Out before the agent's next is awaited: a slow agent must not hold back what is
+        // already known to be next.
         if tx.send(Ok(r)).await.is_err() {
             return;
         }
+        heads[i] = next(&mut nodes[i], &tx).await;
     }
 }
 
@@ -478,18 +452,19 @@ async fn follow_merged(
 
 impl RelayService {
     /// The merged `GetFlows` answer, responses as the agents encoded them.
-    fn flows(&self, req: GetFlowsRequest) -> Result<WireRx, Status> {
+    fn flows(&self, req: &GetFlowsRequest) -> Result<WireRx, Status> {
         // Refuse what every agent would refuse, before fanning out.
-        crate::observer::validate_request(&req)?;
-        let nodes = self.fan_out(&req);
+        crate::observer::validate_request(req)?;
+        let nodes = self.fan_out(req);
         let (tx, out) = mpsc::channel(self.args.node_buffer.max(1));
         let window = Duration::from_millis(self.args.sort_window_ms);
         let cap = self.args.sort_buffer.max(1);
+        let follow = req.follow;
         tokio::spawn(async move {
-            if req.follow {
+            if follow {
                 follow_merged(nodes, tx, SortBuffer::new(cap, window), window).await;
             } else {
-                history_merged(nodes, tx, &req).await;
+                history_merged(nodes, tx).await;
             }
         });
         Ok(out)
@@ -532,7 +507,7 @@ impl tonic::server::ServerStreamingService<GetFlowsRequest> for GetFlowsWire {
     fn call(&mut self, request: Request<GetFlowsRequest>) -> Self::Future {
         let out = self
             .0
-            .flows(request.into_inner())
+            .flows(&request.into_inner())
             .map(|rx| Response::new(ReceiverStream::new(rx)));
         Box::pin(std::future::ready(out))
     }
@@ -575,7 +550,7 @@ impl Observer for RelayService {
         request: Request<GetFlowsRequest>,
     ) -> Result<Response<FlowStream>, Status> {
         // Served by `RelayServer` without decoding; this is for callers of the trait.
-        let out = self.flows(request.into_inner())?;
+        let out = self.flows(&request.into_inner())?;
         Ok(Response::new(Box::pin(ReceiverStream::new(out).map(|r| {
             r.and_then(|w| {
                 w.decode()

@@ -410,20 +410,25 @@ pub fn up() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Narrows the node's link towards the world to `mtu` bytes (the world's own side keeps 1500):
-/// packets the pods send towards the world that are larger and carry DF are answered by the node
-/// with ICMP "fragmentation needed", the path-MTU discovery case. The link goes with the lab.
+/// Narrows the node's link towards the world to `mtu` bytes: packets the pods send towards
+/// the world that are larger and carry DF are answered by the node with ICMP "fragmentation
+/// needed", the path-MTU discovery case. The world's side keeps a 1,500-byte interface and
+/// keeps advertising a 1,460-byte MSS (so the pods do send full-sized segments), but its route
+/// back gets the same `mtu`, as a host behind a real smaller-MTU hop would have learnt: without
+/// it the world's full-sized segments that leave without GSO are dropped by the node's narrowed
+/// veth silently — a black hole in the other direction that depended on how the world's kernel
+/// happened to batch its segments. The link goes with the lab.
 pub fn set_world_link_mtu(mtu: u32) -> anyhow::Result<()> {
+    let mtu = mtu.to_string();
     ns(
         node_ns(),
+        &["ip", "link", "set", "dev", WORLD_IFACE, "mtu", &mtu],
+    )?;
+    ns(
+        world_ns(),
         &[
-            "ip",
-            "link",
-            "set",
-            "dev",
-            WORLD_IFACE,
-            "mtu",
-            &mtu.to_string(),
+            "ip", "route", "change", "default", "via", GATEWAY_V4, "dev", "eth0", "mtu", &mtu,
+            "advmss", "1460",
         ],
     )
 }

@@ -421,4 +421,110 @@ fn dashboard_in_chromium(s: &Setup, shop: f64) {
     assert!(top.contains("data-key=\"eu\""), "sovereign list: {top}");
     // Drill-down links lead to the next level.
     assert!(top.contains("href=\"#eu\""), "{top}");
+
+    // What a person sees: a screenshot of the application's page, where the score meter's filled
+    // part must be the expected share of its 400 px track, in the colour of its band (< 70 % red).
+    let shot = s.dir.join("dashboard-shop.png");
+    let out = Command::new("timeout")
+        .args([
+            "60",
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--force-device-scale-factor=1",
+            "--window-size=1000,900",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("http://127.0.0.1:{}/#eu.acme.prod.shop", s.ui))
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .expect("run chromium");
+    assert!(out.success(), "chromium --screenshot failed: {out:?}");
+    let meter = Meter::measure(&shot);
+    assert_eq!(
+        meter.fill_colour,
+        Meter::BAD,
+        "the meter of a {shop} % application is red: {meter:?} ({})",
+        shot.display()
+    );
+    let seen = f64::from(meter.fill_px) / 4.0;
+    assert!(
+        (seen - shop).abs() <= 0.5,
+        "the screenshot's meter shows {seen:.2} % (filled {} px of {} px), expected {shop:.2} % ({})",
+        meter.fill_px,
+        meter.fill_px + meter.track_px,
+        shot.display()
+    );
+}
+
+/// The score meter as found in a screenshot: the row of pixels with the most meter colours.
+#[derive(Debug)]
+struct Meter {
+    fill_px: u32,
+    track_px: u32,
+    fill_colour: [u8; 3],
+}
+
+impl Meter {
+    const TRACK: [u8; 3] = [0xc9, 0xce, 0xd6];
+    const GOOD: [u8; 3] = [0x1f, 0x9d, 0x55];
+    const WARN: [u8; 3] = [0xe0, 0x8a, 0x00];
+    const BAD: [u8; 3] = [0xd0, 0x34, 0x2c];
+
+    fn measure(path: &std::path::Path) -> Self {
+        let file = std::fs::File::open(path).expect("open screenshot");
+        let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+        decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+        let mut reader = decoder.read_info().expect("screenshot is a PNG");
+        let mut buf = vec![0; reader.output_buffer_size().expect("PNG size")];
+        let info = reader.next_frame(&mut buf).expect("decode screenshot");
+        let channels = info.color_type.samples();
+        assert!(
+            channels >= 3,
+            "screenshot has colour: {:?}",
+            info.color_type
+        );
+        let near = |p: &[u8], c: [u8; 3]| p.iter().zip(c).all(|(a, b)| a.abs_diff(b) <= 3);
+        let mut best: Option<Self> = None;
+        for row in buf[..info.buffer_size()].chunks_exact(info.line_size) {
+            let mut m = Self {
+                fill_px: 0,
+                track_px: 0,
+                fill_colour: [0; 3],
+            };
+            for p in row.chunks_exact(channels) {
+                if near(p, Self::TRACK) {
+                    m.track_px += 1;
+                } else if let Some(c) = [Self::GOOD, Self::WARN, Self::BAD]
+                    .into_iter()
+                    .find(|&c| near(p, c))
+                {
+                    m.fill_px += 1;
+                    m.fill_colour = c;
+                }
+            }
+            if best
+                .as_ref()
+                .is_none_or(|b| m.fill_px + m.track_px > b.fill_px + b.track_px)
+            {
+                best = Some(m);
+            }
+        }
+        let m = best.expect("screenshot has rows");
+        // The track is 400 px; one pixel at the boundary may be a blend of both colours.
+        assert!(
+            (399..=400).contains(&(m.fill_px + m.track_px)),
+            "no 400 px score meter in the screenshot {}: {m:?}",
+            path.display()
+        );
+        m
+    }
 }

@@ -276,7 +276,10 @@ pub fn compliance() -> anyhow::Result<()> {
          the 200,000 signals preloaded in `CATALYST_SIGNALS`, the aggregator's shell (`compliance::run`, \
          100 ms publish debounce) replays them; then 200 times one signal flips a check of a fresh \
          pod and the time from the publish to the new value seen by a KV watcher on the \
-         application key is taken. Floor, same run: a KV put seen by a watcher.\n"
+         application key is taken. Floor, same run: a KV put seen by a watcher. New applications: \
+         after that, 50 applications appear for the first time, one signal each, and the time \
+         from the publish to their own key in the KV is taken; replay: aggregator start to every \
+         replayed application scored and published.\n"
     )?;
     writeln!(md, "| measure | value | bar |")?;
     writeln!(md, "|---|---|---|")?;
@@ -316,6 +319,21 @@ pub fn compliance() -> anyhow::Result<()> {
             "latency_p99_ms",
             "**signal → new score in KV, p99 (ms)**",
             "≤ 1,000",
+        ),
+        (
+            "replay_ready_s",
+            "replay at start: all 1,000 applications scored and published (s)",
+            "≤ 60",
+        ),
+        (
+            "new_app_p50_ms",
+            "new application: first signal → its score in KV, p50 (ms)",
+            "",
+        ),
+        (
+            "new_app_max_ms",
+            "**new application: first signal → its score in KV, worst of 50 (ms)**",
+            "≤ 60,000",
         ),
     ] {
         writeln!(md, "| {label} | {} | {bar} |", v[k])?;

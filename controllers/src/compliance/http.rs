@@ -15,7 +15,7 @@ use axum::{
 };
 use bytes::Bytes;
 use catalyst_policy::http::{HttpLimits, HttpRefusals, StreamSlots, long_lived};
-use futures_util::stream::{self, Stream};
+use futures_util::stream;
 use serde::de::IgnoredAny;
 use tokio::sync::{RwLock, broadcast};
 

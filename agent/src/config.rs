@@ -11,11 +11,11 @@ use std::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use catalyst_policy::http::{HttpLimits, LimitError};
 use catalyst_policy::datapath::{
     DEFAULT_CONNTRACK_MAX, DEFAULT_ENDPOINTS_MAX, DEFAULT_EVENTS_BYTES, DEFAULT_IPCACHE_MAX,
     DEFAULT_POLICY_MAX,
 };
+use catalyst_policy::http::{HttpLimits, LimitError};
 
 /// Errors reading the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -936,12 +936,18 @@ mod tests {
             catalyst_policy::http::HttpLimits::default()
         );
         for (yaml, field) in [
-            ("{request_timeout_ms: 0}", "metrics.request_timeout_ms: must be at least 1"),
+            (
+                "{request_timeout_ms: 0}",
+                "metrics.request_timeout_ms: must be at least 1",
+            ),
             (
                 "{max_request_bytes: 1024}",
                 "metrics.max_request_bytes: 1024 is below the minimum of 8192",
             ),
-            ("{max_connections: 0}", "metrics.max_connections: must be at least 1"),
+            (
+                "{max_connections: 0}",
+                "metrics.max_connections: must be at least 1",
+            ),
         ] {
             let err = AgentConfig::parse(Path::new("a.yaml"), &format!("metrics: {yaml}\n"))
                 .unwrap_err()

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use hickory_proto::{op::ResponseCode, rr::RecordType};
 use catalyst_policy::http::{HttpLimits, HttpRefusals};
+use hickory_proto::{op::ResponseCode, rr::RecordType};
 use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,

@@ -189,8 +189,10 @@ pub struct HttpRefusals {
 impl HttpRefusals {
     /// Registers `http_refused` under `registry` (the caller's prefixed registry).
     pub fn register(registry: &mut Registry) -> Self {
-        let family =
-            prometheus_client::metrics::family::Family::<[(&'static str, &'static str); 1], Counter>::default();
+        let family = prometheus_client::metrics::family::Family::<
+            [(&'static str, &'static str); 1],
+            Counter,
+        >::default();
         let counters =
             Refusal::ALL.map(|r| family.get_or_create(&[("reason", r.as_str())]).clone());
         registry.register(
@@ -416,12 +418,13 @@ mod tests {
                     async move {
                         match slots.open() {
                             Ok(permit) => {
-                                let body = stream::once(async { Ok::<_, Infallible>("data: hi\n\n") })
-                                    .chain(stream::pending())
-                                    .map(move |x| {
-                                        let _held = &permit;
-                                        x
-                                    });
+                                let body =
+                                    stream::once(async { Ok::<_, Infallible>("data: hi\n\n") })
+                                        .chain(stream::pending())
+                                        .map(move |x| {
+                                            let _held = &permit;
+                                            x
+                                        });
                                 long_lived(Body::from_stream(body))
                             }
                             Err(refused) => refused,
@@ -502,7 +505,10 @@ mod tests {
             "a".repeat(2 * MIN_REQUEST_BYTES)
         );
         let r = exchange(addr, big.as_bytes()).await;
-        assert!(!r.contains(" 200 "), "answered an oversized request: {r:.80}");
+        assert!(
+            !r.contains(" 200 "),
+            "answered an oversized request: {r:.80}"
+        );
         // The answer may be lost to the reset of a close with unread request bytes.
         assert!(r.is_empty() || r.starts_with("HTTP/1.1 431"), "{r:.80}");
         assert_eq!(refusals.get(Refusal::TooLarge), 1);
@@ -575,7 +581,9 @@ mod tests {
     #[test]
     fn limits_are_checked_with_the_field_named() {
         assert_eq!(
-            HttpLimits::from_config(0, 16_384, 1).unwrap_err().to_string(),
+            HttpLimits::from_config(0, 16_384, 1)
+                .unwrap_err()
+                .to_string(),
             "request_timeout_ms: must be at least 1"
         );
         assert_eq!(

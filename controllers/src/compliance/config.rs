@@ -100,7 +100,9 @@ impl Default for ComplianceConfig {
 
 impl ComplianceConfig {
     /// The dashboard listener's limits, checked (the error names the field).
-    pub fn limits(&self) -> Result<catalyst_policy::http::HttpLimits, catalyst_policy::http::LimitError> {
+    pub fn limits(
+        &self,
+    ) -> Result<catalyst_policy::http::HttpLimits, catalyst_policy::http::LimitError> {
         catalyst_policy::http::HttpLimits::from_config(
             self.request_timeout_ms,
             self.max_request_bytes,

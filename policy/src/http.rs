@@ -249,19 +249,21 @@ impl StreamSlots {
     }
 
     /// A slot, or the `503` answer (counted) when every slot is taken.
+    #[expect(
+        clippy::result_large_err,
+        reason = "the error is the answer a handler returns as it is"
+    )]
     pub fn open(&self) -> Result<StreamPermit, Response> {
-        match self.slots.clone().try_acquire_owned() {
-            Ok(p) => Ok(StreamPermit { _slot: p }),
-            Err(_) => {
-                self.refusals.count(Refusal::TooManyStreams);
-                Err((
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                    "too many streams\n",
-                )
-                    .into_response())
-            }
+        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            return Ok(StreamPermit { _slot: p });
         }
+        self.refusals.count(Refusal::TooManyStreams);
+        Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "too many streams\n",
+        )
+            .into_response())
     }
 }
 
@@ -294,22 +296,19 @@ pub async fn serve(
                 }
             },
         };
-        match connections.clone().try_acquire_owned() {
-            Ok(permit) => {
-                tokio::spawn(connection(
-                    stream,
-                    app.clone(),
-                    limits,
-                    refusals.clone(),
-                    stopped.clone(),
-                    permit,
-                ));
-            }
-            Err(_) => {
-                refusals.count(Refusal::TooManyConnections);
-                if let Ok(permit) = refusing.clone().try_acquire_owned() {
-                    tokio::spawn(refuse(stream, limits.request_timeout, permit));
-                }
+        if let Ok(permit) = connections.clone().try_acquire_owned() {
+            tokio::spawn(connection(
+                stream,
+                app.clone(),
+                limits,
+                refusals.clone(),
+                stopped.clone(),
+                permit,
+            ));
+        } else {
+            refusals.count(Refusal::TooManyConnections);
+            if let Ok(permit) = refusing.clone().try_acquire_owned() {
+                tokio::spawn(refuse(stream, limits.request_timeout, permit));
             }
         }
     }

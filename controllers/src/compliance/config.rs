@@ -218,10 +218,10 @@ fn ten() -> usize {
 fn publish_interval() -> u64 {
     100
 }
-#[expect(clippy::unnecessary_wraps, reason = "serde default of an Option field")]
 fn event_streams() -> usize {
     32
 }
+#[expect(clippy::unnecessary_wraps, reason = "serde default of an Option field")]
 fn listen() -> Option<SocketAddr> {
     Some(SocketAddr::from(([127, 0, 0, 1], 9968)))
 }

@@ -15,6 +15,7 @@ use catalyst_policy::datapath::{
     DEFAULT_CONNTRACK_MAX, DEFAULT_ENDPOINTS_MAX, DEFAULT_EVENTS_BYTES, DEFAULT_IPCACHE_MAX,
     DEFAULT_POLICY_MAX,
 };
+use catalyst_policy::http::{HttpLimits, LimitError};
 
 /// Errors reading the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -364,6 +365,18 @@ pub struct MetricsConfig {
     /// Default 1000.
     #[serde(default = "default_counters_interval_ms")]
     pub counters_interval_ms: u64,
+    /// Longest a request to the endpoint may take from accept to the last byte of the answer,
+    /// milliseconds (a client that sends its request slowly or not at all is disconnected and
+    /// counted in `catalyst_http_refused_total{reason="timeout"}`). Default 5000.
+    #[serde(default = "default_http_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Largest request head (request line and headers) accepted, bytes; larger ones are answered
+    /// `431`. At least 8192. Default 16384.
+    #[serde(default = "default_http_request_bytes")]
+    pub max_request_bytes: usize,
+    /// Connections served at once; one more is answered `503` and closed. Default 64.
+    #[serde(default = "default_http_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for MetricsConfig {
@@ -372,7 +385,21 @@ impl Default for MetricsConfig {
             listen_address: default_metrics_listen(),
             max_ports: default_max_ports(),
             counters_interval_ms: default_counters_interval_ms(),
+            request_timeout_ms: default_http_timeout_ms(),
+            max_request_bytes: default_http_request_bytes(),
+            max_connections: default_http_connections(),
         }
+    }
+}
+
+impl MetricsConfig {
+    /// The endpoint's limits, checked (the error names the field).
+    pub fn limits(&self) -> Result<HttpLimits, LimitError> {
+        HttpLimits::from_config(
+            self.request_timeout_ms,
+            self.max_request_bytes,
+            self.max_connections,
+        )
     }
 }
 
@@ -619,6 +646,15 @@ fn default_max_ports() -> usize {
 fn default_counters_interval_ms() -> u64 {
     1000
 }
+fn default_http_timeout_ms() -> u64 {
+    catalyst_policy::http::DEFAULT_REQUEST_TIMEOUT_MS
+}
+fn default_http_request_bytes() -> usize {
+    catalyst_policy::http::DEFAULT_MAX_REQUEST_BYTES
+}
+fn default_http_connections() -> usize {
+    catalyst_policy::http::DEFAULT_MAX_CONNECTIONS
+}
 fn default_cluster() -> String {
     "default".to_owned()
 }
@@ -801,6 +837,9 @@ impl AgentConfig {
                 format!("{} is below the minimum of 100", self.signals.interval_ms),
             ));
         }
+        if let Err(e) = self.metrics.limits() {
+            return Err(invalid(format!("metrics.{}", e.field()), e.reason()));
+        }
         if self.observer.ring_capacity == 0 {
             return Err(invalid(
                 "observer.ring_capacity".to_owned(),
@@ -887,6 +926,34 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("endpoints[1].interface"), "{err}");
+    }
+
+    #[test]
+    fn metrics_endpoint_limits_are_checked_with_the_field_named() {
+        let cfg = AgentConfig::parse(Path::new("a.yaml"), "node: n1\n").unwrap();
+        assert_eq!(
+            cfg.metrics.limits().unwrap(),
+            catalyst_policy::http::HttpLimits::default()
+        );
+        for (yaml, field) in [
+            (
+                "{request_timeout_ms: 0}",
+                "metrics.request_timeout_ms: must be at least 1",
+            ),
+            (
+                "{max_request_bytes: 1024}",
+                "metrics.max_request_bytes: 1024 is below the minimum of 8192",
+            ),
+            (
+                "{max_connections: 0}",
+                "metrics.max_connections: must be at least 1",
+            ),
+        ] {
+            let err = AgentConfig::parse(Path::new("a.yaml"), &format!("metrics: {yaml}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.ends_with(field), "{err}");
+        }
     }
 
     #[test]

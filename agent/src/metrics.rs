@@ -13,6 +13,7 @@ use std::{
     },
 };
 
+use catalyst_policy::http::{HttpLimits, HttpRefusals};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{
@@ -516,6 +517,8 @@ pub struct Metrics {
     pub signals: crate::nats::ExportMetrics,
     /// `catalyst_kubernetes_*` (zero in standalone mode).
     pub kubernetes: crate::k8s::KubernetesMetrics,
+    /// `catalyst_http_refused_total`: refusals of the `/metrics` endpoint.
+    pub http: HttpRefusals,
 }
 
 impl Metrics {
@@ -529,6 +532,7 @@ impl Metrics {
         let signals =
             crate::nats::ExportMetrics::register(catalyst, "signals", "Compliance signals");
         let kubernetes = crate::k8s::KubernetesMetrics::register(catalyst);
+        let http = HttpRefusals::register(catalyst);
         Self {
             registry: Arc::new(registry),
             flows,
@@ -537,6 +541,7 @@ impl Metrics {
             nats,
             signals,
             kubernetes,
+            http,
         }
     }
 
@@ -554,9 +559,16 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics) -> std::io::Result<()> {
+/// Serves `GET /metrics` on `listener` until the task is dropped, through the suite's HTTP
+/// serve loop ([`catalyst_policy::http::serve`]) within `limits`; refusals are counted in
+/// `catalyst_http_refused_total`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Metrics,
+    limits: HttpLimits,
+) -> std::io::Result<()> {
     use axum::{Router, http::header, routing::get};
+    let refusals = metrics.http.clone();
     let app = Router::new().route(
         "/metrics",
         get(move || {
@@ -572,5 +584,96 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics) -> std::
             }
         }),
     );
-    axum::serve(listener, app).await
+    catalyst_policy::http::serve(listener, app, limits, refusals, std::future::pending()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::SocketAddr, time::Duration};
+
+    use catalyst_policy::http::Refusal;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    const LIMITS: HttpLimits = HttpLimits {
+        request_timeout: Duration::from_millis(300),
+        max_request_bytes: 8192,
+        max_connections: 2,
+    };
+
+    const GET_METRICS: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    async fn endpoint(limits: HttpLimits) -> (SocketAddr, Metrics) {
+        let metrics = Metrics::new(16);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, metrics.clone(), limits));
+        (addr, metrics)
+    }
+
+    /// Sends `request` and reads until the server closes (bounded by 10 s).
+    async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // The server may answer (and close) before reading all of an oversized request.
+        let _ = s.write_all(request).await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn metrics_endpoint_refuses_slow_oversized_and_excess_clients_and_counts_them() {
+        let (addr, m) = endpoint(LIMITS).await;
+        let ok = exchange(addr, GET_METRICS).await;
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok:.200}");
+        assert!(
+            ok.contains("catalyst_http_refused_total{reason=\"timeout\"} 0"),
+            "{ok}"
+        );
+
+        // A silent client and one that stops mid-head are disconnected, not answered.
+        for (n, partial) in [(1, &b""[..]), (2, &b"GET /metrics HTTP/1.1\r\nHo"[..])] {
+            let r = exchange(addr, partial).await;
+            assert!(!r.contains(" 200 "), "answered an incomplete request: {r}");
+            assert_eq!(m.http.get(Refusal::Timeout), n);
+        }
+
+        // A request head over max_request_bytes: 431 (or a reset that lost it), not an answer.
+        let big = format!(
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(32 * 1024)
+        );
+        let r = exchange(addr, big.as_bytes()).await;
+        assert!(r.is_empty() || r.starts_with("HTTP/1.1 431"), "{r:.80}");
+        assert_eq!(m.http.get(Refusal::TooLarge), 1);
+
+        let e = exchange(addr, GET_METRICS).await;
+        assert!(
+            e.contains("catalyst_http_refused_total{reason=\"timeout\"} 2"),
+            "{e}"
+        );
+        assert!(
+            e.contains("catalyst_http_refused_total{reason=\"too_large\"} 1"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn metrics_endpoint_answers_503_over_max_connections() {
+        let (addr, m) = endpoint(HttpLimits {
+            // The held connections must outlive the refused one.
+            request_timeout: Duration::from_secs(30),
+            ..LIMITS
+        })
+        .await;
+        let held = [
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+        ];
+        let r = exchange(addr, GET_METRICS).await;
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+        assert_eq!(m.http.get(Refusal::TooManyConnections), 1);
+        drop(held);
+    }
 }

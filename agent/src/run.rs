@@ -398,12 +398,14 @@ async fn start_servers(
         ),
     }
     if let Some(addr) = cfg.metrics.listen_address {
+        // Checked when the configuration was loaded.
+        let limits = cfg.metrics.limits().unwrap_or_default();
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
                 tracing::info!(%addr, "metrics listening on /metrics");
                 let m = metrics.clone();
                 tasks.push(tokio::spawn(async move {
-                    if let Err(error) = crate::metrics::serve(l, m).await {
+                    if let Err(error) = crate::metrics::serve(l, m, limits).await {
                         tracing::error!(%error, "metrics endpoint stopped");
                     }
                 }));

@@ -6,6 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use catalyst_policy::http::{HttpLimits, LimitError};
 use serde::Deserialize;
 
 use crate::{standalone::StandaloneConfig, tenancy::TenancyConfig};
@@ -52,14 +53,52 @@ pub struct MetricsConfig {
     /// Address and port. Default `127.0.0.1:9967` (the Helm chart sets the pod address).
     #[serde(default = "metrics_address")]
     pub listen_address: SocketAddr,
+    /// Longest a request may take from accept to the last byte of the answer, milliseconds
+    /// (a client that sends its request slowly or not at all is disconnected). Default 5000.
+    #[serde(default = "http_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Largest request head (request line and headers) accepted, bytes; larger ones are answered
+    /// `431`. At least 8192. Default 16384.
+    #[serde(default = "http_request_bytes")]
+    pub max_request_bytes: usize,
+    /// Connections served at once; one more is answered `503` and closed. Default 64.
+    #[serde(default = "http_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
             listen_address: metrics_address(),
+            request_timeout_ms: http_timeout_ms(),
+            max_request_bytes: http_request_bytes(),
+            max_connections: http_connections(),
         }
     }
+}
+
+impl MetricsConfig {
+    /// The listener's limits, checked (the error names the field).
+    pub fn limits(&self) -> Result<HttpLimits, LimitError> {
+        HttpLimits::from_config(
+            self.request_timeout_ms,
+            self.max_request_bytes,
+            self.max_connections,
+        )
+    }
+}
+
+/// Default `request_timeout_ms` of the controllers' HTTP listeners.
+pub(crate) fn http_timeout_ms() -> u64 {
+    catalyst_policy::http::DEFAULT_REQUEST_TIMEOUT_MS
+}
+/// Default `max_request_bytes` of the controllers' HTTP listeners.
+pub(crate) fn http_request_bytes() -> usize {
+    catalyst_policy::http::DEFAULT_MAX_REQUEST_BYTES
+}
+/// Default `max_connections` of the controllers' HTTP listeners.
+pub(crate) fn http_connections() -> usize {
+    catalyst_policy::http::DEFAULT_MAX_CONNECTIONS
 }
 
 fn metrics_address() -> SocketAddr {
@@ -216,6 +255,17 @@ impl Config {
             n.credentials = auth.credentials;
             n.nkey_seed_file = auth.nkey_seed_file;
             n.tls = auth.tls;
+        }
+        cfg.metrics
+            .limits()
+            .map_err(|e| invalid(format!("metrics.{e}")))?;
+        cfg.compliance
+            .limits()
+            .map_err(|e| invalid(format!("compliance.{e}")))?;
+        if cfg.compliance.max_event_streams == 0 {
+            return Err(invalid(
+                "compliance.max_event_streams: must be at least 1".into(),
+            ));
         }
         if cfg.mode == Mode::Standalone && cfg.standalone.is_none() {
             return Err(invalid(

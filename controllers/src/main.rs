@@ -357,6 +357,9 @@ async fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
     let server = tokio::spawn(catalyst_controllers::metrics::serve(
         listener,
         metrics.clone(),
+        cfg.metrics
+            .limits()
+            .context("metrics: invalid HTTP limits")?,
         stop_rx.clone(),
     ));
     // Kubernetes mode runs the aggregator under the leader lease (kubernetes.rs).

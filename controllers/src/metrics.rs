@@ -9,6 +9,7 @@ use std::{
     time::Duration,
 };
 
+use catalyst_policy::http::{HttpLimits, HttpRefusals};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -48,6 +49,8 @@ pub struct Metrics {
     leader: Gauge,
     ready: AtomicBool,
     compliance: crate::compliance::ComplianceMetrics,
+    /// Refusals of the `/metrics` listener (`catalyst_controller_http_refused_total`).
+    pub http: HttpRefusals,
 }
 
 impl Default for Metrics {
@@ -115,6 +118,7 @@ impl Metrics {
         let compliance = crate::compliance::ComplianceMetrics::register(
             registry.sub_registry_with_prefix("compliance"),
         );
+        let http = HttpRefusals::register(&mut registry);
         Self {
             registry,
             reconciles,
@@ -127,6 +131,7 @@ impl Metrics {
             leader,
             ready: AtomicBool::new(false),
             compliance,
+            http,
         }
     }
 
@@ -224,10 +229,13 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown` resolves.
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown` changes, through
+/// the suite's HTTP serve loop ([`catalyst_policy::http::serve`]) within `limits`; refusals are
+/// counted in `catalyst_controller_http_refused_total`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    limits: HttpLimits,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     use axum::{Router, http::StatusCode, routing::get};
@@ -263,9 +271,106 @@ pub async fn serve(
                 }
             }),
         );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
+    let refusals = metrics.http.clone();
+    catalyst_policy::http::serve(listener, app, limits, refusals, async move {
+        let _ = shutdown.changed().await;
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use catalyst_policy::http::Refusal;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    const LIMITS: HttpLimits = HttpLimits {
+        request_timeout: Duration::from_millis(300),
+        max_request_bytes: 8192,
+        max_connections: 2,
+    };
+
+    const GET_METRICS: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    async fn endpoint(
+        limits: HttpLimits,
+    ) -> (SocketAddr, Arc<Metrics>, tokio::sync::watch::Sender<bool>) {
+        let metrics = Arc::new(Metrics::new());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(serve(listener, metrics.clone(), limits, stopped));
+        (addr, metrics, stop)
+    }
+
+    /// Sends `request` and reads until the server closes (bounded by 10 s).
+    async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // The server may answer (and close) before reading all of an oversized request.
+        let _ = s.write_all(request).await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn metrics_listener_refuses_slow_and_oversized_requests_and_counts_them() {
+        let (addr, m, _stop) = endpoint(LIMITS).await;
+        let ok = exchange(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+
+        for (n, partial) in [(1, &b""[..]), (2, &b"GET /metrics HTTP/1.1\r\nHo"[..])] {
+            let r = exchange(addr, partial).await;
+            assert!(!r.contains(" 200 "), "answered an incomplete request: {r}");
+            assert_eq!(m.http.get(Refusal::Timeout), n);
+        }
+
+        let big = format!(
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(32 * 1024)
+        );
+        let r = exchange(addr, big.as_bytes()).await;
+        assert!(r.is_empty() || r.starts_with("HTTP/1.1 431"), "{r:.80}");
+        assert_eq!(m.http.get(Refusal::TooLarge), 1);
+
+        let e = exchange(addr, GET_METRICS).await;
+        assert!(
+            e.contains("catalyst_controller_http_refused_total{reason=\"timeout\"} 2"),
+            "{e}"
+        );
+        assert!(
+            e.contains("catalyst_controller_http_refused_total{reason=\"too_large\"} 1"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn metrics_listener_answers_503_over_max_connections_and_stops_on_shutdown() {
+        let (addr, m, stop) = endpoint(HttpLimits {
+            // The held connections must outlive the refused one.
+            request_timeout: Duration::from_secs(30),
+            ..LIMITS
         })
-        .await
+        .await;
+        let mut held = [
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+        ];
+        let r = exchange(addr, GET_METRICS).await;
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+        assert_eq!(m.http.get(Refusal::TooManyConnections), 1);
+        // Shutdown closes the held connections too (they read end of stream).
+        stop.send(true).unwrap();
+        for s in &mut held {
+            let mut buf = [0_u8; 16];
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .expect("closed on shutdown")
+                .unwrap_or(0);
+            assert_eq!(n, 0);
+        }
+    }
 }

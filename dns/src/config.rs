@@ -6,6 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use catalyst_policy::http::{HttpLimits, LimitError};
 use serde::{Deserialize, Serialize};
 
 use crate::{health::HealthConfig, zone::ChunkJoin};
@@ -259,6 +260,9 @@ pub struct MetricsConfig {
     /// with `431`. At least 8192 (the HTTP library's smallest buffer). Default 16384.
     #[serde(default = "default_metrics_request_bytes")]
     pub max_request_bytes: usize,
+    /// Connections served at once; one more is answered `503` and closed. Default 64.
+    #[serde(default = "default_metrics_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for MetricsConfig {
@@ -267,18 +271,30 @@ impl Default for MetricsConfig {
             listen: default_metrics(),
             request_timeout_ms: default_metrics_timeout_ms(),
             max_request_bytes: default_metrics_request_bytes(),
+            max_connections: default_metrics_connections(),
         }
     }
 }
 
-/// Smallest `metrics.max_request_bytes` (hyper's minimum read buffer).
-pub const MIN_METRICS_REQUEST_BYTES: usize = 8192;
+impl MetricsConfig {
+    /// The endpoint's limits, checked (the error names the field).
+    pub fn limits(&self) -> Result<HttpLimits, LimitError> {
+        HttpLimits::from_config(
+            self.request_timeout_ms,
+            self.max_request_bytes,
+            self.max_connections,
+        )
+    }
+}
 
 fn default_metrics_timeout_ms() -> u64 {
-    5000
+    catalyst_policy::http::DEFAULT_REQUEST_TIMEOUT_MS
 }
 fn default_metrics_request_bytes() -> usize {
-    16_384
+    catalyst_policy::http::DEFAULT_MAX_REQUEST_BYTES
+}
+fn default_metrics_connections() -> usize {
+    catalyst_policy::http::DEFAULT_MAX_CONNECTIONS
 }
 
 fn default_listen() -> Vec<SocketAddr> {
@@ -354,13 +370,16 @@ impl Config {
                 reason: "no listen addresses".into(),
             });
         }
-        if cfg.metrics.max_request_bytes < MIN_METRICS_REQUEST_BYTES {
+        if cfg.health.events_buffer == 0 {
             return Err(ConfigError::Invalid {
                 path: path.display().to_string(),
-                reason: format!(
-                    "metrics.max_request_bytes: {} is below the minimum of {MIN_METRICS_REQUEST_BYTES}",
-                    cfg.metrics.max_request_bytes
-                ),
+                reason: "health.events_buffer: must be at least 1".into(),
+            });
+        }
+        if let Err(e) = cfg.metrics.limits() {
+            return Err(ConfigError::Invalid {
+                path: path.display().to_string(),
+                reason: format!("metrics.{e}"),
             });
         }
         if let Some(n) = &cfg.nats
@@ -369,12 +388,6 @@ impl Config {
             return Err(ConfigError::Invalid {
                 path: path.display().to_string(),
                 reason: e.to_string(),
-            });
-        }
-        if cfg.metrics.request_timeout_ms == 0 {
-            return Err(ConfigError::Invalid {
-                path: path.display().to_string(),
-                reason: "metrics.request_timeout_ms: must be at least 1".into(),
             });
         }
         Ok(cfg)

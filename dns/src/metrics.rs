@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use catalyst_policy::http::{HttpLimits, HttpRefusals};
 use hickory_proto::{op::ResponseCode, rr::RecordType};
 use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -53,6 +54,8 @@ fn qtype_index(t: RecordType) -> usize {
 pub struct HealthMetrics {
     checks: Family<Labels, Counter>,
     up: Family<Labels, Gauge>,
+    /// Health events dropped because the queue to the publisher was full.
+    pub events_dropped: Counter,
 }
 
 impl HealthMetrics {
@@ -70,7 +73,17 @@ impl HealthMetrics {
             "Health state by target (1 up, 0 down)",
             up.clone(),
         );
-        Self { checks, up }
+        let events_dropped = Counter::default();
+        registry.register(
+            "health_events_dropped",
+            "Health events dropped because the queue to the publisher (health.events_buffer) was full",
+            events_dropped.clone(),
+        );
+        Self {
+            checks,
+            up,
+            events_dropped,
+        }
     }
 
     /// Record one check result and the resulting state.
@@ -112,6 +125,8 @@ pub struct DnsMetrics {
     lua_records_failed: Family<Labels, Gauge>,
     /// Health metrics.
     pub health: HealthMetrics,
+    /// Refusals of the metrics endpoint (`catalyst_dns_http_refused_total`).
+    pub http: HttpRefusals,
 }
 
 impl DnsMetrics {
@@ -181,6 +196,7 @@ impl DnsMetrics {
             crate::lua::interp::exec_limit_counter(),
         );
         let health = HealthMetrics::register(registry);
+        let http = HttpRefusals::register(registry);
         Arc::new(Self {
             queries,
             cache_hits,
@@ -192,6 +208,7 @@ impl DnsMetrics {
             static_records,
             lua_records_failed,
             health,
+            http,
         })
     }
 
@@ -226,24 +243,6 @@ impl DnsMetrics {
     }
 }
 
-/// Limits of the metrics endpoint (`metrics.request_timeout_ms`, `metrics.max_request_bytes`).
-#[derive(Clone, Copy, Debug)]
-pub struct HttpLimits {
-    /// Longest a connection may take from accept to the end of its one answer.
-    pub request_timeout: std::time::Duration,
-    /// Largest request head; larger ones get `431`.
-    pub max_request_bytes: usize,
-}
-
-impl From<&crate::config::MetricsConfig> for HttpLimits {
-    fn from(c: &crate::config::MetricsConfig) -> Self {
-        Self {
-            request_timeout: std::time::Duration::from_millis(c.request_timeout_ms),
-            max_request_bytes: c.max_request_bytes,
-        }
-    }
-}
-
 /// The routes: `GET /metrics` (OpenMetrics text) and `GET /health`.
 fn router(registry: Arc<Registry>, limits: HttpLimits) -> axum::Router {
     use axum::{extract::DefaultBodyLimit, http::header, routing::get};
@@ -271,55 +270,44 @@ fn router(registry: Arc<Registry>, limits: HttpLimits) -> axum::Router {
         .layer(DefaultBodyLimit::max(limits.max_request_bytes))
 }
 
-/// Serves the metrics endpoint on `listener` (axum on hyper's HTTP/1): one request per
-/// connection, its head at most `limits.max_request_bytes`, the whole exchange within
-/// `limits.request_timeout` (a slow or silent client is disconnected).
+/// Serves the metrics endpoint on `listener` through the suite's HTTP serve loop
+/// ([`catalyst_policy::http::serve`]): one request per connection, its head at most
+/// `limits.max_request_bytes`, the whole exchange within `limits.request_timeout`, at most
+/// `limits.max_connections` at once; refusals counted in `refusals`
+/// (`catalyst_dns_http_refused_total`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: Arc<Registry>,
     limits: HttpLimits,
+    refusals: HttpRefusals,
 ) -> std::io::Result<()> {
-    use hyper_util::{
-        rt::{TokioIo, TokioTimer},
-        service::TowerToHyperService,
-    };
-    let app = router(registry, limits);
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let service = TowerToHyperService::new(app.clone());
-        tokio::spawn(async move {
-            let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(TokioTimer::new())
-                .header_read_timeout(limits.request_timeout)
-                .max_buf_size(
-                    limits
-                        .max_request_bytes
-                        .max(crate::config::MIN_METRICS_REQUEST_BYTES),
-                )
-                .keep_alive(false);
-            let conn = http.serve_connection(TokioIo::new(stream), service);
-            // Dropping the connection closes the socket.
-            let _ = tokio::time::timeout(limits.request_timeout, conn).await;
-        });
-    }
+    catalyst_policy::http::serve(
+        listener,
+        router(registry, limits),
+        limits,
+        refusals,
+        std::future::pending(),
+    )
+    .await
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
+    use catalyst_policy::http::Refusal;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     use super::*;
 
-    async fn endpoint(limits: HttpLimits) -> std::net::SocketAddr {
+    async fn endpoint(limits: HttpLimits) -> (std::net::SocketAddr, Arc<DnsMetrics>) {
         let mut registry = Registry::with_prefix("catalyst_dns");
         let m = DnsMetrics::register(&mut registry);
         m.query(ResponseCode::NoError, RecordType::A);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, Arc::new(registry), limits));
-        addr
+        tokio::spawn(serve(listener, Arc::new(registry), limits, m.http.clone()));
+        (addr, m)
     }
 
     /// Sends `request` and reads until the server closes (bounded by 10 s).
@@ -332,21 +320,32 @@ mod tests {
         String::from_utf8_lossy(&out).into_owned()
     }
 
+    const GET_METRICS: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+
     const LIMITS: HttpLimits = HttpLimits {
         request_timeout: Duration::from_millis(300),
         max_request_bytes: 8192,
+        max_connections: 2,
     };
 
     #[tokio::test]
     async fn serves_metrics_and_health() {
-        let addr = endpoint(LIMITS).await;
-        let m = exchange(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let (addr, _) = endpoint(LIMITS).await;
+        let m = exchange(addr, GET_METRICS).await;
         assert!(m.starts_with("HTTP/1.1 200"), "{m}");
         assert!(m.contains("application/openmetrics-text"), "{m}");
         assert!(
             m.contains("catalyst_dns_queries_total{rcode=\"NOERROR\",qtype=\"A\"} 1"),
             "{m}"
         );
+        for reason in ["timeout", "too_large", "too_many_connections"] {
+            assert!(
+                m.contains(&format!(
+                    "catalyst_dns_http_refused_total{{reason=\"{reason}\"}} 0"
+                )),
+                "{m}"
+            );
+        }
         let h = exchange(addr, b"GET /health HTTP/1.0\r\n\r\n").await;
         assert!(h.starts_with("HTTP/1.0 200") && h.ends_with("ok\n"), "{h}");
         let n = exchange(addr, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").await;
@@ -354,9 +353,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_oversized_request_head_is_refused() {
+    async fn an_oversized_request_head_is_refused_and_counted() {
         // Issue 16 items 3/8: the hand-written server read 2 KiB, ignored the rest and answered.
-        let addr = endpoint(LIMITS).await;
+        let (addr, m) = endpoint(LIMITS).await;
         let big = format!(
             "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
             "a".repeat(64 * 1024)
@@ -367,20 +366,56 @@ mod tests {
             "answered an oversized request: {r:.80}"
         );
         assert!(r.is_empty() || r.starts_with("HTTP/1.1 431"), "{r:.80}");
+        assert_eq!(m.http.get(Refusal::TooLarge), 1);
+        let e = exchange(addr, GET_METRICS).await;
+        assert!(
+            e.contains("catalyst_dns_http_refused_total{reason=\"too_large\"} 1"),
+            "{e}"
+        );
     }
 
     #[tokio::test]
-    async fn a_silent_or_slow_client_is_disconnected_within_the_request_timeout() {
-        let addr = endpoint(LIMITS).await;
-        for partial in [&b""[..], b"GET /metrics HTTP/1.1\r\nHost"] {
-            let start = Instant::now();
+    async fn a_silent_or_slow_client_is_disconnected_and_counted() {
+        let (addr, m) = endpoint(LIMITS).await;
+        for (n, partial) in [(1, &b""[..]), (2, &b"GET /metrics HTTP/1.1\r\nHost"[..])] {
             let r = exchange(addr, partial).await;
-            let took = start.elapsed();
             assert!(!r.contains(" 200 "), "answered an incomplete request: {r}");
-            assert!(
-                took < Duration::from_secs(5),
-                "connection held {took:?} with a 300 ms limit"
-            );
+            assert_eq!(m.http.get(Refusal::Timeout), n);
         }
+        let e = exchange(addr, GET_METRICS).await;
+        assert!(
+            e.contains("catalyst_dns_http_refused_total{reason=\"timeout\"} 2"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_cap_get_503_and_are_counted() {
+        let (addr, m) = endpoint(HttpLimits {
+            // The held connections must outlive the refused one.
+            request_timeout: Duration::from_secs(30),
+            ..LIMITS
+        })
+        .await;
+        let held = [
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+        ];
+        let r = exchange(addr, GET_METRICS).await;
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+        assert_eq!(m.http.get(Refusal::TooManyConnections), 1);
+        drop(held);
+        let mut e = String::new();
+        for _ in 0..100 {
+            e = exchange(addr, GET_METRICS).await;
+            if e.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            e.contains("catalyst_dns_http_refused_total{reason=\"too_many_connections\"}"),
+            "{e}"
+        );
     }
 }

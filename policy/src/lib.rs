@@ -25,6 +25,9 @@ pub mod compile;
 pub mod endpoint;
 #[cfg(feature = "std")]
 pub mod eval;
+/// The suite's one HTTP serve loop (request size, time and connection limits, refusals counted).
+#[cfg(feature = "http")]
+pub mod http;
 #[cfg(feature = "std")]
 pub mod identity;
 #[cfg(feature = "std")]

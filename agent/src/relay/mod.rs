@@ -31,7 +31,7 @@ use tonic::{
     codec::{CompressionEncoding, EnabledCompressionEncodings},
     codegen::{GrpcMethod, Service, http},
     server::NamedService,
-    transport::{Channel, Endpoint, Server},
+    transport::{Channel, Endpoint},
 };
 
 use crate::{
@@ -44,7 +44,7 @@ use crate::{
         peer::{ChangeNotificationType, NotifyRequest, peer_client::PeerClient},
         relay::{NodeState, NodeStatusEvent},
     },
-    observer::{PeerInfo, PeerRegistry},
+    observer::{PeerInfo, PeerRegistry, TransportLimits},
 };
 
 use self::wire::{AgentCodec, ClientCodec};
@@ -79,6 +79,34 @@ pub struct RelayArgs {
     /// Timeout for connecting to an agent and for its unary calls, milliseconds.
     #[arg(long, default_value_t = 5000)]
     pub dial_timeout_ms: u64,
+    /// Largest gRPC message the relay's own server decodes from or encodes to its clients,
+    /// bytes (as the agent's `observer.max_message_bytes`); larger requests are refused with
+    /// `OUT_OF_RANGE`.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_message_bytes: usize,
+    /// Concurrent HTTP/2 streams (RPCs) per client connection.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 keepalive ping interval on idle client connections, milliseconds (0: no pings).
+    #[arg(long, default_value_t = 30_000)]
+    pub keepalive_interval_ms: u64,
+    /// How long a keepalive ping may go unanswered before the connection is closed,
+    /// milliseconds.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keepalive_timeout_ms: u64,
+}
+
+impl RelayArgs {
+    /// The limits of the relay's own gRPC server (the Observer server's, from these flags).
+    pub fn limits(&self) -> TransportLimits {
+        TransportLimits {
+            max_message_bytes: self.max_message_bytes,
+            max_concurrent_streams: self.max_concurrent_streams,
+            keepalive_interval: (self.keepalive_interval_ms > 0)
+                .then(|| Duration::from_millis(self.keepalive_interval_ms)),
+            keepalive_timeout: Duration::from_millis(self.keepalive_timeout_ms),
+        }
+    }
 }
 
 impl Default for RelayArgs {
@@ -91,6 +119,10 @@ impl Default for RelayArgs {
             sort_buffer: 4096,
             sort_window_ms: 1000,
             dial_timeout_ms: 5000,
+            max_message_bytes: 4 << 20,
+            max_concurrent_streams: 256,
+            keepalive_interval_ms: 30_000,
+            keepalive_timeout_ms: 20_000,
         }
     }
 }
@@ -479,15 +511,24 @@ type WireRx = mpsc::Receiver<Result<WireResponse, Status>>;
 pub struct RelayServer {
     service: RelayService,
     generated: ObserverServer<RelayService>,
+    max_message_bytes: usize,
 }
 
 impl RelayServer {
-    /// The service with gzip accepted and sent to clients that accept it.
+    /// The service with gzip accepted and sent to clients that accept it, and messages of at
+    /// most `--max-message-bytes` either way.
     pub fn new(service: RelayService) -> Self {
+        let max_message_bytes = service.args.max_message_bytes;
         let generated = ObserverServer::new(service.clone())
             .accept_compressed(CompressionEncoding::Gzip)
-            .send_compressed(CompressionEncoding::Gzip);
-        Self { service, generated }
+            .send_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes);
+        Self {
+            service,
+            generated,
+            max_message_bytes,
+        }
     }
 }
 
@@ -527,11 +568,13 @@ impl Service<http::Request<tonic::body::Body>> for RelayServer {
             return self.generated.call(req);
         }
         let method = GetFlowsWire(self.service.clone());
+        let max = self.max_message_bytes;
         Box::pin(async move {
             let mut gzip = EnabledCompressionEncodings::default();
             gzip.enable(CompressionEncoding::Gzip);
-            let mut grpc =
-                tonic::server::Grpc::new(ClientCodec).apply_compression_config(gzip, gzip);
+            let mut grpc = tonic::server::Grpc::new(ClientCodec)
+                .apply_compression_config(gzip, gzip)
+                .apply_max_message_size_config(Some(max), Some(max));
             Ok(grpc.server_streaming(method, req).await)
         })
     }
@@ -675,8 +718,10 @@ impl Observer for RelayService {
     }
 }
 
-/// Serves the relay on `listener` (with the health service for `hubble status`) until it fails.
+/// Serves the relay on `listener` (with the health service for `hubble status`) until it fails,
+/// with the transport limits of its flags (message size, concurrent streams, keepalive).
 pub async fn serve(service: RelayService, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+    let limits = service.args.limits();
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_service_status(
@@ -687,7 +732,8 @@ pub async fn serve(service: RelayService, listener: tokio::net::TcpListener) -> 
     reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
-    Server::builder()
+    limits
+        .builder()
         .add_service(health)
         .add_service(RelayServer::new(service))
         .serve_with_incoming(TcpListenerStream::new(listener))
@@ -699,6 +745,9 @@ pub async fn serve(service: RelayService, listener: tokio::net::TcpListener) -> 
 pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
     if args.peer_services.is_empty() && args.static_peers.is_empty() {
         anyhow::bail!("no agents to relay: give --peer-service and/or --static-peer");
+    }
+    if args.max_message_bytes == 0 {
+        anyhow::bail!("--max-message-bytes: must be at least 1");
     }
     let listener = tokio::net::TcpListener::bind(args.listen_address)
         .await

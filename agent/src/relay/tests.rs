@@ -566,3 +566,46 @@ async fn an_agent_failing_midway_is_a_node_error_and_the_rest_is_merged() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_relay_refuses_a_request_over_its_message_size_limit() {
+    let (a, _) = agent("node-a", &[0, 10]).await;
+    let (relay_addr, _) = relay(RelayArgs {
+        static_peers: vec![("node-a".into(), a)],
+        max_message_bytes: 1024,
+        ..RelayArgs::default()
+    })
+    .await;
+    let ch = client::connect(&relay_addr, Duration::from_secs(5))
+        .await
+        .expect("connect");
+    let mut c = ObserverClient::new(ch);
+    // A request within the limit is served.
+    let ok = get(
+        &relay_addr,
+        GetFlowsRequest {
+            number: 10,
+            ..GetFlowsRequest::default()
+        },
+    )
+    .await;
+    assert_eq!(flows(&ok).len(), 2);
+    // A filter list of 4 KiB is over the 1 KiB limit: refused before it reaches any agent.
+    let big = GetFlowsRequest {
+        number: 10,
+        whitelist: vec![crate::api::flow::FlowFilter {
+            source_pod: (0..256).map(|i| format!("ns/pod-{i:04}")).collect(),
+            ..crate::api::flow::FlowFilter::default()
+        }],
+        ..GetFlowsRequest::default()
+    };
+    let status = match c.get_flows(big).await {
+        Err(s) => s,
+        Ok(r) => r
+            .into_inner()
+            .message()
+            .await
+            .expect_err("an oversized request is refused"),
+    };
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status}");
+}

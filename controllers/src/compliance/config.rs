@@ -55,6 +55,23 @@ pub struct ComplianceConfig {
     /// (`/api/events`). Default `127.0.0.1:9968`; `null` disables it.
     #[serde(default = "listen")]
     pub listen_address: Option<SocketAddr>,
+    /// Longest a request to that listener may take from accept to the last byte of the answer,
+    /// milliseconds (a slow or silent client is disconnected); the SSE stream is exempt once it
+    /// has started. Default 5000.
+    #[serde(default = "crate::config::http_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Largest request head (request line and headers) accepted, bytes; larger ones are answered
+    /// `431`. At least 8192. Default 16384.
+    #[serde(default = "crate::config::http_request_bytes")]
+    pub max_request_bytes: usize,
+    /// Connections served at once, SSE streams included; one more is answered `503` and closed.
+    /// Default 64.
+    #[serde(default = "crate::config::http_connections")]
+    pub max_connections: usize,
+    /// Concurrent SSE clients of `/api/events`; one more is answered `503`. Default 32 (so
+    /// page and API requests keep connections when every stream slot is taken).
+    #[serde(default = "event_streams")]
+    pub max_event_streams: usize,
     /// NATS inputs and outputs; `null` (default): no NATS.
     #[serde(default)]
     pub nats: Option<NatsSettings>,
@@ -78,6 +95,19 @@ pub struct ComplianceConfig {
 impl Default for ComplianceConfig {
     fn default() -> Self {
         serde_norway::from_str("{}").expect("defaults deserialise")
+    }
+}
+
+impl ComplianceConfig {
+    /// The dashboard listener's limits, checked (the error names the field).
+    pub fn limits(
+        &self,
+    ) -> Result<catalyst_policy::http::HttpLimits, catalyst_policy::http::LimitError> {
+        catalyst_policy::http::HttpLimits::from_config(
+            self.request_timeout_ms,
+            self.max_request_bytes,
+            self.max_connections,
+        )
     }
 }
 
@@ -187,6 +217,9 @@ fn ten() -> usize {
 }
 fn publish_interval() -> u64 {
     100
+}
+fn event_streams() -> usize {
+    32
 }
 #[expect(clippy::unnecessary_wraps, reason = "serde default of an Option field")]
 fn listen() -> Option<SocketAddr> {

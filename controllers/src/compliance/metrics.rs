@@ -35,6 +35,9 @@ pub struct ComplianceMetrics {
     writes: Family<OutputLabel, Counter>,
     write_errors: Family<OutputLabel, Counter>,
     scoring: Histogram,
+    /// Refusals of the dashboard/API/SSE listener
+    /// (`catalyst_controller_compliance_http_refused_total`).
+    pub http: catalyst_policy::http::HttpRefusals,
 }
 
 impl ComplianceMetrics {
@@ -49,6 +52,7 @@ impl ComplianceMetrics {
             writes: Family::default(),
             write_errors: Family::default(),
             scoring: Histogram::new([0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+            http: catalyst_policy::http::HttpRefusals::register(registry),
         };
         registry.register(
             "score",

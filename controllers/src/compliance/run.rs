@@ -207,7 +207,14 @@ async fn run_with(
             .await
             .with_context(|| format!("compliance.listen_address {addr}: cannot listen"))?;
         info!(address = %addr, "compliance dashboard on /, scores on /api/scores, SSE on /api/events");
-        tokio::spawn(super::http::serve(listener, hub.clone(), shutdown.clone()));
+        tokio::spawn(super::http::serve(
+            listener,
+            hub.clone(),
+            cfg.limits().context("compliance: invalid HTTP limits")?,
+            cfg.max_event_streams.max(1),
+            m.http.clone(),
+            shutdown.clone(),
+        ));
     }
     let (tx, mut rx) = mpsc::channel::<Inbound>(65_536);
     let mut pending_sources: BTreeSet<Source> = BTreeSet::new();

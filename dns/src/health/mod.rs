@@ -22,7 +22,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use tokio::{runtime::Handle, sync::mpsc, task::AbortHandle};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 pub use self::http::{HttpError, Url};
 
@@ -128,6 +128,10 @@ pub struct HealthConfig {
     /// Redirects followed by URL checks. Default 5.
     #[serde(default = "default_redirects")]
     pub max_redirects: u32,
+    /// Health events queued for the publisher (NATS) before further events are dropped and
+    /// counted in `catalyst_dns_health_events_dropped_total`, events. Default 1024.
+    #[serde(default = "default_events_buffer")]
+    pub events_buffer: usize,
 }
 
 fn default_interval() -> u64 {
@@ -145,6 +149,9 @@ fn default_user_agent() -> String {
 fn default_redirects() -> u32 {
     5
 }
+fn default_events_buffer() -> usize {
+    1024
+}
 
 impl Default for HealthConfig {
     fn default() -> Self {
@@ -157,6 +164,7 @@ impl Default for HealthConfig {
             verify_tls: false,
             user_agent: default_user_agent(),
             max_redirects: default_redirects(),
+            events_buffer: default_events_buffer(),
         }
     }
 }
@@ -247,10 +255,59 @@ pub fn target_token(t: &Target) -> String {
         .collect()
 }
 
+/// How often a full event queue is reported in the log at most (the metric counts every drop).
+const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The bounded queue from the checks to the health-event publisher: a check never waits for
+/// NATS; when the queue is full the event is dropped, counted
+/// (`catalyst_dns_health_events_dropped_total`) and logged at most every 10 s.
+#[derive(Debug)]
+pub struct EventSink {
+    tx: mpsc::Sender<HealthEvent>,
+    dropped: prometheus_client::metrics::counter::Counter,
+    logged: Mutex<Option<std::time::Instant>>,
+}
+
+impl EventSink {
+    /// A sink into `tx` (made with capacity `health.events_buffer`) counting drops in
+    /// `dropped`.
+    pub fn new(
+        tx: mpsc::Sender<HealthEvent>,
+        dropped: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        Self {
+            tx,
+            dropped,
+            logged: Mutex::new(None),
+        }
+    }
+
+    /// Queues `event`; false (and counted) when the queue is full or the publisher is gone.
+    pub fn send(&self, event: HealthEvent) -> bool {
+        let Err(e) = self.tx.try_send(event) else {
+            return true;
+        };
+        let total = self.dropped.inc() + 1;
+        let mut logged = self
+            .logged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if logged.is_none_or(|t| t.elapsed() >= DROP_LOG_INTERVAL) {
+            *logged = Some(std::time::Instant::now());
+            let reason = match e {
+                mpsc::error::TrySendError::Full(_) => "queue full (health.events_buffer)",
+                mpsc::error::TrySendError::Closed(_) => "publisher stopped",
+            };
+            warn!(reason, dropped_total = total, "health event dropped");
+        }
+        false
+    }
+}
+
 struct Shared {
     cfg: HealthConfig,
     version: Arc<AtomicU64>,
-    events: Mutex<Option<mpsc::UnboundedSender<HealthEvent>>>,
+    events: Mutex<Option<Arc<EventSink>>>,
     metrics: Mutex<Option<crate::metrics::HealthMetrics>>,
     tasks: Mutex<HashMap<CheckSpec, AbortHandle>>,
     runtime: Mutex<Option<Handle>>,
@@ -329,13 +386,13 @@ impl Registry {
         self.shared.version.load(Ordering::Acquire)
     }
 
-    /// Send transitions to this channel.
-    pub fn set_events(&self, tx: mpsc::UnboundedSender<HealthEvent>) {
+    /// Send transitions to this sink.
+    pub fn set_events(&self, sink: EventSink) {
         *self
             .shared
             .events
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(sink));
     }
 
     /// Export state through these metrics.
@@ -522,7 +579,7 @@ fn update(shared: &Shared, state: &CheckState, result: Result<(), String>) {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
-    if let Some(tx) = tx {
+    if let Some(sink) = tx {
         let at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -532,7 +589,7 @@ fn update(shared: &Shared, state: &CheckState, result: Result<(), String>) {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
         {
-            let _ = tx.send(HealthEvent {
+            sink.send(HealthEvent {
                 zone: zone.clone(),
                 target: state.spec.target.to_string(),
                 target_token: target_token(&state.spec.target),
@@ -557,6 +614,28 @@ mod tests {
                 .map(|(k, v)| ((*k).into(), (*v).into()))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_full_event_queue_drops_and_counts_and_never_blocks_the_check() {
+        let r = Registry::new(HealthConfig::default(), Arc::default());
+        let (tx, mut rx) = mpsc::channel(2);
+        let dropped = prometheus_client::metrics::counter::Counter::default();
+        r.set_events(EventSink::new(tx, dropped.clone()));
+        let s = r.register(&spec(&[]), "z.");
+        // Nobody reads the queue (NATS down): five transitions, two queued, three dropped.
+        for ok in [true, false, true, false, true] {
+            update(&r.shared, &s, if ok { Ok(()) } else { Err("x".into()) });
+        }
+        assert_eq!(s.status(), Status::Up);
+        assert_eq!(dropped.get(), 3);
+        assert_eq!(rx.try_recv().unwrap().status, "up");
+        assert_eq!(rx.try_recv().unwrap().status, "down");
+        assert!(rx.try_recv().is_err());
+        // Room again: the next transition is queued.
+        update(&r.shared, &s, Err("x".into()));
+        assert_eq!(rx.try_recv().unwrap().status, "down");
+        assert_eq!(dropped.get(), 3);
     }
 
     #[test]

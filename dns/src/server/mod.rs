@@ -57,6 +57,9 @@ pub enum ServerError {
     /// NATS.
     #[error("failed to connect to NATS at `{url}`: {reason}")]
     Nats { url: String, reason: String },
+    /// A limit of the metrics endpoint is out of range.
+    #[error("invalid config: metrics.{0}")]
+    MetricsLimits(catalyst_policy::http::LimitError),
 }
 
 /// Shared services zones are compiled against.
@@ -208,7 +211,7 @@ fn subject_token(zone: &str) -> String {
 
 /// Publish health events to NATS (or log them when NATS is not configured).
 async fn publish_events(
-    mut rx: mpsc::UnboundedReceiver<HealthEvent>,
+    mut rx: mpsc::Receiver<HealthEvent>,
     prefix: String,
     #[cfg(feature = "nats")] client: Option<async_nats::Client>,
 ) {
@@ -262,8 +265,13 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
     }
     metrics.zones_loaded(&set);
 
-    let (tx, rx) = mpsc::unbounded_channel();
-    svc.health.set_events(tx);
+    // Bounded: a check never waits for NATS, and a NATS outage costs at most
+    // `health.events_buffer` events of memory; further events are dropped and counted.
+    let (tx, rx) = mpsc::channel(cfg.health.events_buffer.max(1));
+    svc.health.set_events(health::EventSink::new(
+        tx,
+        metrics.health.events_dropped.clone(),
+    ));
     svc.health.start(&tokio::runtime::Handle::current());
     info!(checks = svc.health.len(), "health checks registered");
 
@@ -352,7 +360,8 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
 
     if let Some(addr) = cfg.metrics.listen {
         let registry = Arc::new(registry);
-        let limits = crate::metrics::HttpLimits::from(&cfg.metrics);
+        let limits = cfg.metrics.limits().map_err(ServerError::MetricsLimits)?;
+        let refusals = metrics.http.clone();
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::MetricsBind {
@@ -361,7 +370,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
             })?;
         info!(%addr, "metrics endpoint listening");
         tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(listener, registry, limits).await {
+            if let Err(e) = crate::metrics::serve(listener, registry, limits, refusals).await {
                 error!(error = %e, %addr, "metrics endpoint failed");
             }
         });

@@ -4,9 +4,13 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").ok_or("no manifest dir")?);
+    let manifest_dir =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").ok_or("no manifest dir")?);
     let include = manifest_dir.join("../agent/proto");
-    println!("cargo:rerun-if-changed={}", include.join("flow/flow.proto").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        include.join("flow/flow.proto").display()
+    );
     let fds = protox::compile(["flow/flow.proto"], [&include])?;
     tonic_prost_build::configure()
         .build_client(false)

@@ -113,7 +113,9 @@ fn sample_flows() -> Vec<Flow> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(req) = Request::decode(data) else { return };
+    let Ok(req) = Request::decode(data) else {
+        return;
+    };
     let filters = match FlowFilters::new(&req.whitelist, &req.blacklist) {
         Ok(f) => f,
         Err(e) => {

@@ -8,8 +8,8 @@
 use std::net::IpAddr;
 
 use catalyst_policy::{
-    CompileInput, Endpoint, IpcachePeer, LabelSet, ManifestError, Packet, PeerIdentity,
-    PolicySet, compile,
+    CompileInput, Endpoint, IpcachePeer, LabelSet, ManifestError, Packet, PeerIdentity, PolicySet,
+    compile,
     datapath::{
         DIR_EGRESS, DIR_INGRESS, IDENTITY_HOST, IDENTITY_REMOTE_NODE, PROTO_ICMP, PROTO_TCP,
         PROTO_UDP,
@@ -24,7 +24,13 @@ const SOURCE: &str = "<fuzz>";
 
 fn ep(id: u32, ns: &str, labels: &[&str], addr: &str) -> Endpoint {
     let labels = LabelSet::parse(labels.iter().copied(), SOURCE_K8S).expect("labels parse");
-    Endpoint::new(id, format!("pod{id}"), ns, labels, vec![addr.parse().expect("address")])
+    Endpoint::new(
+        id,
+        format!("pod{id}"),
+        ns,
+        labels,
+        vec![addr.parse().expect("address")],
+    )
 }
 
 const PEERS: [&str; 7] = [
@@ -45,7 +51,9 @@ const PORTS: [(u8, u16); 5] = [
 ];
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let policies = match parse_manifests(SOURCE, text) {
         Ok(p) => p,
         Err(e) => {
@@ -63,7 +71,9 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     // The set's duplicate check runs on what parsed; parsing is deterministic.
-    let Ok(set) = PolicySet::parse_str(SOURCE, text) else { return };
+    let Ok(set) = PolicySet::parse_str(SOURCE, text) else {
+        return;
+    };
     assert_eq!(set.policies(), &policies[..], "second parse differs");
     let input = CompileInput {
         endpoints: vec![
@@ -84,7 +94,9 @@ fuzz_target!(|data: &[u8]| {
         policies: set.into_policies(),
         global_audit: false,
     };
-    let Ok(compiled) = compile(&input) else { return };
+    let Ok(compiled) = compile(&input) else {
+        return;
+    };
     for e in &input.endpoints {
         for direction in [DIR_INGRESS, DIR_EGRESS] {
             for peer in PEERS {
@@ -97,7 +109,9 @@ fuzz_target!(|data: &[u8]| {
                         protocol,
                         dport,
                     };
-                    let Ok(d) = evaluate(&input, &p) else { continue };
+                    let Ok(d) = evaluate(&input, &p) else {
+                        continue;
+                    };
                     let r = compiled.lookup(e.id, direction, peer, protocol, dport);
                     assert_eq!(
                         (r.verdict, r.reason, r.match_type),

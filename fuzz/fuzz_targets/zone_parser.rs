@@ -52,7 +52,9 @@ fn key(r: &RawRecord) -> (&str, u32, &str, &[Token], &str) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     // $INCLUDE is resolved against the working directory; keep the fuzzer off the file system.
     if text.to_ascii_uppercase().contains("$INCLUDE") {
         return;
@@ -67,7 +69,11 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => panic!("the reader returned an error without a line: {e}"),
     };
     for r in &raws {
-        assert!((1..=lines).contains(&r.line), "record line {} of {lines}", r.line);
+        assert!(
+            (1..=lines).contains(&r.line),
+            "record line {} of {lines}",
+            r.line
+        );
     }
     if let Some(written) = write(&raws) {
         let again = parser::parse_str(&written, "fuzz.test.")

@@ -11,6 +11,9 @@ use anyhow::bail;
 
 use crate::setup;
 
+/// Seconds per fuzz target in the full run (5 targets: about 2.5 min plus the fuzz build).
+const FUZZ_SECONDS: u64 = 30;
+
 /// Runs the suites.
 pub fn test(unit_only: bool) -> anyhow::Result<()> {
     if unit_only {
@@ -35,8 +38,11 @@ pub fn test(unit_only: bool) -> anyhow::Result<()> {
         "--test-threads=1",
     ])
     .env("CATALYST_TEST_MODE", "full");
-    if !c.status()?.success() {
+    let tests_ok = c.status()?.success();
+    // The bounded fuzzing smoke (docs/testing.md): 30 s per target on the committed seeds.
+    let fuzz = crate::fuzz::fuzz(FUZZ_SECONDS, &[]);
+    if !tests_ok {
         bail!("tests failed");
     }
-    Ok(())
+    fuzz
 }

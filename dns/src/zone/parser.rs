@@ -132,6 +132,11 @@ fn lex(text: &str, file: &Path) -> Result<Vec<Entry>, ZoneError> {
                     )
                 {
                     if b[i] == b'\\' {
+                        // Found by the zone_parser fuzz target: a dangling escape took the line
+                        // break (or nothing) as its character, joining lines and miscounting them.
+                        if matches!(b.get(i + 1), None | Some(b'\n' | b'\r')) {
+                            return Err(err(line, "`\\` at the end of a line escapes nothing"));
+                        }
                         i += 1;
                     }
                     i += 1;
@@ -409,6 +414,26 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.to_string(), "<text>:3: unsupported directive `$GENERATE`");
+    }
+
+    #[test]
+    fn dangling_escape_is_an_error_with_its_line() {
+        // Found by the zone_parser fuzz target (fuzz/seeds/zone_parser/crash-6add7435…): the
+        // backslash took the end of input, or the line break, as the character it escapes.
+        for z in [
+            "$TTL 60\nORI_Gm 1 ns Oht\\",
+            "$TTL 60\nORI_Gm 1 ns Oht\\\nx A 192.0.2.1\n",
+        ] {
+            let e = parse_str(z, "fuzz.test.").unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "<text>:2: `\\` at the end of a line escapes nothing",
+                "{z:?}"
+            );
+        }
+        // An escaped character inside a word is kept as written.
+        let r = parse_str("a 60 TXT b\\;c\n", "x.").unwrap();
+        assert_eq!(r[0].rdata, vec![Token::Word("b\\;c".into())]);
     }
 
     #[test]

@@ -356,6 +356,10 @@ fn parse_text(
                     return Err(err(entry.line, format!("unsupported class `{t}`")));
                 }
             } else {
+                // Found by the zone_parser fuzz target: `""` was read as an empty record type.
+                if matches!(toks[idx - 1], Token::Quoted(_)) {
+                    return Err(err(entry.line, format!("quoted record type `\"{t}\"`")));
+                }
                 rtype = Some(t.to_ascii_uppercase());
                 break;
             }
@@ -434,6 +438,13 @@ mod tests {
         // An escaped character inside a word is kept as written.
         let r = parse_str("a 60 TXT b\\;c\n", "x.").unwrap();
         assert_eq!(r[0].rdata, vec![Token::Word("b\\;c".into())]);
+    }
+
+    #[test]
+    fn quoted_record_type_is_an_error() {
+        // Found by the zone_parser fuzz target (fuzz/seeds/zone_parser/crash-6337428f…).
+        let e = parse_str("$TTL 60\nwww \"\" s htm\n", "fuzz.test.").unwrap_err();
+        assert_eq!(e.to_string(), "<text>:2: quoted record type `\"\"`");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! tests that need nothing from the machine (every other test prints one `SKIPPED` line); the
 //! full run sets the toolchain and packages up first and fails any test whose needs (root, the
 //! eBPF object, nats-server, `PowerDNS`, Chromium, …) are not met. The full run first checks the
-//! dependency graph with `cargo deny check bans licenses sources` (deny.toml).
+//! dependency graph with `cargo deny check bans licenses sources` (deny.toml) and ends with the
+//! bounded fuzzing smoke (`cargo xtask fuzz`, 30 s per target; never in `--unit-only`).
 
 use anyhow::bail;
 

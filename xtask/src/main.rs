@@ -8,6 +8,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 mod soak;
 mod test;
@@ -63,6 +64,15 @@ enum Command {
         /// Length of the run in minutes (the first fifth, at most 60 s, is warm-up).
         #[arg(long, default_value_t = 10)]
         minutes: u64,
+    },
+    /// Bounded fuzzing smoke: every target (or the named ones) for N seconds on a copy of the
+    /// committed seeds (fuzz/seeds/); fails on a crash and prints how to reproduce it.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets (default: all).
+        targets: Vec<String>,
     },
     /// Benchmarks (figures to docs/benchmarks.md).
     Bench {
@@ -122,6 +132,7 @@ fn main() -> anyhow::Result<()> {
         Command::DemoFailover => demo::demo_failover(),
         Command::Test { unit_only } => test::test(unit_only),
         Command::Soak { minutes } => soak::soak(minutes),
+        Command::Fuzz { seconds, targets } => fuzz::fuzz(seconds, &targets),
         Command::Bench { which } => match which.as_str() {
             "datapath" => bench::datapath(),
             "policy" => bench::policy(),

@@ -10,6 +10,8 @@ use anyhow::{Context as _, bail};
 
 use crate::root;
 
+/// cargo-fuzz version for `cargo xtask fuzz`.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// cargo-deny version for `cargo deny check bans licenses sources` (deny.toml).
 const CARGO_DENY_VERSION: &str = "0.20.2";
 /// bpf-linker version built against the nightly toolchain's LLVM (DESIGN.md §6).
@@ -245,6 +247,30 @@ pub fn ensure_cargo_deny() -> anyhow::Result<()> {
             ])
             .arg(tools().join("cargo-deny")),
         "building cargo-deny",
+        "see the cargo output above; it needs crates.io",
+    )
+}
+
+/// Builds cargo-fuzz into `.tools/cargo-fuzz` when it is missing or another version.
+pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
+    let bin = tools().join("cargo-fuzz/bin/cargo-fuzz");
+    let have = output(Command::new(&bin).args(["fuzz", "--version"])).unwrap_or_default();
+    if have == format!("cargo-fuzz {CARGO_FUZZ_VERSION}") {
+        return Ok(());
+    }
+    eprintln!("setup: building cargo-fuzz {CARGO_FUZZ_VERSION} (takes a few minutes)");
+    run(
+        Command::new("cargo")
+            .args([
+                "install",
+                "cargo-fuzz",
+                "--version",
+                CARGO_FUZZ_VERSION,
+                "--locked",
+                "--root",
+            ])
+            .arg(tools().join("cargo-fuzz")),
+        "building cargo-fuzz",
         "see the cargo output above; it needs crates.io",
     )
 }

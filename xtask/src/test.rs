@@ -5,11 +5,15 @@
 //! tests that need nothing from the machine (every other test prints one `SKIPPED` line); the
 //! full run sets the toolchain and packages up first and fails any test whose needs (root, the
 //! eBPF object, nats-server, `PowerDNS`, Chromium, …) are not met. The full run first checks the
-//! dependency graph with `cargo deny check bans licenses sources` (deny.toml).
+//! dependency graph with `cargo deny check bans licenses sources` (deny.toml) and ends with the
+//! bounded fuzzing smoke (`cargo xtask fuzz`, 30 s per target; never in `--unit-only`).
 
 use anyhow::bail;
 
 use crate::setup;
+
+/// Seconds per fuzz target in the full run (5 targets: about 2.5 min plus the fuzz build).
+const FUZZ_SECONDS: u64 = 30;
 
 /// Runs the suites.
 pub fn test(unit_only: bool) -> anyhow::Result<()> {
@@ -35,8 +39,11 @@ pub fn test(unit_only: bool) -> anyhow::Result<()> {
         "--test-threads=1",
     ])
     .env("CATALYST_TEST_MODE", "full");
-    if !c.status()?.success() {
+    let tests_ok = c.status()?.success();
+    // The bounded fuzzing smoke (docs/testing.md): 30 s per target on the committed seeds.
+    let fuzz = crate::fuzz::fuzz(FUZZ_SECONDS, &[]);
+    if !tests_ok {
         bail!("tests failed");
     }
-    Ok(())
+    fuzz
 }

@@ -52,6 +52,10 @@ struct Entry {
     tokens: Vec<Token>,
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one pass over the bytes: quoting, escapes and parentheses"
+)]
 fn lex(text: &str, file: &Path) -> Result<Vec<Entry>, ZoneError> {
     let mut out = Vec::new();
     let mut tokens: Vec<Token> = Vec::new();
@@ -132,6 +136,11 @@ fn lex(text: &str, file: &Path) -> Result<Vec<Entry>, ZoneError> {
                     )
                 {
                     if b[i] == b'\\' {
+                        // Found by the zone_parser fuzz target: a dangling escape took the line
+                        // break (or nothing) as its character, joining lines and miscounting them.
+                        if matches!(b.get(i + 1), None | Some(b'\n' | b'\r')) {
+                            return Err(err(line, "`\\` at the end of a line escapes nothing"));
+                        }
                         i += 1;
                     }
                     i += 1;
@@ -351,6 +360,10 @@ fn parse_text(
                     return Err(err(entry.line, format!("unsupported class `{t}`")));
                 }
             } else {
+                // Found by the zone_parser fuzz target: `""` was read as an empty record type.
+                if matches!(toks[idx - 1], Token::Quoted(_)) {
+                    return Err(err(entry.line, format!("quoted record type `\"{t}\"`")));
+                }
                 rtype = Some(t.to_ascii_uppercase());
                 break;
             }
@@ -409,6 +422,33 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.to_string(), "<text>:3: unsupported directive `$GENERATE`");
+    }
+
+    #[test]
+    fn dangling_escape_is_an_error_with_its_line() {
+        // Found by the zone_parser fuzz target (fuzz/seeds/zone_parser/crash-6add7435…): the
+        // backslash took the end of input, or the line break, as the character it escapes.
+        for z in [
+            "$TTL 60\nORI_Gm 1 ns Oht\\",
+            "$TTL 60\nORI_Gm 1 ns Oht\\\nx A 192.0.2.1\n",
+        ] {
+            let e = parse_str(z, "fuzz.test.").unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "<text>:2: `\\` at the end of a line escapes nothing",
+                "{z:?}"
+            );
+        }
+        // An escaped character inside a word is kept as written.
+        let r = parse_str("a 60 TXT b\\;c\n", "x.").unwrap();
+        assert_eq!(r[0].rdata, vec![Token::Word("b\\;c".into())]);
+    }
+
+    #[test]
+    fn quoted_record_type_is_an_error() {
+        // Found by the zone_parser fuzz target (fuzz/seeds/zone_parser/crash-6337428f…).
+        let e = parse_str("$TTL 60\nwww \"\" s htm\n", "fuzz.test.").unwrap_err();
+        assert_eq!(e.to_string(), "<text>:2: quoted record type `\"\"`");
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The query path: any datagram through the UDP handler (parse, cache, resolve, encode) against
-//! the example zone.
+//! DNS messages: any datagram through the UDP handler (parse, cache, resolve, encode) against the
+//! example zone. No panic; when the handler answers, the answer is a well-formed DNS response
+//! that carries the query's ID; the second pass (answered from the cache when cacheable) too.
 #![no_main]
 
 use std::{
@@ -16,9 +17,10 @@ use catalyst_dns::{
     server::udp,
     zone::{ChunkJoin, Zone, ZoneSource, parser},
 };
+use hickory_proto::op::Message;
 use libfuzzer_sys::fuzz_target;
 
-const ZONE: &str = include_str!("../../../deploy/examples/dns/example.org.zone");
+const ZONE: &str = include_str!("../../deploy/examples/dns/example.org.zone");
 
 fn catalog() -> &'static Catalog {
     static C: OnceLock<Catalog> = OnceLock::new();
@@ -36,8 +38,8 @@ fn catalog() -> &'static Catalog {
                 geo: None,
                 failover: Arc::new(FailoverState::new(Arc::clone(&version))),
                 next_id: &mut next_id,
-            strict: false,
-            exec_limit: 1000,
+                strict: false,
+                exec_limit: 1000,
             },
         )
         .expect("example zone loads");
@@ -53,6 +55,14 @@ fuzz_target!(|data: &[u8]| {
     let src: SocketAddr = "192.0.2.7:5353".parse().unwrap();
     for _ in 0..2 {
         out.clear();
-        let _ = udp::handle(data, src, src.ip(), catalog(), &mut cache, true, &mut out);
+        if !udp::handle(data, src, src.ip(), catalog(), &mut cache, true, &mut out) {
+            continue;
+        }
+        assert!(out.len() >= 12, "answer shorter than a header: {out:?}");
+        assert_eq!(out[..2], data[..2], "answer ID differs from the query's");
+        assert!(out[2] & 0x80 != 0, "answer without the QR bit");
+        if let Err(e) = Message::from_vec(&out) {
+            panic!("answer does not parse ({e}): {out:?}");
+        }
     }
 });

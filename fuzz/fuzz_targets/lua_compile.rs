@@ -12,7 +12,9 @@ use catalyst_dns::{
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(code) = std::str::from_utf8(data) else { return };
+    let Ok(code) = std::str::from_utf8(data) else {
+        return;
+    };
     let version = Arc::default();
     let env = Env {
         health: Arc::new(Registry::new(HealthConfig::default(), Arc::clone(&version))),

@@ -173,6 +173,10 @@ struct Latency {
     ready_s: f64,
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one benchmark scenario, read top to bottom"
+)]
 async fn latency(url: &str) -> anyhow::Result<Latency> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let client = loop {

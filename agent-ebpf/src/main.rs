@@ -219,9 +219,46 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
         family: pkt.family,
         pad: 0,
     };
+    let syn_only = pkt.protocol == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let mut reply = false;
+    let mut decided = None;
     let mut entry = CONNTRACK.get_ptr_mut(&key);
     if entry.is_none() {
+        if syn_only {
+            // A SYN without ACK opens a connection in its own direction (RFC 9293 §3.5), so a
+            // new TCP connection is decided before the reverse lookup: when policy allows it,
+            // it costs one conntrack lookup, not two. Only a denied SYN goes on to look for a
+            // connection it could belong to (TCP simultaneous open, or a SYN sent on the reverse
+            // tuple of a tracked connection), which keeps passing as before instead of leaving a
+            // "dropped" entry that would shadow that connection's replies.
+            let Some(ep) = endpoint(ifindex) else {
+                count(STAT_NO_ENDPOINT);
+                return PASS;
+            };
+            let d = verdict::decide(
+                &ep,
+                dir,
+                &flow_peer(dir, pkt),
+                pkt.family,
+                pkt.protocol,
+                pkt.policy_port,
+                &cfg,
+            );
+            if d.verdict != VERDICT_DROPPED {
+                return new_flow(
+                    ctx,
+                    dir,
+                    ifindex,
+                    &ep,
+                    pkt,
+                    &key,
+                    &cfg,
+                    coarse_ns(),
+                    Some(d),
+                );
+            }
+            decided = Some(d);
+        }
         entry = CONNTRACK.get_ptr_mut(&reverse(&key));
         reply = entry.is_some();
     }
@@ -232,12 +269,11 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
             return PASS;
         };
         let ep = &ep;
-        return new_flow(ctx, dir, ifindex, ep, pkt, &key, &cfg, coarse_ns());
+        return new_flow(ctx, dir, ifindex, ep, pkt, &key, &cfg, coarse_ns(), decided);
     };
     // SAFETY: pointer from a successful lookup; LRU entries stay valid for this program run.
     let e = unsafe { &mut *e };
     let now = coarse_ns();
-    let syn_only = pkt.protocol == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if now >= e.expires_ns || (syn_only && e.flags & CT_F_CLOSING != 0) {
         // The connection is over (idle past its timeout, or a new SYN on the tuple of a closing
         // one): this packet starts a new connection, evaluated against the policy in force.
@@ -251,7 +287,7 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
             count(STAT_NO_ENDPOINT);
             return PASS;
         };
-        return new_flow(ctx, dir, ifindex, &ep, pkt, &key, &cfg, now);
+        return new_flow(ctx, dir, ifindex, &ep, pkt, &key, &cfg, now, None);
     }
 
     let mut ev_flags = if reply { EV_F_REPLY } else { 0 };
@@ -526,6 +562,19 @@ fn store_decision(e: &mut CtEntry, d: &Decision, revision: u32) {
     e.peer_identity = d.peer_identity;
 }
 
+/// The peer of a connection seen at hook direction `dir`: the destination leaving the endpoint,
+/// the source arriving at it.
+#[inline(always)]
+fn flow_peer(dir: u8, pkt: &Packet) -> [u32; 4] {
+    if dir == DIR_EGRESS {
+        pkt.daddr
+    } else {
+        pkt.saddr
+    }
+}
+
+/// A new connection: source check, the policy decision (`decided` when the caller already
+/// made it), the conntrack entry and its event.
 #[inline(always)]
 #[expect(
     clippy::too_many_arguments,
@@ -540,12 +589,9 @@ fn new_flow(
     key: &CtKey,
     cfg: &DatapathConfig,
     now: u64,
+    decided: Option<Decision>,
 ) -> i32 {
-    let peer = if dir == DIR_EGRESS {
-        pkt.daddr
-    } else {
-        pkt.saddr
-    };
+    let peer = flow_peer(dir, pkt);
     if dir == DIR_EGRESS && !source_ok(ep, pkt.family, &pkt.saddr) {
         // A spoofed source creates no conntrack entry (it must not fill the table).
         count(counter_index(dir, DROP_INVALID_SOURCE_IP));
@@ -561,15 +607,18 @@ fn new_flow(
         );
         return DROP;
     }
-    let d = verdict::decide(
-        ep,
-        dir,
-        &peer,
-        pkt.family,
-        pkt.protocol,
-        pkt.policy_port,
-        cfg,
-    );
+    let d = match decided {
+        Some(d) => d,
+        None => verdict::decide(
+            ep,
+            dir,
+            &peer,
+            pkt.family,
+            pkt.protocol,
+            pkt.policy_port,
+            cfg,
+        ),
+    };
     let mut e = CtEntry {
         revision: 0,
         verdict: 0,

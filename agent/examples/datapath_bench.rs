@@ -5,12 +5,17 @@
 //! hits conntrack), and the new-flow cost (distinct packets, one run each: conntrack miss,
 //! ipcache and two policy lookups, conntrack insert, event). A single run carries the test
 //! harness's own per-call cost, so established packets are also measured one run at a time and
-//! the difference is reported as the new-flow cost. Prints one JSON object per line.
+//! the difference is reported as the new-flow cost: for TCP connections opening with a SYN (one
+//! conntrack lookup) and for UDP flows (both directions looked up). Prints one JSON object per
+//! line.
 //!
 //! Used by `cargo xtask bench datapath`; run alone with
-//! `cargo run -p catalyst-agent --example datapath_bench`.
+//! `cargo run -p catalyst-agent --example datapath_bench`. With `--profile-new-flows N` it only
+//! runs N new flows (10,000 policy entries), for `perf record -a -g` to see where their time goes.
 
 use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
 
 use catalyst_agent::{
     config::MapSizes,
@@ -19,21 +24,54 @@ use catalyst_agent::{
 use catalyst_policy::datapath::{
     ACTION_ALLOW, CtEntry, CtKey, DIR_INGRESS, EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED,
     EndpointInfo, IpcacheEntry, MATCH_L3_L4, POLICY_PREFIX_FULL_BITS, PROG_TO_ENDPOINT, PROTO_TCP,
-    PolicyEntry, PolicyKey, VERDICT_FORWARDED,
+    PROTO_UDP, PolicyEntry, PolicyKey, VERDICT_FORWARDED,
 };
 
 const LO: u32 = 1;
 const CT_ENTRIES: u32 = 100_000;
 
-fn packet(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+/// An IPv4 packet of `protocol` (TCP with `tcp_flags`, or UDP) as the programs see it.
+fn packet(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    protocol: u8,
+    sport: u16,
+    dport: u16,
+    tcp_flags: u8,
+) -> Vec<u8> {
     let mut p = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
-    p.extend_from_slice(&[0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0]);
+    let total: u16 = if protocol == PROTO_TCP { 40 } else { 28 };
+    p.extend_from_slice(&[0x45, 0]);
+    p.extend_from_slice(&total.to_be_bytes());
+    p.extend_from_slice(&[0, 1, 0x40, 0, 64, protocol, 0, 0]);
     p.extend_from_slice(&src.octets());
     p.extend_from_slice(&dst.octets());
     p.extend_from_slice(&sport.to_be_bytes());
     p.extend_from_slice(&dport.to_be_bytes());
-    p.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0]);
+    if protocol == PROTO_TCP {
+        p.extend_from_slice(&[
+            0, 0, 0, 1, 0, 0, 0, 0, 0x50, tcp_flags, 0xff, 0xff, 0, 0, 0, 0,
+        ]);
+    } else {
+        p.extend_from_slice(&[0, 8, 0, 0]);
+    }
     p
+}
+
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+
+/// Mean kernel time of one single-run `BPF_PROG_TEST_RUN` per packet, each expected allowed.
+fn single_runs(dp: &Datapath, packets: impl Iterator<Item = Vec<u8>>) -> anyhow::Result<f64> {
+    let mut total = Duration::ZERO;
+    let mut n = 0u32;
+    for pkt in packets {
+        let (ret, d) = dp.test_run(PROG_TO_ENDPOINT, &pkt, 1)?;
+        anyhow::ensure!(ret == -1, "benchmark packet must be allowed (got {ret})");
+        total += d;
+        n += 1;
+    }
+    Ok(total.as_secs_f64() * 1e9 / f64::from(n.max(1)))
 }
 
 fn state(entries: u32) -> DesiredState {
@@ -78,6 +116,17 @@ fn state(entries: u32) -> DesiredState {
                 match_type: u32::from(MATCH_L3_L4),
                 pad: 0,
             },
+        ));
+    }
+    // The benchmarked peer may also send UDP to port 80 (the UDP new-flow figure).
+    if let Some(&(len, key, entry)) = rows.last() {
+        rows.push((
+            len,
+            PolicyKey {
+                protocol: PROTO_UDP,
+                ..key
+            },
+            entry,
         ));
     }
     d.policy = by_endpoint(rows);
@@ -129,43 +178,59 @@ fn run(pin: &std::path::Path) -> anyhow::Result<()> {
         dp.conntrack_insert(key, entry)?;
     }
     let dst = Ipv4Addr::new(10, 9, 9, 9);
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some("--profile-new-flows") {
+        let n: u32 = args
+            .next()
+            .and_then(|v| v.parse().ok())
+            .context("--profile-new-flows needs a count")?;
+        apply(&mut dp, &state(10_000), true)?;
+        let peer = Ipv4Addr::from(0x0a00_0000 + 10_000);
+        let ns = single_runs(
+            &dp,
+            (0..n).map(|i| {
+                let dst = Ipv4Addr::from(0x0b00_0000 + i / 60_000);
+                packet(peer, dst, PROTO_TCP, 1024 + (i % 60_000) as u16, 80, SYN)
+            }),
+        )?;
+        println!("new TCP flows: {n}, {ns:.1} ns per single run");
+        return Ok(());
+    }
     let mut first = true;
     for entries in [10u32, 1_000, 10_000] {
         apply(&mut dp, &state(entries), first)?;
         first = false;
         let peer = Ipv4Addr::from(0x0a00_0000 + entries);
         // Established: one packet, many runs.
-        let pkt = packet(peer, dst, 40_000, 80);
+        let pkt = packet(peer, dst, PROTO_TCP, 40_000, 80, ACK);
         let (ret, _) = dp.test_run(PROG_TO_ENDPOINT, &pkt, 1)?;
         anyhow::ensure!(ret == -1, "benchmark packet must be allowed (got {ret})");
         let mut est = Vec::new();
         for _ in 0..5 {
             est.push(dp.test_run(PROG_TO_ENDPOINT, &pkt, 200_000)?.1);
         }
-        // New flows: distinct source ports, one run each.
-        let mut total = Duration::ZERO;
+        // New flows, one run each: TCP connections opening with their SYN (one conntrack
+        // lookup), and UDP flows (a first datagram may be a reply: both directions looked up).
         let n = 20_000u32;
-        for i in 0..n {
-            let pkt = packet(peer, dst, 1024 + (i as u16), 80);
-            let (ret, d) = dp.test_run(PROG_TO_ENDPOINT, &pkt, 1)?;
-            anyhow::ensure!(ret == -1, "new flow must be allowed");
-            total += d;
-        }
+        let new_tcp = single_runs(
+            &dp,
+            (0..n).map(|i| packet(peer, dst, PROTO_TCP, 1024 + i as u16, 80, SYN)),
+        )?;
+        let new_udp = single_runs(
+            &dp,
+            (0..n).map(|i| packet(peer, dst, PROTO_UDP, 1024 + i as u16, 80, 0)),
+        )?;
         // The same single-run measurement for established packets: what a single
         // BPF_PROG_TEST_RUN adds on top of the program (timer, preemption bookkeeping).
-        let mut single = Duration::ZERO;
-        for _ in 0..n {
-            single += dp.test_run(PROG_TO_ENDPOINT, &pkt, 1)?.1;
-        }
+        let est_single = single_runs(&dp, (0..n).map(|_| pkt.clone()))?;
         est.sort();
         let median = est[est.len() / 2];
-        let new_single = total.as_secs_f64() * 1e9 / f64::from(n);
-        let est_single = single.as_secs_f64() * 1e9 / f64::from(n);
         #[expect(clippy::cast_precision_loss, reason = "nanoseconds per packet")]
         let est_ns = median.as_nanos() as f64;
         println!(
-            "{{\"policy_entries\":{entries},\"conntrack_entries\":{CT_ENTRIES},\"established_ns\":{est_ns},\"new_flow_single_run_ns\":{new_single:.1},\"established_single_run_ns\":{est_single:.1},\"new_flow_ns\":{:.1}}}",
-            new_single - est_single + est_ns
+            "{{\"policy_entries\":{entries},\"conntrack_entries\":{CT_ENTRIES},\"established_ns\":{est_ns},\"new_flow_single_run_ns\":{new_tcp:.1},\"new_udp_flow_single_run_ns\":{new_udp:.1},\"established_single_run_ns\":{est_single:.1},\"new_flow_ns\":{:.1},\"new_udp_flow_ns\":{:.1}}}",
+            new_tcp - est_single + est_ns,
+            new_udp - est_single + est_ns
         );
     }
     Ok(())

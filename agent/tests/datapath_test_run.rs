@@ -1522,3 +1522,47 @@ fn conntrack_gc_removes_expired_entries() {
         }
     );
 }
+
+/// A new TCP connection is decided on its SYN before the reverse conntrack lookup (one lookup
+/// when policy allows it). A SYN that policy denies must still find the tracked connection whose
+/// reverse tuple it uses and pass as that connection's packet, as before: it may not leave a
+/// "dropped" entry that would then shadow the connection's replies.
+#[test]
+fn a_denied_syn_on_a_tracked_reverse_tuple_does_not_break_the_connection() {
+    if !root_or_skip("a_denied_syn_on_a_tracked_reverse_tuple_does_not_break_the_connection") {
+        return;
+    }
+    let (f, _, _) = fixture("revsyn", POLICY, false);
+    // client → web:80 is allowed in; web may not open connections to the client.
+    let syn_in = ipv4(CLIENT, WEB, 6, &tcp(41_100, 80, 0x02), 0);
+    assert_eq!(
+        run(&f, PROG_TO_ENDPOINT, &syn_in),
+        PASS,
+        "client → web:80 allowed"
+    );
+    let syn_out = ipv4(WEB, CLIENT, 6, &tcp(80, 41_100, 0x02), 0);
+    assert_eq!(
+        run(&f, PROG_FROM_ENDPOINT, &syn_out),
+        PASS,
+        "a SYN on the reverse tuple of the tracked connection passes with it"
+    );
+    let synack = ipv4(WEB, CLIENT, 6, &tcp(80, 41_100, 0x12), 0);
+    assert_eq!(
+        run(&f, PROG_FROM_ENDPOINT, &synack),
+        PASS,
+        "the replies still pass"
+    );
+    let ack_in = ipv4(CLIENT, WEB, 6, &tcp(41_100, 80, 0x10), 0);
+    assert_eq!(
+        run(&f, PROG_TO_ENDPOINT, &ack_in),
+        PASS,
+        "the connection still passes"
+    );
+    // Without a tracked connection the same SYN is a new, denied connection.
+    let other = ipv4(WEB, CLIENT, 6, &tcp(80, 41_101, 0x02), 0);
+    assert_eq!(
+        run(&f, PROG_FROM_ENDPOINT, &other),
+        DROP,
+        "web → client is denied"
+    );
+}

@@ -25,6 +25,7 @@ use catalyst_tests::{
 use crate::{root, setup};
 
 mod controllers;
+mod empty_tc;
 mod flows;
 pub use self::{controllers::controllers, flows::flows};
 
@@ -43,6 +44,8 @@ fn median3(mut f: impl FnMut() -> anyhow::Result<f64>) -> anyhow::Result<f64> {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Filter {
     None,
+    /// A two-instruction TC program at the agent's hooks: the floor of the hook.
+    Empty,
     Agent(u32),
     NftChain(u32),
     NftSet(u32),
@@ -52,6 +55,7 @@ impl Filter {
     fn label(self) -> String {
         match self {
             Self::None => "no filtering".into(),
+            Self::Empty => "empty classifier (TCX, the agent's hooks)".into(),
             Self::Agent(n) => format!("catalyst-agent, {n} rules"),
             Self::NftChain(n) => format!("nftables chain + ct, {n} rules"),
             Self::NftSet(n) => format!("nftables set + ct, {n} rules"),
@@ -116,19 +120,22 @@ pub fn datapath() -> anyhow::Result<()> {
     )?;
     writeln!(
         md,
-        "| policy entries | established flow (ns/packet) | new flow (ns/packet) | raw single runs: new / established (ns) |"
+        "| policy entries | established flow (ns/packet) | bar | new TCP flow, SYN (ns/packet) | new UDP flow (ns/packet) | bar | raw single runs: new TCP / new UDP / established (ns) |"
     )?;
-    writeln!(md, "|---|---|---|---|")?;
+    writeln!(md, "|---|---|---|---|---|---|---|")?;
     for line in test_run.lines().filter(|l| l.starts_with('{')) {
         let v: serde_json::Value = serde_json::from_str(line).context("datapath_bench output")?;
+        let f = |k: &str| v[k].as_f64().unwrap_or_default();
         writeln!(
             md,
-            "| {} | {} | {:.0} | {:.0} / {:.0} |",
+            "| {} | {} | ≤ 100 | {:.0} | {:.0} | ≤ 250 | {:.0} / {:.0} / {:.0} |",
             v["policy_entries"],
             v["established_ns"],
-            v["new_flow_ns"].as_f64().unwrap_or_default(),
-            v["new_flow_single_run_ns"].as_f64().unwrap_or_default(),
-            v["established_single_run_ns"].as_f64().unwrap_or_default()
+            f("new_flow_ns"),
+            f("new_udp_flow_ns"),
+            f("new_flow_single_run_ns"),
+            f("new_udp_flow_single_run_ns"),
+            f("established_single_run_ns")
         )?;
     }
     writeln!(md)?;
@@ -155,9 +162,40 @@ pub fn datapath() -> anyhow::Result<()> {
             pct(fig.conn_per_s, base.conn_per_s)
         )?;
     }
+    floor_table(&mut md, &rows)?;
     println!("{md}");
     std::fs::write(out_dir.join("datapath.md"), &md)?;
     splice_docs(&md)?;
+    Ok(())
+}
+
+/// The agent's rows against the empty classifier's (the floor of the hook), with the bar.
+fn floor_table(md: &mut String, rows: &[(Filter, Figures)]) -> anyhow::Result<()> {
+    let Some(&(_, floor)) = rows.iter().find(|(f, _)| *f == Filter::Empty) else {
+        return Ok(());
+    };
+    writeln!(
+        md,
+        "\n### catalyst-agent against the empty classifier (bar: within 5 % on each)\n"
+    )?;
+    writeln!(
+        md,
+        "| rules | latency vs floor | UDP rate vs floor | connections/s vs floor | within 5 % |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|")?;
+    for (f, fig) in rows {
+        let Filter::Agent(n) = f else { continue };
+        let lat = pct(fig.latency_us, floor.latency_us);
+        let udp = pct(fig.udp_pps, floor.udp_pps);
+        let conn = pct(fig.conn_per_s, floor.conn_per_s);
+        // Latency may not grow by more than 5 %, the rates may not fall by more than 5 %.
+        let met = lat <= 5.0 && udp >= -5.0 && conn >= -5.0;
+        writeln!(
+            md,
+            "| {n} | {lat:+.1} % | {udp:+.1} % | {conn:+.1} % | {} |",
+            if met { "yes" } else { "no" }
+        )?;
+    }
     Ok(())
 }
 
@@ -734,7 +772,7 @@ fn end_to_end() -> anyhow::Result<Vec<(Filter, Figures)>> {
     let (acceptor, acceptor_fd) = start_acceptor(&server.netns(), server.ipv4, stop.clone())?;
     std::thread::sleep(Duration::from_millis(300));
 
-    let mut filters = vec![Filter::None];
+    let mut filters = vec![Filter::None, Filter::Empty];
     for n in RULE_COUNTS {
         filters.push(Filter::Agent(n));
     }
@@ -752,8 +790,13 @@ fn end_to_end() -> anyhow::Result<Vec<(Filter, Figures)>> {
         for f in filters {
             eprintln!("bench: {}", f.label());
             let mut agent = None;
+            let mut empty = None;
             match f {
                 Filter::None => {}
+                Filter::Empty => {
+                    let ifaces: Vec<String> = PODS.iter().map(lab::Pod::host_iface).collect();
+                    empty = Some(empty_tc::attach(node_ns(), &ifaces)?);
+                }
                 Filter::Agent(n) => agent = Some(start_agent(&work, &pin, n)?),
                 Filter::NftChain(n) | Filter::NftSet(n) => nft_load(f, n, &work)?,
             }
@@ -769,6 +812,7 @@ fn end_to_end() -> anyhow::Result<Vec<(Filter, Figures)>> {
             };
             eprintln!("bench:   {fig:?}");
             rows.push((f, fig));
+            drop(empty);
             if let Some(mut a) = agent {
                 a.stop()?;
                 uninstall(&pin)?;

@@ -2,6 +2,12 @@
 //! (for answers that depend on the client) the client address class. Entries of answers that
 //! read health or failover state remember the version they were computed under and are stale
 //! once it moves; a reload clears everything. One cache per worker thread, so no locks.
+//!
+//! An answer whose only randomness is one uniform pick among `n` candidates (`pickrandom`, a
+//! random `ifportup` selection) is cached as a *choice*: `n` slots, one encoded answer per
+//! outcome. Each query draws a slot uniformly; a filled slot is served, an empty one is computed
+//! with that outcome imposed ([`Hit::Fill`]) and kept. Every answer is thus as uniformly random
+//! as `PowerDNS`'s evaluation per query, without evaluating per query.
 
 use std::{
     hash::{Hash, Hasher},
@@ -30,12 +36,29 @@ pub struct QKey {
 /// A cached response.
 #[derive(Debug)]
 pub struct Entry {
-    /// Encoded response (id and question case are patched per query).
-    pub bytes: Box<[u8]>,
+    /// Encoded response(s) (id and question case are patched per query).
+    body: Body,
     /// Version the answer was computed under, if it depends on one.
-    pub version: Option<u64>,
+    version: Option<u64>,
     /// Response code (for metrics).
-    pub rcode: ResponseCode,
+    rcode: ResponseCode,
+}
+
+#[derive(Debug)]
+enum Body {
+    One(Box<[u8]>),
+    /// One slot per outcome of a uniform pick; filled as they are drawn.
+    Choice(Box<[Option<Box<[u8]>>]>),
+}
+
+/// What the cache has for a query.
+#[derive(Debug)]
+pub enum Hit<'a> {
+    /// This encoded response.
+    Bytes(&'a [u8], ResponseCode),
+    /// The drawn outcome's slot is empty: compute the answer with the random pick forced to
+    /// this outcome, then [`AnswerCache::insert`] it.
+    Fill(u16),
 }
 
 /// Cache key: the question shape, plus the client address class for answers that depend on it.
@@ -97,16 +120,27 @@ impl AnswerCache {
         }
     }
 
-    /// A fresh entry for this key and client.
-    pub fn get(&self, key: &QKey, bestwho: IpAddr, version: u64) -> Option<&Entry> {
+    /// A fresh entry for this key and client; for a choice, the slot drawn for this query.
+    pub fn get(&self, key: &QKey, bestwho: IpAddr, version: u64) -> Option<Hit<'_>> {
+        use rand::RngExt as _;
         let m = self.map.as_ref()?;
         let e = m
             .get(&Lookup(key, None))
             .or_else(|| m.get(&Lookup(key, Some(bestwho))))?;
-        match e.version {
-            Some(v) if v != version => None,
-            _ => Some(e),
+        if e.version.is_some_and(|v| v != version) {
+            return None;
         }
+        Some(match &e.body {
+            Body::One(b) => Hit::Bytes(b, e.rcode),
+            Body::Choice(slots) => {
+                let j = rand::rng().random_range(0..slots.len());
+                match &slots[j] {
+                    Some(b) => Hit::Bytes(b, e.rcode),
+                    // `slots.len()` came from a u16.
+                    None => Hit::Fill(u16::try_from(j).unwrap_or(u16::MAX)),
+                }
+            }
+        })
     }
 
     /// Store a response under its policy.
@@ -123,7 +157,7 @@ impl AnswerCache {
             return;
         };
         let entry = |versioned: bool| Entry {
-            bytes: bytes.into(),
+            body: Body::One(bytes.into()),
             version: versioned.then_some(version),
             rcode,
         };
@@ -132,6 +166,37 @@ impl AnswerCache {
             CachePolicy::Shared { versioned } => m.insert((key, None), entry(versioned)),
             CachePolicy::PerClient { versioned } => {
                 m.insert((key, Some(bestwho)), entry(versioned));
+            }
+            CachePolicy::Choice {
+                n,
+                picked,
+                per_client,
+                versioned,
+            } => {
+                if picked >= n {
+                    return;
+                }
+                let client = per_client.then_some(bestwho);
+                let version = versioned.then_some(version);
+                if let Some(mut e) = m.peek_mut(&Lookup(&key, client))
+                    && e.version == version
+                    && e.rcode == rcode
+                    && let Body::Choice(slots) = &mut e.body
+                    && slots.len() == usize::from(n)
+                {
+                    slots[usize::from(picked)] = Some(bytes.into());
+                    return;
+                }
+                let mut slots: Box<[Option<Box<[u8]>>]> = vec![None; usize::from(n)].into();
+                slots[usize::from(picked)] = Some(bytes.into());
+                m.insert(
+                    (key, client),
+                    Entry {
+                        body: Body::Choice(slots),
+                        version,
+                        rcode,
+                    },
+                );
             }
         }
     }
@@ -204,10 +269,76 @@ mod tests {
             b"a",
             ResponseCode::NoError,
         );
-        assert_eq!(&*c.get(&key("x."), a, 0).unwrap().bytes, b"a");
+        assert!(matches!(c.get(&key("x."), a, 0), Some(Hit::Bytes(b"a", _))));
         assert!(c.get(&key("x."), b, 0).is_none());
         c.sync_generation(5);
         assert!(c.get(&key("x."), a, 0).is_none());
+    }
+
+    #[test]
+    fn a_choice_fills_its_slots_as_drawn_and_then_serves_them_uniformly() {
+        let mut c = AnswerCache::new(10);
+        let who: IpAddr = "192.0.2.1".parse().unwrap();
+        let choice = |picked| CachePolicy::Choice {
+            n: 3,
+            picked,
+            per_client: false,
+            versioned: true,
+        };
+        let bytes = [b"a".as_slice(), b"b", b"c"];
+        c.insert(
+            key("r."),
+            who,
+            choice(1),
+            4,
+            bytes[1],
+            ResponseCode::NoError,
+        );
+        // Until every slot is filled, a query draws either the filled slot or one to fill.
+        let mut fills = [0u32; 3];
+        let mut served = [0u32; 3];
+        for _ in 0..3_000 {
+            match c.get(&key("r."), who, 4) {
+                Some(Hit::Fill(j)) => fills[usize::from(j)] += 1,
+                Some(Hit::Bytes(b, _)) => served[bytes.iter().position(|x| *x == b).unwrap()] += 1,
+                None => panic!("the entry is there"),
+            }
+        }
+        assert_eq!(fills[1], 0, "the filled slot is never to be filled");
+        assert!(fills[0] > 0 && fills[2] > 0 && served[1] > 0);
+        assert_eq!(served[0] + served[2], 0);
+        for j in [0u16, 2] {
+            c.insert(
+                key("r."),
+                who,
+                choice(j),
+                4,
+                bytes[usize::from(j)],
+                ResponseCode::NoError,
+            );
+        }
+        let mut served = [0u32; 3];
+        for _ in 0..3_000 {
+            match c.get(&key("r."), who, 4) {
+                Some(Hit::Bytes(b, _)) => served[bytes.iter().position(|x| *x == b).unwrap()] += 1,
+                other => panic!("every slot is filled: {other:?}"),
+            }
+        }
+        // Uniform: 1,000 each expected, σ ≈ 26; ±200 is beyond 7σ.
+        assert!(
+            served.iter().all(|&n| (800..=1_200).contains(&n)),
+            "{served:?}"
+        );
+        // A new version makes the whole choice stale; a fill under it starts a new one.
+        assert!(c.get(&key("r."), who, 5).is_none());
+        c.insert(key("r."), who, choice(2), 5, b"c", ResponseCode::NoError);
+        let mut filled_again = 0;
+        for _ in 0..300 {
+            if let Some(Hit::Fill(_)) = c.get(&key("r."), who, 5) {
+                filled_again += 1;
+            }
+        }
+        assert!(filled_again > 0, "the new version's slots start empty");
     }
 
     #[test]

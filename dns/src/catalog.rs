@@ -38,6 +38,19 @@ pub enum CachePolicy {
         /// Valid only while the health/failover version is unchanged.
         versioned: bool,
     },
+    /// One outcome of a uniform random pick among `n` (`pickrandom`, an `ifportup`/`ifurlup`
+    /// random selection): cached as slot `picked` of `n`; the cache draws among the slots per
+    /// query, so answers stay uniformly random as with `PowerDNS`, which evaluates every query.
+    Choice {
+        /// Candidates.
+        n: u16,
+        /// This answer's outcome.
+        picked: u16,
+        /// Per client address class (else shared).
+        per_client: bool,
+        /// Valid only while the health/failover version is unchanged.
+        versioned: bool,
+    },
 }
 
 /// A resolved query.
@@ -183,6 +196,7 @@ impl Catalog {
             local,
             tcp,
             dnssec_ok: q.edns.is_some_and(|e| e.dnssec_ok),
+            forced_pick: None,
         }
     }
 
@@ -224,11 +238,20 @@ impl Catalog {
         let versioned = d.has(Deps::HEALTH) || d.has(Deps::FAILOVER);
         let cache = if ans.outcome == Outcome::ServFail
             || witness.is_some()
-            || d.has(Deps::RANDOM)
             || d.has(Deps::TRANSPORT)
             || d.has(Deps::IMPURE)
         {
             CachePolicy::None
+        } else if d.has(Deps::RANDOM) {
+            match ans.draws.single() {
+                Some((n, picked)) => CachePolicy::Choice {
+                    n,
+                    picked,
+                    per_client: d.has(Deps::CLIENT),
+                    versioned,
+                },
+                None => CachePolicy::None,
+            }
         } else if d.has(Deps::CLIENT) {
             CachePolicy::PerClient { versioned }
         } else {
@@ -249,14 +272,19 @@ impl Catalog {
         }
     }
 
-    /// Resolve and encode for UDP.
+    /// Resolve and encode for UDP; `forced_pick` imposes the outcome of the answer's first
+    /// uniform random pick (the answer cache filling the slot it drew).
     pub fn answer_udp(
         &self,
         q: &ParsedQuery,
         src: SocketAddr,
         local: IpAddr,
+        forced_pick: Option<u16>,
     ) -> (Vec<u8>, ResponseCode, CachePolicy, IpAddr) {
-        let client = self.client(q, src, local, false);
+        let client = ClientInfo {
+            forced_pick,
+            ..self.client(q, src, local, false)
+        };
         let r = self.resolve(q, &client);
         let bytes = encode(q, &r.parts(), true);
         (bytes, r.rcode, r.cache, client.bestwho())

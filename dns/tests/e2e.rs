@@ -703,3 +703,66 @@ fn failing_lua_record_is_isolated_and_metrics_port_conflicts_name_the_setting() 
         "{err}"
     );
 }
+
+/// `pickrandom` answers stay uniformly random (as PowerDNS, which evaluates every query) while
+/// the answer cache serves them: after each worker has filled one slot per candidate, queries
+/// stop evaluating the record. A weighted random pick is never cached that way.
+#[test]
+fn pickrandom_is_uniform_and_served_from_the_choice_cache() {
+    let dir = scratch("choice");
+    let port = free_port();
+    let mport = free_port();
+    let zf = dir.join("rand.zone");
+    std::fs::write(
+        &zf,
+        "$ORIGIN rand.test.\n$TTL 60\n@ SOA ns hm 1 2 3 4 5\n@ NS ns\nns A 127.0.0.1\n\
+         r LUA A \"pickrandom({'192.0.2.1', '192.0.2.2', '192.0.2.3', '192.0.2.4'})\"\n\
+         w LUA A \"pickwrandom({{1, '192.0.2.1'}, {3, '192.0.2.2'}})\"\n",
+    )
+    .unwrap();
+    let cfg = config(port, &[("rand.test", &zf)], "").replace(
+        "metrics: {listen: null}",
+        &format!("metrics: {{listen: \"127.0.0.1:{mport}\"}}"),
+    );
+    let _srv = start_catalyst(&dir, &cfg, port);
+    let evaluations = || {
+        let body = http_get(mport, "/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix("catalyst_dns_lua_evaluations_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no lua_evaluations in {body}"))
+    };
+    let before = evaluations();
+    let mut counts = std::collections::BTreeMap::<String, u32>::new();
+    for _ in 0..2_000 {
+        let a = answers(port, "r.rand.test.", RecordType::A, None);
+        assert_eq!(a.len(), 1, "one address per answer: {a:?}");
+        *counts.entry(a[0].clone()).or_default() += 1;
+    }
+    let evaluated = evaluations() - before;
+    // Uniform over 4: 500 each expected, σ ≈ 19; 400..600 is beyond 5σ.
+    assert_eq!(counts.len(), 4, "{counts:?}");
+    assert!(
+        counts.values().all(|&n| (400..=600).contains(&n)),
+        "{counts:?}"
+    );
+    // Each worker thread fills each of the 4 slots once (a few more when a worker's first
+    // queries race): far fewer evaluations than queries.
+    assert!(
+        evaluated < 200.0,
+        "{evaluated} evaluations for 2,000 queries"
+    );
+
+    let before = evaluations();
+    let mut heavy = 0;
+    for _ in 0..400 {
+        let a = answers(port, "w.rand.test.", RecordType::A, None);
+        heavy += u32::from(a == ["192.0.2.2"]);
+    }
+    assert!(
+        evaluations() - before >= 400.0,
+        "a weighted pick is evaluated every time"
+    );
+    // Weight 3 of 4: 300 expected, σ ≈ 8.7.
+    assert!((250..=350).contains(&heavy), "{heavy} of 400");
+}

@@ -49,6 +49,8 @@ fuzz_target!(|data: &[u8]| {
         env: &env,
         zone_lookup: &lookup,
         deps: Cell::new(Deps::default()),
+        draws: Cell::default(),
+        forced_pick: None,
     };
     let _ = p.run(&cx);
 });

@@ -627,9 +627,19 @@ async fn signals_reach_nats_and_survive_an_outage_needs_nats_server() {
         .await
         .expect("stream exists");
     assert!(stream.info().await.expect("info").state.messages >= 2);
+    // Acknowledged publishes are counted (the acks may trail the deliveries seen above when the
+    // machine is busy, so wait for them rather than read the counter once).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while metrics.published() < 8 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} acknowledged publishes in 20 s",
+            metrics.published()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Outage: heartbeats keep coming every 400 ms and are dropped and counted.
     let published = metrics.published();
-    assert!(published >= 8, "{published}");
     server.kill();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while metrics.dropped() == 0 {

@@ -497,10 +497,7 @@ fn pick_random<'v, T>(items: &'v [T], cx: &EvalContext<'_>) -> Result<&'v T, Eva
     match items.len() {
         0 => Err(eval_err("the items list cannot be empty")),
         1 => Ok(&items[0]),
-        n => {
-            cx.note(Deps::RANDOM);
-            Ok(&items[rand::rng().random_range(0..n)])
-        }
+        n => Ok(&items[cx.uniform_draw(n)]),
     }
 }
 
@@ -623,7 +620,7 @@ pub(super) fn call(b: Builtin, args: &[Value], cx: &EvalContext<'_>) -> Result<V
                 return Err(eval_err("the items list cannot be empty"));
             }
             if items.len() > 1 {
-                cx.note(Deps::RANDOM);
+                cx.other_draw();
             }
             items.shuffle(&mut rand::rng());
             items.truncate(n.min(items.len()));
@@ -641,7 +638,7 @@ pub(super) fn call(b: Builtin, args: &[Value], cx: &EvalContext<'_>) -> Result<V
             let items = weighted(arg(0))?;
             let (sum, firsts) = cumulative32(&items)?;
             if items.len() > 1 {
-                cx.note(Deps::RANDOM);
+                cx.other_draw();
             }
             let r = rand::rng().random_range(0..sum);
             Value::str(upper_bound_pick(&items, &firsts, r)?)

@@ -109,6 +109,30 @@ impl Deps {
     }
 }
 
+/// The random draws of one answer. When its only randomness is one uniform pick among `n`
+/// candidates, the answer cache keeps one encoded answer per outcome and draws among them itself
+/// (see `crate::cache`), instead of evaluating every query.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Draws {
+    /// Uniform picks made (saturating).
+    pub uniform: u8,
+    /// Another kind of random draw was made (weighted pick, sample).
+    pub other: bool,
+    /// Candidate count and outcome of the first uniform pick.
+    pub first: Option<(u16, u16)>,
+}
+
+impl Draws {
+    /// `(candidates, picked)` when one uniform pick was the answer's only randomness.
+    pub fn single(&self) -> Option<(u16, u16)> {
+        if self.uniform == 1 && !self.other {
+            self.first
+        } else {
+            None
+        }
+    }
+}
+
 /// Everything an expression may read about the query being answered.
 pub struct EvalContext<'a> {
     /// Query name, lower case, with trailing dot.
@@ -135,12 +159,44 @@ pub struct EvalContext<'a> {
     pub zone_lookup: &'a dyn Fn(&str, u16) -> Vec<String>,
     /// Dependencies noted during evaluation.
     pub deps: Cell<Deps>,
+    /// Random draws made so far in this answer (carried across its LUA records).
+    pub draws: Cell<Draws>,
+    /// Outcome imposed on the answer's first uniform pick (the answer cache filling the slot it
+    /// drew); `None`: draw at random.
+    pub forced_pick: Option<u16>,
 }
 
 impl EvalContext<'_> {
     pub(crate) fn note(&self, flag: u8) {
         let d = self.deps.get();
         self.deps.set(Deps(d.0 | flag));
+    }
+
+    /// A uniform pick in `0..n` (n ≥ 2), recorded in [`Self::draws`]; the answer's first one
+    /// takes [`Self::forced_pick`] when that is in range.
+    pub(crate) fn uniform_draw(&self, n: usize) -> usize {
+        use rand::RngExt as _;
+        self.note(Deps::RANDOM);
+        let mut d = self.draws.get();
+        let i = match self.forced_pick.map(usize::from) {
+            Some(f) if d.uniform == 0 && f < n => f,
+            _ => rand::rng().random_range(0..n),
+        };
+        if d.uniform == 0 {
+            d.first = u16::try_from(n).ok().zip(u16::try_from(i).ok());
+            d.other |= d.first.is_none();
+        }
+        d.uniform = d.uniform.saturating_add(1);
+        self.draws.set(d);
+        i
+    }
+
+    /// Any other random draw: the answer is not one of a fixed set of outcomes.
+    pub(crate) fn other_draw(&self) {
+        self.note(Deps::RANDOM);
+        let mut d = self.draws.get();
+        d.other = true;
+        self.draws.set(d);
     }
 }
 

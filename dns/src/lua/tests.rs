@@ -72,6 +72,8 @@ impl Fixture {
             env: &self.env,
             zone_lookup: &lookup,
             deps: Cell::new(Deps::default()),
+            draws: Cell::default(),
+            forced_pick: None,
         };
         let r = p.run(&cx);
         (r, cx.deps.get())

@@ -22,7 +22,7 @@ use super::{
     mmsg::{self, Batch},
 };
 use crate::{
-    cache::{AnswerCache, QKey, patch},
+    cache::{AnswerCache, Hit, QKey, patch},
     catalog::Catalog,
 };
 
@@ -211,17 +211,20 @@ pub fn handle(
         q.edns
             .map_or(512, |e| e.payload.clamp(512, MAX_UDP_PAYLOAD)),
     );
-    if let Some(e) = cache.get(&key, bestwho, version)
-        && e.bytes.len() <= limit
-    {
-        out.extend_from_slice(&e.bytes);
-        patch(out, pkt, q.question_end);
-        catalog.metrics.cache_hits.inc();
-        catalog.metrics.query(e.rcode, qtype);
-        return true;
+    let mut forced_pick = None;
+    match cache.get(&key, bestwho, version) {
+        Some(Hit::Bytes(bytes, rcode)) if bytes.len() <= limit => {
+            out.extend_from_slice(bytes);
+            patch(out, pkt, q.question_end);
+            catalog.metrics.cache_hits.inc();
+            catalog.metrics.query(rcode, qtype);
+            return true;
+        }
+        Some(Hit::Fill(slot)) => forced_pick = Some(slot),
+        _ => {}
     }
     catalog.metrics.cache_misses.inc();
-    let (bytes, rcode, policy, bestwho) = catalog.answer_udp(&q, src, local);
+    let (bytes, rcode, policy, bestwho) = catalog.answer_udp(&q, src, local, forced_pick);
     catalog.metrics.query(rcode, qtype);
     // Only full answers are cached: a truncated one depends on this requester's payload size.
     if bytes.len() > 3 && bytes[2] & 0x02 == 0 {

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use tracing::debug;
 
 use super::{LuaRecord, Node, Zone, parse_lua_content};
-use crate::lua::{Deps, EvalContext};
+use crate::lua::{Deps, Draws, EvalContext};
 
 /// Longest CNAME chain followed inside a zone.
 const MAX_CNAME_HOPS: usize = 12;
@@ -28,6 +28,9 @@ pub struct ClientInfo {
     pub tcp: bool,
     /// DO bit.
     pub dnssec_ok: bool,
+    /// Outcome imposed on the answer's first uniform random pick (the answer cache filling one
+    /// of its slots); `None` for a random pick.
+    pub forced_pick: Option<u16>,
 }
 
 impl ClientInfo {
@@ -69,6 +72,8 @@ pub struct Answer {
     pub deps: Deps,
     /// A LUA record ran.
     pub dynamic: bool,
+    /// Random draws of the LUA records that ran.
+    pub draws: Draws,
 }
 
 impl Answer {
@@ -155,9 +160,12 @@ impl Zone {
             env: &self.env,
             zone_lookup: &lookup,
             deps: Cell::new(Deps::default()),
+            draws: Cell::new(ans.draws),
+            forced_pick: client.forced_pick,
         };
         let result = rec.program.run(&cx);
         ans.deps.0 |= cx.deps.get().0;
+        ans.draws = cx.draws.get();
         let strings = result.map_err(|e| {
             debug!(record = %rec.owner_str, rtype = %rec.rtype, error = %e, "LUA record failed");
         })?;
@@ -224,6 +232,7 @@ impl Zone {
             additional: Vec::new(),
             deps: Deps::default(),
             dynamic: false,
+            draws: Draws::default(),
         };
         let mut name = qname.clone();
         for _ in 0..MAX_CNAME_HOPS {

@@ -146,6 +146,7 @@ fn lookups_follow_rfc1034() {
         local: "127.0.0.1".parse().unwrap(),
         tcp: false,
         dnssec_ok: false,
+        forced_pick: None,
     };
     let q = |n: &str, t: RecordType| zone.answer(&Name::from_str(n).unwrap(), t, &client);
     assert_eq!(
@@ -180,6 +181,7 @@ fn client() -> ClientInfo {
         local: "127.0.0.1".parse().unwrap(),
         tcp: false,
         dnssec_ok: false,
+        forced_pick: None,
     }
 }
 

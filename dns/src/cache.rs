@@ -3,11 +3,12 @@
 //! read health or failover state remember the version they were computed under and are stale
 //! once it moves; a reload clears everything. One cache per worker thread, so no locks.
 //!
-//! An answer whose only randomness is one uniform pick among `n` candidates (`pickrandom`, a
-//! random `ifportup` selection) is cached as a *choice*: `n` slots, one encoded answer per
-//! outcome. Each query draws a slot uniformly; a filled slot is served, an empty one is computed
-//! with that outcome imposed ([`Hit::Fill`]) and kept. Every answer is thus as uniformly random
-//! as `PowerDNS`'s evaluation per query, without evaluating per query.
+//! An answer whose only randomness is one pick among fixed candidates (`pickrandom`,
+//! `pickwrandom`, a random `ifportup` selection) is cached as a *choice*: one slot per candidate,
+//! one encoded answer per outcome. Each query draws a slot with the candidates' odds (uniform, or
+//! by weight); a filled slot is served, an empty one is computed with that outcome imposed
+//! ([`Hit::Fill`]) and kept. Every answer is thus as random as `PowerDNS`'s evaluation per query,
+//! without evaluating per query.
 
 use std::{
     hash::{Hash, Hasher},
@@ -16,7 +17,7 @@ use std::{
 
 use hickory_proto::{op::ResponseCode, rr::Name};
 
-use crate::catalog::CachePolicy;
+use crate::{catalog::CachePolicy, lua::Odds};
 
 /// Question plus everything else that shapes the encoded response.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -47,8 +48,50 @@ pub struct Entry {
 #[derive(Debug)]
 enum Body {
     One(Box<[u8]>),
-    /// One slot per outcome of a uniform pick; filled as they are drawn.
-    Choice(Box<[Option<Box<[u8]>>]>),
+    /// One slot per outcome of a pick; filled as they are drawn.
+    Choice(Choice),
+}
+
+#[derive(Debug)]
+struct Choice {
+    odds: Odds,
+    /// Running sums of the weights (weighted odds only).
+    running: Option<Box<[u64]>>,
+    slots: Box<[Option<Box<[u8]>>]>,
+}
+
+impl Choice {
+    fn new(odds: Odds) -> Self {
+        let running = match &odds {
+            Odds::Uniform(_) => None,
+            Odds::Weighted(w) => Some(
+                w.iter()
+                    .scan(0u64, |sum, &x| {
+                        *sum += u64::from(x);
+                        Some(*sum)
+                    })
+                    .collect(),
+            ),
+        };
+        Self {
+            slots: vec![None; odds.len()].into(),
+            odds,
+            running,
+        }
+    }
+
+    /// A slot drawn with the candidates' odds.
+    fn draw(&self) -> usize {
+        use rand::RngExt as _;
+        match &self.running {
+            None => rand::rng().random_range(0..self.slots.len()),
+            Some(sums) => {
+                let total = sums.last().copied().unwrap_or(0).max(1);
+                let r = rand::rng().random_range(0..total);
+                sums.partition_point(|&s| s <= r)
+            }
+        }
+    }
 }
 
 /// What the cache has for a query.
@@ -122,7 +165,6 @@ impl AnswerCache {
 
     /// A fresh entry for this key and client; for a choice, the slot drawn for this query.
     pub fn get(&self, key: &QKey, bestwho: IpAddr, version: u64) -> Option<Hit<'_>> {
-        use rand::RngExt as _;
         let m = self.map.as_ref()?;
         let e = m
             .get(&Lookup(key, None))
@@ -132,12 +174,12 @@ impl AnswerCache {
         }
         Some(match &e.body {
             Body::One(b) => Hit::Bytes(b, e.rcode),
-            Body::Choice(slots) => {
-                let j = rand::rng().random_range(0..slots.len());
-                match &slots[j] {
+            Body::Choice(choice) => {
+                let slot = choice.draw();
+                match choice.slots.get(slot)? {
                     Some(b) => Hit::Bytes(b, e.rcode),
-                    // `slots.len()` came from a u16.
-                    None => Hit::Fill(u16::try_from(j).unwrap_or(u16::MAX)),
+                    // At most u16::MAX candidates (`Odds`).
+                    None => Hit::Fill(u16::try_from(slot).ok()?),
                 }
             }
         })
@@ -168,12 +210,13 @@ impl AnswerCache {
                 m.insert((key, Some(bestwho)), entry(versioned));
             }
             CachePolicy::Choice {
-                n,
+                odds,
                 picked,
                 per_client,
                 versioned,
             } => {
-                if picked >= n {
+                let picked = usize::from(picked);
+                if picked >= odds.len() {
                     return;
                 }
                 let client = per_client.then_some(bestwho);
@@ -181,18 +224,18 @@ impl AnswerCache {
                 if let Some(mut e) = m.peek_mut(&Lookup(&key, client))
                     && e.version == version
                     && e.rcode == rcode
-                    && let Body::Choice(slots) = &mut e.body
-                    && slots.len() == usize::from(n)
+                    && let Body::Choice(c) = &mut e.body
+                    && c.odds == odds
                 {
-                    slots[usize::from(picked)] = Some(bytes.into());
+                    c.slots[picked] = Some(bytes.into());
                     return;
                 }
-                let mut slots: Box<[Option<Box<[u8]>>]> = vec![None; usize::from(n)].into();
-                slots[usize::from(picked)] = Some(bytes.into());
+                let mut c = Choice::new(odds);
+                c.slots[picked] = Some(bytes.into());
                 m.insert(
                     (key, client),
                     Entry {
-                        body: Body::Choice(slots),
+                        body: Body::Choice(c),
                         version,
                         rcode,
                     },
@@ -280,7 +323,7 @@ mod tests {
         let mut c = AnswerCache::new(10);
         let who: IpAddr = "192.0.2.1".parse().unwrap();
         let choice = |picked| CachePolicy::Choice {
-            n: 3,
+            odds: Odds::Uniform(3),
             picked,
             per_client: false,
             versioned: true,
@@ -339,6 +382,33 @@ mod tests {
             }
         }
         assert!(filled_again > 0, "the new version's slots start empty");
+    }
+
+    #[test]
+    fn a_weighted_choice_serves_its_slots_by_weight() {
+        let mut c = AnswerCache::new(10);
+        let who: IpAddr = "192.0.2.1".parse().unwrap();
+        let odds = Odds::Weighted(vec![1, 3].into());
+        for (picked, b) in [(0u16, b"a"), (1, b"b")] {
+            let policy = CachePolicy::Choice {
+                odds: odds.clone(),
+                picked,
+                per_client: true,
+                versioned: false,
+            };
+            c.insert(key("w."), who, policy, 0, b, ResponseCode::NoError);
+        }
+        let mut heavy = 0u32;
+        for _ in 0..4_000 {
+            match c.get(&key("w."), who, 0) {
+                Some(Hit::Bytes(b, _)) => heavy += u32::from(b == b"b"),
+                other => panic!("both slots are filled: {other:?}"),
+            }
+        }
+        // 3,000 expected, σ ≈ 27.
+        assert!((2_800..=3_200).contains(&heavy), "{heavy}");
+        // Per client: another client has nothing yet.
+        assert!(c.get(&key("w."), "192.0.2.2".parse().unwrap(), 0).is_none());
     }
 
     #[test]

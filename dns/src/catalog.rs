@@ -17,14 +17,14 @@ use hickory_proto::{
 
 use crate::{
     failover::FailoverState,
-    lua::Deps,
+    lua::{Deps, Odds},
     metrics::DnsMetrics,
     server::message::{ParsedQuery, ResponseParts, ecs_net, encode},
     zone::{ClientInfo, Outcome, ZoneSet},
 };
 
 /// How an encoded answer may be reused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CachePolicy {
     /// Not at all (random choice, transport-dependent, SERVFAIL).
     None,
@@ -38,12 +38,13 @@ pub enum CachePolicy {
         /// Valid only while the health/failover version is unchanged.
         versioned: bool,
     },
-    /// One outcome of a uniform random pick among `n` (`pickrandom`, an `ifportup`/`ifurlup`
-    /// random selection): cached as slot `picked` of `n`; the cache draws among the slots per
-    /// query, so answers stay uniformly random as with `PowerDNS`, which evaluates every query.
+    /// One outcome of a random pick among fixed candidates (`pickrandom`, `pickwrandom`, an
+    /// `ifportup`/`ifurlup` random selection): cached as slot `picked`; the cache draws among
+    /// the slots per query with the same odds, so answers stay as random as with `PowerDNS`,
+    /// which evaluates every query.
     Choice {
-        /// Candidates.
-        n: u16,
+        /// The candidates' odds.
+        odds: Odds,
         /// This answer's outcome.
         picked: u16,
         /// Per client address class (else shared).
@@ -244,9 +245,9 @@ impl Catalog {
             CachePolicy::None
         } else if d.has(Deps::RANDOM) {
             match ans.draws.single() {
-                Some((n, picked)) => CachePolicy::Choice {
-                    n,
-                    picked,
+                Some(pick) => CachePolicy::Choice {
+                    odds: pick.odds.clone(),
+                    picked: pick.picked,
                     per_client: d.has(Deps::CLIENT),
                     versioned,
                 },

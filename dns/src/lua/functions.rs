@@ -9,7 +9,7 @@ use std::{
 };
 
 use ipnet::IpNet;
-use rand::{RngExt as _, seq::SliceRandom};
+use rand::seq::SliceRandom;
 
 use super::{
     CompileEnv, CompileError, Deps, EvalContext, EvalError,
@@ -637,10 +637,11 @@ pub(super) fn call(b: Builtin, args: &[Value], cx: &EvalContext<'_>) -> Result<V
         Builtin::PickWRandom => {
             let items = weighted(arg(0))?;
             let (sum, firsts) = cumulative32(&items)?;
-            if items.len() > 1 {
-                cx.other_draw();
-            }
-            let r = rand::rng().random_range(0..sum);
+            let r = if items.len() > 1 {
+                cx.weighted_draw(&firsts, sum)
+            } else {
+                0
+            };
             Value::str(upper_bound_pick(&items, &firsts, r)?)
         }
         Builtin::PickWHashed => {

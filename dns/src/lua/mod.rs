@@ -109,24 +109,57 @@ impl Deps {
     }
 }
 
-/// The random draws of one answer. When its only randomness is one uniform pick among `n`
-/// candidates, the answer cache keeps one encoded answer per outcome and draws among them itself
-/// (see `crate::cache`), instead of evaluating every query.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The random draws of one answer. When its only randomness is one pick among `n` candidates
+/// (uniform or weighted), the answer cache keeps one encoded answer per outcome and draws among
+/// them itself with the same odds (see `crate::cache`), instead of evaluating every query.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Draws {
-    /// Uniform picks made (saturating).
-    pub uniform: u8,
-    /// Another kind of random draw was made (weighted pick, sample).
+    /// Random picks made (saturating).
+    pub picks: u8,
+    /// A draw that is not one pick among fixed outcomes was made (`pickrandomsample`).
     pub other: bool,
-    /// Candidate count and outcome of the first uniform pick.
-    pub first: Option<(u16, u16)>,
+    /// The first pick: its odds and outcome.
+    pub first: Option<Pick>,
+}
+
+/// One random pick among fixed outcomes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pick {
+    /// The outcome, an index into the candidates.
+    pub picked: u16,
+    /// The odds of each candidate.
+    pub odds: Odds,
+}
+
+/// The odds of the candidates of a [`Pick`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Odds {
+    /// This many candidates, equally likely.
+    Uniform(u16),
+    /// Candidate `i` with probability `weights[i] / sum(weights)` (every weight ≥ 1).
+    Weighted(Arc<[u32]>),
+}
+
+impl Odds {
+    /// Number of candidates.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Uniform(n) => usize::from(*n),
+            Self::Weighted(w) => w.len(),
+        }
+    }
+
+    /// True without candidates.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl Draws {
-    /// `(candidates, picked)` when one uniform pick was the answer's only randomness.
-    pub fn single(&self) -> Option<(u16, u16)> {
-        if self.uniform == 1 && !self.other {
-            self.first
+    /// The pick when it was the answer's only randomness.
+    pub fn single(&self) -> Option<&Pick> {
+        if self.picks == 1 && !self.other {
+            self.first.as_ref()
         } else {
             None
         }
@@ -172,29 +205,77 @@ impl EvalContext<'_> {
         self.deps.set(Deps(d.0 | flag));
     }
 
-    /// A uniform pick in `0..n` (n ≥ 2), recorded in [`Self::draws`]; the answer's first one
+    /// A uniform pick in `0..n` (n ≥ 2), recorded in [`Self::draws`]; the answer's first pick
     /// takes [`Self::forced_pick`] when that is in range.
     pub(crate) fn uniform_draw(&self, n: usize) -> usize {
         use rand::RngExt as _;
         self.note(Deps::RANDOM);
-        let mut d = self.draws.get();
+        let mut d = self.draws.take();
         let i = match self.forced_pick.map(usize::from) {
-            Some(f) if d.uniform == 0 && f < n => f,
+            Some(f) if d.picks == 0 && f < n => f,
             _ => rand::rng().random_range(0..n),
         };
-        if d.uniform == 0 {
-            d.first = u16::try_from(n).ok().zip(u16::try_from(i).ok());
-            d.other |= d.first.is_none();
+        if d.picks == 0 {
+            match (u16::try_from(n), u16::try_from(i)) {
+                (Ok(n), Ok(picked)) => {
+                    d.first = Some(Pick {
+                        picked,
+                        odds: Odds::Uniform(n),
+                    });
+                }
+                _ => d.other = true,
+            }
         }
-        d.uniform = d.uniform.saturating_add(1);
+        d.picks = d.picks.saturating_add(1);
         self.draws.set(d);
         i
+    }
+
+    /// A weighted draw `r` in `0..sum` whose outcome is the first running sum in `firsts` above
+    /// `r` (`pickwrandom`, as `PowerDNS`'s `std::upper_bound`). Recorded in [`Self::draws`] as a
+    /// pick among the candidates with their weights when the running sums increase strictly
+    /// (otherwise the outcomes are not fixed odds: recorded as another draw); the answer's first
+    /// pick takes [`Self::forced_pick`] as the candidate to land on.
+    pub(crate) fn weighted_draw(&self, firsts: &[u32], sum: u32) -> u32 {
+        use rand::RngExt as _;
+        self.note(Deps::RANDOM);
+        let mut d = self.draws.take();
+        let increasing =
+            firsts.first().is_some_and(|&f| f > 0) && firsts.windows(2).all(|w| w[0] < w[1]);
+        let r = match self.forced_pick.map(usize::from) {
+            Some(j) if d.picks == 0 && increasing && j < firsts.len() => firsts[j] - 1,
+            _ => rand::rng().random_range(0..sum),
+        };
+        if d.picks == 0 {
+            let picked = firsts.partition_point(|&f| f <= r);
+            match u16::try_from(picked) {
+                Ok(picked) if increasing && u16::try_from(firsts.len()).is_ok() => {
+                    let mut prev = 0;
+                    let weights: Arc<[u32]> = firsts
+                        .iter()
+                        .map(|&f| {
+                            let w = f - prev;
+                            prev = f;
+                            w
+                        })
+                        .collect();
+                    d.first = Some(Pick {
+                        picked,
+                        odds: Odds::Weighted(weights),
+                    });
+                }
+                _ => d.other = true,
+            }
+        }
+        d.picks = d.picks.saturating_add(1);
+        self.draws.set(d);
+        r
     }
 
     /// Any other random draw: the answer is not one of a fixed set of outcomes.
     pub(crate) fn other_draw(&self) {
         self.note(Deps::RANDOM);
-        let mut d = self.draws.get();
+        let mut d = self.draws.take();
         d.other = true;
         self.draws.set(d);
     }

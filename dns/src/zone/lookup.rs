@@ -160,12 +160,12 @@ impl Zone {
             env: &self.env,
             zone_lookup: &lookup,
             deps: Cell::new(Deps::default()),
-            draws: Cell::new(ans.draws),
+            draws: Cell::new(std::mem::take(&mut ans.draws)),
             forced_pick: client.forced_pick,
         };
         let result = rec.program.run(&cx);
         ans.deps.0 |= cx.deps.get().0;
-        ans.draws = cx.draws.get();
+        ans.draws = cx.draws.take();
         let strings = result.map_err(|e| {
             debug!(record = %rec.owner_str, rtype = %rec.rtype, error = %e, "LUA record failed");
         })?;

@@ -142,6 +142,7 @@ portup   IN LUA A \"ifportup(PORT, {'127.0.0.41', '127.0.0.42'})\"
 whashed  IN LUA A \"pickwhashed({{10, '192.0.2.1'}, {20, '192.0.2.2'}, {70, '192.0.2.3'}})\"
 closest  IN LUA A \"pickclosest({'192.0.2.1', '198.51.100.1', '203.0.113.1'})\"
 random   IN LUA A \"pickrandom({'192.0.2.1', '192.0.2.2', '192.0.2.3'})\"
+wrandom  IN LUA A \"pickwrandom({{10, '192.0.2.1'}, {20, '192.0.2.2'}, {70, '192.0.2.3'}})\"
 loop     IN LUA A \";local s = 0 for i = 1, 3 do s = s + i end return '192.0.2.' .. s\"
 format   IN LUA A \"string.format('192.0.2.%d', 7)\"
 ";
@@ -181,10 +182,17 @@ const CASES: &[Case] = &[
         ecs: Some("8:000118000a0102"),
     },
     Case {
-        // A random answer is never cached: this is the compiled evaluator's per-query cost.
-        name: "pickrandom (uncached)",
+        // Random answers are served from the choice cache (one slot per outcome, drawn per
+        // query with the candidates' odds).
+        name: "pickrandom (choice cache)",
         tier: "native",
         qname: "random.bench.test A",
+        ecs: None,
+    },
+    Case {
+        name: "pickwrandom (choice cache)",
+        tier: "native",
+        qname: "wrandom.bench.test A",
         ecs: None,
     },
     Case {
@@ -595,8 +603,9 @@ fn main() -> anyhow::Result<()> {
          `ifportup(port, {{'127.0.0.41', '127.0.0.42'}})` (the driver listens on .41, nothing on .42), \
          `pickwhashed` over three weighted addresses, `pickclosest` over three addresses with a \
          MaxMind-format city database the driver writes (both servers read the same file), and \
-         `pickrandom` over three addresses — a random choice is never cached, so that row measures \
-         the compiled evaluator on every query — and two bodies outside the native subset (a `for` \
+         `pickrandom` over three addresses and `pickwrandom` over three weighted ones (random \
+         answers: catalyst-dns serves them from its choice cache, one encoded answer per outcome \
+         drawn per query with the candidates' odds; PowerDNS evaluates them per query) — and two bodies outside the native subset (a `for` \
          loop with locals, `string.format`) that catalyst-dns runs in its embedded Lua 5.1 \
          interpreter on every query (interpreter answers are never cached), against PowerDNS \
          `enable-lua-records=shared` on the same records. Native rows count towards the \

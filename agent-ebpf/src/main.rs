@@ -15,7 +15,10 @@ mod parse;
 mod verdict;
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_COMMON_LRU, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::{
+        BPF_F_NO_COMMON_LRU, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+        BPF_RB_RING_SIZE, TC_ACT_SHOT, TC_ACT_UNSPEC,
+    },
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{classifier, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
@@ -728,7 +731,7 @@ fn emit(
         dport: pkt.dport,
         pad: [0; 2],
     });
-    slot.submit(0);
+    slot.submit(wakeup());
     count(STAT_EVENTS_SENT);
 }
 
@@ -770,8 +773,23 @@ fn emit_unattributed(
         ev.daddr = pkt.daddr;
     }
     slot.write(ev);
-    slot.submit(0);
+    slot.submit(wakeup());
     count(STAT_EVENTS_SENT);
+}
+
+/// Wakeups of the agent's reader are batched: an event wakes it only once an eighth of the ring
+/// is waiting; otherwise the reader drains the ring on its own timer (`flow::reader`, every
+/// 10 ms). A wakeup per event cost a burst of new connections an interrupt and a reader
+/// wakeup for every one of them (a wakeup is sent whenever the reader had caught up).
+#[inline(always)]
+fn wakeup() -> u64 {
+    let waiting = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    let size = EVENTS.query(u64::from(BPF_RB_RING_SIZE));
+    if waiting >= size / 8 {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    }
 }
 
 #[cfg(not(test))]

@@ -161,12 +161,29 @@ pub async fn run_reader(ring: RingBuf<MapData>, mut pipeline: Pipeline) -> anyho
     let mut fd = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("cannot register ring buffer fd: {e}"))?;
     loop {
-        let mut guard = fd.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            pipeline.process(&item);
+        // The programs wake this reader only when an eighth of the ring is waiting (agent-ebpf
+        // `wakeup`); below that it drains the ring every `EVENTS_POLL`.
+        match tokio::time::timeout(EVENTS_POLL, fd.readable_mut()).await {
+            Ok(guard) => {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), &mut pipeline);
+                guard.clear_ready();
+            }
+            Err(_) => drain(fd.get_mut(), &mut pipeline),
         }
+    }
+}
+
+/// How long an event may wait in the ring for the reader when no wakeup comes.
+const EVENTS_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) {
+    let mut any = false;
+    while let Some(item) = ring.next() {
+        pipeline.process(&item);
+        any = true;
+    }
+    if any {
         pipeline.flush();
-        guard.clear_ready();
     }
 }

@@ -777,15 +777,19 @@ fn emit_unattributed(
     count(STAT_EVENTS_SENT);
 }
 
-/// Wakeups of the agent's reader are batched: an event wakes it only once an eighth of the ring
-/// is waiting; otherwise the reader drains the ring on its own timer (`flow::reader`, every
-/// 10 ms). A wakeup per event cost a burst of new connections an interrupt and a reader
-/// wakeup for every one of them (a wakeup is sent whenever the reader had caught up).
+/// Wakeups of the agent's reader are batched: an event wakes it only when the data waiting in
+/// the ring crosses an eighth of the ring; otherwise the reader drains the ring on its own timer
+/// (`flow::reader`, every 10 ms). A wakeup per event cost a burst of new connections an
+/// interrupt and a reader wakeup for every one of them (a wakeup is sent whenever the reader
+/// had caught up); a wakeup per event above the mark would cost the same whenever the reader
+/// falls behind. Records add about `RECORD` bytes each, so a window of two records above the
+/// mark sees every crossing, also with producers on several CPUs.
 #[inline(always)]
 fn wakeup() -> u64 {
+    const RECORD: u64 = core::mem::size_of::<FlowEvent>() as u64 + 8;
     let waiting = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
-    let size = EVENTS.query(u64::from(BPF_RB_RING_SIZE));
-    if waiting >= size / 8 {
+    let mark = EVENTS.query(u64::from(BPF_RB_RING_SIZE)) / 8;
+    if waiting >= mark && waiting < mark + 2 * RECORD {
         u64::from(BPF_RB_FORCE_WAKEUP)
     } else {
         u64::from(BPF_RB_NO_WAKEUP)

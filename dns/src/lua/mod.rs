@@ -205,29 +205,43 @@ impl EvalContext<'_> {
         self.deps.set(Deps(d.0 | flag));
     }
 
-    /// A uniform pick in `0..n` (n ≥ 2), recorded in [`Self::draws`]; the answer's first pick
-    /// takes [`Self::forced_pick`] when that is in range.
-    pub(crate) fn uniform_draw(&self, n: usize) -> usize {
-        use rand::RngExt as _;
+    /// [`Self::forced_pick`] when the coming draw is the answer's first pick.
+    fn forced_first(&self) -> Option<usize> {
+        let d = self.draws.take();
+        let first = d.picks == 0;
+        self.draws.set(d);
+        self.forced_pick.filter(|_| first).map(usize::from)
+    }
+
+    /// Records a random draw in [`Self::draws`]; for the answer's first, `first` says which
+    /// pick among fixed odds it was (`None`: not such a pick).
+    fn record(&self, first: impl FnOnce() -> Option<Pick>) {
         self.note(Deps::RANDOM);
         let mut d = self.draws.take();
-        let i = match self.forced_pick.map(usize::from) {
-            Some(f) if d.picks == 0 && f < n => f,
-            _ => rand::rng().random_range(0..n),
-        };
         if d.picks == 0 {
-            match (u16::try_from(n), u16::try_from(i)) {
-                (Ok(n), Ok(picked)) => {
-                    d.first = Some(Pick {
-                        picked,
-                        odds: Odds::Uniform(n),
-                    });
-                }
-                _ => d.other = true,
+            match first() {
+                Some(pick) => d.first = Some(pick),
+                None => d.other = true,
             }
         }
         d.picks = d.picks.saturating_add(1);
         self.draws.set(d);
+    }
+
+    /// A uniform pick in `0..n` (n ≥ 2), recorded in [`Self::draws`]; the answer's first pick
+    /// takes [`Self::forced_pick`] when that is in range.
+    pub(crate) fn uniform_draw(&self, n: usize) -> usize {
+        use rand::RngExt as _;
+        let i = match self.forced_first() {
+            Some(f) if f < n => f,
+            _ => rand::rng().random_range(0..n),
+        };
+        self.record(|| {
+            Some(Pick {
+                picked: u16::try_from(i).ok()?,
+                odds: Odds::Uniform(u16::try_from(n).ok()?),
+            })
+        });
         i
     }
 
@@ -238,46 +252,37 @@ impl EvalContext<'_> {
     /// pick takes [`Self::forced_pick`] as the candidate to land on.
     pub(crate) fn weighted_draw(&self, firsts: &[u32], sum: u32) -> u32 {
         use rand::RngExt as _;
-        self.note(Deps::RANDOM);
-        let mut d = self.draws.take();
         let increasing =
             firsts.first().is_some_and(|&f| f > 0) && firsts.windows(2).all(|w| w[0] < w[1]);
-        let r = match self.forced_pick.map(usize::from) {
-            Some(j) if d.picks == 0 && increasing && j < firsts.len() => firsts[j] - 1,
+        let r = match self.forced_first() {
+            Some(j) if increasing && j < firsts.len() => firsts[j] - 1,
             _ => rand::rng().random_range(0..sum),
         };
-        if d.picks == 0 {
-            let picked = firsts.partition_point(|&f| f <= r);
-            match u16::try_from(picked) {
-                Ok(picked) if increasing && u16::try_from(firsts.len()).is_ok() => {
-                    let mut prev = 0;
-                    let weights: Arc<[u32]> = firsts
-                        .iter()
-                        .map(|&f| {
-                            let w = f - prev;
-                            prev = f;
-                            w
-                        })
-                        .collect();
-                    d.first = Some(Pick {
-                        picked,
-                        odds: Odds::Weighted(weights),
-                    });
-                }
-                _ => d.other = true,
+        self.record(|| {
+            if !increasing || u16::try_from(firsts.len()).is_err() {
+                return None;
             }
-        }
-        d.picks = d.picks.saturating_add(1);
-        self.draws.set(d);
+            let picked = u16::try_from(firsts.partition_point(|&f| f <= r)).ok()?;
+            let mut prev = 0;
+            let weights: Arc<[u32]> = firsts
+                .iter()
+                .map(|&f| {
+                    let w = f - prev;
+                    prev = f;
+                    w
+                })
+                .collect();
+            Some(Pick {
+                picked,
+                odds: Odds::Weighted(weights),
+            })
+        });
         r
     }
 
     /// Any other random draw: the answer is not one of a fixed set of outcomes.
     pub(crate) fn other_draw(&self) {
-        self.note(Deps::RANDOM);
-        let mut d = self.draws.take();
-        d.other = true;
-        self.draws.set(d);
+        self.record(|| None);
     }
 }
 

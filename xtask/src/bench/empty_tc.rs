@@ -82,22 +82,14 @@ pub struct EmptyClassifier {
 /// Attaches the empty classifier at TCX ingress and egress of each of `ifaces`, which live in
 /// network namespace `netns` (a name under /run/netns).
 pub fn attach(netns: &str, ifaces: &[String]) -> anyhow::Result<EmptyClassifier> {
-    let netns = netns.to_owned();
     let ifaces = ifaces.to_vec();
+    let ns = netns.to_owned();
     // Interface indexes are resolved in the caller's namespace: do it all on a thread that
     // joins `netns` (and ends there), leaving the rest of the process where it was.
-    std::thread::spawn(move || attach_here(&netns, &ifaces))
-        .join()
-        .map_err(|_| anyhow::anyhow!("the empty-classifier thread panicked"))?
+    catalyst_tests::lab::in_netns(netns, move || attach_here(&ns, &ifaces))?
 }
 
 fn attach_here(netns: &str, ifaces: &[String]) -> anyhow::Result<EmptyClassifier> {
-    let path = format!("/run/netns/{netns}");
-    let ns = std::fs::File::open(&path).with_context(|| format!("cannot open {path}"))?;
-    // SAFETY: plain syscall on an fd we hold; affects this thread only.
-    if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0 {
-        bail!("setns into {path}: {}", std::io::Error::last_os_error());
-    }
     // Two `struct bpf_insn`: r0 = TCX_NEXT (BPF_ALU64 | BPF_MOV | BPF_K, dst r0, imm at bytes
     // 4..8); exit (BPF_JMP | BPF_EXIT).
     let mut insns = [0u8; 16];
@@ -169,16 +161,11 @@ mod tests {
 
     /// How many programs TCX runs at (`iface` in `ns`, `attach_type`), by `BPF_PROG_QUERY`.
     fn tcx_count(ns: &str, iface: &str, attach_type: u32) -> u32 {
-        let (ns, iface) = (ns.to_owned(), iface.to_owned());
-        std::thread::spawn(move || {
-            let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns");
-            // SAFETY: setns on an fd we hold, this thread only; then plain bpf(2) queries.
+        let iface = iface.to_owned();
+        catalyst_tests::lab::in_netns(ns, move || {
+            let name = std::ffi::CString::new(iface).expect("name");
+            // SAFETY: a NUL-terminated name, then a plain bpf(2) query on a live attr.
             unsafe {
-                assert_eq!(
-                    libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET),
-                    0
-                );
-                let name = std::ffi::CString::new(iface).expect("name");
                 let mut q = ProgQuery {
                     target_ifindex: libc::if_nametoindex(name.as_ptr()),
                     attach_type,
@@ -194,8 +181,7 @@ mod tests {
                 q.prog_cnt
             }
         })
-        .join()
-        .expect("query thread")
+        .expect("netns")
     }
 
     #[test]

@@ -16,7 +16,7 @@ mod verdict;
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_NO_COMMON_LRU, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+        BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
         BPF_RB_RING_SIZE, TC_ACT_SHOT, TC_ACT_UNSPEC,
     },
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
@@ -54,8 +54,17 @@ static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::pinned(DEFAULT_ENDPOINTS
 static IPCACHE4: LpmTrie<[u8; 4], IpcacheEntry> = LpmTrie::pinned(DEFAULT_IPCACHE_MAX, 0);
 #[map(name = "CATALYST_IPCACHE6")]
 static IPCACHE6: LpmTrie<[u8; 16], IpcacheEntry> = LpmTrie::pinned(DEFAULT_IPCACHE_MAX, 0);
+#[map(name = "CATALYST_IPHOST4")]
+static IPHOST4: HashMap<u32, IpcacheEntry> =
+    HashMap::pinned(DEFAULT_IPCACHE_MAX, BPF_F_NO_PREALLOC);
+#[map(name = "CATALYST_IPHOST6")]
+static IPHOST6: HashMap<[u32; 4], IpcacheEntry> =
+    HashMap::pinned(DEFAULT_IPCACHE_MAX, BPF_F_NO_PREALLOC);
 #[map(name = "CATALYST_POLICY")]
 static POLICY: LpmTrie<PolicyKey, PolicyEntry> = LpmTrie::pinned(DEFAULT_POLICY_MAX, 0);
+#[map(name = "CATALYST_POLICYX")]
+static POLICY_EXACT: HashMap<PolicyKey, PolicyEntry> =
+    HashMap::pinned(DEFAULT_POLICY_MAX, BPF_F_NO_PREALLOC);
 #[map(name = "CATALYST_CT")]
 // Per-CPU LRU lists (BPF_F_NO_COMMON_LRU): inserts of new connections do not contend on one
 // global LRU lock.

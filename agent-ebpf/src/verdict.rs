@@ -2,9 +2,14 @@
 //!
 //! The algorithm is the contract that `catalyst_policy::compile::Compiled::lookup` emulates in
 //! userspace (and that the differential tests check against the reference evaluator):
-//! peer identity from the ipcache (world when unknown); two LPM lookups in the policy map, with
-//! the peer identity and with the wildcard identity; a deny from either wins, then an allow
-//! (identity-specific first); otherwise default deny when the direction is enforced.
+//! peer identity from the ipcache (world when unknown); two longest-prefix lookups in the policy
+//! maps, with the peer identity and with the wildcard identity; a deny from either wins, then an
+//! allow (identity-specific first); otherwise default deny when the direction is enforced.
+//!
+//! Each longest-prefix lookup is an exact hash lookup first (single addresses, policy entries of
+//! one protocol and port: the common entries, and the longest prefixes a key can match), then
+//! the LPM trie of the shorter prefixes on a miss: the same answer as one trie holding both, at
+//! the cost of a hash lookup where a trie walk was.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use catalyst_policy::datapath::{
@@ -14,7 +19,7 @@ use catalyst_policy::datapath::{
     PolicyKey, VERDICT_AUDIT, VERDICT_DROPPED, VERDICT_FORWARDED,
 };
 
-use crate::{IPCACHE4, IPCACHE6, POLICY};
+use crate::{IPCACHE4, IPCACHE6, IPHOST4, IPHOST6, POLICY, POLICY_EXACT};
 
 /// Result of a policy decision.
 pub struct Decision {
@@ -30,11 +35,19 @@ pub struct Decision {
 #[inline(always)]
 pub fn peer_identity(peer: &[u32; 4], family: u8) -> u32 {
     if family == 4 {
+        if let Some(v) = IPHOST4.get_ptr(&peer[0]) {
+            // SAFETY: pointer from a successful lookup, read at once.
+            return unsafe { (*v).identity };
+        }
         let key = Key::new(32, peer[0].to_ne_bytes());
         if let Some(v) = IPCACHE4.get(&key) {
             return v.identity;
         }
     } else {
+        if let Some(v) = IPHOST6.get_ptr(peer) {
+            // SAFETY: pointer from a successful lookup, read at once.
+            return unsafe { (*v).identity };
+        }
         let mut bytes = [0u8; 16];
         let mut i = 0;
         while i < 4 {
@@ -53,25 +66,26 @@ pub fn peer_identity(peer: &[u32; 4], family: u8) -> u32 {
     IDENTITY_WORLD
 }
 
+/// The policy entry of the longest prefix matching the key; action 0 (neither allow nor deny)
+/// when none matches. (A plain value, not an `Option`: the verifier refuses code that reads the
+/// undefined payload LLVM may keep in registers for `None`.)
 #[inline(always)]
-fn lookup(
-    endpoint_id: u32,
-    identity: u32,
-    dir: u8,
-    protocol: u8,
-    port: u16,
-) -> Option<PolicyEntry> {
-    let key = Key::new(
-        POLICY_PREFIX_FULL_BITS,
-        PolicyKey {
-            endpoint_id,
-            identity,
-            direction: dir,
-            protocol,
-            dport_be: port.to_be(),
-        },
-    );
-    POLICY.get(&key).copied()
+fn lookup(endpoint_id: u32, identity: u32, dir: u8, protocol: u8, port: u16) -> PolicyEntry {
+    let key = PolicyKey {
+        endpoint_id,
+        identity,
+        direction: dir,
+        protocol,
+        dport_be: port.to_be(),
+    };
+    if let Some(e) = POLICY_EXACT.get_ptr(&key) {
+        // SAFETY: pointer from a successful lookup, copied out at once.
+        return unsafe { *e };
+    }
+    match POLICY.get(&Key::new(POLICY_PREFIX_FULL_BITS, key)) {
+        Some(e) => *e,
+        None => PolicyEntry::default(),
+    }
 }
 
 /// Decides the verdict for a connection of endpoint `ep` in direction `dir` with `peer`.
@@ -102,29 +116,27 @@ pub fn decide(
         peer_identity: peer_id,
         audit: false,
     };
-    let deny = match (specific, wildcard) {
-        (Some(e), _) if e.action == ACTION_DENY => Some(e),
-        (_, Some(e)) if e.action == ACTION_DENY => Some(e),
-        _ => None,
-    };
-    if let Some(e) = deny {
+    if specific.action == ACTION_DENY || wildcard.action == ACTION_DENY {
+        let e = if specific.action == ACTION_DENY {
+            &specific
+        } else {
+            &wildcard
+        };
         d.verdict = VERDICT_DROPPED;
         d.reason = DROP_POLICY_DENY;
         d.rule_id = e.rule_id;
         d.match_type = e.match_type as u8;
-    } else {
-        let allow = match (specific, wildcard) {
-            (Some(e), _) if e.action == ACTION_ALLOW => Some(e),
-            (_, Some(e)) if e.action == ACTION_ALLOW => Some(e),
-            _ => None,
+    } else if specific.action == ACTION_ALLOW || wildcard.action == ACTION_ALLOW {
+        let e = if specific.action == ACTION_ALLOW {
+            &specific
+        } else {
+            &wildcard
         };
-        if let Some(e) = allow {
-            d.rule_id = e.rule_id;
-            d.match_type = e.match_type as u8;
-        } else if ep.flags & enforced_bit != 0 {
-            d.verdict = VERDICT_DROPPED;
-            d.reason = DROP_POLICY_DENIED;
-        }
+        d.rule_id = e.rule_id;
+        d.match_type = e.match_type as u8;
+    } else if ep.flags & enforced_bit != 0 {
+        d.verdict = VERDICT_DROPPED;
+        d.reason = DROP_POLICY_DENIED;
     }
     if d.verdict == VERDICT_DROPPED && (ep.flags & EP_F_AUDIT != 0 || cfg.flags & CFG_F_AUDIT != 0)
     {

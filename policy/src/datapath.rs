@@ -13,12 +13,23 @@
 
 /// Endpoint information keyed by the ifindex of the host-side workload interface.
 pub const MAP_ENDPOINTS: &str = "CATALYST_ENDPOINTS";
-/// IPv4 ipcache: LPM trie from prefix to security identity.
+/// IPv4 ipcache: LPM trie from prefix to security identity, for prefixes shorter than /32.
 pub const MAP_IPCACHE_V4: &str = "CATALYST_IPCACHE4";
-/// IPv6 ipcache: LPM trie from prefix to security identity.
+/// IPv6 ipcache: LPM trie from prefix to security identity, for prefixes shorter than /128.
 pub const MAP_IPCACHE_V6: &str = "CATALYST_IPCACHE6";
-/// Policy map: LPM trie keyed by [`PolicyKey`].
+/// IPv4 ipcache entries of single addresses (/32): hash from the address (network byte order
+/// `u32`) to its identity. Looked up before [`MAP_IPCACHE_V4`]: a /32 is the longest prefix an
+/// address can match, so a hit here is what the longest-prefix lookup over both would answer.
+pub const MAP_IPCACHE_HOST_V4: &str = "CATALYST_IPHOST4";
+/// IPv6 ipcache entries of single addresses (/128), keyed by the address's four network byte
+/// order words; looked up before [`MAP_IPCACHE_V6`].
+pub const MAP_IPCACHE_HOST_V6: &str = "CATALYST_IPHOST6";
+/// Policy map: LPM trie keyed by [`PolicyKey`], for entries shorter than
+/// [`POLICY_PREFIX_FULL_BITS`] (any protocol, port ranges).
 pub const MAP_POLICY: &str = "CATALYST_POLICY";
+/// Policy entries of one protocol and one port (the full key): hash keyed by [`PolicyKey`],
+/// looked up before [`MAP_POLICY`] (an exact key is the longest prefix a packet can match).
+pub const MAP_POLICY_EXACT: &str = "CATALYST_POLICYX";
 /// LRU connection tracking table keyed by [`CtKey`].
 pub const MAP_CONNTRACK: &str = "CATALYST_CT";
 /// Single-slot array holding the [`DatapathConfig`].
@@ -33,11 +44,14 @@ pub const MAP_EVENTS: &str = "CATALYST_EVENTS";
 pub const MAP_FRAGMENTS: &str = "CATALYST_FRAGS";
 
 /// Names of every map, in the order the agent pins them.
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 12] = [
     MAP_ENDPOINTS,
     MAP_IPCACHE_V4,
     MAP_IPCACHE_V6,
+    MAP_IPCACHE_HOST_V4,
+    MAP_IPCACHE_HOST_V6,
     MAP_POLICY,
+    MAP_POLICY_EXACT,
     MAP_CONNTRACK,
     MAP_CONFIG,
     MAP_COUNTERS,
@@ -56,9 +70,9 @@ pub const PROG_TO_ENDPOINT: &str = "catalyst_to_endpoint";
 
 /// Default capacity of [`MAP_ENDPOINTS`].
 pub const DEFAULT_ENDPOINTS_MAX: u32 = 4096;
-/// Default capacity of each ipcache trie.
+/// Default capacity of each ipcache map (the tries and the single-address hashes).
 pub const DEFAULT_IPCACHE_MAX: u32 = 65_536;
-/// Default capacity of [`MAP_POLICY`].
+/// Default capacity of [`MAP_POLICY`] and of [`MAP_POLICY_EXACT`].
 pub const DEFAULT_POLICY_MAX: u32 = 262_144;
 /// Default capacity of [`MAP_CONNTRACK`].
 pub const DEFAULT_CONNTRACK_MAX: u32 = 262_144;
@@ -384,8 +398,10 @@ pub const CFG_F_AUDIT: u32 = 1 << 0;
 /// recreates them otherwise.
 ///
 /// 1: the layout before versioning (16-byte config). 2: endpoint addresses for the source check,
-/// schema and conntrack timeouts in the config, conntrack expiry.
-pub const DATAPATH_SCHEMA: u32 = 2;
+/// schema and conntrack timeouts in the config, conntrack expiry. 3: single addresses and
+/// full policy keys in their own hash maps ([`MAP_IPCACHE_HOST_V4`], [`MAP_IPCACHE_HOST_V6`],
+/// [`MAP_POLICY_EXACT`]); the tries hold only the shorter prefixes.
+pub const DATAPATH_SCHEMA: u32 = 3;
 
 /// Conntrack idle timeouts by protocol and state, seconds. A connection whose last packet is
 /// older than the timeout of its state is over: the next packet on its tuple is a new

@@ -61,6 +61,38 @@ impl Filter {
             Self::NftSet(n) => format!("nftables set + ct, {n} rules"),
         }
     }
+
+    /// Short name for `CATALYST_BENCH_FILTERS`: `none`, `empty`, `agent-N`, `chain-N`, `set-N`.
+    fn key(self) -> String {
+        match self {
+            Self::None => "none".into(),
+            Self::Empty => "empty".into(),
+            Self::Agent(n) => format!("agent-{n}"),
+            Self::NftChain(n) => format!("chain-{n}"),
+            Self::NftSet(n) => format!("set-{n}"),
+        }
+    }
+}
+
+/// The end-to-end filters `CATALYST_BENCH_FILTERS` (comma-separated [`Filter::key`]s) selects,
+/// for quick comparisons while working on the datapath; `None` when unset (every filter, and
+/// the figures go into docs/benchmarks.md).
+fn selected_filters() -> Option<Vec<String>> {
+    std::env::var("CATALYST_BENCH_FILTERS")
+        .ok()
+        .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
+}
+
+/// CPU time (user + system, all threads) of process `pid` so far, seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name: utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz.max(1.0)
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -68,6 +100,8 @@ struct Figures {
     latency_us: f64,
     udp_pps: f64,
     conn_per_s: f64,
+    /// The agent's own CPU use while the figures were measured (% of one CPU), agent rows only.
+    agent_cpu_pct: Option<f64>,
 }
 
 fn sh(cmd: &mut Command) -> anyhow::Result<String> {
@@ -145,25 +179,31 @@ pub fn datapath() -> anyhow::Result<()> {
     )?;
     writeln!(
         md,
-        "| filter | ping-pong latency (µs, one way) | UDP 64 B one-way (packets/s) | new TCP connections/s |"
+        "| filter | ping-pong latency (µs, one way) | UDP 64 B one-way (packets/s) | new TCP connections/s | agent CPU while measured (% of one CPU) |"
     )?;
-    writeln!(md, "|---|---|---|---|")?;
+    writeln!(md, "|---|---|---|---|---|")?;
     let base = rows[0].1;
     for (f, fig) in &rows {
         writeln!(
             md,
-            "| {} | {:.2} ({:+.1} %) | {:.0} ({:+.1} %) | {:.0} ({:+.1} %) |",
+            "| {} | {:.2} ({:+.1} %) | {:.0} ({:+.1} %) | {:.0} ({:+.1} %) | {} |",
             f.label(),
             fig.latency_us,
             pct(fig.latency_us, base.latency_us),
             fig.udp_pps,
             pct(fig.udp_pps, base.udp_pps),
             fig.conn_per_s,
-            pct(fig.conn_per_s, base.conn_per_s)
+            pct(fig.conn_per_s, base.conn_per_s),
+            fig.agent_cpu_pct
+                .map_or_else(|| "–".to_owned(), |c| format!("{c:.1}"))
         )?;
     }
     floor_table(&mut md, &rows)?;
     println!("{md}");
+    if selected_filters().is_some() {
+        eprintln!("bench: CATALYST_BENCH_FILTERS is set: docs/benchmarks.md left as it is");
+        return Ok(());
+    }
     std::fs::write(out_dir.join("datapath.md"), &md)?;
     splice_docs(&md)?;
     Ok(())
@@ -782,6 +822,13 @@ fn end_to_end() -> anyhow::Result<Vec<(Filter, Figures)>> {
     for n in RULE_COUNTS {
         filters.push(Filter::NftSet(n));
     }
+    if let Some(keys) = selected_filters() {
+        filters.retain(|f| keys.contains(&f.key()));
+        anyhow::ensure!(
+            !filters.is_empty(),
+            "CATALYST_BENCH_FILTERS={keys:?} selects no filter (none, empty, agent-N, chain-N, set-N)"
+        );
+    }
     let mut rows = Vec::new();
     let work = std::env::temp_dir().join(format!("catalyst-bench-{}", std::process::id()));
     std::fs::create_dir_all(work.join("policies"))?;
@@ -805,11 +852,18 @@ fn end_to_end() -> anyhow::Result<Vec<(Filter, Figures)>> {
                 sockperf_latency(&client.netns(), server.ipv4)?;
                 connect_rate(&client.netns(), server.ipv4)?;
             }
-            let fig = Figures {
+            let pid = agent.as_ref().and_then(AgentProcess::pid);
+            let (cpu0, t0) = (pid.map(cpu_seconds), Instant::now());
+            let mut fig = Figures {
                 latency_us: median3(|| sockperf_latency(&client.netns(), server.ipv4))?,
                 udp_pps: median3(|| sockperf_udp(&client.netns(), server.ipv4))?,
                 conn_per_s: median3(|| connect_rate(&client.netns(), server.ipv4))?,
+                agent_cpu_pct: None,
             };
+            if let (Some(pid), Some(cpu0)) = (pid, cpu0) {
+                fig.agent_cpu_pct =
+                    Some((cpu_seconds(pid) - cpu0) / t0.elapsed().as_secs_f64() * 100.0);
+            }
             eprintln!("bench:   {fig:?}");
             rows.push((f, fig));
             drop(empty);

@@ -23,7 +23,8 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use catalyst_policy::datapath::{
     ALL_MAPS, COUNTER_SLOTS, CtEntry, CtKey, DATAPATH_SCHEMA, DatapathConfig, EndpointInfo,
     FragKey, FragPorts, IpcacheEntry, MAP_CONFIG, MAP_CONNTRACK, MAP_COUNTERS, MAP_ENDPOINTS,
-    MAP_EVENTS, MAP_FRAGMENTS, MAP_IPCACHE_V4, MAP_IPCACHE_V6, MAP_POLICY, PROG_FROM_ENDPOINT,
+    MAP_EVENTS, MAP_FRAGMENTS, MAP_IPCACHE_HOST_V4, MAP_IPCACHE_HOST_V6, MAP_IPCACHE_V4,
+    MAP_IPCACHE_V6, MAP_POLICY, MAP_POLICY_EXACT, POLICY_PREFIX_FULL_BITS, PROG_FROM_ENDPOINT,
     PROG_TO_ENDPOINT, PolicyEntry, PolicyKey,
 };
 
@@ -81,7 +82,13 @@ pub struct Datapath {
     endpoints: HashMap<MapData, u32, EndpointInfo>,
     ipcache4: LpmTrie<MapData, [u8; 4], IpcacheEntry>,
     ipcache6: LpmTrie<MapData, [u8; 16], IpcacheEntry>,
+    /// /32 entries (key: the address as the packet carries it, read as a native `u32`).
+    iphost4: HashMap<MapData, u32, IpcacheEntry>,
+    /// /128 entries (key: the address's four words as the packet carries them).
+    iphost6: HashMap<MapData, [u32; 4], IpcacheEntry>,
     policy: LpmTrie<MapData, PolicyKey, PolicyEntry>,
+    /// Entries of [`POLICY_PREFIX_FULL_BITS`].
+    policy_exact: HashMap<MapData, PolicyKey, PolicyEntry>,
     config: Array<MapData, DatapathConfig>,
     counters: PerCpuArray<MapData, u64>,
     conntrack: HashMap<MapData, CtKey, CtEntry>,
@@ -110,7 +117,7 @@ const fn size<T>() -> u32 {
 }
 
 /// Layouts of every map this build defines.
-const LAYOUTS: [Layout; 9] = [
+const LAYOUTS: [Layout; 12] = [
     Layout {
         name: MAP_ENDPOINTS,
         key: 4,
@@ -130,8 +137,26 @@ const LAYOUTS: [Layout; 9] = [
         max_entries: None,
     },
     Layout {
+        name: MAP_IPCACHE_HOST_V4,
+        key: 4,
+        value: size::<IpcacheEntry>(),
+        max_entries: None,
+    },
+    Layout {
+        name: MAP_IPCACHE_HOST_V6,
+        key: 16,
+        value: size::<IpcacheEntry>(),
+        max_entries: None,
+    },
+    Layout {
         name: MAP_POLICY,
         key: 4 + size::<PolicyKey>(),
+        value: size::<PolicyEntry>(),
+        max_entries: None,
+    },
+    Layout {
+        name: MAP_POLICY_EXACT,
+        key: size::<PolicyKey>(),
         value: size::<PolicyEntry>(),
         max_entries: None,
     },
@@ -277,7 +302,10 @@ impl Datapath {
             .map_max_entries(MAP_ENDPOINTS, opts.sizes.endpoints)
             .map_max_entries(MAP_IPCACHE_V4, opts.sizes.ipcache)
             .map_max_entries(MAP_IPCACHE_V6, opts.sizes.ipcache)
+            .map_max_entries(MAP_IPCACHE_HOST_V4, opts.sizes.ipcache)
+            .map_max_entries(MAP_IPCACHE_HOST_V6, opts.sizes.ipcache)
             .map_max_entries(MAP_POLICY, opts.sizes.policy)
+            .map_max_entries(MAP_POLICY_EXACT, opts.sizes.policy)
             .map_max_entries(MAP_CONNTRACK, opts.sizes.conntrack)
             .map_max_entries(MAP_EVENTS, opts.sizes.events_bytes)
             .map_max_entries(MAP_FRAGMENTS, opts.sizes.fragments);
@@ -299,7 +327,10 @@ impl Datapath {
         let endpoints = take(&mut ebpf, MAP_ENDPOINTS)?;
         let ipcache4 = take(&mut ebpf, MAP_IPCACHE_V4)?;
         let ipcache6 = take(&mut ebpf, MAP_IPCACHE_V6)?;
+        let iphost4 = take(&mut ebpf, MAP_IPCACHE_HOST_V4)?;
+        let iphost6 = take(&mut ebpf, MAP_IPCACHE_HOST_V6)?;
         let policy = take(&mut ebpf, MAP_POLICY)?;
+        let policy_exact = take(&mut ebpf, MAP_POLICY_EXACT)?;
         let config = take(&mut ebpf, MAP_CONFIG)?;
         let counters: PerCpuArray<MapData, u64> = take(&mut ebpf, MAP_COUNTERS)?;
         let events = Some(take(&mut ebpf, MAP_EVENTS)?);
@@ -315,7 +346,10 @@ impl Datapath {
             endpoints,
             ipcache4,
             ipcache6,
+            iphost4,
+            iphost6,
             policy,
+            policy_exact,
             config,
             counters,
             conntrack,
@@ -629,6 +663,23 @@ fn v4_key(net: Ipv4Net) -> Key<[u8; 4]> {
 fn v6_key(net: Ipv6Net) -> Key<[u8; 16]> {
     Key::new(u32::from(net.prefix_len()), net.network().octets())
 }
+/// The single-address key of a /32: the address's bytes as one native word, as the program
+/// reads it from the packet.
+fn host4_key(net: Ipv4Net) -> u32 {
+    u32::from_ne_bytes(net.addr().octets())
+}
+/// The single-address key of a /128: the address's four words, as the program reads them.
+fn host6_key(net: Ipv6Net) -> [u32; 4] {
+    let o = net.addr().octets();
+    std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+}
+fn host6_net(words: [u32; 4]) -> Ipv6Net {
+    let mut o = [0u8; 16];
+    for (i, w) in words.iter().enumerate() {
+        o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    Ipv6Net::new(o.into(), 128).expect("/128 is a valid prefix length")
+}
 
 impl MapStore for Datapath {
     fn endpoints(&self) -> Result<Vec<(u32, EndpointInfo)>, StoreError> {
@@ -655,14 +706,30 @@ impl MapStore for Datapath {
                 .map_err(|e| err(MAP_IPCACHE_V4, "decode", e))?;
             out.push((net, v));
         }
+        for item in self.iphost4.iter() {
+            let (k, v) = item.map_err(|e| err(MAP_IPCACHE_HOST_V4, "iterate", e))?;
+            out.push((Ipv4Net::from(std::net::Ipv4Addr::from(k.to_ne_bytes())), v));
+        }
         Ok(out)
     }
     fn put_ipcache_v4(&mut self, net: Ipv4Net, e: IpcacheEntry) -> Result<(), StoreError> {
+        if net.prefix_len() == 32 {
+            return self
+                .iphost4
+                .insert(host4_key(net), e, 0)
+                .map_err(|er| err(MAP_IPCACHE_HOST_V4, "insert", er));
+        }
         self.ipcache4
             .insert(&v4_key(net), e, 0)
             .map_err(|er| err(MAP_IPCACHE_V4, "insert", er))
     }
     fn del_ipcache_v4(&mut self, net: Ipv4Net) -> Result<(), StoreError> {
+        if net.prefix_len() == 32 {
+            return self
+                .iphost4
+                .remove(&host4_key(net))
+                .map_err(|e| err(MAP_IPCACHE_HOST_V4, "remove", e));
+        }
         self.ipcache4
             .remove(&v4_key(net))
             .map_err(|e| err(MAP_IPCACHE_V4, "remove", e))
@@ -675,14 +742,30 @@ impl MapStore for Datapath {
                 .map_err(|e| err(MAP_IPCACHE_V6, "decode", e))?;
             out.push((net, v));
         }
+        for item in self.iphost6.iter() {
+            let (k, v) = item.map_err(|e| err(MAP_IPCACHE_HOST_V6, "iterate", e))?;
+            out.push((host6_net(k), v));
+        }
         Ok(out)
     }
     fn put_ipcache_v6(&mut self, net: Ipv6Net, e: IpcacheEntry) -> Result<(), StoreError> {
+        if net.prefix_len() == 128 {
+            return self
+                .iphost6
+                .insert(host6_key(net), e, 0)
+                .map_err(|er| err(MAP_IPCACHE_HOST_V6, "insert", er));
+        }
         self.ipcache6
             .insert(&v6_key(net), e, 0)
             .map_err(|er| err(MAP_IPCACHE_V6, "insert", er))
     }
     fn del_ipcache_v6(&mut self, net: Ipv6Net) -> Result<(), StoreError> {
+        if net.prefix_len() == 128 {
+            return self
+                .iphost6
+                .remove(&host6_key(net))
+                .map_err(|e| err(MAP_IPCACHE_HOST_V6, "remove", e));
+        }
         self.ipcache6
             .remove(&v6_key(net))
             .map_err(|e| err(MAP_IPCACHE_V6, "remove", e))
@@ -693,14 +776,30 @@ impl MapStore for Datapath {
             let (k, v) = item.map_err(|e| err(MAP_POLICY, "iterate", e))?;
             out.push((k.prefix_len(), k.data(), v));
         }
+        for item in self.policy_exact.iter() {
+            let (k, v) = item.map_err(|e| err(MAP_POLICY_EXACT, "iterate", e))?;
+            out.push((POLICY_PREFIX_FULL_BITS, k, v));
+        }
         Ok(out)
     }
     fn put_policy(&mut self, len: u32, key: PolicyKey, e: PolicyEntry) -> Result<(), StoreError> {
+        if len == POLICY_PREFIX_FULL_BITS {
+            return self
+                .policy_exact
+                .insert(key, e, 0)
+                .map_err(|er| err(MAP_POLICY_EXACT, "insert", er));
+        }
         self.policy
             .insert(&Key::new(len, key), e, 0)
             .map_err(|er| err(MAP_POLICY, "insert", er))
     }
     fn del_policy(&mut self, len: u32, key: PolicyKey) -> Result<(), StoreError> {
+        if len == POLICY_PREFIX_FULL_BITS {
+            return self
+                .policy_exact
+                .remove(&key)
+                .map_err(|e| err(MAP_POLICY_EXACT, "remove", e));
+        }
         self.policy
             .remove(&Key::new(len, key))
             .map_err(|e| err(MAP_POLICY, "remove", e))

@@ -11,7 +11,8 @@
     clippy::format_push_string,
     clippy::many_single_char_names,
     clippy::single_match_else,
-    reason = "test helpers favour brevity"
+    clippy::too_many_lines,
+    reason = "test helpers favour brevity; a side-by-side test reads best as one timeline"
 )]
 
 mod common;
@@ -311,6 +312,131 @@ fn long(_: &str) -> HttpReply {
     )
 }
 
+/// The records of `health_check_options_match_powerdns`: URL checks on port `h`, TCP checks on
+/// port `t`.
+fn option_records(h: u16, t: u16) -> Vec<(&'static str, String)> {
+    let u = format!("'http://web.opt.test:{h}/health'");
+    vec![
+        // timeout: the 3 s target is down with 1 s and the default (2 s), up with 5 s.
+        (
+            "to1",
+            format!(
+                "ifurlup({u}, {{'127.0.0.41', '127.0.0.43'}}, {{timeout = '1', selector = 'all'}})"
+            ),
+        ),
+        (
+            "todef",
+            format!("ifurlup({u}, {{'127.0.0.41', '127.0.0.43'}}, {{selector = 'all'}})"),
+        ),
+        (
+            "to5",
+            format!(
+                "ifurlup({u}, {{'127.0.0.41', '127.0.0.43'}}, {{timeout = 5, selector = 'all'}})"
+            ),
+        ),
+        // useragent: 127.0.0.42 wants its own; neither default User-Agent is it.
+        (
+            "ua",
+            format!(
+                "ifurlup({u}, {{'127.0.0.42', '127.0.0.43'}}, {{useragent = 'catalyst-probe/1', selector = 'all'}})"
+            ),
+        ),
+        (
+            "uano",
+            format!("ifurlup({u}, {{'127.0.0.42', '127.0.0.43'}}, {{selector = 'all'}})"),
+        ),
+        // stringmatch over a long body and a short one.
+        (
+            "sm",
+            format!(
+                "ifurlup({u}, {{'127.0.0.43', '127.0.0.44'}}, {{stringmatch = 'TAIL-MARK', selector = 'all'}})"
+            ),
+        ),
+        (
+            "smok",
+            format!(
+                "ifurlup({u}, {{'127.0.0.43', '127.0.0.44'}}, {{stringmatch = 'ok', selector = 'all'}})"
+            ),
+        ),
+        (
+            "smnone",
+            format!(
+                "ifurlup({u}, {{'127.0.0.43', '127.0.0.44'}}, {{stringmatch = 'absent', backupSelector = 'all'}})"
+            ),
+        ),
+        // byteslimit with a match inside the limit (both servers up).
+        (
+            "blhead",
+            format!(
+                "ifurlup({u}, {{'127.0.0.43', '127.0.0.44'}}, {{stringmatch = 'HEAD', byteslimit = '1000', selector = 'all'}})"
+            ),
+        ),
+        // selectors: hashed among the up addresses, hashed backup, unknown name, pickclosest.
+        (
+            "hsel",
+            format!(
+                "ifurlup({u}, {{'127.0.0.42', '127.0.0.43', '127.0.0.44'}}, {{selector = 'hashed'}})"
+            ),
+        ),
+        (
+            "hback",
+            format!(
+                "ifportup({t}, {{'127.0.0.48', '127.0.0.49', '127.0.0.50'}}, {{backupSelector = 'hashed'}})"
+            ),
+        ),
+        (
+            "unk",
+            format!("ifurlup({u}, {{'127.0.0.42', '127.0.0.43'}}, {{selector = 'bogus'}})"),
+        ),
+        (
+            "pc",
+            format!("ifportup({t}, {{'127.0.0.45', '127.0.0.48'}}, {{selector = 'pickclosest'}})"),
+        ),
+        (
+            "src",
+            format!(
+                "ifportup({t}, {{'127.0.0.45', '127.0.0.48'}}, {{source = '127.0.0.1', selector = 'all'}})"
+            ),
+        ),
+        // address groups (4.7.3's ifurlup takes them): the first group with an address up.
+        (
+            "grp",
+            format!(
+                "ifurlup({u}, {{{{'127.0.0.41'}}, {{'127.0.0.44', '127.0.0.42'}}, {{'127.0.0.43'}}}}, {{timeout = '1'}})"
+            ),
+        ),
+        // Only in later releases (catalyst-dns alone):
+        (
+            "bl",
+            format!(
+                "ifurlup({u}, {{'127.0.0.43', '127.0.0.44'}}, {{stringmatch = 'TAIL-MARK', byteslimit = '1000', selector = 'all'}})"
+            ),
+        ),
+        (
+            "blbad",
+            format!(
+                "ifurlup({u}, {{'127.0.0.43', '127.0.0.44'}}, {{byteslimit = 'lots', backupSelector = 'empty'}})"
+            ),
+        ),
+        (
+            "empty",
+            format!("ifportup({t}, {{'127.0.0.48', '127.0.0.49'}}, {{backupSelector = 'empty'}})"),
+        ),
+        (
+            "grpback",
+            format!(
+                "ifurlup({u}, {{{{'127.0.0.48'}}, {{'127.0.0.49', '127.0.0.50'}}}}, {{backupSelector = 'all'}})"
+            ),
+        ),
+        (
+            "foic",
+            format!(
+                "ifurlup({u}, {{'127.0.0.41'}}, {{timeout = '1', failOnIncompleteCheck = 'true'}})"
+            ),
+        ),
+    ]
+}
+
 /// The ifurlup/ifportup options PowerDNS 4.7.3 has (`timeout`, `useragent`, `stringmatch`,
 /// `source`, `selector`/`backupSelector` with `all`, `random`, `hashed`, `pickclosest` and an
 /// unknown name, address groups of `ifurlup`), answer for answer against pdns_server; the
@@ -330,36 +456,7 @@ fn health_check_options_match_powerdns() {
     let _long = HttpTarget::start("127.0.0.44", h, long);
     let _tcp = TcpTarget::start("127.0.0.45", t);
     // 127.0.0.48-50: nothing listens (down).
-    let u = format!("'http://web.opt.test:{h}/health'");
-    let records = [
-        // timeout: the 3 s target is down with 1 s and the default (2 s), up with 5 s.
-        ("to1", format!("ifurlup({u}, {{'127.0.0.41', '127.0.0.43'}}, {{timeout = '1', selector = 'all'}})")),
-        ("todef", format!("ifurlup({u}, {{'127.0.0.41', '127.0.0.43'}}, {{selector = 'all'}})")),
-        ("to5", format!("ifurlup({u}, {{'127.0.0.41', '127.0.0.43'}}, {{timeout = 5, selector = 'all'}})")),
-        // useragent: 127.0.0.42 wants its own; neither default User-Agent is it.
-        ("ua", format!("ifurlup({u}, {{'127.0.0.42', '127.0.0.43'}}, {{useragent = 'catalyst-probe/1', selector = 'all'}})")),
-        ("uano", format!("ifurlup({u}, {{'127.0.0.42', '127.0.0.43'}}, {{selector = 'all'}})")),
-        // stringmatch over a long body and a short one.
-        ("sm", format!("ifurlup({u}, {{'127.0.0.43', '127.0.0.44'}}, {{stringmatch = 'TAIL-MARK', selector = 'all'}})")),
-        ("smok", format!("ifurlup({u}, {{'127.0.0.43', '127.0.0.44'}}, {{stringmatch = 'ok', selector = 'all'}})")),
-        ("smnone", format!("ifurlup({u}, {{'127.0.0.43', '127.0.0.44'}}, {{stringmatch = 'absent', backupSelector = 'all'}})")),
-        // byteslimit with a match inside the limit (both servers up).
-        ("blhead", format!("ifurlup({u}, {{'127.0.0.43', '127.0.0.44'}}, {{stringmatch = 'HEAD', byteslimit = '1000', selector = 'all'}})")),
-        // selectors: hashed among the up addresses, hashed backup, unknown name, pickclosest.
-        ("hsel", format!("ifurlup({u}, {{'127.0.0.42', '127.0.0.43', '127.0.0.44'}}, {{selector = 'hashed'}})")),
-        ("hback", format!("ifportup({t}, {{'127.0.0.48', '127.0.0.49', '127.0.0.50'}}, {{backupSelector = 'hashed'}})")),
-        ("unk", format!("ifurlup({u}, {{'127.0.0.42', '127.0.0.43'}}, {{selector = 'bogus'}})")),
-        ("pc", format!("ifportup({t}, {{'127.0.0.45', '127.0.0.48'}}, {{selector = 'pickclosest'}})")),
-        ("src", format!("ifportup({t}, {{'127.0.0.45', '127.0.0.48'}}, {{source = '127.0.0.1', selector = 'all'}})")),
-        // address groups (4.7.3's ifurlup takes them): the first group with an address up.
-        ("grp", format!("ifurlup({u}, {{{{'127.0.0.41'}}, {{'127.0.0.44', '127.0.0.42'}}, {{'127.0.0.43'}}}}, {{timeout = '1'}})")),
-        // Only in later releases (catalyst-dns alone):
-        ("bl", format!("ifurlup({u}, {{'127.0.0.43', '127.0.0.44'}}, {{stringmatch = 'TAIL-MARK', byteslimit = '1000', selector = 'all'}})")),
-        ("blbad", format!("ifurlup({u}, {{'127.0.0.43', '127.0.0.44'}}, {{byteslimit = 'lots', backupSelector = 'empty'}})")),
-        ("empty", format!("ifportup({t}, {{'127.0.0.48', '127.0.0.49'}}, {{backupSelector = 'empty'}})")),
-        ("grpback", format!("ifurlup({u}, {{{{'127.0.0.48'}}, {{'127.0.0.49', '127.0.0.50'}}}}, {{backupSelector = 'all'}})")),
-        ("foic", format!("ifurlup({u}, {{'127.0.0.41'}}, {{timeout = '1', failOnIncompleteCheck = 'true'}})")),
-    ];
+    let records = option_records(h, t);
     let mut zone = String::from(
         "$ORIGIN opt.test.\n$TTL 60\n@ SOA ns hm 1 2 3 4 5\n@ NS ns\nns A 127.0.0.1\n",
     );
@@ -380,7 +477,9 @@ fn health_check_options_match_powerdns() {
     // first query starts it).
     let first = answer_of(cport, &name("foic"), None);
     if first.0 != "ServFail" {
-        errors.push(format!("foic before its check completed: {first:?}, want ServFail"));
+        errors.push(format!(
+            "foic before its check completed: {first:?}, want ServFail"
+        ));
     }
     // Every record's first query starts its checks in both servers.
     for (n, _) in &records {
@@ -391,14 +490,21 @@ fn health_check_options_match_powerdns() {
     // (3 s) before the next one.
     std::thread::sleep(Duration::from_secs(7));
     for n in [
-        "to1", "todef", "to5", "ua", "uano", "sm", "smok", "smnone", "blhead", "unk", "pc",
-        "src", "grp",
+        "to1", "todef", "to5", "ua", "uano", "sm", "smok", "smnone", "blhead", "unk", "pc", "src",
+        "grp",
     ] {
         if let Err(e) = compare(cport, pport, &name(n), RecordType::A, None) {
             errors.push(e);
         }
     }
-    for ecs in ["10.0.0.0/24", "10.1.2.0/24", "192.0.2.0/24", "198.51.100.7/32", "203.0.113.0/24", "172.16.9.0/24"] {
+    for ecs in [
+        "10.0.0.0/24",
+        "10.1.2.0/24",
+        "192.0.2.0/24",
+        "198.51.100.7/32",
+        "203.0.113.0/24",
+        "172.16.9.0/24",
+    ] {
         for n in ["hsel", "hback"] {
             if let Err(e) = compare(cport, pport, &name(n), RecordType::A, Some(ecs)) {
                 errors.push(e);
@@ -440,10 +546,18 @@ fn health_check_options_match_powerdns() {
     ] {
         let got = answer_of(pport, &name(n), None);
         if got != expect_a(want) {
-            errors.push(format!("PowerDNS 4.7.3 {n}: {got:?}, want {:?}", expect_a(want)));
+            errors.push(format!(
+                "PowerDNS 4.7.3 {n}: {got:?}, want {:?}",
+                expect_a(want)
+            ));
         }
     }
-    assert!(errors.is_empty(), "{} differences:\n{}", errors.len(), errors.join("\n"));
+    assert!(
+        errors.is_empty(),
+        "{} differences:\n{}",
+        errors.len(),
+        errors.join("\n")
+    );
 }
 
 /// A TCP target that goes down and comes back: `minimumFailures` and `interval` (catalyst-dns
@@ -451,7 +565,10 @@ fn health_check_options_match_powerdns() {
 /// pdns_server.
 #[test]
 fn flapping_target_interval_and_minimum_failures() {
-    if !require("flapping_target_interval_and_minimum_failures", &[Need::Pdns]) {
+    if !require(
+        "flapping_target_interval_and_minimum_failures",
+        &[Need::Pdns],
+    ) {
         return;
     }
     let t = free_port();
@@ -463,9 +580,12 @@ fn flapping_target_interval_and_minimum_failures() {
          mf LUA A \"ifportup({t}, {{'127.0.0.51', '127.0.0.52'}}, {{selector = 'all', minimumFailures = 4}})\"\n\
          iv LUA A \"ifportup({t}, {{'127.0.0.51', '127.0.0.52'}}, {{selector = 'all', interval = 10}})\"\n"
     );
-    let Some((_c, _p, cport, pport)) =
-        servers("pdns_flap", &zone, "flap.test", "health: {interval_secs: 1}\n")
-    else {
+    let Some((_c, _p, cport, pport)) = servers(
+        "pdns_flap",
+        &zone,
+        "flap.test",
+        "health: {interval_secs: 1}\n",
+    ) else {
         return;
     };
     let both = expect_a(&["127.0.0.51", "127.0.0.52"]);

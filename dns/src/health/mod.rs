@@ -772,7 +772,10 @@ mod tests {
         assert_eq!(stoi_prefix("abc"), None);
         assert_eq!(stoi_prefix("+40x"), Some(40));
         let r = Registry::new(HealthConfig::default(), Arc::default());
-        let mf = |v: &str| r.register(&spec(&[("minimumFailures", v)]), "z.").minimum_failures();
+        let mf = |v: &str| {
+            r.register(&spec(&[("minimumFailures", v)]), "z.")
+                .minimum_failures()
+        };
         assert_eq!(mf("2.5"), 2);
         assert_eq!(mf("0"), 1);
         assert_eq!(mf("junk"), 1);

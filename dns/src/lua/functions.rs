@@ -62,7 +62,10 @@ impl Selector {
             "all" => Self::All,
             "empty" => Self::Empty,
             other => {
-                tracing::warn!(selector = other, "LUA record uses an unknown selector: random");
+                tracing::warn!(
+                    selector = other,
+                    "LUA record uses an unknown selector: random"
+                );
                 Self::Random
             }
         }
@@ -513,9 +516,7 @@ fn geo(cx: &EvalContext<'_>, ip: IpAddr) -> GeoInfo {
     // (`std::to_string(lat) + " " + std::to_string(lon)`, six decimals) and reads it back with
     // `atof`: every location-based function (latlon, latlonloc, pickclosest, closestMagic)
     // sees the coordinates rounded to six decimals.
-    info.location = info
-        .location
-        .map(|(lat, lon)| (round6(lat), round6(lon)));
+    info.location = info.location.map(|(lat, lon)| (round6(lat), round6(lon)));
     info
 }
 

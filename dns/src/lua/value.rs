@@ -223,7 +223,10 @@ mod tests {
         assert_eq!(cpp_stream_double(33.6), "33.6");
         assert_eq!(cpp_stream_double(0.0), "0");
         assert_eq!(cpp_stream_double(-0.0), "-0");
-        assert_eq!(cpp_stream_double(1.278_976_924_368_180_3e-12), "1.27898e-12");
+        assert_eq!(
+            cpp_stream_double(1.278_976_924_368_180_3e-12),
+            "1.27898e-12"
+        );
         assert_eq!(cpp_stream_double(59.999_999_9), "60");
         assert_eq!(cpp_stream_double(8.123_456_7), "8.12346");
         assert_eq!(cpp_stream_double(0.000_012_3), "1.23e-05");

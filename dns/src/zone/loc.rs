@@ -307,7 +307,10 @@ mod tests {
             parse_loc("52 31 12 N 13 24 1.27898e-12 E 0.00m 1.00m 10000.00m 10.00m").unwrap(),
             parse_loc("52 31 12 N 13 24 1.278 E 0.00m 1.00m 10000.00m 10.00m").unwrap()
         );
-        assert!(parse_loc("0 0 -0 S 0 0 -0 W 0.00m").is_err(), "negative zero seconds");
+        assert!(
+            parse_loc("0 0 -0 S 0 0 -0 W 0.00m").is_err(),
+            "negative zero seconds"
+        );
     }
 
     #[test]

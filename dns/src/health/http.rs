@@ -289,21 +289,25 @@ pub(super) async fn check(
     timeout: Duration,
     cfg: &HealthConfig,
 ) -> Result<(), String> {
-    let expected: u16 = opts
-        .get("httpcode")
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(200);
-    let limit: usize = opts
-        .get("byteslimit")
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
+    // As PowerDNS's `checked_stoi`: leading digits count (`404x` is 404), an empty value is 0,
+    // and a value without digits fails the check (the target is down).
+    let number = |key: &str, default: i64| -> Result<i64, String> {
+        match opts.get(key) {
+            None => Ok(default),
+            Some(v) if v.is_empty() => Ok(0),
+            Some(v) => super::stoi_prefix(v).ok_or_else(|| format!("{key} `{v}` is not a number")),
+        }
+    };
+    let expected = number("httpcode", 200)?;
+    // A negative limit wraps to a huge `size_t` in PowerDNS: no limit.
+    let limit = usize::try_from(number("byteslimit", 0)?).unwrap_or(0);
     let run = async {
         let mut current = Url::parse(url).map_err(|e| e.to_string())?;
         let mut current_pin = pin;
         for _ in 0..=cfg.max_redirects {
             let (status, location, body) = fetch(&current, current_pin, opts, cfg, limit).await?;
             if (300..400).contains(&status)
-                && status != expected
+                && i64::from(status) != expected
                 && let Some(loc) = location
             {
                 let next = if loc.starts_with("http://") || loc.starts_with("https://") {
@@ -320,7 +324,7 @@ pub(super) async fn check(
                 current = next;
                 continue;
             }
-            if status != expected {
+            if i64::from(status) != expected {
                 return Err(format!("HTTP status {status}, expected {expected}"));
             }
             if let Some(m) = opts.get("stringmatch")

@@ -212,6 +212,47 @@ impl CheckState {
     fn opt_u32(&self, key: &str) -> Option<u32> {
         self.spec.opts.get(key).and_then(|v| v.trim().parse().ok())
     }
+
+    /// `minimumFailures` as PowerDNS reads it: `std::atoi` of the text into an `unsigned int`
+    /// (so `2.5` is 2, a negative value wraps to a huge count), at least 1.
+    fn minimum_failures(&self) -> u32 {
+        self.spec.opts.get("minimumFailures").map_or(1, |v| {
+            #[expect(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                reason = "C's int → unsigned int conversion, as PowerDNS"
+            )]
+            let n = atoi(v) as i32 as u32;
+            n.max(1)
+        })
+    }
+}
+
+/// C's `atoi` (what PowerDNS applies to `timeout`, `interval` and `minimumFailures`): leading
+/// white space, an optional sign, then the leading digits; 0 when there are none. Saturates
+/// where C's is undefined.
+pub fn atoi(s: &str) -> i64 {
+    stoi_prefix(s).unwrap_or(0)
+}
+
+/// `std::stoll`'s reading (what PowerDNS's `checked_stoi` applies to `byteslimit` and
+/// `httpcode`): leading white space, an optional sign and at least one digit; None without
+/// digits (PowerDNS throws, and the check fails). Saturates at the `i64` range.
+pub fn stoi_prefix(s: &str) -> Option<i64> {
+    let t = s.trim_start();
+    let (negative, digits) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    if end == 0 {
+        return None;
+    }
+    let n = digits[..end].parse::<i64>().unwrap_or(i64::MAX);
+    Some(if negative { -n } else { n })
 }
 
 /// A health transition, published on NATS as `catalyst.health.<zone>.<target>`.
@@ -508,14 +549,11 @@ impl Registry {
 }
 
 async fn run_check(shared: Arc<Shared>, state: Arc<CheckState>) {
+    // Whole seconds, `std::atoi` of the option's text as PowerDNS (`1.5` is 1); 0, negative or
+    // non-numeric values take the configured default.
     let secs = |key: &str, default: u64| -> Duration {
-        state
-            .spec
-            .opts
-            .get(key)
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|v| *v > 0.0)
-            .map_or_else(|| Duration::from_secs(default), Duration::from_secs_f64)
+        let n = state.spec.opts.get(key).map_or(0, |v| atoi(v));
+        Duration::from_secs(u64::try_from(n).ok().filter(|n| *n > 0).unwrap_or(default))
     };
     let interval = secs("interval", shared.cfg.interval_secs);
     let timeout = secs("timeout", shared.cfg.timeout_secs);
@@ -549,7 +587,7 @@ fn update(shared: &Shared, state: &CheckState, result: Result<(), String>) {
     } else {
         state.successes.store(0, Ordering::Relaxed);
         let n = state.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        let need = state.opt_u32("minimumFailures").unwrap_or(1).max(1);
+        let need = state.minimum_failures();
         if n >= need {
             DOWN
         } else if before == PENDING {
@@ -723,6 +761,25 @@ mod tests {
         r.prune();
         assert!(r.is_empty(), "a running check no record uses is stopped");
         assert_eq!(running(&r), 0);
+    }
+
+    #[test]
+    fn numeric_options_are_read_as_powerdns_reads_them() {
+        assert_eq!(atoi(" 12abc"), 12);
+        assert_eq!(atoi("2.9"), 2);
+        assert_eq!(atoi("-3"), -3);
+        assert_eq!(atoi("abc"), 0);
+        assert_eq!(stoi_prefix("abc"), None);
+        assert_eq!(stoi_prefix("+40x"), Some(40));
+        let r = Registry::new(HealthConfig::default(), Arc::default());
+        let mf = |v: &str| {
+            r.register(&spec(&[("minimumFailures", v)]), "z.")
+                .minimum_failures()
+        };
+        assert_eq!(mf("2.5"), 2);
+        assert_eq!(mf("0"), 1);
+        assert_eq!(mf("junk"), 1);
+        assert_eq!(mf("-1"), u32::MAX);
     }
 
     #[test]

@@ -52,15 +52,23 @@ pub enum Selector {
 }
 
 impl Selector {
-    fn parse(s: &str, backup: bool) -> Option<Self> {
-        Some(match s {
+    /// As PowerDNS's `useSelector` (5.1+, for `selector` and `backupSelector` alike): an unknown
+    /// name picks at random (PowerDNS logs a warning per query; catalyst-dns once per load).
+    fn parse(s: &str) -> Self {
+        match s {
             "random" => Self::Random,
             "hashed" => Self::Hashed,
             "pickclosest" => Self::PickClosest,
             "all" => Self::All,
-            "empty" if backup => Self::Empty,
-            _ => return None,
-        })
+            "empty" => Self::Empty,
+            other => {
+                tracing::warn!(
+                    selector = other,
+                    "LUA record uses an unknown selector: random"
+                );
+                Self::Random
+            }
+        }
     }
 }
 
@@ -346,17 +354,12 @@ fn plan(
 ) -> Result<HealthPlan, EvalError> {
     let opt_index = if b == Builtin::IfUrlExtUp { 1 } else { 2 };
     let all_opts = options(vals.get(opt_index))?;
-    let selector = match all_opts.get("selector") {
-        Some(s) => {
-            Selector::parse(s, false).ok_or_else(|| eval_err(format!("unknown selector `{s}`")))?
-        }
-        None => Selector::Random,
-    };
-    let backup = match all_opts.get("backupSelector") {
-        Some(s) => Selector::parse(s, true)
-            .ok_or_else(|| eval_err(format!("unknown backupSelector `{s}`")))?,
-        None => Selector::Random,
-    };
+    let selector = all_opts
+        .get("selector")
+        .map_or(Selector::Random, |s| Selector::parse(s));
+    let backup = all_opts
+        .get("backupSelector")
+        .map_or(Selector::Random, |s| Selector::parse(s));
     let fail_on_incomplete = all_opts
         .get("failOnIncompleteCheck")
         .is_some_and(|v| v == "true");
@@ -471,12 +474,13 @@ pub(super) fn health(plan: &HealthPlan, cx: &EvalContext<'_>) -> Result<Value, E
     if incomplete && plan.fail_on_incomplete {
         return Err(eval_err("health check has not completed yet"));
     }
-    // As PowerDNS: the backup selector picks among all candidates of all groups.
-    let all: Vec<IpAddr> = plan.groups.iter().flatten().map(|(ip, _)| *ip).collect();
-    if all.is_empty() {
+    // As PowerDNS 5.1+: the backup selector picks among the candidates of the first non-empty
+    // group (4.7's `ifurlup` took all candidates of all groups).
+    let Some(first) = plan.groups.iter().find(|g| !g.is_empty()) else {
         return Err(eval_err("the address list cannot be empty"));
-    }
-    select(plan.backup, &all, cx)
+    };
+    let first: Vec<IpAddr> = first.iter().map(|(ip, _)| *ip).collect();
+    select(plan.backup, &first, cx)
 }
 
 fn select(s: Selector, cands: &[IpAddr], cx: &EvalContext<'_>) -> Result<Value, EvalError> {
@@ -502,11 +506,22 @@ fn pick_random<'v, T>(items: &'v [T], cx: &EvalContext<'_>) -> Result<&'v T, Eva
 }
 
 fn geo(cx: &EvalContext<'_>, ip: IpAddr) -> GeoInfo {
-    cx.env
+    let mut info = cx
+        .env
         .geo
         .as_ref()
         .map(|g| g.lookup(ip))
-        .unwrap_or_default()
+        .unwrap_or_default();
+    // PowerDNS's GeoIP backend hands the location to the Lua functions as text
+    // (`std::to_string(lat) + " " + std::to_string(lon)`, six decimals) and reads it back with
+    // `atof`: every location-based function (latlon, latlonloc, pickclosest, closestMagic)
+    // sees the coordinates rounded to six decimals.
+    info.location = info.location.map(|(lat, lon)| (round6(lat), round6(lon)));
+    info
+}
+
+fn round6(v: f64) -> f64 {
+    format!("{v:.6}").parse().unwrap_or(v)
 }
 
 fn closest(cands: &[IpAddr], cx: &EvalContext<'_>) -> Result<IpAddr, EvalError> {
@@ -764,10 +779,10 @@ pub(super) fn call(b: Builtin, args: &[Value], cx: &EvalContext<'_>) -> Result<V
         }
         Builtin::LatlonLoc => {
             cx.note(Deps::CLIENT);
-            match geo(cx, cx.bestwho).location {
-                Some((lat, lon)) => Value::str(loc_string(lat, lon)),
-                None => Value::str(""),
-            }
+            // An unknown location is "unknown" in PowerDNS, which `atof` reads as 0 0: the
+            // LOC text of 0 S 0 W (PowerDNS's hemisphere for 0 is S and W).
+            let (lat, lon) = geo(cx, cx.bestwho).location.unwrap_or((0.0, 0.0));
+            Value::str(loc_string(lat, lon))
         }
         Builtin::CreateForward => {
             cx.note(Deps::QNAME);

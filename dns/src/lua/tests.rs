@@ -146,10 +146,6 @@ fn unsupported_constructs_are_load_errors() {
         ("1 // 2", "operator `//`"),
         (";t = {} t.x = 1 return t.x", "assignment to a table field"),
         ("'unterminated", "unfinished string"),
-        (
-            "ifportup(443, {'192.0.2.1'}, {selector = 'bogus'})",
-            "unknown selector",
-        ),
         (";include('missing') return 'x'", "include('missing')"),
     ] {
         let e = f.compile(code).expect_err(code).to_string();
@@ -184,6 +180,18 @@ fn include_inlines_settings_and_registers_checks_at_load() {
     assert!(r.is_err(), "SERVFAIL while no check completed");
     let r = f.run("ifportup(443, {'192.0.2.1', '192.0.2.2'}, {backupSelector = 'empty'})");
     assert!(r.is_empty(), "empty backup selector fails closed");
+    // As PowerDNS's useSelector: an unknown selector picks at random instead of failing.
+    for _ in 0..10 {
+        let r = f.run("ifportup(443, {'192.0.2.1', '192.0.2.2'}, {backupSelector = 'bogus'})");
+        assert_eq!(r.len(), 1);
+        assert!(["192.0.2.1", "192.0.2.2"].contains(&r[0].as_str()));
+    }
+    // As PowerDNS 5.1+: with everything down the backup selector reads the first non-empty
+    // group only.
+    let r = f.run(
+        "ifportup(443, {{}, {'192.0.2.1', '192.0.2.2'}, {'192.0.2.3'}}, {backupSelector = 'all'})",
+    );
+    assert_eq!(r, s(&["192.0.2.1", "192.0.2.2"]));
 }
 
 #[test]

@@ -185,7 +185,8 @@ impl fmt::Display for Value {
 /// significant digits, no trailing zeros), which is how `latlonloc()` writes its seconds.
 pub fn cpp_stream_double(v: f64) -> String {
     if v == 0.0 {
-        return "0".into();
+        // A C++ stream prints the sign of a negative zero.
+        return if v.is_sign_negative() { "-0" } else { "0" }.into();
     }
     #[expect(
         clippy::cast_possible_truncation,
@@ -221,6 +222,11 @@ mod tests {
     fn doubles_print_like_a_cpp_stream() {
         assert_eq!(cpp_stream_double(33.6), "33.6");
         assert_eq!(cpp_stream_double(0.0), "0");
+        assert_eq!(cpp_stream_double(-0.0), "-0");
+        assert_eq!(
+            cpp_stream_double(1.278_976_924_368_180_3e-12),
+            "1.27898e-12"
+        );
         assert_eq!(cpp_stream_double(59.999_999_9), "60");
         assert_eq!(cpp_stream_double(8.123_456_7), "8.12346");
         assert_eq!(cpp_stream_double(0.000_012_3), "1.23e-05");

@@ -75,6 +75,40 @@ impl Cursor<'_> {
         n
     }
 
+    /// Seconds: `SEC[.FRAC]` (three fractional digits kept, truncated), then — as every released
+    /// PowerDNS (4.x to 5.1) — any non-space characters right after them are skipped, then
+    /// whitespace. `latlonloc()` relies on it: PowerDNS prints seconds such as
+    /// `1.27898e-12`, read as 1.278 s.
+    fn seconds(&mut self) -> Option<(u32, u32)> {
+        let mut n: u32 = 0;
+        let mut parsed = false;
+        while let Some(c) = self.peek().filter(u8::is_ascii_digit) {
+            parsed = true;
+            n = n.wrapping_mul(10).wrapping_add(u32::from(c - b'0'));
+            self.pos += 1;
+        }
+        if !parsed {
+            self.skip_space();
+            return None;
+        }
+        let mut frac = 0;
+        if self.peek() == Some(b'.') {
+            self.pos += 1;
+            for _ in 0..3 {
+                frac *= 10;
+                if let Some(c) = self.peek().filter(u8::is_ascii_digit) {
+                    frac += u32::from(c - b'0');
+                    self.pos += 1;
+                }
+            }
+        }
+        while self.peek().is_some_and(|c| !c.is_ascii_whitespace()) {
+            self.pos += 1;
+        }
+        self.skip_space();
+        Some((n, frac))
+    }
+
     fn at_end(&self) -> bool {
         self.pos >= self.s.len()
     }
@@ -91,9 +125,9 @@ fn coordinate(c: &mut Cursor<'_>) -> Result<(bool, u32), String> {
             return Err("invalid latitude or longitude minutes in LOC contents".into());
         }
         min = m;
-        if let Some(s) = c.num() {
+        if let Some((s, f)) = c.seconds() {
             secs = s;
-            frac = c.frac(3);
+            frac = f;
             if secs > 60 || (secs == 60 && frac > 0) {
                 return Err("invalid latitude or longitude seconds in LOC contents".into());
             }
@@ -264,6 +298,18 @@ mod tests {
         assert_eq!(
             u32::from_be_bytes(w[12..16].try_into().unwrap()),
             10_000_000
+        );
+    }
+
+    #[test]
+    fn garbage_after_the_seconds_is_skipped_as_released_powerdns() {
+        assert_eq!(
+            parse_loc("52 31 12 N 13 24 1.27898e-12 E 0.00m 1.00m 10000.00m 10.00m").unwrap(),
+            parse_loc("52 31 12 N 13 24 1.278 E 0.00m 1.00m 10000.00m 10.00m").unwrap()
+        );
+        assert!(
+            parse_loc("0 0 -0 S 0 0 -0 W 0.00m").is_err(),
+            "negative zero seconds"
         );
     }
 

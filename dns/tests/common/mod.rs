@@ -268,3 +268,70 @@ impl Drop for TcpTarget {
         }
     }
 }
+
+/// What an [`HttpTarget`] answers to one request: a delay before answering, the status line
+/// (e.g. `"200 OK"`) and the body.
+pub type HttpReply = (Duration, &'static str, String);
+
+/// An HTTP health-check target on `ip:port`: each request (its head as text) is answered by
+/// `reply` on its own thread (so a slow answer delays nobody else), HTTP/1.0 style, then the
+/// connection is closed. Stopped (accepting ends, in-flight answers finish) on drop.
+pub struct HttpTarget {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HttpTarget {
+    pub fn start(ip: &str, port: u16, reply: fn(&str) -> HttpReply) -> Self {
+        use std::io::{Read, Write};
+        let l = TcpListener::bind((ip, port)).unwrap_or_else(|e| panic!("bind {ip}:{port}: {e}"));
+        l.set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut conns = Vec::new();
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut c, _)) => conns.push(std::thread::spawn(move || {
+                        let _ = c.set_nonblocking(false);
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+                        let mut req = Vec::new();
+                        let mut buf = [0u8; 2048];
+                        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match c.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => req.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let (delay, status, body) = reply(&String::from_utf8_lossy(&req));
+                        std::thread::sleep(delay);
+                        let _ = write!(
+                            c,
+                            "HTTP/1.0 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = c.write_all(body.as_bytes());
+                    })),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+                conns.retain(|t: &std::thread::JoinHandle<()>| !t.is_finished());
+            }
+            for t in conns {
+                let _ = t.join();
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for HttpTarget {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

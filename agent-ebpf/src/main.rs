@@ -16,8 +16,8 @@ mod verdict;
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
-        BPF_RB_RING_SIZE, TC_ACT_SHOT, TC_ACT_UNSPEC,
+        BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP,
+        BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE, TC_ACT_SHOT, TC_ACT_UNSPEC,
     },
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{classifier, map},

@@ -1566,3 +1566,124 @@ fn a_denied_syn_on_a_tracked_reverse_tuple_does_not_break_the_connection() {
         "web → client is denied"
     );
 }
+
+const SPLIT: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: split, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+    - fromCIDR: [198.51.100.0/24, "2001:db8::/64"]
+      toPorts: [{ports: [{port: "80", protocol: TCP}, {port: "9000", endPort: 9099, protocol: TCP}]}]
+  ingressDeny:
+    - fromCIDR: [198.51.100.20/32, "2001:db8::20/128"]
+      toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+"#;
+
+/// Single addresses (/32, /128) and one-port policy entries live in exact-match hash maps, the
+/// shorter prefixes in the LPM tries; lookups must still answer as one longest-prefix match:
+/// a /32 inside an allowed /24 with a deny of its own is denied while its neighbours pass, a
+/// port range (trie) and a single port (hash) of the same peer both apply, and the entries read
+/// back from the kernel are the ones applied (a second sync changes nothing).
+#[test]
+fn exact_entries_and_prefixes_answer_as_one_longest_prefix_match() {
+    if !root_or_skip("exact_entries_and_prefixes_answer_as_one_longest_prefix_match") {
+        return;
+    }
+    let (mut f, compiled, _) = fixture("exactsplit", SPLIT, false);
+    let desired = lo_only(&compiled);
+    let v4 = f.dp.ipcache_v4().unwrap();
+    assert!(
+        v4.iter().any(|(n, _)| n.prefix_len() == 32) && v4.iter().any(|(n, _)| n.prefix_len() < 32),
+        "both kinds of ipcache entries read back: {v4:?}"
+    );
+    let v6 = f.dp.ipcache_v6().unwrap();
+    assert!(v6.iter().any(|(n, _)| n.prefix_len() == 128), "{v6:?}");
+    let policy = f.dp.policy().unwrap();
+    assert!(
+        policy.iter().any(|(len, _, _)| *len == 96) && policy.iter().any(|(len, _, _)| *len < 96)
+    );
+    let again = apply(&mut f.dp, &desired, false).unwrap();
+    assert_eq!(
+        (again.upserted, again.removed),
+        (0, 0),
+        "read-back equals the applied state"
+    );
+
+    let web6: IpAddr = "fd00::11".parse().unwrap();
+    let cases: [(&str, IpAddr, u16, i32, u8); 8] = [
+        (
+            "/24 peer, port 80 (hash)",
+            "198.51.100.21".parse().unwrap(),
+            80,
+            PASS,
+            0,
+        ),
+        (
+            "/24 peer, port in range (trie)",
+            "198.51.100.21".parse().unwrap(),
+            9050,
+            PASS,
+            0,
+        ),
+        (
+            "denied /32, port 80",
+            "198.51.100.20".parse().unwrap(),
+            80,
+            DROP,
+            DROP_POLICY_DENY,
+        ),
+        (
+            "denied /32, port in range",
+            "198.51.100.20".parse().unwrap(),
+            9050,
+            PASS,
+            0,
+        ),
+        (
+            "outside the /24",
+            "198.51.101.20".parse().unwrap(),
+            80,
+            DROP,
+            DROP_POLICY_DENIED,
+        ),
+        (
+            "/64 peer, port 80",
+            "2001:db8::21".parse().unwrap(),
+            80,
+            PASS,
+            0,
+        ),
+        (
+            "denied /128, port 80",
+            "2001:db8::20".parse().unwrap(),
+            80,
+            DROP,
+            DROP_POLICY_DENY,
+        ),
+        (
+            "/64 peer, port 443",
+            "2001:db8::21".parse().unwrap(),
+            443,
+            DROP,
+            DROP_POLICY_DENIED,
+        ),
+    ];
+    for (i, (what, peer, port, ret, reason)) in cases.into_iter().enumerate() {
+        let l4 = tcp(41_000 + i as u16, port, 0x02);
+        let pkt = match peer {
+            IpAddr::V4(a) => ipv4(a.octets(), WEB, 6, &l4, 0),
+            IpAddr::V6(_) => ipv6(peer, web6, 6, &l4),
+        };
+        expect(
+            &f,
+            what,
+            PROG_TO_ENDPOINT,
+            &pkt,
+            ret,
+            DIR_INGRESS,
+            Some(reason),
+        );
+    }
+}

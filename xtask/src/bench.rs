@@ -91,7 +91,7 @@ fn cpu_seconds(pid: u32) -> f64 {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let hz = u32::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).map_or(100.0, f64::from);
     (ticks(11) + ticks(12)) / hz.max(1.0)
 }
 

@@ -671,7 +671,9 @@ fn host4_key(net: Ipv4Net) -> u32 {
 /// The single-address key of a /128: the address's four words, as the program reads them.
 fn host6_key(net: Ipv6Net) -> [u32; 4] {
     let o = net.addr().octets();
-    std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
 }
 fn host6_net(words: [u32; 4]) -> Ipv6Net {
     let mut o = [0u8; 16];
@@ -706,7 +708,7 @@ impl MapStore for Datapath {
                 .map_err(|e| err(MAP_IPCACHE_V4, "decode", e))?;
             out.push((net, v));
         }
-        for item in self.iphost4.iter() {
+        for item in &self.iphost4 {
             let (k, v) = item.map_err(|e| err(MAP_IPCACHE_HOST_V4, "iterate", e))?;
             out.push((Ipv4Net::from(std::net::Ipv4Addr::from(k.to_ne_bytes())), v));
         }
@@ -742,7 +744,7 @@ impl MapStore for Datapath {
                 .map_err(|e| err(MAP_IPCACHE_V6, "decode", e))?;
             out.push((net, v));
         }
-        for item in self.iphost6.iter() {
+        for item in &self.iphost6 {
             let (k, v) = item.map_err(|e| err(MAP_IPCACHE_HOST_V6, "iterate", e))?;
             out.push((host6_net(k), v));
         }
@@ -776,7 +778,7 @@ impl MapStore for Datapath {
             let (k, v) = item.map_err(|e| err(MAP_POLICY, "iterate", e))?;
             out.push((k.prefix_len(), k.data(), v));
         }
-        for item in self.policy_exact.iter() {
+        for item in &self.policy_exact {
             let (k, v) = item.map_err(|e| err(MAP_POLICY_EXACT, "iterate", e))?;
             out.push((POLICY_PREFIX_FULL_BITS, k, v));
         }

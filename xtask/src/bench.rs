@@ -34,11 +34,23 @@ const PORT: u16 = 30_000;
 const RULE_COUNTS: [u32; 3] = [10, 1_000, 10_000];
 const SECS: u32 = 2;
 
-/// Median of three runs of a measurement.
-fn median3(mut f: impl FnMut() -> anyhow::Result<f64>) -> anyhow::Result<f64> {
-    let mut v = [f()?, f()?, f()?];
+/// End-to-end rounds: 5, or `CATALYST_BENCH_ROUNDS`.
+fn rounds() -> usize {
+    std::env::var("CATALYST_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .max(1)
+}
+
+/// Median of the samples (the mean of the middle two for an even count).
+fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    Ok(v[1])
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => f64::midpoint(v[n / 2 - 1], v[n / 2]),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -47,6 +59,9 @@ enum Filter {
     /// A two-instruction TC program at the agent's hooks: the floor of the hook.
     Empty,
     Agent(u32),
+    /// The agent with its process confined to CPU 1 (the traffic runs on CPU 0): the datapath's
+    /// own cost without the agent's userspace competing for the benchmark's CPU.
+    AgentOffCpu(u32),
     NftChain(u32),
     NftSet(u32),
 }
@@ -57,6 +72,7 @@ impl Filter {
             Self::None => "no filtering".into(),
             Self::Empty => "empty classifier (TCX, the agent's hooks)".into(),
             Self::Agent(n) => format!("catalyst-agent, {n} rules"),
+            Self::AgentOffCpu(n) => format!("catalyst-agent, {n} rules, agent process on CPU 1"),
             Self::NftChain(n) => format!("nftables chain + ct, {n} rules"),
             Self::NftSet(n) => format!("nftables set + ct, {n} rules"),
         }
@@ -68,6 +84,7 @@ impl Filter {
             Self::None => "none".into(),
             Self::Empty => "empty".into(),
             Self::Agent(n) => format!("agent-{n}"),
+            Self::AgentOffCpu(n) => format!("agent-cpu1-{n}"),
             Self::NftChain(n) => format!("chain-{n}"),
             Self::NftSet(n) => format!("set-{n}"),
         }
@@ -175,7 +192,8 @@ pub fn datapath() -> anyhow::Result<()> {
     writeln!(md)?;
     writeln!(
         md,
-        "### End to end (client pod → node → server pod; clients and servers pinned to CPU 0; median of 3)\n"
+        "### End to end (client pod → node → server pod; clients and servers pinned to CPU 0; median of {} interleaved rounds)\n",
+        rounds()
     )?;
     writeln!(
         md,
@@ -224,7 +242,11 @@ fn floor_table(md: &mut String, rows: &[(Filter, Figures)]) -> anyhow::Result<()
     )?;
     writeln!(md, "|---|---|---|---|---|")?;
     for (f, fig) in rows {
-        let Filter::Agent(n) = f else { continue };
+        let n = match f {
+            Filter::Agent(n) => n.to_string(),
+            Filter::AgentOffCpu(n) => format!("{n} (agent process on CPU 1)"),
+            _ => continue,
+        };
         let lat = pct(fig.latency_us, floor.latency_us);
         let udp = pct(fig.udp_pps, floor.udp_pps);
         let conn = pct(fig.conn_per_s, floor.conn_per_s);
@@ -816,6 +838,7 @@ fn end_to_end() -> anyhow::Result<Vec<(Filter, Figures)>> {
     for n in RULE_COUNTS {
         filters.push(Filter::Agent(n));
     }
+    filters.push(Filter::AgentOffCpu(RULE_COUNTS[0]));
     for n in RULE_COUNTS {
         filters.push(Filter::NftChain(n));
     }
@@ -833,45 +856,85 @@ fn end_to_end() -> anyhow::Result<Vec<(Filter, Figures)>> {
     let work = std::env::temp_dir().join(format!("catalyst-bench-{}", std::process::id()));
     std::fs::create_dir_all(work.join("policies"))?;
     let pin = PathBuf::from("/sys/fs/bpf/catalyst-bench");
+    // Rounds: every filter is set up and measured once per round, the rounds interleave the
+    // filters (drift of the machine over the run spreads over all of them instead of biasing
+    // whichever was measured last), and each figure is the median over the rounds.
+    let rounds = rounds();
+    let mut samples: Vec<(Filter, Vec<Figures>)> =
+        filters.iter().map(|f| (*f, Vec::new())).collect();
     let res = (|| -> anyhow::Result<()> {
-        for f in filters {
-            eprintln!("bench: {}", f.label());
-            let mut agent = None;
-            let mut empty = None;
-            match f {
-                Filter::None => {}
-                Filter::Empty => {
-                    let ifaces: Vec<String> = PODS.iter().map(lab::Pod::host_iface).collect();
-                    empty = Some(empty_tc::attach(node_ns(), &ifaces)?);
+        let mut warm = false;
+        for round in 1..=rounds {
+            for (f, figs) in &mut samples {
+                let f = *f;
+                eprintln!("bench: round {round}/{rounds}: {}", f.label());
+                let mut agent = None;
+                let mut empty = None;
+                match f {
+                    Filter::None => {}
+                    Filter::Empty => {
+                        let ifaces: Vec<String> = PODS.iter().map(lab::Pod::host_iface).collect();
+                        empty = Some(empty_tc::attach(node_ns(), &ifaces)?);
+                    }
+                    Filter::Agent(n) => agent = Some(start_agent(&work, &pin, n)?),
+                    Filter::AgentOffCpu(n) => {
+                        let a = start_agent(&work, &pin, n)?;
+                        if let Some(pid) = a.pid() {
+                            // Every thread of the agent (-a), now and later.
+                            sh(Command::new("taskset").args([
+                                "-a",
+                                "-p",
+                                "-c",
+                                "1",
+                                &pid.to_string(),
+                            ]))?;
+                        }
+                        agent = Some(a);
+                    }
+                    Filter::NftChain(n) | Filter::NftSet(n) => nft_load(f, n, &work)?,
                 }
-                Filter::Agent(n) => agent = Some(start_agent(&work, &pin, n)?),
-                Filter::NftChain(n) | Filter::NftSet(n) => nft_load(f, n, &work)?,
+                if !warm {
+                    // Warm-up (ARP, caches, sockperf's first connection), discarded.
+                    sockperf_latency(&client.netns(), server.ipv4)?;
+                    connect_rate(&client.netns(), server.ipv4)?;
+                    warm = true;
+                }
+                let pid = agent.as_ref().and_then(AgentProcess::pid);
+                let (cpu0, t0) = (pid.map(cpu_seconds), Instant::now());
+                let mut fig = Figures {
+                    latency_us: sockperf_latency(&client.netns(), server.ipv4)?,
+                    udp_pps: sockperf_udp(&client.netns(), server.ipv4)?,
+                    conn_per_s: connect_rate(&client.netns(), server.ipv4)?,
+                    agent_cpu_pct: None,
+                };
+                if let (Some(pid), Some(cpu0)) = (pid, cpu0) {
+                    fig.agent_cpu_pct =
+                        Some((cpu_seconds(pid) - cpu0) / t0.elapsed().as_secs_f64() * 100.0);
+                }
+                eprintln!("bench:   {fig:?}");
+                figs.push(fig);
+                drop(empty);
+                if let Some(mut a) = agent {
+                    a.stop()?;
+                    uninstall(&pin)?;
+                }
+                let _ = sh(&mut in_ns(node_ns(), &["nft", "flush", "ruleset"]));
             }
-            if rows.is_empty() {
-                // Warm-up (ARP, caches, sockperf's first connection), discarded.
-                sockperf_latency(&client.netns(), server.ipv4)?;
-                connect_rate(&client.netns(), server.ipv4)?;
-            }
-            let pid = agent.as_ref().and_then(AgentProcess::pid);
-            let (cpu0, t0) = (pid.map(cpu_seconds), Instant::now());
-            let mut fig = Figures {
-                latency_us: median3(|| sockperf_latency(&client.netns(), server.ipv4))?,
-                udp_pps: median3(|| sockperf_udp(&client.netns(), server.ipv4))?,
-                conn_per_s: median3(|| connect_rate(&client.netns(), server.ipv4))?,
-                agent_cpu_pct: None,
-            };
-            if let (Some(pid), Some(cpu0)) = (pid, cpu0) {
-                fig.agent_cpu_pct =
-                    Some((cpu_seconds(pid) - cpu0) / t0.elapsed().as_secs_f64() * 100.0);
-            }
-            eprintln!("bench:   {fig:?}");
-            rows.push((f, fig));
-            drop(empty);
-            if let Some(mut a) = agent {
-                a.stop()?;
-                uninstall(&pin)?;
-            }
-            let _ = sh(&mut in_ns(node_ns(), &["nft", "flush", "ruleset"]));
+        }
+        for (f, figs) in &samples {
+            let med = |get: fn(&Figures) -> f64| median(figs.iter().map(get).collect());
+            rows.push((
+                *f,
+                Figures {
+                    latency_us: med(|x| x.latency_us),
+                    udp_pps: med(|x| x.udp_pps),
+                    conn_per_s: med(|x| x.conn_per_s),
+                    agent_cpu_pct: figs
+                        .iter()
+                        .all(|x| x.agent_cpu_pct.is_some())
+                        .then(|| med(|x| x.agent_cpu_pct.unwrap_or_default())),
+                },
+            ));
         }
         Ok(())
     })();

@@ -4,6 +4,7 @@
 
 use std::{
     collections::BTreeSet,
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
@@ -28,7 +29,10 @@ use catalyst_policy::datapath::{
     PROG_TO_ENDPOINT, PolicyEntry, PolicyKey,
 };
 
-use super::store::{MapStore, StoreError};
+use super::{
+    store::{MapStore, StoreError},
+    tcx,
+};
 use crate::config::MapSizes;
 
 /// tc filter priority of our programs (first: lower runs earlier).
@@ -95,6 +99,8 @@ pub struct Datapath {
     events: Option<RingBuf<MapData>>,
     /// Interfaces attached by this process or adopted from pins.
     attached: BTreeSet<String>,
+    /// TCX links cannot be pinned here: programs are attached to the TCX hooks without links.
+    tcx_without_links: bool,
     /// Pinned maps found with an incompatible layout and recreated empty at load.
     recreated: Vec<&'static str>,
 }
@@ -355,6 +361,7 @@ impl Datapath {
             conntrack,
             events,
             attached: BTreeSet::new(),
+            tcx_without_links: false,
             recreated,
         })
     }
@@ -386,22 +393,79 @@ impl Datapath {
     /// programs go into tc clsact filters at a fixed priority and handle instead: those outlive
     /// the agent on their own, and a restarted agent swaps its program into the same filter.
     pub fn attach(&mut self, iface: &str) -> anyhow::Result<()> {
-        if self.mode == AttachMode::Tcx || self.mode == AttachMode::Auto {
+        if (self.mode == AttachMode::Tcx || self.mode == AttachMode::Auto) && !self.tcx_without_links
+        {
             match self.attach_tcx(iface) {
                 Ok(()) => {
                     self.mode = AttachMode::Tcx;
                     self.attached.insert(iface.to_owned());
                     return Ok(());
                 }
-                Err(TcxError::PinRefused(e)) if self.mode == AttachMode::Auto => {
-                    tracing::warn!(error = %e, "TCX links cannot be pinned on this host; using tc clsact filters, which also survive agent restarts");
+                Err(TcxError::PinRefused(e)) => {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "TCX links cannot be pinned on this host; attaching the programs to the \
+                         TCX hooks without links, which also survive agent restarts"
+                    );
+                    self.tcx_without_links = true;
+                }
+                Err(TcxError::Other(e)) => return Err(e),
+            }
+        }
+        if self.tcx_without_links {
+            match self.attach_tcx_prog(iface) {
+                Ok(()) => {
+                    self.mode = AttachMode::Tcx;
+                    self.attached.insert(iface.to_owned());
+                    return Ok(());
+                }
+                Err(e) if self.mode == AttachMode::Auto => {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "TCX refused the programs; using tc clsact filters, which also survive \
+                         agent restarts"
+                    );
+                    self.tcx_without_links = false;
                     self.mode = AttachMode::Tc;
                 }
-                Err(TcxError::PinRefused(e) | TcxError::Other(e)) => return Err(e),
+                Err(e) => return Err(e),
             }
         }
         self.attach_tc(iface)?;
         self.attached.insert(iface.to_owned());
+        Ok(())
+    }
+
+    /// TCX without links ([`super::tcx`]): our program replaces the one a previous agent left
+    /// at each hook (atomically), or goes in front of the others; tc filters of ours on the
+    /// interface (a previous agent's fallback) are removed once TCX enforces.
+    fn attach_tcx_prog(&mut self, iface: &str) -> anyhow::Result<()> {
+        let ifindex = ifindex(iface)?;
+        for (prog_name, hook, attach_type) in HOOKS {
+            let tcx_type = tcx_type(attach_type);
+            let prog: &SchedClassifier = self
+                .ebpf
+                .program(prog_name)
+                .expect("checked at load")
+                .try_into()?;
+            let fd = prog.fd()?;
+            let id = prog.info()?.id();
+            let found = tcx::ours(ifindex, tcx_type, prog_name)
+                .with_context(|| format!("cannot query the TCX {hook} hook of `{iface}`"))?;
+            if !found.iter().any(|(old, _)| *old == id) {
+                let replace = found.first().map(|(_, old)| old.as_fd());
+                tcx::attach(ifindex, tcx_type, fd.as_fd(), replace).with_context(|| {
+                    format!("failed to attach `{prog_name}` to `{iface}` ({hook}, TCX)")
+                })?;
+            }
+            // Any further program of ours at the hook (several agents' leftovers).
+            for (old, old_fd) in found.iter().skip(1) {
+                if *old != id {
+                    let _ = tcx::detach(ifindex, tcx_type, old_fd.as_fd());
+                }
+            }
+        }
+        detach_tc(iface);
         Ok(())
     }
 
@@ -520,12 +584,18 @@ impl Datapath {
             self.attached.remove(iface);
             removed.push(name);
         }
-        if self.mode == AttachMode::Tc {
+        if self.mode == AttachMode::Tc || self.tcx_without_links {
             for iface in self.attached.clone() {
                 if !wanted.contains(&iface) {
-                    detach_tc(&iface);
+                    let how = if self.mode == AttachMode::Tc {
+                        detach_tc(&iface);
+                        "tc"
+                    } else {
+                        detach_tcx_prog(&iface);
+                        "TCX"
+                    };
                     self.attached.remove(&iface);
-                    removed.push(format!("{iface} (tc)"));
+                    removed.push(format!("{iface} ({how})"));
                 }
             }
         }
@@ -602,6 +672,44 @@ fn detach_tc(iface: &str) -> usize {
     n
 }
 
+/// Detaches our programs attached to the TCX hooks of `iface` without links; returns how many.
+fn detach_tcx_prog(iface: &str) -> usize {
+    let Ok(ifindex) = ifindex(iface) else {
+        return 0;
+    };
+    let mut n = 0;
+    for (prog_name, _, attach_type) in HOOKS {
+        let tcx_type = tcx_type(attach_type);
+        for (_, fd) in tcx::ours(ifindex, tcx_type, prog_name).unwrap_or_default() {
+            if tcx::detach(ifindex, tcx_type, fd.as_fd()).is_ok() {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// The ifindex of `iface` in the current network namespace.
+fn ifindex(iface: &str) -> anyhow::Result<u32> {
+    let name = std::ffi::CString::new(iface)
+        .with_context(|| format!("interface name `{iface}` contains a NUL byte"))?;
+    // SAFETY: a NUL-terminated string that outlives the call.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(std::io::Error::last_os_error())
+            .with_context(|| format!("no interface `{iface}`")),
+        i => Ok(i),
+    }
+}
+
+/// The TCX attach type of a hook.
+fn tcx_type(attach_type: TcAttachType) -> u32 {
+    if attach_type == TcAttachType::Ingress {
+        tcx::TCX_INGRESS
+    } else {
+        tcx::TCX_EGRESS
+    }
+}
+
 /// Names of every interface in the current network namespace.
 fn interfaces() -> Vec<String> {
     let mut out = Vec::new();
@@ -625,12 +733,13 @@ fn interfaces() -> Vec<String> {
     out
 }
 
-/// Removes everything the agent installed: pinned links (detaching the programs), tc filters on
-/// the interfaces of the current network namespace, and the pinned maps.
+/// Removes everything the agent installed: pinned links (detaching the programs), tc filters and
+/// TCX attachments without links on the interfaces of the current network namespace, and the
+/// pinned maps.
 pub fn uninstall(pin_path: &Path) -> anyhow::Result<usize> {
     let mut removed = 0;
     for iface in interfaces() {
-        removed += detach_tc(&iface);
+        removed += detach_tc(&iface) + detach_tcx_prog(&iface);
     }
     let links = pin_path.join("links");
     if let Ok(rd) = std::fs::read_dir(&links) {

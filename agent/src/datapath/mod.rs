@@ -11,6 +11,7 @@ mod memory;
 pub use self::memory::MemoryMaps;
 mod store;
 mod sync;
+pub mod tcx;
 
 pub use self::{
     bpffs::ensure_bpffs,

@@ -1687,3 +1687,79 @@ fn exact_entries_and_prefixes_answer_as_one_longest_prefix_match() {
         );
     }
 }
+
+/// The programs are attached at the TCX hooks (with pinned links where the host allows pinning
+/// them, else without links), stay there when the agent is gone, are replaced by a restarted
+/// agent's programs (one program per hook, never two), and `uninstall` removes them.
+#[test]
+fn programs_stay_at_the_tcx_hooks_across_a_restart_and_uninstall_removes_them() {
+    use catalyst_agent::datapath::tcx::{self, TCX_EGRESS, TCX_INGRESS};
+    if !root_or_skip("programs_stay_at_the_tcx_hooks_across_a_restart_and_uninstall_removes_them") {
+        return;
+    }
+    let id = std::process::id();
+    let ns = format!("cat-tcx-{id}");
+    let ip = |args: &[&str]| {
+        let ok = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip {args:?}");
+    };
+    ip(&["netns", "add", &ns]);
+    ip(&[
+        "-n", &ns, "link", "add", "tcx0", "type", "veth", "peer", "name", "tcx1",
+    ]);
+    ip(&["-n", &ns, "link", "set", "tcx0", "up"]);
+    let pin = PathBuf::from(format!("/sys/fs/bpf/catalyst-test-tcx-{id}"));
+    let p = pin.clone();
+    let result = catalyst_tests::lab::in_netns(&ns, move || {
+        let load = || {
+            Datapath::load(&LoadOptions {
+                pin_path: p.clone(),
+                sizes: MapSizes::default(),
+                attach_mode: AttachMode::Auto,
+            })
+            .expect("datapath loads")
+        };
+        // SAFETY: a NUL-terminated literal.
+        let ifindex = unsafe { libc::if_nametoindex(c"tcx0".as_ptr()) };
+        let hooks = || {
+            [TCX_INGRESS, TCX_EGRESS].map(|t| {
+                tcx::query(ifindex, t)
+                    .expect("query")
+                    .iter()
+                    .map(|a| a.prog_id)
+                    .collect::<Vec<_>>()
+            })
+        };
+        let mut dp = load();
+        dp.attach("tcx0").expect("attach");
+        assert_eq!(dp.attach_mode(), AttachMode::Tcx);
+        let first = hooks();
+        assert!(
+            first.iter().all(|h| h.len() == 1),
+            "one program per hook: {first:?}"
+        );
+        drop(dp);
+        assert_eq!(hooks(), first, "still attached after the agent is gone");
+        let mut dp = load();
+        dp.attach("tcx0").expect("attach again");
+        let second = hooks();
+        assert!(
+            second.iter().all(|h| h.len() == 1),
+            "replaced, not added: {second:?}"
+        );
+        assert_ne!(second, first, "the restarted agent's programs run");
+        drop(dp);
+        uninstall(&p).expect("uninstall");
+        hooks()
+    });
+    let _ = uninstall(&pin);
+    ip(&["netns", "del", &ns]);
+    let after = result.expect("netns");
+    assert!(
+        after.iter().all(Vec::is_empty),
+        "uninstall detaches: {after:?}"
+    );
+}

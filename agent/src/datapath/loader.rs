@@ -393,7 +393,8 @@ impl Datapath {
     /// programs go into tc clsact filters at a fixed priority and handle instead: those outlive
     /// the agent on their own, and a restarted agent swaps its program into the same filter.
     pub fn attach(&mut self, iface: &str) -> anyhow::Result<()> {
-        if (self.mode == AttachMode::Tcx || self.mode == AttachMode::Auto) && !self.tcx_without_links
+        if (self.mode == AttachMode::Tcx || self.mode == AttachMode::Auto)
+            && !self.tcx_without_links
         {
             match self.attach_tcx(iface) {
                 Ok(()) => {
@@ -695,8 +696,9 @@ fn ifindex(iface: &str) -> anyhow::Result<u32> {
         .with_context(|| format!("interface name `{iface}` contains a NUL byte"))?;
     // SAFETY: a NUL-terminated string that outlives the call.
     match unsafe { libc::if_nametoindex(name.as_ptr()) } {
-        0 => Err(std::io::Error::last_os_error())
-            .with_context(|| format!("no interface `{iface}`")),
+        0 => {
+            Err(std::io::Error::last_os_error()).with_context(|| format!("no interface `{iface}`"))
+        }
         i => Ok(i),
     }
 }

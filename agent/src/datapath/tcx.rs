@@ -114,7 +114,9 @@ pub fn query(ifindex: u32, attach_type: u32) -> std::io::Result<Vec<Attached>> {
             .map(|(&prog_id, &link_id)| Attached { prog_id, link_id })
             .collect());
     }
-    Err(std::io::Error::other("the TCX hook kept changing while it was queried"))
+    Err(std::io::Error::other(
+        "the TCX hook kept changing while it was queried",
+    ))
 }
 
 /// Attaches `prog` at the hook without a link: in place of `replace` (atomically) when given,

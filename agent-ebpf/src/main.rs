@@ -25,16 +25,16 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use catalyst_policy::datapath::{
-    COUNTER_SLOTS, CT_F_CLOSING, CT_F_SEEN_REPLY, CtEntry, CtKey, CtTimeouts,
-    DEFAULT_CONNTRACK_MAX, DEFAULT_CT_TIMEOUTS, DEFAULT_ENDPOINTS_MAX, DEFAULT_EVENTS_BYTES,
-    DEFAULT_FRAGMENTS_MAX, DEFAULT_IPCACHE_MAX, DEFAULT_POLICY_MAX, DIR_EGRESS, DIR_INGRESS,
-    DROP_CT_MAP_INSERTION_FAILED, DROP_FRAG_NOT_FOUND, DROP_INVALID_SOURCE_IP, DROP_NONE,
-    DatapathConfig, EP_F_NO_SOURCE_CHECK, EV_F_END, EV_F_NEW, EV_F_REEVALUATED, EV_F_REPLY,
-    EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, EndpointInfo, FlowEvent, FragKey, FragPorts,
-    IpcacheEntry, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyEntry, PolicyKey, STAT_AUDIT,
-    STAT_CT_CREATED, STAT_CT_ENDED, STAT_CT_REEVALUATED, STAT_EVENTS_LOST, STAT_EVENTS_SENT,
-    STAT_NO_ENDPOINT, STAT_NOT_POLICED, TRACE_ESTABLISHED, TRACE_NEW, TRACE_REPLY, VERDICT_AUDIT,
-    VERDICT_DROPPED, counter_index,
+    CFG_F_NO_DROP_EVENTS, CFG_F_NO_TRACE_EVENTS, CFG_F_NO_VERDICT_EVENTS, COUNTER_SLOTS,
+    CT_F_CLOSING, CT_F_SEEN_REPLY, CtEntry, CtKey, CtTimeouts, DEFAULT_CONNTRACK_MAX,
+    DEFAULT_CT_TIMEOUTS, DEFAULT_ENDPOINTS_MAX, DEFAULT_EVENTS_BYTES, DEFAULT_FRAGMENTS_MAX,
+    DEFAULT_IPCACHE_MAX, DEFAULT_POLICY_MAX, DIR_EGRESS, DIR_INGRESS, DROP_CT_MAP_INSERTION_FAILED,
+    DROP_FRAG_NOT_FOUND, DROP_INVALID_SOURCE_IP, DROP_NONE, DatapathConfig, EP_F_NO_SOURCE_CHECK,
+    EV_F_END, EV_F_NEW, EV_F_REEVALUATED, EV_F_REPLY, EVENT_DROP, EVENT_POLICY_VERDICT,
+    EVENT_TRACE, EndpointInfo, FlowEvent, FragKey, FragPorts, IpcacheEntry, PROTO_SCTP, PROTO_TCP,
+    PROTO_UDP, PolicyEntry, PolicyKey, STAT_AUDIT, STAT_CT_CREATED, STAT_CT_ENDED,
+    STAT_CT_REEVALUATED, STAT_EVENTS_LOST, STAT_EVENTS_SENT, STAT_NO_ENDPOINT, STAT_NOT_POLICED,
+    TRACE_ESTABLISHED, TRACE_NEW, TRACE_REPLY, VERDICT_AUDIT, VERDICT_DROPPED, counter_index,
 };
 
 use crate::{
@@ -703,6 +703,9 @@ fn emit(
     flags: u8,
     trace_reason: u8,
 ) {
+    if !event_enabled(kind) {
+        return;
+    }
     let Some(mut slot) = EVENTS.reserve::<FlowEvent>(0) else {
         count(STAT_EVENTS_LOST);
         return;
@@ -744,6 +747,18 @@ fn emit(
     count(STAT_EVENTS_SENT);
 }
 
+/// Whether events of `kind` are configured (`bpf_events` in the agent's configuration; all are
+/// by default).
+#[inline(always)]
+fn event_enabled(kind: u8) -> bool {
+    let off = match kind {
+        EVENT_DROP => CFG_F_NO_DROP_EVENTS,
+        EVENT_POLICY_VERDICT => CFG_F_NO_VERDICT_EVENTS,
+        _ => CFG_F_NO_TRACE_EVENTS,
+    };
+    CONFIG.get(0).is_none_or(|c| c.flags & off == 0)
+}
+
 /// A drop event for a packet that belongs to no flow: malformed (no `pkt`), or a fragment
 /// that cannot be attributed (addresses known, ports not).
 #[inline(always)]
@@ -755,6 +770,9 @@ fn emit_unattributed(
     reason: u8,
     pkt: Option<&Packet>,
 ) {
+    if !event_enabled(EVENT_DROP) {
+        return;
+    }
     let Some(mut slot) = EVENTS.reserve::<FlowEvent>(0) else {
         count(STAT_EVENTS_LOST);
         return;

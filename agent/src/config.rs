@@ -69,6 +69,9 @@ pub struct AgentConfig {
     /// Default 1000.
     #[serde(default = "default_event_interval_ms")]
     pub event_interval_ms: u64,
+    /// Which datapath events are produced (all by default): Cilium's `bpf-events-*-enabled`.
+    #[serde(default)]
+    pub bpf_events: BpfEvents,
     /// Addresses of this node; peers with these addresses have the `host` identity.
     #[serde(default)]
     pub host_addresses: Vec<IpAddr>,
@@ -497,6 +500,55 @@ pub struct MapSizes {
     pub fragments: u32,
 }
 
+/// Which events the datapath produces for flows (Cilium's `bpf-events-drop-enabled`,
+/// `bpf-events-policy-verdict-enabled`, `bpf-events-trace-enabled`). Turning a kind off removes
+/// its flows from the Observer API, metrics and NATS, and its cost (a ring-buffer record read by
+/// the agent); counters are kept either way.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BpfEvents {
+    /// Drop events. Default true.
+    #[serde(default = "default_true")]
+    pub drop: bool,
+    /// Policy-verdict events of allowed (and audited) new connections. Default true.
+    #[serde(default = "default_true")]
+    pub policy_verdict: bool,
+    /// Trace events: TCP flag transitions (SYN, FIN, RST per direction) and first replies.
+    /// Default true.
+    #[serde(default = "default_true")]
+    pub trace: bool,
+}
+
+impl Default for BpfEvents {
+    fn default() -> Self {
+        Self {
+            drop: true,
+            policy_verdict: true,
+            trace: true,
+        }
+    }
+}
+
+impl BpfEvents {
+    /// The `CFG_F_NO_*_EVENTS` bits of the kinds turned off.
+    pub fn config_flags(self) -> u32 {
+        use catalyst_policy::datapath::{
+            CFG_F_NO_DROP_EVENTS, CFG_F_NO_TRACE_EVENTS, CFG_F_NO_VERDICT_EVENTS,
+        };
+        let mut f = 0;
+        if !self.drop {
+            f |= CFG_F_NO_DROP_EVENTS;
+        }
+        if !self.policy_verdict {
+            f |= CFG_F_NO_VERDICT_EVENTS;
+        }
+        if !self.trace {
+            f |= CFG_F_NO_TRACE_EVENTS;
+        }
+        f
+    }
+}
+
 /// Conntrack idle timeouts, seconds (each at least 1). A connection idle longer than the
 /// timeout of its state is over; its next packet is a new connection, evaluated again.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -901,6 +953,26 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("conntrack_timeouts.udp_s"), "{err}");
+    }
+
+    #[test]
+    fn bpf_events_default_to_all_and_turn_off_by_kind() {
+        use catalyst_policy::datapath::{CFG_F_NO_TRACE_EVENTS, CFG_F_NO_VERDICT_EVENTS};
+        let cfg = AgentConfig::parse(Path::new("a.yaml"), "node: n1\n").unwrap();
+        assert_eq!(cfg.bpf_events.config_flags(), 0);
+        let cfg = AgentConfig::parse(
+            Path::new("a.yaml"),
+            "node: n1\nbpf_events: {policy_verdict: false, trace: false}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.bpf_events.config_flags(),
+            CFG_F_NO_VERDICT_EVENTS | CFG_F_NO_TRACE_EVENTS
+        );
+        let err = AgentConfig::parse(Path::new("a.yaml"), "bpf_events: {drops: false}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("drops"), "{err}");
     }
 
     #[test]

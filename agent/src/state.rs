@@ -263,7 +263,7 @@ pub fn build(
     let compiled = &alloc.engine;
     let mut desired = DesiredState::from_engine(
         compiled,
-        if cfg.audit { CFG_F_AUDIT } else { 0 },
+        if cfg.audit { CFG_F_AUDIT } else { 0 } | cfg.bpf_events.config_flags(),
         cfg.event_interval_ms.saturating_mul(1_000_000),
     );
     desired.ct_timeouts = cfg.conntrack_timeouts.datapath();

@@ -1763,3 +1763,67 @@ fn programs_stay_at_the_tcx_hooks_across_a_restart_and_uninstall_removes_them() 
         "uninstall detaches: {after:?}"
     );
 }
+
+/// `bpf_events`: the kinds turned off in the config produce no ring-buffer record, the others
+/// still do, and the packets' verdicts and counters do not change.
+#[test]
+fn event_kinds_turned_off_produce_no_events() {
+    use catalyst_policy::datapath::{
+        CFG_F_NO_TRACE_EVENTS, CFG_F_NO_VERDICT_EVENTS, EVENT_DROP, EVENT_POLICY_VERDICT, FlowEvent,
+    };
+    if !root_or_skip("event_kinds_turned_off_produce_no_events") {
+        return;
+    }
+    let (mut f, _, _) = fixture("evkinds", POLICY, false);
+    let mut ring = f.dp.take_events().expect("ring buffer");
+    let mut drain = move || {
+        let mut kinds = Vec::new();
+        while let Some(item) = ring.next() {
+            assert!(item.len() >= std::mem::size_of::<FlowEvent>());
+            // SAFETY: the program writes whole `FlowEvent`s; read unaligned from the record.
+            let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            kinds.push(ev.kind);
+        }
+        kinds
+    };
+    drain();
+    let set_flags = |f: &mut Fixture, flags: u32| {
+        let mut cfg = f.dp.config().unwrap();
+        cfg.flags = flags;
+        f.dp.set_config(cfg).unwrap();
+    };
+    set_flags(&mut f, CFG_F_NO_VERDICT_EVENTS | CFG_F_NO_TRACE_EVENTS);
+    let allowed = ipv4(CLIENT, WEB, 6, &tcp(44_000, 80, 0x02), 0);
+    let denied = ipv4(CLIENT, WEB, 6, &tcp(44_001, 22, 0x02), 0);
+    expect(
+        &f,
+        "allowed SYN",
+        PROG_TO_ENDPOINT,
+        &allowed,
+        PASS,
+        DIR_INGRESS,
+        Some(0),
+    );
+    expect(
+        &f,
+        "denied SYN",
+        PROG_TO_ENDPOINT,
+        &denied,
+        DROP,
+        DIR_INGRESS,
+        Some(DROP_POLICY_DENIED),
+    );
+    assert_eq!(drain(), [EVENT_DROP], "only the drop is reported");
+    set_flags(&mut f, 0);
+    let allowed = ipv4(CLIENT, WEB, 6, &tcp(44_002, 80, 0x02), 0);
+    expect(
+        &f,
+        "allowed SYN",
+        PROG_TO_ENDPOINT,
+        &allowed,
+        PASS,
+        DIR_INGRESS,
+        Some(0),
+    );
+    assert_eq!(drain(), [EVENT_POLICY_VERDICT], "verdict events are back");
+}

@@ -391,6 +391,14 @@ pub struct FragPorts {
 
 /// Global audit mode: every endpoint behaves as if [`EP_F_AUDIT`] were set.
 pub const CFG_F_AUDIT: u32 = 1 << 0;
+/// No [`EVENT_DROP`] events (drops are still counted). Cilium `bpf-events-drop-enabled=false`.
+pub const CFG_F_NO_DROP_EVENTS: u32 = 1 << 1;
+/// No [`EVENT_POLICY_VERDICT`] events for allowed (and audited) new connections. Cilium
+/// `bpf-events-policy-verdict-enabled=false`.
+pub const CFG_F_NO_VERDICT_EVENTS: u32 = 1 << 2;
+/// No [`EVENT_TRACE`] events (TCP flag transitions, first replies). Cilium
+/// `bpf-events-trace-enabled=false`.
+pub const CFG_F_NO_TRACE_EVENTS: u32 = 1 << 3;
 
 /// Layout schema of the pinned maps. Bump it whenever the meaning of a field of any pinned map
 /// changes (a change of key or value size is detected on its own). A restarted agent adopts

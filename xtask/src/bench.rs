@@ -62,6 +62,9 @@ enum Filter {
     /// The agent with its process confined to CPU 1 (the traffic runs on CPU 0): the datapath's
     /// own cost without the agent's userspace competing for the benchmark's CPU.
     AgentOffCpu(u32),
+    /// The agent with only drop events (`bpf_events: {policy_verdict: false, trace: false}`):
+    /// enforcement without the flow visibility of allowed traffic.
+    AgentDropEvents(u32),
     NftChain(u32),
     NftSet(u32),
 }
@@ -73,6 +76,9 @@ impl Filter {
             Self::Empty => "empty classifier (TCX, the agent's hooks)".into(),
             Self::Agent(n) => format!("catalyst-agent, {n} rules"),
             Self::AgentOffCpu(n) => format!("catalyst-agent, {n} rules, agent process on CPU 1"),
+            Self::AgentDropEvents(n) => {
+                format!("catalyst-agent, {n} rules, drop events only (`bpf_events`)")
+            }
             Self::NftChain(n) => format!("nftables chain + ct, {n} rules"),
             Self::NftSet(n) => format!("nftables set + ct, {n} rules"),
         }
@@ -85,6 +91,7 @@ impl Filter {
             Self::Empty => "empty".into(),
             Self::Agent(n) => format!("agent-{n}"),
             Self::AgentOffCpu(n) => format!("agent-cpu1-{n}"),
+            Self::AgentDropEvents(n) => format!("agent-drops-{n}"),
             Self::NftChain(n) => format!("chain-{n}"),
             Self::NftSet(n) => format!("set-{n}"),
         }
@@ -245,6 +252,7 @@ fn floor_table(md: &mut String, rows: &[(Filter, Figures)]) -> anyhow::Result<()
         let n = match f {
             Filter::Agent(n) => n.to_string(),
             Filter::AgentOffCpu(n) => format!("{n} (agent process on CPU 1)"),
+            Filter::AgentDropEvents(n) => format!("{n} (drop events only)"),
             _ => continue,
         };
         let lat = pct(fig.latency_us, floor.latency_us);
@@ -839,6 +847,7 @@ fn end_to_end() -> anyhow::Result<Vec<(Filter, Figures)>> {
         filters.push(Filter::Agent(n));
     }
     filters.push(Filter::AgentOffCpu(RULE_COUNTS[0]));
+    filters.push(Filter::AgentDropEvents(RULE_COUNTS[0]));
     for n in RULE_COUNTS {
         filters.push(Filter::NftChain(n));
     }
@@ -876,9 +885,17 @@ fn end_to_end() -> anyhow::Result<Vec<(Filter, Figures)>> {
                         let ifaces: Vec<String> = PODS.iter().map(lab::Pod::host_iface).collect();
                         empty = Some(empty_tc::attach(node_ns(), &ifaces)?);
                     }
-                    Filter::Agent(n) => agent = Some(start_agent(&work, &pin, n)?),
+                    Filter::Agent(n) => agent = Some(start_agent(&work, &pin, n, "")?),
+                    Filter::AgentDropEvents(n) => {
+                        agent = Some(start_agent(
+                            &work,
+                            &pin,
+                            n,
+                            "bpf_events: {policy_verdict: false, trace: false}\n",
+                        )?);
+                    }
                     Filter::AgentOffCpu(n) => {
-                        let a = start_agent(&work, &pin, n)?;
+                        let a = start_agent(&work, &pin, n, "")?;
                         if let Some(pid) = a.pid() {
                             // Every thread of the agent (-a), now and later.
                             sh(Command::new("taskset").args([
@@ -950,7 +967,8 @@ fn end_to_end() -> anyhow::Result<Vec<(Filter, Figures)>> {
     res.map(|()| rows)
 }
 
-fn start_agent(work: &Path, pin: &Path, rules: u32) -> anyhow::Result<AgentProcess> {
+/// Starts the agent enforcing `rules` ports; `extra` is appended to its configuration.
+fn start_agent(work: &Path, pin: &Path, rules: u32, extra: &str) -> anyhow::Result<AgentProcess> {
     // N rules: the client may reach the server on N distinct ports (TCP and UDP); the benchmark
     // port is one of them. Both ends are enforced (client egress, server ingress).
     let ports: Vec<String> = (0..rules)
@@ -963,7 +981,7 @@ fn start_agent(work: &Path, pin: &Path, rules: u32) -> anyhow::Result<AgentProce
     );
     std::fs::write(work.join("policies/bench.yaml"), policy)?;
     let mut cfg = format!(
-        "node: bench\npin_path: {}\npolicy_paths: [policies]\nflow_log: none\nendpoints:\n",
+        "node: bench\npin_path: {}\npolicy_paths: [policies]\nflow_log: none\n{extra}endpoints:\n",
         pin.display()
     );
     for p in PODS {

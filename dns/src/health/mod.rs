@@ -228,6 +228,25 @@ impl CheckState {
     }
 }
 
+/// `interval` / `timeout` of a check: whole seconds, `std::atoi` of the option's text as
+/// PowerDNS reads them (`1.5` is 1 s); a value between 0 and 1 exclusive — which PowerDNS
+/// reads as 0 — is taken as the fraction of a second it says (an extension for fast checks:
+/// no PowerDNS zone means anything else by it). `None` (the configured default) for a missing,
+/// zero, negative or non-numeric value.
+pub fn option_duration(v: Option<&str>) -> Option<Duration> {
+    let v = v?;
+    if let Ok(f) = v.trim().parse::<f64>()
+        && f > 0.0
+        && f < 1.0
+    {
+        return Some(Duration::from_secs_f64(f));
+    }
+    u64::try_from(atoi(v))
+        .ok()
+        .filter(|n| *n > 0)
+        .map(Duration::from_secs)
+}
+
 /// C's `atoi` (what PowerDNS applies to `timeout`, `interval` and `minimumFailures`): leading
 /// white space, an optional sign, then the leading digits; 0 when there are none. Saturates
 /// where C's is undefined.
@@ -549,11 +568,9 @@ impl Registry {
 }
 
 async fn run_check(shared: Arc<Shared>, state: Arc<CheckState>) {
-    // Whole seconds, `std::atoi` of the option's text as PowerDNS (`1.5` is 1); 0, negative or
-    // non-numeric values take the configured default.
     let secs = |key: &str, default: u64| -> Duration {
-        let n = state.spec.opts.get(key).map_or(0, |v| atoi(v));
-        Duration::from_secs(u64::try_from(n).ok().filter(|n| *n > 0).unwrap_or(default))
+        option_duration(state.spec.opts.get(key).map(String::as_str))
+            .unwrap_or(Duration::from_secs(default))
     };
     let interval = secs("interval", shared.cfg.interval_secs);
     let timeout = secs("timeout", shared.cfg.timeout_secs);
@@ -761,6 +778,18 @@ mod tests {
         r.prune();
         assert!(r.is_empty(), "a running check no record uses is stopped");
         assert_eq!(running(&r), 0);
+    }
+
+    #[test]
+    fn check_intervals_are_whole_seconds_as_powerdns_with_sub_second_values_kept() {
+        let d = |v: &str| option_duration(Some(v));
+        assert_eq!(d("2.5"), Some(Duration::from_secs(2)));
+        assert_eq!(d("10"), Some(Duration::from_secs(10)));
+        assert_eq!(d("0.2"), Some(Duration::from_millis(200)));
+        assert_eq!(d("0"), None);
+        assert_eq!(d("-3"), None);
+        assert_eq!(d("soon"), None);
+        assert_eq!(option_duration(None), None);
     }
 
     #[test]

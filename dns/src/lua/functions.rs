@@ -274,28 +274,15 @@ fn weighted(v: Option<&Value>) -> Result<Vec<(i64, String)>, EvalError> {
 /// the record answers SERVFAIL.
 fn weight(v: &Value) -> Result<i64, EvalError> {
     let text = v.as_string().unwrap_or_default();
-    let t = text.trim_start();
-    let (negative, digits) = match t.as_bytes().first() {
-        Some(b'-') => (true, &t[1..]),
-        Some(b'+') => (false, &t[1..]),
-        _ => (false, t),
-    };
-    let end = digits
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(digits.len());
-    if end == 0 {
-        return Err(eval_err(format!("weight `{text}` is not a number")));
-    }
-    let n: u64 = digits[..end]
-        .parse()
-        .map_err(|_| eval_err(format!("weight `{text}` is out of range")))?;
+    let n = crate::health::stoi_prefix(&text)
+        .ok_or_else(|| eval_err(format!("weight `{text}` is not a number")))?;
     if n == 0 {
         return Err(eval_err("weights cannot be 0"));
     }
-    if negative || n > u64::from(u32::MAX) {
+    if n < 0 || n > i64::from(u32::MAX) {
         return Err(eval_err(format!("weight `{text}` is out of range")));
     }
-    Ok(i64::try_from(n).unwrap_or(i64::MAX))
+    Ok(n)
 }
 
 fn options(v: Option<&Value>) -> Result<BTreeMap<String, String>, EvalError> {

@@ -42,8 +42,8 @@ impl Cursor<'_> {
         }
     }
 
-    /// An unsigned integer (wrapping as a C `unsigned int`), then whitespace.
-    fn num(&mut self) -> Option<u32> {
+    /// An unsigned integer (wrapping as a C `unsigned int`); None without a digit.
+    fn digits(&mut self) -> Option<u32> {
         let mut n: u32 = 0;
         let mut parsed = false;
         while let Some(c) = self.peek().filter(u8::is_ascii_digit) {
@@ -51,12 +51,18 @@ impl Cursor<'_> {
             n = n.wrapping_mul(10).wrapping_add(u32::from(c - b'0'));
             self.pos += 1;
         }
-        self.skip_space();
         parsed.then_some(n)
     }
 
-    /// `.DDD`: up to `digits` fractional digits (truncated, padded), then whitespace.
-    fn frac(&mut self, digits: u32) -> u32 {
+    /// An unsigned integer (wrapping as a C `unsigned int`), then whitespace.
+    fn num(&mut self) -> Option<u32> {
+        let n = self.digits();
+        self.skip_space();
+        n
+    }
+
+    /// `.DDD`: up to `digits` fractional digits (truncated, padded with zeros); 0 without `.`.
+    fn frac_digits(&mut self, digits: u32) -> u32 {
         let mut n = 0;
         if self.peek() == Some(b'.') {
             self.pos += 1;
@@ -67,9 +73,15 @@ impl Cursor<'_> {
                     self.pos += 1;
                 }
             }
-            while self.peek().is_some_and(|c| c.is_ascii_digit()) {
-                self.pos += 1;
-            }
+        }
+        n
+    }
+
+    /// `.DDD` as [`Self::frac_digits`], the digits beyond `digits` skipped, then whitespace.
+    fn frac(&mut self, digits: u32) -> u32 {
+        let n = self.frac_digits(digits);
+        while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+            self.pos += 1;
         }
         self.skip_space();
         n
@@ -80,28 +92,11 @@ impl Cursor<'_> {
     /// whitespace. `latlonloc()` relies on it: PowerDNS prints seconds such as
     /// `1.27898e-12`, read as 1.278 s.
     fn seconds(&mut self) -> Option<(u32, u32)> {
-        let mut n: u32 = 0;
-        let mut parsed = false;
-        while let Some(c) = self.peek().filter(u8::is_ascii_digit) {
-            parsed = true;
-            n = n.wrapping_mul(10).wrapping_add(u32::from(c - b'0'));
-            self.pos += 1;
-        }
-        if !parsed {
+        let Some(n) = self.digits() else {
             self.skip_space();
             return None;
-        }
-        let mut frac = 0;
-        if self.peek() == Some(b'.') {
-            self.pos += 1;
-            for _ in 0..3 {
-                frac *= 10;
-                if let Some(c) = self.peek().filter(u8::is_ascii_digit) {
-                    frac += u32::from(c - b'0');
-                    self.pos += 1;
-                }
-            }
-        }
+        };
+        let frac = self.frac_digits(3);
         while self.peek().is_some_and(|c| !c.is_ascii_whitespace()) {
             self.pos += 1;
         }

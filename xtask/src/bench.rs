@@ -34,13 +34,17 @@ const PORT: u16 = 30_000;
 const RULE_COUNTS: [u32; 3] = [10, 1_000, 10_000];
 const SECS: u32 = 2;
 
-/// End-to-end rounds: 5, or `CATALYST_BENCH_ROUNDS`.
-fn rounds() -> usize {
-    std::env::var("CATALYST_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5)
-        .max(1)
+/// End-to-end rounds: 5, or `CATALYST_BENCH_ROUNDS` (a positive integer).
+fn rounds() -> anyhow::Result<usize> {
+    match std::env::var("CATALYST_BENCH_ROUNDS") {
+        Err(_) => Ok(5),
+        Ok(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .with_context(|| format!("CATALYST_BENCH_ROUNDS=`{v}`: expected a positive integer")),
+    }
 }
 
 /// Median of the samples (the mean of the middle two for an even count).
@@ -200,7 +204,7 @@ pub fn datapath() -> anyhow::Result<()> {
     writeln!(
         md,
         "### End to end (client pod → node → server pod; clients and servers pinned to CPU 0; median of {} interleaved rounds)\n",
-        rounds()
+        rounds()?
     )?;
     writeln!(
         md,
@@ -868,7 +872,7 @@ fn end_to_end() -> anyhow::Result<Vec<(Filter, Figures)>> {
     // Rounds: every filter is set up and measured once per round, the rounds interleave the
     // filters (drift of the machine over the run spreads over all of them instead of biasing
     // whichever was measured last), and each figure is the median over the rounds.
-    let rounds = rounds();
+    let rounds = rounds()?;
     let mut samples: Vec<(Filter, Vec<Figures>)> =
         filters.iter().map(|f| (*f, Vec::new())).collect();
     let res = (|| -> anyhow::Result<()> {

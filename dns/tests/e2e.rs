@@ -202,6 +202,20 @@ fn malformed_and_oversized_queries() {
         &[0, 2, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 12, 0, 1, 0, 1],
     );
     assert!(r.is_none_or(|r| r[3] & 0x0f == 1));
+    // A question whose name ends in a pointer into the header (found by the dns_message fuzz
+    // target): answered alike the second time, when the answer comes from the cache, whose
+    // question used to be copied from the query's bytes — the pointer then pointed at the
+    // response's flags.
+    let compressed = [
+        0x12, 0x34, 1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 3, b'w', b'w', 0xc0, 0xc0, 2, 0, 1, 0, 1,
+    ];
+    let first = send_raw(port, &compressed).expect("answered");
+    let second = send_raw(port, &compressed).expect("answered again");
+    for r in [&first, &second] {
+        let m = Message::from_vec(r).expect("the answer parses");
+        assert_eq!(m.metadata.id, 0x1234);
+    }
+    assert_eq!(first, second);
     // UPDATE opcode: NOTIMP.
     let r = send_raw(port, &[0, 3, 0x28, 0, 0, 0, 0, 0, 0, 0, 0, 0]).expect("NOTIMP");
     assert_eq!(r[3] & 0x0f, 4);

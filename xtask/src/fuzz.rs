@@ -89,15 +89,33 @@ pub fn fuzz(seconds: u64, targets: &[String]) -> anyhow::Result<()> {
             }
         }
         let leaks = if LUA_TARGETS.contains(&t) { "0" } else { "1" };
-        eprintln!("fuzz: {t} for {seconds} s");
+        // libFuzzer's progress lines (one per new input) go to a log file: a CI log keeps only its
+        // tail, and the crash report must be in it, not thousands of progress lines.
+        let log_path = work.join(t).join("libfuzzer.log");
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?;
+        eprintln!(
+            "fuzz: {t} for {seconds} s (libFuzzer output: {})",
+            log_path.display()
+        );
         let status = Command::new(bin_dir.join(t))
             .arg(format!("-max_total_time={seconds}"))
             .arg(format!("-detect_leaks={leaks}"))
             .arg(format!("-artifact_prefix={}/", artifacts.display()))
             .arg(&corpus)
+            .stdout(log.try_clone()?)
+            .stderr(log)
             .status()
             .with_context(|| format!("cannot run fuzz target {t}"))?;
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if let Some(done) = text.lines().rev().find(|l| l.starts_with("Done ")) {
+            eprintln!("fuzz: {t}: {done}");
+        }
         if !status.success() {
+            eprintln!("fuzz: {t} failed ({status}); the end of its libFuzzer output:");
+            for l in crash_report(&text) {
+                eprintln!("  | {l}");
+            }
             let found: Vec<PathBuf> = std::fs::read_dir(&artifacts)?
                 .flatten()
                 .map(|e| e.path())
@@ -117,4 +135,42 @@ pub fn fuzz(seconds: u64, targets: &[String]) -> anyhow::Result<()> {
         bail!("fuzz targets failed: {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// The part of a libFuzzer log that explains a failure: from the first line of the report (a
+/// panic message, a sanitizer or libFuzzer error) to the end, at most 80 lines; the last 40 lines
+/// when no report marker is found.
+fn crash_report(log: &str) -> Vec<&str> {
+    let lines: Vec<&str> = log.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| {
+            l.contains("panicked at") || l.starts_with("==") || l.contains("ERROR: libFuzzer")
+        })
+        .unwrap_or_else(|| lines.len().saturating_sub(40));
+    lines[start..].iter().take(80).copied().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::crash_report;
+
+    #[test]
+    fn the_crash_report_starts_at_the_panic_and_skips_progress_lines() {
+        let mut log = (0..1000)
+            .map(|i| format!("#{i}\tNEW    cov: 1"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        log.push('\n');
+        log.push_str("thread '<unnamed>' panicked at dns/src/x.rs:1:2:\nboom\n==1== ERROR: libFuzzer: deadly signal\n");
+        let r = crash_report(&log);
+        assert_eq!(r[0], "thread '<unnamed>' panicked at dns/src/x.rs:1:2:");
+        assert_eq!(r.len(), 3);
+        let quiet = (0..100)
+            .map(|i| format!("line {i}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let r = crash_report(&quiet);
+        assert_eq!((r.len(), r[0]), (40, "line 60"));
+    }
 }

@@ -44,8 +44,12 @@ pub struct ParsedQuery {
     pub query: Query,
     /// EDNS, when present.
     pub edns: Option<EdnsInfo>,
-    /// Byte offset just after the question section.
-    pub question_end: usize,
+    /// Byte offset just after the question section, when the question's name is written without
+    /// compression pointers: only then is the query's question the same bytes as the response's,
+    /// so that a cached response can take the client's question (and its letter case) from the
+    /// query. `None` for a compressed name (no client writes one, but a pointer into the header
+    /// would point at the response's different flags).
+    pub question_end: Option<usize>,
 }
 
 /// Why a query was not parsed.
@@ -89,7 +93,7 @@ pub fn parse_query(buf: &[u8]) -> Result<ParsedQuery, ParseFailure> {
         rcode: ResponseCode::FormErr,
         op_code: md.op_code,
     })?;
-    let question_end = d.index();
+    let question_end = uncompressed_name(buf, HEADER_LEN).then_some(d.index());
     let mut edns = None;
     for _ in 0..header.counts.additionals {
         let rec = Record::read(&mut d).map_err(|_| ParseFailure::Reply {
@@ -123,6 +127,22 @@ pub fn parse_query(buf: &[u8]) -> Result<ParsedQuery, ParseFailure> {
         edns,
         question_end,
     })
+}
+
+const HEADER_LEN: usize = 12;
+
+/// True when the name at `at` is a plain sequence of labels ending in the root label.
+fn uncompressed_name(buf: &[u8], mut at: usize) -> bool {
+    while let Some(&len) = buf.get(at) {
+        if len == 0 {
+            return true;
+        }
+        if len & 0xC0 != 0 {
+            return false;
+        }
+        at += 1 + usize::from(len);
+    }
+    false
 }
 
 /// The client subnet as a network (address masked to the source prefix).

@@ -212,15 +212,15 @@ pub fn handle(
             .map_or(512, |e| e.payload.clamp(512, MAX_UDP_PAYLOAD)),
     );
     let mut forced_pick = None;
-    match cache.get(&key, bestwho, version) {
-        Some(Hit::Bytes(bytes, rcode)) if bytes.len() <= limit => {
+    match (cache.get(&key, bestwho, version), q.question_end) {
+        (Some(Hit::Bytes(bytes, rcode)), Some(question_end)) if bytes.len() <= limit => {
             out.extend_from_slice(bytes);
-            patch(out, pkt, q.question_end);
+            patch(out, pkt, question_end);
             catalog.metrics.cache_hits.inc();
             catalog.metrics.query(rcode, qtype);
             return true;
         }
-        Some(Hit::Fill(slot)) => forced_pick = Some(slot),
+        (Some(Hit::Fill(slot)), _) => forced_pick = Some(slot),
         _ => {}
     }
     catalog.metrics.cache_misses.inc();

@@ -16,6 +16,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 const BPF_TCX_INGRESS: u32 = 46;
@@ -54,10 +55,32 @@ struct LinkCreate {
     expected_revision: u64,
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<OwnedFd> {
+/// `union bpf_attr` for `BPF_PROG_TEST_RUN` (the `test` member).
+#[repr(C)]
+#[derive(Default)]
+struct TestRun {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    pad: u32,
+}
+
+fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
     // SAFETY: `attr` is a live, fully initialised `#[repr(C)]` prefix of `union bpf_attr`, and
     // its size is passed with it.
-    let fd = unsafe {
+    let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
             cmd,
@@ -65,9 +88,14 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<OwnedFd> {
             std::mem::size_of::<T>(),
         )
     };
-    if fd < 0 {
+    if rc < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    Ok(rc)
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<OwnedFd> {
+    let fd = sys_bpf(cmd, attr)?;
     let fd = i32::try_from(fd).map_err(|_| std::io::Error::other("bpf(2) returned no fd"))?;
     // SAFETY: a successful BPF_PROG_LOAD / BPF_LINK_CREATE returns a new fd we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -89,7 +117,45 @@ pub fn attach(netns: &str, ifaces: &[String]) -> anyhow::Result<EmptyClassifier>
     catalyst_tests::lab::in_netns(netns, move || attach_here(&ns, &ifaces))?
 }
 
-fn attach_here(netns: &str, ifaces: &[String]) -> anyhow::Result<EmptyClassifier> {
+/// What `BPF_PROG_TEST_RUN` itself costs per packet, measured on the empty classifier with a
+/// 54-byte TCP packet as the datapath benchmark sends: the mean of `repeat` runs in one call
+/// (median of 5 calls), and the mean of `singles` calls of one run each. The programs' figures
+/// include this.
+pub fn test_run_floor(repeat: u32, singles: u32) -> anyhow::Result<(f64, f64)> {
+    let prog = load()?;
+    let mut pkt = vec![0u8; 54];
+    pkt[12..16].copy_from_slice(&[0x08, 0x00, 0x45, 0]);
+    let run = |repeat: u32| -> anyhow::Result<u32> {
+        let mut out = vec![0u8; pkt.len() + 256];
+        let mut attr = TestRun {
+            prog_fd: u32::try_from(std::os::fd::AsRawFd::as_raw_fd(&prog))?,
+            data_size_in: u32::try_from(pkt.len())?,
+            data_size_out: u32::try_from(out.len())?,
+            data_in: pkt.as_ptr() as u64,
+            data_out: out.as_mut_ptr() as u64,
+            repeat,
+            ..TestRun::default()
+        };
+        sys_bpf(BPF_PROG_TEST_RUN, &mut attr)
+            .context("BPF_PROG_TEST_RUN of the empty classifier")?;
+        Ok(attr.duration)
+    };
+    let mut repeated = (0..5)
+        .map(|_| run(repeat))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    repeated.sort_unstable();
+    let mut total = 0u64;
+    for _ in 0..singles {
+        total += u64::from(run(1)?);
+    }
+    #[expect(clippy::cast_precision_loss, reason = "nanoseconds")]
+    Ok((
+        f64::from(repeated[2]),
+        total as f64 / f64::from(singles.max(1)),
+    ))
+}
+
+fn load() -> anyhow::Result<OwnedFd> {
     // Two `struct bpf_insn`: r0 = TCX_NEXT (BPF_ALU64 | BPF_MOV | BPF_K, dst r0, imm at bytes
     // 4..8); exit (BPF_JMP | BPF_EXIT).
     let mut insns = [0u8; 16];
@@ -107,7 +173,11 @@ fn attach_here(netns: &str, ifaces: &[String]) -> anyhow::Result<EmptyClassifier
         prog_name: name,
         ..ProgLoad::default()
     };
-    let prog = bpf(BPF_PROG_LOAD, &mut load).context("cannot load the empty classifier")?;
+    bpf(BPF_PROG_LOAD, &mut load).context("cannot load the empty classifier")
+}
+
+fn attach_here(netns: &str, ifaces: &[String]) -> anyhow::Result<EmptyClassifier> {
+    let prog = load()?;
     let mut links = Vec::new();
     for iface in ifaces {
         let c = CString::new(iface.as_str()).context("interface name")?;
@@ -182,6 +252,25 @@ mod tests {
             }
         })
         .expect("netns")
+    }
+
+    #[test]
+    fn the_harness_floor_is_measured_on_the_empty_classifier() {
+        if !require(
+            "the_harness_floor_is_measured_on_the_empty_classifier",
+            &[Need::Root],
+        ) {
+            return;
+        }
+        let (repeated, single) = super::test_run_floor(200_000, 2_000).expect("test run");
+        eprintln!(
+            "BPF_PROG_TEST_RUN floor: {repeated:.1} ns per repeated run, {single:.1} ns single"
+        );
+        assert!(
+            repeated < 10_000.0,
+            "{repeated} ns per run of two instructions"
+        );
+        assert!(single > 0.0 && single < 1_000_000.0, "{single} ns");
     }
 
     #[test]

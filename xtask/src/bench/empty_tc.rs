@@ -123,7 +123,7 @@ pub fn attach(netns: &str, ifaces: &[String]) -> anyhow::Result<EmptyClassifier>
 /// include this.
 pub fn test_run_floor(repeat: u32, singles: u32) -> anyhow::Result<(f64, f64)> {
     let prog = load()?;
-    let mut pkt = vec![0u8; 54];
+    let mut pkt = [0u8; 54];
     pkt[12..16].copy_from_slice(&[0x08, 0x00, 0x45, 0]);
     let run = |repeat: u32| -> anyhow::Result<u32> {
         let mut out = vec![0u8; pkt.len() + 256];

@@ -353,9 +353,6 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
             e.last_event_ns = now;
         }
     }
-    // Several CPUs may carry packets of the same connection: atomic adds, no lost updates.
-    add(&raw mut e.packets, 1);
-    add(&raw mut e.bytes, u64::from(ctx.len()));
     let first_reply = reply && e.flags & CT_F_SEEN_REPLY == 0;
     if first_reply {
         e.flags |= CT_F_SEEN_REPLY;
@@ -511,22 +508,6 @@ fn reverse(key: &CtKey) -> CtKey {
     }
 }
 
-/// Adds `v` to the counter at `p` with one atomic instruction.
-#[inline(always)]
-fn add(p: *mut u64, v: u64) {
-    // SAFETY: `p` points into a map value that stays valid for this program run and is 8-byte
-    // aligned (a u64 field of the value); the instruction only adds to it.
-    #[cfg(target_arch = "bpf")]
-    unsafe {
-        core::arch::asm!("lock *(u64 *)({p} + 0) += {v}", p = in(reg) p, v = in(reg) v);
-    }
-    #[cfg(not(target_arch = "bpf"))]
-    // SAFETY: as above; host builds (checks only) use a plain add.
-    unsafe {
-        *p += v;
-    }
-}
-
 /// Whether `saddr` is an address the endpoint may send from (its own, or any when it opted
 /// out of the source check).
 #[inline(always)]
@@ -643,8 +624,6 @@ fn new_flow(
         tcp_flags_seen: u32::from(pkt.tcp_flags),
         policy_port: u32::from(pkt.policy_port),
         last_event_ns: now,
-        packets: 1,
-        bytes: u64::from(ctx.len()),
         expires_ns: 0,
     };
     if pkt.protocol == PROTO_TCP && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {

@@ -11,7 +11,8 @@
 //!
 //! Used by `cargo xtask bench datapath`; run alone with
 //! `cargo run -p catalyst-agent --example datapath_bench`. With `--profile-new-flows N` it only
-//! runs N new flows (10,000 policy entries), for `perf record -a -g` to see where their time goes.
+//! runs N new flows (10,000 policy entries), with `--profile-established N` one established
+//! packet N times, for `perf record -a -g` to see where their time goes.
 
 use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 
@@ -179,7 +180,22 @@ fn run(pin: &std::path::Path) -> anyhow::Result<()> {
     }
     let dst = Ipv4Addr::new(10, 9, 9, 9);
     let mut args = std::env::args().skip(1);
-    if args.next().as_deref() == Some("--profile-new-flows") {
+    let mode = args.next();
+    if mode.as_deref() == Some("--profile-established") {
+        let n: u32 = args
+            .next()
+            .and_then(|v| v.parse().ok())
+            .context("--profile-established needs a count")?;
+        apply(&mut dp, &state(10_000), true)?;
+        let peer = Ipv4Addr::from(0x0a00_0000 + 10_000);
+        let pkt = packet(peer, dst, PROTO_TCP, 40_000, 80, ACK);
+        let (ret, _) = dp.test_run(PROG_TO_ENDPOINT, &pkt, 1)?;
+        anyhow::ensure!(ret == -1, "benchmark packet must be allowed (got {ret})");
+        let (_, d) = dp.test_run(PROG_TO_ENDPOINT, &pkt, n)?;
+        println!("established: {n} runs, {} ns per run", d.as_nanos());
+        return Ok(());
+    }
+    if mode.as_deref() == Some("--profile-new-flows") {
         let n: u32 = args
             .next()
             .and_then(|v| v.parse().ok())

@@ -338,10 +338,6 @@ pub struct CtEntry {
     pub policy_port: u32,
     /// Last time (`bpf_ktime_get_ns`) an event was emitted for this entry.
     pub last_event_ns: u64,
-    /// Packets seen, both directions.
-    pub packets: u64,
-    /// Bytes seen, both directions.
-    pub bytes: u64,
     /// When the entry expires unless another packet comes (`bpf_ktime_get_coarse_ns` clock,
     /// `CLOCK_MONOTONIC`): the last packet's time plus the timeout of the connection's state
     /// ([`CtTimeouts`]). A packet that finds an expired entry starts a new connection.
@@ -408,8 +404,9 @@ pub const CFG_F_NO_TRACE_EVENTS: u32 = 1 << 3;
 /// 1: the layout before versioning (16-byte config). 2: endpoint addresses for the source check,
 /// schema and conntrack timeouts in the config, conntrack expiry. 3: single addresses and
 /// full policy keys in their own hash maps ([`MAP_IPCACHE_HOST_V4`], [`MAP_IPCACHE_HOST_V6`],
-/// [`MAP_POLICY_EXACT`]); the tries hold only the shorter prefixes.
-pub const DATAPATH_SCHEMA: u32 = 3;
+/// [`MAP_POLICY_EXACT`]); the tries hold only the shorter prefixes. 4: conntrack entries without
+/// per-connection packet and byte counts (nothing read them; two atomic adds per packet).
+pub const DATAPATH_SCHEMA: u32 = 4;
 
 /// Conntrack idle timeouts by protocol and state, seconds. A connection whose last packet is
 /// older than the timeout of its state is over: the next packet on its tuple is a new
@@ -612,7 +609,7 @@ mod tests {
         assert_eq!(size_of::<PolicyKey>(), 12);
         assert_eq!(size_of::<PolicyEntry>(), 16);
         assert_eq!(size_of::<CtKey>(), 4 + 16 + 16 + 2 + 2 + 1 + 1 + 2);
-        assert_eq!(size_of::<CtEntry>(), 10 * 4 + 4 * 8);
+        assert_eq!(size_of::<CtEntry>(), 10 * 4 + 2 * 8);
         assert_eq!(size_of::<FragKey>(), 16 + 16 + 4 + 1 + 1 + 2);
         assert_eq!(size_of::<FragPorts>(), 2 + 2 + 2 + 1 + 1);
         assert_eq!(size_of::<DatapathConfig>(), 24 + 24);

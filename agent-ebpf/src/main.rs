@@ -7,9 +7,6 @@
 //! drop (`TC_ACT_SHOT`), each counted.
 #![no_std]
 #![no_main]
-// Atomic adds to shared conntrack counters are one `lock +=` instruction (inline asm: the bpf
-// target has no core atomics).
-#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 mod parse;
 mod verdict;

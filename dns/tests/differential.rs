@@ -258,6 +258,20 @@ fn generated_lua_records_match_powerdns() {
                     "1.2.3",
                     "300.1.1.1",
                     "a-b-c-d",
+                    "1.2.3.4.5",
+                    "ip-1-2-3-4-5",
+                    "ip-01-02-03-04",
+                    "IP-10-20-30-40",
+                    "ip-10-20-30-256",
+                    "ip--10-20-30-40",
+                    "0a141e28",
+                    "ip0A141E28",
+                    "x0a141e2",
+                    "ffffffff",
+                    "1.2.3.010",
+                    "0x0a.2.3.4",
+                    "1.2.3.08",
+                    "ip0a141e2z",
                 ] {
                     queries.push((format!("{q}.f4.diff.test."), t));
                 }
@@ -268,18 +282,34 @@ fn generated_lua_records_match_powerdns() {
                     "20010db8000000000000000000000001",
                     "junk",
                     "ip-1-2",
+                    "2001-db8-0-0-0-0-0-1",
+                    "2001.db8.0.0.0.0.0.1",
+                    "2001-DB8--1",
+                    "x20010db8000000000000000000000001",
+                    "20010db800000000000000000000000z",
+                    "2001-db8--1--2",
                 ] {
                     queries.push((format!("{q}.f6.diff.test."), t));
                 }
             }
             "*.r4" => {
-                for q in ["4.3.2.1", "3.2.1", "x.3.2.1", "256.3.2.1"] {
+                for q in [
+                    "4.3.2.1",
+                    "3.2.1",
+                    "x.3.2.1",
+                    "256.3.2.1",
+                    "5.4.3.2.1",
+                    "04.3.2.1",
+                    "-1.3.2.1",
+                ] {
                     queries.push((format!("{q}.r4.diff.test."), t));
                 }
             }
             "*.r6" => {
                 let full = "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2";
-                for q in [full, "1.0.0.2", "g.0.0.2"] {
+                let upper = "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.B.D.0.1.0.0.2";
+                let long = "0.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2";
+                for q in [full, "1.0.0.2", "g.0.0.2", upper, long] {
                     queries.push((format!("{q}.r6.diff.test."), t));
                 }
             }
@@ -299,9 +329,22 @@ fn generated_lua_records_match_powerdns() {
             newer.push((format!("{owner}.diff.test."), RecordType::A, nonpositive));
         }
     }
-    for q in ["2001-db8--1", "20010db8000000000000000000000001"] {
-        // 4.7's createForward6 answers :: for these; current PowerDNS parses them.
+    for q in [
+        "2001-db8--1",
+        "20010db8000000000000000000000001",
+        "2001-db8-0-0-0-0-0-1",
+        "2001.db8.0.0.0.0.0.1",
+        "2001-DB8--1",
+        "x20010db8000000000000000000000001",
+    ] {
+        // 4.7's createForward6 answers :: for these (it reads the labels relative to the zone);
+        // current PowerDNS parses them.
         newer.push((format!("{q}.f6.diff.test."), RecordType::AAAA, false));
+    }
+    for q in ["0a141e28", "ffffffff"] {
+        // 4.7's createForward reads hex only as exactly two characters and eight digits;
+        // current PowerDNS reads the last eight hex digits after any non-hex prefix.
+        newer.push((format!("{q}.f4.diff.test."), RecordType::A, false));
     }
     queries.retain(|(n, t)| !newer.iter().any(|(m, u, _)| m == n && u == t));
     for (name, t, servfail) in &newer {
@@ -318,9 +361,6 @@ fn generated_lua_records_match_powerdns() {
             "{name} {t}: {:?}",
             c.answers
         );
-    }
-    {
-        {}
     }
     queries.push(("www.diff.test.".into(), RecordType::A));
     queries.push(("sloc.diff.test.".into(), rtype("LOC")));

@@ -1003,9 +1003,10 @@ fn create_forward(qname: &str, owner: &str) -> String {
         return ZERO.into();
     };
     if parts.len() >= 4 {
-        return format!("{}.{}.{}.{}", parts[0], parts[1], parts[2], parts[3])
-            .parse::<Ipv4Addr>()
-            .map_or_else(|_| ZERO.into(), |a| a.to_string());
+        // PowerDNS parses the four labels with `ComboAddress`, i.e. `inet_aton`: octal and hex
+        // numbers count (`010` is 8, `0x0a` is 10).
+        let dotted = format!("{}.{}.{}.{}", parts[0], parts[1], parts[2], parts[3]);
+        return inet_aton4(&dotted).map_or_else(|| ZERO.into(), |a| a.to_string());
     }
     let Some(first) = parts.first() else {
         return ZERO.into();
@@ -1013,25 +1014,71 @@ fn create_forward(qname: &str, owner: &str) -> String {
     let input = first.trim_start_matches(|c: char| !c.is_ascii_hexdigit());
     let ip_parts: Vec<&str> = input.split('-').filter(|p| !p.is_empty()).collect();
     if ip_parts.len() >= 4 {
+        // Each of the last four read as `checked_stoi<uint8_t>` with nothing after the number,
+        // and printed back as a number (`01` is 1).
         let mut out = Vec::new();
         for octet in &ip_parts[ip_parts.len() - 4..] {
             match octet.parse::<i64>() {
-                Ok(v) if (0..=255).contains(&v) => out.push(*octet),
+                Ok(v) if (0..=255).contains(&v) => out.push(v.to_string()),
                 _ => return ZERO.into(),
             }
         }
         return out.join(".");
     }
-    if input.len() >= 8 {
-        let last8 = &input[input.len() - 8..];
-        let bytes: Option<Vec<u8>> = (0..4)
-            .map(|i| u8::from_str_radix(last8.get(i * 2..i * 2 + 2)?, 16).ok())
-            .collect();
-        if let Some(b) = bytes {
-            return Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string();
-        }
+    if input.len() >= 8
+        && let Some(b) = scan_hex_octets(&input.as_bytes()[input.len() - 8..])
+    {
+        return Ipv4Addr::from(b).to_string();
     }
     ZERO.into()
+}
+
+/// `sscanf(s, "%02x%02x%02x%02x")` returning 4: each field takes one or two hex digits right
+/// where the previous one stopped (`0a141e2z` reads 0a 14 1e 2).
+fn scan_hex_octets(s: &[u8]) -> Option<[u8; 4]> {
+    let mut out = [0u8; 4];
+    let mut at = 0;
+    for o in &mut out {
+        let mut n = 0u8;
+        let mut digits = 0;
+        while digits < 2 {
+            let Some(d) = s.get(at).and_then(|c| char::from(*c).to_digit(16)) else {
+                break;
+            };
+            n = n * 16 + u8::try_from(d).ok()?;
+            at += 1;
+            digits += 1;
+        }
+        if digits == 0 {
+            return None;
+        }
+        *o = n;
+    }
+    Some(out)
+}
+
+/// IPv4 text as C's `inet_aton` reads four dotted parts: each a decimal, octal (leading `0`) or
+/// hex (`0x`) number of at most 255.
+fn inet_aton4(s: &str) -> Option<Ipv4Addr> {
+    let mut out = [0u8; 4];
+    let mut fields = s.split('.');
+    for o in &mut out {
+        let f = fields.next()?;
+        let (digits, radix) = if let Some(h) = f.strip_prefix("0x").or_else(|| f.strip_prefix("0X"))
+        {
+            (h, 16)
+        } else if f.len() > 1 && f.starts_with('0') {
+            (&f[1..], 8)
+        } else {
+            (f, 10)
+        };
+        if digits.is_empty() || !digits.bytes().all(|c| char::from(c).is_digit(radix)) {
+            return None;
+        }
+        let v = u32::from_str_radix(digits, radix).ok()?;
+        *o = u8::try_from(v).ok()?;
+    }
+    fields.next().is_none().then(|| Ipv4Addr::from(out))
 }
 
 fn create_forward6(qname: &str, owner: &str) -> String {
@@ -1221,6 +1268,25 @@ mod tests {
             create_forward6("2001-db8--1.v6.example.", "*.v6.example."),
             "2001:db8::1"
         );
+    }
+
+    #[test]
+    fn forward_names_read_numbers_as_powerdns() {
+        let f = |q: &str| create_forward(&format!("{q}.f.example."), "*.f.example.");
+        // Dashed octets: read as numbers and printed back as numbers.
+        assert_eq!(f("ip-01-02-03-04"), "1.2.3.4");
+        assert_eq!(f("ip-1-2-3-4-5"), "2.3.4.5");
+        assert_eq!(f("ip-10-20-30-256"), "0.0.0.0");
+        // Four labels: inet_aton (octal with a leading 0, hex with 0x).
+        assert_eq!(f("1.2.3.010"), "1.2.3.8");
+        assert_eq!(f("0x0a.2.3.4"), "10.2.3.4");
+        assert_eq!(f("1.2.3.08"), "0.0.0.0");
+        assert_eq!(f("1.2.3.4.5"), "1.2.3.4");
+        // Eight hex digits at the end, scanned as sscanf's %02x does.
+        assert_eq!(f("0a141e28"), "10.20.30.40");
+        assert_eq!(f("ip0a141e2z"), "10.20.30.2");
+        assert_eq!(f("x0a141e2"), "0.0.0.0");
+        assert_eq!(scan_hex_octets(b"1g000000"), None);
     }
 
     #[test]

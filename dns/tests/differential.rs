@@ -197,6 +197,16 @@ fn records() -> Vec<(String, &'static str, String)> {
         "PTR",
         "\"createReverse6('v6-%33%.side.test')\"".into(),
     );
+    add(
+        "*.r4h".into(),
+        "PTR",
+        "\"createReverse('h%6%.side.test')\"".into(),
+    );
+    add(
+        "*.r4e".into(),
+        "PTR",
+        "\"createReverse('ip-%5%.side.test', {['1.2.3.4']='one.side.test'})\"".into(),
+    );
     out
 }
 
@@ -305,6 +315,17 @@ fn generated_lua_records_match_powerdns() {
                     queries.push((format!("{q}.r4.diff.test."), t));
                 }
             }
+            "*.r4h" => {
+                // The hex argument is %02x of C's atoi of each label.
+                for q in ["4.3.2.1", "256.3.2.1", "-1.3.2.1", "12abc.3.2.1"] {
+                    queries.push((format!("{q}.r4h.diff.test."), t));
+                }
+            }
+            "*.r4e" => {
+                for q in ["4.3.2.1", "5.3.2.1", "04.3.2.1"] {
+                    queries.push((format!("{q}.r4e.diff.test."), t));
+                }
+            }
             "*.r6" => {
                 let full = "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2";
                 let upper = "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.B.D.0.1.0.0.2";
@@ -341,6 +362,12 @@ fn generated_lua_records_match_powerdns() {
         // current PowerDNS parses them.
         newer.push((format!("{q}.f6.diff.test."), RecordType::AAAA, false));
     }
+    // PowerDNS 5.x answers "error" where 4.7 failed the query (createReverse with exceptions on
+    // a name that is no address: 4.7 let ComboAddress's exception escape) or answered
+    // "unknown" (createReverse6 with a nibble that is not hex).
+    newer.push(("x.3.2.1.r4e.diff.test.".into(), rtype("PTR"), false));
+    let bad6 = "g.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2";
+    newer.push((format!("{bad6}.r6.diff.test."), rtype("PTR"), false));
     for q in ["0a141e28", "ffffffff"] {
         // 4.7's createForward reads hex only as exactly two characters and eight digits;
         // current PowerDNS reads the last eight hex digits after any non-hex prefix.

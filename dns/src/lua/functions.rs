@@ -1057,6 +1057,14 @@ fn scan_hex_octets(s: &[u8]) -> Option<[u8; 4]> {
     Some(out)
 }
 
+/// An address as PowerDNS's `ComboAddress` reads one without a port: IPv4 by `inet_aton`
+/// (four parts), else IPv6.
+fn combo_address(s: &str) -> Option<IpAddr> {
+    inet_aton4(s)
+        .map(IpAddr::V4)
+        .or_else(|| s.parse::<Ipv6Addr>().ok().map(IpAddr::V6))
+}
+
 /// IPv4 text as C's `inet_aton` reads four dotted parts: each a decimal, octal (leading `0`) or
 /// hex (`0x`) number of at most 255.
 fn inet_aton4(s: &str) -> Option<Ipv4Addr> {
@@ -1166,16 +1174,30 @@ fn create_reverse(qname: &str, fmt: &str, exc: Option<&Value>) -> String {
     if l.len() < 4 {
         return "unknown".into();
     }
-    let ip = format!("{}.{}.{}.{}", l[3], l[2], l[1], l[0]);
-    if let Ok(req) = ip.parse::<IpAddr>() {
+    if exc.is_some_and(|v| v.as_table().is_some()) {
+        // With exceptions, PowerDNS parses the name's address and each exception's with
+        // `ComboAddress` (`inet_aton` for IPv4); one that does not parse makes the answer
+        // "error".
+        let Some(req) = inet_aton4(&format!("{}.{}.{}.{}", l[3], l[2], l[1], l[0])) else {
+            return "error".into();
+        };
         for (a, name) in exceptions(exc) {
-            if a.parse::<IpAddr>().is_ok_and(|a| a == req) {
-                return name;
+            match combo_address(&a) {
+                Some(addr) if addr == IpAddr::V4(req) => return name,
+                Some(_) => {}
+                None => return "error".into(),
             }
         }
     }
+    // `%02x` of C's `atoi` of each label, an `int`: 256 prints as 100, -1 as ffffffff.
     let hex = (0..4).rev().fold(String::new(), |mut acc, i| {
-        let _ = write!(acc, "{:02x}", l[i].parse::<i64>().unwrap_or(0));
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "C's int conversion and its two's-complement hex, as PowerDNS prints them"
+        )]
+        let v = crate::health::atoi(l[i]) as i32 as u32;
+        let _ = write!(acc, "{v:02x}");
         acc
     });
     let args = vec![
@@ -1208,12 +1230,15 @@ fn create_reverse6(qname: &str, fmt: &str, exc: Option<&Value>) -> String {
         }
         quads.push(quad);
     }
+    // A nibble that is not hex: PowerDNS 5.x answers "error" (4.7 answered "unknown").
     let Ok(ip6) = together.parse::<Ipv6Addr>() else {
-        return "unknown".into();
+        return "error".into();
     };
     for (a, name) in exceptions(exc) {
-        if a.parse::<Ipv6Addr>().is_ok_and(|a| a == ip6) {
-            return name;
+        match combo_address(&a) {
+            Some(addr) if addr == IpAddr::V6(ip6) => return name,
+            Some(_) => {}
+            None => return "error".into(),
         }
     }
     let mut dashed = ip6.to_string().replace(':', "-");
@@ -1295,6 +1320,11 @@ mod tests {
         assert_eq!(r, "ip-1-2-3-4.example.com");
         let r = create_reverse("4.3.2.1.in-addr.arpa.", "%1%.%2%.%3%.%4% %6%", None);
         assert_eq!(r, "1.2.3.4 01020304");
+        // %6% is %02x of C's atoi of each label, an int.
+        let r = create_reverse("-1.256.12abc.x.in-addr.arpa.", "%6%", None);
+        assert_eq!(r, "000c100ffffffff");
+        let bad = format!("g{}.ip6.arpa.", ".0".repeat(31));
+        assert_eq!(create_reverse6(&bad, "%33%", None), "error");
     }
 
     #[test]

@@ -142,7 +142,26 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
+/// `--profile-established N` or `--profile-new-flows N`, read before anything is loaded: an
+/// unknown argument or a missing count is an error naming it.
+fn profile_args() -> anyhow::Result<Option<(String, u32)>> {
+    let mut args = std::env::args().skip(1);
+    let Some(mode) = args.next() else {
+        return Ok(None);
+    };
+    anyhow::ensure!(
+        mode == "--profile-established" || mode == "--profile-new-flows",
+        "unknown argument `{mode}` (expected --profile-established N or --profile-new-flows N)"
+    );
+    let n = args
+        .next()
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("{mode} needs a count"))?;
+    Ok(Some((mode, n)))
+}
+
 fn run(pin: &std::path::Path) -> anyhow::Result<()> {
+    let profile = profile_args()?;
     let mut dp = Datapath::load(&LoadOptions {
         pin_path: pin.to_owned(),
         // Room for the prefill and every benchmark connection: no LRU eviction in the figures.
@@ -179,37 +198,25 @@ fn run(pin: &std::path::Path) -> anyhow::Result<()> {
         dp.conntrack_insert(key, entry)?;
     }
     let dst = Ipv4Addr::new(10, 9, 9, 9);
-    let mut args = std::env::args().skip(1);
-    let mode = args.next();
-    if mode.as_deref() == Some("--profile-established") {
-        let n: u32 = args
-            .next()
-            .and_then(|v| v.parse().ok())
-            .context("--profile-established needs a count")?;
+    if let Some((mode, n)) = profile {
         apply(&mut dp, &state(10_000), true)?;
         let peer = Ipv4Addr::from(0x0a00_0000 + 10_000);
-        let pkt = packet(peer, dst, PROTO_TCP, 40_000, 80, ACK);
-        let (ret, _) = dp.test_run(PROG_TO_ENDPOINT, &pkt, 1)?;
-        anyhow::ensure!(ret == -1, "benchmark packet must be allowed (got {ret})");
-        let (_, d) = dp.test_run(PROG_TO_ENDPOINT, &pkt, n)?;
-        println!("established: {n} runs, {} ns per run", d.as_nanos());
-        return Ok(());
-    }
-    if mode.as_deref() == Some("--profile-new-flows") {
-        let n: u32 = args
-            .next()
-            .and_then(|v| v.parse().ok())
-            .context("--profile-new-flows needs a count")?;
-        apply(&mut dp, &state(10_000), true)?;
-        let peer = Ipv4Addr::from(0x0a00_0000 + 10_000);
-        let ns = single_runs(
-            &dp,
-            (0..n).map(|i| {
-                let dst = Ipv4Addr::from(0x0b00_0000 + i / 60_000);
-                packet(peer, dst, PROTO_TCP, 1024 + (i % 60_000) as u16, 80, SYN)
-            }),
-        )?;
-        println!("new TCP flows: {n}, {ns:.1} ns per single run");
+        if mode == "--profile-established" {
+            let pkt = packet(peer, dst, PROTO_TCP, 40_000, 80, ACK);
+            let (ret, _) = dp.test_run(PROG_TO_ENDPOINT, &pkt, 1)?;
+            anyhow::ensure!(ret == -1, "benchmark packet must be allowed (got {ret})");
+            let (_, d) = dp.test_run(PROG_TO_ENDPOINT, &pkt, n)?;
+            println!("established: {n} runs, {} ns per run", d.as_nanos());
+        } else {
+            let ns = single_runs(
+                &dp,
+                (0..n).map(|i| {
+                    let dst = Ipv4Addr::from(0x0b00_0000 + i / 60_000);
+                    packet(peer, dst, PROTO_TCP, 1024 + (i % 60_000) as u16, 80, SYN)
+                }),
+            )?;
+            println!("new TCP flows: {n}, {ns:.1} ns per single run");
+        }
         return Ok(());
     }
     let mut first = true;

@@ -38,7 +38,9 @@ use anyhow::{Context, bail};
 struct Args {
     duration: u64,
     clients: u32,
-    workers: usize,
+    /// Server threads, each count a separate run of every case: catalyst-dns `udp_workers`,
+    /// PowerDNS `receiver-threads`.
+    threads: Vec<usize>,
     out: Option<PathBuf>,
     bin: PathBuf,
     skip_pdns: bool,
@@ -56,7 +58,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut a = Args {
         duration: 10,
         clients: 4,
-        workers: 2,
+        threads: vec![1, 2],
         out: None,
         bin: std::env::var_os("CATALYST_DNS_BIN").map_or(default_bin, PathBuf::from),
         skip_pdns: false,
@@ -68,14 +70,28 @@ fn parse_args() -> anyhow::Result<Args> {
         match arg.as_str() {
             "--duration" => a.duration = val()?.parse()?,
             "--clients" => a.clients = val()?.parse()?,
-            "--workers" => a.workers = val()?.parse()?,
+            "--threads" | "--workers" => {
+                let v = val()?;
+                a.threads = v
+                    .split(',')
+                    .map(|t| {
+                        t.trim()
+                            .parse::<usize>()
+                            .ok()
+                            .filter(|n| *n > 0)
+                            .with_context(|| {
+                                format!("--threads `{v}`: `{t}` is not a thread count")
+                            })
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+            }
             "--out" => a.out = Some(PathBuf::from(val()?)),
             "--bin" => a.bin = PathBuf::from(val()?),
             "--skip-pdns" => a.skip_pdns = true,
             "--runs" => a.runs = val()?.parse::<usize>()?.max(1),
             "-h" | "--help" => {
                 println!(
-                    "bench [--duration SECS] [--runs N] [--clients N] [--workers N] [--out FILE.md] [--bin catalyst-dns] [--skip-pdns]"
+                    "bench [--duration SECS] [--runs N] [--clients N] [--threads N[,N...]] [--out FILE.md] [--bin catalyst-dns] [--skip-pdns]"
                 );
                 std::process::exit(0);
             }
@@ -348,6 +364,212 @@ fn pdns_version() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+type Row = (&'static Case, Summary, Option<Summary>);
+
+/// Start both servers with `threads` server threads each, warm them up, and measure every case.
+fn run_config(
+    a: &Args,
+    dir: &Path,
+    zone: &Path,
+    city: &Path,
+    geo: bool,
+    threads: usize,
+) -> anyhow::Result<Vec<Row>> {
+    eprintln!("== {threads} server thread(s) each ==");
+    let cport = free_port();
+    let cfg = dir.join("catalyst-dns.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: [\"127.0.0.1:{cport}\"]\nudp_workers: {}\nzones:\n  - {{origin: bench.test, file: {}}}\n\
+             geo: {{city: {}}}\nmetrics: {{listen: null}}\nreload: {{watch_interval_secs: 0}}\n",
+            threads,
+            zone.display(),
+            city.display()
+        ),
+    )?;
+    let cat = Proc(
+        Command::new(&a.bin)
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("catalyst-dns.log"))?)
+            .spawn()
+            .context("starting catalyst-dns")?,
+    );
+    wait_ready(cport)?;
+
+    let mut pdns = None;
+    let pport = free_port();
+    if !a.skip_pdns {
+        std::fs::write(
+            dir.join("named.conf"),
+            format!(
+                "zone \"bench.test\" {{ type master; file \"{}\"; }};\n",
+                zone.display()
+            ),
+        )?;
+        std::fs::write(dir.join("geo-zones.yaml"), "domains: []\n")?;
+        let launch = if geo {
+            format!(
+                "launch=bind,geoip\ngeoip-database-files=mmdb:{}\ngeoip-zones-file={}\n",
+                city.display(),
+                dir.join("geo-zones.yaml").display()
+            )
+        } else {
+            "launch=bind\n".to_string()
+        };
+        std::fs::write(
+            dir.join("pdns.conf"),
+            format!(
+                "{launch}bind-config={}\nenable-lua-records=shared\nlocal-address=127.0.0.1\nlocal-port={pport}\n\
+                 socket-dir={}\ndaemon=no\nguardian=no\ndisable-syslog=yes\nedns-subnet-processing=yes\n\
+                 webserver=no\nloglevel=3\nreceiver-threads={threads}\nreuseport=yes\nlua-health-checks-interval=1\n",
+                dir.join("named.conf").display(),
+                dir.display()
+            ),
+        )?;
+        pdns = Some(Proc(
+            Command::new("pdns_server")
+                .arg(format!("--config-dir={}", dir.display()))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.join("pdns.log"))?)
+                .spawn()
+                .context("starting pdns_server")?,
+        ));
+        wait_ready(pport)?;
+        // PowerDNS starts health checks on the first query.
+        let _ = dnsperf(pport, dir, &CASES[1], &["-n", "1"]);
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    // Warm-up, discarded: the first seconds of load on a fresh machine ran slower for whichever
+    // server met them (the first case measured read 10 % below the same answer from the cache
+    // later on), so both servers get the same 5 s of load before anything counts.
+    for port in std::iter::once(cport).chain(pdns.is_some().then_some(pport)) {
+        eprintln!("warm-up on port {port} ...");
+        let _ = dnsperf(
+            port,
+            dir,
+            &CASES[0],
+            &["-c", &a.clients.to_string(), "-l", "5"],
+        );
+    }
+
+    // Each case alternates the two servers `runs` times, the one that goes first alternating too
+    // (no order bias); the table shows medians and the QPS range.
+    let mut rows = Vec::new();
+    for case in CASES {
+        let mut cs = Vec::new();
+        let mut ps = Vec::new();
+        for run in 0..a.runs {
+            let order: &[bool] = if run % 2 == 0 {
+                &[true, false]
+            } else {
+                &[false, true]
+            };
+            for &catalyst in order {
+                if catalyst {
+                    eprintln!(
+                        "{} (run {}/{}): catalyst-dns ...",
+                        case.name,
+                        run + 1,
+                        a.runs
+                    );
+                    cs.push(measure(cport, dir, case, a)?);
+                } else if pdns.is_some() {
+                    eprintln!("{} (run {}/{}): PowerDNS ...", case.name, run + 1, a.runs);
+                    ps.push(measure(pport, dir, case, a)?);
+                }
+            }
+        }
+        rows.push((
+            case,
+            summarize(&cs),
+            (!ps.is_empty()).then(|| summarize(&ps)),
+        ));
+    }
+    drop(cat);
+    drop(pdns);
+    Ok(rows)
+}
+
+/// One thread count's table and the bars of issue 13 from it.
+fn table(md: &mut String, runs: usize, threads: usize, rows: &[Row]) {
+    let _ = writeln!(
+        md,
+        "\n### {threads} server thread{} each\n\n\
+         | case | catalyst-dns QPS | PowerDNS QPS | ratio | catalyst p50 / p99 (ms) | PowerDNS p50 / p99 (ms) |\n|---|---:|---:|---:|---:|---:|",
+        if threads == 1 { "" } else { "s" }
+    );
+    let range = |r: &Summary| {
+        if runs > 1 {
+            format!(" ({:.0}–{:.0})", r.qps_min, r.qps_max)
+        } else {
+            String::new()
+        }
+    };
+    let flag = |r: &Summary| {
+        let mut f = String::new();
+        if !r.ok {
+            f.push_str(" (errors)");
+        }
+        if r.lost > 0.5 {
+            let _ = write!(f, " ({:.1} % lost)", r.lost);
+        }
+        f
+    };
+    for (case, c, p) in rows {
+        let (pq, ratio, pl) = match p {
+            Some(p) => (
+                format!("{:.0}{}{}", p.qps, range(p), flag(p)),
+                format!("{:.2}×", c.qps / p.qps.max(1.0)),
+                format!("{:.3} / {:.3}", p.p50_ms, p.p99_ms),
+            ),
+            None => ("—".into(), "—".into(), "—".into()),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {:.0}{}{} | {} | {} | {:.3} / {:.3} | {} |",
+            case.name,
+            c.qps,
+            range(c),
+            flag(c),
+            pq,
+            ratio,
+            c.p50_ms,
+            c.p99_ms,
+            pl
+        );
+    }
+    // The bars of issue 13, from this table: the lowest ratio of each kind of record.
+    let lowest = |tier: &str| {
+        rows.iter()
+            .filter(|(case, _, _)| case.tier == tier)
+            .filter_map(|(_, c, p)| p.as_ref().map(|p| c.qps / p.qps.max(1.0)))
+            .fold(f64::INFINITY, f64::min)
+    };
+    let bar = |tier: &str, want: f64| {
+        let got = lowest(tier);
+        if got.is_finite() {
+            format!(
+                "{tier} {got:.2}× (bar ≥ {want}×: {})",
+                if got >= want { "met" } else { "not met" }
+            )
+        } else {
+            format!("{tier} — (no PowerDNS figure)")
+        }
+    };
+    let _ = writeln!(
+        md,
+        "\nLowest ratio per kind, {threads} thread{} each: {}; {}; {}.",
+        if threads == 1 { "" } else { "s" },
+        bar("static", 1.25),
+        bar("native", 2.5),
+        bar("interpreter", 1.0)
+    );
+}
+
 fn main() -> anyhow::Result<()> {
     let a = parse_args()?;
     for tool in ["dnsperf"]
@@ -409,122 +631,12 @@ fn main() -> anyhow::Result<()> {
         ),
     )?;
 
-    let cport = free_port();
-    let cfg = dir.join("catalyst-dns.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "listen: [\"127.0.0.1:{cport}\"]\nudp_workers: {}\nzones:\n  - {{origin: bench.test, file: {}}}\n\
-             geo: {{city: {}}}\nmetrics: {{listen: null}}\nreload: {{watch_interval_secs: 0}}\n",
-            a.workers,
-            zone.display(),
-            city.display()
-        ),
-    )?;
-    let cat = Proc(
-        Command::new(&a.bin)
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("catalyst-dns.log"))?)
-            .spawn()
-            .context("starting catalyst-dns")?,
-    );
-    wait_ready(cport)?;
-
-    let mut pdns = None;
-    let pport = free_port();
     let geo = Path::new("/usr/lib/x86_64-linux-gnu/pdns/libgeoipbackend.so").exists();
-    if !a.skip_pdns {
-        std::fs::write(
-            dir.join("named.conf"),
-            format!(
-                "zone \"bench.test\" {{ type master; file \"{}\"; }};\n",
-                zone.display()
-            ),
-        )?;
-        std::fs::write(dir.join("geo-zones.yaml"), "domains: []\n")?;
-        let launch = if geo {
-            format!(
-                "launch=bind,geoip\ngeoip-database-files=mmdb:{}\ngeoip-zones-file={}\n",
-                city.display(),
-                dir.join("geo-zones.yaml").display()
-            )
-        } else {
-            "launch=bind\n".to_string()
-        };
-        std::fs::write(
-            dir.join("pdns.conf"),
-            format!(
-                "{launch}bind-config={}\nenable-lua-records=shared\nlocal-address=127.0.0.1\nlocal-port={pport}\n\
-                 socket-dir={}\ndaemon=no\nguardian=no\ndisable-syslog=yes\nedns-subnet-processing=yes\n\
-                 webserver=no\nloglevel=3\nreceiver-threads=2\nreuseport=yes\nlua-health-checks-interval=1\n",
-                dir.join("named.conf").display(),
-                dir.display()
-            ),
-        )?;
-        pdns = Some(Proc(
-            Command::new("pdns_server")
-                .arg(format!("--config-dir={}", dir.display()))
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.join("pdns.log"))?)
-                .spawn()
-                .context("starting pdns_server")?,
-        ));
-        wait_ready(pport)?;
-        // PowerDNS starts health checks on the first query.
-        let _ = dnsperf(pport, &dir, &CASES[1], &["-n", "1"]);
+    let mut tables = Vec::new();
+    for &threads in &a.threads {
+        let rows = run_config(&a, &dir, &zone, &city, geo, threads)?;
+        tables.push((threads, rows));
     }
-    std::thread::sleep(Duration::from_secs(3));
-    // Warm-up, discarded: the first seconds of load on a fresh machine ran slower for whichever
-    // server met them (the first case measured read 10 % below the same answer from the cache
-    // later on), so both servers get the same 5 s of load before anything counts.
-    for port in std::iter::once(cport).chain(pdns.is_some().then_some(pport)) {
-        eprintln!("warm-up on port {port} ...");
-        let _ = dnsperf(
-            port,
-            &dir,
-            &CASES[0],
-            &["-c", &a.clients.to_string(), "-l", "5"],
-        );
-    }
-
-    // Each case alternates the two servers `runs` times, the one that goes first alternating too
-    // (no order bias); the table shows medians and the QPS range.
-    let mut rows = Vec::new();
-    for case in CASES {
-        let mut cs = Vec::new();
-        let mut ps = Vec::new();
-        for run in 0..a.runs {
-            let order: &[bool] = if run % 2 == 0 {
-                &[true, false]
-            } else {
-                &[false, true]
-            };
-            for &catalyst in order {
-                if catalyst {
-                    eprintln!(
-                        "{} (run {}/{}): catalyst-dns ...",
-                        case.name,
-                        run + 1,
-                        a.runs
-                    );
-                    cs.push(measure(cport, &dir, case, &a)?);
-                } else if pdns.is_some() {
-                    eprintln!("{} (run {}/{}): PowerDNS ...", case.name, run + 1, a.runs);
-                    ps.push(measure(pport, &dir, case, &a)?);
-                }
-            }
-        }
-        rows.push((
-            case,
-            summarize(&cs),
-            (!ps.is_empty()).then(|| summarize(&ps)),
-        ));
-    }
-    drop(cat);
-    drop(pdns);
 
     let mut md = String::new();
     let _ = writeln!(
@@ -535,88 +647,22 @@ fn main() -> anyhow::Result<()> {
     let _ = writeln!(
         md,
         "Machine: {} × {}; dnsperf 2.10, `-c {}` clients, {} s per case, both servers on loopback \
-         beside the load generator. catalyst-dns: {} UDP workers; PowerDNS: bind backend{}, \
-         `enable-lua-records=shared`, `receiver-threads=2`, `reuseport=yes`.\n",
+         beside the load generator. catalyst-dns: `udp_workers` = the thread count below; \
+         PowerDNS: bind backend{}, `enable-lua-records=shared`, `receiver-threads` = the thread \
+         count below, `reuseport=yes`.",
         std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         cpu_model(),
         a.clients,
         a.duration,
-        a.workers,
         if geo {
             " + GeoIP backend (same MMDB file)"
         } else {
             ""
         }
     );
-    let _ = writeln!(
-        md,
-        "| case | catalyst-dns QPS | PowerDNS QPS | ratio | catalyst p50 / p99 (ms) | PowerDNS p50 / p99 (ms) |\n|---|---:|---:|---:|---:|---:|"
-    );
-    let range = |r: &Summary| {
-        if a.runs > 1 {
-            format!(" ({:.0}–{:.0})", r.qps_min, r.qps_max)
-        } else {
-            String::new()
-        }
-    };
-    let flag = |r: &Summary| {
-        let mut f = String::new();
-        if !r.ok {
-            f.push_str(" (errors)");
-        }
-        if r.lost > 0.5 {
-            let _ = write!(f, " ({:.1} % lost)", r.lost);
-        }
-        f
-    };
-    for (case, c, p) in &rows {
-        let (pq, ratio, pl) = match p {
-            Some(p) => (
-                format!("{:.0}{}{}", p.qps, range(p), flag(p)),
-                format!("{:.2}×", c.qps / p.qps.max(1.0)),
-                format!("{:.3} / {:.3}", p.p50_ms, p.p99_ms),
-            ),
-            None => ("—".into(), "—".into(), "—".into()),
-        };
-        let _ = writeln!(
-            md,
-            "| {} | {:.0}{}{} | {} | {} | {:.3} / {:.3} | {} |",
-            case.name,
-            c.qps,
-            range(c),
-            flag(c),
-            pq,
-            ratio,
-            c.p50_ms,
-            c.p99_ms,
-            pl
-        );
+    for (threads, rows) in &tables {
+        table(&mut md, a.runs, *threads, rows);
     }
-    // The bars of issue 13, from this run: the lowest ratio of each kind of record.
-    let lowest = |tier: &str| {
-        rows.iter()
-            .filter(|(case, _, _)| case.tier == tier)
-            .filter_map(|(_, c, p)| p.as_ref().map(|p| c.qps / p.qps.max(1.0)))
-            .fold(f64::INFINITY, f64::min)
-    };
-    let bar = |tier: &str, want: f64| {
-        let got = lowest(tier);
-        if got.is_finite() {
-            format!(
-                "{tier} {got:.2}× (bar ≥ {want}×: {})",
-                if got >= want { "met" } else { "not met" }
-            )
-        } else {
-            format!("{tier} — (no PowerDNS figure)")
-        }
-    };
-    let _ = writeln!(
-        md,
-        "\nLowest ratio per kind, this run: {}; {}; {}.",
-        bar("static", 1.25),
-        bar("native", 2.5),
-        bar("interpreter", 1.0)
-    );
     let _ = writeln!(
         md,
         "\n### Method\n\n\
@@ -635,6 +681,12 @@ fn main() -> anyhow::Result<()> {
          {runs} run(s), range in brackets), then `dnsperf -c 1 -Q 20000 -l 3 -v` for per-query \
          latency (p50/p99 at a fixed 20k QPS, so they describe the server rather than a saturated \
          queue). The pickclosest case sends ECS 10.1.2.0/24 (`-E 8:000118000a0102`).\n\
+         - Thread counts: every case runs once per thread count ({threads}), each server with that \
+         many server threads (catalyst-dns `udp_workers`, PowerDNS `receiver-threads`; PowerDNS \
+         runs Lua in its distributor threads, 3 by default, either way), both restarted per count. \
+         dnsperf keeps one of the machine's cores busy, so on 2 cores 1 thread each is the \
+         configuration that fits what the servers really have; with 2 each, three busy threads \
+         share two cores and both servers pay for the context switches.\n\
          - Both servers first get 5 s of load on the static record (discarded). Then the servers \
          alternate per case and run, the one that goes first alternating too, on the same cores as \
          dnsperf; expect ±10–20 % run-to-run noise in QPS on a 2-core machine.\n\
@@ -643,10 +695,22 @@ fn main() -> anyhow::Result<()> {
          repeats from its per-worker answer cache, which is why the LUA cases cost about what a \
          static answer costs.\n\
          - Reproduce: `cargo build --release -p catalyst-dns --bins --examples && \
-         target/release/examples/bench --duration {dur} --runs {runs} --out docs/benchmarks-dns.md`.",
+         target/release/examples/bench --duration {dur} --runs {runs} --threads {threads_arg} --out docs/benchmarks-dns.md`.",
         clients = a.clients,
         dur = a.duration,
-        runs = a.runs
+        runs = a.runs,
+        threads = a
+            .threads
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        threads_arg = a
+            .threads
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
     );
     println!("{md}");
     if let Some(out) = &a.out {

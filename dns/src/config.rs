@@ -49,6 +49,11 @@ pub struct Config {
     /// 1 uses plain `recv_from`/`send_to`. Default 32.
     #[serde(default = "default_batch")]
     pub udp_batch: usize,
+    /// Send the replies of one batch that go to the same client and have the same size as one
+    /// segmented send (UDP GSO, `UDP_SEGMENT`; the client still receives one datagram per reply).
+    /// Switches itself off if the kernel or route refuses it. Default true.
+    #[serde(default = "default_true")]
+    pub udp_gso: bool,
     /// Serve TCP (through hickory-server). Default true.
     #[serde(default = "default_true")]
     pub tcp: bool,

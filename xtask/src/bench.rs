@@ -756,7 +756,15 @@ pub fn dns() -> anyhow::Result<()> {
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
     let out = root().join("docs/benchmarks-dns.md");
     let status = Command::new(target.join("release/examples/bench"))
-        .args(["--duration", "10", "--runs", "3", "--out"])
+        .args([
+            "--duration",
+            "10",
+            "--runs",
+            "3",
+            "--threads",
+            "1,2",
+            "--out",
+        ])
         .arg(&out)
         .current_dir(root())
         .status()

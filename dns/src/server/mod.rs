@@ -326,10 +326,13 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
             udp::spawn(
                 &catalog,
                 *addr,
-                workers,
-                cache,
-                cfg.lua.ecs,
-                cfg.udp_batch,
+                udp::Options {
+                    workers,
+                    cache_entries: cache,
+                    ecs: cfg.lua.ecs,
+                    batch: cfg.udp_batch,
+                    gso: cfg.udp_gso,
+                },
                 &stop,
             )
             .map_err(|source| ServerError::Bind {

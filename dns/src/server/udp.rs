@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 
 use super::{
     message::{MAX_UDP_PAYLOAD, ParseFailure, ecs_net, error_reply, parse_query},
-    mmsg::{self, Batch},
+    mmsg::{Batch, Sender},
 };
 use crate::{
     cache::{AnswerCache, Hit, QKey, patch},
@@ -46,28 +46,40 @@ pub fn bind_reuseport(addr: SocketAddr) -> io::Result<UdpSocket> {
     Ok(s.into())
 }
 
-/// Start `workers` threads serving `addr`.
+/// How the UDP workers of one listen address run.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Worker threads, each with its own socket.
+    pub workers: usize,
+    /// Answer-cache entries per worker (0 = no cache).
+    pub cache_entries: usize,
+    /// Answer from the EDNS Client Subnet rather than the source address.
+    pub ecs: bool,
+    /// Datagrams per `recvmmsg`/`sendmmsg`; 1 = `recv_from`/`send_to`.
+    pub batch: usize,
+    /// Send a batch's same-size replies to one client as one segmented send (`UDP_SEGMENT`).
+    pub gso: bool,
+}
+
+/// Start `opts.workers` threads serving `addr`.
 pub fn spawn(
     catalog: &Arc<Catalog>,
     addr: SocketAddr,
-    workers: usize,
-    cache_entries: usize,
-    ecs: bool,
-    batch: usize,
+    opts: Options,
     stop: &Arc<AtomicBool>,
 ) -> io::Result<Vec<JoinHandle<()>>> {
     let mut handles = Vec::new();
-    for i in 0..workers.max(1) {
+    for i in 0..opts.workers.max(1) {
         let socket = bind_reuseport(addr)?;
         let catalog = catalog.clone();
         let stop = stop.clone();
         let h = std::thread::Builder::new()
             .name(format!("dns-udp-{i}"))
             .spawn(move || {
-                if batch > 1 {
-                    batched_worker(&socket, &catalog, cache_entries, ecs, batch, &stop);
+                if opts.batch > 1 {
+                    batched_worker(&socket, &catalog, opts, &stop);
                 } else {
-                    worker(&socket, &catalog, cache_entries, ecs, &stop);
+                    worker(&socket, &catalog, opts.cache_entries, opts.ecs, &stop);
                 }
             })?;
         handles.push(h);
@@ -115,19 +127,14 @@ fn worker(
     }
 }
 
-fn batched_worker(
-    socket: &UdpSocket,
-    catalog: &Catalog,
-    cache_entries: usize,
-    ecs: bool,
-    size: usize,
-    stop: &AtomicBool,
-) {
+fn batched_worker(socket: &UdpSocket, catalog: &Catalog, opts: Options, stop: &AtomicBool) {
     let local = socket
         .local_addr()
         .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
-    let mut cache = AnswerCache::new(cache_entries);
+    let (ecs, size) = (opts.ecs, opts.batch);
+    let mut cache = AnswerCache::new(opts.cache_entries);
     let mut batch = Batch::new(size);
+    let mut sender = Sender::new(opts.gso);
     let mut outs: Vec<Vec<u8>> = (0..size).map(|_| Vec::with_capacity(1232)).collect();
     let mut dests: Vec<Option<SocketAddr>> = vec![None; size];
     while !stop.load(Ordering::Relaxed) {
@@ -160,7 +167,7 @@ fn batched_worker(
         let replies: Vec<(&[u8], SocketAddr)> = (0..n)
             .filter_map(|i| dests[i].map(|d| (outs[i].as_slice(), d)))
             .collect();
-        if let Err(e) = mmsg::send(socket, &replies) {
+        if let Err(e) = sender.send(socket, &replies) {
             debug!(error = %e, "UDP send failed");
         }
     }

@@ -472,9 +472,15 @@ mod tests {
     /// whether the replies went out segmented or not.
     #[test]
     fn segmented_sends_arrive_as_one_datagram_per_reply() {
-        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let c1 = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let c2 = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for local in ["127.0.0.1:0", "[::1]:0"] {
+            segmented_sends_arrive(local);
+        }
+    }
+
+    fn segmented_sends_arrive(local: &str) {
+        let server = UdpSocket::bind(local).unwrap();
+        let c1 = UdpSocket::bind(local).unwrap();
+        let c2 = UdpSocket::bind(local).unwrap();
         for c in [&c1, &c2] {
             c.set_read_timeout(Some(std::time::Duration::from_secs(2)))
                 .unwrap();
@@ -507,7 +513,11 @@ mod tests {
                 for (i, body) in bodies.iter().enumerate().filter(|(i, _)| dest(*i) == want) {
                     let (len, from) = client.recv_from(&mut buf).unwrap();
                     assert_eq!(from, server.local_addr().unwrap());
-                    assert_eq!(&buf[..len], body.as_slice(), "reply {i} (gso {gso})");
+                    assert_eq!(
+                        &buf[..len],
+                        body.as_slice(),
+                        "reply {i} (gso {gso}, {local})"
+                    );
                 }
             }
         }

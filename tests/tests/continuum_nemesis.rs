@@ -3,7 +3,8 @@
 //! the lease, the hand-overs and DNS), with a short lease (TTL 3 s, renew 1 s). For a few tens
 //! of seconds a seeded random schedule of faults runs:
 //! - SIGSTOP of the lease holder for 0.5–2 × TTL, then SIGCONT (the paused-holder case fencing
-//!   exists for) — always first, for 1.5 × TTL, so every run has a takeover to check;
+//!   exists for) — always first, for 2.5 × TTL, so every run has a takeover to check (the
+//!   contenders have 1.5 × TTL or more to take over, also when a NATS fault comes next);
 //! - SIGKILL of a controller, restarted 0–TTL later;
 //! - SIGKILL of one NATS node, restarted 1–4 s later (the store keeps a quorum);
 //! - SIGSTOP of one NATS node for 0.5–3 s;
@@ -13,6 +14,10 @@
 //! 100 ms) go through the checker: no holder acts after a newer epoch was granted, no side effect
 //! under an older epoch, no DNS instance goes back to an older epoch; and the faults must have
 //! caused several grants (a run in which nothing happened proves nothing).
+//!
+//! A second test replays the case the nemesis found, deterministically: a write the previous
+//! holder based on what it read while its lease was valid, reaching the store only after a
+//! takeover, must lose its compare-and-set.
 //!
 //! `CATALYST_NEMESIS_RUNS` runs (default 2; `cargo xtask bench failover` runs 20),
 //! `CATALYST_NEMESIS_SEED` replays one schedule; the seed of every run is printed.
@@ -31,6 +36,9 @@ use std::{
 use anyhow::Context as _;
 use catalyst_controllers::continuum::{
     history::{self, Event},
+    lease::{LEASE_SCHEMA, LeaseRecord},
+    machine::{STATE_SCHEMA, State},
+    store::{self, Names, Store},
     witness,
 };
 use catalyst_tests::{
@@ -160,7 +168,7 @@ fn run_once(dir: &Path, seed: u64, duration: Duration) -> anyhow::Result<RunResu
         let fault = match pick {
             0 => holder().filter(free).map(|h| {
                 let d = if first {
-                    ttl.mul_f64(1.5)
+                    ttl.mul_f64(2.5)
                 } else {
                     ttl.mul_f64(rng.random_range(0.5..2.0))
                 };
@@ -294,5 +302,163 @@ fn no_two_lease_holders_under_pauses_kills_and_store_faults() -> anyhow::Result<
         failed.is_empty(),
         "runs with overlapping holders, stale effects, DNS regressions or no takeovers: {failed:?}"
     );
+    Ok(())
+}
+
+/// Create `key` in a fresh bucket, retried while its replicated stream elects a leader (a
+/// create that timed out but landed is found by the read); returns the revision.
+async fn create<T: serde::Serialize + serde::de::DeserializeOwned>(
+    kv: &async_nats::jetstream::kv::Store,
+    key: &str,
+    value: &T,
+) -> anyhow::Result<u64> {
+    let mut last = None;
+    for _ in 0..40 {
+        match Store::read::<T>(kv, key).await {
+            Ok(v) if v.value.is_some() => return Ok(v.revision),
+            Ok(_) => match Store::cas(kv, key, value, 0).await {
+                Ok(rev) => return Ok(rev),
+                Err(e) => last = Some(e),
+            },
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(last
+        .expect("an error")
+        .context(format!("cannot create `{key}`")))
+}
+
+/// The previous holder (`ctrl-gone`, never renewing: paused or partitioned) read the state while
+/// its lease was valid and sends a compare-and-set on that revision only after `ctrl-b` took
+/// the lease over — as a holder paused between its lease check and its write, or one whose NATS
+/// server held the write, does. The write must lose, and the state must carry the new epoch.
+#[test]
+#[expect(clippy::too_many_lines, reason = "the scenario reads top to bottom")]
+fn a_write_based_on_a_read_before_the_takeover_loses() -> anyhow::Result<()> {
+    if !require(
+        "a_write_based_on_a_read_before_the_takeover_loses",
+        &[Need::NatsServer],
+    ) {
+        return Ok(());
+    }
+    let _lock = lab::lock()?;
+    let dir = std::env::temp_dir().join(format!("catalyst-fence-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let mut procs = Procs::default();
+    for (i, r) in (0u16..).zip(REGIONS) {
+        start_nats_node(&mut procs, &dir, NATS, i, r)?;
+    }
+    NATS.wait_ready(None, Duration::from_secs(30))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let names = Names {
+        replicas: 3,
+        ..Names::default()
+    };
+    let key = store::key("shop", "orders");
+    let st = rt.block_on(async {
+        let mut last = None;
+        for _ in 0..30 {
+            match Store::connect(
+                &NATS.urls(),
+                &catalyst_policy::nats::NatsAuth::default(),
+                "fence test",
+                names.clone(),
+            )
+            .await
+            {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Err(last.expect("an error"))
+    })?;
+    // The previous holder: lease at epoch = its revision, and the state it works on.
+    let old_epoch = rt.block_on(create(
+        &st.leases,
+        &key,
+        &LeaseRecord {
+            schema: LEASE_SCHEMA.into(),
+            continuum: "shop/orders".into(),
+            holder: Some("ctrl-gone".into()),
+            region: "a".into(),
+            epoch: None,
+            ttl_seconds: u32::try_from(TTL_S)?,
+            written_at: String::new(),
+        },
+    ))?;
+    let initial = State {
+        schema: STATE_SCHEMA.into(),
+        active_region: "a".into(),
+        epoch: old_epoch,
+        spec_primary: "a".into(),
+        in_progress: None,
+        request: None,
+        history: Vec::new(),
+    };
+    let read_rev = rt.block_on(create(&st.state, &key, &initial))?;
+
+    let manifest = dir.join("continuum.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: dr.openova.io/v1\nkind: Continuum\nmetadata: {{name: orders, namespace: shop}}\nspec:\n  application: orders\n  primary: a\n  regions:\n\
+             \x20   - {{name: a, endpoints: ['192.0.2.1']}}\n\
+             \x20   - {{name: b, endpoints: ['192.0.2.2']}}\n\
+             \x20 lease: {{renewSeconds: 1, ttlSeconds: {TTL_S}}}\n\
+             \x20 switchover: {{automatic: false, drainSeconds: 0}}\n\
+             \x20 dns: {{zone: nemesis.example, group: orders, record: app.nemesis.example, ttl: 1}}\n"
+        ),
+    )?;
+    let extra: Vec<String> = ["--probe-ms", "200", "--margin-ms", "500"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    start_controller(&mut procs, &dir, &manifest, &NATS.urls_from(1), "b", &extra)?;
+    let holder_epoch = || {
+        rt.block_on(Store::read::<LeaseRecord>(&st.leases, &key))
+            .ok()
+            .and_then(|v| {
+                let r = v.value?;
+                (r.holder.as_deref() == Some("ctrl-b")).then(|| r.epoch_at(v.revision))
+            })
+    };
+    wait_until(
+        "ctrl-b to take the lease over",
+        Duration::from_secs(30),
+        || holder_epoch().is_some(),
+    )?;
+    let new_epoch = holder_epoch().context("lease holder")?;
+    assert!(new_epoch > old_epoch, "epoch {new_epoch} after {old_epoch}");
+    // The new holder stamps its epoch on the state right after its grant; give it the time.
+    wait_until(
+        "the new epoch on the state",
+        Duration::from_secs(10),
+        || {
+            rt.block_on(Store::read::<State>(&st.state, &key))
+                .ok()
+                .and_then(|v| v.value)
+                .is_some_and(|s| s.epoch == new_epoch)
+        },
+    )?;
+    // The delayed write of the previous holder, on the revision it had read.
+    let mut stale = initial.clone();
+    stale.active_region = "b".into();
+    let late = rt.block_on(Store::cas(&st.state, &key, &stale, read_rev));
+    let now = rt
+        .block_on(Store::read::<State>(&st.state, &key))?
+        .value
+        .context("state")?;
+    drop(procs);
+    assert!(
+        late.is_err(),
+        "a write of epoch {old_epoch} landed after epoch {new_epoch} was granted (revision {late:?})"
+    );
+    assert_eq!(now.active_region, "a", "the stale write changed the state");
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -142,7 +142,7 @@ struct Controller {
     last_probe: Option<Instant>,
     last_blocked: Option<String>,
     witnesses: Vec<SocketAddr>,
-    /// The epoch last stamped on `dns-failover` by us.
+    /// The epoch last stamped on the state and `dns-failover` by us.
     fenced: Option<u64>,
     /// `metadata.generation` of the Continuum.
     generation: i64,
@@ -274,18 +274,30 @@ impl Controller {
             .context("a CloudNativePG database needs the Kubernetes API: run with --kube")
     }
 
-    /// Stamp our epoch on `dns-failover` once per epoch, retried every pass until it lands (a
-    /// store still electing its stream leaders refuses the first attempts).
-    async fn ensure_fenced(&mut self, epoch: u64) {
+    /// Stamp our epoch on the state and on `dns-failover` once per epoch, retried every pass
+    /// until both land (a store still electing its stream leaders refuses the first attempts).
+    /// Returns whether they have: a holder acts only once its epoch is stamped on both.
+    async fn ensure_fenced(&mut self, epoch: u64) -> bool {
         if self.fenced == Some(epoch) {
-            return;
+            return true;
         }
-        match self.fence_dns(epoch).await {
-            Ok(()) => self.fenced = Some(epoch),
-            Err(e) => warn!(
-                error = format!("{e:#}"),
-                "could not stamp the new epoch on dns-failover yet; retrying"
-            ),
+        let stamped = match self.fence_state(epoch).await {
+            Ok(()) => self.fence_dns(epoch).await,
+            Err(e) => Err(e),
+        };
+        match stamped {
+            Ok(()) => {
+                self.fenced = Some(epoch);
+                true
+            }
+            Err(e) => {
+                warn!(
+                    error = format!("{e:#}"),
+                    epoch,
+                    "could not stamp the new epoch on the state and dns-failover yet; retrying"
+                );
+                false
+            }
         }
     }
 
@@ -294,11 +306,30 @@ impl Controller {
         self.probe().await;
         match self.acting() {
             Some(h) => {
-                self.ensure_fenced(h.epoch).await;
-                self.act(h).await
+                if self.ensure_fenced(h.epoch).await {
+                    self.act(h).await
+                } else {
+                    Ok(())
+                }
             }
             None => self.follow().await,
         }
+    }
+
+    /// Before taking the lease over: rewrite the state as it is, so its revision moves. A state
+    /// write the previous holder issued while its lease was still valid but that reaches the
+    /// store only now (its process or its NATS server paused in between) was based on an older
+    /// revision and loses its compare-and-set, instead of landing after our grant. Harmless when
+    /// our takeover then loses: only the revision moved. A state that does not exist yet is
+    /// created (the initial one), so a pending create loses too. `dns-failover` needs no such
+    /// step: catalyst-dns never goes back to an older epoch, and a late DNS write of the
+    /// previous holder is overwritten by our stamp ([`Self::fence_dns`]) with the region it
+    /// names, which the state machine then completes or moves on from.
+    async fn prefence(&mut self) -> anyhow::Result<()> {
+        let state = Store::read::<State>(&self.store.state, &self.key).await?;
+        let value = state.value.unwrap_or_else(|| State::initial(&self.spec));
+        Store::cas(&self.store.state, &self.key, &value, state.revision).await?;
+        Ok(())
     }
 
     /// Acquire, renew, or notice we lost the lease.
@@ -324,6 +355,15 @@ impl Controller {
                     LeaseAction::TakeOver { revision } => revision,
                     _ => 0,
                 };
+                if let Err(e) = self.prefence().await {
+                    // Another contender's pre-fence moved a revision under us (it will take
+                    // over, or we retry next pass), or the store is unreachable.
+                    info!(
+                        error = format!("{e:#}"),
+                        "lease takeover deferred: the state could not be fenced"
+                    );
+                    return;
+                }
                 let start = Instant::now();
                 let rec = self.record(Some(&self.opts.identity), &self.opts.region, None);
                 match Store::cas(&self.store.leases, &self.key, &rec, base).await {
@@ -464,6 +504,13 @@ impl Controller {
     async fn load_state(&mut self, epoch: u64) -> anyhow::Result<(State, u64)> {
         let v = Store::read::<State>(&self.store.state, &self.key).await?;
         if let Some(s) = v.value {
+            if s.epoch > epoch {
+                self.held = None;
+                bail!(
+                    "the state was written at epoch {} > ours {epoch}; we are stale",
+                    s.epoch
+                );
+            }
             return Ok((s, v.revision));
         }
         let mut s = State::initial(&self.spec);
@@ -811,6 +858,29 @@ impl Controller {
         Store::cas(&self.store.dns, &group, &val, cur.revision).await?;
         self.log.record(Kind::Effect, epoch, &format!("dns:{to}"));
         info!(group, active = to, epoch, "DNS failover state written");
+        Ok(())
+    }
+
+    /// On a new grant: stamp our epoch on the state, so that every holder of an older epoch
+    /// that reads it from now on sees itself stale ([`Self::load_state`]); one that finds a
+    /// newer epoch there is stale itself and stops acting.
+    async fn fence_state(&mut self, epoch: u64) -> anyhow::Result<()> {
+        let v = Store::read::<State>(&self.store.state, &self.key).await?;
+        let mut s = v.value.unwrap_or_else(|| State::initial(&self.spec));
+        if s.epoch > epoch {
+            self.held = None;
+            bail!(
+                "the state is already at epoch {} > ours {epoch}; we are stale",
+                s.epoch
+            );
+        }
+        if s.epoch == epoch && v.revision != 0 {
+            return Ok(());
+        }
+        s.epoch = epoch;
+        self.guard()?;
+        Store::cas(&self.store.state, &self.key, &s, v.revision).await?;
+        self.log.record(Kind::Effect, epoch, "state:fence");
         Ok(())
     }
 

@@ -14,6 +14,11 @@ use super::{
 
 /// Maximum `include()` nesting.
 const MAX_INCLUDE_DEPTH: usize = 8;
+/// Maximum nesting of statements and expressions in the native tier. Deeper code goes to the
+/// interpreter tier, whose parser has Lua 5.1's own limit (200 syntax levels, as `PowerDNS`'s
+/// `LuaJIT`); the native compiler recurses with larger frames and must not exhaust a worker
+/// thread's stack.
+const MAX_SYNTAX_LEVELS: usize = 64;
 
 pub(super) struct Compiler<'e> {
     toks: Vec<(Tok, usize)>,
@@ -28,6 +33,8 @@ pub(super) struct Compiler<'e> {
     consts: HashMap<usize, Value>,
     /// Nesting of `if` blocks; assignments inside them make a slot unknown.
     branch: usize,
+    /// Current nesting of statements and expressions ([`MAX_SYNTAX_LEVELS`]).
+    levels: usize,
 }
 
 impl<'e> Compiler<'e> {
@@ -42,7 +49,25 @@ impl<'e> Compiler<'e> {
             depth: 0,
             consts: HashMap::new(),
             branch: 0,
+            levels: 0,
         }
+    }
+
+    /// Run `f` one syntax level deeper; past [`MAX_SYNTAX_LEVELS`] the code is left to the
+    /// interpreter tier.
+    fn nested<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, CompileError>,
+    ) -> Result<T, CompileError> {
+        if self.levels >= MAX_SYNTAX_LEVELS {
+            return Err(
+                self.unsupported(&format!("nesting deeper than {MAX_SYNTAX_LEVELS} levels"))
+            );
+        }
+        self.levels += 1;
+        let r = f(self);
+        self.levels -= 1;
+        r
     }
 
     /// Compile a chunk of statements (the whole of `src`).
@@ -172,6 +197,10 @@ impl<'e> Compiler<'e> {
     }
 
     fn statement(&mut self) -> Result<Vec<Stmt>, CompileError> {
+        self.nested(Self::statement_inner)
+    }
+
+    fn statement_inner(&mut self) -> Result<Vec<Stmt>, CompileError> {
         match self.peek().clone() {
             Tok::Kw("local") => {
                 self.next();
@@ -373,6 +402,10 @@ impl<'e> Compiler<'e> {
     }
 
     fn binary(&mut self, min_prec: u8) -> Result<Expr, CompileError> {
+        self.nested(|c| c.binary_inner(min_prec))
+    }
+
+    fn binary_inner(&mut self, min_prec: u8) -> Result<Expr, CompileError> {
         let mut lhs = self.unary()?;
         loop {
             if let Tok::Op(op @ ("//" | "&" | "|" | "~" | "<<" | ">>")) = self.peek() {

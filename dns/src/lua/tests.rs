@@ -153,6 +153,52 @@ fn unsupported_constructs_are_load_errors() {
     }
 }
 
+/// Found by the `lua_compile` fuzz target (CI, 2026-12-07): 868 nested `{` overflowed the
+/// native compiler's stack. Past 64 levels the native tier leaves code to the interpreter tier,
+/// where Lua 5.1's own limit (200 syntax levels, as in `PowerDNS`) decides: deeper code fails to
+/// load, shallower code runs. Nothing crashes.
+#[test]
+fn deep_nesting_goes_to_the_interpreter_tier_and_past_lua_limit_fails_to_load() {
+    let f = Fixture::new();
+    let inc = |_: &str| None;
+    let env = CompileEnv {
+        include: &inc,
+        health: &f.env.health,
+        zone: "example.org.",
+        includes: &Arc::default(),
+        exec_limit: 1000,
+    };
+    let too_deep = [
+        "{".repeat(868),
+        format!("{}1{}", "{".repeat(300), "}".repeat(300)),
+        format!("{}1{}", "(".repeat(300), ")".repeat(300)),
+        format!("{}1", "- ".repeat(300)),
+        format!("'a'{}", " .. 'a'".repeat(300)),
+        format!(
+            ";{}return 1{}",
+            "if true then ".repeat(300),
+            " end".repeat(300)
+        ),
+    ];
+    for code in &too_deep {
+        let e = f.compile(code).expect_err(code).to_string();
+        assert!(e.contains("nesting deeper than 64 levels"), "{e}");
+        let e = Compiled::compile(code, &env).expect_err(code).to_string();
+        assert!(
+            e.contains("syntax levels") || e.contains("overflow"),
+            "interpreter: {e}"
+        );
+    }
+    // Between the two limits: the interpreter tier runs it.
+    let mid = format!("{}1{}", "(".repeat(100), ")".repeat(100));
+    assert!(f.compile(&mid).is_err());
+    let c = Compiled::compile(&mid, &env).expect("100 levels load in the interpreter tier");
+    assert_eq!(c.tier(), Tier::Interpreter);
+    // Within the native limit: native.
+    let shallow = format!("{}'192.0.2.1'{}", "(".repeat(40), ")".repeat(40));
+    assert_eq!(f.run(&shallow), s(&["192.0.2.1"]));
+}
+
 #[test]
 fn include_inlines_settings_and_registers_checks_at_load() {
     let mut f = Fixture::new();

@@ -71,6 +71,42 @@ fn holder() -> Option<String> {
         .filter(|h| h.starts_with("ctrl-"))
 }
 
+/// The Continuum `shop/orders` over `regions` (region i serves 192.0.2.(i+1)), lease TTL
+/// [`TTL_S`] renewed every second, optionally witnessed by `witness` (quorum 2).
+fn write_manifest(
+    dir: &Path,
+    regions: &[&str],
+    witness: Option<&str>,
+    automatic: bool,
+) -> anyhow::Result<std::path::PathBuf> {
+    use std::fmt::Write as _;
+    let mut y = String::from(
+        "apiVersion: dr.openova.io/v1\nkind: Continuum\nmetadata: {name: orders, namespace: shop}\nspec:\n  application: orders\n  primary: a\n  regions:\n",
+    );
+    for (i, r) in regions.iter().enumerate() {
+        writeln!(y, "    - {{name: {r}, endpoints: ['192.0.2.{}']}}", i + 1)?;
+    }
+    writeln!(y, "  lease: {{renewSeconds: 1, ttlSeconds: {TTL_S}}}")?;
+    if let Some(w) = witness {
+        writeln!(y, "  witness: {{instances: {w}, quorum: 2}}")?;
+    }
+    writeln!(
+        y,
+        "  switchover: {{automatic: {automatic}, drainSeconds: 0}}\n  dns: {{zone: nemesis.example, group: orders, record: app.nemesis.example, ttl: 1}}"
+    )?;
+    let manifest = dir.join("continuum.yaml");
+    std::fs::write(&manifest, y)?;
+    Ok(manifest)
+}
+
+/// Controller options of both tests: fast probes, a 500 ms lease margin.
+fn controller_args() -> Vec<String> {
+    ["--probe-ms", "200", "--margin-ms", "500"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+}
+
 /// What one run saw.
 #[derive(Debug)]
 struct RunResult {
@@ -98,27 +134,9 @@ fn run_once(dir: &Path, seed: u64, duration: Duration) -> anyhow::Result<RunResu
          app IN LUA A \"failover('orders', {a = {'192.0.2.1'}, b = {'192.0.2.2'}, c = {'192.0.2.3'}}, 'a')\"\n",
         NATS,
     )?;
-    let manifest = dir.join("continuum.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
-            "apiVersion: dr.openova.io/v1\nkind: Continuum\nmetadata: {{name: orders, namespace: shop}}\nspec:\n  application: orders\n  primary: a\n  regions:\n\
-             \x20   - {{name: a, endpoints: ['192.0.2.1']}}\n\
-             \x20   - {{name: b, endpoints: ['192.0.2.2']}}\n\
-             \x20   - {{name: c, endpoints: ['192.0.2.3']}}\n\
-             \x20 lease: {{renewSeconds: 1, ttlSeconds: {TTL_S}}}\n\
-             \x20 witness: {{instances: ['{}', '{}', '{}'], quorum: 2}}\n\
-             \x20 switchover: {{automatic: true, drainSeconds: 0}}\n\
-             \x20 dns: {{zone: nemesis.example, group: orders, record: app.nemesis.example, ttl: 1}}\n",
-            dns_addr(0),
-            dns_addr(1),
-            dns_addr(2)
-        ),
-    )?;
-    let extra: Vec<String> = ["--probe-ms", "200", "--margin-ms", "500"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+    let witness = format!("['{}', '{}', '{}']", dns_addr(0), dns_addr(1), dns_addr(2));
+    let manifest = write_manifest(dir, &REGIONS, Some(&witness), true)?;
+    let extra = controller_args();
     for (i, r) in (0u16..).zip(REGIONS) {
         start_controller(&mut procs, dir, &manifest, &NATS.urls_from(i), r, &extra)?;
     }
@@ -402,22 +420,8 @@ fn a_write_based_on_a_read_before_the_takeover_loses() -> anyhow::Result<()> {
     };
     let read_rev = rt.block_on(create(&st.state, &key, &initial))?;
 
-    let manifest = dir.join("continuum.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
-            "apiVersion: dr.openova.io/v1\nkind: Continuum\nmetadata: {{name: orders, namespace: shop}}\nspec:\n  application: orders\n  primary: a\n  regions:\n\
-             \x20   - {{name: a, endpoints: ['192.0.2.1']}}\n\
-             \x20   - {{name: b, endpoints: ['192.0.2.2']}}\n\
-             \x20 lease: {{renewSeconds: 1, ttlSeconds: {TTL_S}}}\n\
-             \x20 switchover: {{automatic: false, drainSeconds: 0}}\n\
-             \x20 dns: {{zone: nemesis.example, group: orders, record: app.nemesis.example, ttl: 1}}\n"
-        ),
-    )?;
-    let extra: Vec<String> = ["--probe-ms", "200", "--margin-ms", "500"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+    let manifest = write_manifest(&dir, &["a", "b"], None, false)?;
+    let extra = controller_args();
     start_controller(&mut procs, &dir, &manifest, &NATS.urls_from(1), "b", &extra)?;
     let holder_epoch = || {
         rt.block_on(Store::read::<LeaseRecord>(&st.leases, &key))

@@ -70,6 +70,18 @@ impl<'e> Compiler<'e> {
         r
     }
 
+    /// A chain built in a loop (`a + b + c`, `x.y.z`, `q:m():m()`) nests its tree one level per
+    /// link without the compiler recursing: past [`MAX_SYNTAX_LEVELS`] it too is left to the
+    /// interpreter tier, so evaluating and dropping a native tree stays shallow.
+    fn chain_link(&self, links: usize) -> Result<(), CompileError> {
+        if self.levels + links > MAX_SYNTAX_LEVELS {
+            return Err(
+                self.unsupported(&format!("nesting deeper than {MAX_SYNTAX_LEVELS} levels"))
+            );
+        }
+        Ok(())
+    }
+
     /// Compile a chunk of statements (the whole of `src`).
     pub(super) fn chunk(&mut self, src: &str) -> Result<Vec<Stmt>, CompileError> {
         let saved = (std::mem::take(&mut self.toks), self.pos);
@@ -407,6 +419,7 @@ impl<'e> Compiler<'e> {
 
     fn binary_inner(&mut self, min_prec: u8) -> Result<Expr, CompileError> {
         let mut lhs = self.unary()?;
+        let mut links = 0;
         loop {
             if let Tok::Op(op @ ("//" | "&" | "|" | "~" | "<<" | ">>")) = self.peek() {
                 return Err(self.unsupported(&format!("operator `{op}`")));
@@ -417,6 +430,8 @@ impl<'e> Compiler<'e> {
             if prec < min_prec {
                 break;
             }
+            links += 1;
+            self.chain_link(links)?;
             self.next();
             let next_min = if right_assoc { prec } else { prec + 1 };
             let rhs = self.binary(next_min)?;
@@ -523,7 +538,8 @@ impl<'e> Compiler<'e> {
                 return Err(self.unexpected(&t));
             }
         };
-        loop {
+        for links in 1.. {
+            self.chain_link(links)?;
             if self.is_op("(") || self.is_op("{") || matches!(self.peek(), Tok::Str(_)) {
                 let call_offset = self.offset();
                 let Target::Name(name) = &target else {

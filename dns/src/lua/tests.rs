@@ -197,6 +197,21 @@ fn deep_nesting_goes_to_the_interpreter_tier_and_past_lua_limit_fails_to_load() 
     // Within the native limit: native.
     let shallow = format!("{}'192.0.2.1'{}", "(".repeat(40), ")".repeat(40));
     assert_eq!(f.run(&shallow), s(&["192.0.2.1"]));
+    // Chains built in a loop nest the tree as deeply (a 1,000-term sum overflowed the stack
+    // when evaluated): long ones go to the interpreter tier, short ones stay native.
+    let sum = |n: usize| {
+        format!(
+            ";local x = 1 if who then x = 2 end return x{}",
+            "+x".repeat(n)
+        )
+    };
+    for code in [sum(5_000), format!("qname{}", ":toString()".repeat(5_000))] {
+        let e = f.compile(&code).expect_err("native").to_string();
+        assert!(e.contains("nesting deeper than 64 levels"), "{e}");
+        let c = Compiled::compile(&code, &env).expect("the interpreter tier loads it");
+        assert_eq!(c.tier(), Tier::Interpreter);
+    }
+    assert_eq!(f.run(&sum(50)), s(&["102"]));
 }
 
 #[test]

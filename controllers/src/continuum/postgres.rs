@@ -13,7 +13,9 @@
 //!   that is a primary while another region is active is stopped, rewound with `pg_rewind`
 //!   against the active primary, and restarted as its standby (`standby.signal`,
 //!   `primary_conninfo`); the active primary then gets `synchronous_standby_names = '*'` back
-//!   once the standby streams.
+//!   once the standby streams. A server is only ever rewound onto a primary on a newer timeline
+//!   than its own ([`rejoin_allowed`]): a rewind onto an older or the same timeline would
+//!   discard writes the local server took as a primary, so it is refused and logged instead.
 
 use std::{
     path::{Path, PathBuf},
@@ -256,6 +258,67 @@ pub async fn promote(
     Ok(())
 }
 
+/// The timeline a primary writes on: the first 8 hex digits of its current WAL file name
+/// (a freshly promoted server reports its new timeline at once, unlike its control file, which
+/// changes only at the next checkpoint). An error for a standby.
+pub async fn primary_timeline(t: &PgTarget, auth: &PgAuth) -> anyhow::Result<u32> {
+    let c = connect(t, auth).await?;
+    let row = tokio::time::timeout(
+        auth.connect_timeout * 3,
+        c.query_one(
+            "SELECT CASE WHEN pg_is_in_recovery() THEN NULL \
+             ELSE pg_walfile_name(pg_current_wal_lsn()) END",
+            &[],
+        ),
+    )
+    .await
+    .with_context(|| format!("timeline of {}:{} timed out", t.host, t.port))??;
+    let name: Option<String> = row.try_get(0)?;
+    let name = name.with_context(|| format!("{}:{} is a standby", t.host, t.port))?;
+    wal_name_timeline(&name)
+        .with_context(|| format!("{}:{}: unexpected WAL file name `{name}`", t.host, t.port))
+}
+
+/// The timeline of a WAL segment (`000000030000000000000004`) or history file
+/// (`00000003.history`) name.
+fn wal_name_timeline(name: &str) -> Option<u32> {
+    let hex = match name.strip_suffix(".history") {
+        Some(tli) if tli.len() == 8 => tli,
+        None if name.len() == 24 => &name[..8],
+        Some(_) | None => return None,
+    };
+    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u32::from_str_radix(hex, 16).ok()
+}
+
+/// The newest timeline a data directory has WAL or history for (`pg_wal/`): a promotion writes
+/// the new timeline's history file at once, so this holds for a running, a stopped and a
+/// crashed server alike.
+pub fn local_timeline(data: &Path) -> anyhow::Result<u32> {
+    let dir = data.join("pg_wal");
+    let mut newest = None;
+    for entry in
+        std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?
+    {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        if let Some(t) = entry.file_name().to_str().and_then(wal_name_timeline) {
+            newest = newest.max(Some(t));
+        }
+    }
+    newest.with_context(|| format!("{} holds no WAL or history file", dir.display()))
+}
+
+/// Whether a server on `local` may be rewound onto a primary on `active`: only onto a newer
+/// timeline. The active primary was promoted after the local server stopped being primary
+/// exactly when its timeline is newer; on the same or an older one, the local server holds
+/// writes the active primary does not (a rewind would discard them) — or the controller acted
+/// on a stale view of which region is active.
+pub fn rejoin_allowed(local: u32, active: u32) -> bool {
+    active > local
+}
+
 /// On the active primary: turn synchronous replication back on once a standby streams.
 pub async fn ensure_sync(t: &PgTarget, auth: &PgAuth) -> anyhow::Result<bool> {
     let c = connect(t, auth).await?;
@@ -436,4 +499,51 @@ fn write_standby_config(data: &Path, conninfo: &str) -> anyhow::Result<()> {
     std::fs::write(data.join("standby.signal"), b"")
         .with_context(|| format!("cannot write standby.signal in {}", data.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timelines_come_from_wal_and_history_file_names() {
+        assert_eq!(wal_name_timeline("000000030000000000000004"), Some(3));
+        assert_eq!(wal_name_timeline("0000000A.history"), Some(10));
+        assert_eq!(wal_name_timeline("000000010000000000000001.partial"), None);
+        assert_eq!(wal_name_timeline("archive_status"), None);
+        assert_eq!(wal_name_timeline("0000000G0000000000000004"), None);
+        assert_eq!(wal_name_timeline("003.history"), None);
+    }
+
+    #[test]
+    fn the_local_timeline_is_the_newest_in_pg_wal() {
+        let dir = std::env::temp_dir().join(format!("catalyst-tli-{}", std::process::id()));
+        let wal = dir.join("pg_wal");
+        std::fs::create_dir_all(wal.join("archive_status")).expect("mkdir");
+        for f in [
+            "000000010000000000000003",
+            "000000020000000000000003",
+            "00000002.history",
+            "00000003.history",
+        ] {
+            std::fs::write(wal.join(f), b"").expect("write");
+        }
+        assert_eq!(local_timeline(&dir).expect("timeline"), 3);
+        std::fs::remove_dir_all(wal.join("archive_status")).expect("rm");
+        for f in std::fs::read_dir(&wal).expect("ls") {
+            std::fs::remove_file(f.expect("entry").path()).expect("rm");
+        }
+        let err = local_timeline(&dir).expect_err("empty pg_wal");
+        assert!(err.to_string().contains("holds no WAL"), "{err:#}");
+        std::fs::remove_dir_all(&dir).expect("rm");
+        let err = local_timeline(&dir).expect_err("no pg_wal");
+        assert!(err.to_string().contains("cannot list"), "{err:#}");
+    }
+
+    #[test]
+    fn a_server_is_rewound_only_onto_a_newer_timeline() {
+        assert!(rejoin_allowed(2, 3));
+        assert!(!rejoin_allowed(3, 3));
+        assert!(!rejoin_allowed(3, 2));
+    }
 }

@@ -144,6 +144,9 @@ struct Controller {
     witnesses: Vec<SocketAddr>,
     /// The epoch last stamped on the state and `dns-failover` by us.
     fenced: Option<u64>,
+    /// The last rejoin refused (local timeline, active primary's timeline, active region): said
+    /// once, not every pass.
+    refused_rejoin: Option<(Option<u32>, Option<u32>, String)>,
     /// `metadata.generation` of the Continuum.
     generation: i64,
     /// Conditions last computed for the CR status (transition times kept across writes).
@@ -209,6 +212,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         last_blocked: None,
         witnesses,
         fenced: None,
+        refused_rejoin: None,
         generation: c.metadata.generation.unwrap_or(0),
         cr_conditions: Vec::new(),
         opts,
@@ -932,10 +936,48 @@ impl Controller {
         let local_is_orphan = mine.up && mine.standby == Some(false);
         // Stopped or crashed; a server still starting (crash recovery) counts as running.
         let local_down = !mine.up && !local.running().await;
-        if (local_is_orphan || local_down) && theirs.up && theirs.standby == Some(false) {
-            local.rejoin(&primary, &self.opts.pg).await?;
+        if !((local_is_orphan || local_down) && theirs.up && theirs.standby == Some(false)) {
+            return Ok(());
         }
-        Ok(())
+        // A rewind discards what the local server wrote since the histories diverged: only
+        // onto a primary promoted after it (a newer timeline). A stale view of the state (an
+        // old stream leader that has not yet seen the new term answers reads until it does)
+        // could otherwise name the wrong region active and rewind the newest primary.
+        let local_tli = postgres::local_timeline(&local.data);
+        let active_tli = postgres::primary_timeline(&primary, &self.opts.pg).await;
+        match (local_tli, active_tli) {
+            (Ok(l), Ok(a)) if postgres::rejoin_allowed(l, a) => {}
+            (l, a) => {
+                let seen = (
+                    l.as_ref().ok().copied(),
+                    a.as_ref().ok().copied(),
+                    state.active_region.clone(),
+                );
+                if self.refused_rejoin.as_ref() != Some(&seen) {
+                    warn!(
+                        local_timeline = ?l.map_err(|e| format!("{e:#}")),
+                        active = state.active_region,
+                        active_timeline = ?a.map_err(|e| format!("{e:#}")),
+                        "not rejoining as standby: the active region's primary is not on a \
+                         newer timeline than the local server (a rewind would discard local \
+                         writes); the controller retries while this lasts"
+                    );
+                    self.refused_rejoin = Some(seen);
+                }
+                return Ok(());
+            }
+        }
+        // Read barrier: the state is rewritten unchanged at the revision read. Only a current
+        // stream leader with a quorum accepts it, so it proves the state read was the newest.
+        if let Err(e) = Store::cas(&self.store.state, &self.key, &state, v.revision).await {
+            info!(
+                error = format!("{e:#}"),
+                "rejoin deferred: the state read could not be confirmed as current"
+            );
+            return Ok(());
+        }
+        self.refused_rejoin = None;
+        local.rejoin(&primary, &self.opts.pg).await
     }
 
     fn write_status(&self, s: &State) {

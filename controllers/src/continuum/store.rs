@@ -146,7 +146,9 @@ impl Store {
     /// what KV reads use by default): a replica cut off in a partition, or one still catching
     /// up after it, would otherwise serve an old lease and an old state — the controller of a
     /// healed region would keep seeing itself as holder. On the minority side of a partition
-    /// there is no leader and the read fails, which is what the lease logic needs.
+    /// there is no leader and the read fails, which is what the lease logic needs. Still not
+    /// linearizable: a node that led the stream before a partition answers until it hears of the
+    /// new term, so decisions go by compare-and-set (and a rejoin confirms its read first).
     pub async fn read<T: DeserializeOwned>(
         kv: &kv::Store,
         key: &str,

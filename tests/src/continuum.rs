@@ -1032,3 +1032,96 @@ fn sh(args: &[&str]) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// After a failed run: the last `lines` distinct lines (ANSI colours stripped, repeats of the
+/// same message folded) of every controller log in `dir`, on stderr — so a CI log that keeps
+/// only the test's output still shows what each controller did last.
+pub fn print_controller_log_tails(dir: &Path, lines: usize) {
+    eprint!("{}", controller_log_tails(dir, lines));
+}
+
+/// What [`print_controller_log_tails`] prints.
+pub fn controller_log_tails(dir: &Path, lines: usize) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    let mut logs: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "log")
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("ctrl-"))
+        })
+        .collect();
+    logs.sort();
+    for p in logs {
+        let text = std::fs::read_to_string(&p).unwrap_or_default();
+        let mut tail: Vec<String> = Vec::new();
+        for line in text.lines().rev() {
+            let clean = strip_ansi(line);
+            // Fold repeats: the message after the timestamp decides.
+            let message = clean.split_once(' ').map_or(clean.as_str(), |(_, m)| m);
+            if tail
+                .last()
+                .is_some_and(|l| l.split_once(' ').map_or(l.as_str(), |(_, m)| m) == message)
+            {
+                continue;
+            }
+            tail.push(clean.chars().take(300).collect());
+            if tail.len() == lines {
+                break;
+            }
+        }
+        let _ = writeln!(out, "--- last lines of {} ---", p.display());
+        for l in tail.iter().rev() {
+            let _ = writeln!(out, "{l}");
+        }
+    }
+    out
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_tails_fold_repeats_and_strip_colours() {
+        let dir = std::env::temp_dir().join(format!("catalyst-tails-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(
+            dir.join("ctrl-a.log"),
+            "t1 \u{1b}[32mINFO\u{1b}[0m started\nt2 WARN unreachable\nt3 WARN unreachable\nt4 INFO rejoined\n",
+        )
+        .expect("write");
+        std::fs::write(dir.join("nats-a.log"), "not a controller log\n").expect("write");
+        let out = controller_log_tails(&dir, 10);
+        std::fs::remove_dir_all(&dir).expect("rm");
+        let lines: Vec<&str> = out.lines().skip(1).collect();
+        assert_eq!(
+            lines,
+            ["t1 INFO started", "t3 WARN unreachable", "t4 INFO rejoined"]
+        );
+        assert!(!out.contains("not a controller log"));
+    }
+}

@@ -86,6 +86,7 @@ fn continuum_switchover_and_failover_with_postgres_nats_cluster_and_dns() -> any
     if result.is_ok() {
         let _ = std::fs::remove_dir_all(&dir);
     } else {
+        catalyst_tests::continuum::print_controller_log_tails(&dir, 12);
         eprintln!("logs kept in {}", dir.display());
     }
     result

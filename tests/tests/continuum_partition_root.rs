@@ -79,6 +79,7 @@ fn continuum_fails_over_across_partitions_without_losing_rows() -> anyhow::Resul
     if result.is_ok() && std::env::var_os("CATALYST_KEEP_LOGS").is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     } else {
+        catalyst_tests::continuum::print_controller_log_tails(&dir, 12);
         eprintln!("logs kept in {}", dir.display());
     }
     drop(net);

@@ -64,6 +64,7 @@ fn a_stale_view_never_rewinds_the_newer_primary() -> anyhow::Result<()> {
     if result.is_ok() && std::env::var_os("CATALYST_KEEP_LOGS").is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     } else {
+        catalyst_tests::continuum::print_controller_log_tails(&dir, 12);
         eprintln!("logs kept in {}", dir.display());
     }
     result

@@ -9,14 +9,16 @@
 //! Each longest-prefix lookup is an exact hash lookup first (single addresses, policy entries of
 //! one protocol and port: the common entries, and the longest prefixes a key can match), then
 //! the LPM trie of the shorter prefixes on a miss: the same answer as one trie holding both, at
-//! the cost of a hash lookup where a trie walk was.
+//! the cost of a hash lookup where a trie walk was. The wildcard lookup is skipped when it
+//! cannot change the verdict (`EP_F_*_NO_ANY_DENY`).
 
 use aya_ebpf::maps::lpm_trie::Key;
 use catalyst_policy::datapath::{
     ACTION_ALLOW, ACTION_DENY, CFG_F_AUDIT, DIR_INGRESS, DROP_NONE, DROP_POLICY_DENIED,
-    DROP_POLICY_DENY, DatapathConfig, EP_F_AUDIT, EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED,
-    EndpointInfo, IDENTITY_ANY, IDENTITY_WORLD, MATCH_NONE, POLICY_PREFIX_FULL_BITS, PolicyEntry,
-    PolicyKey, VERDICT_AUDIT, VERDICT_DROPPED, VERDICT_FORWARDED,
+    DROP_POLICY_DENY, DatapathConfig, EP_F_AUDIT, EP_F_EGRESS_ENFORCED, EP_F_EGRESS_NO_ANY_DENY,
+    EP_F_INGRESS_ENFORCED, EP_F_INGRESS_NO_ANY_DENY, EndpointInfo, IDENTITY_ANY, IDENTITY_WORLD,
+    MATCH_NONE, POLICY_PREFIX_FULL_BITS, PolicyEntry, PolicyKey, VERDICT_AUDIT, VERDICT_DROPPED,
+    VERDICT_FORWARDED,
 };
 
 use crate::{IPCACHE4, IPCACHE6, IPHOST4, IPHOST6, POLICY, POLICY_EXACT};
@@ -101,11 +103,20 @@ pub fn decide(
 ) -> Decision {
     let peer_id = peer_identity(peer, family);
     let specific = lookup(ep.endpoint_id, peer_id, dir, protocol, port);
-    let wildcard = lookup(ep.endpoint_id, IDENTITY_ANY, dir, protocol, port);
-    let enforced_bit = if dir == DIR_INGRESS {
-        EP_F_INGRESS_ENFORCED
+    let (enforced_bit, no_any_deny) = if dir == DIR_INGRESS {
+        (EP_F_INGRESS_ENFORCED, EP_F_INGRESS_NO_ANY_DENY)
     } else {
-        EP_F_EGRESS_ENFORCED
+        (EP_F_EGRESS_ENFORCED, EP_F_EGRESS_NO_ANY_DENY)
+    };
+    // The wildcard entry cannot change a specific deny (deny wins, the specific one first), nor
+    // a specific allow when the endpoint has no wildcard deny in this direction (an allow from
+    // either is the specific one's): a new connection then costs one policy lookup, not two.
+    let wildcard = if specific.action == ACTION_DENY
+        || (specific.action == ACTION_ALLOW && ep.flags & no_any_deny != 0)
+    {
+        PolicyEntry::default()
+    } else {
+        lookup(ep.endpoint_id, IDENTITY_ANY, dir, protocol, port)
     };
 
     let mut d = Decision {

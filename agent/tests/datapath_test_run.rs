@@ -1827,3 +1827,73 @@ fn event_kinds_turned_off_produce_no_events() {
     );
     assert_eq!(drain(), [EVENT_POLICY_VERDICT], "verdict events are back");
 }
+
+/// A deny for every peer (the wildcard identity) beats an allow of the peer's own identity, also
+/// where the datapath skips the wildcard lookup after an allowed identity (`EP_F_*_NO_ANY_DENY`:
+/// only in a direction without wildcard denies).
+#[test]
+fn a_wildcard_deny_beats_an_allowed_identity() {
+    use catalyst_policy::datapath::{EP_F_EGRESS_NO_ANY_DENY, EP_F_INGRESS_NO_ANY_DENY};
+    const WILDCARD_DENY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: client}}]
+      toPorts: [{ports: [{port: "80", protocol: TCP}, {port: "443", protocol: TCP}]}]
+  ingressDeny:
+    - fromEntities: [all]
+      toPorts: [{ports: [{port: "443", protocol: TCP}]}]
+  egress:
+    - toEndpoints: [{matchLabels: {app: client}}]
+"#;
+    if !root_or_skip("a_wildcard_deny_beats_an_allowed_identity") {
+        return;
+    }
+    let (f, compiled, _) = fixture("anydeny", WILDCARD_DENY, false);
+    let flags = lo_only(&compiled)
+        .endpoints
+        .first()
+        .map(|(_, info)| info.flags)
+        .expect("web's endpoint info");
+    assert_eq!(
+        flags & EP_F_INGRESS_NO_ANY_DENY,
+        0,
+        "ingress has a wildcard deny"
+    );
+    assert_ne!(flags & EP_F_EGRESS_NO_ANY_DENY, 0, "egress has none");
+    let mut sport = 40_000;
+    for (port, ret, reason) in [(80u16, PASS, None), (443, DROP, Some(DROP_POLICY_DENY))] {
+        sport += 1;
+        expect(
+            &f,
+            &format!("client → web:{port}"),
+            PROG_TO_ENDPOINT,
+            &ipv4(CLIENT, WEB, 6, &tcp(sport, port, 0x02), 0),
+            ret,
+            DIR_INGRESS,
+            reason,
+        );
+    }
+    // Egress: the allowed identity decides alone; a peer nothing allows is denied by default.
+    expect(
+        &f,
+        "web → client:5432",
+        PROG_FROM_ENDPOINT,
+        &ipv4(WEB, CLIENT, 6, &tcp(40_100, 5432, 0x02), 0),
+        PASS,
+        DIR_EGRESS,
+        None,
+    );
+    expect(
+        &f,
+        "web → world:5432",
+        PROG_FROM_ENDPOINT,
+        &ipv4(WEB, [8, 8, 8, 8], 6, &tcp(40_101, 5432, 0x02), 0),
+        DROP,
+        DIR_EGRESS,
+        Some(DROP_POLICY_DENIED),
+    );
+}

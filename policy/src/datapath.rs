@@ -202,6 +202,13 @@ pub const EP_F_AUDIT: u32 = 1 << 2;
 /// address other than [`EndpointInfo::ipv4`] / [`EndpointInfo::ipv6`] is dropped with
 /// [`DROP_INVALID_SOURCE_IP`].
 pub const EP_F_NO_SOURCE_CHECK: u32 = 1 << 3;
+/// No policy entry of this endpoint denies the wildcard identity ([`IDENTITY_ANY`]) on ingress:
+/// when the peer's own identity is allowed, the wildcard lookup cannot change the verdict and
+/// the datapath skips it. (A negative flag: an endpoint written without it — by an older agent
+/// — gets both lookups, never a missed deny.)
+pub const EP_F_INGRESS_NO_ANY_DENY: u32 = 1 << 4;
+/// [`EP_F_INGRESS_NO_ANY_DENY`] for egress.
+pub const EP_F_EGRESS_NO_ANY_DENY: u32 = 1 << 5;
 
 /// Value of [`MAP_ENDPOINTS`], keyed by the host-side ifindex (`u32`).
 #[repr(C)]

@@ -23,9 +23,9 @@ use super::{
     shadow_allows, sorted_endpoints,
 };
 use crate::datapath::{
-    ACTION_ALLOW, ACTION_DENY, EP_F_AUDIT, EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED,
-    EP_F_NO_SOURCE_CHECK, EndpointInfo, IDENTITY_ANY, IpcacheEntry, POLICY_PREFIX_EXACT_BITS,
-    PolicyEntry, PolicyKey,
+    ACTION_ALLOW, ACTION_DENY, EP_F_AUDIT, EP_F_EGRESS_ENFORCED, EP_F_EGRESS_NO_ANY_DENY,
+    EP_F_INGRESS_ENFORCED, EP_F_INGRESS_NO_ANY_DENY, EP_F_NO_SOURCE_CHECK, EndpointInfo,
+    IDENTITY_ANY, IpcacheEntry, POLICY_PREFIX_EXACT_BITS, PolicyEntry, PolicyKey,
 };
 use crate::endpoint::{Endpoint, all_named_ports};
 use crate::identity::{CidrAllocator, IdentityAllocator};
@@ -510,6 +510,19 @@ fn compile_endpoint(
                     );
                 }
             }
+        }
+    }
+    // Skipping the wildcard lookup after an allowed identity is exact only without wildcard
+    // denies in that direction (checked on the entries themselves, after named ports resolved).
+    for dir in Direction::ALL {
+        let any_deny = groups
+            .get(&(IDENTITY_ANY, dir.datapath()))
+            .is_some_and(|g| g.values().any(|acc| acc.action == ACTION_DENY));
+        if !any_deny {
+            flags |= match dir {
+                Direction::Ingress => EP_F_INGRESS_NO_ANY_DENY,
+                Direction::Egress => EP_F_EGRESS_NO_ANY_DENY,
+            };
         }
     }
     EndpointCompiled {

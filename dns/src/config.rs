@@ -33,6 +33,17 @@ pub enum ConfigError {
     Invalid { path: String, reason: String },
 }
 
+/// [`Config::udp_socket`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UdpSocketMode {
+    /// One socket per listen address, read by every worker.
+    #[default]
+    Shared,
+    /// One `SO_REUSEPORT` socket per worker.
+    PerWorker,
+}
+
 /// Top-level configuration.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -54,6 +65,12 @@ pub struct Config {
     /// Switches itself off if the kernel or route refuses it. Default true.
     #[serde(default = "default_true")]
     pub udp_gso: bool,
+    /// How the UDP workers of a listen address receive: `shared` (one socket all workers read:
+    /// a datagram goes to whichever worker is free) or `per_worker` (each worker its own
+    /// `SO_REUSEPORT` socket: the kernel spreads clients over them by address hash, so a few busy
+    /// clients can leave a worker idle while another queues). Default `shared`.
+    #[serde(default)]
+    pub udp_socket: UdpSocketMode,
     /// Serve TCP (through hickory-server). Default true.
     #[serde(default = "default_true")]
     pub tcp: bool,

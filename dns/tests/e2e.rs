@@ -781,3 +781,81 @@ fn pickrandom_is_uniform_and_served_from_the_choice_cache() {
     // Weight 3 of 4: 300 expected, σ ≈ 8.7.
     assert!((250..=350).contains(&heavy), "{heavy} of 400");
 }
+
+/// Both ways of spreading UDP over workers (`udp_socket: shared`, whose workers take turns
+/// receiving, and `per_worker` sockets) answer every query of bursts from many clients, and the
+/// query counter (added per batch from each worker's tally) counts each exactly once.
+#[test]
+fn both_udp_socket_modes_answer_every_query_and_count_each_once() {
+    use hickory_proto::op::Query;
+    use hickory_proto::rr::Name;
+    const CLIENTS: usize = 8;
+    const ROUNDS: usize = 10;
+    const BURST: usize = 50;
+    for mode in ["shared", "per_worker"] {
+        let dir = scratch(&format!("udp-{mode}"));
+        let port = free_port();
+        let mport = free_port();
+        let cfg = config(port, &[("example.org", &example_zone())], "")
+            .replace(
+                "udp_workers: 1",
+                &format!("udp_workers: 3\nudp_socket: {mode}"),
+            )
+            .replace(
+                "metrics: {listen: null}",
+                &format!("metrics: {{listen: \"127.0.0.1:{mport}\"}}"),
+            );
+        let _srv = start_catalyst(&dir, &cfg, port);
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                std::thread::spawn(move || {
+                    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                    let mut answered = 0usize;
+                    for round in 0..ROUNDS {
+                        let mut want = std::collections::BTreeSet::new();
+                        for i in 0..BURST {
+                            let id = u16::try_from(c * ROUNDS * BURST + round * BURST + i)
+                                .expect("ids fit");
+                            let mut m = Message::query();
+                            m.metadata.id = id;
+                            m.add_query(Query::query(
+                                "www.example.org.".parse::<Name>().unwrap(),
+                                RecordType::AAAA,
+                            ));
+                            s.send_to(&m.to_vec().unwrap(), ("127.0.0.1", port))
+                                .unwrap();
+                            want.insert(id);
+                        }
+                        let mut buf = [0u8; 1500];
+                        while !want.is_empty() {
+                            let Ok(n) = s.recv(&mut buf) else {
+                                panic!("client {c} round {round}: {} answers missing", want.len());
+                            };
+                            let id = u16::from_be_bytes([buf[0], buf[1]]);
+                            assert!(want.remove(&id), "client {c}: unexpected answer id {id}");
+                            assert!(Message::from_vec(&buf[..n]).is_ok(), "answer parses");
+                            answered += 1;
+                        }
+                    }
+                    answered
+                })
+            })
+            .collect();
+        let answered: usize = clients.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(answered, CLIENTS * ROUNDS * BURST, "{mode}");
+        let total = CLIENTS * ROUNDS * BURST;
+        let line =
+            format!("catalyst_dns_queries_total{{rcode=\"NOERROR\",qtype=\"AAAA\"}} {total}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut metrics = http_get(mport, "/metrics");
+        while !metrics.contains(&line) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            metrics = http_get(mport, "/metrics");
+        }
+        assert!(
+            metrics.contains(&line),
+            "{mode}: want `{line}` in\n{metrics}"
+        );
+    }
+}

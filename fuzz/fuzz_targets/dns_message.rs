@@ -13,7 +13,7 @@ use catalyst_dns::{
     cache::AnswerCache,
     failover::FailoverState,
     health::{HealthConfig, Registry},
-    metrics::DnsMetrics,
+    metrics::{DnsMetrics, QueryTally},
     server::udp,
     zone::{ChunkJoin, Zone, ZoneSource, parser},
 };
@@ -51,11 +51,23 @@ fn catalog() -> &'static Catalog {
 
 fuzz_target!(|data: &[u8]| {
     let mut cache = AnswerCache::new(64);
+    let mut tally = QueryTally::default();
     let mut out = Vec::new();
     let src: SocketAddr = "192.0.2.7:5353".parse().unwrap();
     for _ in 0..2 {
         out.clear();
-        if !udp::handle(data, src, src.ip(), catalog(), &mut cache, true, &mut out) {
+        let reply = udp::handle(
+            data,
+            src,
+            src.ip(),
+            catalog(),
+            &mut cache,
+            &mut tally,
+            true,
+            &mut out,
+        );
+        tally.flush(&catalog().metrics);
+        if !reply {
             continue;
         }
         assert!(out.len() >= 12, "answer shorter than a header: {out:?}");

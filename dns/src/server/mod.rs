@@ -332,6 +332,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Server
                     ecs: cfg.lua.ecs,
                     batch: cfg.udp_batch,
                     gso: cfg.udp_gso,
+                    shared_socket: cfg.udp_socket == crate::config::UdpSocketMode::Shared,
                 },
                 &stop,
             )

@@ -6,7 +6,7 @@ use std::{
     io,
     net::{IpAddr, SocketAddr, UdpSocket},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
@@ -24,6 +24,7 @@ use super::{
 use crate::{
     cache::{AnswerCache, Hit, QKey, patch},
     catalog::Catalog,
+    metrics::QueryTally,
 };
 
 /// Bind one UDP socket with `SO_REUSEPORT` so several workers share the address.
@@ -59,6 +60,8 @@ pub struct Options {
     pub batch: usize,
     /// Send a batch's same-size replies to one client as one segmented send (`UDP_SEGMENT`).
     pub gso: bool,
+    /// All workers read one socket (else each its own `SO_REUSEPORT` socket).
+    pub shared_socket: bool,
 }
 
 /// Start `opts.workers` threads serving `addr`.
@@ -69,15 +72,23 @@ pub fn spawn(
     stop: &Arc<AtomicBool>,
 ) -> io::Result<Vec<JoinHandle<()>>> {
     let mut handles = Vec::new();
+    let shared = if opts.shared_socket {
+        Some((bind_reuseport(addr)?, Arc::new(Mutex::new(()))))
+    } else {
+        None
+    };
     for i in 0..opts.workers.max(1) {
-        let socket = bind_reuseport(addr)?;
+        let (socket, receiver) = match &shared {
+            Some((s, lock)) => (s.try_clone()?, Some(lock.clone())),
+            None => (bind_reuseport(addr)?, None),
+        };
         let catalog = catalog.clone();
         let stop = stop.clone();
         let h = std::thread::Builder::new()
             .name(format!("dns-udp-{i}"))
             .spawn(move || {
                 if opts.batch > 1 {
-                    batched_worker(&socket, &catalog, opts, &stop);
+                    batched_worker(&socket, receiver.as_deref(), &catalog, opts, &stop);
                 } else {
                     worker(&socket, &catalog, opts.cache_entries, opts.ecs, &stop);
                 }
@@ -98,6 +109,7 @@ fn worker(
         .local_addr()
         .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
     let mut cache = AnswerCache::new(cache_entries);
+    let mut tally = QueryTally::default();
     let mut buf = [0u8; 4096];
     let mut out = Vec::with_capacity(4096);
     while !stop.load(Ordering::Relaxed) {
@@ -119,26 +131,59 @@ fn worker(
             }
         };
         out.clear();
-        if handle(&buf[..len], src, local, catalog, &mut cache, ecs, &mut out)
-            && let Err(e) = socket.send_to(&out, src)
-        {
+        let reply = handle(
+            &buf[..len],
+            src,
+            local,
+            catalog,
+            &mut cache,
+            &mut tally,
+            ecs,
+            &mut out,
+        );
+        tally.flush(&catalog.metrics);
+        if reply && let Err(e) = socket.send_to(&out, src) {
             debug!(error = %e, %src, "UDP send failed");
         }
     }
 }
 
-fn batched_worker(socket: &UdpSocket, catalog: &Catalog, opts: Options, stop: &AtomicBool) {
+/// A worker that reads and answers in batches. Workers sharing one socket take turns as its
+/// receiver (`receiver`, leader/follower): the receiver keeps the turn while its batches come
+/// back short (no backlog: the others stay asleep, no wakeup per datagram) and hands it on after
+/// a full batch (a backlog: the next worker receives while this one answers).
+fn batched_worker(
+    socket: &UdpSocket,
+    receiver: Option<&Mutex<()>>,
+    catalog: &Catalog,
+    opts: Options,
+    stop: &AtomicBool,
+) {
     let local = socket
         .local_addr()
         .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
     let (ecs, size) = (opts.ecs, opts.batch);
     let mut cache = AnswerCache::new(opts.cache_entries);
+    let mut tally = QueryTally::default();
     let mut batch = Batch::new(size);
     let mut sender = Sender::new(opts.gso);
     let mut outs: Vec<Vec<u8>> = (0..size).map(|_| Vec::with_capacity(1232)).collect();
     let mut dests: Vec<Option<SocketAddr>> = vec![None; size];
+    let mut turn = None;
     while !stop.load(Ordering::Relaxed) {
-        let n = match batch.recv(socket) {
+        if turn.is_none()
+            && let Some(lock) = receiver
+        {
+            turn = Some(
+                lock.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+        }
+        let got = batch.recv(socket);
+        if matches!(got, Ok(n) if n >= size) {
+            turn = None;
+        }
+        let n = match got {
             Ok(n) => n,
             Err(e)
                 if matches!(
@@ -159,11 +204,21 @@ fn batched_worker(socket: &UdpSocket, catalog: &Catalog, opts: Options, stop: &A
             dests[i] = None;
             outs[i].clear();
             if let Some((pkt, src)) = batch.packet(i)
-                && handle(pkt, src, local, catalog, &mut cache, ecs, &mut outs[i])
+                && handle(
+                    pkt,
+                    src,
+                    local,
+                    catalog,
+                    &mut cache,
+                    &mut tally,
+                    ecs,
+                    &mut outs[i],
+                )
             {
                 dests[i] = Some(src);
             }
         }
+        tally.flush(&catalog.metrics);
         let replies: Vec<(&[u8], SocketAddr)> = (0..n)
             .filter_map(|i| dests[i].map(|d| (outs[i].as_slice(), d)))
             .collect();
@@ -173,26 +228,32 @@ fn batched_worker(socket: &UdpSocket, catalog: &Catalog, opts: Options, stop: &A
     }
 }
 
-/// Answer one datagram into `out`; false means no response.
+/// Answer one datagram into `out`; false means no response. Counts go to `tally` (the
+/// caller flushes it into the shared metrics).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the worker's per-thread state, passed apart"
+)]
 pub fn handle(
     pkt: &[u8],
     src: SocketAddr,
     local: IpAddr,
     catalog: &Catalog,
     cache: &mut AnswerCache,
+    tally: &mut QueryTally,
     ecs: bool,
     out: &mut Vec<u8>,
 ) -> bool {
     let q = match parse_query(pkt) {
         Ok(q) => q,
         Err(ParseFailure::Drop) => {
-            catalog.metrics.malformed.inc();
+            tally.malformed();
             return false;
         }
         Err(ParseFailure::Reply { id, rcode, op_code }) => {
-            catalog.metrics.malformed.inc();
+            tally.malformed();
             out.extend_from_slice(&error_reply(id, op_code, rcode));
-            catalog.metrics.query(rcode, RecordType::Unknown(0));
+            tally.query(rcode, RecordType::Unknown(0));
             return true;
         }
     };
@@ -223,16 +284,16 @@ pub fn handle(
         (Some(Hit::Bytes(bytes, rcode)), Some(question_end)) if bytes.len() <= limit => {
             out.extend_from_slice(bytes);
             patch(out, pkt, question_end);
-            catalog.metrics.cache_hits.inc();
-            catalog.metrics.query(rcode, qtype);
+            tally.cache_hit();
+            tally.query(rcode, qtype);
             return true;
         }
         (Some(Hit::Fill(slot)), _) => forced_pick = Some(slot),
         _ => {}
     }
-    catalog.metrics.cache_misses.inc();
+    tally.cache_miss();
     let (bytes, rcode, policy, bestwho) = catalog.answer_udp(&q, src, local, forced_pick);
-    catalog.metrics.query(rcode, qtype);
+    tally.query(rcode, qtype);
     // Only full answers are cached: a truncated one depends on this requester's payload size.
     if bytes.len() > 3 && bytes[2] & 0x02 == 0 {
         cache.insert(key, bestwho, policy, version, &bytes, rcode);

@@ -52,7 +52,7 @@ pub struct Config {
     /// `["127.0.0.1:5353"]`.
     #[serde(default = "default_listen")]
     pub listen: Vec<SocketAddr>,
-    /// UDP worker threads per listen address (each with its own `SO_REUSEPORT` socket). Default 0 =
+    /// UDP worker threads per listen address (sharing its socket, see `udp_socket`). Default 0 =
     /// one per CPU.
     #[serde(default)]
     pub udp_workers: usize,

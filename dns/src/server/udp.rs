@@ -1,6 +1,7 @@
-//! The lean UDP path (DESIGN §4.7): one `SO_REUSEPORT` socket per worker thread, queries parsed
-//! with hickory-proto, answers from the worker's answer cache with the id patched, everything
-//! else resolved by the catalog on the same thread.
+//! The lean UDP path (DESIGN §4.7): worker threads that take turns receiving from one socket
+//! (`udp_socket: shared`) or each read their own `SO_REUSEPORT` socket (`per_worker`), queries
+//! parsed with hickory-proto, answers from the worker's answer cache with the id patched,
+//! everything else resolved by the catalog on the same thread.
 
 use std::{
     io,
@@ -27,7 +28,7 @@ use crate::{
     metrics::QueryTally,
 };
 
-/// Bind one UDP socket with `SO_REUSEPORT` so several workers share the address.
+/// Bind one UDP socket with `SO_REUSEPORT` (per-worker sockets share the address).
 pub fn bind_reuseport(addr: SocketAddr) -> io::Result<UdpSocket> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4

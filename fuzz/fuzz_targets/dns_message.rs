@@ -10,10 +10,9 @@ use std::{
 
 use catalyst_dns::{
     Catalog, ZoneSet,
-    cache::AnswerCache,
     failover::FailoverState,
     health::{HealthConfig, Registry},
-    metrics::{DnsMetrics, QueryTally},
+    metrics::DnsMetrics,
     server::udp,
     zone::{ChunkJoin, Zone, ZoneSource, parser},
 };
@@ -50,23 +49,13 @@ fn catalog() -> &'static Catalog {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut cache = AnswerCache::new(64);
-    let mut tally = QueryTally::default();
     let mut out = Vec::new();
     let src: SocketAddr = "192.0.2.7:5353".parse().unwrap();
+    let mut worker = udp::Worker::new(catalog(), src.ip(), true, 64);
     for _ in 0..2 {
         out.clear();
-        let reply = udp::handle(
-            data,
-            src,
-            src.ip(),
-            catalog(),
-            &mut cache,
-            &mut tally,
-            true,
-            &mut out,
-        );
-        tally.flush(&catalog().metrics);
+        let reply = worker.handle(data, src, &mut out);
+        worker.flush();
         if !reply {
             continue;
         }

@@ -109,8 +109,7 @@ fn worker(
     let local = socket
         .local_addr()
         .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
-    let mut cache = AnswerCache::new(cache_entries);
-    let mut tally = QueryTally::default();
+    let mut w = Worker::new(catalog, local, ecs, cache_entries);
     let mut buf = [0u8; 4096];
     let mut out = Vec::with_capacity(4096);
     while !stop.load(Ordering::Relaxed) {
@@ -132,17 +131,8 @@ fn worker(
             }
         };
         out.clear();
-        let reply = handle(
-            &buf[..len],
-            src,
-            local,
-            catalog,
-            &mut cache,
-            &mut tally,
-            ecs,
-            &mut out,
-        );
-        tally.flush(&catalog.metrics);
+        let reply = w.handle(&buf[..len], src, &mut out);
+        w.flush();
         if reply && let Err(e) = socket.send_to(&out, src) {
             debug!(error = %e, %src, "UDP send failed");
         }
@@ -164,8 +154,7 @@ fn batched_worker(
         .local_addr()
         .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
     let (ecs, size) = (opts.ecs, opts.batch);
-    let mut cache = AnswerCache::new(opts.cache_entries);
-    let mut tally = QueryTally::default();
+    let mut w = Worker::new(catalog, local, ecs, opts.cache_entries);
     let mut batch = Batch::new(size);
     let mut sender = Sender::new(opts.gso);
     let mut outs: Vec<Vec<u8>> = (0..size).map(|_| Vec::with_capacity(1232)).collect();
@@ -205,21 +194,12 @@ fn batched_worker(
             dests[i] = None;
             outs[i].clear();
             if let Some((pkt, src)) = batch.packet(i)
-                && handle(
-                    pkt,
-                    src,
-                    local,
-                    catalog,
-                    &mut cache,
-                    &mut tally,
-                    ecs,
-                    &mut outs[i],
-                )
+                && w.handle(pkt, src, &mut outs[i])
             {
                 dests[i] = Some(src);
             }
         }
-        tally.flush(&catalog.metrics);
+        w.flush();
         let replies: Vec<(&[u8], SocketAddr)> = (0..n)
             .filter_map(|i| dests[i].map(|d| (outs[i].as_slice(), d)))
             .collect();
@@ -229,22 +209,49 @@ fn batched_worker(
     }
 }
 
-/// Answer one datagram into `out`; false means no response. Counts go to `tally` (the
-/// caller flushes it into the shared metrics).
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the worker's per-thread state, passed apart"
-)]
-pub fn handle(
-    pkt: &[u8],
-    src: SocketAddr,
+/// What a UDP worker keeps between datagrams: its answer cache and its counts (flushed into the
+/// shared metrics with [`Worker::flush`]), and what it answers with.
+pub struct Worker<'a> {
+    catalog: &'a Catalog,
     local: IpAddr,
-    catalog: &Catalog,
-    cache: &mut AnswerCache,
-    tally: &mut QueryTally,
     ecs: bool,
-    out: &mut Vec<u8>,
-) -> bool {
+    cache: AnswerCache,
+    tally: QueryTally,
+}
+
+impl<'a> Worker<'a> {
+    /// A worker answering for `catalog` on `local`, with `cache_entries` cached answers;
+    /// `ecs`: answer from the EDNS Client Subnet rather than the source address.
+    pub fn new(catalog: &'a Catalog, local: IpAddr, ecs: bool, cache_entries: usize) -> Self {
+        Self {
+            catalog,
+            local,
+            ecs,
+            cache: AnswerCache::new(cache_entries),
+            tally: QueryTally::default(),
+        }
+    }
+
+    /// Add the counts since the last flush to the shared metrics.
+    pub fn flush(&mut self) {
+        self.tally.flush(&self.catalog.metrics);
+    }
+
+    /// Answer one datagram into `out`; false means no response.
+    pub fn handle(&mut self, pkt: &[u8], src: SocketAddr, out: &mut Vec<u8>) -> bool {
+        handle(pkt, src, self, out)
+    }
+}
+
+fn handle(pkt: &[u8], src: SocketAddr, w: &mut Worker<'_>, out: &mut Vec<u8>) -> bool {
+    let Worker {
+        catalog,
+        local,
+        ecs,
+        cache,
+        tally,
+    } = w;
+    let (catalog, local, ecs) = (*catalog, *local, *ecs);
     let q = match parse_query(pkt) {
         Ok(q) => q,
         Err(ParseFailure::Drop) => {

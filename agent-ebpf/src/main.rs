@@ -23,7 +23,7 @@ use aya_ebpf::{
 };
 use catalyst_policy::datapath::{
     CFG_F_NO_DROP_EVENTS, CFG_F_NO_TRACE_EVENTS, CFG_F_NO_VERDICT_EVENTS, COUNTER_SLOTS,
-    CT_F_CLOSING, CT_F_SEEN_REPLY, CtEntry, CtKey, CtTimeouts, DEFAULT_CONNTRACK_MAX,
+    CT_F_CLOSING, CT_F_SEEN_REPLY, CT_F_SWAPPED, CtEntry, CtKey, CtTimeouts, DEFAULT_CONNTRACK_MAX,
     DEFAULT_CT_TIMEOUTS, DEFAULT_ENDPOINTS_MAX, DEFAULT_EVENTS_BYTES, DEFAULT_FRAGMENTS_MAX,
     DEFAULT_IPCACHE_MAX, DEFAULT_POLICY_MAX, DIR_EGRESS, DIR_INGRESS, DROP_CT_MAP_INSERTION_FAILED,
     DROP_FRAG_NOT_FOUND, DROP_INVALID_SOURCE_IP, DROP_NONE, DatapathConfig, EP_F_NO_SOURCE_CHECK,
@@ -218,85 +218,49 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
         return PASS;
     }
     let cfg = config();
-    let key = CtKey {
+    // One key for both directions: one lookup finds the connection of a reply too.
+    let (key, swapped) = CtKey::canonical(
         ifindex,
-        saddr: pkt.saddr,
-        daddr: pkt.daddr,
-        sport_be: pkt.ct_sport_be,
-        dport_be: pkt.ct_dport_be,
-        protocol: pkt.protocol,
-        family: pkt.family,
-        pad: 0,
-    };
+        pkt.saddr,
+        pkt.daddr,
+        pkt.ct_sport_be,
+        pkt.ct_dport_be,
+        pkt.protocol,
+        pkt.family,
+    );
     let syn_only = pkt.protocol == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    let mut reply = false;
-    let mut decided = None;
-    let mut entry = CONNTRACK.get_ptr_mut(&key);
-    if entry.is_none() {
-        if syn_only {
-            // A SYN without ACK opens a connection in its own direction (RFC 9293 §3.5), so a
-            // new TCP connection is decided before the reverse lookup: when policy allows it,
-            // it costs one conntrack lookup, not two. Only a denied SYN goes on to look for a
-            // connection it could belong to (TCP simultaneous open, or a SYN sent on the reverse
-            // tuple of a tracked connection), which keeps passing as before instead of leaving a
-            // "dropped" entry that would shadow that connection's replies.
-            let Some(ep) = endpoint(ifindex) else {
-                count(STAT_NO_ENDPOINT);
-                return PASS;
-            };
-            let d = verdict::decide(
-                &ep,
-                dir,
-                &flow_peer(dir, pkt),
-                pkt.family,
-                pkt.protocol,
-                pkt.policy_port,
-                &cfg,
-            );
-            if d.verdict != VERDICT_DROPPED {
-                return new_flow(
-                    ctx,
-                    dir,
-                    ifindex,
-                    &ep,
-                    pkt,
-                    &key,
-                    &cfg,
-                    coarse_ns(),
-                    Some(d),
-                );
-            }
-            decided = Some(d);
-        }
-        entry = CONNTRACK.get_ptr_mut(&reverse(&key));
-        reply = entry.is_some();
-    }
-
-    let Some(e) = entry else {
+    let Some(e) = CONNTRACK.get_ptr_mut(&key) else {
         let Some(ep) = endpoint(ifindex) else {
             count(STAT_NO_ENDPOINT);
             return PASS;
         };
-        let ep = &ep;
-        return new_flow(ctx, dir, ifindex, ep, pkt, &key, &cfg, coarse_ns(), decided);
+        return new_flow(
+            ctx,
+            dir,
+            ifindex,
+            &ep,
+            pkt,
+            &key,
+            swapped,
+            &cfg,
+            coarse_ns(),
+        );
     };
     // SAFETY: pointer from a successful lookup; LRU entries stay valid for this program run.
     let e = unsafe { &mut *e };
+    let reply = (e.flags & CT_F_SWAPPED != 0) != swapped;
     let now = coarse_ns();
     if now >= e.expires_ns || (syn_only && e.flags & CT_F_CLOSING != 0) {
         // The connection is over (idle past its timeout, or a new SYN on the tuple of a closing
-        // one): this packet starts a new connection, evaluated against the policy in force.
-        let _ = if reply {
-            CONNTRACK.remove(&reverse(&key))
-        } else {
-            CONNTRACK.remove(&key)
-        };
+        // one): this packet starts a new connection, evaluated against the policy in force. Its
+        // entry replaces the old one (same key); without an endpoint the old one is removed.
         count(STAT_CT_ENDED);
         let Some(ep) = endpoint(ifindex) else {
+            let _ = CONNTRACK.remove(&key);
             count(STAT_NO_ENDPOINT);
             return PASS;
         };
-        return new_flow(ctx, dir, ifindex, &ep, pkt, &key, &cfg, now, None);
+        return new_flow(ctx, dir, ifindex, &ep, pkt, &key, swapped, &cfg, now);
     }
 
     let mut ev_flags = if reply { EV_F_REPLY } else { 0 };
@@ -468,41 +432,23 @@ fn fragment(pkt: &mut Packet) -> bool {
 }
 
 /// Whether the packet an ICMP error quotes belongs to a tracked connection of `ifindex` that
-/// is not dropped (looked up in both directions: the quoted packet may be the connection's
-/// original or reply direction).
+/// is not dropped (the quoted packet may be the connection's original or reply direction: both
+/// have the one key).
 #[inline(always)]
 fn related(ifindex: u32, pkt: &Packet) -> bool {
-    let key = CtKey {
+    let (key, _) = CtKey::canonical(
         ifindex,
-        saddr: pkt.inner.saddr,
-        daddr: pkt.inner.daddr,
-        sport_be: pkt.inner.sport_be,
-        dport_be: pkt.inner.dport_be,
-        protocol: pkt.inner.protocol,
-        family: pkt.family,
-        pad: 0,
-    };
-    let found = match CONNTRACK.get_ptr(&key) {
-        Some(e) => Some(e),
-        None => CONNTRACK.get_ptr(&reverse(&key)),
-    };
+        pkt.inner.saddr,
+        pkt.inner.daddr,
+        pkt.inner.sport_be,
+        pkt.inner.dport_be,
+        pkt.inner.protocol,
+        pkt.family,
+    );
     // SAFETY: pointer from a successful lookup, read at once.
-    found.is_some_and(|e| unsafe { (*e).verdict } != u32::from(VERDICT_DROPPED))
-}
-
-/// The conntrack key of the other direction.
-#[inline(always)]
-fn reverse(key: &CtKey) -> CtKey {
-    CtKey {
-        ifindex: key.ifindex,
-        saddr: key.daddr,
-        daddr: key.saddr,
-        sport_be: key.dport_be,
-        dport_be: key.sport_be,
-        protocol: key.protocol,
-        family: key.family,
-        pad: 0,
-    }
+    CONNTRACK
+        .get_ptr(&key)
+        .is_some_and(|e| unsafe { (*e).verdict } != u32::from(VERDICT_DROPPED))
 }
 
 /// Whether `saddr` is an address the endpoint may send from (its own, or any when it opted
@@ -563,8 +509,8 @@ fn flow_peer(dir: u8, pkt: &Packet) -> [u32; 4] {
     }
 }
 
-/// A new connection: source check, the policy decision (`decided` when the caller already
-/// made it), the conntrack entry and its event.
+/// A new connection: source check, the policy decision, the conntrack entry (`key`, with
+/// `swapped` recorded) and its event.
 #[inline(always)]
 #[expect(
     clippy::too_many_arguments,
@@ -577,9 +523,9 @@ fn new_flow(
     ep: &EndpointInfo,
     pkt: &Packet,
     key: &CtKey,
+    swapped: bool,
     cfg: &DatapathConfig,
     now: u64,
-    decided: Option<Decision>,
 ) -> i32 {
     let peer = flow_peer(dir, pkt);
     if dir == DIR_EGRESS && !source_ok(ep, pkt.family, &pkt.saddr) {
@@ -597,18 +543,15 @@ fn new_flow(
         );
         return DROP;
     }
-    let d = match decided {
-        Some(d) => d,
-        None => verdict::decide(
-            ep,
-            dir,
-            &peer,
-            pkt.family,
-            pkt.protocol,
-            pkt.policy_port,
-            cfg,
-        ),
-    };
+    let d = verdict::decide(
+        ep,
+        dir,
+        &peer,
+        pkt.family,
+        pkt.protocol,
+        pkt.policy_port,
+        cfg,
+    );
     let mut e = CtEntry {
         revision: 0,
         verdict: 0,
@@ -617,7 +560,7 @@ fn new_flow(
         match_type: 0,
         direction: u32::from(dir),
         peer_identity: 0,
-        flags: 0,
+        flags: if swapped { CT_F_SWAPPED } else { 0 },
         tcp_flags_seen: u32::from(pkt.tcp_flags),
         policy_port: u32::from(pkt.policy_port),
         last_event_ns: now,

@@ -5,9 +5,8 @@
 //! hits conntrack), and the new-flow cost (distinct packets, one run each: conntrack miss,
 //! ipcache and two policy lookups, conntrack insert, event). A single run carries the test
 //! harness's own per-call cost, so established packets are also measured one run at a time and
-//! the difference is reported as the new-flow cost: for TCP connections opening with a SYN (one
-//! conntrack lookup) and for UDP flows (both directions looked up). Prints one JSON object per
-//! line.
+//! the difference is reported as the new-flow cost: for TCP connections opening with a SYN and
+//! for UDP flows. Prints one JSON object per line.
 //!
 //! Used by `cargo xtask bench datapath`; run alone with
 //! `cargo run -p catalyst-agent --example datapath_bench`. With `--profile-new-flows N` it only
@@ -23,9 +22,9 @@ use catalyst_agent::{
     datapath::{AttachMode, Datapath, DesiredState, LoadOptions, apply, by_endpoint, uninstall},
 };
 use catalyst_policy::datapath::{
-    ACTION_ALLOW, CtEntry, CtKey, DIR_INGRESS, EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED,
-    EndpointInfo, IpcacheEntry, MATCH_L3_L4, POLICY_PREFIX_FULL_BITS, PROG_TO_ENDPOINT, PROTO_TCP,
-    PROTO_UDP, PolicyEntry, PolicyKey, VERDICT_FORWARDED,
+    ACTION_ALLOW, CT_F_SWAPPED, CtEntry, CtKey, DIR_INGRESS, EP_F_EGRESS_ENFORCED,
+    EP_F_INGRESS_ENFORCED, EndpointInfo, IpcacheEntry, MATCH_L3_L4, POLICY_PREFIX_FULL_BITS,
+    PROG_TO_ENDPOINT, PROTO_TCP, PROTO_UDP, PolicyEntry, PolicyKey, VERDICT_FORWARDED,
 };
 
 const LO: u32 = 1;
@@ -173,26 +172,26 @@ fn run(pin: &std::path::Path) -> anyhow::Result<()> {
     })?;
     // 100,000 established connections of other peers.
     for i in 0..CT_ENTRIES {
-        let key = CtKey {
-            ifindex: LO,
-            saddr: [
+        let (key, swapped) = CtKey::canonical(
+            LO,
+            [
                 u32::from_ne_bytes([172, 16, (i >> 8) as u8, i as u8]),
                 0,
                 0,
                 0,
             ],
-            daddr: [u32::from_ne_bytes([10, 9, 9, 9]), 0, 0, 0],
-            sport_be: ((i % 60_000) as u16 + 1024).to_be(),
-            dport_be: 80u16.to_be(),
-            protocol: PROTO_TCP,
-            family: 4,
-            pad: 0,
-        };
+            [u32::from_ne_bytes([10, 9, 9, 9]), 0, 0, 0],
+            ((i % 60_000) as u16 + 1024).to_be(),
+            80u16.to_be(),
+            PROTO_TCP,
+            4,
+        );
         let entry = CtEntry {
             verdict: u32::from(VERDICT_FORWARDED),
             direction: u32::from(DIR_INGRESS),
             revision: 1,
             expires_ns: u64::MAX,
+            flags: if swapped { CT_F_SWAPPED } else { 0 },
             ..CtEntry::default()
         };
         dp.conntrack_insert(key, entry)?;
@@ -232,8 +231,8 @@ fn run(pin: &std::path::Path) -> anyhow::Result<()> {
         for _ in 0..5 {
             est.push(dp.test_run(PROG_TO_ENDPOINT, &pkt, 200_000)?.1);
         }
-        // New flows, one run each: TCP connections opening with their SYN (one conntrack
-        // lookup), and UDP flows (a first datagram may be a reply: both directions looked up).
+        // New flows, one run each: TCP connections opening with their SYN, and UDP flows (one
+        // conntrack lookup each: both directions of a connection share one key).
         let n = 20_000u32;
         let new_tcp = single_runs(
             &dp,

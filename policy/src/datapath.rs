@@ -291,8 +291,9 @@ pub struct PolicyEntry {
 // ---------------------------------------------------------------------------------------------
 
 /// Connection-tracking key. Addresses are 16 bytes for both families (IPv4 in the first word,
-/// the rest zero). The tuple is the packet's own (source, destination); a reply finds the
-/// original entry by looking up the reversed tuple.
+/// the rest zero). Both directions of a connection have the same key: the tuple in canonical
+/// order ([`CtKey::canonical`]), so one lookup finds a connection from either direction, and
+/// [`CT_F_SWAPPED`] in the entry tells which direction was the original.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct CtKey {
@@ -314,10 +315,67 @@ pub struct CtKey {
     pub pad: u16,
 }
 
+impl CtKey {
+    /// The key of a packet's connection, and whether the packet's tuple was swapped to make it:
+    /// the endpoint with the lower (address, port) comes first (any fixed total order serves; this
+    /// one compares the address words as stored, then the ports as stored). A packet whose
+    /// `swapped` differs from its entry's [`CT_F_SWAPPED`] is a reply.
+    #[inline(always)]
+    #[must_use]
+    pub fn canonical(
+        ifindex: u32,
+        saddr: [u32; 4],
+        daddr: [u32; 4],
+        sport_be: u16,
+        dport_be: u16,
+        protocol: u8,
+        family: u8,
+    ) -> (Self, bool) {
+        let swap = if saddr[0] != daddr[0] {
+            saddr[0] > daddr[0]
+        } else if saddr[1] != daddr[1] {
+            saddr[1] > daddr[1]
+        } else if saddr[2] != daddr[2] {
+            saddr[2] > daddr[2]
+        } else if saddr[3] != daddr[3] {
+            saddr[3] > daddr[3]
+        } else {
+            sport_be > dport_be
+        };
+        let key = if swap {
+            Self {
+                ifindex,
+                saddr: daddr,
+                daddr: saddr,
+                sport_be: dport_be,
+                dport_be: sport_be,
+                protocol,
+                family,
+                pad: 0,
+            }
+        } else {
+            Self {
+                ifindex,
+                saddr,
+                daddr,
+                sport_be,
+                dport_be,
+                protocol,
+                family,
+                pad: 0,
+            }
+        };
+        (key, swap)
+    }
+}
+
 /// Connection is being closed (FIN or RST seen).
 pub const CT_F_CLOSING: u32 = 1 << 0;
 /// A reply has been seen (the first one of a non-TCP flow is reported as a trace event).
 pub const CT_F_SEEN_REPLY: u32 = 1 << 2;
+/// The connection's original packet had its tuple swapped in the key ([`CtKey::canonical`]):
+/// packets of the connection that are swapped the other way are its replies.
+pub const CT_F_SWAPPED: u32 = 1 << 3;
 
 /// Value of [`MAP_CONNTRACK`].
 #[repr(C)]
@@ -413,7 +471,9 @@ pub const CFG_F_NO_TRACE_EVENTS: u32 = 1 << 3;
 /// full policy keys in their own hash maps ([`MAP_IPCACHE_HOST_V4`], [`MAP_IPCACHE_HOST_V6`],
 /// [`MAP_POLICY_EXACT`]); the tries hold only the shorter prefixes. 4: conntrack entries without
 /// per-connection packet and byte counts (nothing read them; two atomic adds per packet).
-pub const DATAPATH_SCHEMA: u32 = 4;
+/// 5: one conntrack key for both directions of a connection ([`CtKey::canonical`],
+/// [`CT_F_SWAPPED`]); a restarted agent migrates schema-4 conntrack entries.
+pub const DATAPATH_SCHEMA: u32 = 5;
 
 /// Conntrack idle timeouts by protocol and state, seconds. A connection whose last packet is
 /// older than the timeout of its state is over: the next packet on its tuple is a new
@@ -622,6 +682,50 @@ mod tests {
         assert_eq!(size_of::<DatapathConfig>(), 24 + 24);
         assert_eq!(FLOW_EVENT_SIZE, 8 + 12 + 6 * 4 + 32 + 2 + 2 + 8);
         assert_eq!(POLICY_PREFIX_FULL_BITS as usize, size_of::<PolicyKey>() * 8);
+    }
+
+    #[test]
+    fn both_directions_of_a_connection_have_one_conntrack_key() {
+        let v4 = |a: [u8; 4]| [u32::from_ne_bytes(a), 0, 0, 0];
+        let v6 = |last: u32| [0x0db8_0120, 0, 0, last.to_be()];
+        let cases = [
+            (v4([10, 0, 0, 1]), v4([10, 0, 0, 2]), 40_000u16, 80u16, 4u8),
+            (v4([192, 168, 1, 9]), v4([10, 0, 0, 2]), 80, 40_000, 4),
+            // Same address (a connection to itself): the ports decide.
+            (v4([127, 0, 0, 1]), v4([127, 0, 0, 1]), 5000, 4000, 4),
+            // IPv6 addresses that differ only in their last word.
+            (v6(2), v6(1), 443, 50_000, 6),
+        ];
+        for (s, d, sp, dp, family) in cases {
+            let (fwd, fwd_swapped) =
+                CtKey::canonical(3, s, d, sp.to_be(), dp.to_be(), PROTO_TCP, family);
+            let (rev, rev_swapped) =
+                CtKey::canonical(3, d, s, dp.to_be(), sp.to_be(), PROTO_TCP, family);
+            assert_eq!(fwd, rev, "{s:?}:{sp} <-> {d:?}:{dp}");
+            assert_ne!(fwd_swapped, rev_swapped, "{s:?}:{sp} <-> {d:?}:{dp}");
+            // The key is one of the two tuples, complete.
+            let own = CtKey {
+                ifindex: 3,
+                saddr: s,
+                daddr: d,
+                sport_be: sp.to_be(),
+                dport_be: dp.to_be(),
+                protocol: PROTO_TCP,
+                family,
+                pad: 0,
+            };
+            let flipped = CtKey {
+                saddr: d,
+                daddr: s,
+                sport_be: dp.to_be(),
+                dport_be: sp.to_be(),
+                ..own
+            };
+            assert_eq!(fwd, if fwd_swapped { flipped } else { own });
+        }
+        // A tuple equal to its reverse is never swapped.
+        let a = v4([10, 0, 0, 1]);
+        assert!(!CtKey::canonical(3, a, a, 7, 7, PROTO_UDP, 4).1);
     }
 
     #[test]

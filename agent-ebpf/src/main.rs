@@ -23,15 +23,16 @@ use aya_ebpf::{
 };
 use catalyst_policy::datapath::{
     CFG_F_NO_DROP_EVENTS, CFG_F_NO_TRACE_EVENTS, CFG_F_NO_VERDICT_EVENTS, COUNTER_SLOTS,
-    CT_F_CLOSING, CT_F_SEEN_REPLY, CT_F_SWAPPED, CtEntry, CtKey, CtTimeouts, DEFAULT_CONNTRACK_MAX,
-    DEFAULT_CT_TIMEOUTS, DEFAULT_ENDPOINTS_MAX, DEFAULT_EVENTS_BYTES, DEFAULT_FRAGMENTS_MAX,
-    DEFAULT_IPCACHE_MAX, DEFAULT_POLICY_MAX, DIR_EGRESS, DIR_INGRESS, DROP_CT_MAP_INSERTION_FAILED,
-    DROP_FRAG_NOT_FOUND, DROP_INVALID_SOURCE_IP, DROP_NONE, DatapathConfig, EP_F_NO_SOURCE_CHECK,
-    EV_F_END, EV_F_NEW, EV_F_REEVALUATED, EV_F_REPLY, EVENT_DROP, EVENT_POLICY_VERDICT,
-    EVENT_TRACE, EndpointInfo, FlowEvent, FragKey, FragPorts, IpcacheEntry, PROTO_SCTP, PROTO_TCP,
-    PROTO_UDP, PolicyEntry, PolicyKey, STAT_AUDIT, STAT_CT_CREATED, STAT_CT_ENDED,
-    STAT_CT_REEVALUATED, STAT_EVENTS_LOST, STAT_EVENTS_SENT, STAT_NO_ENDPOINT, STAT_NOT_POLICED,
-    TRACE_ESTABLISHED, TRACE_NEW, TRACE_REPLY, VERDICT_AUDIT, VERDICT_DROPPED, counter_index,
+    CT_EVENT_TICK_SHIFT, CT_F_CLOSING, CT_F_SEEN_REPLY, CT_F_SWAPPED, CtEntry, CtKey, CtTimeouts,
+    DEFAULT_CONNTRACK_MAX, DEFAULT_CT_TIMEOUTS, DEFAULT_ENDPOINTS_MAX, DEFAULT_EVENTS_BYTES,
+    DEFAULT_FRAGMENTS_MAX, DEFAULT_IPCACHE_MAX, DEFAULT_POLICY_MAX, DIR_EGRESS, DIR_INGRESS,
+    DROP_CT_MAP_INSERTION_FAILED, DROP_FRAG_NOT_FOUND, DROP_INVALID_SOURCE_IP, DROP_NONE,
+    DatapathConfig, EP_F_NO_SOURCE_CHECK, EV_F_END, EV_F_NEW, EV_F_REEVALUATED, EV_F_REPLY,
+    EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, EndpointInfo, FlowEvent, FragKey, FragPorts,
+    IpcacheEntry, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyEntry, PolicyKey, STAT_AUDIT,
+    STAT_CT_CREATED, STAT_CT_ENDED, STAT_CT_REEVALUATED, STAT_EVENTS_LOST, STAT_EVENTS_SENT,
+    STAT_NO_ENDPOINT, STAT_NOT_POLICED, TRACE_ESTABLISHED, TRACE_NEW, TRACE_REPLY, VERDICT_AUDIT,
+    VERDICT_DROPPED, counter_index, ct_expired, ct_expiry,
 };
 
 use crate::{
@@ -113,10 +114,16 @@ fn coarse_ns() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
+/// The tick of [`CtEntry::last_event`] at `now` (coarse clock, nanoseconds).
+#[inline(always)]
+fn event_tick(now: u64) -> u32 {
+    (now >> CT_EVENT_TICK_SHIFT) as u32
+}
+
 /// Idle lifetime of a connection after a packet, by protocol and state (as Cilium: a TCP
 /// packet with SYN gets the SYN timeout, a closing connection the closing one).
 #[inline(always)]
-fn lifetime_ns(flags: u32, protocol: u8, tcp_flags: u8, t: &CtTimeouts) -> u64 {
+fn lifetime_ns(flags: u16, protocol: u8, tcp_flags: u8, t: &CtTimeouts) -> u64 {
     let s = if protocol == PROTO_TCP {
         if flags & CT_F_CLOSING != 0 {
             t.tcp_closing_s
@@ -250,7 +257,7 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
     let e = unsafe { &mut *e };
     let reply = (e.flags & CT_F_SWAPPED != 0) != swapped;
     let now = coarse_ns();
-    if now >= e.expires_ns || (syn_only && e.flags & CT_F_CLOSING != 0) {
+    if ct_expired(e.expires, now) || (syn_only && e.flags & CT_F_CLOSING != 0) {
         // The connection is over (idle past its timeout, or a new SYN on the tuple of a closing
         // one): this packet starts a new connection, evaluated against the policy in force. Its
         // entry replaces the old one (same key); without an endpoint the old one is removed.
@@ -275,22 +282,22 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
         let (peer, peer_family) = original_peer(e, pkt, reply);
         let mut d = verdict::decide(
             &ep,
-            e.direction as u8,
+            e.direction,
             &peer,
             peer_family,
             pkt.protocol,
-            e.policy_port as u16,
+            e.policy_port,
             &cfg,
         );
         // The endpoint's address may have changed: its connections keep passing only from its
         // current address.
         let own = if reply { &pkt.daddr } else { &pkt.saddr };
-        if e.direction as u8 == DIR_EGRESS && !source_ok(&ep, pkt.family, own) {
+        if e.direction == DIR_EGRESS && !source_ok(&ep, pkt.family, own) {
             d.verdict = VERDICT_DROPPED;
             d.reason = DROP_INVALID_SOURCE_IP;
             d.audit = false;
         }
-        let changed = e.verdict != u32::from(d.verdict);
+        let changed = e.verdict != d.verdict;
         store_decision(e, &d, cfg.policy_revision);
         count(STAT_CT_REEVALUATED);
         if changed {
@@ -311,7 +318,7 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
                 ev_flags,
                 TRACE_ESTABLISHED,
             );
-            e.last_event_ns = now;
+            e.last_event = event_tick(now);
         }
     }
     let first_reply = reply && e.flags & CT_F_SEEN_REPLY == 0;
@@ -319,12 +326,18 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
         e.flags |= CT_F_SEEN_REPLY;
     }
 
-    let verdict = e.verdict as u8;
+    let verdict = e.verdict;
     if verdict == VERDICT_DROPPED {
-        count(counter_index(dir, e.drop_reason as u8));
-        e.expires_ns = now + lifetime_ns(e.flags, pkt.protocol, pkt.tcp_flags, &cfg.ct_timeouts);
-        if now.wrapping_sub(e.last_event_ns) >= cfg.event_interval_ns {
-            e.last_event_ns = now;
+        count(counter_index(dir, e.drop_reason));
+        e.expires = ct_expiry(
+            now,
+            lifetime_ns(e.flags, pkt.protocol, pkt.tcp_flags, &cfg.ct_timeouts),
+        );
+        let tick = event_tick(now);
+        if u64::from(tick.wrapping_sub(e.last_event)) << CT_EVENT_TICK_SHIFT
+            >= cfg.event_interval_ns
+        {
+            e.last_event = tick;
             let trace = if reply {
                 TRACE_REPLY
             } else {
@@ -342,7 +355,7 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
         let seen = (e.tcp_flags_seen >> shift) as u8;
         let new_bits = pkt.tcp_flags & !seen;
         if new_bits != 0 {
-            e.tcp_flags_seen |= u32::from(pkt.tcp_flags) << shift;
+            e.tcp_flags_seen |= u16::from(pkt.tcp_flags) << shift;
         }
         // Aggregation: report only the connection-state transitions (SYN, FIN, RST seen for the
         // first time in a direction), like Hubble's medium monitor aggregation.
@@ -376,7 +389,10 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
             );
         }
     }
-    e.expires_ns = now + lifetime_ns(e.flags, pkt.protocol, pkt.tcp_flags, &cfg.ct_timeouts);
+    e.expires = ct_expiry(
+        now,
+        lifetime_ns(e.flags, pkt.protocol, pkt.tcp_flags, &cfg.ct_timeouts),
+    );
     if verdict == VERDICT_AUDIT {
         count(STAT_AUDIT);
     }
@@ -448,7 +464,7 @@ fn related(ifindex: u32, pkt: &Packet) -> bool {
     // SAFETY: pointer from a successful lookup, read at once.
     CONNTRACK
         .get_ptr(&key)
-        .is_some_and(|e| unsafe { (*e).verdict } != u32::from(VERDICT_DROPPED))
+        .is_some_and(|e| unsafe { (*e).verdict } != VERDICT_DROPPED)
 }
 
 /// Whether `saddr` is an address the endpoint may send from (its own, or any when it opted
@@ -480,7 +496,7 @@ fn original_peer(e: &CtEntry, pkt: &Packet, reply: bool) -> ([u32; 4], u8) {
     } else {
         (pkt.saddr, pkt.daddr)
     };
-    let peer = if e.direction as u8 == DIR_EGRESS {
+    let peer = if e.direction == DIR_EGRESS {
         odst
     } else {
         osrc
@@ -491,10 +507,10 @@ fn original_peer(e: &CtEntry, pkt: &Packet, reply: bool) -> ([u32; 4], u8) {
 #[inline(always)]
 fn store_decision(e: &mut CtEntry, d: &Decision, revision: u32) {
     e.revision = revision;
-    e.verdict = u32::from(d.verdict);
-    e.drop_reason = u32::from(d.reason);
+    e.verdict = d.verdict;
+    e.drop_reason = d.reason;
     e.rule_id = d.rule_id;
-    e.match_type = u32::from(d.match_type);
+    e.match_type = d.match_type;
     e.peer_identity = d.peer_identity;
 }
 
@@ -532,9 +548,9 @@ fn new_flow(
         // A spoofed source creates no conntrack entry (it must not fill the table).
         count(counter_index(dir, DROP_INVALID_SOURCE_IP));
         let e = CtEntry {
-            verdict: u32::from(VERDICT_DROPPED),
-            drop_reason: u32::from(DROP_INVALID_SOURCE_IP),
-            direction: u32::from(dir),
+            verdict: VERDICT_DROPPED,
+            drop_reason: DROP_INVALID_SOURCE_IP,
+            direction: dir,
             peer_identity: verdict::peer_identity(&peer, pkt.family),
             ..CtEntry::default()
         };
@@ -558,23 +574,27 @@ fn new_flow(
         drop_reason: 0,
         rule_id: 0,
         match_type: 0,
-        direction: u32::from(dir),
+        direction: dir,
         peer_identity: 0,
         flags: if swapped { CT_F_SWAPPED } else { 0 },
-        tcp_flags_seen: u32::from(pkt.tcp_flags),
-        policy_port: u32::from(pkt.policy_port),
-        last_event_ns: now,
-        expires_ns: 0,
+        tcp_flags_seen: u16::from(pkt.tcp_flags),
+        policy_port: pkt.policy_port,
+        pad: 0,
+        last_event: event_tick(now),
+        expires: 0,
     };
     if pkt.protocol == PROTO_TCP && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         e.flags |= CT_F_CLOSING;
     }
-    e.expires_ns = now + lifetime_ns(e.flags, pkt.protocol, pkt.tcp_flags, &cfg.ct_timeouts);
+    e.expires = ct_expiry(
+        now,
+        lifetime_ns(e.flags, pkt.protocol, pkt.tcp_flags, &cfg.ct_timeouts),
+    );
     store_decision(&mut e, &d, cfg.policy_revision);
     if CONNTRACK.insert(key, &e, 0).is_err() {
         count(counter_index(dir, DROP_CT_MAP_INSERTION_FAILED));
-        e.verdict = u32::from(VERDICT_DROPPED);
-        e.drop_reason = u32::from(DROP_CT_MAP_INSERTION_FAILED);
+        e.verdict = VERDICT_DROPPED;
+        e.drop_reason = DROP_CT_MAP_INSERTION_FAILED;
         emit(
             ctx, EVENT_DROP, dir, ifindex, ep, pkt, &e, EV_F_NEW, TRACE_NEW,
         );
@@ -639,14 +659,14 @@ fn emit(
     slot.write(FlowEvent {
         ts_ns: now_ns(),
         kind,
-        verdict: e.verdict as u8,
-        drop_reason: e.drop_reason as u8,
+        verdict: e.verdict,
+        drop_reason: e.drop_reason,
         direction: dir,
         family: pkt.family,
         protocol: pkt.protocol,
         tcp_flags: pkt.tcp_flags,
         flags,
-        match_type: e.match_type as u8,
+        match_type: e.match_type,
         trace_reason,
         icmp_type: pkt.icmp_type,
         icmp_code: pkt.icmp_code,

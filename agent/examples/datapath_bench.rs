@@ -19,12 +19,15 @@ use anyhow::Context as _;
 
 use catalyst_agent::{
     config::MapSizes,
-    datapath::{AttachMode, Datapath, DesiredState, LoadOptions, apply, by_endpoint, uninstall},
+    datapath::{
+        AttachMode, Datapath, DesiredState, LoadOptions, apply, by_endpoint, monotonic_ns,
+        uninstall,
+    },
 };
 use catalyst_policy::datapath::{
     ACTION_ALLOW, CT_F_SWAPPED, CtEntry, CtKey, DIR_INGRESS, EP_F_EGRESS_ENFORCED,
     EP_F_INGRESS_ENFORCED, EndpointInfo, IpcacheEntry, MATCH_L3_L4, POLICY_PREFIX_FULL_BITS,
-    PROG_TO_ENDPOINT, PROTO_TCP, PROTO_UDP, PolicyEntry, PolicyKey, VERDICT_FORWARDED,
+    PROG_TO_ENDPOINT, PROTO_TCP, PROTO_UDP, PolicyEntry, PolicyKey, VERDICT_FORWARDED, ct_expiry,
 };
 
 const LO: u32 = 1;
@@ -187,10 +190,11 @@ fn run(pin: &std::path::Path) -> anyhow::Result<()> {
             4,
         );
         let entry = CtEntry {
-            verdict: u32::from(VERDICT_FORWARDED),
-            direction: u32::from(DIR_INGRESS),
+            verdict: VERDICT_FORWARDED,
+            direction: DIR_INGRESS,
             revision: 1,
-            expires_ns: u64::MAX,
+            // Far from expiry for the next 4 years.
+            expires: ct_expiry(monotonic_ns(), 4 * 365 * 24 * 3600 * 1_000_000_000),
             flags: if swapped { CT_F_SWAPPED } else { 0 },
             ..CtEntry::default()
         };

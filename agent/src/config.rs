@@ -549,7 +549,10 @@ impl BpfEvents {
     }
 }
 
-/// Conntrack idle timeouts, seconds (each at least 1). A connection idle longer than the
+/// Largest conntrack idle timeout accepted, seconds (one year).
+pub const MAX_CT_TIMEOUT_S: u32 = 365 * 24 * 3600;
+
+/// Conntrack idle timeouts, seconds (each at least 1, at most [`MAX_CT_TIMEOUT_S`]). A connection idle longer than the
 /// timeout of its state is over; its next packet is a new connection, evaluated again.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -605,6 +608,33 @@ impl Default for ConntrackTimeouts {
 }
 
 impl ConntrackTimeouts {
+    /// Each timeout between 1 second and [`MAX_CT_TIMEOUT_S`].
+    fn validate(&self) -> Result<(), (String, String)> {
+        for (name, v) in [
+            ("tcp_syn_s", self.tcp_syn_s),
+            ("tcp_established_s", self.tcp_established_s),
+            ("tcp_closing_s", self.tcp_closing_s),
+            ("udp_s", self.udp_s),
+            ("other_s", self.other_s),
+        ] {
+            if v == 0 {
+                return Err((
+                    format!("conntrack_timeouts.{name}"),
+                    "0 is below the minimum of 1 second".to_owned(),
+                ));
+            }
+            // Conntrack entries keep their expiry in wrapping 67 ms ticks (about 4.5 years
+            // each way): a year is far beyond any useful idle timeout and well inside that.
+            if v > MAX_CT_TIMEOUT_S {
+                return Err((
+                    format!("conntrack_timeouts.{name}"),
+                    format!("{v} is above the maximum of {MAX_CT_TIMEOUT_S} seconds (one year)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The datapath's form.
     pub fn datapath(self) -> catalyst_policy::datapath::CtTimeouts {
         catalyst_policy::datapath::CtTimeouts {
@@ -868,20 +898,8 @@ impl AgentConfig {
                 ));
             }
         }
-        let t = &self.conntrack_timeouts;
-        for (name, v) in [
-            ("tcp_syn_s", t.tcp_syn_s),
-            ("tcp_established_s", t.tcp_established_s),
-            ("tcp_closing_s", t.tcp_closing_s),
-            ("udp_s", t.udp_s),
-            ("other_s", t.other_s),
-        ] {
-            if v == 0 {
-                return Err(invalid(
-                    format!("conntrack_timeouts.{name}"),
-                    "0 is below the minimum of 1 second".to_owned(),
-                ));
-            }
+        if let Err((field, message)) = self.conntrack_timeouts.validate() {
+            return Err(invalid(field, message));
         }
         if self.signals.interval_ms < 100 {
             return Err(invalid(
@@ -940,7 +958,7 @@ mod tests {
     }
 
     #[test]
-    fn conntrack_timeouts_default_to_cilium_and_reject_zero() {
+    fn conntrack_timeouts_default_to_cilium_and_reject_zero_and_over_a_year() {
         let cfg = AgentConfig::parse(Path::new("agent.yaml"), "node: n1\n").unwrap();
         assert_eq!(
             cfg.conntrack_timeouts.datapath(),
@@ -953,6 +971,17 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("conntrack_timeouts.udp_s"), "{err}");
+        let err = AgentConfig::parse(
+            Path::new("agent.yaml"),
+            "node: n1\nconntrack_timeouts: {tcp_established_s: 31536001}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("conntrack_timeouts.tcp_established_s")
+                && err.contains("above the maximum of 31536000"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -370,43 +370,76 @@ impl CtKey {
 }
 
 /// Connection is being closed (FIN or RST seen).
-pub const CT_F_CLOSING: u32 = 1 << 0;
+pub const CT_F_CLOSING: u16 = 1 << 0;
 /// A reply has been seen (the first one of a non-TCP flow is reported as a trace event).
-pub const CT_F_SEEN_REPLY: u32 = 1 << 2;
+pub const CT_F_SEEN_REPLY: u16 = 1 << 2;
 /// The connection's original packet had its tuple swapped in the key ([`CtKey::canonical`]):
 /// packets of the connection that are swapped the other way are its replies.
-pub const CT_F_SWAPPED: u32 = 1 << 3;
+pub const CT_F_SWAPPED: u16 = 1 << 3;
 
-/// Value of [`MAP_CONNTRACK`].
+/// `CLOCK_MONOTONIC` nanoseconds per tick of [`CtEntry::expires`] (2^26 ns, about 67 ms): a u32
+/// of them spans about 9 years, and entries compare them with wrapping arithmetic.
+pub const CT_EXPIRY_TICK_SHIFT: u32 = 26;
+/// `CLOCK_MONOTONIC` nanoseconds per tick of [`CtEntry::last_event`] (2^20 ns, about 1 ms).
+pub const CT_EVENT_TICK_SHIFT: u32 = 20;
+
+/// The expiry tick of a connection whose last packet came at `now_ns` and that lives `lifetime_ns`
+/// idle: the first tick that starts no earlier than `now_ns + lifetime_ns` (so an entry never
+/// expires early, and at most two ticks late).
+#[inline(always)]
+#[must_use]
+pub const fn ct_expiry(now_ns: u64, lifetime_ns: u64) -> u32 {
+    let tick = 1u64 << CT_EXPIRY_TICK_SHIFT;
+    ((now_ns >> CT_EXPIRY_TICK_SHIFT) + lifetime_ns.div_ceil(tick) + 1) as u32
+}
+
+/// Whether an entry expiring at tick `expires` is over at `now_ns` (wrapping comparison: right
+/// while lifetimes and the time since expiry stay under about 4.5 years).
+#[inline(always)]
+#[must_use]
+pub const fn ct_expired(expires: u32, now_ns: u64) -> bool {
+    ((now_ns >> CT_EXPIRY_TICK_SHIFT) as u32)
+        .wrapping_sub(expires)
+        .cast_signed()
+        >= 0
+}
+
+/// Value of [`MAP_CONNTRACK`]: 32 bytes, so that an LRU hash element (48 bytes of kernel header,
+/// the 48-byte key, the value) is two cache lines — a new connection writes one line less into
+/// its cold element than with the 56-byte entry of schema 4.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtEntry {
     /// Policy revision the cached verdict was computed under.
     pub revision: u32,
-    /// `VERDICT_*` of the connection.
-    pub verdict: u32,
-    /// `DROP_*` reason when dropped (or would-be reason under audit).
-    pub drop_reason: u32,
     /// Rule origin index of the policy entry that decided.
     pub rule_id: u32,
-    /// `MATCH_*` of the deciding entry.
-    pub match_type: u32,
-    /// Direction of the original packet (`DIR_*`).
-    pub direction: u32,
     /// Peer identity at decision time.
     pub peer_identity: u32,
+    /// `VERDICT_*` of the connection.
+    pub verdict: u8,
+    /// `DROP_*` reason when dropped (or would-be reason under audit).
+    pub drop_reason: u8,
+    /// `MATCH_*` of the deciding entry.
+    pub match_type: u8,
+    /// Direction of the original packet (`DIR_*`).
+    pub direction: u8,
     /// `CT_F_*` bits.
-    pub flags: u32,
-    /// TCP flags seen in the original direction (low byte) and the reply direction (next byte).
-    pub tcp_flags_seen: u32,
+    pub flags: u16,
+    /// TCP flags seen in the original direction (low byte) and the reply direction (high byte).
+    pub tcp_flags_seen: u16,
     /// Destination port (ICMP: type) the policy decision was made for, host byte order.
-    pub policy_port: u32,
-    /// Last time (`bpf_ktime_get_ns`) an event was emitted for this entry.
-    pub last_event_ns: u64,
-    /// When the entry expires unless another packet comes (`bpf_ktime_get_coarse_ns` clock,
-    /// `CLOCK_MONOTONIC`): the last packet's time plus the timeout of the connection's state
-    /// ([`CtTimeouts`]). A packet that finds an expired entry starts a new connection.
-    pub expires_ns: u64,
+    pub policy_port: u16,
+    /// Reserved, zero.
+    pub pad: u16,
+    /// When an event was last emitted for this entry, in ticks of 2^[`CT_EVENT_TICK_SHIFT`] ns of
+    /// the `bpf_ktime_get_coarse_ns` clock (wrapping).
+    pub last_event: u32,
+    /// When the entry expires unless another packet comes ([`ct_expiry`]: the last packet's time
+    /// plus the timeout of the connection's state, [`CtTimeouts`]), in ticks of
+    /// 2^[`CT_EXPIRY_TICK_SHIFT`] ns of `CLOCK_MONOTONIC` (`bpf_ktime_get_coarse_ns`). A packet that
+    /// finds an expired entry ([`ct_expired`]) starts a new connection.
+    pub expires: u32,
 }
 
 /// Key of [`MAP_FRAGMENTS`]: one datagram in flight as fragments (the fields IP reassembly
@@ -472,7 +505,7 @@ pub const CFG_F_NO_TRACE_EVENTS: u32 = 1 << 3;
 /// [`MAP_POLICY_EXACT`]); the tries hold only the shorter prefixes. 4: conntrack entries without
 /// per-connection packet and byte counts (nothing read them; two atomic adds per packet).
 /// 5: one conntrack key for both directions of a connection ([`CtKey::canonical`],
-/// [`CT_F_SWAPPED`]); a restarted agent migrates schema-4 conntrack entries.
+/// [`CT_F_SWAPPED`]) and a 32-byte entry (narrow fields, expiry and last event in coarse ticks).
 pub const DATAPATH_SCHEMA: u32 = 5;
 
 /// Conntrack idle timeouts by protocol and state, seconds. A connection whose last packet is
@@ -676,7 +709,7 @@ mod tests {
         assert_eq!(size_of::<PolicyKey>(), 12);
         assert_eq!(size_of::<PolicyEntry>(), 16);
         assert_eq!(size_of::<CtKey>(), 4 + 16 + 16 + 2 + 2 + 1 + 1 + 2);
-        assert_eq!(size_of::<CtEntry>(), 10 * 4 + 2 * 8);
+        assert_eq!(size_of::<CtEntry>(), 32);
         assert_eq!(size_of::<FragKey>(), 16 + 16 + 4 + 1 + 1 + 2);
         assert_eq!(size_of::<FragPorts>(), 2 + 2 + 2 + 1 + 1);
         assert_eq!(size_of::<DatapathConfig>(), 24 + 24);
@@ -726,6 +759,36 @@ mod tests {
         // A tuple equal to its reverse is never swapped.
         let a = v4([10, 0, 0, 1]);
         assert!(!CtKey::canonical(3, a, a, 7, 7, PROTO_UDP, 4).1);
+    }
+
+    #[test]
+    fn conntrack_expiry_is_never_early_and_at_most_two_ticks_late() {
+        let tick = 1u64 << CT_EXPIRY_TICK_SHIFT;
+        for now in [
+            0,
+            1,
+            tick - 1,
+            tick,
+            5 * tick + 12_345,
+            3_600 * 1_000_000_000,
+        ] {
+            for lifetime in [1_000_000_000u64, 60_000_000_000, 21_600_000_000_000, tick] {
+                let e = ct_expiry(now, lifetime);
+                assert!(
+                    !ct_expired(e, now + lifetime - 1),
+                    "early: {now} + {lifetime}"
+                );
+                assert!(
+                    ct_expired(e, now + lifetime + 2 * tick),
+                    "late: {now} + {lifetime}"
+                );
+            }
+        }
+        // Across the wrap of the u32 tick counter.
+        let near_wrap = (u64::from(u32::MAX) - 3) << CT_EXPIRY_TICK_SHIFT;
+        let e = ct_expiry(near_wrap, 10 * tick);
+        assert!(!ct_expired(e, near_wrap + 5 * tick));
+        assert!(ct_expired(e, near_wrap + 12 * tick));
     }
 
     #[test]

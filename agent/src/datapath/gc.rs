@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use aya::maps::{HashMap, Map, MapData};
 
-use catalyst_policy::datapath::{CtEntry, CtKey, MAP_CONNTRACK};
+use catalyst_policy::datapath::{CtEntry, CtKey, MAP_CONNTRACK, ct_expired};
 
 /// What one sweep found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -25,7 +25,7 @@ pub struct ConntrackGc {
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_coarse_ns` reads.
-fn monotonic_ns() -> u64 {
+pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -57,7 +57,7 @@ impl ConntrackGc {
             // An entry evicted or removed during the walk ends the iteration step with an
             // error for that key only; skip it.
             let Ok((key, entry)) = item else { continue };
-            if entry.expires_ns <= now {
+            if ct_expired(entry.expires, now) {
                 expired.push(key);
             } else {
                 live += 1;

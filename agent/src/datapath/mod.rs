@@ -15,7 +15,7 @@ pub mod tcx;
 
 pub use self::{
     bpffs::ensure_bpffs,
-    gc::{ConntrackGc, GcReport},
+    gc::{ConntrackGc, GcReport, monotonic_ns},
     loader::{AttachMode, Datapath, LoadOptions, read_counters_of, uninstall},
     store::{DesiredState, MapStore, StoreError, by_endpoint},
     sync::{apply, apply_diff},

@@ -17,19 +17,20 @@ use catalyst_tests::require::{Need, require};
 use catalyst_agent::{
     config::MapSizes,
     datapath::{
-        AttachMode, ConntrackGc, Datapath, DesiredState, GcReport, LoadOptions, MapStore,
-        StoreError, apply, uninstall,
+        AttachMode, ConntrackGc, CtEntryV4, Datapath, DesiredState, GcReport, LoadOptions,
+        MapStore, StoreError, apply, monotonic_ns, uninstall,
     },
 };
 use catalyst_policy::{
     CompileInput, Endpoint, LabelSet, PolicySet, compile,
     datapath::{
-        ALL_MAPS, CtTimeouts, DATAPATH_SCHEMA, DIR_EGRESS, DIR_INGRESS, DROP_CT_INVALID_HEADER,
-        DROP_FRAG_NOT_FOUND, DROP_INVALID_IPV6_EXT, DROP_INVALID_PACKET, DROP_INVALID_SOURCE_IP,
-        DROP_POLICY_DENIED, DROP_POLICY_DENY, DROP_UNSUPPORTED_L3, DatapathConfig, EndpointInfo,
-        IpcacheEntry, MAP_CONFIG, MAP_ENDPOINTS, PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, PolicyEntry,
-        PolicyKey, STAT_AUDIT, STAT_CT_CREATED, STAT_CT_ENDED, STAT_NOT_POLICED, VERDICT_AUDIT,
-        VERDICT_DROPPED, counter_index,
+        ALL_MAPS, CtKey, CtTimeouts, DATAPATH_SCHEMA, DIR_EGRESS, DIR_INGRESS,
+        DROP_CT_INVALID_HEADER, DROP_FRAG_NOT_FOUND, DROP_INVALID_IPV6_EXT, DROP_INVALID_PACKET,
+        DROP_INVALID_SOURCE_IP, DROP_POLICY_DENIED, DROP_POLICY_DENY, DROP_UNSUPPORTED_L3,
+        DatapathConfig, EndpointInfo, IpcacheEntry, MAP_CONFIG, MAP_CONNTRACK, MAP_ENDPOINTS,
+        PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, PolicyEntry, PolicyKey, STAT_AUDIT, STAT_CT_CREATED,
+        STAT_CT_ENDED, STAT_NOT_POLICED, VERDICT_AUDIT, VERDICT_DROPPED, VERDICT_FORWARDED,
+        counter_index,
     },
     labels::SOURCE_K8S,
 };
@@ -1272,6 +1273,98 @@ fn pinned_maps_of_an_old_layout_are_recreated() {
     drop(std::mem::replace(&mut f.dp, load().unwrap()));
     assert_eq!(f.dp.recreated_maps().len(), ALL_MAPS.len());
     assert_eq!(counters(&f)[counter_index(DIR_INGRESS, 0) as usize], 0);
+}
+
+/// An upgrade from layout schema 4 keeps established connections: the old agent's conntrack
+/// entries are converted (one key for both directions) while every map is recreated, so the
+/// reply of a connection that arrives before the workload's next packet still passes instead of
+/// being judged as a new connection.
+#[test]
+fn conntrack_entries_of_schema_4_survive_the_upgrade() {
+    if !root_or_skip("conntrack_entries_of_schema_4_survive_the_upgrade") {
+        return;
+    }
+    let pin = PathBuf::from(format!(
+        "/sys/fs/bpf/catalyst-test-migrate-{}",
+        std::process::id()
+    ));
+    let _ = uninstall(&pin);
+    let load = || {
+        Datapath::load(&LoadOptions {
+            pin_path: pin.clone(),
+            sizes: MapSizes::default(),
+            attach_mode: AttachMode::Auto,
+        })
+    };
+    let desired = lo_only(&compile(&input(POLICY, false)).unwrap());
+    // What a schema-4 agent leaves: maps whose config says schema 4 (made here by a current
+    // agent, then marked) and a conntrack map of the old layout (44-byte key, 56-byte value).
+    let mut f = Fixture {
+        dp: load().unwrap(),
+        pin: pin.clone(),
+    };
+    apply(&mut f.dp, &desired, true).unwrap();
+    let mut cfg = f.dp.config().unwrap();
+    cfg.schema = 4;
+    f.dp.set_config(cfg).unwrap();
+    let ct = pin.join("maps").join(MAP_CONNTRACK);
+    std::fs::remove_file(&ct).unwrap();
+    pin_raw_map(&ct, 9, 44, 56, 4096);
+    {
+        let data = aya::maps::MapData::from_pin(&ct).unwrap();
+        let mut old: aya::maps::HashMap<_, CtKey, CtEntryV4> =
+            aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).unwrap();
+        let ip = |a: [u8; 4]| [u32::from_ne_bytes(a), 0, 0, 0];
+        // client:44100 → web:80, allowed into web, keyed by its original tuple as schema 4 did.
+        let key = CtKey {
+            ifindex: LO,
+            saddr: ip(CLIENT),
+            daddr: ip(WEB),
+            sport_be: 44_100u16.to_be(),
+            dport_be: 80u16.to_be(),
+            protocol: 6,
+            family: 4,
+            pad: 0,
+        };
+        let entry = CtEntryV4 {
+            revision: 1,
+            verdict: u32::from(VERDICT_FORWARDED),
+            direction: u32::from(DIR_INGRESS),
+            tcp_flags_seen: 0x02,
+            policy_port: 80,
+            expires_ns: monotonic_ns() + 3_600 * 1_000_000_000,
+            ..CtEntryV4::default()
+        };
+        old.insert(key, entry, 0).unwrap();
+    }
+    drop(std::mem::replace(
+        &mut f.dp,
+        load().expect("loads over schema-4 pins"),
+    ));
+    assert_eq!(
+        f.dp.recreated_maps().len(),
+        ALL_MAPS.len(),
+        "everything recreated"
+    );
+    assert_eq!(
+        f.dp.migrated_connections(),
+        1,
+        "the connection carried over"
+    );
+    apply(&mut f.dp, &desired, true).unwrap();
+    // web's SYN-ACK: without the entry it would be a new connection web → client, which this
+    // policy denies (as the control packet of a connection the old agent did not know shows).
+    let synack = ipv4(WEB, CLIENT, 6, &tcp(80, 44_100, 0x12), 0);
+    assert_eq!(
+        run(&f, PROG_FROM_ENDPOINT, &synack),
+        PASS,
+        "the reply of the carried-over connection"
+    );
+    let unknown = ipv4(WEB, CLIENT, 6, &tcp(80, 44_101, 0x12), 0);
+    assert_eq!(run(&f, PROG_FROM_ENDPOINT, &unknown), DROP, "control");
+    // The connection continues in its own direction too.
+    let ack = ipv4(CLIENT, WEB, 6, &tcp(44_100, 80, 0x10), 0);
+    assert_eq!(run(&f, PROG_TO_ENDPOINT, &ack), PASS);
 }
 
 /// Conntrack lifecycle: FIN/RST move a TCP connection to closing and a new SYN on its tuple

@@ -30,6 +30,7 @@ use catalyst_policy::datapath::{
 };
 
 use super::{
+    migrate,
     store::{MapStore, StoreError},
     tcx,
 };
@@ -103,6 +104,37 @@ pub struct Datapath {
     tcx_without_links: bool,
     /// Pinned maps found with an incompatible layout and recreated empty at load.
     recreated: Vec<&'static str>,
+    /// Conntrack entries carried over from an older layout at load.
+    migrated: usize,
+}
+
+/// Writes the converted conntrack entries of an older layout into the new map; returns how many
+/// it took (a full table evicts the least recently used, as for any insert).
+fn migrate_conntrack(
+    map: &mut HashMap<MapData, CtKey, CtEntry>,
+    entries: &[(CtKey, CtEntry)],
+) -> usize {
+    if entries.is_empty() {
+        return 0;
+    }
+    let mut written = 0;
+    let mut failed = 0;
+    for (k, v) in entries {
+        if map.insert(k, v, 0).is_ok() {
+            written += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    tracing::info!(
+        written,
+        failed,
+        from_schema = migrate::CONNTRACK_FROM_SCHEMA,
+        to_schema = DATAPATH_SCHEMA,
+        "conntrack entries carried over from the older layout: their connections continue \
+         (re-evaluated against the policy in force after the first sync)"
+    );
+    written
 }
 
 /// The layout a pinned map must have to be adopted: key and value size in bytes (LPM keys
@@ -202,8 +234,9 @@ const LAYOUTS: [Layout; 12] = [
 /// incompatible ones, so the loader creates them afresh instead of handing the programs memory
 /// of another shape. A pinned config written under another [`DATAPATH_SCHEMA`] (or of another
 /// size) makes every pinned map incompatible: the meaning of their fields may have changed.
-/// Returns the maps removed.
-fn drop_incompatible_pins(maps_dir: &Path) -> anyhow::Result<Vec<&'static str>> {
+/// Returns the maps removed, and the conntrack entries of a schema-4 agent converted to this
+/// layout ([`super::migrate`]; empty otherwise).
+fn drop_incompatible_pins(maps_dir: &Path) -> anyhow::Result<Dropped> {
     const { assert!(LAYOUTS.len() == ALL_MAPS.len()) };
     let mut found = Vec::new();
     for layout in &LAYOUTS {
@@ -232,6 +265,7 @@ fn drop_incompatible_pins(maps_dir: &Path) -> anyhow::Result<Vec<&'static str>> 
         });
         found.push((layout.name, path, why));
     }
+    let mut old_schema = None;
     let schema_mismatch = match found.iter().find(|(n, _, _)| *n == MAP_CONFIG) {
         Some((_, _, Some(why))) => Some(format!("config map of another layout: {why}")),
         Some((_, path, None)) => {
@@ -240,6 +274,7 @@ fn drop_incompatible_pins(maps_dir: &Path) -> anyhow::Result<Vec<&'static str>> 
             let config: Array<MapData, DatapathConfig> =
                 Array::try_from(aya::maps::Map::Array(map))?;
             let schema = config.get(&0, 0)?.schema;
+            old_schema = Some(schema);
             // 0: created by a build of this schema that stopped before its first sync.
             (schema != 0 && schema != DATAPATH_SCHEMA).then(|| {
                 format!("written under schema {schema}, this agent uses {DATAPATH_SCHEMA}")
@@ -247,6 +282,26 @@ fn drop_incompatible_pins(maps_dir: &Path) -> anyhow::Result<Vec<&'static str>> 
         }
         None => None,
     };
+    let mut conntrack = Vec::new();
+    if old_schema == Some(migrate::CONNTRACK_FROM_SCHEMA) {
+        let path = maps_dir.join(MAP_CONNTRACK);
+        let sizes = aya::maps::MapInfo::from_pin(&path)
+            .map(|i| (i.key_size(), i.value_size()))
+            .ok();
+        if sizes == Some(migrate::CONNTRACK_V4_SIZES) {
+            // A failure to read costs the connections, not the start.
+            match migrate::read_conntrack_v4(&path) {
+                Ok(entries) => conntrack = entries,
+                Err(e) => tracing::warn!(
+                    pin = %path.display(),
+                    error = %format!("{e:#}"),
+                    "cannot read the conntrack entries of schema {}; tracked connections are \
+                     re-evaluated as new ones",
+                    migrate::CONNTRACK_FROM_SCHEMA
+                ),
+            }
+        }
+    }
     let mut removed = Vec::new();
     for (name, path, why) in found {
         let why = match (&schema_mismatch, why) {
@@ -265,7 +320,13 @@ fn drop_incompatible_pins(maps_dir: &Path) -> anyhow::Result<Vec<&'static str>> 
             .with_context(|| format!("cannot remove the incompatible pin {}", path.display()))?;
         removed.push(name);
     }
-    Ok(removed)
+    Ok(Dropped { removed, conntrack })
+}
+
+/// What [`drop_incompatible_pins`] removed and carried over.
+struct Dropped {
+    removed: Vec<&'static str>,
+    conntrack: Vec<(CtKey, CtEntry)>,
 }
 
 fn err(map: &'static str, op: &'static str, e: impl std::fmt::Display) -> StoreError {
@@ -301,7 +362,10 @@ impl Datapath {
         std::fs::create_dir_all(&maps_dir)
             .with_context(|| format!("cannot create {}", maps_dir.display()))?;
         std::fs::create_dir_all(opts.pin_path.join("links"))?;
-        let recreated = drop_incompatible_pins(&maps_dir)?;
+        let Dropped {
+            removed: recreated,
+            conntrack: migrated,
+        } = drop_incompatible_pins(&maps_dir)?;
         let mut loader = EbpfLoader::new();
         loader
             .default_map_pin_directory(&maps_dir)
@@ -340,7 +404,8 @@ impl Datapath {
         let config = take(&mut ebpf, MAP_CONFIG)?;
         let counters: PerCpuArray<MapData, u64> = take(&mut ebpf, MAP_COUNTERS)?;
         let events = Some(take(&mut ebpf, MAP_EVENTS)?);
-        let conntrack = take(&mut ebpf, MAP_CONNTRACK)?;
+        let mut conntrack: HashMap<MapData, CtKey, CtEntry> = take(&mut ebpf, MAP_CONNTRACK)?;
+        let migrated = migrate_conntrack(&mut conntrack, &migrated);
         Ok(Self {
             ebpf,
             pin_path: opts.pin_path.clone(),
@@ -363,7 +428,13 @@ impl Datapath {
             attached: BTreeSet::new(),
             tcx_without_links: false,
             recreated,
+            migrated,
         })
+    }
+
+    /// Conntrack entries carried over from the pins of an older layout at load.
+    pub fn migrated_connections(&self) -> usize {
+        self.migrated
     }
 
     /// Pinned maps that had an incompatible layout at load and were recreated empty.

@@ -7,6 +7,7 @@ mod gc;
 mod loader;
 #[cfg(test)]
 mod memory;
+mod migrate;
 #[cfg(test)]
 pub use self::memory::MemoryMaps;
 mod store;
@@ -17,6 +18,7 @@ pub use self::{
     bpffs::ensure_bpffs,
     gc::{ConntrackGc, GcReport, monotonic_ns},
     loader::{AttachMode, Datapath, LoadOptions, read_counters_of, uninstall},
+    migrate::CtEntryV4,
     store::{DesiredState, MapStore, StoreError, by_endpoint},
     sync::{apply, apply_diff},
 };

@@ -23,16 +23,16 @@ use aya_ebpf::{
 };
 use catalyst_policy::datapath::{
     CFG_F_NO_DROP_EVENTS, CFG_F_NO_TRACE_EVENTS, CFG_F_NO_VERDICT_EVENTS, COUNTER_SLOTS,
-    CT_EVENT_TICK_SHIFT, CT_F_CLOSING, CT_F_SEEN_REPLY, CT_F_SWAPPED, CtEntry, CtKey, CtTimeouts,
-    DEFAULT_CONNTRACK_MAX, DEFAULT_CT_TIMEOUTS, DEFAULT_ENDPOINTS_MAX, DEFAULT_EVENTS_BYTES,
-    DEFAULT_FRAGMENTS_MAX, DEFAULT_IPCACHE_MAX, DEFAULT_POLICY_MAX, DIR_EGRESS, DIR_INGRESS,
-    DROP_CT_MAP_INSERTION_FAILED, DROP_FRAG_NOT_FOUND, DROP_INVALID_SOURCE_IP, DROP_NONE,
-    DatapathConfig, EP_F_NO_SOURCE_CHECK, EV_F_END, EV_F_NEW, EV_F_REEVALUATED, EV_F_REPLY,
-    EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, EndpointInfo, FlowEvent, FragKey, FragPorts,
-    IpcacheEntry, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyEntry, PolicyKey, STAT_AUDIT,
-    STAT_CT_CREATED, STAT_CT_ENDED, STAT_CT_REEVALUATED, STAT_EVENTS_LOST, STAT_EVENTS_SENT,
-    STAT_NO_ENDPOINT, STAT_NOT_POLICED, TRACE_ESTABLISHED, TRACE_NEW, TRACE_REPLY, VERDICT_AUDIT,
-    VERDICT_DROPPED, counter_index, ct_expired, ct_expiry,
+    CT_EVENT_TICK_SHIFT, CT_F_CLOSING, CT_F_SEEN_REPLY, CT_F_SWAPPED, CtEntry, CtKey, CtKey4,
+    CtTimeouts, DEFAULT_CONNTRACK_MAX, DEFAULT_CT_TIMEOUTS, DEFAULT_ENDPOINTS_MAX,
+    DEFAULT_EVENTS_BYTES, DEFAULT_FRAGMENTS_MAX, DEFAULT_IPCACHE_MAX, DEFAULT_POLICY_MAX,
+    DIR_EGRESS, DIR_INGRESS, DROP_CT_MAP_INSERTION_FAILED, DROP_FRAG_NOT_FOUND,
+    DROP_INVALID_SOURCE_IP, DROP_NONE, DatapathConfig, EP_F_NO_SOURCE_CHECK, EV_F_END, EV_F_NEW,
+    EV_F_REEVALUATED, EV_F_REPLY, EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, EndpointInfo,
+    FlowEvent, FragKey, FragPorts, IpcacheEntry, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyEntry,
+    PolicyKey, STAT_AUDIT, STAT_CT_CREATED, STAT_CT_ENDED, STAT_CT_REEVALUATED, STAT_EVENTS_LOST,
+    STAT_EVENTS_SENT, STAT_NO_ENDPOINT, STAT_NOT_POLICED, TRACE_ESTABLISHED, TRACE_NEW,
+    TRACE_REPLY, VERDICT_AUDIT, VERDICT_DROPPED, counter_index, ct_expired, ct_expiry,
 };
 
 use crate::{
@@ -63,10 +63,14 @@ static POLICY: LpmTrie<PolicyKey, PolicyEntry> = LpmTrie::pinned(DEFAULT_POLICY_
 #[map(name = "CATALYST_POLICYX")]
 static POLICY_EXACT: HashMap<PolicyKey, PolicyEntry> =
     HashMap::pinned(DEFAULT_POLICY_MAX, BPF_F_NO_PREALLOC);
-#[map(name = "CATALYST_CT")]
 // Per-CPU LRU lists (BPF_F_NO_COMMON_LRU): inserts of new connections do not contend on one
-// global LRU lock.
-static CONNTRACK: LruHashMap<CtKey, CtEntry> =
+// global LRU lock. IPv4 connections have their own table with a 20-byte key: every packet hashes
+// and compares its key, and that is most of an established packet's cost.
+#[map(name = "CATALYST_CT4")]
+static CONNTRACK4: LruHashMap<CtKey4, CtEntry> =
+    LruHashMap::pinned(DEFAULT_CONNTRACK_MAX, BPF_F_NO_COMMON_LRU);
+#[map(name = "CATALYST_CT")]
+static CONNTRACK6: LruHashMap<CtKey, CtEntry> =
     LruHashMap::pinned(DEFAULT_CONNTRACK_MAX, BPF_F_NO_COMMON_LRU);
 #[map(name = "CATALYST_CONFIG")]
 static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
@@ -226,17 +230,50 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
     }
     let cfg = config();
     // One key for both directions: one lookup finds the connection of a reply too.
-    let (key, swapped) = CtKey::canonical(
-        ifindex,
-        pkt.saddr,
-        pkt.daddr,
-        pkt.ct_sport_be,
-        pkt.ct_dport_be,
-        pkt.protocol,
-        pkt.family,
-    );
+    if pkt.family == 4 {
+        let (key, swapped) = CtKey4::canonical(
+            ifindex,
+            pkt.saddr[0],
+            pkt.daddr[0],
+            pkt.ct_sport_be,
+            pkt.ct_dport_be,
+            pkt.protocol,
+        );
+        track(ctx, dir, ifindex, pkt, &cfg, &CONNTRACK4, &key, swapped)
+    } else {
+        let (key, swapped) = CtKey::canonical(
+            ifindex,
+            pkt.saddr,
+            pkt.daddr,
+            pkt.ct_sport_be,
+            pkt.ct_dport_be,
+            pkt.protocol,
+            pkt.family,
+        );
+        track(ctx, dir, ifindex, pkt, &cfg, &CONNTRACK6, &key, swapped)
+    }
+}
+
+/// The packet's connection in `map` under `key` (`swapped`: the packet's tuple was reversed to
+/// make it): the cached verdict of a known connection, or a new one.
+#[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined hot path, one instance per address family"
+)]
+fn track<K>(
+    ctx: &TcContext,
+    dir: u8,
+    ifindex: u32,
+    pkt: &Packet,
+    cfg: &DatapathConfig,
+    map: &LruHashMap<K, CtEntry>,
+    key: &K,
+    swapped: bool,
+) -> i32 {
+    let cfg = *cfg;
     let syn_only = pkt.protocol == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    let Some(e) = CONNTRACK.get_ptr_mut(&key) else {
+    let Some(e) = map.get_ptr_mut(key) else {
         let Some(ep) = endpoint(ifindex) else {
             count(STAT_NO_ENDPOINT);
             return PASS;
@@ -247,7 +284,8 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
             ifindex,
             &ep,
             pkt,
-            &key,
+            map,
+            key,
             swapped,
             &cfg,
             coarse_ns(),
@@ -263,11 +301,11 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
         // entry replaces the old one (same key); without an endpoint the old one is removed.
         count(STAT_CT_ENDED);
         let Some(ep) = endpoint(ifindex) else {
-            let _ = CONNTRACK.remove(&key);
+            let _ = map.remove(key);
             count(STAT_NO_ENDPOINT);
             return PASS;
         };
-        return new_flow(ctx, dir, ifindex, &ep, pkt, &key, swapped, &cfg, now);
+        return new_flow(ctx, dir, ifindex, &ep, pkt, map, key, swapped, &cfg, now);
     }
 
     let mut ev_flags = if reply { EV_F_REPLY } else { 0 };
@@ -452,19 +490,30 @@ fn fragment(pkt: &mut Packet) -> bool {
 /// have the one key).
 #[inline(always)]
 fn related(ifindex: u32, pkt: &Packet) -> bool {
-    let (key, _) = CtKey::canonical(
-        ifindex,
-        pkt.inner.saddr,
-        pkt.inner.daddr,
-        pkt.inner.sport_be,
-        pkt.inner.dport_be,
-        pkt.inner.protocol,
-        pkt.family,
-    );
+    let found = if pkt.family == 4 {
+        let (key, _) = CtKey4::canonical(
+            ifindex,
+            pkt.inner.saddr[0],
+            pkt.inner.daddr[0],
+            pkt.inner.sport_be,
+            pkt.inner.dport_be,
+            pkt.inner.protocol,
+        );
+        CONNTRACK4.get_ptr(&key)
+    } else {
+        let (key, _) = CtKey::canonical(
+            ifindex,
+            pkt.inner.saddr,
+            pkt.inner.daddr,
+            pkt.inner.sport_be,
+            pkt.inner.dport_be,
+            pkt.inner.protocol,
+            pkt.family,
+        );
+        CONNTRACK6.get_ptr(&key)
+    };
     // SAFETY: pointer from a successful lookup, read at once.
-    CONNTRACK
-        .get_ptr(&key)
-        .is_some_and(|e| unsafe { (*e).verdict } != VERDICT_DROPPED)
+    found.is_some_and(|e| unsafe { (*e).verdict } != VERDICT_DROPPED)
 }
 
 /// Whether `saddr` is an address the endpoint may send from (its own, or any when it opted
@@ -532,13 +581,14 @@ fn flow_peer(dir: u8, pkt: &Packet) -> [u32; 4] {
     clippy::too_many_arguments,
     reason = "inlined hot path; a struct would cost stack"
 )]
-fn new_flow(
+fn new_flow<K>(
     ctx: &TcContext,
     dir: u8,
     ifindex: u32,
     ep: &EndpointInfo,
     pkt: &Packet,
-    key: &CtKey,
+    map: &LruHashMap<K, CtEntry>,
+    key: &K,
     swapped: bool,
     cfg: &DatapathConfig,
     now: u64,
@@ -591,7 +641,7 @@ fn new_flow(
         lifetime_ns(e.flags, pkt.protocol, pkt.tcp_flags, &cfg.ct_timeouts),
     );
     store_decision(&mut e, &d, cfg.policy_revision);
-    if CONNTRACK.insert(key, &e, 0).is_err() {
+    if map.insert(key, &e, 0).is_err() {
         count(counter_index(dir, DROP_CT_MAP_INSERTION_FAILED));
         e.verdict = VERDICT_DROPPED;
         e.drop_reason = DROP_CT_MAP_INSERTION_FAILED;

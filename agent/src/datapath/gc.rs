@@ -7,7 +7,9 @@ use std::path::Path;
 use anyhow::Context as _;
 use aya::maps::{HashMap, Map, MapData};
 
-use catalyst_policy::datapath::{CtEntry, CtKey, MAP_CONNTRACK, ct_expired};
+use catalyst_policy::datapath::{
+    CtEntry, CtKey, CtKey4, MAP_CONNTRACK, MAP_CONNTRACK_V4, ct_expired,
+};
 
 /// What one sweep found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -18,10 +20,11 @@ pub struct GcReport {
     pub removed: u64,
 }
 
-/// A handle on the pinned conntrack map, independent of the loaded [`super::Datapath`], so the
-/// sweep runs on its own thread.
+/// A handle on the pinned conntrack tables (IPv4 and IPv6), independent of the loaded
+/// [`super::Datapath`], so the sweep runs on its own thread.
 pub struct ConntrackGc {
-    map: HashMap<MapData, CtKey, CtEntry>,
+    v4: HashMap<MapData, CtKey4, CtEntry>,
+    v6: HashMap<MapData, CtKey, CtEntry>,
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_coarse_ns` reads.
@@ -35,15 +38,48 @@ pub fn monotonic_ns() -> u64 {
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
+/// Opens the conntrack table `name` pinned under `pin_path/maps`.
+fn open_table<K: aya::Pod>(
+    pin_path: &Path,
+    name: &str,
+) -> anyhow::Result<HashMap<MapData, K, CtEntry>> {
+    let path = pin_path.join("maps").join(name);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("cannot open the pinned conntrack map {}", path.display()))?;
+    HashMap::try_from(Map::LruHashMap(data))
+        .with_context(|| format!("{} is not a conntrack map", path.display()))
+}
+
+/// Removes the expired entries of one table; returns (live, removed).
+fn sweep_table<K: aya::Pod>(map: &mut HashMap<MapData, K, CtEntry>, now: u64) -> (u64, u64) {
+    let mut expired = Vec::new();
+    let mut live = 0u64;
+    for item in &*map {
+        // An entry evicted or removed during the walk ends the iteration step with an error for
+        // that key only; skip it.
+        let Ok((key, entry)) = item else { continue };
+        if ct_expired(entry.expires, now) {
+            expired.push(key);
+        } else {
+            live += 1;
+        }
+    }
+    let mut removed = 0u64;
+    for key in &expired {
+        if map.remove(key).is_ok() {
+            removed += 1;
+        }
+    }
+    (live, removed)
+}
+
 impl ConntrackGc {
-    /// Opens the conntrack map pinned under `pin_path/maps`.
+    /// Opens the conntrack tables pinned under `pin_path/maps`.
     pub fn open(pin_path: &Path) -> anyhow::Result<Self> {
-        let path = pin_path.join("maps").join(MAP_CONNTRACK);
-        let data = MapData::from_pin(&path)
-            .with_context(|| format!("cannot open the pinned conntrack map {}", path.display()))?;
-        let map = HashMap::try_from(Map::LruHashMap(data))
-            .with_context(|| format!("{} is not the conntrack map", path.display()))?;
-        Ok(Self { map })
+        Ok(Self {
+            v4: open_table(pin_path, MAP_CONNTRACK_V4)?,
+            v6: open_table(pin_path, MAP_CONNTRACK)?,
+        })
     }
 
     /// Removes every expired entry and counts the rest. An entry a packet renews between the
@@ -51,24 +87,11 @@ impl ConntrackGc {
     /// against the policy in force (as after any expiry).
     pub fn sweep(&mut self) -> anyhow::Result<GcReport> {
         let now = monotonic_ns();
-        let mut expired = Vec::new();
-        let mut live = 0u64;
-        for item in &self.map {
-            // An entry evicted or removed during the walk ends the iteration step with an
-            // error for that key only; skip it.
-            let Ok((key, entry)) = item else { continue };
-            if ct_expired(entry.expires, now) {
-                expired.push(key);
-            } else {
-                live += 1;
-            }
-        }
-        let mut removed = 0u64;
-        for key in &expired {
-            if self.map.remove(key).is_ok() {
-                removed += 1;
-            }
-        }
-        Ok(GcReport { live, removed })
+        let (live4, removed4) = sweep_table(&mut self.v4, now);
+        let (live6, removed6) = sweep_table(&mut self.v6, now);
+        Ok(GcReport {
+            live: live4 + live6,
+            removed: removed4 + removed6,
+        })
     }
 }

@@ -22,11 +22,11 @@ use aya::{
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use catalyst_policy::datapath::{
-    ALL_MAPS, COUNTER_SLOTS, CtEntry, CtKey, DATAPATH_SCHEMA, DatapathConfig, EndpointInfo,
-    FragKey, FragPorts, IpcacheEntry, MAP_CONFIG, MAP_CONNTRACK, MAP_COUNTERS, MAP_ENDPOINTS,
-    MAP_EVENTS, MAP_FRAGMENTS, MAP_IPCACHE_HOST_V4, MAP_IPCACHE_HOST_V6, MAP_IPCACHE_V4,
-    MAP_IPCACHE_V6, MAP_POLICY, MAP_POLICY_EXACT, POLICY_PREFIX_FULL_BITS, PROG_FROM_ENDPOINT,
-    PROG_TO_ENDPOINT, PolicyEntry, PolicyKey,
+    ALL_MAPS, COUNTER_SLOTS, CtEntry, CtKey, CtKey4, DATAPATH_SCHEMA, DatapathConfig, EndpointInfo,
+    FragKey, FragPorts, IpcacheEntry, MAP_CONFIG, MAP_CONNTRACK, MAP_CONNTRACK_V4, MAP_COUNTERS,
+    MAP_ENDPOINTS, MAP_EVENTS, MAP_FRAGMENTS, MAP_IPCACHE_HOST_V4, MAP_IPCACHE_HOST_V6,
+    MAP_IPCACHE_V4, MAP_IPCACHE_V6, MAP_POLICY, MAP_POLICY_EXACT, POLICY_PREFIX_FULL_BITS,
+    PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, PolicyEntry, PolicyKey,
 };
 
 use super::{
@@ -96,7 +96,7 @@ pub struct Datapath {
     policy_exact: HashMap<MapData, PolicyKey, PolicyEntry>,
     config: Array<MapData, DatapathConfig>,
     counters: PerCpuArray<MapData, u64>,
-    conntrack: HashMap<MapData, CtKey, CtEntry>,
+    conntrack: Conntrack,
     events: Option<RingBuf<MapData>>,
     /// Interfaces attached by this process or adopted from pins.
     attached: BTreeSet<String>,
@@ -108,19 +108,37 @@ pub struct Datapath {
     migrated: usize,
 }
 
-/// Writes the converted conntrack entries of an older layout into the new map; returns how many
-/// it took (a full table evicts the least recently used, as for any insert).
-fn migrate_conntrack(
-    map: &mut HashMap<MapData, CtKey, CtEntry>,
-    entries: &[(CtKey, CtEntry)],
-) -> usize {
+/// The conntrack tables: IPv4 connections under [`CtKey4`], IPv6 ones under [`CtKey`].
+struct Conntrack {
+    v4: HashMap<MapData, CtKey4, CtEntry>,
+    v6: HashMap<MapData, CtKey, CtEntry>,
+}
+
+impl Conntrack {
+    /// Inserts `entry` under `key` (a canonical key) into the table of its family.
+    fn insert(&mut self, key: &CtKey, entry: &CtEntry) -> Result<(), StoreError> {
+        if key.family == 4 {
+            self.v4
+                .insert(CtKey4::of(key), entry, 0)
+                .map_err(|e| err(MAP_CONNTRACK_V4, "insert", e))
+        } else {
+            self.v6
+                .insert(key, entry, 0)
+                .map_err(|e| err(MAP_CONNTRACK, "insert", e))
+        }
+    }
+}
+
+/// Writes the converted conntrack entries of an older layout into the new tables; returns how
+/// many they took (a full table evicts the least recently used, as for any insert).
+fn migrate_conntrack(map: &mut Conntrack, entries: &[(CtKey, CtEntry)]) -> usize {
     if entries.is_empty() {
         return 0;
     }
     let mut written = 0;
     let mut failed = 0;
     for (k, v) in entries {
-        if map.insert(k, v, 0).is_ok() {
+        if map.insert(k, v).is_ok() {
             written += 1;
         } else {
             failed += 1;
@@ -155,7 +173,7 @@ const fn size<T>() -> u32 {
 }
 
 /// Layouts of every map this build defines.
-const LAYOUTS: [Layout; 12] = [
+const LAYOUTS: [Layout; 13] = [
     Layout {
         name: MAP_ENDPOINTS,
         key: 4,
@@ -196,6 +214,12 @@ const LAYOUTS: [Layout; 12] = [
         name: MAP_POLICY_EXACT,
         key: size::<PolicyKey>(),
         value: size::<PolicyEntry>(),
+        max_entries: None,
+    },
+    Layout {
+        name: MAP_CONNTRACK_V4,
+        key: size::<CtKey4>(),
+        value: size::<CtEntry>(),
         max_entries: None,
     },
     Layout {
@@ -376,6 +400,7 @@ impl Datapath {
             .map_max_entries(MAP_IPCACHE_HOST_V6, opts.sizes.ipcache)
             .map_max_entries(MAP_POLICY, opts.sizes.policy)
             .map_max_entries(MAP_POLICY_EXACT, opts.sizes.policy)
+            .map_max_entries(MAP_CONNTRACK_V4, opts.sizes.conntrack)
             .map_max_entries(MAP_CONNTRACK, opts.sizes.conntrack)
             .map_max_entries(MAP_EVENTS, opts.sizes.events_bytes)
             .map_max_entries(MAP_FRAGMENTS, opts.sizes.fragments);
@@ -404,7 +429,10 @@ impl Datapath {
         let config = take(&mut ebpf, MAP_CONFIG)?;
         let counters: PerCpuArray<MapData, u64> = take(&mut ebpf, MAP_COUNTERS)?;
         let events = Some(take(&mut ebpf, MAP_EVENTS)?);
-        let mut conntrack: HashMap<MapData, CtKey, CtEntry> = take(&mut ebpf, MAP_CONNTRACK)?;
+        let mut conntrack = Conntrack {
+            v4: take(&mut ebpf, MAP_CONNTRACK_V4)?,
+            v6: take(&mut ebpf, MAP_CONNTRACK)?,
+        };
         let migrated = migrate_conntrack(&mut conntrack, &migrated);
         Ok(Self {
             ebpf,
@@ -706,10 +734,9 @@ impl Datapath {
     }
 
     /// Inserts a conntrack entry (benchmarks prefill the table; the datapath owns it otherwise).
+    /// `key` must be canonical ([`CtKey::canonical`]); it goes to the table of its family.
     pub fn conntrack_insert(&mut self, key: CtKey, entry: CtEntry) -> Result<(), StoreError> {
-        self.conntrack
-            .insert(key, entry, 0)
-            .map_err(|e| err(MAP_CONNTRACK, "insert", e))
+        self.conntrack.insert(&key, &entry)
     }
 
     /// Sum over CPUs of every counter slot.

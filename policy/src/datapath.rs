@@ -391,8 +391,11 @@ pub struct CtKey4 {
     pub dport_be: u16,
     /// IP protocol.
     pub protocol: u8,
+    /// Reserved, zero. (Two scalar fields, not a 3-byte array: the eBPF build zeroes an array
+    /// through a byte-loop `memset` subprogram, a call on every packet.)
+    pub pad8: u8,
     /// Reserved, zero.
-    pub pad: [u8; 3],
+    pub pad16: u16,
 }
 
 impl CtKey4 {
@@ -408,7 +411,8 @@ impl CtKey4 {
             sport_be: key.sport_be,
             dport_be: key.dport_be,
             protocol: key.protocol,
-            pad: [0; 3],
+            pad8: 0,
+            pad16: 0,
         }
     }
 
@@ -436,7 +440,8 @@ impl CtKey4 {
                 sport_be: dport_be,
                 dport_be: sport_be,
                 protocol,
-                pad: [0; 3],
+                pad8: 0,
+                pad16: 0,
             }
         } else {
             Self {
@@ -446,7 +451,8 @@ impl CtKey4 {
                 sport_be,
                 dport_be,
                 protocol,
-                pad: [0; 3],
+                pad8: 0,
+                pad16: 0,
             }
         };
         (key, swap)
@@ -795,7 +801,7 @@ mod tests {
         assert_eq!(size_of::<PolicyKey>(), 12);
         assert_eq!(size_of::<PolicyEntry>(), 16);
         assert_eq!(size_of::<CtKey>(), 4 + 16 + 16 + 2 + 2 + 1 + 1 + 2);
-        assert_eq!(size_of::<CtKey4>(), 4 + 4 + 4 + 2 + 2 + 1 + 3);
+        assert_eq!(size_of::<CtKey4>(), 4 + 4 + 4 + 2 + 2 + 1 + 1 + 2);
         assert_eq!(size_of::<CtEntry>(), 32);
         assert_eq!(size_of::<FragKey>(), 16 + 16 + 4 + 1 + 1 + 2);
         assert_eq!(size_of::<FragPorts>(), 2 + 2 + 2 + 1 + 1);

@@ -271,7 +271,6 @@ fn track<K>(
     key: &K,
     swapped: bool,
 ) -> i32 {
-    let cfg = *cfg;
     let syn_only = pkt.protocol == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let Some(e) = map.get_ptr_mut(key) else {
         let Some(ep) = endpoint(ifindex) else {
@@ -287,7 +286,7 @@ fn track<K>(
             map,
             key,
             swapped,
-            &cfg,
+            cfg,
             coarse_ns(),
         );
     };
@@ -305,7 +304,7 @@ fn track<K>(
             count(STAT_NO_ENDPOINT);
             return PASS;
         };
-        return new_flow(ctx, dir, ifindex, &ep, pkt, map, key, swapped, &cfg, now);
+        return new_flow(ctx, dir, ifindex, &ep, pkt, map, key, swapped, cfg, now);
     }
 
     let mut ev_flags = if reply { EV_F_REPLY } else { 0 };
@@ -325,7 +324,7 @@ fn track<K>(
             peer_family,
             pkt.protocol,
             e.policy_port,
-            &cfg,
+            cfg,
         );
         // The endpoint's address may have changed: its connections keep passing only from its
         // current address.

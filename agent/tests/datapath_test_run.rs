@@ -99,22 +99,32 @@ fn input(policy: &str, audit: bool) -> CompileInput {
     }
 }
 
-fn fixture(
-    name: &str,
-    policy: &str,
-    audit: bool,
-) -> (Fixture, catalyst_policy::Compiled, CompileInput) {
+/// A pin directory of this test process for `name`, emptied of anything a previous run left.
+fn fresh_pin(name: &str) -> PathBuf {
     let pin = PathBuf::from(format!(
         "/sys/fs/bpf/catalyst-test-{name}-{}",
         std::process::id()
     ));
     let _ = uninstall(&pin);
-    let dp = Datapath::load(&LoadOptions {
-        pin_path: pin.clone(),
+    pin
+}
+
+/// Loads the datapath with default sizes over whatever is pinned under `pin`.
+fn load_at(pin: &std::path::Path) -> anyhow::Result<Datapath> {
+    Datapath::load(&LoadOptions {
+        pin_path: pin.to_owned(),
         sizes: MapSizes::default(),
         attach_mode: AttachMode::Auto,
     })
-    .expect("datapath loads");
+}
+
+fn fixture(
+    name: &str,
+    policy: &str,
+    audit: bool,
+) -> (Fixture, catalyst_policy::Compiled, CompileInput) {
+    let pin = fresh_pin(name);
+    let dp = load_at(&pin).expect("datapath loads");
     let mut f = Fixture { dp, pin };
     let inp = input(policy, audit);
     let compiled = compile(&inp).unwrap();
@@ -1208,23 +1218,13 @@ fn pinned_maps_of_an_old_layout_are_recreated() {
     if !root_or_skip("pinned_maps_of_an_old_layout_are_recreated") {
         return;
     }
-    let pin = PathBuf::from(format!(
-        "/sys/fs/bpf/catalyst-test-layout-{}",
-        std::process::id()
-    ));
-    let _ = uninstall(&pin);
+    let pin = fresh_pin("layout");
     let maps = pin.join("maps");
     std::fs::create_dir_all(&maps).unwrap();
     // The layout before versioning: 16-byte endpoint values and a 16-byte config.
     pin_raw_map(&maps.join(MAP_ENDPOINTS), 1, 4, 16, 4096);
     pin_raw_map(&maps.join(MAP_CONFIG), 2, 4, 16, 1);
-    let load = || {
-        Datapath::load(&LoadOptions {
-            pin_path: pin.clone(),
-            sizes: MapSizes::default(),
-            attach_mode: AttachMode::Auto,
-        })
-    };
+    let load = || load_at(&pin);
     let mut f = Fixture {
         dp: load().expect("loads over an old-layout pin"),
         pin: pin.clone(),
@@ -1284,18 +1284,8 @@ fn conntrack_entries_of_schema_4_survive_the_upgrade() {
     if !root_or_skip("conntrack_entries_of_schema_4_survive_the_upgrade") {
         return;
     }
-    let pin = PathBuf::from(format!(
-        "/sys/fs/bpf/catalyst-test-migrate-{}",
-        std::process::id()
-    ));
-    let _ = uninstall(&pin);
-    let load = || {
-        Datapath::load(&LoadOptions {
-            pin_path: pin.clone(),
-            sizes: MapSizes::default(),
-            attach_mode: AttachMode::Auto,
-        })
-    };
+    let pin = fresh_pin("migrate");
+    let load = || load_at(&pin);
     let desired = lo_only(&compile(&input(POLICY, false)).unwrap());
     // What a schema-4 agent leaves: maps whose config says schema 4 (made here by a current
     // agent, then marked) and a conntrack map of the old layout (44-byte key, 56-byte value).

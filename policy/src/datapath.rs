@@ -347,28 +347,20 @@ impl CtKey {
         } else {
             sport_be > dport_be
         };
-        let key = if swap {
-            Self {
-                ifindex,
-                saddr: daddr,
-                daddr: saddr,
-                sport_be: dport_be,
-                dport_be: sport_be,
-                protocol,
-                family,
-                pad: 0,
-            }
+        let (saddr, daddr, sport_be, dport_be) = if swap {
+            (daddr, saddr, dport_be, sport_be)
         } else {
-            Self {
-                ifindex,
-                saddr,
-                daddr,
-                sport_be,
-                dport_be,
-                protocol,
-                family,
-                pad: 0,
-            }
+            (saddr, daddr, sport_be, dport_be)
+        };
+        let key = Self {
+            ifindex,
+            saddr,
+            daddr,
+            sport_be,
+            dport_be,
+            protocol,
+            family,
+            pad: 0,
         };
         (key, swap)
     }
@@ -432,28 +424,20 @@ impl CtKey4 {
         } else {
             saddr > daddr
         };
-        let key = if swap {
-            Self {
-                ifindex,
-                saddr: daddr,
-                daddr: saddr,
-                sport_be: dport_be,
-                dport_be: sport_be,
-                protocol,
-                pad8: 0,
-                pad16: 0,
-            }
+        let (saddr, daddr, sport_be, dport_be) = if swap {
+            (daddr, saddr, dport_be, sport_be)
         } else {
-            Self {
-                ifindex,
-                saddr,
-                daddr,
-                sport_be,
-                dport_be,
-                protocol,
-                pad8: 0,
-                pad16: 0,
-            }
+            (saddr, daddr, sport_be, dport_be)
+        };
+        let key = Self {
+            ifindex,
+            saddr,
+            daddr,
+            sport_be,
+            dport_be,
+            protocol,
+            pad8: 0,
+            pad16: 0,
         };
         (key, swap)
     }

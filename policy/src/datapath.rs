@@ -320,6 +320,16 @@ pub struct CtKey {
     pub pad: u16,
 }
 
+/// The tuple (addresses, ports) as given, or reversed when `swap`.
+#[inline(always)]
+fn ordered<A>(swap: bool, saddr: A, daddr: A, sport: u16, dport: u16) -> (A, A, u16, u16) {
+    if swap {
+        (daddr, saddr, dport, sport)
+    } else {
+        (saddr, daddr, sport, dport)
+    }
+}
+
 impl CtKey {
     /// The key of a packet's connection, and whether the packet's tuple was swapped to make it:
     /// the endpoint with the lower (address, port) comes first (any fixed total order serves; this
@@ -347,11 +357,7 @@ impl CtKey {
         } else {
             sport_be > dport_be
         };
-        let (saddr, daddr, sport_be, dport_be) = if swap {
-            (daddr, saddr, dport_be, sport_be)
-        } else {
-            (saddr, daddr, sport_be, dport_be)
-        };
+        let (saddr, daddr, sport_be, dport_be) = ordered(swap, saddr, daddr, sport_be, dport_be);
         let key = Self {
             ifindex,
             saddr,
@@ -424,11 +430,7 @@ impl CtKey4 {
         } else {
             saddr > daddr
         };
-        let (saddr, daddr, sport_be, dport_be) = if swap {
-            (daddr, saddr, dport_be, sport_be)
-        } else {
-            (saddr, daddr, sport_be, dport_be)
-        };
+        let (saddr, daddr, sport_be, dport_be) = ordered(swap, saddr, daddr, sport_be, dport_be);
         let key = Self {
             ifindex,
             saddr,

@@ -3,7 +3,10 @@
 //! For 10, 1,000 and 10,000 policy entries, with the conntrack table prefilled to 100,000
 //! entries: the established-flow cost (one packet run `repeat` times: every run after the first
 //! hits conntrack), and the new-flow cost (distinct packets, one run each: conntrack miss,
-//! ipcache and two policy lookups, conntrack insert, event). A single run carries the test
+//! ipcache and two policy lookups, conntrack insert, event). As in the agent, a reader thread
+//! drains the event ring buffer while the programs run (every millisecond, on whichever CPU the
+//! scheduler gives it), so every new flow writes its event: the figures are only valid with no
+//! event lost, which each line reports (`events_lost`). A single run carries the test
 //! harness's own per-call cost, so established packets are also measured one run at a time and
 //! the difference is reported as the new-flow cost: for TCP connections opening with a SYN and
 //! for UDP flows. Prints one JSON object per line.
@@ -13,21 +16,30 @@
 //! runs N new flows (10,000 policy entries), with `--profile-established N` one established
 //! packet N times, for `perf record -a -g` to see where their time goes.
 
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context as _;
 
 use catalyst_agent::{
     config::MapSizes,
     datapath::{
-        AttachMode, Datapath, DesiredState, LoadOptions, apply, by_endpoint, monotonic_ns,
-        uninstall,
+        AttachMode, Datapath, DesiredState, EventRing, LoadOptions, apply, by_endpoint,
+        monotonic_ns, uninstall,
     },
 };
 use catalyst_policy::datapath::{
     ACTION_ALLOW, CT_F_SWAPPED, CtEntry, CtKey, DIR_INGRESS, EP_F_EGRESS_ENFORCED,
     EP_F_INGRESS_ENFORCED, EndpointInfo, IpcacheEntry, MATCH_L3_L4, POLICY_PREFIX_FULL_BITS,
-    PROG_TO_ENDPOINT, PROTO_TCP, PROTO_UDP, PolicyEntry, PolicyKey, VERDICT_FORWARDED, ct_expiry,
+    PROG_TO_ENDPOINT, PROTO_TCP, PROTO_UDP, PolicyEntry, PolicyKey, STAT_EVENTS_LOST,
+    VERDICT_FORWARDED, ct_expiry,
 };
 
 const LO: u32 = 1;
@@ -136,6 +148,22 @@ fn state(entries: u32) -> DesiredState {
     d
 }
 
+/// Drains the event ring buffer every millisecond until `stop`, like the agent's reader (which
+/// drains on a 10 ms timer or when an eighth of the ring waits); returns the records read.
+fn spawn_reader(mut ring: EventRing, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut read = 0u64;
+        loop {
+            let done = stop.load(Ordering::Relaxed);
+            read += ring.drain(|_| {}) as u64;
+            if done {
+                return read;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     let pin = PathBuf::from(format!("/sys/fs/bpf/catalyst-bench-{}", std::process::id()));
     let _ = uninstall(&pin);
@@ -200,9 +228,30 @@ fn run(pin: &std::path::Path) -> anyhow::Result<()> {
         };
         dp.conntrack_insert(key, entry)?;
     }
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = spawn_reader(
+        dp.take_events()
+            .context("event ring buffer already taken")?,
+        stop.clone(),
+    );
+    let result = measure(&mut dp, profile);
+    stop.store(true, Ordering::Relaxed);
+    let read = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the event reader panicked"))?;
+    eprintln!("datapath_bench: {read} events read");
+    result
+}
+
+/// Events the programs could not write to the ring (full) so far.
+fn events_lost(dp: &Datapath) -> anyhow::Result<u64> {
+    Ok(dp.counters()?[STAT_EVENTS_LOST as usize])
+}
+
+fn measure(dp: &mut Datapath, profile: Option<(String, u32)>) -> anyhow::Result<()> {
     let dst = Ipv4Addr::new(10, 9, 9, 9);
     if let Some((mode, n)) = profile {
-        apply(&mut dp, &state(10_000), true)?;
+        apply(dp, &state(10_000), true)?;
         let peer = Ipv4Addr::from(0x0a00_0000 + 10_000);
         if mode == "--profile-established" {
             let pkt = packet(peer, dst, PROTO_TCP, 40_000, 80, ACK);
@@ -212,21 +261,25 @@ fn run(pin: &std::path::Path) -> anyhow::Result<()> {
             println!("established: {n} runs, {} ns per run", d.as_nanos());
         } else {
             let ns = single_runs(
-                &dp,
+                dp,
                 (0..n).map(|i| {
                     let dst = Ipv4Addr::from(0x0b00_0000 + i / 60_000);
                     packet(peer, dst, PROTO_TCP, 1024 + (i % 60_000) as u16, 80, SYN)
                 }),
             )?;
-            println!("new TCP flows: {n}, {ns:.1} ns per single run");
+            println!(
+                "new TCP flows: {n}, {ns:.1} ns per single run, {} events lost",
+                events_lost(dp)?
+            );
         }
         return Ok(());
     }
     let mut first = true;
     for entries in [10u32, 1_000, 10_000] {
-        apply(&mut dp, &state(entries), first)?;
+        apply(dp, &state(entries), first)?;
         first = false;
         let peer = Ipv4Addr::from(0x0a00_0000 + entries);
+        let lost_before = events_lost(dp)?;
         // Established: one packet, many runs.
         let pkt = packet(peer, dst, PROTO_TCP, 40_000, 80, ACK);
         let (ret, _) = dp.test_run(PROG_TO_ENDPOINT, &pkt, 1)?;
@@ -239,22 +292,23 @@ fn run(pin: &std::path::Path) -> anyhow::Result<()> {
         // conntrack lookup each: both directions of a connection share one key).
         let n = 20_000u32;
         let new_tcp = single_runs(
-            &dp,
+            dp,
             (0..n).map(|i| packet(peer, dst, PROTO_TCP, 1024 + i as u16, 80, SYN)),
         )?;
         let new_udp = single_runs(
-            &dp,
+            dp,
             (0..n).map(|i| packet(peer, dst, PROTO_UDP, 1024 + i as u16, 80, 0)),
         )?;
         // The same single-run measurement for established packets: what a single
         // BPF_PROG_TEST_RUN adds on top of the program (timer, preemption bookkeeping).
-        let est_single = single_runs(&dp, (0..n).map(|_| pkt.clone()))?;
+        let est_single = single_runs(dp, (0..n).map(|_| pkt.clone()))?;
         est.sort();
         let median = est[est.len() / 2];
         #[expect(clippy::cast_precision_loss, reason = "nanoseconds per packet")]
         let est_ns = median.as_nanos() as f64;
+        let lost = events_lost(dp)? - lost_before;
         println!(
-            "{{\"policy_entries\":{entries},\"conntrack_entries\":{CT_ENTRIES},\"established_ns\":{est_ns},\"new_flow_single_run_ns\":{new_tcp:.1},\"new_udp_flow_single_run_ns\":{new_udp:.1},\"established_single_run_ns\":{est_single:.1},\"new_flow_ns\":{:.1},\"new_udp_flow_ns\":{:.1}}}",
+            "{{\"policy_entries\":{entries},\"conntrack_entries\":{CT_ENTRIES},\"established_ns\":{est_ns},\"new_flow_single_run_ns\":{new_tcp:.1},\"new_udp_flow_single_run_ns\":{new_udp:.1},\"established_single_run_ns\":{est_single:.1},\"new_flow_ns\":{:.1},\"new_udp_flow_ns\":{:.1},\"events_lost\":{lost}}}",
             new_tcp - est_single + est_ns,
             new_udp - est_single + est_ns
         );

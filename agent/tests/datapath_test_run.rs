@@ -1847,6 +1847,94 @@ fn programs_stay_at_the_tcx_hooks_across_a_restart_and_uninstall_removes_them() 
     );
 }
 
+/// The agent's ring-buffer reader (`EventRing`, one producer-position read and one consumer
+/// publication per pass): every committed record is read once and in order across many
+/// wrap-arounds of a small ring; when the ring is full the events that do not fit are counted as
+/// lost, and a pass frees the space for the next ones.
+#[test]
+fn the_event_reader_reads_every_record_in_order_across_wraps_and_frees_space() {
+    use catalyst_policy::datapath::{EVENT_POLICY_VERDICT, FlowEvent, STAT_EVENTS_LOST};
+    const RING: u32 = 16 * 1024;
+    if !root_or_skip("the_event_reader_reads_every_record_in_order_across_wraps_and_frees_space") {
+        return;
+    }
+    let pin = fresh_pin("evring");
+    let dp = Datapath::load(&LoadOptions {
+        pin_path: pin.clone(),
+        sizes: MapSizes {
+            events_bytes: RING,
+            ..MapSizes::default()
+        },
+        attach_mode: AttachMode::Auto,
+    })
+    .expect("datapath loads");
+    let mut f = Fixture { dp, pin };
+    let compiled = compile(&input(POLICY, false)).unwrap();
+    apply(&mut f.dp, &lo_only(&compiled), true).unwrap();
+    let mut ring = f.dp.take_events().expect("ring buffer");
+    let mut drain = move || {
+        let mut ports = Vec::new();
+        ring.drain(|item| {
+            assert_eq!(
+                item.len(),
+                std::mem::size_of::<FlowEvent>(),
+                "record length"
+            );
+            // SAFETY: the program writes whole `FlowEvent`s; read unaligned from the record.
+            let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            assert_eq!(ev.kind, EVENT_POLICY_VERDICT);
+            ports.push(ev.sport);
+        });
+        ports
+    };
+    let lost = |f: &Fixture| counters(f)[STAT_EVENTS_LOST as usize];
+    // Each allowed SYN of a new connection sends one verdict event.
+    let syns = |f: &Fixture, ports: std::ops::Range<u16>| {
+        for sport in ports {
+            let pkt = ipv4(CLIENT, WEB, 6, &tcp(sport, 80, 0x02), 0);
+            assert_eq!(
+                run(f, PROG_TO_ENDPOINT, &pkt),
+                PASS,
+                "SYN from port {sport}"
+            );
+        }
+    };
+    assert!(drain().is_empty());
+    // 1,000 records of 96 bytes through a 16 KiB ring: about six wrap-arounds.
+    let mut next = 20_000u16;
+    for round in 0..10 {
+        syns(&f, next..next + 100);
+        let want: Vec<u16> = (next..next + 100).collect();
+        assert_eq!(drain(), want, "round {round}: every record, once, in order");
+        next += 100;
+    }
+    assert_eq!(lost(&f), 0, "nothing lost while the reader keeps up");
+    // A full ring: what does not fit is counted, what fits is read in order.
+    syns(&f, next..next + 300);
+    let got = drain();
+    let lost_now = lost(&f);
+    assert_eq!(
+        got.len() as u64 + lost_now,
+        300,
+        "read {} lost {lost_now}",
+        got.len()
+    );
+    // A record is the event and an 8-byte header, rounded up to 8 bytes.
+    let record = (std::mem::size_of::<FlowEvent>() + 8).next_multiple_of(8);
+    assert_eq!(got.len(), RING as usize / record, "the ring was filled");
+    let want: Vec<u16> = (next..next + got.len() as u16).collect();
+    assert_eq!(got, want, "the records that fit, in order");
+    next += 300;
+    // The pass published its position: the ring has room again.
+    syns(&f, next..next + 100);
+    assert_eq!(drain(), (next..next + 100).collect::<Vec<_>>());
+    assert_eq!(
+        lost(&f),
+        lost_now,
+        "no more losses after the ring was drained"
+    );
+}
+
 /// `bpf_events`: the kinds turned off in the config produce no ring-buffer record, the others
 /// still do, and the packets' verdicts and counters do not change.
 #[test]
@@ -1861,12 +1949,12 @@ fn event_kinds_turned_off_produce_no_events() {
     let mut ring = f.dp.take_events().expect("ring buffer");
     let mut drain = move || {
         let mut kinds = Vec::new();
-        while let Some(item) = ring.next() {
+        ring.drain(|item| {
             assert!(item.len() >= std::mem::size_of::<FlowEvent>());
             // SAFETY: the program writes whole `FlowEvent`s; read unaligned from the record.
             let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
             kinds.push(ev.kind);
-        }
+        });
         kinds
     };
     drain();

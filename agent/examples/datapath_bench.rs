@@ -27,12 +27,13 @@ use std::{
 };
 
 use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
 
 use catalyst_agent::{
     config::MapSizes,
     datapath::{
-        AttachMode, Datapath, DesiredState, EventRing, LoadOptions, apply, by_endpoint,
-        monotonic_ns, uninstall,
+        AttachMode, Datapath, DesiredState, LoadOptions, apply, by_endpoint, monotonic_ns,
+        uninstall,
     },
 };
 use catalyst_policy::datapath::{
@@ -150,12 +151,14 @@ fn state(entries: u32) -> DesiredState {
 
 /// Drains the event ring buffer every millisecond until `stop`, like the agent's reader (which
 /// drains on a 10 ms timer or when an eighth of the ring waits); returns the records read.
-fn spawn_reader(mut ring: EventRing, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+fn spawn_reader(mut ring: RingBuf<MapData>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
         let mut read = 0u64;
         loop {
             let done = stop.load(Ordering::Relaxed);
-            read += ring.drain(|_| {}) as u64;
+            while ring.next().is_some() {
+                read += 1;
+            }
             if done {
                 return read;
             }

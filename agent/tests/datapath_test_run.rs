@@ -1847,10 +1847,9 @@ fn programs_stay_at_the_tcx_hooks_across_a_restart_and_uninstall_removes_them() 
     );
 }
 
-/// The agent's ring-buffer reader (`EventRing`, one producer-position read and one consumer
-/// publication per pass): every committed record is read once and in order across many
-/// wrap-arounds of a small ring; when the ring is full the events that do not fit are counted as
-/// lost, and a pass frees the space for the next ones.
+/// The event ring buffer as the agent reads it: every committed record is read once and in order
+/// across many wrap-arounds of a small ring; when the ring is full the events that do not fit
+/// are counted as lost, and reading frees the space for the next ones.
 #[test]
 fn the_event_reader_reads_every_record_in_order_across_wraps_and_frees_space() {
     use catalyst_policy::datapath::{EVENT_POLICY_VERDICT, FlowEvent, STAT_EVENTS_LOST};
@@ -1874,7 +1873,7 @@ fn the_event_reader_reads_every_record_in_order_across_wraps_and_frees_space() {
     let mut ring = f.dp.take_events().expect("ring buffer");
     let mut drain = move || {
         let mut ports = Vec::new();
-        ring.drain(|item| {
+        while let Some(item) = ring.next() {
             assert_eq!(
                 item.len(),
                 std::mem::size_of::<FlowEvent>(),
@@ -1884,7 +1883,7 @@ fn the_event_reader_reads_every_record_in_order_across_wraps_and_frees_space() {
             let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
             assert_eq!(ev.kind, EVENT_POLICY_VERDICT);
             ports.push(ev.sport);
-        });
+        }
         ports
     };
     let lost = |f: &Fixture| counters(f)[STAT_EVENTS_LOST as usize];
@@ -1949,12 +1948,12 @@ fn event_kinds_turned_off_produce_no_events() {
     let mut ring = f.dp.take_events().expect("ring buffer");
     let mut drain = move || {
         let mut kinds = Vec::new();
-        ring.drain(|item| {
+        while let Some(item) = ring.next() {
             assert!(item.len() >= std::mem::size_of::<FlowEvent>());
             // SAFETY: the program writes whole `FlowEvent`s; read unaligned from the record.
             let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
             kinds.push(ev.kind);
-        });
+        }
         kinds
     };
     drain();

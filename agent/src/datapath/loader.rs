@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
@@ -30,7 +30,6 @@ use catalyst_policy::datapath::{
 };
 
 use super::{
-    events::EventRing,
     migrate,
     store::{MapStore, StoreError},
     tcx,
@@ -98,7 +97,7 @@ pub struct Datapath {
     config: Array<MapData, DatapathConfig>,
     counters: PerCpuArray<MapData, u64>,
     conntrack: Conntrack,
-    events: Option<EventRing>,
+    events: Option<RingBuf<MapData>>,
     /// Interfaces attached by this process or adopted from pins.
     attached: BTreeSet<String>,
     /// TCX links cannot be pinned here: programs are attached to the TCX hooks without links.
@@ -429,10 +428,7 @@ impl Datapath {
         let policy_exact = take(&mut ebpf, MAP_POLICY_EXACT)?;
         let config = take(&mut ebpf, MAP_CONFIG)?;
         let counters: PerCpuArray<MapData, u64> = take(&mut ebpf, MAP_COUNTERS)?;
-        let events = Some(EventRing::new(
-            ebpf.take_map(MAP_EVENTS)
-                .with_context(|| format!("eBPF object has no map `{MAP_EVENTS}`"))?,
-        )?);
+        let events = Some(take(&mut ebpf, MAP_EVENTS)?);
         let mut conntrack = Conntrack {
             v4: take(&mut ebpf, MAP_CONNTRACK_V4)?,
             v6: take(&mut ebpf, MAP_CONNTRACK)?,
@@ -480,7 +476,7 @@ impl Datapath {
     }
 
     /// Takes the event ring buffer (once) for the flow reader.
-    pub fn take_events(&mut self) -> Option<EventRing> {
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()
     }
 

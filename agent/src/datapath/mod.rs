@@ -3,7 +3,6 @@
 //! the eBPF programs, and the diff-based synchronisation of compiled policy into the maps.
 
 mod bpffs;
-mod events;
 mod gc;
 mod loader;
 #[cfg(test)]
@@ -17,7 +16,6 @@ pub mod tcx;
 
 pub use self::{
     bpffs::ensure_bpffs,
-    events::EventRing,
     gc::{ConntrackGc, GcReport, monotonic_ns},
     loader::{AttachMode, Datapath, LoadOptions, read_counters_of, uninstall},
     migrate::CtEntryV4,

@@ -3,6 +3,7 @@
 
 use std::{io::Write as _, sync::atomic::Ordering};
 
+use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
 use super::{
@@ -12,7 +13,6 @@ use super::{
     verdict::VerdictEvents,
 };
 use crate::{
-    datapath::EventRing,
     metrics::{FlowRecorder, Metrics},
     nats::FlowExport,
     signals::CountRecorder,
@@ -155,7 +155,7 @@ impl Pipeline {
 }
 
 /// Reads events until the task is cancelled.
-pub async fn run_reader(ring: EventRing, mut pipeline: Pipeline) -> anyhow::Result<()> {
+pub async fn run_reader(ring: RingBuf<MapData>, mut pipeline: Pipeline) -> anyhow::Result<()> {
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd until it is dropped, so
     // the registration never outlives the descriptor.
     let mut fd = unsafe { AsyncFd::register(ring) }
@@ -177,8 +177,13 @@ pub async fn run_reader(ring: EventRing, mut pipeline: Pipeline) -> anyhow::Resu
 /// How long an event may wait in the ring for the reader when no wakeup comes.
 const EVENTS_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
-fn drain(ring: &mut EventRing, pipeline: &mut Pipeline) {
-    if ring.drain(|record| pipeline.process(record)) > 0 {
+fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) {
+    let mut any = false;
+    while let Some(item) = ring.next() {
+        pipeline.process(&item);
+        any = true;
+    }
+    if any {
         pipeline.flush();
     }
 }

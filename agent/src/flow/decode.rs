@@ -10,8 +10,9 @@ use std::{
 
 use catalyst_policy::datapath::{
     DIR_EGRESS, DIR_INGRESS, EV_F_REPLY, EVENT_DROP, EVENT_POLICY_VERDICT, FLOW_EVENT_SIZE,
-    FlowEvent, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, TRACE_ESTABLISHED,
-    TRACE_NEW, TRACE_REPLY, VERDICT_AUDIT, VERDICT_DROPPED, VERDICT_FORWARDED,
+    FLOW_EVENT4_SIZE, FlowEvent, FlowEvent4, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP,
+    PROTO_UDP, TRACE_ESTABLISHED, TRACE_NEW, TRACE_REPLY, VERDICT_AUDIT, VERDICT_DROPPED,
+    VERDICT_FORWARDED,
 };
 
 use super::record::{EndpointRef, Flow, PolicyRefOut};
@@ -111,8 +112,16 @@ fn clock_offset_ns() -> i128 {
     read(libc::CLOCK_REALTIME) - read(libc::CLOCK_MONOTONIC)
 }
 
-/// Reads a [`FlowEvent`] from ring-buffer bytes; `None` when the record is too short.
+/// Reads a [`FlowEvent`] from ring-buffer bytes: a record of [`FLOW_EVENT4_SIZE`] bytes is the
+/// compact IPv4 form, widened; any other record at least [`FLOW_EVENT_SIZE`] long is a full
+/// event (older programs wrote every event that way). `None` when the record is too short.
 pub fn decode_event(bytes: &[u8]) -> Option<FlowEvent> {
+    if bytes.len() == FLOW_EVENT4_SIZE {
+        // SAFETY: FlowEvent4 is a repr(C) plain-old-data type (aya::Pod) of exactly this length;
+        // read_unaligned copes with any alignment.
+        let ev: FlowEvent4 = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        return Some(ev.widen());
+    }
     if bytes.len() < FLOW_EVENT_SIZE {
         return None;
     }
@@ -396,6 +405,69 @@ pub fn enrich_with(st: &EnrichState, ev: &FlowEvent, wall_ns: i128) -> Flow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Raw bytes of a plain-old-data event as the ring buffer holds it.
+    fn raw<T: Copy>(v: &T) -> Vec<u8> {
+        // SAFETY: T is one of the repr(C) event types, without padding; read as bytes.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
+    }
+
+    #[test]
+    fn compact_ipv4_records_decode_as_the_full_event() {
+        let full = FlowEvent {
+            ts_ns: 123_456_789,
+            kind: EVENT_POLICY_VERDICT,
+            verdict: VERDICT_FORWARDED,
+            direction: DIR_INGRESS,
+            family: 4,
+            protocol: PROTO_TCP,
+            tcp_flags: 0x12,
+            flags: EV_F_REPLY,
+            match_type: 3,
+            trace_reason: TRACE_REPLY,
+            ifindex: 9,
+            endpoint_id: 7,
+            src_identity: 300,
+            dst_identity: 301,
+            rule_id: 2,
+            pkt_len: 60,
+            saddr: [u32::from_ne_bytes([10, 0, 0, 1]), 0, 0, 0],
+            daddr: [u32::from_ne_bytes([10, 0, 0, 2]), 0, 0, 0],
+            sport: 40000,
+            dport: 80,
+            ..FlowEvent::default()
+        };
+        let compact = FlowEvent4 {
+            ts_ns: full.ts_ns,
+            kind: full.kind,
+            verdict: full.verdict,
+            direction: full.direction,
+            family: 4,
+            protocol: full.protocol,
+            tcp_flags: full.tcp_flags,
+            flags: full.flags,
+            match_type: full.match_type,
+            trace_reason: full.trace_reason,
+            ifindex: full.ifindex,
+            endpoint_id: full.endpoint_id,
+            src_identity: full.src_identity,
+            dst_identity: full.dst_identity,
+            rule_id: full.rule_id,
+            pkt_len: full.pkt_len,
+            saddr: full.saddr[0],
+            daddr: full.daddr[0],
+            sport: full.sport,
+            dport: full.dport,
+            ..FlowEvent4::default()
+        };
+        assert_eq!(decode_event(&raw(&compact)), Some(full));
+        // Full records (IPv6, and every event of older programs) still decode; anything
+        // shorter than a full event that is not exactly a compact one does not.
+        assert_eq!(decode_event(&raw(&full)), Some(full));
+        assert_eq!(decode_event(&raw(&compact)[..FLOW_EVENT4_SIZE - 1]), None);
+        assert_eq!(decode_event(&raw(&full)[..FLOW_EVENT_SIZE - 1]), None);
+    }
 
     #[test]
     fn ipv4_text_matches_display() {

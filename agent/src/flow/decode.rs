@@ -409,7 +409,7 @@ mod tests {
     /// Raw bytes of a plain-old-data event as the ring buffer holds it.
     fn raw<T: Copy>(v: &T) -> Vec<u8> {
         // SAFETY: T is one of the repr(C) event types, without padding; read as bytes.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
+        unsafe { std::slice::from_raw_parts(std::ptr::from_ref(v).cast::<u8>(), size_of::<T>()) }
             .to_vec()
     }
 

@@ -13,8 +13,8 @@ mod verdict;
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP,
-        BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE, TC_ACT_SHOT, TC_ACT_UNSPEC,
+        BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA,
+        BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE, TC_ACT_SHOT, TC_ACT_UNSPEC,
     },
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{classifier, map},
@@ -23,8 +23,8 @@ use aya_ebpf::{
 };
 use catalyst_policy::datapath::{
     CFG_F_NO_DROP_EVENTS, CFG_F_NO_TRACE_EVENTS, CFG_F_NO_VERDICT_EVENTS, COUNTER_SLOTS,
-    CT_EVENT_TICK_SHIFT, CT_F_CLOSING, CT_F_SEEN_REPLY, CT_F_SWAPPED, CtEntry, CtKey, CtKey4,
-    CtTimeouts, DEFAULT_CONNTRACK_MAX, DEFAULT_CT_TIMEOUTS, DEFAULT_ENDPOINTS_MAX,
+    CT_EVENT_TICK_SHIFT, CT_F_CLOSING, CT_F_SEEN_REPLY, CT_F_SWAPPED, CtConn, CtEntry, CtKey,
+    CtKey4, CtTimeouts, DEFAULT_CONNTRACK_MAX, DEFAULT_CT_TIMEOUTS, DEFAULT_ENDPOINTS_MAX,
     DEFAULT_EVENTS_BYTES, DEFAULT_FRAGMENTS_MAX, DEFAULT_IPCACHE_MAX, DEFAULT_POLICY_MAX,
     DIR_EGRESS, DIR_INGRESS, DROP_CT_MAP_INSERTION_FAILED, DROP_FRAG_NOT_FOUND,
     DROP_INVALID_SOURCE_IP, DROP_NONE, DatapathConfig, EP_F_NO_SOURCE_CHECK, EV_F_END, EV_F_NEW,
@@ -33,6 +33,7 @@ use catalyst_policy::datapath::{
     PolicyEntry, PolicyKey, STAT_AUDIT, STAT_CT_CREATED, STAT_CT_ENDED, STAT_CT_REEVALUATED,
     STAT_EVENTS_LOST, STAT_EVENTS_SENT, STAT_NO_ENDPOINT, STAT_NOT_POLICED, TRACE_ESTABLISHED,
     TRACE_NEW, TRACE_REPLY, VERDICT_AUDIT, VERDICT_DROPPED, counter_index, ct_expired, ct_expiry,
+    ct_side,
 };
 
 use crate::{
@@ -64,14 +65,18 @@ static POLICY: LpmTrie<PolicyKey, PolicyEntry> = LpmTrie::pinned(DEFAULT_POLICY_
 static POLICY_EXACT: HashMap<PolicyKey, PolicyEntry> =
     HashMap::pinned(DEFAULT_POLICY_MAX, BPF_F_NO_PREALLOC);
 // Per-CPU LRU lists (BPF_F_NO_COMMON_LRU): inserts of new connections do not contend on one
-// global LRU lock. IPv4 connections have their own table with a 20-byte key: every packet hashes
+// global LRU lock. IPv4 connections have their own table with a 16-byte key: every packet hashes
 // and compares its key, and that is most of an established packet's cost.
 #[map(name = "CATALYST_CT4")]
-static CONNTRACK4: LruHashMap<CtKey4, CtEntry> =
+static CONNTRACK4: LruHashMap<CtKey4, CtConn> =
     LruHashMap::pinned(DEFAULT_CONNTRACK_MAX, BPF_F_NO_COMMON_LRU);
 #[map(name = "CATALYST_CT")]
-static CONNTRACK6: LruHashMap<CtKey, CtEntry> =
+static CONNTRACK6: LruHashMap<CtKey, CtConn> =
     LruHashMap::pinned(DEFAULT_CONNTRACK_MAX, BPF_F_NO_COMMON_LRU);
+/// Where a new connection's element is put together before its insert (72 bytes would not fit
+/// on the program's stack beside the rest). Holds nothing between packets; not pinned.
+#[map(name = "CATALYST_CT_NEW")]
+static CT_SCRATCH: PerCpuArray<CtConn> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "CATALYST_CONFIG")]
 static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
 #[map(name = "CATALYST_COUNTERS")]
@@ -232,7 +237,6 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
     // One key for both directions: one lookup finds the connection of a reply too.
     if pkt.family == 4 {
         let (key, swapped) = CtKey4::canonical(
-            ifindex,
             pkt.saddr[0],
             pkt.daddr[0],
             pkt.ct_sport_be,
@@ -242,7 +246,6 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
         track(ctx, dir, ifindex, pkt, &cfg, &CONNTRACK4, &key, swapped)
     } else {
         let (key, swapped) = CtKey::canonical(
-            ifindex,
             pkt.saddr,
             pkt.daddr,
             pkt.ct_sport_be,
@@ -255,7 +258,8 @@ fn handle_ip(ctx: &TcContext, dir: u8, ifindex: u32, pkt: &Packet) -> i32 {
 }
 
 /// The packet's connection in `map` under `key` (`swapped`: the packet's tuple was reversed to
-/// make it): the cached verdict of a known connection, or a new one.
+/// make it): the verdict cached on this endpoint's side of a known connection, or a new one
+/// (a new element, or this endpoint's side of an element the other endpoint made).
 #[inline(always)]
 #[expect(
     clippy::too_many_arguments,
@@ -267,12 +271,13 @@ fn track<K>(
     ifindex: u32,
     pkt: &Packet,
     cfg: &DatapathConfig,
-    map: &LruHashMap<K, CtEntry>,
+    map: &LruHashMap<K, CtConn>,
     key: &K,
     swapped: bool,
 ) -> i32 {
     let syn_only = pkt.protocol == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    let Some(e) = map.get_ptr_mut(key) else {
+    let side = ct_side(dir, swapped);
+    let Some(c) = map.get_ptr_mut(key) else {
         let Some(ep) = endpoint(ifindex) else {
             count(STAT_NO_ENDPOINT);
             return PASS;
@@ -283,28 +288,61 @@ fn track<K>(
             ifindex,
             &ep,
             pkt,
-            map,
-            key,
+            NewFlowAt::Insert(map, key, side),
             swapped,
             cfg,
             coarse_ns(),
         );
     };
-    // SAFETY: pointer from a successful lookup; LRU entries stay valid for this program run.
-    let e = unsafe { &mut *e };
-    let reply = (e.flags & CT_F_SWAPPED != 0) != swapped;
+    // SAFETY: pointer from a successful lookup; LRU elements stay valid for this program run.
+    let c = unsafe { &mut *c };
+    let e = if side == 0 {
+        &mut c.sides[0]
+    } else {
+        &mut c.sides[1]
+    };
     let now = coarse_ns();
-    if ct_expired(e.expires, now) || (syn_only && e.flags & CT_F_CLOSING != 0) {
-        // The connection is over (idle past its timeout, or a new SYN on the tuple of a closing
-        // one): this packet starts a new connection, evaluated against the policy in force. Its
-        // entry replaces the old one (same key); without an endpoint the old one is removed.
-        count(STAT_CT_ENDED);
+    if e.ifindex != ifindex {
+        // The connection is known from its other end only (a workload of this node whose hook
+        // saw it first): this endpoint's side is new.
         let Some(ep) = endpoint(ifindex) else {
-            let _ = map.remove(key);
             count(STAT_NO_ENDPOINT);
             return PASS;
         };
-        return new_flow(ctx, dir, ifindex, &ep, pkt, map, key, swapped, cfg, now);
+        return new_flow(
+            ctx,
+            dir,
+            ifindex,
+            &ep,
+            pkt,
+            NewFlowAt::<K>::Side(e),
+            swapped,
+            cfg,
+            now,
+        );
+    }
+    let reply = (e.flags & CT_F_SWAPPED != 0) != swapped;
+    if ct_expired(e.expires, now) || (syn_only && e.flags & CT_F_CLOSING != 0) {
+        // The connection is over (idle past its timeout, or a new SYN on the tuple of a closing
+        // one): this packet starts a new connection, evaluated against the policy in force. It
+        // replaces the old one on this endpoint's side; without an endpoint the side is freed.
+        count(STAT_CT_ENDED);
+        let Some(ep) = endpoint(ifindex) else {
+            e.ifindex = 0;
+            count(STAT_NO_ENDPOINT);
+            return PASS;
+        };
+        return new_flow(
+            ctx,
+            dir,
+            ifindex,
+            &ep,
+            pkt,
+            NewFlowAt::<K>::Side(e),
+            swapped,
+            cfg,
+            now,
+        );
     }
 
     let mut ev_flags = if reply { EV_F_REPLY } else { 0 };
@@ -485,13 +523,12 @@ fn fragment(pkt: &mut Packet) -> bool {
 }
 
 /// Whether the packet an ICMP error quotes belongs to a tracked connection of `ifindex` that
-/// is not dropped (the quoted packet may be the connection's original or reply direction: both
-/// have the one key).
+/// is not dropped on the endpoint's side (the quoted packet may be the connection's original or
+/// reply direction: both have the one key).
 #[inline(always)]
 fn related(ifindex: u32, pkt: &Packet) -> bool {
     let found = if pkt.family == 4 {
         let (key, _) = CtKey4::canonical(
-            ifindex,
             pkt.inner.saddr[0],
             pkt.inner.daddr[0],
             pkt.inner.sport_be,
@@ -501,7 +538,6 @@ fn related(ifindex: u32, pkt: &Packet) -> bool {
         CONNTRACK4.get_ptr(&key)
     } else {
         let (key, _) = CtKey::canonical(
-            ifindex,
             pkt.inner.saddr,
             pkt.inner.daddr,
             pkt.inner.sport_be,
@@ -512,7 +548,11 @@ fn related(ifindex: u32, pkt: &Packet) -> bool {
         CONNTRACK6.get_ptr(&key)
     };
     // SAFETY: pointer from a successful lookup, read at once.
-    found.is_some_and(|e| unsafe { (*e).verdict } != VERDICT_DROPPED)
+    found.is_some_and(|c| {
+        let sides = unsafe { &(*c).sides };
+        (sides[0].ifindex == ifindex && sides[0].verdict != VERDICT_DROPPED)
+            || (sides[1].ifindex == ifindex && sides[1].verdict != VERDICT_DROPPED)
+    })
 }
 
 /// Whether `saddr` is an address the endpoint may send from (its own, or any when it opted
@@ -573,8 +613,48 @@ fn flow_peer(dir: u8, pkt: &Packet) -> [u32; 4] {
     }
 }
 
-/// A new connection: source check, the policy decision, the conntrack entry (`key`, with
-/// `swapped` recorded) and its event.
+/// Where a new connection's side goes.
+enum NewFlowAt<'a, K> {
+    /// A new element under the key, with this side (`ct_side`) filled and the other unused.
+    Insert(&'a LruHashMap<K, CtConn>, &'a K, usize),
+    /// This endpoint's side of an element found (the other endpoint's, or an expired one).
+    Side(&'a mut CtEntry),
+}
+
+/// Inserts a connection with only `side` in use; when the other endpoint's hook inserted it
+/// meanwhile (on another CPU), fills `side` of that one. False when the table refused.
+#[inline(always)]
+fn insert_conn<K>(map: &LruHashMap<K, CtConn>, key: &K, side: usize, e: &CtEntry) -> bool {
+    let Some(c) = CT_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU scratch slot, no concurrent user on this CPU.
+    let c = unsafe { &mut *c };
+    if side == 0 {
+        c.sides[0] = *e;
+        c.sides[1].ifindex = 0;
+    } else {
+        c.sides[0].ifindex = 0;
+        c.sides[1] = *e;
+    }
+    if map.insert(key, &*c, u64::from(BPF_NOEXIST)).is_ok() {
+        return true;
+    }
+    let Some(found) = map.get_ptr_mut(key) else {
+        return false;
+    };
+    // SAFETY: pointer from a successful lookup; LRU elements stay valid for this program run.
+    let found = unsafe { &mut *found };
+    if side == 0 {
+        found.sides[0] = *e;
+    } else {
+        found.sides[1] = *e;
+    }
+    true
+}
+
+/// A new connection (or this endpoint's new side of one): source check, the policy decision,
+/// the conntrack side (at `at`, with `swapped` recorded) and its event.
 #[inline(always)]
 #[expect(
     clippy::too_many_arguments,
@@ -586,8 +666,7 @@ fn new_flow<K>(
     ifindex: u32,
     ep: &EndpointInfo,
     pkt: &Packet,
-    map: &LruHashMap<K, CtEntry>,
-    key: &K,
+    at: NewFlowAt<'_, K>,
     swapped: bool,
     cfg: &DatapathConfig,
     now: u64,
@@ -618,6 +697,7 @@ fn new_flow<K>(
         cfg,
     );
     let mut e = CtEntry {
+        ifindex,
         revision: 0,
         verdict: 0,
         drop_reason: 0,
@@ -640,7 +720,14 @@ fn new_flow<K>(
         lifetime_ns(e.flags, pkt.protocol, pkt.tcp_flags, &cfg.ct_timeouts),
     );
     store_decision(&mut e, &d, cfg.policy_revision);
-    if map.insert(key, &e, 0).is_err() {
+    let stored = match at {
+        NewFlowAt::Insert(map, key, side) => insert_conn(map, key, side, &e),
+        NewFlowAt::Side(side) => {
+            *side = e;
+            true
+        }
+    };
+    if !stored {
         count(counter_index(dir, DROP_CT_MAP_INSERTION_FAILED));
         e.verdict = VERDICT_DROPPED;
         e.drop_reason = DROP_CT_MAP_INSERTION_FAILED;

@@ -9,7 +9,11 @@
 //! event lost, which each line reports (`events_lost`). A single run carries the test
 //! harness's own per-call cost, so established packets are also measured one run at a time and
 //! the difference is reported as the new-flow cost: for TCP connections opening with a SYN and
-//! for UDP flows. Prints one JSON object per line.
+//! for UDP flows. A third new-flow figure is the second endpoint of a connection between two
+//! workloads of the node: the peer is then an endpoint too (on a veth interface of the
+//! benchmark's own network namespace), its hook runs the SYN first (inserting the connection,
+//! not timed) and the server's hook is timed as it fills its side of that element. Prints one
+//! JSON object per line.
 //!
 //! Used by `cargo xtask bench datapath`; run alone with
 //! `cargo run -p catalyst-agent --example datapath_bench`. With `--profile-new-flows N` it only
@@ -37,10 +41,10 @@ use catalyst_agent::{
     },
 };
 use catalyst_policy::datapath::{
-    ACTION_ALLOW, CT_F_SWAPPED, CtEntry, CtKey, DIR_INGRESS, EP_F_EGRESS_ENFORCED,
+    ACTION_ALLOW, CT_F_SWAPPED, CtConn, CtEntry, CtKey, DIR_INGRESS, EP_F_EGRESS_ENFORCED,
     EP_F_INGRESS_ENFORCED, EndpointInfo, IpcacheEntry, MATCH_L3_L4, POLICY_PREFIX_FULL_BITS,
-    PROG_TO_ENDPOINT, PROTO_TCP, PROTO_UDP, PolicyEntry, PolicyKey, STAT_EVENTS_LOST,
-    VERDICT_FORWARDED, ct_expiry,
+    PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, PROTO_TCP, PROTO_UDP, PolicyEntry, PolicyKey,
+    STAT_EVENTS_LOST, VERDICT_FORWARDED, ct_expiry, ct_side,
 };
 
 const LO: u32 = 1;
@@ -90,19 +94,52 @@ fn single_runs(dp: &Datapath, packets: impl Iterator<Item = Vec<u8>>) -> anyhow:
     Ok(total.as_secs_f64() * 1e9 / f64::from(n.max(1)))
 }
 
-fn state(entries: u32) -> DesiredState {
+/// [`single_runs`] at the server's hook for connections whose other end is the endpoint on
+/// `peer_if`: each packet first leaves the peer (its hook inserts the connection, not timed).
+fn second_side_runs(
+    dp: &Datapath,
+    peer_if: u32,
+    packets: impl Iterator<Item = Vec<u8>>,
+) -> anyhow::Result<f64> {
+    let mut total = Duration::ZERO;
+    let mut n = 0u32;
+    for pkt in packets {
+        let (ret, _) = dp.test_run_on(PROG_FROM_ENDPOINT, &pkt, 1, peer_if)?;
+        anyhow::ensure!(ret == -1, "the peer's packet must leave it (got {ret})");
+        let (ret, d) = dp.test_run(PROG_TO_ENDPOINT, &pkt, 1)?;
+        anyhow::ensure!(ret == -1, "benchmark packet must be allowed (got {ret})");
+        total += d;
+        n += 1;
+    }
+    Ok(total.as_secs_f64() * 1e9 / f64::from(n.max(1)))
+}
+
+fn state(entries: u32, peer_if: u32) -> DesiredState {
     // `entries` allow entries for the endpoint: identities 1000.. each on TCP port 80, with
-    // their /32 in the ipcache. The benchmarked peer is the last one.
+    // their /32 in the ipcache. The benchmarked peer is the last one; it is also an endpoint
+    // (on `peer_if`, its egress not enforced), for the second-endpoint figure.
+    let peer = Ipv4Addr::from(0x0a00_0000 + entries);
     let mut d = DesiredState {
-        endpoints: vec![(
-            LO,
-            EndpointInfo {
-                endpoint_id: 7,
-                identity: 300,
-                flags: EP_F_INGRESS_ENFORCED | EP_F_EGRESS_ENFORCED,
-                ..EndpointInfo::default()
-            },
-        )],
+        endpoints: vec![
+            (
+                LO,
+                EndpointInfo {
+                    endpoint_id: 7,
+                    identity: 300,
+                    flags: EP_F_INGRESS_ENFORCED | EP_F_EGRESS_ENFORCED,
+                    ..EndpointInfo::default()
+                },
+            ),
+            (
+                peer_if,
+                EndpointInfo {
+                    endpoint_id: 8,
+                    identity: 1000 + entries - 1,
+                    ipv4: u32::from_ne_bytes(peer.octets()),
+                    ..EndpointInfo::default()
+                },
+            ),
+        ],
         event_interval_ns: 1_000_000_000,
         ..DesiredState::default()
     };
@@ -168,11 +205,42 @@ fn spawn_reader(mut ring: RingBuf<MapData>, stop: Arc<AtomicBool>) -> std::threa
 }
 
 fn main() -> anyhow::Result<()> {
-    let pin = PathBuf::from(format!("/sys/fs/bpf/catalyst-bench-{}", std::process::id()));
+    let id = std::process::id();
+    let pin = PathBuf::from(format!("/sys/fs/bpf/catalyst-bench-{id}"));
     let _ = uninstall(&pin);
-    let result = run(&pin);
-    uninstall(&pin)?;
-    result
+    // A network namespace of the benchmark's own with one veth pair: the peer endpoint's
+    // interface (`BPF_PROG_TEST_RUN` takes the skb's device from this namespace).
+    let ns = format!("cat-dpbench-{id}");
+    ip(&["netns", "add", &ns])?;
+    let result = ip(&[
+        "-n", &ns, "link", "add", "peer0", "type", "veth", "peer", "name", "peer1",
+    ])
+    .and_then(|()| {
+        let p = pin.clone();
+        catalyst_tests::lab::in_netns(&ns, move || {
+            // SAFETY: a NUL-terminated literal.
+            let peer_if = unsafe { libc::if_nametoindex(c"peer0".as_ptr()) };
+            anyhow::ensure!(
+                peer_if > 1,
+                "no interface peer0 in the benchmark's namespace"
+            );
+            run(&p, peer_if)
+        })?
+    });
+    let cleaned = uninstall(&pin);
+    let _ = ip(&["netns", "del", &ns]);
+    result?;
+    cleaned.map(drop)
+}
+
+/// Runs `ip` with `args`; an error names the command.
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let status = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .context("cannot run ip (apt-get install iproute2)")?;
+    anyhow::ensure!(status.success(), "ip {} failed: {status}", args.join(" "));
+    Ok(())
 }
 
 /// `--profile-established N` or `--profile-new-flows N`, read before anything is loaded: an
@@ -193,7 +261,7 @@ fn profile_args() -> anyhow::Result<Option<(String, u32)>> {
     Ok(Some((mode, n)))
 }
 
-fn run(pin: &std::path::Path) -> anyhow::Result<()> {
+fn run(pin: &std::path::Path, peer_if: u32) -> anyhow::Result<()> {
     let profile = profile_args()?;
     let mut dp = Datapath::load(&LoadOptions {
         pin_path: pin.to_owned(),
@@ -207,7 +275,6 @@ fn run(pin: &std::path::Path) -> anyhow::Result<()> {
     // 100,000 established connections of other peers.
     for i in 0..CT_ENTRIES {
         let (key, swapped) = CtKey::canonical(
-            LO,
             [
                 u32::from_ne_bytes([172, 16, (i >> 8) as u8, i as u8]),
                 0,
@@ -221,6 +288,7 @@ fn run(pin: &std::path::Path) -> anyhow::Result<()> {
             4,
         );
         let entry = CtEntry {
+            ifindex: LO,
             verdict: VERDICT_FORWARDED,
             direction: DIR_INGRESS,
             revision: 1,
@@ -229,7 +297,9 @@ fn run(pin: &std::path::Path) -> anyhow::Result<()> {
             flags: if swapped { CT_F_SWAPPED } else { 0 },
             ..CtEntry::default()
         };
-        dp.conntrack_insert(key, entry)?;
+        let mut conn = CtConn::default();
+        conn.sides[ct_side(DIR_INGRESS, swapped)] = entry;
+        dp.conntrack_insert(key, conn)?;
     }
     let stop = Arc::new(AtomicBool::new(false));
     let reader = spawn_reader(
@@ -237,7 +307,7 @@ fn run(pin: &std::path::Path) -> anyhow::Result<()> {
             .context("event ring buffer already taken")?,
         stop.clone(),
     );
-    let result = measure(&mut dp, profile);
+    let result = measure(&mut dp, profile, peer_if);
     stop.store(true, Ordering::Relaxed);
     let read = reader
         .join()
@@ -251,10 +321,10 @@ fn events_lost(dp: &Datapath) -> anyhow::Result<u64> {
     Ok(dp.counters()?[STAT_EVENTS_LOST as usize])
 }
 
-fn measure(dp: &mut Datapath, profile: Option<(String, u32)>) -> anyhow::Result<()> {
+fn measure(dp: &mut Datapath, profile: Option<(String, u32)>, peer_if: u32) -> anyhow::Result<()> {
     let dst = Ipv4Addr::new(10, 9, 9, 9);
     if let Some((mode, n)) = profile {
-        apply(dp, &state(10_000), true)?;
+        apply(dp, &state(10_000, peer_if), true)?;
         let peer = Ipv4Addr::from(0x0a00_0000 + 10_000);
         if mode == "--profile-established" {
             let pkt = packet(peer, dst, PROTO_TCP, 40_000, 80, ACK);
@@ -279,7 +349,7 @@ fn measure(dp: &mut Datapath, profile: Option<(String, u32)>) -> anyhow::Result<
     }
     let mut first = true;
     for entries in [10u32, 1_000, 10_000] {
-        apply(dp, &state(entries), first)?;
+        apply(dp, &state(entries, peer_if), first)?;
         first = false;
         let peer = Ipv4Addr::from(0x0a00_0000 + entries);
         let lost_before = events_lost(dp)?;
@@ -302,6 +372,12 @@ fn measure(dp: &mut Datapath, profile: Option<(String, u32)>) -> anyhow::Result<
             dp,
             (0..n).map(|i| packet(peer, dst, PROTO_UDP, 1024 + i as u16, 80, 0)),
         )?;
+        // The server's side of connections whose client is the peer endpoint.
+        let second_side = second_side_runs(
+            dp,
+            peer_if,
+            (0..n).map(|i| packet(peer, dst, PROTO_TCP, 41_000 + i as u16, 80, SYN)),
+        )?;
         // The same single-run measurement for established packets: what a single
         // BPF_PROG_TEST_RUN adds on top of the program (timer, preemption bookkeeping).
         let est_single = single_runs(dp, (0..n).map(|_| pkt.clone()))?;
@@ -311,9 +387,10 @@ fn measure(dp: &mut Datapath, profile: Option<(String, u32)>) -> anyhow::Result<
         let est_ns = median.as_nanos() as f64;
         let lost = events_lost(dp)? - lost_before;
         println!(
-            "{{\"policy_entries\":{entries},\"conntrack_entries\":{CT_ENTRIES},\"established_ns\":{est_ns},\"new_flow_single_run_ns\":{new_tcp:.1},\"new_udp_flow_single_run_ns\":{new_udp:.1},\"established_single_run_ns\":{est_single:.1},\"new_flow_ns\":{:.1},\"new_udp_flow_ns\":{:.1},\"events_lost\":{lost}}}",
+            "{{\"policy_entries\":{entries},\"conntrack_entries\":{CT_ENTRIES},\"established_ns\":{est_ns},\"new_flow_single_run_ns\":{new_tcp:.1},\"new_udp_flow_single_run_ns\":{new_udp:.1},\"established_single_run_ns\":{est_single:.1},\"new_flow_ns\":{:.1},\"new_udp_flow_ns\":{:.1},\"second_side_single_run_ns\":{second_side:.1},\"second_side_ns\":{:.1},\"events_lost\":{lost}}}",
             new_tcp - est_single + est_ns,
-            new_udp - est_single + est_ns
+            new_udp - est_single + est_ns,
+            second_side - est_single + est_ns
         );
     }
     Ok(())

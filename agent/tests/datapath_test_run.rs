@@ -17,20 +17,20 @@ use catalyst_tests::require::{Need, require};
 use catalyst_agent::{
     config::MapSizes,
     datapath::{
-        AttachMode, ConntrackGc, CtEntryV4, Datapath, DesiredState, GcReport, LoadOptions,
-        MapStore, StoreError, apply, monotonic_ns, uninstall,
+        AttachMode, ConntrackGc, CtEntryV4, CtEntryV5, CtKey4V5, CtKeyV5, Datapath, DesiredState,
+        GcReport, LoadOptions, MapStore, StoreError, apply, monotonic_ns, uninstall,
     },
 };
 use catalyst_policy::{
     CompileInput, Endpoint, LabelSet, PolicySet, compile,
     datapath::{
-        ALL_MAPS, CtKey, CtTimeouts, DATAPATH_SCHEMA, DIR_EGRESS, DIR_INGRESS,
+        ALL_MAPS, CT_F_SWAPPED, CtKey, CtTimeouts, DATAPATH_SCHEMA, DIR_EGRESS, DIR_INGRESS,
         DROP_CT_INVALID_HEADER, DROP_FRAG_NOT_FOUND, DROP_INVALID_IPV6_EXT, DROP_INVALID_PACKET,
         DROP_INVALID_SOURCE_IP, DROP_POLICY_DENIED, DROP_POLICY_DENY, DROP_UNSUPPORTED_L3,
-        DatapathConfig, EndpointInfo, IpcacheEntry, MAP_CONFIG, MAP_CONNTRACK, MAP_ENDPOINTS,
-        PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, PolicyEntry, PolicyKey, STAT_AUDIT, STAT_CT_CREATED,
-        STAT_CT_ENDED, STAT_NOT_POLICED, VERDICT_AUDIT, VERDICT_DROPPED, VERDICT_FORWARDED,
-        counter_index,
+        DatapathConfig, EndpointInfo, IpcacheEntry, MAP_CONFIG, MAP_CONNTRACK, MAP_CONNTRACK_V4,
+        MAP_ENDPOINTS, PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, PolicyEntry, PolicyKey, STAT_AUDIT,
+        STAT_CT_CREATED, STAT_CT_ENDED, STAT_NOT_POLICED, VERDICT_AUDIT, VERDICT_DROPPED,
+        VERDICT_FORWARDED, counter_index, ct_expiry, ct_side,
     },
     labels::SOURCE_K8S,
 };
@@ -1275,41 +1275,95 @@ fn pinned_maps_of_an_old_layout_are_recreated() {
     assert_eq!(counters(&f)[counter_index(DIR_INGRESS, 0) as usize], 0);
 }
 
-/// An upgrade from layout schema 4 keeps established connections: the old agent's conntrack
-/// entries are converted (one key for both directions) while every map is recreated, so the
-/// reply of a connection that arrives before the workload's next packet still passes instead of
-/// being judged as a new connection.
-#[test]
-fn conntrack_entries_of_schema_4_survive_the_upgrade() {
-    if !root_or_skip("conntrack_entries_of_schema_4_survive_the_upgrade") {
-        return;
-    }
-    let pin = fresh_pin("migrate");
+/// The connection every upgrade test carries over: client:44100 → web:80, allowed into web
+/// (on loopback), with its entry written by `fill` into the conntrack tables of an agent of
+/// `schema` (`tables`: name, key size, value size). After the upgrade, web's SYN-ACK still
+/// passes as the reply it is: without the entry it would be a new connection web → client,
+/// which this policy denies (as the control packet of a connection the old agent did not know
+/// shows).
+fn an_upgrade_keeps_the_connection(
+    name: &str,
+    schema: u32,
+    tables: &[(&str, u32, u32)],
+    fill: impl FnOnce(&std::path::Path),
+) {
+    let pin = fresh_pin(name);
     let load = || load_at(&pin);
     let desired = lo_only(&compile(&input(POLICY, false)).unwrap());
-    // What a schema-4 agent leaves: maps whose config says schema 4 (made here by a current
-    // agent, then marked) and a conntrack map of the old layout (44-byte key, 56-byte value).
+    // What the old agent leaves: maps whose config says `schema` (made here by a current agent,
+    // then marked) and conntrack tables of the old layout.
     let mut f = Fixture {
         dp: load().unwrap(),
         pin: pin.clone(),
     };
     apply(&mut f.dp, &desired, true).unwrap();
     let mut cfg = f.dp.config().unwrap();
-    cfg.schema = 4;
+    cfg.schema = schema;
     f.dp.set_config(cfg).unwrap();
-    let ct = pin.join("maps").join(MAP_CONNTRACK);
-    std::fs::remove_file(&ct).unwrap();
-    pin_raw_map(&ct, 9, 44, 56, 4096);
-    {
-        let data = aya::maps::MapData::from_pin(&ct).unwrap();
-        let mut old: aya::maps::HashMap<_, CtKey, CtEntryV4> =
-            aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).unwrap();
-        let ip = |a: [u8; 4]| [u32::from_ne_bytes(a), 0, 0, 0];
-        // client:44100 → web:80, allowed into web, keyed by its original tuple as schema 4 did.
-        let key = CtKey {
+    let maps = pin.join("maps");
+    for (table, key, value) in tables {
+        let path = maps.join(table);
+        std::fs::remove_file(&path).unwrap();
+        // BPF_MAP_TYPE_LRU_HASH
+        pin_raw_map(&path, 9, *key, *value, 4096);
+    }
+    fill(&maps);
+    drop(std::mem::replace(
+        &mut f.dp,
+        load().unwrap_or_else(|e| panic!("loads over schema-{schema} pins: {e:#}")),
+    ));
+    assert_eq!(
+        f.dp.recreated_maps().len(),
+        ALL_MAPS.len(),
+        "everything recreated"
+    );
+    assert_eq!(
+        f.dp.migrated_connections(),
+        1,
+        "the connection carried over"
+    );
+    apply(&mut f.dp, &desired, true).unwrap();
+    let synack = ipv4(WEB, CLIENT, 6, &tcp(80, 44_100, 0x12), 0);
+    assert_eq!(
+        run(&f, PROG_FROM_ENDPOINT, &synack),
+        PASS,
+        "the reply of the carried-over connection"
+    );
+    let unknown = ipv4(WEB, CLIENT, 6, &tcp(80, 44_101, 0x12), 0);
+    assert_eq!(run(&f, PROG_FROM_ENDPOINT, &unknown), DROP, "control");
+    // The connection continues in its own direction too.
+    let ack = ipv4(CLIENT, WEB, 6, &tcp(44_100, 80, 0x10), 0);
+    assert_eq!(run(&f, PROG_TO_ENDPOINT, &ack), PASS);
+}
+
+/// Opens a conntrack table pinned by [`pin_raw_map`] with the old layout `K` → `V`.
+fn old_table<K: aya::Pod, V: aya::Pod>(
+    path: &std::path::Path,
+) -> aya::maps::HashMap<aya::maps::MapData, K, V> {
+    let data = aya::maps::MapData::from_pin(path).unwrap();
+    aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).unwrap()
+}
+
+fn ip4(a: [u8; 4]) -> [u32; 4] {
+    [u32::from_ne_bytes(a), 0, 0, 0]
+}
+
+/// An upgrade from layout schema 4 keeps established connections: the old agent's conntrack
+/// entries are converted (one key for both directions, a side per endpoint) while every map is
+/// recreated.
+#[test]
+fn conntrack_entries_of_schema_4_survive_the_upgrade() {
+    if !root_or_skip("conntrack_entries_of_schema_4_survive_the_upgrade") {
+        return;
+    }
+    an_upgrade_keeps_the_connection("migrate4", 4, &[(MAP_CONNTRACK, 44, 56)], |maps| {
+        let mut old: aya::maps::HashMap<_, CtKeyV5, CtEntryV4> =
+            old_table(&maps.join(MAP_CONNTRACK));
+        // Keyed by its original tuple, as schema 4 did.
+        let key = CtKeyV5 {
             ifindex: LO,
-            saddr: ip(CLIENT),
-            daddr: ip(WEB),
+            saddr: ip4(CLIENT),
+            daddr: ip4(WEB),
             sport_be: 44_100u16.to_be(),
             dport_be: 80u16.to_be(),
             protocol: 6,
@@ -1326,35 +1380,202 @@ fn conntrack_entries_of_schema_4_survive_the_upgrade() {
             ..CtEntryV4::default()
         };
         old.insert(key, entry, 0).unwrap();
+    });
+}
+
+/// An upgrade from layout schema 5 (one entry per endpoint and connection, keyed with the
+/// endpoint's ifindex) keeps established connections: the entries of the two endpoints of a
+/// connection between workloads of the node become the two sides of one element.
+#[test]
+fn conntrack_entries_of_schema_5_survive_the_upgrade() {
+    if !root_or_skip("conntrack_entries_of_schema_5_survive_the_upgrade") {
+        return;
     }
-    drop(std::mem::replace(
-        &mut f.dp,
-        load().expect("loads over schema-4 pins"),
-    ));
-    assert_eq!(
-        f.dp.recreated_maps().len(),
-        ALL_MAPS.len(),
-        "everything recreated"
-    );
-    assert_eq!(
-        f.dp.migrated_connections(),
-        1,
-        "the connection carried over"
-    );
-    apply(&mut f.dp, &desired, true).unwrap();
-    // web's SYN-ACK: without the entry it would be a new connection web → client, which this
-    // policy denies (as the control packet of a connection the old agent did not know shows).
-    let synack = ipv4(WEB, CLIENT, 6, &tcp(80, 44_100, 0x12), 0);
-    assert_eq!(
-        run(&f, PROG_FROM_ENDPOINT, &synack),
-        PASS,
-        "the reply of the carried-over connection"
-    );
-    let unknown = ipv4(WEB, CLIENT, 6, &tcp(80, 44_101, 0x12), 0);
-    assert_eq!(run(&f, PROG_FROM_ENDPOINT, &unknown), DROP, "control");
-    // The connection continues in its own direction too.
-    let ack = ipv4(CLIENT, WEB, 6, &tcp(44_100, 80, 0x10), 0);
-    assert_eq!(run(&f, PROG_TO_ENDPOINT, &ack), PASS);
+    let tables = [(MAP_CONNTRACK_V4, 20, 32), (MAP_CONNTRACK, 44, 32)];
+    an_upgrade_keeps_the_connection("migrate5", 5, &tables, |maps| {
+        let mut old: aya::maps::HashMap<_, CtKey4V5, CtEntryV5> =
+            old_table(&maps.join(MAP_CONNTRACK_V4));
+        let (k, swapped) = CtKey::canonical(
+            ip4(CLIENT),
+            ip4(WEB),
+            44_100u16.to_be(),
+            80u16.to_be(),
+            6,
+            4,
+        );
+        let key = |ifindex| CtKey4V5 {
+            ifindex,
+            saddr: k.saddr[0],
+            daddr: k.daddr[0],
+            sport_be: k.sport_be,
+            dport_be: k.dport_be,
+            protocol: 6,
+            pad8: 0,
+            pad16: 0,
+        };
+        let entry = |direction| CtEntryV5 {
+            revision: 1,
+            verdict: VERDICT_FORWARDED,
+            direction,
+            flags: if swapped { CT_F_SWAPPED } else { 0 },
+            tcp_flags_seen: 0x02,
+            policy_port: 80,
+            expires: ct_expiry(monotonic_ns(), 3_600 * 1_000_000_000),
+            ..CtEntryV5::default()
+        };
+        // web's entry (ingress, on loopback) and the client's (egress, on its interface).
+        old.insert(key(LO), entry(DIR_INGRESS), 0).unwrap();
+        old.insert(key(77), entry(DIR_EGRESS), 0).unwrap();
+    });
+}
+
+/// Removes a network namespace of a test however the test ends.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// A connection between two workloads of the node is one conntrack element with a side for
+/// each: the second endpoint's hook fills its side of the element the first one made (its own
+/// policy decides, it counts its own new connection), the packets of both directions at both
+/// hooks find their side, and a workload that sends with another's address on another's
+/// connection finds no side of its own: the source check drops it.
+#[test]
+fn a_connection_between_two_local_workloads_is_one_element_with_a_side_each() {
+    if !root_or_skip("a_connection_between_two_local_workloads_is_one_element_with_a_side_each") {
+        return;
+    }
+    let id = std::process::id();
+    let ns = format!("cat-sides-{id}");
+    let ip = |args: &[&str]| {
+        let ok = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip {args:?}");
+    };
+    ip(&["netns", "add", &ns]);
+    let netns = Netns(ns.clone());
+    ip(&[
+        "-n", &ns, "link", "add", "client0", "type", "veth", "peer", "name", "client1",
+    ]);
+    let pin = PathBuf::from(format!("/sys/fs/bpf/catalyst-test-sides-{id}"));
+    let _ = uninstall(&pin);
+    let p = pin.clone();
+    let result = catalyst_tests::lab::in_netns(&ns, move || {
+        // SAFETY: a NUL-terminated literal.
+        let client_if = unsafe { libc::if_nametoindex(c"client0".as_ptr()) };
+        assert!(client_if > 1);
+        let mut f = Fixture {
+            dp: load_at(&p).expect("datapath loads"),
+            pin: p.clone(),
+        };
+        // web on loopback, the client on its own interface (its egress is not enforced).
+        let mut desired =
+            DesiredState::from_compiled(&compile(&input(POLICY, false)).unwrap(), 0, 0);
+        for (ifindex, _) in &mut desired.endpoints {
+            if *ifindex == 77 {
+                *ifindex = client_if;
+            }
+        }
+        apply(&mut f.dp, &desired, true).unwrap();
+        let at = |prog: &str, ifindex: u32, pkt: &[u8]| {
+            f.dp.test_run_on(prog, pkt, 1, ifindex)
+                .unwrap_or_else(|e| panic!("{e:#}"))
+                .0
+        };
+        let created = |f: &Fixture| counters(f)[STAT_CT_CREATED as usize];
+        let (c, w) = (CLIENT, WEB);
+        let syn = ipv4(c, w, 6, &tcp(44_200, 80, 0x02), 0);
+        let before = created(&f);
+        // The SYN leaves the client, then arrives at web.
+        assert_eq!(
+            at(PROG_FROM_ENDPOINT, client_if, &syn),
+            PASS,
+            "client egress"
+        );
+        assert_eq!(at(PROG_TO_ENDPOINT, LO, &syn), PASS, "web ingress");
+        assert_eq!(created(&f), before + 2, "a new connection at each endpoint");
+        let (key, swapped) =
+            CtKey::canonical(ip4(c), ip4(w), 44_200u16.to_be(), 80u16.to_be(), 6, 4);
+        let conn =
+            f.dp.conntrack_get(&key)
+                .expect("one element under the connection's key");
+        let client_side = conn.sides[ct_side(DIR_EGRESS, swapped)];
+        let web_side = conn.sides[ct_side(DIR_INGRESS, swapped)];
+        assert_eq!(
+            (
+                client_side.ifindex,
+                client_side.direction,
+                client_side.verdict
+            ),
+            (client_if, DIR_EGRESS, VERDICT_FORWARDED)
+        );
+        assert_eq!(
+            (web_side.ifindex, web_side.direction, web_side.verdict),
+            (LO, DIR_INGRESS, VERDICT_FORWARDED)
+        );
+        assert_eq!(
+            f.dp.conntrack_get(&key).map(|c| c.sides),
+            Some(conn.sides),
+            "read twice, same"
+        );
+        // The reply leaves web and arrives at the client; the connection goes on; nothing new.
+        let synack = ipv4(w, c, 6, &tcp(80, 44_200, 0x12), 0);
+        assert_eq!(
+            at(PROG_FROM_ENDPOINT, LO, &synack),
+            PASS,
+            "web egress, reply"
+        );
+        assert_eq!(
+            at(PROG_TO_ENDPOINT, client_if, &synack),
+            PASS,
+            "client ingress, reply"
+        );
+        let ack = ipv4(c, w, 6, &tcp(44_200, 80, 0x10), 0);
+        assert_eq!(at(PROG_FROM_ENDPOINT, client_if, &ack), PASS);
+        assert_eq!(at(PROG_TO_ENDPOINT, LO, &ack), PASS);
+        assert_eq!(created(&f), before + 2, "all on the two sides");
+        let seen = f.dp.conntrack_get(&key).unwrap();
+        assert_ne!(
+            seen.sides[ct_side(DIR_INGRESS, swapped)].tcp_flags_seen & 0x1200,
+            0,
+            "web's side saw its SYN-ACK"
+        );
+        // web sends with the client's address on the client's connection: the client's side is
+        // not web's, so it is a new connection of web's, from a foreign source.
+        let spoofed = ipv4(c, w, 6, &tcp(44_200, 80, 0x10), 0);
+        let spoof_drops = counters(&f)[counter_index(DIR_EGRESS, DROP_INVALID_SOURCE_IP) as usize];
+        assert_eq!(at(PROG_FROM_ENDPOINT, LO, &spoofed), DROP, "spoofed by web");
+        assert_eq!(
+            counters(&f)[counter_index(DIR_EGRESS, DROP_INVALID_SOURCE_IP) as usize],
+            spoof_drops + 1
+        );
+        // A connection of web with a peer that is not a workload of the node uses one side.
+        let outside = ipv4([198, 51, 100, 7], w, 6, &tcp(50_000, 80, 0x02), 0);
+        let _ = at(PROG_TO_ENDPOINT, LO, &outside);
+        let (okey, oswapped) = CtKey::canonical(
+            ip4([198, 51, 100, 7]),
+            ip4(w),
+            50_000u16.to_be(),
+            80u16.to_be(),
+            6,
+            4,
+        );
+        let other = f.dp.conntrack_get(&okey).expect("web's connection");
+        assert_eq!(other.sides[ct_side(DIR_INGRESS, oswapped)].ifindex, LO);
+        assert_eq!(other.sides[ct_side(DIR_EGRESS, oswapped)].ifindex, 0);
+        drop(f);
+    });
+    let _ = uninstall(&pin);
+    drop(netns);
+    // The panic message of a failed assertion is printed by the thread that panicked.
+    result.expect("the test's assertions in the network namespace");
 }
 
 /// Conntrack lifecycle: FIN/RST move a TCP connection to closing and a new SYN on its tuple

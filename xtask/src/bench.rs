@@ -183,9 +183,9 @@ pub fn datapath() -> anyhow::Result<()> {
     )?;
     writeln!(
         md,
-        "| policy entries | established flow (ns/packet) | bar | new TCP flow, SYN (ns/packet) | new UDP flow (ns/packet) | bar | raw single runs: new TCP / new UDP / established (ns) | events lost |"
+        "| policy entries | established flow (ns/packet) | bar | new TCP flow, SYN (ns/packet) | new UDP flow (ns/packet) | bar | new TCP flow at the second local endpoint (ns/packet) | raw single runs: new TCP / new UDP / second endpoint / established (ns) | events lost |"
     )?;
-    writeln!(md, "|---|---|---|---|---|---|---|---|")?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|")?;
     for line in test_run.lines().filter(|l| l.starts_with('{')) {
         let v: serde_json::Value = serde_json::from_str(line).context("datapath_bench output")?;
         let f = |k: &str| v[k].as_f64().unwrap_or_default();
@@ -198,13 +198,15 @@ pub fn datapath() -> anyhow::Result<()> {
         };
         writeln!(
             md,
-            "| {} | {} | ≤ 100 | {:.0} | {:.0} | ≤ 250 | {:.0} / {:.0} / {:.0} | {lost} |",
+            "| {} | {} | ≤ 100 | {:.0} | {:.0} | ≤ 250 | {:.0} | {:.0} / {:.0} / {:.0} / {:.0} | {lost} |",
             v["policy_entries"],
             v["established_ns"],
             f("new_flow_ns"),
             f("new_udp_flow_ns"),
+            f("second_side_ns"),
             f("new_flow_single_run_ns"),
             f("new_udp_flow_single_run_ns"),
+            f("second_side_single_run_ns"),
             f("established_single_run_ns")
         )?;
     }

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use aya::maps::{HashMap, Map, MapData};
 
 use catalyst_policy::datapath::{
-    CtEntry, CtKey, CtKey4, MAP_CONNTRACK, MAP_CONNTRACK_V4, ct_expired,
+    CtConn, CtKey, CtKey4, MAP_CONNTRACK, MAP_CONNTRACK_V4, ct_expired,
 };
 
 /// What one sweep found.
@@ -23,8 +23,8 @@ pub struct GcReport {
 /// A handle on the pinned conntrack tables (IPv4 and IPv6), independent of the loaded
 /// [`super::Datapath`], so the sweep runs on its own thread.
 pub struct ConntrackGc {
-    v4: HashMap<MapData, CtKey4, CtEntry>,
-    v6: HashMap<MapData, CtKey, CtEntry>,
+    v4: HashMap<MapData, CtKey4, CtConn>,
+    v6: HashMap<MapData, CtKey, CtConn>,
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_coarse_ns` reads.
@@ -42,7 +42,7 @@ pub fn monotonic_ns() -> u64 {
 fn open_table<K: aya::Pod>(
     pin_path: &Path,
     name: &str,
-) -> anyhow::Result<HashMap<MapData, K, CtEntry>> {
+) -> anyhow::Result<HashMap<MapData, K, CtConn>> {
     let path = pin_path.join("maps").join(name);
     let data = MapData::from_pin(&path)
         .with_context(|| format!("cannot open the pinned conntrack map {}", path.display()))?;
@@ -51,14 +51,20 @@ fn open_table<K: aya::Pod>(
 }
 
 /// Removes the expired entries of one table; returns (live, removed).
-fn sweep_table<K: aya::Pod>(map: &mut HashMap<MapData, K, CtEntry>, now: u64) -> (u64, u64) {
+fn sweep_table<K: aya::Pod>(map: &mut HashMap<MapData, K, CtConn>, now: u64) -> (u64, u64) {
     let mut expired = Vec::new();
     let mut live = 0u64;
     for item in &*map {
         // An entry evicted or removed during the walk ends the iteration step with an error for
         // that key only; skip it.
-        let Ok((key, entry)) = item else { continue };
-        if ct_expired(entry.expires, now) {
+        let Ok((key, conn)) = item else { continue };
+        // A side is in use by its endpoint until it expires; a connection with no side in use
+        // is over for both.
+        if conn
+            .sides
+            .iter()
+            .all(|s| s.ifindex == 0 || ct_expired(s.expires, now))
+        {
             expired.push(key);
         } else {
             live += 1;

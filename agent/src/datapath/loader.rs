@@ -22,7 +22,7 @@ use aya::{
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use catalyst_policy::datapath::{
-    ALL_MAPS, COUNTER_SLOTS, CtEntry, CtKey, CtKey4, DATAPATH_SCHEMA, DatapathConfig, EndpointInfo,
+    ALL_MAPS, COUNTER_SLOTS, CtConn, CtKey, CtKey4, DATAPATH_SCHEMA, DatapathConfig, EndpointInfo,
     FragKey, FragPorts, IpcacheEntry, MAP_CONFIG, MAP_CONNTRACK, MAP_CONNTRACK_V4, MAP_COUNTERS,
     MAP_ENDPOINTS, MAP_EVENTS, MAP_FRAGMENTS, MAP_IPCACHE_HOST_V4, MAP_IPCACHE_HOST_V6,
     MAP_IPCACHE_V4, MAP_IPCACHE_V6, MAP_POLICY, MAP_POLICY_EXACT, POLICY_PREFIX_FULL_BITS,
@@ -110,13 +110,13 @@ pub struct Datapath {
 
 /// The conntrack tables: IPv4 connections under [`CtKey4`], IPv6 ones under [`CtKey`].
 struct Conntrack {
-    v4: HashMap<MapData, CtKey4, CtEntry>,
-    v6: HashMap<MapData, CtKey, CtEntry>,
+    v4: HashMap<MapData, CtKey4, CtConn>,
+    v6: HashMap<MapData, CtKey, CtConn>,
 }
 
 impl Conntrack {
     /// Inserts `entry` under `key` (a canonical key) into the table of its family.
-    fn insert(&mut self, key: &CtKey, entry: &CtEntry) -> Result<(), StoreError> {
+    fn insert(&mut self, key: &CtKey, entry: &CtConn) -> Result<(), StoreError> {
         if key.family == 4 {
             self.v4
                 .insert(CtKey4::of(key), entry, 0)
@@ -131,7 +131,7 @@ impl Conntrack {
 
 /// Writes the converted conntrack entries of an older layout into the new tables; returns how
 /// many they took (a full table evicts the least recently used, as for any insert).
-fn migrate_conntrack(map: &mut Conntrack, entries: &[(CtKey, CtEntry)]) -> usize {
+fn migrate_conntrack(map: &mut Conntrack, entries: &[(CtKey, CtConn)], from_schema: u32) -> usize {
     if entries.is_empty() {
         return 0;
     }
@@ -147,7 +147,7 @@ fn migrate_conntrack(map: &mut Conntrack, entries: &[(CtKey, CtEntry)]) -> usize
     tracing::info!(
         written,
         failed,
-        from_schema = migrate::CONNTRACK_FROM_SCHEMA,
+        from_schema,
         to_schema = DATAPATH_SCHEMA,
         "conntrack entries carried over from the older layout: their connections continue \
          (re-evaluated against the policy in force after the first sync)"
@@ -219,13 +219,13 @@ const LAYOUTS: [Layout; 13] = [
     Layout {
         name: MAP_CONNTRACK_V4,
         key: size::<CtKey4>(),
-        value: size::<CtEntry>(),
+        value: size::<CtConn>(),
         max_entries: None,
     },
     Layout {
         name: MAP_CONNTRACK,
         key: size::<CtKey>(),
-        value: size::<CtEntry>(),
+        value: size::<CtConn>(),
         max_entries: None,
     },
     Layout {
@@ -307,23 +307,20 @@ fn drop_incompatible_pins(maps_dir: &Path) -> anyhow::Result<Dropped> {
         None => None,
     };
     let mut conntrack = Vec::new();
-    if old_schema == Some(migrate::CONNTRACK_FROM_SCHEMA) {
-        let path = maps_dir.join(MAP_CONNTRACK);
-        let sizes = aya::maps::MapInfo::from_pin(&path)
-            .map(|i| (i.key_size(), i.value_size()))
-            .ok();
-        if sizes == Some(migrate::CONNTRACK_V4_SIZES) {
-            // A failure to read costs the connections, not the start.
-            match migrate::read_conntrack_v4(&path) {
-                Ok(entries) => conntrack = entries,
-                Err(e) => tracing::warn!(
-                    pin = %path.display(),
-                    error = %format!("{e:#}"),
-                    "cannot read the conntrack entries of schema {}; tracked connections are \
-                     re-evaluated as new ones",
-                    migrate::CONNTRACK_FROM_SCHEMA
-                ),
+    let mut from_schema = 0;
+    if let Some(schema) = old_schema.filter(|s| migrate::CONNTRACK_FROM_SCHEMAS.contains(s)) {
+        // A failure to read costs the connections, not the start.
+        match migrate::read_conntrack(maps_dir, schema) {
+            Ok(entries) => {
+                conntrack = entries;
+                from_schema = schema;
             }
+            Err(e) => tracing::warn!(
+                pins = %maps_dir.display(),
+                error = %format!("{e:#}"),
+                "cannot read the conntrack entries of schema {schema}; tracked connections are \
+                 re-evaluated as new ones"
+            ),
         }
     }
     let mut removed = Vec::new();
@@ -344,13 +341,20 @@ fn drop_incompatible_pins(maps_dir: &Path) -> anyhow::Result<Dropped> {
             .with_context(|| format!("cannot remove the incompatible pin {}", path.display()))?;
         removed.push(name);
     }
-    Ok(Dropped { removed, conntrack })
+    Ok(Dropped {
+        removed,
+        conntrack,
+        from_schema,
+    })
 }
 
 /// What [`drop_incompatible_pins`] removed and carried over.
 struct Dropped {
     removed: Vec<&'static str>,
-    conntrack: Vec<(CtKey, CtEntry)>,
+    /// Connections carried over, converted to this schema's layout.
+    conntrack: Vec<(CtKey, CtConn)>,
+    /// The schema they were read from.
+    from_schema: u32,
 }
 
 fn err(map: &'static str, op: &'static str, e: impl std::fmt::Display) -> StoreError {
@@ -389,6 +393,7 @@ impl Datapath {
         let Dropped {
             removed: recreated,
             conntrack: migrated,
+            from_schema,
         } = drop_incompatible_pins(&maps_dir)?;
         let mut loader = EbpfLoader::new();
         loader
@@ -433,7 +438,7 @@ impl Datapath {
             v4: take(&mut ebpf, MAP_CONNTRACK_V4)?,
             v6: take(&mut ebpf, MAP_CONNTRACK)?,
         };
-        let migrated = migrate_conntrack(&mut conntrack, &migrated);
+        let migrated = migrate_conntrack(&mut conntrack, &migrated, from_schema);
         Ok(Self {
             ebpf,
             pin_path: opts.pin_path.clone(),
@@ -711,7 +716,24 @@ impl Datapath {
         packet: &[u8],
         repeat: u32,
     ) -> anyhow::Result<(i32, std::time::Duration)> {
+        self.test_run_on(prog, packet, repeat, 1)
+    }
+
+    /// [`Self::test_run`] on an skb of interface `ifindex` (an existing device of this network
+    /// namespace; 1 is the loopback device).
+    pub fn test_run_on(
+        &self,
+        prog: &str,
+        packet: &[u8],
+        repeat: u32,
+        ifindex: u32,
+    ) -> anyhow::Result<(i32, std::time::Duration)> {
         use aya::programs::{TestRun as _, TestRunOptions};
+        // The `struct __sk_buff` context up to its `ifindex` field (offset 40); the kernel takes
+        // the skb's device from it and requires the fields before it that it does not accept
+        // as input to be zero.
+        let mut skb_ctx = [0u8; 44];
+        skb_ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
         let p: &SchedClassifier = self
             .ebpf
             .program(prog)
@@ -722,6 +744,7 @@ impl Datapath {
             .test_run(TestRunOptions {
                 data_in: Some(packet),
                 data_out: Some(&mut out),
+                ctx_in: (ifindex > 1).then_some(&skb_ctx[..]),
                 repeat,
                 ..TestRunOptions::default()
             })
@@ -735,8 +758,17 @@ impl Datapath {
 
     /// Inserts a conntrack entry (benchmarks prefill the table; the datapath owns it otherwise).
     /// `key` must be canonical ([`CtKey::canonical`]); it goes to the table of its family.
-    pub fn conntrack_insert(&mut self, key: CtKey, entry: CtEntry) -> Result<(), StoreError> {
+    pub fn conntrack_insert(&mut self, key: CtKey, entry: CtConn) -> Result<(), StoreError> {
         self.conntrack.insert(&key, &entry)
+    }
+
+    /// The connection under `key` (a canonical key), if the table has it.
+    pub fn conntrack_get(&self, key: &CtKey) -> Option<CtConn> {
+        if key.family == 4 {
+            self.conntrack.v4.get(&CtKey4::of(key), 0).ok()
+        } else {
+            self.conntrack.v6.get(key, 0).ok()
+        }
     }
 
     /// Sum over CPUs of every counter slot.

@@ -18,7 +18,7 @@ pub use self::{
     bpffs::ensure_bpffs,
     gc::{ConntrackGc, GcReport, monotonic_ns},
     loader::{AttachMode, Datapath, LoadOptions, read_counters_of, uninstall},
-    migrate::CtEntryV4,
+    migrate::{CtEntryV4, CtEntryV5, CtKey4V5, CtKeyV5},
     store::{DesiredState, MapStore, StoreError, by_endpoint},
     sync::{apply, apply_diff},
 };

@@ -23,17 +23,17 @@ use aya_ebpf::{
 };
 use catalyst_policy::datapath::{
     CFG_F_NO_DROP_EVENTS, CFG_F_NO_TRACE_EVENTS, CFG_F_NO_VERDICT_EVENTS, COUNTER_SLOTS,
-    CT_EVENT_TICK_SHIFT, CT_F_CLOSING, CT_F_SEEN_REPLY, CT_F_SWAPPED, CtConn, CtEntry, CtKey,
-    CtKey4, CtTimeouts, DEFAULT_CONNTRACK_MAX, DEFAULT_CT_TIMEOUTS, DEFAULT_ENDPOINTS_MAX,
-    DEFAULT_EVENTS_BYTES, DEFAULT_FRAGMENTS_MAX, DEFAULT_IPCACHE_MAX, DEFAULT_POLICY_MAX,
-    DIR_EGRESS, DIR_INGRESS, DROP_CT_MAP_INSERTION_FAILED, DROP_FRAG_NOT_FOUND,
-    DROP_INVALID_SOURCE_IP, DROP_NONE, DatapathConfig, EP_F_NO_SOURCE_CHECK, EV_F_END, EV_F_NEW,
-    EV_F_REEVALUATED, EV_F_REPLY, EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, EndpointInfo,
-    FlowEvent, FlowEvent4, FragKey, FragPorts, IpcacheEntry, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
-    PolicyEntry, PolicyKey, STAT_AUDIT, STAT_CT_CREATED, STAT_CT_ENDED, STAT_CT_REEVALUATED,
-    STAT_EVENTS_LOST, STAT_EVENTS_SENT, STAT_NO_ENDPOINT, STAT_NOT_POLICED, TRACE_ESTABLISHED,
-    TRACE_NEW, TRACE_REPLY, VERDICT_AUDIT, VERDICT_DROPPED, counter_index, ct_expired, ct_expiry,
-    ct_side,
+    CT_EVENT_TICK_SHIFT, CT_F_CLOSING, CT_F_SEEN_REPLY, CT_F_SWAPPED, CT_TCP_FLAGS,
+    CT_TCP_REPLY_SHIFT, CtConn, CtEntry, CtKey, CtKey4, CtTimeouts, DEFAULT_CONNTRACK_MAX,
+    DEFAULT_CT_TIMEOUTS, DEFAULT_ENDPOINTS_MAX, DEFAULT_EVENTS_BYTES, DEFAULT_FRAGMENTS_MAX,
+    DEFAULT_IPCACHE_MAX, DEFAULT_POLICY_MAX, DIR_EGRESS, DIR_INGRESS, DROP_CT_MAP_INSERTION_FAILED,
+    DROP_FRAG_NOT_FOUND, DROP_INVALID_SOURCE_IP, DROP_NONE, DatapathConfig, EP_F_NO_SOURCE_CHECK,
+    EV_F_END, EV_F_NEW, EV_F_REEVALUATED, EV_F_REPLY, EVENT_DROP, EVENT_POLICY_VERDICT,
+    EVENT_TRACE, EndpointInfo, FlowEvent, FlowEvent4, FragKey, FragPorts, IpcacheEntry, PROTO_SCTP,
+    PROTO_TCP, PROTO_UDP, PolicyEntry, PolicyKey, STAT_AUDIT, STAT_CT_CREATED, STAT_CT_ENDED,
+    STAT_CT_REEVALUATED, STAT_EVENTS_LOST, STAT_EVENTS_SENT, STAT_NO_ENDPOINT, STAT_NOT_POLICED,
+    TRACE_ESTABLISHED, TRACE_NEW, TRACE_REPLY, VERDICT_AUDIT, VERDICT_DROPPED, counter_index,
+    ct_expired, ct_expiry, ct_side,
 };
 
 use crate::{
@@ -132,7 +132,7 @@ fn event_tick(now: u64) -> u32 {
 /// Idle lifetime of a connection after a packet, by protocol and state (as Cilium: a TCP
 /// packet with SYN gets the SYN timeout, a closing connection the closing one).
 #[inline(always)]
-fn lifetime_ns(flags: u16, protocol: u8, tcp_flags: u8, t: &CtTimeouts) -> u64 {
+fn lifetime_ns(flags: u8, protocol: u8, tcp_flags: u8, t: &CtTimeouts) -> u64 {
     let s = if protocol == PROTO_TCP {
         if flags & CT_F_CLOSING != 0 {
             t.tcp_closing_s
@@ -426,15 +426,13 @@ fn track<K>(
     }
 
     if pkt.protocol == PROTO_TCP {
-        let shift = if reply { 8 } else { 0 };
-        let seen = (e.tcp_flags_seen >> shift) as u8;
-        let new_bits = pkt.tcp_flags & !seen;
-        if new_bits != 0 {
-            e.tcp_flags_seen |= u16::from(pkt.tcp_flags) << shift;
-        }
+        let shift = if reply { CT_TCP_REPLY_SHIFT } else { 0 };
+        let seen = (e.tcp_flags_seen >> shift) & CT_TCP_FLAGS;
+        let new_bits = pkt.tcp_flags & CT_TCP_FLAGS & !seen;
         // Aggregation: report only the connection-state transitions (SYN, FIN, RST seen for the
         // first time in a direction), like Hubble's medium monitor aggregation.
-        if new_bits & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+        if new_bits != 0 {
+            e.tcp_flags_seen |= new_bits << shift;
             if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
                 e.flags |= CT_F_CLOSING;
                 ev_flags |= EV_F_END;
@@ -706,9 +704,8 @@ fn new_flow<K>(
         direction: dir,
         peer_identity: 0,
         flags: if swapped { CT_F_SWAPPED } else { 0 },
-        tcp_flags_seen: u16::from(pkt.tcp_flags),
+        tcp_flags_seen: pkt.tcp_flags & CT_TCP_FLAGS,
         policy_port: pkt.policy_port,
-        pad: 0,
         last_event: event_tick(now),
         expires: 0,
     };

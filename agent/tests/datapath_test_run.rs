@@ -1417,7 +1417,7 @@ fn conntrack_entries_of_schema_5_survive_the_upgrade() {
             revision: 1,
             verdict: VERDICT_FORWARDED,
             direction,
-            flags: if swapped { CT_F_SWAPPED } else { 0 },
+            flags: if swapped { u16::from(CT_F_SWAPPED) } else { 0 },
             tcp_flags_seen: 0x02,
             policy_port: 80,
             expires: ct_expiry(monotonic_ns(), 3_600 * 1_000_000_000),
@@ -1543,7 +1543,7 @@ fn a_connection_between_two_local_workloads_is_one_element_with_a_side_each() {
         assert_eq!(created(&f), before + 2, "all on the two sides");
         let seen = f.dp.conntrack_get(&key).unwrap();
         assert_ne!(
-            seen.sides[ct_side(DIR_INGRESS, swapped)].tcp_flags_seen & 0x1200,
+            seen.sides[ct_side(DIR_INGRESS, swapped)].tcp_flags_seen & (0x02 << 4),
             0,
             "web's side saw its SYN-ACK"
         );

@@ -439,12 +439,18 @@ impl CtKey4 {
 }
 
 /// Connection is being closed (FIN or RST seen).
-pub const CT_F_CLOSING: u16 = 1 << 0;
+pub const CT_F_CLOSING: u8 = 1 << 0;
 /// A reply has been seen (the first one of a non-TCP flow is reported as a trace event).
-pub const CT_F_SEEN_REPLY: u16 = 1 << 2;
+pub const CT_F_SEEN_REPLY: u8 = 1 << 2;
 /// The connection's original packet had its tuple swapped in the key ([`CtKey::canonical`]):
 /// packets of the connection that are swapped the other way are its replies.
-pub const CT_F_SWAPPED: u16 = 1 << 3;
+pub const CT_F_SWAPPED: u8 = 1 << 3;
+
+/// The TCP flags [`CtEntry::tcp_flags_seen`] keeps (FIN, SYN, RST, as in the TCP header): the
+/// connection-state transitions events are aggregated on.
+pub const CT_TCP_FLAGS: u8 = 0x07;
+/// Shift of the reply direction's flags in [`CtEntry::tcp_flags_seen`].
+pub const CT_TCP_REPLY_SHIFT: u8 = 4;
 
 /// `CLOCK_MONOTONIC` nanoseconds per tick of [`CtEntry::expires`] (2^26 ns, about 67 ms): a u32
 /// of them spans about 9 years, and entries compare them with wrapping arithmetic.
@@ -474,7 +480,7 @@ pub const fn ct_expired(expires: u32, now_ns: u64) -> bool {
 }
 
 /// One endpoint's side of a connection ([`CtConn`]): the verdict cached for it and the state
-/// its events are aggregated on. 36 bytes.
+/// its events are aggregated on. 32 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtEntry {
@@ -497,13 +503,12 @@ pub struct CtEntry {
     /// Direction of the original packet (`DIR_*`).
     pub direction: u8,
     /// `CT_F_*` bits.
-    pub flags: u16,
-    /// TCP flags seen in the original direction (low byte) and the reply direction (high byte).
-    pub tcp_flags_seen: u16,
+    pub flags: u8,
+    /// The [`CT_TCP_FLAGS`] seen in the original direction (bits 0–2) and in the reply direction
+    /// (bits 4–6, [`CT_TCP_REPLY_SHIFT`]).
+    pub tcp_flags_seen: u8,
     /// Destination port (ICMP: type) the policy decision was made for, host byte order.
     pub policy_port: u16,
-    /// Reserved, zero.
-    pub pad: u16,
     /// When an event was last emitted for this entry, in ticks of 2^[`CT_EVENT_TICK_SHIFT`] ns of
     /// the `bpf_ktime_get_coarse_ns` clock (wrapping).
     pub last_event: u32,
@@ -517,8 +522,10 @@ pub struct CtEntry {
 /// Value of [`MAP_CONNTRACK_V4`] and [`MAP_CONNTRACK`]: a connection, with a side for each
 /// endpoint of this node it involves ([`ct_side`]). A connection between two local workloads is
 /// one element: the first hook inserts it, the other endpoint's hook fills its side in place
-/// (no second insert, and the element is still in cache). 72 bytes; an IPv4 element (48 bytes
-/// of kernel header, key, value) is 136 bytes, against 2 × 104 with one entry per endpoint.
+/// (no second insert, and the element is still in cache). 64 bytes: an IPv4 element (48 bytes
+/// of kernel header, the 16-byte key, the value) is 128 bytes, exactly two cache lines of the
+/// preallocated element array — the kernel's header and the key in one, both sides in the other
+/// — against 2 × 104 bytes with one entry per endpoint.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtConn {
@@ -881,8 +888,10 @@ mod tests {
         assert_eq!(size_of::<PolicyEntry>(), 16);
         assert_eq!(size_of::<CtKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2);
         assert_eq!(size_of::<CtKey4>(), 4 + 4 + 2 + 2 + 1 + 1 + 2);
-        assert_eq!(size_of::<CtEntry>(), 36);
-        assert_eq!(size_of::<CtConn>(), 72);
+        assert_eq!(size_of::<CtEntry>(), 32);
+        assert_eq!(size_of::<CtConn>(), 64);
+        // The kernel's 48-byte LRU element header, key and value: two cache lines.
+        assert_eq!(48 + size_of::<CtKey4>() + size_of::<CtConn>(), 128);
         assert_eq!(size_of::<FragKey>(), 16 + 16 + 4 + 1 + 1 + 2);
         assert_eq!(size_of::<FragPorts>(), 2 + 2 + 2 + 1 + 1);
         assert_eq!(size_of::<DatapathConfig>(), 24 + 24);

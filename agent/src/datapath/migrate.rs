@@ -12,8 +12,9 @@ use anyhow::Context as _;
 use aya::maps::{HashMap, Map, MapData};
 
 use catalyst_policy::datapath::{
-    CT_EVENT_TICK_SHIFT, CT_EXPIRY_TICK_SHIFT, CT_F_CLOSING, CT_F_SEEN_REPLY, CT_F_SWAPPED, CtConn,
-    CtEntry, CtKey, MAP_CONNTRACK, MAP_CONNTRACK_V4, ct_side,
+    CT_EVENT_TICK_SHIFT, CT_EXPIRY_TICK_SHIFT, CT_F_CLOSING, CT_F_SEEN_REPLY, CT_F_SWAPPED,
+    CT_TCP_FLAGS, CT_TCP_REPLY_SHIFT, CtConn, CtEntry, CtKey, MAP_CONNTRACK, MAP_CONNTRACK_V4,
+    ct_side,
 };
 
 /// The schemas whose conntrack entries are carried over.
@@ -128,8 +129,8 @@ pub fn convert_v4(key: &CtKeyV5, old: &CtEntryV4) -> (CtKeyV5, CtEntryV5) {
         drop_reason: old.drop_reason as u8,
         match_type: old.match_type as u8,
         direction: old.direction as u8,
-        flags: (old.flags as u16 & (CT_F_CLOSING | CT_F_SEEN_REPLY))
-            | if swapped { CT_F_SWAPPED } else { 0 },
+        flags: (old.flags as u16 & u16::from(CT_F_CLOSING | CT_F_SEEN_REPLY))
+            | if swapped { u16::from(CT_F_SWAPPED) } else { 0 },
         tcp_flags_seen: old.tcp_flags_seen as u16,
         policy_port: old.policy_port as u16,
         pad: 0,
@@ -173,7 +174,7 @@ pub fn merge_v5(entries: impl IntoIterator<Item = (CtKeyV5, CtEntryV5)>) -> Vec<
             pad: 0,
         };
         // The entry was made by its connection's original packet at the hook of `direction`.
-        let side = ct_side(old.direction, old.flags & CT_F_SWAPPED != 0);
+        let side = ct_side(old.direction, old.flags & u16::from(CT_F_SWAPPED) != 0);
         conns.entry(key).or_default().sides[side] = CtEntry {
             ifindex: k.ifindex,
             revision: 0,
@@ -183,10 +184,15 @@ pub fn merge_v5(entries: impl IntoIterator<Item = (CtKeyV5, CtEntryV5)>) -> Vec<
             drop_reason: old.drop_reason,
             match_type: old.match_type,
             direction: old.direction,
-            flags: old.flags,
-            tcp_flags_seen: old.tcp_flags_seen,
+            // Schema 5 kept every flag bit of both directions in a byte each.
+            #[expect(
+                clippy::cast_possible_truncation,
+                reason = "the flag bits fit in a byte"
+            )]
+            flags: old.flags as u8,
+            tcp_flags_seen: (old.tcp_flags_seen as u8 & CT_TCP_FLAGS)
+                | (((old.tcp_flags_seen >> 8) as u8 & CT_TCP_FLAGS) << CT_TCP_REPLY_SHIFT),
             policy_port: old.policy_port,
-            pad: 0,
             last_event: old.last_event,
             expires: old.expires,
         };
@@ -335,7 +341,8 @@ mod tests {
         );
         assert_eq!(
             (e.peer_identity, e.tcp_flags_seen, e.policy_port),
-            (1234, 0x1202, 80)
+            (1234, 0x22, 80),
+            "SYN seen in both directions"
         );
         assert_eq!(e.revision, 0, "re-evaluated after the first sync");
         assert!(!ct_expired(e.expires, expires_ns - 1));
@@ -367,7 +374,7 @@ mod tests {
             rule_id,
             verdict: VERDICT_FORWARDED,
             direction,
-            flags: if swapped { CT_F_SWAPPED } else { 0 } | CT_F_SEEN_REPLY,
+            flags: u16::from(if swapped { CT_F_SWAPPED } else { 0 } | CT_F_SEEN_REPLY),
             expires: 77,
             ..CtEntryV5::default()
         };

@@ -73,8 +73,8 @@ static CONNTRACK4: LruHashMap<CtKey4, CtConn> =
 #[map(name = "CATALYST_CT")]
 static CONNTRACK6: LruHashMap<CtKey, CtConn> =
     LruHashMap::pinned(DEFAULT_CONNTRACK_MAX, BPF_F_NO_COMMON_LRU);
-/// Where a new connection's element is put together before its insert (72 bytes would not fit
-/// on the program's stack beside the rest). Holds nothing between packets; not pinned.
+/// Where a new connection's element is put together before its insert (its 64 bytes would not
+/// fit on the program's stack beside the rest). Holds nothing between packets; not pinned.
 #[map(name = "CATALYST_CT_NEW")]
 static CT_SCRATCH: PerCpuArray<CtConn> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "CATALYST_CONFIG")]
@@ -628,11 +628,12 @@ fn insert_conn<K>(map: &LruHashMap<K, CtConn>, key: &K, side: usize, e: &CtEntry
     };
     // SAFETY: per-CPU scratch slot, no concurrent user on this CPU.
     let c = unsafe { &mut *c };
+    // The other side unused (interface 0) and zero: nothing of an earlier connection.
     if side == 0 {
         c.sides[0] = *e;
-        c.sides[1].ifindex = 0;
+        c.sides[1] = CtEntry::default();
     } else {
-        c.sides[0].ifindex = 0;
+        c.sides[0] = CtEntry::default();
         c.sides[1] = *e;
     }
     if map.insert(key, &*c, u64::from(BPF_NOEXIST)).is_ok() {

@@ -24,13 +24,13 @@ use catalyst_agent::{
 use catalyst_policy::{
     CompileInput, Endpoint, LabelSet, PolicySet, compile,
     datapath::{
-        ALL_MAPS, CT_F_SWAPPED, CtKey, CtTimeouts, DATAPATH_SCHEMA, DIR_EGRESS, DIR_INGRESS,
-        DROP_CT_INVALID_HEADER, DROP_FRAG_NOT_FOUND, DROP_INVALID_IPV6_EXT, DROP_INVALID_PACKET,
-        DROP_INVALID_SOURCE_IP, DROP_POLICY_DENIED, DROP_POLICY_DENY, DROP_UNSUPPORTED_L3,
-        DatapathConfig, EndpointInfo, IpcacheEntry, MAP_CONFIG, MAP_CONNTRACK, MAP_CONNTRACK_V4,
-        MAP_ENDPOINTS, PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, PolicyEntry, PolicyKey, STAT_AUDIT,
-        STAT_CT_CREATED, STAT_CT_ENDED, STAT_NOT_POLICED, VERDICT_AUDIT, VERDICT_DROPPED,
-        VERDICT_FORWARDED, counter_index, ct_expiry, ct_side,
+        ALL_MAPS, CT_F_SWAPPED, CtEntry, CtKey, CtTimeouts, DATAPATH_SCHEMA, DIR_EGRESS,
+        DIR_INGRESS, DROP_CT_INVALID_HEADER, DROP_FRAG_NOT_FOUND, DROP_INVALID_IPV6_EXT,
+        DROP_INVALID_PACKET, DROP_INVALID_SOURCE_IP, DROP_POLICY_DENIED, DROP_POLICY_DENY,
+        DROP_UNSUPPORTED_L3, DatapathConfig, EndpointInfo, IpcacheEntry, MAP_CONFIG, MAP_CONNTRACK,
+        MAP_CONNTRACK_V4, MAP_ENDPOINTS, PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, PolicyEntry,
+        PolicyKey, STAT_AUDIT, STAT_CT_CREATED, STAT_CT_ENDED, STAT_NOT_POLICED, VERDICT_AUDIT,
+        VERDICT_DROPPED, VERDICT_FORWARDED, counter_index, ct_expiry, ct_side,
     },
     labels::SOURCE_K8S,
 };
@@ -1569,7 +1569,11 @@ fn a_connection_between_two_local_workloads_is_one_element_with_a_side_each() {
         );
         let other = f.dp.conntrack_get(&okey).expect("web's connection");
         assert_eq!(other.sides[ct_side(DIR_INGRESS, oswapped)].ifindex, LO);
-        assert_eq!(other.sides[ct_side(DIR_EGRESS, oswapped)].ifindex, 0);
+        assert_eq!(
+            other.sides[ct_side(DIR_EGRESS, oswapped)],
+            CtEntry::default(),
+            "the unused side is zero"
+        );
         drop(f);
     });
     let _ = uninstall(&pin);

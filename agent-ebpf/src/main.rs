@@ -302,10 +302,20 @@ fn track<K>(
         &mut c.sides[1]
     };
     let now = coarse_ns();
-    if e.ifindex != ifindex {
-        // The connection is known from its other end only (a workload of this node whose hook
-        // saw it first): this endpoint's side is new.
+    let mine = e.ifindex == ifindex;
+    if !mine || ct_expired(e.expires, now) || (syn_only && e.flags & CT_F_CLOSING != 0) {
+        // This endpoint's side is new: the connection is known from its other end only (a
+        // workload of this node whose hook saw it first), or this endpoint's connection is over
+        // (idle past its timeout, or a new SYN on the tuple of a closing one) and this packet
+        // starts a new one, evaluated against the policy in force. Without an endpoint an
+        // ended side is freed.
+        if mine {
+            count(STAT_CT_ENDED);
+        }
         let Some(ep) = endpoint(ifindex) else {
+            if mine {
+                e.ifindex = 0;
+            }
             count(STAT_NO_ENDPOINT);
             return PASS;
         };
@@ -322,28 +332,6 @@ fn track<K>(
         );
     }
     let reply = (e.flags & CT_F_SWAPPED != 0) != swapped;
-    if ct_expired(e.expires, now) || (syn_only && e.flags & CT_F_CLOSING != 0) {
-        // The connection is over (idle past its timeout, or a new SYN on the tuple of a closing
-        // one): this packet starts a new connection, evaluated against the policy in force. It
-        // replaces the old one on this endpoint's side; without an endpoint the side is freed.
-        count(STAT_CT_ENDED);
-        let Some(ep) = endpoint(ifindex) else {
-            e.ifindex = 0;
-            count(STAT_NO_ENDPOINT);
-            return PASS;
-        };
-        return new_flow(
-            ctx,
-            dir,
-            ifindex,
-            &ep,
-            pkt,
-            NewFlowAt::<K>::Side(e),
-            swapped,
-            cfg,
-            now,
-        );
-    }
 
     let mut ev_flags = if reply { EV_F_REPLY } else { 0 };
     if e.revision != cfg.policy_revision {

@@ -1429,8 +1429,27 @@ fn conntrack_entries_of_schema_5_survive_the_upgrade() {
     });
 }
 
-/// Removes a network namespace of a test however the test ends.
+/// A network namespace of a test with one veth pair (`a` up), removed however the test ends.
 struct Netns(String);
+
+impl Netns {
+    fn with_veth(name: &str, a: &str, b: &str) -> Self {
+        let ip = |args: &[&str]| {
+            let ok = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "ip {args:?}");
+        };
+        ip(&["netns", "add", name]);
+        let ns = Self(name.to_owned());
+        ip(&[
+            "-n", name, "link", "add", a, "type", "veth", "peer", "name", b,
+        ]);
+        ip(&["-n", name, "link", "set", a, "up"]);
+        ns
+    }
+}
 
 impl Drop for Netns {
     fn drop(&mut self) {
@@ -1452,18 +1471,7 @@ fn a_connection_between_two_local_workloads_is_one_element_with_a_side_each() {
     }
     let id = std::process::id();
     let ns = format!("cat-sides-{id}");
-    let ip = |args: &[&str]| {
-        let ok = std::process::Command::new("ip")
-            .args(args)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "ip {args:?}");
-    };
-    ip(&["netns", "add", &ns]);
-    let netns = Netns(ns.clone());
-    ip(&[
-        "-n", &ns, "link", "add", "client0", "type", "veth", "peer", "name", "client1",
-    ]);
+    let netns = Netns::with_veth(&ns, "client0", "client1");
     let pin = PathBuf::from(format!("/sys/fs/bpf/catalyst-test-sides-{id}"));
     let _ = uninstall(&pin);
     let p = pin.clone();
@@ -2007,18 +2015,7 @@ fn programs_stay_at_the_tcx_hooks_across_a_restart_and_uninstall_removes_them() 
     }
     let id = std::process::id();
     let ns = format!("cat-tcx-{id}");
-    let ip = |args: &[&str]| {
-        let ok = std::process::Command::new("ip")
-            .args(args)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "ip {args:?}");
-    };
-    ip(&["netns", "add", &ns]);
-    ip(&[
-        "-n", &ns, "link", "add", "tcx0", "type", "veth", "peer", "name", "tcx1",
-    ]);
-    ip(&["-n", &ns, "link", "set", "tcx0", "up"]);
+    let netns = Netns::with_veth(&ns, "tcx0", "tcx1");
     let pin = PathBuf::from(format!("/sys/fs/bpf/catalyst-test-tcx-{id}"));
     let p = pin.clone();
     let result = catalyst_tests::lab::in_netns(&ns, move || {
@@ -2064,7 +2061,7 @@ fn programs_stay_at_the_tcx_hooks_across_a_restart_and_uninstall_removes_them() 
         hooks()
     });
     let _ = uninstall(&pin);
-    ip(&["netns", "del", &ns]);
+    drop(netns);
     let after = result.expect("netns");
     assert!(
         after.iter().all(Vec::is_empty),

@@ -74,6 +74,14 @@ enum Filter {
 }
 
 impl Filter {
+    /// Whether the filter runs BPF programs at the hooks (the empty classifier or the agent's).
+    fn has_programs(self) -> bool {
+        matches!(
+            self,
+            Self::Empty | Self::Agent(_) | Self::AgentDropEvents(_) | Self::AgentOffCpu(_)
+        )
+    }
+
     fn label(self) -> String {
         match self {
             Self::None => "no filtering".into(),
@@ -109,6 +117,98 @@ fn selected_filters() -> Option<Vec<String>> {
     std::env::var("CATALYST_BENCH_FILTERS")
         .ok()
         .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
+}
+
+/// Runs one end-to-end measure; with `CATALYST_BENCH_PERF=<dir>` under `perf record -a -g` on
+/// the measured CPU (0), written to `<dir>/<filter>-r<round>-<measure>.data` (for `perf report`;
+/// the figure of a profiled run is slower than an unprofiled one and is not for the docs).
+fn profiled<T>(
+    tag: &str,
+    measure: &str,
+    run: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let Ok(dir) = std::env::var("CATALYST_BENCH_PERF") else {
+        return run();
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("CATALYST_BENCH_PERF={dir}"))?;
+    let out = Path::new(&dir).join(format!("{tag}-{measure}.data"));
+    let mut perf = Command::new("perf")
+        .args(["record", "-q", "-g", "-C", "0", "-o"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start perf (apt-get install linux-perf)")?;
+    std::thread::sleep(Duration::from_millis(200));
+    let res = run();
+    // SIGINT: perf writes its file and exits.
+    // SAFETY: kill has no memory preconditions; the pid is our child's.
+    unsafe { libc::kill(i32::try_from(perf.id()).unwrap_or(0), libc::SIGINT) };
+    let _ = perf.wait();
+    res
+}
+
+/// Runs and run time of the filter's programs over one measure (the kernel's BPF statistics).
+#[derive(Clone, Copy, Debug, Default)]
+struct ProgTime {
+    /// Program runs (packets at the hooks), all hooks together.
+    runs: u64,
+    /// Time in the programs (ns), all hooks together.
+    ns: u64,
+}
+
+impl ProgTime {
+    #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+    fn ns_per_run(self) -> f64 {
+        if self.runs == 0 {
+            0.0
+        } else {
+            self.ns as f64 / self.runs as f64
+        }
+    }
+}
+
+/// Runs one measure with `kernel.bpf_stats_enabled` on; returns its result and the run count and
+/// run time of the catalyst programs (the agent's and the empty classifier) over it.
+fn with_bpf_stats<T>(run: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, ProgTime)> {
+    const KNOB: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    std::fs::write(KNOB, "1").with_context(|| format!("cannot enable BPF statistics ({KNOB})"))?;
+    let before = prog_time();
+    let res = run();
+    let after = prog_time();
+    let _ = std::fs::write(KNOB, "0");
+    let before = before?;
+    let mut t = ProgTime::default();
+    for (id, a) in after? {
+        let b = before.get(&id).copied().unwrap_or_default();
+        t.runs += a.runs.saturating_sub(b.runs);
+        t.ns += a.ns.saturating_sub(b.ns);
+    }
+    Ok((res?, t))
+}
+
+/// Run count and run time of every loaded program whose name starts with `catalyst_`, by id.
+fn prog_time() -> anyhow::Result<std::collections::BTreeMap<u64, ProgTime>> {
+    let out = sh(Command::new("bpftool").args(["-j", "prog", "show"]))?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("bpftool -j prog show")?;
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            p["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("catalyst_"))
+        })
+        .filter_map(|p| {
+            Some((
+                p["id"].as_u64()?,
+                ProgTime {
+                    runs: p["run_cnt"].as_u64().unwrap_or(0),
+                    ns: p["run_time_ns"].as_u64().unwrap_or(0),
+                },
+            ))
+        })
+        .collect())
 }
 
 /// CPU time (user + system, all threads) of process `pid` so far, seconds.
@@ -173,7 +273,7 @@ pub fn datapath() -> anyhow::Result<()> {
     let result = end_to_end();
     let _ = lab::down();
     drop(lock);
-    let rows = result?;
+    let (rows, in_situ) = result?;
 
     let mut md = String::new();
     writeln!(md, "{}", measured_on(""))?;
@@ -243,6 +343,7 @@ pub fn datapath() -> anyhow::Result<()> {
         )?;
     }
     floor_table(&mut md, &rows)?;
+    in_situ_table(&mut md, &in_situ)?;
     println!("{md}");
     if selected_filters().is_some() {
         eprintln!("bench: CATALYST_BENCH_FILTERS is set: docs/benchmarks.md left as it is");
@@ -283,6 +384,58 @@ fn floor_table(md: &mut String, rows: &[(Filter, Figures)]) -> anyhow::Result<()
             md,
             "| {n} | {lat:+.1} % | {udp:+.1} % | {conn:+.1} % | {} |",
             if met { "yes" } else { "no" }
+        )?;
+    }
+    Ok(())
+}
+
+/// The programs' own run time in situ (kernel BPF statistics), net of the empty classifier's,
+/// per packet (latency, UDP: two hooks per packet) and per connection, and its share of the
+/// empty classifier's time per packet or connection: the part of the end-to-end gap the
+/// programs' instructions explain.
+fn in_situ_table(md: &mut String, rows: &[InSituRow]) -> anyhow::Result<()> {
+    let Some(&(_, floor, floor_t)) = rows.iter().find(|(f, _, _)| *f == Filter::Empty) else {
+        return Ok(());
+    };
+    writeln!(
+        md,
+        "\n### In situ: time in the programs (kernel BPF statistics, one extra round)\n\n\
+         `kernel.bpf_stats_enabled` times every run of every program (it adds two clock reads \
+         per run, to the empty classifier too; the net figures subtract the empty classifier's \
+         time per run). Per packet: the latency and UDP packets cross two hooks (client egress, \
+         server ingress); per connection: every run at both hooks during the connect loop \
+         divided by the connections made. Share: of the empty classifier's time per packet \
+         (one-way latency; 1 / UDP rate) or per connection (1 / connections/s) in this round.\n"
+    )?;
+    writeln!(
+        md,
+        "| filter | latency: ns per run | net per packet (share) | UDP: ns per run | net per packet (share) | connect: ns per run | runs per connection | net per connection (share) |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|")?;
+    let empty = floor_t.map(ProgTime::ns_per_run);
+    for (f, fig, t) in rows {
+        let net_packet = |i: usize| 2.0 * (t[i].ns_per_run() - empty[i]);
+        #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+        let runs = t[2].runs as f64;
+        let conns = fig.conn_per_s * f64::from(SECS);
+        let net_conn = if conns > 0.0 {
+            runs * (t[2].ns_per_run() - empty[2]) / conns
+        } else {
+            0.0
+        };
+        let lat_share = net_packet(0) / (floor.latency_us * 1000.0) * 100.0;
+        let udp_share = net_packet(1) * floor.udp_pps / 1e9 * 100.0;
+        let conn_share = net_conn * floor.conn_per_s / 1e9 * 100.0;
+        writeln!(
+            md,
+            "| {} | {:.1} | {:.0} ns ({lat_share:.1} %) | {:.1} | {:.0} ns ({udp_share:.1} %) | {:.1} | {:.1} | {net_conn:.0} ns ({conn_share:.1} %) |",
+            f.label(),
+            t[0].ns_per_run(),
+            net_packet(0),
+            t[1].ns_per_run(),
+            net_packet(1),
+            t[2].ns_per_run(),
+            if conns > 0.0 { runs / conns } else { 0.0 },
         )?;
     }
     Ok(())
@@ -841,7 +994,14 @@ pub(crate) fn splice_section(name: &str, md: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn end_to_end() -> anyhow::Result<Vec<(Filter, Figures)>> {
+/// One filter's figures in the statistics round and its programs' run time in each measure
+/// (latency, UDP, connections).
+type InSituRow = (Filter, Figures, [ProgTime; 3]);
+
+/// The median figures of every filter, and the statistics round.
+type EndToEnd = (Vec<(Filter, Figures)>, Vec<InSituRow>);
+
+fn end_to_end() -> anyhow::Result<EndToEnd> {
     lab::up()?;
     let client = pod("client");
     let server = pod("web");
@@ -889,6 +1049,7 @@ fn end_to_end() -> anyhow::Result<Vec<(Filter, Figures)>> {
         );
     }
     let mut rows = Vec::new();
+    let mut in_situ = Vec::new();
     let work = std::env::temp_dir().join(format!("catalyst-bench-{}", std::process::id()));
     std::fs::create_dir_all(work.join("policies"))?;
     let pin = PathBuf::from("/sys/fs/bpf/catalyst-bench");
@@ -904,51 +1065,24 @@ fn end_to_end() -> anyhow::Result<Vec<(Filter, Figures)>> {
             for (f, figs) in &mut samples {
                 let f = *f;
                 eprintln!("bench: round {round}/{rounds}: {}", f.label());
-                let mut agent = None;
-                let mut empty = None;
-                match f {
-                    Filter::None => {}
-                    Filter::Empty => {
-                        let ifaces: Vec<String> = PODS.iter().map(lab::Pod::host_iface).collect();
-                        empty = Some(empty_tc::attach(node_ns(), &ifaces)?);
-                    }
-                    Filter::Agent(n) => agent = Some(start_agent(&work, &pin, n, "")?),
-                    Filter::AgentDropEvents(n) => {
-                        agent = Some(start_agent(
-                            &work,
-                            &pin,
-                            n,
-                            "bpf_events: {policy_verdict: false, trace: false}\n",
-                        )?);
-                    }
-                    Filter::AgentOffCpu(n) => {
-                        let a = start_agent(&work, &pin, n, "")?;
-                        if let Some(pid) = a.pid() {
-                            // Every thread of the agent (-a), now and later.
-                            sh(Command::new("taskset").args([
-                                "-a",
-                                "-p",
-                                "-c",
-                                "1",
-                                &pid.to_string(),
-                            ]))?;
-                        }
-                        agent = Some(a);
-                    }
-                    Filter::NftChain(n) | Filter::NftSet(n) => nft_load(f, n, &work)?,
-                }
+                let running = start_filter(f, &work, &pin)?;
                 if !warm {
                     // Warm-up (ARP, caches, sockperf's first connection), discarded.
                     sockperf_latency(&client.netns(), server.ipv4)?;
                     connect_rate(&client.netns(), server.ipv4)?;
                     warm = true;
                 }
-                let pid = agent.as_ref().and_then(AgentProcess::pid);
+                let pid = running.agent.as_ref().and_then(AgentProcess::pid);
                 let (cpu0, t0) = (pid.map(cpu_seconds), Instant::now());
+                let tag = format!("{}-r{round}", f.key());
                 let mut fig = Figures {
-                    latency_us: sockperf_latency(&client.netns(), server.ipv4)?,
-                    udp_pps: sockperf_udp(&client.netns(), server.ipv4)?,
-                    conn_per_s: connect_rate(&client.netns(), server.ipv4)?,
+                    latency_us: profiled(&tag, "latency", || {
+                        sockperf_latency(&client.netns(), server.ipv4)
+                    })?,
+                    udp_pps: profiled(&tag, "udp", || sockperf_udp(&client.netns(), server.ipv4))?,
+                    conn_per_s: profiled(&tag, "connect", || {
+                        connect_rate(&client.netns(), server.ipv4)
+                    })?,
                     agent_cpu_pct: None,
                 };
                 if let (Some(pid), Some(cpu0)) = (pid, cpu0) {
@@ -957,13 +1091,27 @@ fn end_to_end() -> anyhow::Result<Vec<(Filter, Figures)>> {
                 }
                 eprintln!("bench:   {fig:?}");
                 figs.push(fig);
-                drop(empty);
-                if let Some(mut a) = agent {
-                    a.stop()?;
-                    uninstall(&pin)?;
-                }
-                let _ = sh(&mut in_ns(node_ns(), &["nft", "flush", "ruleset"]));
+                running.stop(&pin)?;
             }
+        }
+        // One more round of the BPF filters with the kernel's run-time statistics on (they add
+        // two clock reads to every run of every program, so not in the rounds above).
+        for f in filters.iter().filter(|f| f.has_programs()) {
+            eprintln!("bench: in situ: {}", f.label());
+            let running = start_filter(*f, &work, &pin)?;
+            let (latency_us, lat) =
+                with_bpf_stats(|| sockperf_latency(&client.netns(), server.ipv4))?;
+            let (udp_pps, udp) = with_bpf_stats(|| sockperf_udp(&client.netns(), server.ipv4))?;
+            let (conn_per_s, conn) = with_bpf_stats(|| connect_rate(&client.netns(), server.ipv4))?;
+            let fig = Figures {
+                latency_us,
+                udp_pps,
+                conn_per_s,
+                agent_cpu_pct: None,
+            };
+            eprintln!("bench:   {fig:?} {lat:?} {udp:?} {conn:?}");
+            in_situ.push((*f, fig, [lat, udp, conn]));
+            running.stop(&pin)?;
         }
         for (f, figs) in &samples {
             let med = |get: fn(&Figures) -> f64| median(figs.iter().map(get).collect());
@@ -991,7 +1139,59 @@ fn end_to_end() -> anyhow::Result<Vec<(Filter, Figures)>> {
     let _ = acceptor.join();
     let _ = uninstall(&pin);
     let _ = std::fs::remove_dir_all(&work);
-    res.map(|()| rows)
+    res.map(|()| (rows, in_situ))
+}
+
+/// What one filter left running (dropped or stopped after its measures).
+struct Running {
+    agent: Option<AgentProcess>,
+    empty: Option<empty_tc::EmptyClassifier>,
+}
+
+impl Running {
+    /// Stops the agent (removing its pins), detaches the empty classifier, flushes nftables.
+    fn stop(self, pin: &Path) -> anyhow::Result<()> {
+        let Self { agent, empty } = self;
+        drop(empty);
+        if let Some(mut a) = agent {
+            a.stop()?;
+            uninstall(pin)?;
+        }
+        let _ = sh(&mut in_ns(node_ns(), &["nft", "flush", "ruleset"]));
+        Ok(())
+    }
+}
+
+/// Sets up filter `f` on the lab's node.
+fn start_filter(f: Filter, work: &Path, pin: &Path) -> anyhow::Result<Running> {
+    let mut agent = None;
+    let mut empty = None;
+    match f {
+        Filter::None => {}
+        Filter::Empty => {
+            let ifaces: Vec<String> = PODS.iter().map(lab::Pod::host_iface).collect();
+            empty = Some(empty_tc::attach(node_ns(), &ifaces)?);
+        }
+        Filter::Agent(n) => agent = Some(start_agent(work, pin, n, "")?),
+        Filter::AgentDropEvents(n) => {
+            agent = Some(start_agent(
+                work,
+                pin,
+                n,
+                "bpf_events: {policy_verdict: false, trace: false}\n",
+            )?);
+        }
+        Filter::AgentOffCpu(n) => {
+            let a = start_agent(work, pin, n, "")?;
+            if let Some(pid) = a.pid() {
+                // Every thread of the agent (-a), now and later.
+                sh(Command::new("taskset").args(["-a", "-p", "-c", "1", &pid.to_string()]))?;
+            }
+            agent = Some(a);
+        }
+        Filter::NftChain(n) | Filter::NftSet(n) => nft_load(f, n, work)?,
+    }
+    Ok(Running { agent, empty })
 }
 
 /// Starts the agent enforcing `rules` ports; `extra` is appended to its configuration.

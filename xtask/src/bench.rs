@@ -1404,3 +1404,69 @@ fn connect_rate(ns: &str, server: &str) -> anyhow::Result<f64> {
     #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
     Ok(count.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figs(latency_us: f64, udp_pps: f64, conn_per_s: f64) -> Figures {
+        Figures {
+            latency_us,
+            udp_pps,
+            conn_per_s,
+            agent_cpu_pct: None,
+        }
+    }
+
+    fn t(runs: u64, ns: u64) -> ProgTime {
+        ProgTime { runs, ns }
+    }
+
+    #[test]
+    fn in_situ_figures_are_net_of_the_empty_classifier_per_packet_and_per_connection() {
+        // Empty: 20 ns per run everywhere. Agent: 70 ns per run for latency and UDP (net 50 per
+        // hook, 100 per packet); connect: 1,000 runs at 120 ns for 100 connections (2 s at 50/s):
+        // 10 runs per connection, net (120 − 20) × 10 = 1,000 ns per connection.
+        let rows = vec![
+            (
+                Filter::Empty,
+                figs(2.0, 500_000.0, 100.0),
+                [t(1_000, 20_000), t(1_000, 20_000), t(1_000, 20_000)],
+            ),
+            (
+                Filter::Agent(10),
+                figs(2.1, 450_000.0, 50.0),
+                [t(1_000, 70_000), t(2_000, 140_000), t(1_000, 120_000)],
+            ),
+        ];
+        let mut md = String::new();
+        in_situ_table(&mut md, &rows).unwrap();
+        let agent = md
+            .lines()
+            .find(|l| l.starts_with("| catalyst-agent, 10 rules |"))
+            .expect("agent row");
+        // Latency: 100 ns of a 2,000 ns one-way time; UDP: 100 ns at 500,000 packets/s (5 %);
+        // connect: 1,000 ns at the empty classifier's 100 connections/s (0.01 %).
+        assert_eq!(
+            agent,
+            "| catalyst-agent, 10 rules | 70.0 | 100 ns (5.0 %) | 70.0 | 100 ns (5.0 %) | 120.0 | 10.0 | 1000 ns (0.0 %) |"
+        );
+        let empty = md
+            .lines()
+            .find(|l| l.starts_with("| empty classifier"))
+            .expect("empty row");
+        assert!(empty.ends_with("| 20.0 | 5.0 | 0 ns (0.0 %) |"), "{empty}");
+    }
+
+    #[test]
+    fn no_in_situ_table_without_the_empty_classifier() {
+        let rows = vec![(
+            Filter::Agent(10),
+            figs(2.1, 450_000.0, 50.0),
+            [t(1, 1), t(1, 1), t(1, 1)],
+        )];
+        let mut md = String::new();
+        in_situ_table(&mut md, &rows).unwrap();
+        assert!(md.is_empty());
+    }
+}

@@ -172,11 +172,13 @@ impl ProgTime {
 /// run time of the catalyst programs (the agent's and the empty classifier) over it.
 fn with_bpf_stats<T>(run: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, ProgTime)> {
     const KNOB: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    // Left as found afterwards (an operator may have it on).
+    let was = std::fs::read_to_string(KNOB).unwrap_or_else(|_| "0".into());
     std::fs::write(KNOB, "1").with_context(|| format!("cannot enable BPF statistics ({KNOB})"))?;
     let before = prog_time();
     let res = run();
     let after = prog_time();
-    let _ = std::fs::write(KNOB, "0");
+    let _ = std::fs::write(KNOB, was.trim());
     let before = before?;
     let mut t = ProgTime::default();
     for (id, a) in after? {

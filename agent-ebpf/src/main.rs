@@ -774,37 +774,48 @@ fn emit(
     } else {
         (e.peer_identity, ep.identity)
     };
+    // The two records differ only in the width of the addresses (and the full one's padding).
+    macro_rules! record {
+        ($ty:ident { family: $family:expr, saddr: $saddr:expr, daddr: $daddr:expr $(, $field:ident: $val:expr)* }) => {
+            $ty {
+                ts_ns: now_ns(),
+                kind,
+                verdict: e.verdict,
+                drop_reason: e.drop_reason,
+                direction: dir,
+                family: $family,
+                protocol: pkt.protocol,
+                tcp_flags: pkt.tcp_flags,
+                flags,
+                match_type: e.match_type,
+                trace_reason,
+                icmp_type: pkt.icmp_type,
+                icmp_code: pkt.icmp_code,
+                ifindex,
+                endpoint_id: ep.endpoint_id,
+                src_identity,
+                dst_identity,
+                rule_id: e.rule_id,
+                pkt_len: ctx.len(),
+                saddr: $saddr,
+                daddr: $daddr,
+                sport: pkt.sport,
+                dport: pkt.dport,
+                $($field: $val,)*
+            }
+        };
+    }
     if pkt.family == 4 {
         // The compact IPv4 record: with its header, one cache line of the ring.
         let Some(mut slot) = EVENTS.reserve::<FlowEvent4>(0) else {
             count(STAT_EVENTS_LOST);
             return;
         };
-        slot.write(FlowEvent4 {
-            ts_ns: now_ns(),
-            kind,
-            verdict: e.verdict,
-            drop_reason: e.drop_reason,
-            direction: dir,
+        slot.write(record!(FlowEvent4 {
             family: 4,
-            protocol: pkt.protocol,
-            tcp_flags: pkt.tcp_flags,
-            flags,
-            match_type: e.match_type,
-            trace_reason,
-            icmp_type: pkt.icmp_type,
-            icmp_code: pkt.icmp_code,
-            ifindex,
-            endpoint_id: ep.endpoint_id,
-            src_identity,
-            dst_identity,
-            rule_id: e.rule_id,
-            pkt_len: ctx.len(),
             saddr: pkt.saddr[0],
-            daddr: pkt.daddr[0],
-            sport: pkt.sport,
-            dport: pkt.dport,
-        });
+            daddr: pkt.daddr[0]
+        }));
         slot.submit(wakeup());
         count(STAT_EVENTS_SENT);
         return;
@@ -813,32 +824,12 @@ fn emit(
         count(STAT_EVENTS_LOST);
         return;
     };
-    slot.write(FlowEvent {
-        ts_ns: now_ns(),
-        kind,
-        verdict: e.verdict,
-        drop_reason: e.drop_reason,
-        direction: dir,
+    slot.write(record!(FlowEvent {
         family: pkt.family,
-        protocol: pkt.protocol,
-        tcp_flags: pkt.tcp_flags,
-        flags,
-        match_type: e.match_type,
-        trace_reason,
-        icmp_type: pkt.icmp_type,
-        icmp_code: pkt.icmp_code,
-        ifindex,
-        endpoint_id: ep.endpoint_id,
-        src_identity,
-        dst_identity,
-        rule_id: e.rule_id,
-        pkt_len: ctx.len(),
         saddr: pkt.saddr,
         daddr: pkt.daddr,
-        sport: pkt.sport,
-        dport: pkt.dport,
-        pad: [0; 2],
-    });
+        pad: [0; 2]
+    }));
     slot.submit(wakeup());
     count(STAT_EVENTS_SENT);
 }

@@ -277,60 +277,60 @@ fn track<K>(
 ) -> i32 {
     let syn_only = pkt.protocol == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let side = ct_side(dir, swapped);
-    let Some(c) = map.get_ptr_mut(key) else {
-        let Some(ep) = endpoint(ifindex) else {
-            count(STAT_NO_ENDPOINT);
-            return PASS;
-        };
-        return new_flow(
-            ctx,
-            dir,
-            ifindex,
-            &ep,
-            pkt,
-            NewFlowAt::Insert(map, key, side),
-            swapped,
-            cfg,
-            coarse_ns(),
-        );
-    };
-    // SAFETY: pointer from a successful lookup; LRU elements stay valid for this program run.
-    let c = unsafe { &mut *c };
-    let e = if side == 0 {
-        &mut c.sides[0]
-    } else {
-        &mut c.sides[1]
-    };
     let now = coarse_ns();
-    let mine = e.ifindex == ifindex;
-    if !mine || ct_expired(e.expires, now) || (syn_only && e.flags & CT_F_CLOSING != 0) {
+    // Unknown connection: a new element. Known: this endpoint's side, unless it is new.
+    let mut at = NewFlowAt::Insert(map, key, side);
+    if let Some(c) = map.get_ptr_mut(key) {
+        // SAFETY: pointer from a successful lookup; LRU elements stay valid for this program run.
+        let c = unsafe { &mut *c };
+        let e = if side == 0 {
+            &mut c.sides[0]
+        } else {
+            &mut c.sides[1]
+        };
+        let mine = e.ifindex == ifindex;
+        if mine && !ct_expired(e.expires, now) && !(syn_only && e.flags & CT_F_CLOSING != 0) {
+            return established(ctx, dir, ifindex, pkt, cfg, e, swapped, now);
+        }
         // This endpoint's side is new: the connection is known from its other end only (a
         // workload of this node whose hook saw it first), or this endpoint's connection is over
         // (idle past its timeout, or a new SYN on the tuple of a closing one) and this packet
-        // starts a new one, evaluated against the policy in force. Without an endpoint an
-        // ended side is freed.
+        // starts a new one, evaluated against the policy in force.
         if mine {
             count(STAT_CT_ENDED);
         }
-        let Some(ep) = endpoint(ifindex) else {
-            if mine {
-                e.ifindex = 0;
-            }
-            count(STAT_NO_ENDPOINT);
-            return PASS;
-        };
-        return new_flow(
-            ctx,
-            dir,
-            ifindex,
-            &ep,
-            pkt,
-            NewFlowAt::<K>::Side(e),
-            swapped,
-            cfg,
-            now,
-        );
+        at = NewFlowAt::Side(e);
     }
+    let Some(ep) = endpoint(ifindex) else {
+        // Without an endpoint an ended side of this interface is freed.
+        if let NewFlowAt::Side(e) = at
+            && e.ifindex == ifindex
+        {
+            e.ifindex = 0;
+        }
+        count(STAT_NO_ENDPOINT);
+        return PASS;
+    };
+    new_flow(ctx, dir, ifindex, &ep, pkt, at, swapped, cfg, now)
+}
+
+/// A packet of a connection this endpoint's side knows: the cached verdict (re-evaluated after
+/// a policy change), state transitions and their events, the side's expiry.
+#[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined hot path, the rest of track"
+)]
+fn established(
+    ctx: &TcContext,
+    dir: u8,
+    ifindex: u32,
+    pkt: &Packet,
+    cfg: &DatapathConfig,
+    e: &mut CtEntry,
+    swapped: bool,
+    now: u64,
+) -> i32 {
     let reply = (e.flags & CT_F_SWAPPED != 0) != swapped;
 
     let mut ev_flags = if reply { EV_F_REPLY } else { 0 };
